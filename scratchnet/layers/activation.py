@@ -1,0 +1,60 @@
+"""ReLU and ReLU6, with the backward rule as an argument.
+
+This is the only place where backpropagation, the DeconvNet and guided backpropagation differ
+(Simonyan et al. 2013, section 5):
+
+    gradient  : dx = dy * [x > 0]             ReLU6: dy * [0 < x < 6]
+    deconvnet : dx = dy * [dy > 0]            (the sign of the signal coming back; x ignored)
+    guided    : dx = dy * [x > 0] * [dy > 0]  ReLU6: dy * [0 < x < 6] * [dy > 0]
+
+Forward keeps its output y (the next layer holds it anyway): [x > 0] == [y > 0], and
+[0 < x < 6] == [0 < y < 6], so no extra mask is stored.
+"""
+from __future__ import annotations
+
+import math
+
+from ..backend import get_array_module
+from .base import Layer, Rule, check_input
+from scratchnet import kernels
+
+
+class ReLU(Layer):
+    """y = max(x, 0); x, y any shape."""
+
+    upper = math.inf
+
+    def __init__(self, name=None):
+        super().__init__(name)
+        self._y = None
+
+    def output_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def forward(self, x, train=False):
+        check_input(self, x)
+        self._y = kernels.relu_forward(x, self.upper)
+        return self._y
+
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        if not input_grad:
+            return None
+        return kernels.relu_backward(dy, self._y, Rule.parse(rule).code, self.upper)
+
+
+class ReLU6(ReLU):
+    """y = min(max(x, 0), 6), as in MobileNet / EfficientNet-Lite."""
+
+    upper = 6.0
+
+
+def relu_backward_reference(dy, x, rule, upper=math.inf):
+    """The three rules written out in array code, straight from their definitions (for tests)."""
+    xp = get_array_module(dy)
+    rule = Rule.parse(rule)
+    inside = (x > 0) & (x < upper)
+    if rule is Rule.GRADIENT:
+        return dy * inside
+    if rule is Rule.DECONVNET:
+        return dy * (dy > 0)
+    return dy * (inside & (dy > 0))

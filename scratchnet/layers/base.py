@@ -1,0 +1,143 @@
+"""The contract every layer keeps, and the errors layers raise.
+
+A layer is a small object with
+  * ``params``: dict name -> array (e.g. ``{"W": (O, C/groups, kh, kw), "b": (O,)}``)
+  * ``grads`` : dict name -> array of the same shapes, filled by ``backward``
+  * ``forward(x, train=False) -> y``; keeps the minimum that backward needs
+  * ``backward(dy, rule="gradient", param_grads=True, input_grad=True) -> dx | None``
+      - ``rule`` is the ReLU backward rule ("gradient", "deconvnet", "guided"); it travels as an
+        argument through every container down to the ReLU kernels and is ignored elsewhere.
+      - ``param_grads=False`` skips weight gradients (saliency needs only d/d(image));
+      - ``input_grad=False`` lets the first layer skip d/d(input) (training never needs it).
+  * ``spec()``: the constructor arguments as JSON-able values, so a saved file rebuilds the layer.
+
+Containers (``Sequential``, ``Concat``, ``Residual`` in ``blocks.py``) are layers whose
+``children()`` are layers; parameters are named by their path, e.g. ``"conv1.W"``.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+
+from ..backend import get_array_module
+
+
+class Rule(str, Enum):
+    """How a ReLU routes the signal backwards (Simonyan et al. 2013, section 5).
+
+    GRADIENT  : dx = dy * [x > 0]             (backpropagation: the true derivative)
+    DECONVNET : dx = dy * [dy > 0]            (Zeiler & Fergus: the sign of the signal coming back)
+    GUIDED    : dx = dy * [x > 0] * [dy > 0]  (Springenberg et al.: both)
+    """
+    GRADIENT = "gradient"
+    DECONVNET = "deconvnet"
+    GUIDED = "guided"
+
+    @classmethod
+    def parse(cls, rule) -> "Rule":
+        if isinstance(rule, Rule):
+            return rule
+        try:
+            return cls(str(rule).lower())
+        except ValueError:
+            raise ValueError(f"unknown ReLU backward rule {rule!r}; expected one of "
+                             f"{[r.value for r in cls]}") from None
+
+    @property
+    def code(self) -> int:
+        """The integer the kernels take (0 gradient, 1 deconvnet, 2 guided)."""
+        return {Rule.GRADIENT: 0, Rule.DECONVNET: 1, Rule.GUIDED: 2}[self]
+
+
+class ShapeError(ValueError):
+    """An input that does not fit a layer: the message names the layer and what it expected."""
+
+
+class Layer:
+    """Base class; see the module docstring for the contract."""
+
+    def __init__(self, name: str | None = None):
+        self.name = name
+        self.params: dict[str, object] = {}
+        self.grads: dict[str, object] = {}
+
+    # -- the two directions -------------------------------------------------------------
+    def forward(self, x, train: bool = False):
+        raise NotImplementedError
+
+    def backward(self, dy, rule="gradient", param_grads: bool = True, input_grad: bool = True):
+        raise NotImplementedError
+
+    # -- structure ----------------------------------------------------------------------
+    def spec(self) -> dict:
+        """Constructor keyword arguments (JSON-able)."""
+        return {}
+
+    def children(self):
+        """(name, layer) pairs of sub-layers; empty for leaf layers."""
+        return []
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        """Shape of forward's output for an input of ``in_shape`` (raises ShapeError if it does not fit)."""
+        raise NotImplementedError
+
+    def named_layers(self, prefix: str = ""):
+        """Yield (path, layer) for this layer and every descendant, depth first."""
+        yield prefix, self
+        for cname, child in self.children():
+            yield from child.named_layers(f"{prefix}.{cname}" if prefix else cname)
+
+    def named_params(self, prefix: str = ""):
+        """Yield (path, layer, key): the parameter is ``layer.params[key]``, its gradient ``layer.grads[key]``."""
+        for path, layer in self.named_layers(prefix):
+            for key in layer.params:
+                yield (f"{path}.{key}" if path else key), layer, key
+
+    def zero_grads(self):
+        for _, layer, key in self.named_params():
+            layer.grads.pop(key, None)
+
+    def to(self, device: str):
+        """Move parameters (and any gradients) to 'cpu' or 'gpu' in place; returns self."""
+        from ..backend import to_device
+        for _, layer in self.named_layers():
+            for k in list(layer.params):
+                layer.params[k] = to_device(layer.params[k], device)
+            for k in list(layer.grads):
+                layer.grads[k] = to_device(layer.grads[k], device)
+            layer._moved(device)
+        return self
+
+    def _moved(self, device: str):
+        """Hook for layers that hold device arrays other than params (e.g. masks)."""
+
+    def astype(self, dtype):
+        """Cast parameters to ``dtype`` in place (float64 for gradient checks); returns self."""
+        for _, layer in self.named_layers():
+            for k in list(layer.params):
+                layer.params[k] = layer.params[k].astype(dtype)
+            layer.grads.clear()
+        return self
+
+    def label(self) -> str:
+        return self.name or type(self).__name__
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_input(layer: Layer, x, ndim: int | None = None, channels: int | None = None):
+    """Raise a ShapeError naming ``layer`` unless ``x`` is a float array of rank ``ndim`` with ``channels`` channels."""
+    xp = get_array_module(x)
+    if not isinstance(x, (np.ndarray,)) and xp is np:
+        raise ShapeError(f"{layer.label()}: expected an array, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise ShapeError(f"{layer.label()}: expected a floating-point array (float32 or float64), got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        want = {4: "(N, C, H, W)", 2: "(N, features)"}.get(ndim, f"rank {ndim}")
+        raise ShapeError(f"{layer.label()}: expected input of shape {want}, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ShapeError(f"{layer.label()}: expected {channels} input channels, got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)})")

@@ -1,0 +1,282 @@
+"""2-D convolution: im2col + one batched GEMM, forward and backward side by side.
+
+Shapes: x (N, C, H, W); W (O, C // groups, kh, kw); b (O,); y (N, O, oh, ow).
+
+    oh = (H + pad_top + pad_bottom - kh) // sh + 1        (likewise ow)
+
+im2col lays every receptive field out as a column: cols (N, C*kh*kw, oh*ow), so the
+convolution is  y[n] = W.reshape(O, -1) @ cols[n]  (one GEMM per image, batched by matmul).
+Backward is the same algebra transposed:
+
+    dW   = sum_n dy[n] @ cols[n].T          (O, C*kh*kw)
+    dcols = W.T @ dy[n]                      then col2im scatters columns back onto the image.
+
+col2im is done per kernel offset (kh*kw strided adds over whole arrays), so no two writes of one
+step touch the same element: no races, on any backend. Grouped convolution splits C and O into
+``groups`` blocks (a batched matmul over groups); depthwise convolution (one input and one output
+channel per group) uses a direct path: kh*kw fused multiply-adds of shifted views.
+
+``conv2d_naive`` is the reference: six nested loops, straight from the definition.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from .base import Layer, ShapeError, check_input
+
+
+# ---------------------------------------------------------------------------------------------
+# padding and output size
+# ---------------------------------------------------------------------------------------------
+def _pair(v):
+    return (v, v) if isinstance(v, (int, np.integer)) else tuple(int(a) for a in v)
+
+
+def normalise_padding(padding):
+    """int | (ph, pw) | (top, bottom, left, right) | "same" -> 4-tuple or "same"."""
+    if isinstance(padding, str):
+        if padding.lower() != "same":
+            raise ValueError(f"padding must be an int, a tuple or 'same', got {padding!r}")
+        return "same"
+    if isinstance(padding, (int, np.integer)):
+        p = int(padding)
+        return (p, p, p, p)
+    padding = tuple(int(p) for p in padding)
+    if len(padding) == 2:
+        return (padding[0], padding[0], padding[1], padding[1])
+    if len(padding) == 4:
+        return padding
+    raise ValueError(f"padding must be int, (ph, pw) or (top, bottom, left, right), got {padding!r}")
+
+
+def same_padding(h, w, kernel, stride):
+    """TensorFlow 'SAME': output ceil(H / s); the odd pixel of padding goes to the bottom/right."""
+    (kh, kw), (sh, sw) = kernel, stride
+    ph = max((math.ceil(h / sh) - 1) * sh + kh - h, 0)
+    pw = max((math.ceil(w / sw) - 1) * sw + kw - w, 0)
+    return (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+
+
+def conv_output_size(h, w, kernel, stride, pads, dilation=(1, 1)):
+    (kh, kw), (sh, sw) = kernel, stride
+    oh = (h + pads[0] + pads[1] - kh) // sh + 1
+    ow = (w + pads[2] + pads[3] - kw) // sw + 1
+    return oh, ow
+
+
+def pad_nchw(x, pads, value=0.0):
+    """Zero-pad (or pad with ``value``) the spatial dims of an NCHW array by (top, bottom, left, right)."""
+    if not any(pads):
+        return x
+    xp = get_array_module(x)
+    t, b, l, r = pads
+    return xp.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), mode="constant", constant_values=value)
+
+
+# ---------------------------------------------------------------------------------------------
+# im2col / col2im
+# ---------------------------------------------------------------------------------------------
+def im2col(xpad, kernel, stride, out_hw):
+    """xpad (N, C, Hp, Wp) -> cols (N, C*kh*kw, oh*ow), row index c*kh*kw + i*kw + j."""
+    xp = get_array_module(xpad)
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    n, c = xpad.shape[:2]
+    if kh == kw == sh == sw == 1:
+        return xpad[:, :, :oh, :ow].reshape(n, c, oh * ow)   # 1x1, stride 1: a view, no copy
+    xpad = xp.ascontiguousarray(xpad)
+    s = xpad.strides
+    view = xp.lib.stride_tricks.as_strided(
+        xpad, shape=(n, c, kh, kw, oh, ow), strides=(s[0], s[1], s[2], s[3], s[2] * sh, s[3] * sw))
+    return view.reshape(n, c * kh * kw, oh * ow)   # reshape of a strided view copies: this is im2col
+
+
+def col2im(cols, in_shape_padded, kernel, stride, out_hw):
+    """Inverse scatter of im2col: cols (N, C*kh*kw, oh*ow) -> (N, C, Hp, Wp), overlaps summed.
+
+    One strided add per kernel offset (i, j): within one add the targets are distinct, so the
+    sum needs no atomics on any backend."""
+    xp = get_array_module(cols)
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    n, c, hp, wp = in_shape_padded
+    if kh == kw == sh == sw == 1 and (hp, wp) == (oh, ow):
+        return cols.reshape(n, c, hp, wp)
+    c6 = cols.reshape(n, c, kh, kw, oh, ow)
+    dx = xp.zeros((n, c, hp, wp), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += c6[:, :, i, j]
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# the layer
+# ---------------------------------------------------------------------------------------------
+class Conv2d(Layer):
+    """Convolution with stride, zero padding (int, (ph, pw), (t, b, l, r) or TF "same"), groups, bias.
+
+    x (N, C, H, W) -> y (N, O, oh, ow);  W (O, C // groups, kh, kw);  b (O,).
+    Keeps for backward: the im2col columns (what dW needs) and the padded input shape.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 bias=True, name=None, dtype=np.float32):
+        super().__init__(name)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must both be divisible by groups ({groups})")
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding = normalise_padding(padding)
+        self.has_bias = bool(bias)
+        kh, kw = self.kernel
+        self.params["W"] = np.zeros((out_channels, in_channels // groups, kh, kw), dtype)
+        if bias:
+            self.params["b"] = np.zeros((out_channels,), dtype)
+        self._cache = None
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def depthwise(self):
+        return self.groups == self.in_channels == self.out_channels and self.groups > 1
+
+    def pads_for(self, h, w):
+        return same_padding(h, w, self.kernel, self.stride) if self.padding == "same" else self.padding
+
+    def spec(self):
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
+                    kernel_size=list(self.kernel), stride=list(self.stride),
+                    padding=self.padding if self.padding == "same" else list(self.padding),
+                    groups=self.groups, bias=self.has_bias)
+
+    def init_params(self, rng, scheme="he", std=None):
+        """He (sqrt(2 / fan_in)) or Gaussian(std) weights, zero bias."""
+        W = self.params["W"]
+        fan_in = W[0].size
+        s = std if scheme == "gaussian" else math.sqrt(2.0 / fan_in)
+        self.params["W"] = (rng.standard_normal(W.shape) * s).astype(W.dtype)
+        if self.has_bias:
+            self.params["b"] = np.zeros_like(self.params["b"])
+
+    def output_shape(self, in_shape):
+        n, c, h, w = in_shape
+        if c != self.in_channels:
+            raise ShapeError(f"{self.label()}: expected {self.in_channels} input channels, got {c}")
+        pads = self.pads_for(h, w)
+        oh, ow = conv_output_size(h, w, self.kernel, self.stride, pads)
+        if oh < 1 or ow < 1:
+            raise ShapeError(f"{self.label()}: input {h}x{w} is too small for a {self.kernel[0]}x{self.kernel[1]} "
+                             f"kernel with padding {pads} (output would be {oh}x{ow})")
+        return (n, self.out_channels, oh, ow)
+
+    # -- forward / backward --------------------------------------------------------------
+    def forward(self, x, train=False):
+        check_input(self, x, 4, self.in_channels)
+        xp = get_array_module(x)
+        n, c, h, w = x.shape
+        _, o, oh, ow = self.output_shape(x.shape)
+        pads = self.pads_for(h, w)
+        xpad = pad_nchw(x, pads)
+        W = self.params["W"]
+        if self.depthwise and W.shape[1] == 1:
+            y = _depthwise_forward(xpad, W, self.stride, (oh, ow))
+            self._cache = ("dw", xpad, pads)
+        else:
+            cols = im2col(xpad, self.kernel, self.stride, (oh, ow))      # (N, K, P)
+            g = self.groups
+            if g == 1:
+                y = xp.matmul(W.reshape(o, -1), cols)                    # (N, O, P)
+            else:
+                y = xp.matmul(W.reshape(g, o // g, -1), cols.reshape(n, g, -1, oh * ow))  # (N, G, O/G, P)
+            self._cache = ("gemm", cols, xpad.shape, pads)
+        y = y.reshape(n, o, oh, ow)
+        if self.has_bias:
+            y += self.params["b"].reshape(1, o, 1, 1)
+        return y
+
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        xp = get_array_module(dy)
+        n, o, oh, ow = dy.shape
+        W = self.params["W"]
+        if param_grads and self.has_bias:
+            self.grads["b"] = dy.sum(axis=(0, 2, 3))
+        if self._cache[0] == "dw":
+            _, xpad, pads = self._cache
+            dW, dxpad = _depthwise_backward(dy, xpad, W, self.stride, param_grads, input_grad)
+            if param_grads:
+                self.grads["W"] = dW
+            return _unpad(dxpad, pads) if input_grad else None
+        _, cols, padded_shape, pads = self._cache
+        g = self.groups
+        dy3 = dy.reshape(n, g, o // g, oh * ow)                           # (N, G, O/G, P)
+        colsg = cols.reshape(n, g, -1, oh * ow)                            # (N, G, K/G, P)
+        if param_grads:
+            dWg = xp.matmul(dy3, colsg.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, O/G, K/G)
+            self.grads["W"] = dWg.reshape(W.shape)
+        if not input_grad:
+            return None
+        Wg = W.reshape(g, o // g, -1)
+        dcols = xp.matmul(Wg.transpose(0, 2, 1), dy3)                     # (N, G, K/G, P)
+        dxpad = col2im(dcols.reshape(n, -1, oh * ow), padded_shape, self.kernel, self.stride, (oh, ow))
+        return _unpad(dxpad, pads)
+
+
+def _unpad(xpad, pads):
+    t, b, l, r = pads
+    h, w = xpad.shape[2], xpad.shape[3]
+    return xpad[:, :, t:h - b, l:w - r]
+
+
+def _depthwise_forward(xpad, W, stride, out_hw):
+    """y[n, c] = sum_ij W[c, 0, i, j] * xpad[n, c, i::sh, j::sw]  (kh*kw shifted multiply-adds)."""
+    xp = get_array_module(xpad)
+    (sh, sw), (oh, ow) = stride, out_hw
+    n, c = xpad.shape[:2]
+    kh, kw = W.shape[2:]
+    y = xp.zeros((n, c, oh, ow), dtype=xpad.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y += W[:, 0, i, j].reshape(1, c, 1, 1) * xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    return y
+
+
+def _depthwise_backward(dy, xpad, W, stride, param_grads, input_grad):
+    xp = get_array_module(dy)
+    sh, sw = stride
+    n, c, oh, ow = dy.shape
+    kh, kw = W.shape[2:]
+    dW = xp.zeros_like(W) if param_grads else None
+    dxpad = xp.zeros_like(xpad) if input_grad else None
+    for i in range(kh):
+        for j in range(kw):
+            sl = (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+            if param_grads:
+                dW[:, 0, i, j] = (dy * xpad[sl]).sum(axis=(0, 2, 3))
+            if input_grad:
+                dxpad[sl] += W[:, 0, i, j].reshape(1, c, 1, 1) * dy
+    return dW, dxpad
+
+
+# ---------------------------------------------------------------------------------------------
+# naive reference (for tests): loops straight from the definition
+# ---------------------------------------------------------------------------------------------
+def conv2d_naive(x, W, b, stride=(1, 1), pads=(0, 0, 0, 0), groups=1):
+    """y[n, o, p, q] = b[o] + sum_{c in group(o), i, j} W[o, c, i, j] * xpad[n, c, p*sh + i, q*sw + j]."""
+    n, c, h, w = x.shape
+    o, cg, kh, kw = W.shape
+    sh, sw = stride
+    xpad = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[1]), (pads[2], pads[3])))
+    oh = (xpad.shape[2] - kh) // sh + 1
+    ow = (xpad.shape[3] - kw) // sw + 1
+    og = o // groups
+    y = np.zeros((n, o, oh, ow), dtype=x.dtype)
+    for ni in range(n):
+        for oi in range(o):
+            g = oi // og
+            for p in range(oh):
+                for q in range(ow):
+                    patch = xpad[ni, g * cg:(g + 1) * cg, p * sh:p * sh + kh, q * sw:q * sw + kw]
+                    y[ni, oi, p, q] = (patch * W[oi]).sum() + (b[oi] if b is not None else 0)
+    return y

@@ -1,0 +1,38 @@
+"""Softmax cross-entropy on unnormalised class scores.
+
+    p = softmax(s) computed as exp(s - max s) / sum exp(s - max s)   (no overflow)
+    loss = mean_n -log p[n, y_n]
+    dloss/ds = (p - onehot(y)) / N
+
+scores (N, K) float; labels (N,) integers in [0, K).
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+
+
+def log_softmax(scores):
+    xp = get_array_module(scores)
+    z = scores - scores.max(axis=1, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(scores, labels):
+    """Return (mean loss as a Python float, d(loss)/d(scores) (N, K))."""
+    xp = get_array_module(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy: expected scores of shape (N, K), got {tuple(scores.shape)}")
+    labels = xp.asarray(labels)
+    n, k = scores.shape
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"softmax_cross_entropy: expected integer labels of shape ({n},), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise ValueError(f"softmax_cross_entropy: labels must be class indices in [0, {k}), "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    logp = log_softmax(scores)
+    rows = xp.arange(n)
+    loss = -logp[rows, labels].mean()
+    d = xp.exp(logp)
+    d[rows, labels] -= 1
+    return float(loss), d / n

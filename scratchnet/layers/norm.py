@@ -1,0 +1,130 @@
+"""Local response normalisation across channels, and inference-time batch normalisation.
+
+LRN, Krizhevsky et al. (2012), section 3.3:
+
+    s[c]  = k + alpha * sum_{c' in window(c)} x[c']**2      window: `size` channels centred on c
+    y[c]  = x[c] / s[c]**beta
+
+(Krizhevsky's alpha multiplies the sum directly; Caffe divides alpha by `size` — pass alpha/size
+to reproduce a Caffe model.) Backward, with the window symmetric so c' in window(c) <=> c in window(c'):
+
+    dx[c] = dy[c] * s[c]**-beta  -  2 * alpha * beta * x[c] * sum_{c' in window(c)} dy[c'] x[c'] s[c']**(-beta-1)
+
+Shapes: x, y (N, C, H, W). Forward keeps x and s.
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+from .base import Layer, check_input
+from scratchnet import kernels
+
+
+def _channel_window_sum(a, size):
+    """sum over channels c-size//2 .. c+(size-1)//2 (clipped at the ends), via a cumulative sum.  a (N, C, H, W)."""
+    xp = get_array_module(a)
+    lo, hi = size // 2, (size - 1) // 2
+    n, c, h, w = a.shape
+    cs = xp.zeros((n, c + 1, h, w), dtype=a.dtype)
+    xp.cumsum(a, axis=1, out=cs[:, 1:])
+    top = xp.minimum(xp.arange(c) + hi + 1, c)
+    bot = xp.maximum(xp.arange(c) - lo, 0)
+    return cs[:, top] - cs[:, bot]
+
+
+class LocalResponseNorm(Layer):
+    """Cross-channel LRN (size, alpha, beta, k) in Krizhevsky's form; see the module docstring."""
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, name=None):
+        super().__init__(name)
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"LocalResponseNorm: size must be a positive odd number, got {size}")
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self._cache = None
+
+    def spec(self):
+        return dict(size=self.size, alpha=self.alpha, beta=self.beta, k=self.k)
+
+    def output_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def forward(self, x, train=False):
+        check_input(self, x, 4)
+        y, s = kernels.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
+        self._cache = (x, y, s)
+        return y
+
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        if not input_grad:
+            return None
+        x, y, s = self._cache
+        return kernels.lrn_backward(dy, x, y, s, self.size, self.alpha, self.beta)
+
+
+def lrn_reference(x, size, alpha, beta, k):
+    """Vectorised array-code LRN (any backend): returns (y, s); the kernels are tested against it."""
+    s = k + alpha * _channel_window_sum(x * x, size)
+    return x * s ** (-beta), s
+
+
+def lrn_naive(x, size, alpha, beta, k):
+    """Loop over channels, straight from the definition (for tests)."""
+    import numpy as np
+    n, c, h, w = x.shape
+    y = np.empty_like(x)
+    for ci in range(c):
+        a, b = max(0, ci - size // 2), min(c, ci + (size - 1) // 2 + 1)
+        s = k + alpha * (x[:, a:b] ** 2).sum(axis=1)
+        y[:, ci] = x[:, ci] / s ** beta
+    return y
+
+
+class BatchNorm2d(Layer):
+    """Inference-time batch normalisation: y = gamma * (x - mean) / sqrt(var + eps) + beta per channel.
+
+    x, y (N, C, H, W); gamma, beta, mean, var (C,). Used to check that folding BN into the preceding
+    convolution (``fold_batchnorm``) changes nothing; imported networks carry the folded form.
+    Running statistics are fixed (no training-mode statistics).
+    """
+
+    def __init__(self, channels, eps=1e-5, name=None):
+        super().__init__(name)
+        import numpy as np
+        self.channels, self.eps = int(channels), float(eps)
+        self.params.update(gamma=np.ones(channels, np.float32), beta=np.zeros(channels, np.float32))
+        self.stats = dict(mean=np.zeros(channels, np.float32), var=np.ones(channels, np.float32))
+
+    def spec(self):
+        return dict(channels=self.channels, eps=self.eps)
+
+    def output_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def _scale(self, xp):
+        return self.params["gamma"] / xp.sqrt(xp.asarray(self.stats["var"]) + self.eps)
+
+    def forward(self, x, train=False):
+        check_input(self, x, 4, self.channels)
+        xp = get_array_module(x)
+        a = self._scale(xp)
+        self._xhat = (x - xp.asarray(self.stats["mean"]).reshape(1, -1, 1, 1))
+        return a.reshape(1, -1, 1, 1) * self._xhat + self.params["beta"].reshape(1, -1, 1, 1)
+
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        xp = get_array_module(dy)
+        a = self._scale(xp)
+        if param_grads:
+            inv = 1 / xp.sqrt(xp.asarray(self.stats["var"]) + self.eps)
+            self.grads["gamma"] = (dy * self._xhat).sum(axis=(0, 2, 3)) * inv
+            self.grads["beta"] = dy.sum(axis=(0, 2, 3))
+        return dy * a.reshape(1, -1, 1, 1) if input_grad else None
+
+
+def fold_batchnorm(W, b, gamma, beta, mean, var, eps):
+    """Fold y = gamma (conv(x) + b - mean) / sqrt(var + eps) + beta into conv weights.
+
+    W (O, C/g, kh, kw), b (O,) or None; the others (O,). Returns (W', b') with
+    W' = W * a[:, None, None, None], b' = (b - mean) * a + beta, a = gamma / sqrt(var + eps)."""
+    import numpy as np
+    a = gamma / np.sqrt(var + eps)
+    b = np.zeros_like(mean) if b is None else b
+    return (W * a[:, None, None, None]).astype(W.dtype), ((b - mean) * a + beta).astype(W.dtype)

@@ -1,0 +1,173 @@
+"""Pooling: max (with switches), average, global average. Forward and backward side by side.
+
+Shapes: x (N, C, H, W) -> y (N, C, oh, ow).
+    floor mode: oh = (H + pt + pb - kh) // sh + 1
+    ceil mode : oh = ceil((H + pt + pb - kh) / sh) + 1, minus one if the last window would start
+                in the bottom padding (Caffe and PyTorch agree on this rule).
+
+Max pooling records the *switches*: for each output, the flat index of the winning input in its
+H*W plane. Backward sends each output gradient to its switch; this is also exactly what the
+DeconvNet does at a pooling layer, so the rules differ only at ReLU.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from .base import Layer, ShapeError, check_input
+from .conv import _pair, normalise_padding, pad_nchw
+from scratchnet import kernels
+
+
+def pool_output_size(h, w, kernel, stride, pads, ceil_mode):
+    (kh, kw), (sh, sw) = kernel, stride
+    t, b, l, r = pads
+
+    def one(n, k, s, p0, p1):
+        span = n + p0 + p1 - k
+        out = (math.ceil(span / s) if ceil_mode else span // s) + 1
+        if ceil_mode and (out - 1) * s >= n + p0:
+            out -= 1
+        return out
+
+    return one(h, kh, sh, t, b), one(w, kw, sw, l, r)
+
+
+class _Pool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, name=None):
+        super().__init__(name)
+        self.kernel = _pair(kernel_size)
+        self.stride = _pair(stride if stride is not None else kernel_size)
+        self.padding = normalise_padding(padding)
+        if self.padding == "same":
+            raise ValueError("pooling layers take explicit padding, not 'same'")
+        self.ceil_mode = bool(ceil_mode)
+        self._cache = None
+
+    def spec(self):
+        return dict(kernel_size=list(self.kernel), stride=list(self.stride),
+                    padding=list(self.padding), ceil_mode=self.ceil_mode)
+
+    def output_shape(self, in_shape):
+        n, c, h, w = in_shape
+        oh, ow = pool_output_size(h, w, self.kernel, self.stride, self.padding, self.ceil_mode)
+        if oh < 1 or ow < 1:
+            raise ShapeError(f"{self.label()}: input {h}x{w} is smaller than the {self.kernel[0]}x{self.kernel[1]} "
+                             f"pooling window")
+        return (n, c, oh, ow)
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling; keeps the switches (int32, N x C x oh x ow) for backward."""
+
+    def forward(self, x, train=False):
+        check_input(self, x, 4)
+        _, _, oh, ow = self.output_shape(x.shape)
+        y, self._cache = kernels.maxpool_forward(x, self.kernel, self.stride, self.padding, (oh, ow))
+        self._in_hw = x.shape[2:]
+        return y
+
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        if not input_grad:
+            return None
+        return kernels.maxpool_backward(dy, self._cache, self._in_hw)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling; padding counts as zeros in the average (count_include_pad, Caffe's choice)
+    except beyond the padded border in ceil mode, where the window is clipped."""
+
+    def forward(self, x, train=False):
+        check_input(self, x, 4)
+        xp = get_array_module(x)
+        n, c, h, w = x.shape
+        _, _, oh, ow = self.output_shape(x.shape)
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        t, b, l, r = self.padding
+        # extra bottom/right zeros so ceil-mode windows fit; they are excluded from the divisor
+        hp = max(h + t + b, (oh - 1) * sh + kh)
+        wp = max(w + l + r, (ow - 1) * sw + kw)
+        xpad = pad_nchw(x, (t, hp - h - t, l, wp - w - l))
+        y = xp.zeros((n, c, oh, ow), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                y += xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+        div = self._divisor(h, w, oh, ow, xp, x.dtype)
+        self._cache = (x.shape, (t, hp - h - t, l, wp - w - l), div)
+        return y / div
+
+    def _divisor(self, h, w, oh, ow, xp, dtype):
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        t, b, l, r = self.padding
+        ys = np.arange(oh) * sh
+        xs = np.arange(ow) * sw
+        ch = np.minimum(ys + kh, h + t + b) - ys
+        cw = np.minimum(xs + kw, w + l + r) - xs
+        return xp.asarray((ch[:, None] * cw[None, :]).astype(dtype))
+
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        if not input_grad:
+            return None
+        xp = get_array_module(dy)
+        shape, pads, div = self._cache
+        n, c, h, w = shape
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        oh, ow = dy.shape[2:]
+        g = dy / div
+        dxpad = xp.zeros((n, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=dy.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                dxpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += g
+        return dxpad[:, :, pads[0]:pads[0] + h, pads[2]:pads[2] + w]
+
+
+class GlobalAvgPool(Layer):
+    """Mean over H and W: (N, C, H, W) -> (N, C)."""
+
+    def output_shape(self, in_shape):
+        return tuple(in_shape[:2])
+
+    def forward(self, x, train=False):
+        check_input(self, x, 4)
+        self._shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        if not input_grad:
+            return None
+        xp = get_array_module(dy)
+        n, c, h, w = self._shape
+        return xp.broadcast_to((dy / (h * w))[:, :, None, None], self._shape).copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# references for tests
+# ---------------------------------------------------------------------------------------------
+def maxpool_reference(x, kernel, stride, pads, ceil_mode):
+    """NumPy max pooling from the definition; returns (y, switches) like the kernels (first max wins)."""
+    n, c, h, w = x.shape
+    oh, ow = pool_output_size(h, w, kernel, stride, pads, ceil_mode)
+    (kh, kw), (sh, sw) = kernel, stride
+    y = np.empty((n, c, oh, ow), x.dtype)
+    s = np.empty((n, c, oh, ow), np.int32)
+    for p in range(oh):
+        for q in range(ow):
+            y0, x0 = p * sh - pads[0], q * sw - pads[2]
+            ya, yb, xa, xb = max(y0, 0), min(y0 + kh, h), max(x0, 0), min(x0 + kw, w)
+            win = x[:, :, ya:yb, xa:xb].reshape(n, c, -1)
+            k = win.argmax(axis=2)
+            y[:, :, p, q] = np.take_along_axis(win, k[..., None], 2)[..., 0]
+            s[:, :, p, q] = (ya + k // (xb - xa)) * w + xa + k % (xb - xa)
+    return y, s
+
+
+def maxpool_numpy(x, kernel, stride, out_hw):
+    """Vectorised NumPy max pooling without padding (the 'NumPy version' the Numba kernel is benchmarked against)."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    s = x.strides
+    v = np.lib.stride_tricks.as_strided(x, (x.shape[0], x.shape[1], oh, ow, kh, kw),
+                                        (s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3]))
+    v = v.reshape(x.shape[0], x.shape[1], oh, ow, kh * kw)
+    return v.max(axis=4), v.argmax(axis=4)

@@ -1,0 +1,187 @@
+"""Boxes, connected components and the ILSVRC localisation criterion.
+
+A box is (x0, y0, x1, y1) in *inclusive* pixel coordinates, x along the width, y along the height:
+the whole of an H x W image is (0, 0, W - 1, H - 1) and a single pixel is (x, y, x, y).  Its width
+is x1 - x0 + 1 (the ILSVRC devkit convention; float boxes, as in imagenet-val-dev/boxes.csv, use the
+same +1).
+
+ILSVRC criterion: a guess (class c, box b) is right for an image with true class g and ground-truth
+boxes B iff c == g and IoU(b, B_j) >= 0.5 for some j.  Top-k localisation error counts an image as
+wrong when none of its k guesses is right.
+
+Connected components use 8-connectivity by default (a pixel touches its diagonal neighbours), matching
+the 8-neighbourhood of the graph cut; `connectivity=4` is available.  Labelling is a two-pass
+union-find compiled with Numba (one pass over the raster, O(H W)).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+Box = tuple  # (x0, y0, x1, y1), inclusive
+
+
+# --------------------------------------------------------------------------------------------- boxes
+
+def _check_box(box, name="box") -> tuple:
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected (x0, y0, x1, y1), got {box!r}") from None
+    if x1 < x0 or y1 < y0:
+        raise ValueError(f"{name}: expected x0 <= x1 and y0 <= y1 (inclusive coordinates), got {box!r}")
+    return x0, y0, x1, y1
+
+
+def box_area(box) -> float:
+    """Pixels covered by an inclusive box."""
+    x0, y0, x1, y1 = _check_box(box)
+    return (x1 - x0 + 1) * (y1 - y0 + 1)
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two inclusive boxes (x0, y0, x1, y1); 0 when they do not overlap."""
+    ax0, ay0, ax1, ay1 = _check_box(a, "first box")
+    bx0, by0, bx1, by1 = _check_box(b, "second box")
+    iw = min(ax1, bx1) - max(ax0, bx0) + 1
+    ih = min(ay1, by1) - max(ay0, by0) + 1
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (ax1 - ax0 + 1) * (ay1 - ay0 + 1) + (bx1 - bx0 + 1) * (by1 - by0 + 1) - inter
+    return float(inter / union)
+
+
+def is_correct(pred_label: int, pred_box, gt_label: int, gt_boxes, iou_threshold: float = 0.5) -> bool:
+    """The ILSVRC criterion for one guess: right class and IoU >= 0.5 with some ground-truth box."""
+    if int(pred_label) != int(gt_label):
+        return False
+    return any(iou(pred_box, g) >= iou_threshold for g in gt_boxes)
+
+
+def localisation_error(guesses, gt_label: int, gt_boxes, iou_threshold: float = 0.5) -> int:
+    """1 when none of the (label, box) guesses is right (ILSVRC top-k with k = len(guesses)), else 0."""
+    return int(not any(is_correct(c, b, gt_label, gt_boxes, iou_threshold) for c, b in guesses))
+
+
+def whole_image_box(h: int, w: int) -> tuple:
+    """(0, 0, w - 1, h - 1)."""
+    if h < 1 or w < 1:
+        raise ValueError(f"whole_image_box: expected h, w >= 1, got h={h}, w={w}")
+    return (0, 0, int(w) - 1, int(h) - 1)
+
+
+def centre_box(h: int, w: int, frac: float) -> tuple:
+    """The centred box whose sides are `frac` of the image's sides (area frac**2), 0 < frac <= 1."""
+    if not 0 < frac <= 1:
+        raise ValueError(f"centre_box: expected 0 < frac <= 1, got {frac}")
+    bw, bh = max(1, round(frac * w)), max(1, round(frac * h))
+    x0, y0 = (w - bw) // 2, (h - bh) // 2
+    return (x0, y0, x0 + bw - 1, y0 + bh - 1)
+
+
+def mask_box(mask: np.ndarray):
+    """Tight inclusive box (x0, y0, x1, y1) around the True pixels of mask (H, W); None when empty."""
+    rows = np.flatnonzero(mask.any(1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero(mask.any(0))
+    return (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+
+
+def saliency_threshold_box(saliency: np.ndarray, frac: float, connectivity: int = 8) -> tuple:
+    """Box around the largest connected component of saliency >= frac * max(saliency).
+
+    saliency (H, W), non-negative.  A map whose maximum is not positive, or that holds NaN/inf,
+    has no salient region: the whole-image box is returned.
+    """
+    s = np.asarray(saliency)
+    if s.ndim != 2:
+        raise ValueError(f"saliency_threshold_box: expected a saliency map (H, W), got shape {s.shape}")
+    if not 0 < frac <= 1:
+        raise ValueError(f"saliency_threshold_box: expected 0 < frac <= 1, got {frac}")
+    top = s.max() if s.size else 0
+    if not np.all(np.isfinite(s)) or not top > 0:
+        return whole_image_box(*s.shape)
+    return mask_box(largest_component(s >= frac * top, connectivity))
+
+
+# --------------------------------------------------------------------------------------------- components
+
+def connected_components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
+    """Label the connected True regions of mask (H, W) -> (labels (H, W) int32, count).
+
+    Background is 0, components are 1..count in raster order of their first pixel.
+    connectivity: 8 (diagonal neighbours touch) or 4.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"connected_components: expected a mask (H, W), got shape {mask.shape}")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connected_components: connectivity must be 4 or 8, got {connectivity}")
+    labels = _label_union_find(np.ascontiguousarray(mask, dtype=np.bool_), connectivity == 8)
+    return labels, int(labels.max()) if labels.size else 0
+
+
+def largest_component(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
+    """mask (H, W) bool -> the largest connected True region only (ties: the first in raster order)."""
+    labels, count = connected_components(mask, connectivity)
+    if count <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    return labels == sizes.argmax()
+
+
+@numba.njit(cache=True)
+def _find(parent, i):
+    root = i
+    while parent[root] != root:
+        root = parent[root]
+    while parent[i] != root:                    # path compression
+        parent[i], i = root, parent[i]
+    return root
+
+
+@numba.njit(cache=True)
+def _union(parent, a, b):
+    ra, rb = _find(parent, a), _find(parent, b)
+    if ra < rb:
+        parent[rb] = ra
+    elif rb < ra:
+        parent[ra] = rb
+
+
+@numba.njit(cache=True)
+def _label_union_find(mask, diagonal):
+    """Pass 1: union every True pixel with its already-visited True neighbours (left, up, and with
+    8-connectivity up-left, up-right).  Pass 2: number the roots 1, 2, ... in raster order."""
+    H, W = mask.shape
+    parent = np.arange(H * W)
+    for y in range(H):
+        for x in range(W):
+            if not mask[y, x]:
+                continue
+            i = y * W + x
+            if x > 0 and mask[y, x - 1]:
+                _union(parent, i, i - 1)
+            if y > 0:
+                if mask[y - 1, x]:
+                    _union(parent, i, i - W)
+                if diagonal:
+                    if x > 0 and mask[y - 1, x - 1]:
+                        _union(parent, i, i - W - 1)
+                    if x < W - 1 and mask[y - 1, x + 1]:
+                        _union(parent, i, i - W + 1)
+    labels = np.zeros((H, W), dtype=np.int32)
+    root_label = np.zeros(H * W, dtype=np.int32)
+    count = 0
+    for y in range(H):
+        for x in range(W):
+            if mask[y, x]:
+                r = _find(parent, y * W + x)
+                if root_label[r] == 0:
+                    count += 1
+                    root_label[r] = count
+                labels[y, x] = root_label[r]
+    return labels

@@ -1,0 +1,181 @@
+"""The network container: forward to unnormalised scores, backward to the image, save and load.
+
+A ``Network`` is a ``Sequential`` of layers plus what a user of a trained classifier needs:
+the input shape it expects, its class names, its preprocessing (see ``scratchnet.models.preprocess``)
+and, for networks trained here, the training-set mean image.
+
+    scores = net.forward(x, train=False)          x (N, C, H, W) -> scores (N, K), unnormalised
+    dx = net.backward(dscores, rule="gradient")   dscores (N, K) -> d/d(input) (N, C, H, W)
+
+``backward`` fills ``layer.grads`` for every parameter unless ``param_grads=False`` (saliency needs
+only the image gradient), and skips the image gradient when ``input_grad=False`` (training).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import get_array_module, to_numpy
+from ..layers import LAYER_TYPES, Rule, Sequential, ShapeError
+from ..layers.base import Layer
+
+FORMAT = "scratchnet-network/1"
+
+
+class Network(Sequential):
+    """A classifier: Sequential layers + input shape, class names, preprocessing, mean image."""
+
+    def __init__(self, layers=(), input_shape=(3, 224, 224), class_names=None, preprocess=None,
+                 mean_image=None, arch=None, name=None):
+        super().__init__(layers, name=name)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.preprocess = dict(preprocess or {})
+        self.mean_image = mean_image            # (C, H, W) float32 for networks trained here
+        self.arch = dict(arch or {})            # how the network was built, e.g. {"builder": "paper_net", ...}
+
+    # -- checked entry points --------------------------------------------------------------
+    def check_input(self, x):
+        """Raise a clear error unless x is a finite float (N, C, H, W) array this network accepts."""
+        xp = get_array_module(x)
+        if not hasattr(x, "dtype") or not hasattr(x, "ndim"):
+            raise ShapeError(f"network input must be an array (N, C, H, W), got {type(x).__name__}")
+        if x.dtype.kind != "f":
+            raise ShapeError(f"network input must be float32 or float64, got dtype {x.dtype}")
+        if x.ndim != 4:
+            raise ShapeError(f"network input must have shape (N, C, H, W) with C={self.input_shape[0]}, "
+                             f"got shape {tuple(x.shape)}")
+        if x.shape[1] != self.input_shape[0]:
+            raise ShapeError(f"network expects {self.input_shape[0]} colour channels, got {x.shape[1]} "
+                             f"(input shape {tuple(x.shape)}; NCHW layout expected)")
+        if not bool(xp.isfinite(x).all()):
+            raise ValueError("network input contains NaN or Inf values")
+        self.output_shape(tuple(x.shape))      # raises ShapeError naming the first layer that does not fit
+
+    def forward(self, x, train=False):
+        self.check_input(x)
+        return super().forward(x, train)
+
+    def backward(self, dscores, rule="gradient", param_grads=True, input_grad=True):
+        rule = Rule.parse(rule)
+        return super().backward(dscores, rule, param_grads, input_grad)
+
+    @property
+    def num_classes(self):
+        return self.output_shape((1,) + self.input_shape)[1]
+
+    def dtype(self):
+        for _, layer, key in self.named_params():
+            return layer.params[key].dtype
+        return np.dtype(np.float32)
+
+    def params_dict(self):
+        return {name: layer.params[key] for name, layer, key in self.named_params()}
+
+    # -- save / load -----------------------------------------------------------------------
+    def save(self, path):
+        """Write the architecture (JSON) and every parameter to an .npz, atomically (temp file + rename)."""
+        path = Path(path)
+        meta = dict(format=FORMAT, input_shape=list(self.input_shape), class_names=self.class_names,
+                    preprocess=self.preprocess, arch=self.arch, name=self.name)
+        arrays = {"__architecture__": np.array(json.dumps(layer_to_spec(self))),
+                  "__meta__": np.array(json.dumps(meta))}
+        for name, layer, key in self.named_params():
+            arrays["param/" + name] = to_numpy(layer.params[key])
+        for path_, layer in self.named_layers():
+            for k, v in getattr(layer, "stats", {}).items():
+                arrays[f"stat/{path_}.{k}"] = to_numpy(v)
+        if self.mean_image is not None:
+            arrays["__mean_image__"] = to_numpy(self.mean_image)
+        atomic_savez(path, arrays)
+        return path
+
+
+def atomic_savez(path, arrays):
+    """np.savez to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def layer_to_spec(layer: Layer) -> dict:
+    """{"type", "name", "args", "children"}: enough to rebuild the layer tree."""
+    kind = type(layer).__name__
+    if isinstance(layer, Network):
+        kind = "Sequential"
+    d = {"type": kind, "name": layer.name, "args": layer.spec()}
+    kids = layer.children()
+    if kids:
+        d["children"] = [[n, layer_to_spec(c)] for n, c in kids]
+    return d
+
+
+def layer_from_spec(d: dict) -> Layer:
+    from ..layers import Concat, Residual
+    kind = d.get("type")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r} in saved architecture; known: {sorted(LAYER_TYPES)}")
+    cls = LAYER_TYPES[kind]
+    kids = [(n, layer_from_spec(c)) for n, c in d.get("children", [])]
+    if cls is Sequential:
+        layer = Sequential(kids)
+    elif cls is Concat:
+        layer = Concat(kids)
+    elif cls is Residual:
+        k = dict(kids)
+        layer = Residual(k["body"], k.get("shortcut"))
+    else:
+        layer = cls(**d.get("args", {}))
+    layer.name = d.get("name")
+    return layer
+
+
+def load_network(path) -> Network:
+    """Rebuild a network saved by ``Network.save``; clear errors for files that are not one."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no network file at {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{path} is not a scratchnet network (.npz expected): {e}") from None
+    with z:
+        if "__architecture__" not in z.files or "__meta__" not in z.files:
+            raise ValueError(f"{path} is an .npz but not a scratchnet network file "
+                             f"(no __architecture__/__meta__ entries; found {z.files[:5]}...)")
+        meta = json.loads(str(z["__meta__"]))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}")
+        body = layer_from_spec(json.loads(str(z["__architecture__"])))
+        net = Network(body.layers, input_shape=meta["input_shape"], class_names=meta.get("class_names"),
+                      preprocess=meta.get("preprocess"), arch=meta.get("arch"), name=meta.get("name"))
+        want = {name: (layer, key) for name, layer, key in net.named_params()}
+        have = {k[len("param/"):] for k in z.files if k.startswith("param/")}
+        missing, extra = sorted(set(want) - have), sorted(have - set(want))
+        if missing or extra:
+            raise ValueError(f"{path}: parameters do not match the recorded architecture "
+                             f"(missing {missing[:5]}, unexpected {extra[:5]})")
+        for name, (layer, key) in want.items():
+            arr = z["param/" + name]
+            if arr.shape != layer.params[key].shape:
+                raise ValueError(f"{path}: parameter {name} has shape {arr.shape}, "
+                                 f"the architecture expects {layer.params[key].shape}")
+            layer.params[key] = arr
+        for path_, layer in net.named_layers():
+            for k in getattr(layer, "stats", {}):
+                layer.stats[k] = z[f"stat/{path_}.{k}"]
+        if "__mean_image__" in z.files:
+            net.mean_image = z["__mean_image__"]
+    return net

@@ -1,0 +1,24 @@
+"""Shared fixtures. Tests that need ../shared (real photos, weights, Tiny-ImageNet) ask for
+the `shared` fixture and are skipped with a clear message when it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SCRATCHNET_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "README.md").exists():
+        pytest.skip(f"needs the shared data folder at {SHARED} (set SCRATCHNET_SHARED); absent here")
+    return SHARED
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
