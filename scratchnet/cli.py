@@ -1,0 +1,66 @@
+"""The ``scratchnet`` command line (also ``python -m scratchnet``).
+
+Each area registers its own subcommands from a small ``cli`` module beside its code, so this file
+only assembles them:
+
+    scratchnet.models.cli     classify, evaluate classification, info
+    scratchnet.vis.cli        saliency, classmodel, deconv, compare-rules, demo
+    scratchnet.localise.cli   localise, evaluate localisation
+    scratchnet.train.cli      train
+    scratchnet.benchcli       bench (the CPU benchmark of the engine)
+
+Commands that compute results print them as one JSON object on the last line of stdout.
+Every command takes ``--device cpu|gpu`` (default: $SCRATCHNET_DEVICE or cpu).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: modules that provide ``register(subparsers, evaluate_subparsers)``
+COMMAND_MODULES = ["scratchnet.models.cli", "scratchnet.vis.cli", "scratchnet.localise.cli",
+                   "scratchnet.train.cli"]
+
+
+def add_device_arg(p):
+    p.add_argument("--device", default=None, choices=["cpu", "gpu"],
+                   help="where to compute (default: $SCRATCHNET_DEVICE, else cpu)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="scratchnet",
+        description="From-scratch ConvNet engine reproducing Simonyan, Vedaldi & Zisserman (2013): "
+                    "class models, saliency maps, DeconvNet vs gradient, weakly supervised localisation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    ev = sub.add_parser("evaluate", help="evaluate a network (classification or localisation)")
+    ev_sub = ev.add_subparsers(dest="what", metavar="WHAT")
+    ev_sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:      # that area is not built yet
+                continue
+            raise
+        mod.register(sub, ev_sub)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:   # user errors: one clear line, no traceback
+        print(f"scratchnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Every layer against central differences (float64), and every fast path against its naive twin.
+
+A new layer joins the grid by adding one line to GRID.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from scratchnet import kernels
+from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool,
+                               Linear, LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual, Rule,
+                               Sequential, ShapeError, relu_backward_reference, softmax_cross_entropy)
+from scratchnet.layers.conv import conv2d_naive, same_padding
+from scratchnet.layers.norm import lrn_naive, lrn_reference
+from scratchnet.layers.pool import maxpool_reference
+
+from gradcheck import check_layer, numerical_grad, rel_error
+
+
+def _init(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    for _, lay, key in layer.named_params():
+        lay.params[key] = rng.standard_normal(lay.params[key].shape).astype(np.float64) * 0.5
+    if isinstance(layer, BatchNorm2d):
+        layer.stats = dict(mean=rng.standard_normal(layer.channels), var=rng.random(layer.channels) + 0.5)
+    return layer
+
+
+def off_kinks(x, kinks=(0.0,), margin=0.05):
+    """Move values within `margin` of a kink (ReLU's 0, ReLU6's 6) away from it."""
+    for k in kinks:
+        near = np.abs(x - k) < margin
+        x[near] = k + np.sign(x[near] - k + 1e-12) * margin
+    return x
+
+
+def distinct(shape, rng):
+    """Values spaced >= 0.01 apart in random order: no pooling ties, even under +-eps."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n).reshape(shape) * 0.01 - n * 0.005).astype(np.float64)
+
+
+def conv_relu(c, o, k, p):
+    return Sequential([("conv", Conv2d(c, o, k, padding=p)), ("relu", ReLU())])
+
+
+#: (id, layer factory, input shape, input kind)
+GRID = [
+    ("conv3x3", lambda: Conv2d(3, 4, 3, padding=1), (2, 3, 6, 6), "normal"),
+    ("conv_stride2", lambda: Conv2d(3, 4, 3, stride=2), (2, 3, 7, 7), "normal"),
+    ("conv_pad_asym", lambda: Conv2d(3, 2, 3, stride=2, padding=(0, 1, 1, 2)), (2, 3, 6, 5), "normal"),
+    ("conv_same_s2", lambda: Conv2d(3, 4, 3, stride=2, padding="same"), (2, 3, 6, 6), "normal"),
+    ("conv_same_k5", lambda: Conv2d(2, 3, 5, stride=2, padding="same"), (1, 2, 7, 8), "normal"),
+    ("conv_groups2", lambda: Conv2d(4, 6, 3, padding=1, groups=2), (2, 4, 5, 5), "normal"),
+    ("conv_depthwise", lambda: Conv2d(4, 4, 3, stride=2, padding="same", groups=4), (2, 4, 6, 6), "normal"),
+    ("conv_depthwise_k5", lambda: Conv2d(3, 3, 5, padding=2, groups=3), (1, 3, 6, 6), "normal"),
+    ("conv1x1", lambda: Conv2d(4, 3, 1), (2, 4, 4, 4), "normal"),
+    ("conv_rect_nobias", lambda: Conv2d(2, 3, (2, 3), stride=(1, 2), bias=False), (2, 2, 5, 6), "normal"),
+    ("relu", lambda: ReLU(), (2, 3, 4, 4), "relu"),
+    ("relu6", lambda: ReLU6(), (2, 3, 4, 4), "relu6"),
+    ("maxpool3s2_ceil", lambda: MaxPool2d(3, 2, ceil_mode=True), (2, 2, 8, 8), "distinct"),
+    ("maxpool2s2_floor", lambda: MaxPool2d(2, 2), (2, 2, 7, 7), "distinct"),
+    ("maxpool3s2_pad1", lambda: MaxPool2d(3, 2, padding=1), (1, 2, 7, 6), "distinct"),
+    ("maxpool3s1", lambda: MaxPool2d(3, 1), (1, 2, 5, 5), "distinct"),
+    ("avgpool2s2", lambda: AvgPool2d(2, 2), (2, 2, 6, 6), "normal"),
+    ("avgpool3s2_ceil_pad", lambda: AvgPool2d(3, 2, padding=1, ceil_mode=True), (1, 2, 6, 6), "normal"),
+    ("global_avgpool", lambda: GlobalAvgPool(), (2, 3, 4, 5), "normal"),
+    ("lrn5", lambda: LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0), (2, 7, 3, 3), "wide"),
+    ("lrn3_beta_half", lambda: LocalResponseNorm(3, alpha=5e-2, beta=0.5, k=1.0), (1, 4, 3, 3), "wide"),
+    ("batchnorm", lambda: BatchNorm2d(3), (2, 3, 3, 3), "normal"),
+    ("linear", lambda: Linear(6, 4), (3, 6), "normal"),
+    ("flatten_linear", lambda: Sequential([Flatten(), Linear(12, 3)]), (2, 3, 2, 2), "normal"),
+    ("dropout_train", lambda: Dropout(0.5, seed=3), (4, 5), "dropout"),
+    ("fire_concat", lambda: Sequential([("squeeze", conv_relu(4, 2, 1, 0)), ("expand", Concat(
+        [("e1", conv_relu(2, 3, 1, 0)), ("e3", conv_relu(2, 3, 3, 1))]))]), (2, 4, 5, 5), "normal"),
+    ("residual_identity", lambda: Residual(Sequential([conv_relu(3, 3, 3, 1), Conv2d(3, 3, 1)])),
+     (2, 3, 4, 4), "normal"),
+    ("residual_projection", lambda: Residual(conv_relu(2, 4, 3, 1), Conv2d(2, 4, 1)), (2, 2, 4, 4), "normal"),
+    ("mbconv", lambda: Residual(Sequential([Conv2d(3, 6, 1), ReLU6(), Conv2d(6, 6, 3, padding="same", groups=6),
+                                            ReLU6(), Conv2d(6, 3, 1)])), (1, 3, 5, 5), "normal"),
+    ("conv_pool_lrn_chain", lambda: Sequential([conv_relu(3, 5, 3, 1), LocalResponseNorm(5, 1e-2, 0.75, 2.0),
+                                                MaxPool2d(3, 2, ceil_mode=True)]), (1, 3, 6, 6), "normal"),
+]
+
+
+def make_input(kind, shape, rng):
+    if kind == "distinct":
+        return distinct(shape, rng)
+    if kind == "relu":
+        return off_kinks(rng.standard_normal(shape))
+    if kind == "relu6":
+        return off_kinks(rng.uniform(-3, 9, shape), kinks=(0.0, 6.0))
+    if kind == "wide":
+        return rng.standard_normal(shape) * 3
+    return rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("name,factory,shape,kind", GRID, ids=[g[0] for g in GRID])
+def test_gradient_check(name, factory, shape, kind):
+    rng = np.random.default_rng(0)
+    layer = _init(factory())
+    x = make_input(kind, shape, rng)
+    reset = None
+    if isinstance(layer, Dropout):
+        def reset():
+            layer.rng = np.random.default_rng(3)
+    errs = check_layer(layer, x, train=kind == "dropout", reset=reset)
+    bad = {k: v for k, v in errs.items() if v > 1e-6}
+    assert not bad, f"{name}: relative errors {bad}"
+
+
+def test_softmax_cross_entropy_gradient_and_stability():
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((4, 5))
+    y = np.array([0, 3, 4, 1])
+    loss, d = softmax_cross_entropy(s, y)
+    num = numerical_grad(lambda: softmax_cross_entropy(s, y)[0], s)
+    assert rel_error(d, num) < 1e-7
+    big = s * 1e4                                # would overflow a naive exp
+    loss_big, d_big = softmax_cross_entropy(big, y)
+    assert np.isfinite(loss_big) and np.isfinite(d_big).all()
+    with pytest.raises(ValueError, match="class indices"):
+        softmax_cross_entropy(s, np.array([0, 1, 2, 5]))
+
+
+# -------------------------------------------------------------------------------------------------
+# fast paths against naive references
+# -------------------------------------------------------------------------------------------------
+CONV_CASES = [
+    dict(c=3, o=4, k=3, stride=1, padding=1, groups=1, hw=(7, 6)),
+    dict(c=3, o=5, k=7, stride=2, padding=0, groups=1, hw=(15, 15)),
+    dict(c=4, o=6, k=5, stride=2, padding=(1, 0, 2, 1), groups=2, hw=(9, 8)),
+    dict(c=6, o=6, k=3, stride=2, padding="same", groups=6, hw=(8, 9)),
+    dict(c=4, o=8, k=1, stride=1, padding=0, groups=1, hw=(5, 5)),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_fast_path_equals_naive(case, dtype):
+    rng = np.random.default_rng(0)
+    conv = Conv2d(case["c"], case["o"], case["k"], case["stride"], case["padding"], case["groups"], dtype=dtype)
+    conv.params["W"] = rng.standard_normal(conv.params["W"].shape).astype(dtype)
+    conv.params["b"] = rng.standard_normal(case["o"]).astype(dtype)
+    x = rng.standard_normal((2, case["c"]) + case["hw"]).astype(dtype)
+    y = conv.forward(x)
+    pads = conv.pads_for(*case["hw"])
+    ref = conv2d_naive(x.astype(np.float64), conv.params["W"].astype(np.float64), conv.params["b"].astype(np.float64),
+                       conv.stride, pads, case["groups"])
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+def test_same_padding_matches_tensorflow_rule():
+    # TF: out = ceil(in / s); total pad = max((out - 1) s + k - in, 0), extra pixel at the end
+    assert same_padding(224, 224, (3, 3), (2, 2)) == (0, 1, 0, 1)
+    assert same_padding(112, 112, (3, 3), (1, 1)) == (1, 1, 1, 1)
+    assert same_padding(7, 7, (5, 5), (2, 2)) == (2, 2, 2, 2)
+
+
+@pytest.mark.parametrize("k,s,p,ceil", [(3, 2, 0, True), (2, 2, 0, False), (3, 2, 1, False), (3, 1, 1, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_kernel_equals_reference(k, s, p, ceil, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    pool = MaxPool2d(k, s, p, ceil_mode=ceil)
+    y = pool.forward(x)
+    ref, sw = maxpool_reference(x, pool.kernel, pool.stride, pool.padding, ceil)
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(pool._cache, sw)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = pool.backward(dy)
+    expect = np.zeros((2, 3, 9 * 8), dtype)
+    for idx in np.ndindex(y.shape):          # route each gradient to its switch, one at a time
+        expect[idx[0], idx[1], sw[idx]] += dy[idx]
+    np.testing.assert_allclose(dx, expect.reshape(x.shape), rtol=1e-6)
+
+
+def test_maxpool_ceil_mode_sizes_match_caffe():
+    # Caffe/PyTorch ceil mode: 109 -> 54, 26 -> 13, 13 -> 6 (the paper network) and 55 -> 27 (SqueezeNet)
+    for n, want in [(109, 54), (26, 13), (13, 6), (111, 55), (55, 27)]:
+        assert MaxPool2d(3, 2, ceil_mode=True).output_shape((1, 1, n, n))[2] == want
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lrn_kernel_equals_naive(dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 11, 5, 7)) * 20).astype(dtype)
+    for size in (1, 3, 5, 7):
+        lrn = LocalResponseNorm(size, 1e-4, 0.75, 2.0)
+        y = lrn.forward(x)
+        np.testing.assert_allclose(y, lrn_naive(x.astype(np.float64), size, 1e-4, 0.75, 2.0),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
+        y2, _ = lrn_reference(x, size, 1e-4, 0.75, 2.0)
+        np.testing.assert_allclose(y, y2, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_relu_rules_match_definitions_on_hand_made_inputs():
+    x = np.array([-2.0, -0.5, 0.5, 3.0, 7.0, 5.0])
+    dy = np.array([1.0, -1.0, -2.0, 4.0, 5.0, -6.0])
+    #                 x>0:  0   0    1    1    1    1
+    #                dy>0:  1   0    0    1    1    0
+    expect = {
+        "gradient": np.array([0, 0, -2.0, 4.0, 5.0, -6.0]),
+        "deconvnet": np.array([1.0, 0, 0, 4.0, 5.0, 0]),
+        "guided": np.array([0, 0, 0, 4.0, 5.0, 0]),
+    }
+    relu = ReLU()
+    relu.forward(x)
+    for rule, want in expect.items():
+        np.testing.assert_array_equal(relu.backward(dy, rule), want)
+        np.testing.assert_array_equal(relu_backward_reference(dy, x, rule), want)
+    relu6 = ReLU6()                                # x = 7 is above 6: the gradient is 0 there
+    relu6.forward(x)
+    np.testing.assert_array_equal(relu6.backward(dy, "gradient"), [0, 0, -2.0, 4.0, 0, -6.0])
+    np.testing.assert_array_equal(relu6.backward(dy, "deconvnet"), expect["deconvnet"])
+    np.testing.assert_array_equal(relu6.backward(dy, Rule.GUIDED), [0, 0, 0, 4.0, 0, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rule", list(Rule))
+def test_relu_kernels_equal_reference(rule, dtype):
+    rng = np.random.default_rng(0)
+    for upper in (math.inf, 6.0):
+        x = (rng.standard_normal((3, 4, 5, 6)) * 5).astype(dtype)
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        y = kernels.relu_forward(x, upper)
+        np.testing.assert_array_equal(y, np.clip(x, 0, upper))
+        np.testing.assert_array_equal(kernels.relu_backward(dy, y, rule.code, upper),
+                                      relu_backward_reference(dy, x, rule, upper))
+
+
+def test_unknown_rule_is_a_clear_error():
+    relu = ReLU()
+    relu.forward(np.ones((2, 2)))
+    with pytest.raises(ValueError, match="gradient.*deconvnet.*guided"):
+        relu.backward(np.ones((2, 2)), "zeiler")
+
+
+# -------------------------------------------------------------------------------------------------
+# bad input
+# -------------------------------------------------------------------------------------------------
+def test_bad_inputs_name_the_layer_and_what_it_expected():
+    conv = Conv2d(3, 4, 3, name="conv1")
+    with pytest.raises(ShapeError, match=r"conv1: expected input of shape \(N, C, H, W\)"):
+        conv.forward(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(ShapeError, match="conv1: expected 3 input channels, got 1"):
+        conv.forward(np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(ShapeError, match="conv1: expected a floating-point array"):
+        conv.forward(np.zeros((1, 3, 8, 8), np.uint8))
+    with pytest.raises(ShapeError, match="conv1: input 2x2 is too small"):
+        conv.forward(np.zeros((1, 3, 2, 2), np.float32))
+    with pytest.raises(ShapeError, match="smaller than the 3x3 pooling window"):
+        MaxPool2d(3, 2, name="pool1").forward(np.zeros((1, 1, 2, 2), np.float32))
+    with pytest.raises(ShapeError, match=r"fc: expected input \(N, 8\)"):
+        Linear(8, 2, name="fc").forward(np.zeros((1, 7), np.float32))
