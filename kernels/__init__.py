@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import cpu_lrn, cpu_pool, cpu_relu
+from . import cpu_im2col, cpu_lrn, cpu_pool, cpu_relu
 
 _gpu_module = None
 
@@ -73,3 +73,19 @@ def lrn_backward(dy, x, y, s, size, alpha, beta):
         return _gpu().lrn_backward(dy, x, y, s, size, alpha, beta)
     t = dy.dtype.type
     return cpu_lrn.lrn_bwd(np.ascontiguousarray(dy), x, y, s, size, t(alpha), t(beta))
+
+
+def im2col(xpad, kernel, stride, out_hw):
+    """xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*ow): the whole batch as one GEMM operand."""
+    if _on_gpu(xpad):
+        return _gpu().im2col(xpad, kernel, stride, out_hw)
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    return cpu_im2col.im2col(np.ascontiguousarray(xpad), kh, kw, sh, sw, oh, ow)
+
+
+def col2im(cols, padded_shape, kernel, stride, out_hw):
+    """cols (C*kh*kw, N*oh*ow) -> (N, C, Hp, Wp), overlapping contributions summed (no races)."""
+    if _on_gpu(cols):
+        return _gpu().col2im(cols, padded_shape, kernel, stride, out_hw)
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    return cpu_im2col.col2im(np.ascontiguousarray(cols), *padded_shape, kh, kw, sh, sw, oh, ow)

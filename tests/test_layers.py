@@ -13,7 +13,7 @@ from scratchnet import kernels
 from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool,
                                Linear, LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual, Rule,
                                Sequential, ShapeError, relu_backward_reference, softmax_cross_entropy)
-from scratchnet.layers.conv import conv2d_naive, same_padding
+from scratchnet.layers.conv import col2im_reference, conv2d_naive, im2col_reference, same_padding
 from scratchnet.layers.norm import lrn_naive, lrn_reference
 from scratchnet.layers.pool import maxpool_reference
 
@@ -152,6 +152,23 @@ def test_conv_fast_path_equals_naive(case, dtype):
                        conv.stride, pads, case["groups"])
     assert y.dtype == dtype
     np.testing.assert_allclose(y, ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("k,s", [((3, 3), (1, 1)), ((5, 5), (2, 2)), ((2, 3), (1, 2)), ((7, 7), (2, 2))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_col2im_kernels_equal_references(k, s, dtype):
+    rng = np.random.default_rng(0)
+    xpad = rng.standard_normal((3, 4, 11, 12)).astype(dtype)
+    oh, ow = (11 - k[0]) // s[0] + 1, (12 - k[1]) // s[1] + 1
+    cols = kernels.im2col(xpad, k, s, (oh, ow))
+    np.testing.assert_array_equal(cols, im2col_reference(xpad, k, s, (oh, ow)))
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    np.testing.assert_allclose(kernels.col2im(dcols, xpad.shape, k, s, (oh, ow)),
+                               col2im_reference(dcols, xpad.shape, k, s, (oh, ow)), rtol=1e-5, atol=1e-5)
+    # col2im is the adjoint of im2col: <im2col(x), d> == <x, col2im(d)>
+    lhs = float((cols.astype(np.float64) * dcols).sum())
+    rhs = float((xpad.astype(np.float64) * kernels.col2im(dcols, xpad.shape, k, s, (oh, ow))).sum())
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
 
 
 def test_same_padding_matches_tensorflow_rule():

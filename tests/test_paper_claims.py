@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from scratchnet.layers import (Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU, Rule)
-from scratchnet.layers.conv import im2col, pad_nchw
 from scratchnet.models import load_network, paper_net
 
 from gradcheck import numerical_grad, rel_error

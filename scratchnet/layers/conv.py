@@ -4,17 +4,22 @@ Shapes: x (N, C, H, W); W (O, C // groups, kh, kw); b (O,); y (N, O, oh, ow).
 
     oh = (H + pad_top + pad_bottom - kh) // sh + 1        (likewise ow)
 
-im2col lays every receptive field out as a column: cols (N, C*kh*kw, oh*ow), so the
-convolution is  y[n] = W.reshape(O, -1) @ cols[n]  (one GEMM per image, batched by matmul).
-Backward is the same algebra transposed:
+im2col lays every receptive field of the whole batch out as a column: cols (C*kh*kw, N*oh*ow),
+so the convolution of the batch is ONE GEMM (it stays efficient for small 13x13 or 4x4 maps):
 
-    dW   = sum_n dy[n] @ cols[n].T          (O, C*kh*kw)
-    dcols = W.T @ dy[n]                      then col2im scatters columns back onto the image.
+    y   = W.reshape(O, -1) @ cols             (O, N*oh*ow), then transposed to (N, O, oh, ow)
 
-col2im is done per kernel offset (kh*kw strided adds over whole arrays), so no two writes of one
-step touch the same element: no races, on any backend. Grouped convolution splits C and O into
-``groups`` blocks (a batched matmul over groups); depthwise convolution (one input and one output
-channel per group) uses a direct path: kh*kw fused multiply-adds of shifted views.
+Backward is the same algebra transposed, again one GEMM each:
+
+    dW    = dy @ cols.T                        (O, C*kh*kw)
+    dcols = W.T @ dy                           then col2im scatters the columns back onto the image.
+
+col2im never races: the Numba kernel gives each thread whole (n, c) planes, and the array-code
+reference adds one kernel offset (i, j) at a time. Grouped convolution splits C and O into
+``groups`` blocks (a batched matmul over groups). Two special cases skip im2col entirely:
+1x1 stride-1 convolution (the image is already the column matrix: one GEMM per image), and
+depthwise convolution (one input and one output channel per group: kh*kw multiply-adds of
+shifted views).
 
 ``conv2d_naive`` is the reference: six nested loops, straight from the definition.
 """
@@ -26,6 +31,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .base import Layer, ShapeError, check_input
+from scratchnet import kernels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,37 +83,32 @@ def pad_nchw(x, pads, value=0.0):
 
 
 # ---------------------------------------------------------------------------------------------
-# im2col / col2im
+# im2col / col2im: the kernels (scratchnet.kernels) and their array-code references
 # ---------------------------------------------------------------------------------------------
-def im2col(xpad, kernel, stride, out_hw):
-    """xpad (N, C, Hp, Wp) -> cols (N, C*kh*kw, oh*ow), row index c*kh*kw + i*kw + j."""
+def im2col_reference(xpad, kernel, stride, out_hw):
+    """Array-code im2col with stride tricks: xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*ow),
+    row (c*kh + i)*kw + j, column (n*oh + p)*ow + q — the layout of ``kernels.im2col``."""
     xp = get_array_module(xpad)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
     n, c = xpad.shape[:2]
-    if kh == kw == sh == sw == 1:
-        return xpad[:, :, :oh, :ow].reshape(n, c, oh * ow)   # 1x1, stride 1: a view, no copy
     xpad = xp.ascontiguousarray(xpad)
     s = xpad.strides
     view = xp.lib.stride_tricks.as_strided(
-        xpad, shape=(n, c, kh, kw, oh, ow), strides=(s[0], s[1], s[2], s[3], s[2] * sh, s[3] * sw))
-    return view.reshape(n, c * kh * kw, oh * ow)   # reshape of a strided view copies: this is im2col
+        xpad, shape=(c, kh, kw, n, oh, ow), strides=(s[1], s[2], s[3], s[0], s[2] * sh, s[3] * sw))
+    return view.reshape(c * kh * kw, n * oh * ow)
 
 
-def col2im(cols, in_shape_padded, kernel, stride, out_hw):
-    """Inverse scatter of im2col: cols (N, C*kh*kw, oh*ow) -> (N, C, Hp, Wp), overlaps summed.
-
-    One strided add per kernel offset (i, j): within one add the targets are distinct, so the
-    sum needs no atomics on any backend."""
+def col2im_reference(cols, padded_shape, kernel, stride, out_hw):
+    """Inverse scatter of im2col in array code: one strided add per kernel offset (i, j); within one
+    add the targets are distinct, so no atomics are needed on any backend."""
     xp = get_array_module(cols)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
-    n, c, hp, wp = in_shape_padded
-    if kh == kw == sh == sw == 1 and (hp, wp) == (oh, ow):
-        return cols.reshape(n, c, hp, wp)
-    c6 = cols.reshape(n, c, kh, kw, oh, ow)
+    n, c, hp, wp = padded_shape
+    c6 = cols.reshape(c, kh, kw, n, oh, ow)
     dx = xp.zeros((n, c, hp, wp), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += c6[:, :, i, j]
+            dx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += c6[:, i, j].transpose(1, 0, 2, 3)
     return dx
 
 
@@ -178,48 +179,62 @@ class Conv2d(Layer):
         n, c, h, w = x.shape
         _, o, oh, ow = self.output_shape(x.shape)
         pads = self.pads_for(h, w)
-        xpad = pad_nchw(x, pads)
-        W = self.params["W"]
+        W, g = self.params["W"], self.groups
         if self.depthwise and W.shape[1] == 1:
+            xpad = pad_nchw(x, pads)
             y = _depthwise_forward(xpad, W, self.stride, (oh, ow))
-            self._cache = ("dw", xpad, pads)
+            self._cache = ("depthwise", xpad, pads)
+        elif self.pointwise and not any(pads):
+            # 1x1 stride 1: the image already is the column matrix, one GEMM per image, no copies
+            x3 = x.reshape(n, g, c // g, h * w)
+            y = xp.matmul(W.reshape(g, o // g, c // g), x3)                   # (N, G, O/G, HW)
+            self._cache = ("pointwise", x3, None)
         else:
-            cols = im2col(xpad, self.kernel, self.stride, (oh, ow))      # (N, K, P)
-            g = self.groups
-            if g == 1:
-                y = xp.matmul(W.reshape(o, -1), cols)                    # (N, O, P)
-            else:
-                y = xp.matmul(W.reshape(g, o // g, -1), cols.reshape(n, g, -1, oh * ow))  # (N, G, O/G, P)
+            xpad = pad_nchw(x, pads)
+            cols = kernels.im2col(xpad, self.kernel, self.stride, (oh, ow))   # (K, N*P)
+            y = xp.matmul(W.reshape(g, o // g, -1), cols.reshape(g, -1, n * oh * ow))  # (G, O/G, N*P)
+            y = xp.ascontiguousarray(y.reshape(o, n, oh * ow).transpose(1, 0, 2))
             self._cache = ("gemm", cols, xpad.shape, pads)
         y = y.reshape(n, o, oh, ow)
         if self.has_bias:
             y += self.params["b"].reshape(1, o, 1, 1)
         return y
 
+    @property
+    def pointwise(self):
+        return self.kernel == (1, 1) and self.stride == (1, 1)
+
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         xp = get_array_module(dy)
         n, o, oh, ow = dy.shape
-        W = self.params["W"]
+        W, g = self.params["W"], self.groups
+        Wg = W.reshape(g, o // g, -1)                                          # (G, O/G, K/G)
         if param_grads and self.has_bias:
             self.grads["b"] = dy.sum(axis=(0, 2, 3))
-        if self._cache[0] == "dw":
+        kind = self._cache[0]
+        if kind == "depthwise":
             _, xpad, pads = self._cache
             dW, dxpad = _depthwise_backward(dy, xpad, W, self.stride, param_grads, input_grad)
             if param_grads:
                 self.grads["W"] = dW
             return _unpad(dxpad, pads) if input_grad else None
+        if kind == "pointwise":
+            _, x3, _ = self._cache                                            # (N, G, C/G, HW)
+            dy4 = dy.reshape(n, g, o // g, oh * ow)
+            if param_grads:
+                self.grads["W"] = xp.matmul(dy4, x3.transpose(0, 1, 3, 2)).sum(axis=0).reshape(W.shape)
+            if not input_grad:
+                return None
+            return xp.matmul(Wg.transpose(0, 2, 1), dy4).reshape(n, -1, oh, ow)
         _, cols, padded_shape, pads = self._cache
-        g = self.groups
-        dy3 = dy.reshape(n, g, o // g, oh * ow)                           # (N, G, O/G, P)
-        colsg = cols.reshape(n, g, -1, oh * ow)                            # (N, G, K/G, P)
+        dy2 = xp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2)).reshape(g, o // g, n * oh * ow)
+        colsg = cols.reshape(g, -1, n * oh * ow)                               # (G, K/G, N*P)
         if param_grads:
-            dWg = xp.matmul(dy3, colsg.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, O/G, K/G)
-            self.grads["W"] = dWg.reshape(W.shape)
+            self.grads["W"] = xp.matmul(dy2, colsg.transpose(0, 2, 1)).reshape(W.shape)   # one GEMM per group
         if not input_grad:
             return None
-        Wg = W.reshape(g, o // g, -1)
-        dcols = xp.matmul(Wg.transpose(0, 2, 1), dy3)                     # (N, G, K/G, P)
-        dxpad = col2im(dcols.reshape(n, -1, oh * ow), padded_shape, self.kernel, self.stride, (oh, ow))
+        dcols = xp.matmul(Wg.transpose(0, 2, 1), dy2)                          # (G, K/G, N*P)
+        dxpad = kernels.col2im(dcols.reshape(-1, n * oh * ow), padded_shape, self.kernel, self.stride, (oh, ow))
         return _unpad(dxpad, pads)
 
 

@@ -1,0 +1,173 @@
+"""CPU benchmark of the engine on the paper's network (issue: engine core).
+
+    python bench/bench_cpu.py [--batch 8] [--size 224] [--repeats 5] [--threads N]
+
+Prints, for the paper's network at 224x224 (batch 8 by default):
+  * each layer's forward and backward time, GFLOP/s and the fraction of this machine's measured
+    float32 GEMM rate;
+  * the whole forward, an SGD training step (forward in train mode, backward with weight gradients
+    and no image gradient, momentum update) and saliency (backward to the image, no weight gradients);
+  * Numba vs NumPy for ReLU and max pooling;
+  * where PyTorch is installed, the same network with the same weights in PyTorch, timed in the same
+    run, and our time over theirs (the ratio is what to compare: these machines are noisy).
+The last line is one JSON object with everything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import gemm_gflops, median_time  # noqa: E402
+from torch_twin import to_torch, torch_available  # noqa: E402
+
+import scratchnet as sn  # noqa: E402
+from scratchnet import kernels  # noqa: E402
+from scratchnet.layers import Conv2d, Linear  # noqa: E402
+from scratchnet.layers.pool import maxpool_numpy  # noqa: E402
+
+
+def sgd_step(net, x, labels, lr=1e-3, mom=0.9, state={}):
+    scores = net.forward(x, train=True)
+    loss, d = sn.layers.softmax_cross_entropy(scores, labels)
+    net.backward(d, input_grad=False)
+    for name, layer, key in net.named_params():
+        v = state.setdefault(name, np.zeros_like(layer.params[key]))
+        v *= mom
+        v -= lr * layer.grads[key]
+        layer.params[key] += v
+    return loss
+
+
+def per_layer(net, x, repeats):
+    rows = []
+    h = x
+    acts = []
+    for name, layer in net.layers:
+        acts.append(h)
+        t = median_time(lambda: layer.forward(h, True), repeats, warmup=1)
+        h = layer.forward(h, True)
+        rows.append(dict(layer=name, fwd_ms=t * 1e3))
+    g = np.ones_like(h)
+    for i in range(len(net.layers) - 1, -1, -1):
+        name, layer = net.layers[i]
+        layer.forward(acts[i], True)
+        t = median_time(lambda: layer.backward(g, "gradient", True, i > 0), repeats, warmup=1)
+        g2 = layer.backward(g, "gradient", True, i > 0)
+        rows[i]["bwd_ms"] = t * 1e3
+        g = g2 if g2 is not None else g
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args()
+
+    import numba
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+    net = sn.models.paper_net(args.size, num_classes=1000, seed=0)
+    x = rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32)
+    labels = rng.integers(0, 1000, args.batch)
+    onehot = np.zeros((args.batch, 1000), np.float32)
+    onehot[np.arange(args.batch), labels] = 1
+    gemm = gemm_gflops()
+    flops = dict(sn.models.flops_per_layer(net, (3, args.size, args.size)))
+    total_gflop = sum(flops.values())
+    print(f"machine float32 GEMM: {gemm:.1f} GFLOP/s   network: {total_gflop:.2f} GFLOP/image forward   "
+          f"batch {args.batch}, {args.threads} threads", file=sys.stderr)
+
+    rows = per_layer(net, x, args.repeats)
+    print(f"\n{'layer':<10}{'fwd ms':>9}{'bwd ms':>9}{'fwd GFLOP/s':>13}{'of GEMM':>9}{'bwd GFLOP/s':>13}")
+    for r in rows:
+        gf = flops.get(r["layer"], 0) * args.batch
+        r["fwd_gflops"] = gf / (r["fwd_ms"] / 1e3) if gf else None
+        r["bwd_gflops"] = 2 * gf / (r["bwd_ms"] / 1e3) if gf else None   # dW and dx: twice the forward
+        if gf:
+            print(f"{r['layer']:<10}{r['fwd_ms']:9.1f}{r['bwd_ms']:9.1f}{r['fwd_gflops']:13.1f}"
+                  f"{r['fwd_gflops'] / gemm:9.0%}{r['bwd_gflops']:13.1f}")
+        else:
+            print(f"{r['layer']:<10}{r['fwd_ms']:9.1f}{r['bwd_ms']:9.1f}")
+
+    def saliency():
+        net.forward(x)
+        return net.backward(onehot, param_grads=False)
+
+    ours = dict(
+        forward=median_time(lambda: net.forward(x), args.repeats),
+        train_step=median_time(lambda: sgd_step(net, x, labels), args.repeats),
+        saliency=median_time(saliency, args.repeats),
+    )
+    result = dict(batch=args.batch, size=args.size, threads=args.threads, gemm_gflops=gemm,
+                  gflop_per_image=total_gflop, layers=rows,
+                  scratchnet={k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in ours.items()})
+
+    # Numba vs NumPy for the fused kernels, on conv1's output
+    a = net["conv1"].forward(x)
+    y = kernels.relu_forward(a)
+    dy = rng.standard_normal(a.shape).astype(np.float32)
+    pool = net["pool1"]
+    oh, ow = pool.output_shape(a.shape)[2:]
+    vs = dict(
+        relu_fwd=(median_time(lambda: kernels.relu_forward(a)), median_time(lambda: np.maximum(a, 0))),
+        relu_bwd_guided=(median_time(lambda: kernels.relu_backward(dy, y, 2)),
+                         median_time(lambda: dy * ((a > 0) & (dy > 0)))),
+        maxpool_fwd=(median_time(lambda: kernels.maxpool_forward(a, (3, 3), (2, 2), (0, 0, 0, 0), (oh, ow))),
+                     median_time(lambda: maxpool_numpy(a, (3, 3), (2, 2), (oh - 1, ow - 1)))),
+    )
+    print(f"\n{'kernel':<18}{'numba ms':>10}{'numpy ms':>10}{'speed-up':>10}   (input {tuple(a.shape)})")
+    for k, (tn, tp) in vs.items():
+        print(f"{k:<18}{tn * 1e3:10.2f}{tp * 1e3:10.2f}{tp / tn:10.1f}x")
+    result["numba_vs_numpy"] = {k: dict(numba_ms=tn * 1e3, numpy_ms=tp * 1e3) for k, (tn, tp) in vs.items()}
+
+    if torch_available() and not args.no_torch:
+        import torch
+        torch.set_num_threads(args.threads)
+        tnet = to_torch(net)
+        tx, tl = torch.from_numpy(x), torch.from_numpy(labels)
+        opt = torch.optim.SGD(tnet.parameters(), lr=1e-3, momentum=0.9)
+
+        def t_forward():
+            tnet.eval()
+            with torch.no_grad():
+                tnet(tx)
+
+        def t_train():
+            tnet.train()
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(tnet(tx), tl).backward()
+            opt.step()
+
+        def t_saliency():
+            tnet.eval()
+            xi = tx.clone().requires_grad_(True)
+            for p in tnet.parameters():
+                p.requires_grad_(False)
+            tnet(xi).gather(1, tl[:, None]).sum().backward()
+            for p in tnet.parameters():
+                p.requires_grad_(True)
+
+        theirs = dict(forward=median_time(t_forward, args.repeats), train_step=median_time(t_train, args.repeats),
+                      saliency=median_time(t_saliency, args.repeats))
+        result["torch"] = {k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in theirs.items()}
+        result["torch_version"] = torch.__version__
+        result["ratio_ours_over_torch"] = {k: ours[k] / theirs[k] for k in ours}
+    print(f"\n{'':<12}{'scratchnet img/s':>18}{'torch img/s':>14}{'time ours/torch':>17}")
+    for k, v in ours.items():
+        tt = result.get("torch", {}).get(k)
+        print(f"{k:<12}{args.batch / v:18.1f}" + (f"{tt['img_s']:14.1f}{v * 1e3 / tt['ms']:17.2f}" if tt else "   (torch not installed)"))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

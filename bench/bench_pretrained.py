@@ -1,0 +1,285 @@
+"""Speed of the imported ImageNet networks on the CPU, beside PyTorch running the same network.
+
+    python bench/bench_pretrained.py [--models squeezenet1_0 efficientnet_lite0] [--batches 1 16]
+                                     [--repeats 3] [--threads N] [--layers]
+
+For each network and batch size: images per second of
+    forward                     x -> scores
+    forward + backward          scores -> d/d(image) (param_grads=False: what saliency maps need)
+for scratchnet and, when ``torch`` is importable, for a PyTorch twin built by ``to_torch`` from the very
+same weights (torch.set_num_threads set to the same thread count as Numba), with the ratio
+ours / theirs in time (above 1: we are slower). ``--layers`` adds a per-layer-type forward time table
+(conv 1x1, conv kxk, depthwise, pooling, ...) for both engines at batch 16.
+Prints a table, then one JSON object as the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten,  # noqa: E402
+                               GlobalAvgPool, Linear, LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual,
+                               Sequential)
+from scratchnet.layers.conv import same_padding  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# a PyTorch twin of any scratchnet network (same weights), for timing and as a numerical oracle
+# ---------------------------------------------------------------------------------------------
+def to_torch(net):
+    """A torch.nn.Module computing exactly what ``net`` computes (eval mode), sharing nothing but values."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Pad(nn.Module):
+        """Explicit (top, bottom, left, right) zero padding, or TF 'SAME' computed from the input size."""
+
+        def __init__(self, pads, kernel, stride):
+            super().__init__()
+            self.pads, self.kernel, self.stride = pads, kernel, stride
+
+        def forward(self, x):
+            p = same_padding(x.shape[2], x.shape[3], self.kernel, self.stride) if self.pads == "same" else self.pads
+            return F.pad(x, (p[2], p[3], p[0], p[1])) if any(p) else x
+
+    class Cat(nn.Module):
+        def __init__(self, branches):
+            super().__init__()
+            self.branches = nn.ModuleList(branches)
+
+        def forward(self, x):
+            return torch.cat([b(x) for b in self.branches], 1)
+
+    class Res(nn.Module):
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    class GAP(nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    def conv(layer: Conv2d):
+        p = layer.padding
+        symmetric = p != "same" and p[0] == p[1] and p[2] == p[3]
+        m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride,
+                      padding=(p[0], p[2]) if symmetric else 0, groups=layer.groups, bias=layer.has_bias)
+        with torch.no_grad():
+            m.weight.copy_(t(layer.params["W"]))
+            if layer.has_bias:
+                m.bias.copy_(t(layer.params["b"]))
+        return m if symmetric else nn.Sequential(Pad(p, layer.kernel, layer.stride), m)
+
+    def build(layer):
+        if isinstance(layer, Sequential):
+            return nn.Sequential(*[build(l) for _, l in layer.layers])
+        if isinstance(layer, Concat):
+            return Cat([build(b) for _, b in layer.branches])
+        if isinstance(layer, Residual):
+            return Res(build(layer.body), None if layer.shortcut is None else build(layer.shortcut))
+        if isinstance(layer, Conv2d):
+            return conv(layer)
+        if isinstance(layer, ReLU6):
+            return nn.ReLU6()
+        if isinstance(layer, ReLU):
+            return nn.ReLU()
+        if isinstance(layer, MaxPool2d):
+            p = layer.padding
+            return nn.MaxPool2d(layer.kernel, layer.stride, (p[0], p[2]), ceil_mode=layer.ceil_mode)
+        if isinstance(layer, AvgPool2d):
+            p = layer.padding
+            return nn.AvgPool2d(layer.kernel, layer.stride, (p[0], p[2]), ceil_mode=layer.ceil_mode)
+        if isinstance(layer, GlobalAvgPool):
+            return GAP()
+        if isinstance(layer, (Dropout,)):
+            return nn.Identity()
+        if isinstance(layer, Flatten):
+            return nn.Flatten()
+        if isinstance(layer, Linear):
+            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.has_bias)
+            with torch.no_grad():
+                m.weight.copy_(t(layer.params["W"]))
+                if layer.has_bias:
+                    m.bias.copy_(t(layer.params["b"]))
+            return m
+        if isinstance(layer, BatchNorm2d):
+            m = nn.BatchNorm2d(layer.channels, eps=layer.eps)
+            with torch.no_grad():
+                m.weight.copy_(t(layer.params["gamma"]))
+                m.bias.copy_(t(layer.params["beta"]))
+                m.running_mean.copy_(t(layer.stats["mean"]))
+                m.running_var.copy_(t(layer.stats["var"]))
+            return m
+        if isinstance(layer, LocalResponseNorm):
+            # torch divides alpha by size (Caffe's convention); ours multiplies the sum directly
+            return nn.LocalResponseNorm(layer.size, layer.alpha * layer.size, layer.beta, layer.k)
+        raise TypeError(f"to_torch: no PyTorch twin for {type(layer).__name__}")
+
+    return build(net).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------
+def best_time(fn, repeats):
+    fn()                                        # warm-up (Numba compilation, allocator)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def ours_fns(net, x):
+    k = net.num_classes
+
+    def fwd():
+        net.forward(x)
+
+    def fwd_bwd():
+        s = net.forward(x)
+        d = np.zeros_like(s)
+        d[:, 0] = 1.0
+        net.backward(d, param_grads=False)
+    return fwd, fwd_bwd
+
+
+def torch_fns(tnet, x):
+    import torch
+    xt = torch.from_numpy(x)
+
+    def fwd():
+        with torch.no_grad():
+            tnet(xt)
+
+    def fwd_bwd():
+        xi = xt.clone().requires_grad_(True)
+        for p in tnet.parameters():
+            p.requires_grad_(False)
+        s = tnet(xi)
+        s[:, 0].sum().backward()
+    return fwd, fwd_bwd
+
+
+def layer_kind(layer):
+    if isinstance(layer, Conv2d):
+        if layer.depthwise:
+            return f"conv depthwise {layer.kernel[0]}x{layer.kernel[1]}"
+        return "conv 1x1" if layer.kernel == (1, 1) else f"conv {layer.kernel[0]}x{layer.kernel[1]}"
+    return type(layer).__name__
+
+
+def per_layer_times(net, x, tnet=None):
+    """Forward seconds per layer kind (leaves only), ours and (optionally) torch's on the same leaves."""
+    ours, theirs = defaultdict(float), defaultdict(float)
+    leaves = []
+
+    def walk(layer, shape_in):
+        if isinstance(layer, Sequential):
+            for _, l in layer.layers:
+                shape_in = walk(l, shape_in)
+            return shape_in
+        if isinstance(layer, (Concat, Residual)):
+            for _, l in layer.children():
+                walk(l, shape_in)
+            return layer.output_shape(shape_in)
+        leaves.append((layer, shape_in))
+        return layer.output_shape(shape_in)
+
+    walk(net, x.shape)
+    rng = np.random.default_rng(0)
+    for layer, shape in leaves:
+        xin = rng.standard_normal(shape).astype(np.float32)
+        kind = layer_kind(layer)
+        ours[kind] += best_time(lambda: layer.forward(xin), 1)
+        if tnet is not None:
+            import torch
+            tl = to_torch(Sequential([("l", layer)]))
+            xt = torch.from_numpy(xin)
+            with torch.no_grad():
+                theirs[kind] += best_time(lambda: tl(xt), 1)
+    return ours, theirs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["squeezenet1_0", "efficientnet_lite0"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="threads for both engines (default: Numba's)")
+    ap.add_argument("--layers", action="store_true", help="also time each layer kind at the largest batch")
+    args = ap.parse_args(argv)
+
+    import numba
+    from scratchnet.models import load
+    threads = args.threads or numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:
+        torch = None
+        print("torch not importable: timing scratchnet only", file=sys.stderr)
+
+    rows, layer_rows = [], []
+    for name in args.models:
+        net = load(name)
+        tnet = to_torch(net) if torch is not None else None
+        c, h, w = net.input_shape
+        for bs in args.batches:
+            x = np.random.default_rng(0).standard_normal((bs, c, h, w)).astype(np.float32)
+            f, fb = ours_fns(net, x)
+            row = dict(model=name, batch=bs, ours_fwd_img_s=bs / best_time(f, args.repeats),
+                       ours_fwdbwd_img_s=bs / best_time(fb, args.repeats))
+            if tnet is not None:
+                tf, tfb = torch_fns(tnet, x)
+                row.update(torch_fwd_img_s=bs / best_time(tf, args.repeats),
+                           torch_fwdbwd_img_s=bs / best_time(tfb, args.repeats))
+                row.update(ratio_fwd=row["torch_fwd_img_s"] / row["ours_fwd_img_s"],
+                           ratio_fwdbwd=row["torch_fwdbwd_img_s"] / row["ours_fwdbwd_img_s"])
+            rows.append(row)
+            print(f"  {name} batch {bs}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
+                                                       if isinstance(v, float)), file=sys.stderr, flush=True)
+        if args.layers:
+            x = np.random.default_rng(0).standard_normal((max(args.batches), c, h, w)).astype(np.float32)
+            ours, theirs = per_layer_times(net, x, tnet)
+            for kind in sorted(ours, key=ours.get, reverse=True):
+                layer_rows.append(dict(model=name, kind=kind, ours_s=ours[kind], torch_s=theirs.get(kind)))
+
+    print(f"\nCPU, {threads} threads (numba{', torch ' + torch.__version__ if torch else ''}); img/s; "
+          f"ratio = ours time / torch time")
+    hdr = f"{'model':<20}{'batch':>6}{'fwd':>10}{'torch':>10}{'ratio':>8}{'fwd+bwd':>10}{'torch':>10}{'ratio':>8}"
+    print(hdr)
+    for r in rows:
+        print(f"{r['model']:<20}{r['batch']:>6}{r['ours_fwd_img_s']:>10.2f}{r.get('torch_fwd_img_s', float('nan')):>10.2f}"
+              f"{r.get('ratio_fwd', float('nan')):>8.1f}{r['ours_fwdbwd_img_s']:>10.2f}"
+              f"{r.get('torch_fwdbwd_img_s', float('nan')):>10.2f}{r.get('ratio_fwdbwd', float('nan')):>8.1f}")
+    if layer_rows:
+        print(f"\nforward seconds per layer kind at batch {max(args.batches)}")
+        print(f"{'model':<20}{'layer kind':<24}{'ours s':>9}{'torch s':>9}{'ratio':>8}")
+        for r in layer_rows:
+            ts = r["torch_s"]
+            print(f"{r['model']:<20}{r['kind']:<24}{r['ours_s']:>9.3f}"
+                  f"{(ts if ts is not None else float('nan')):>9.3f}{(r['ours_s'] / ts if ts else float('nan')):>8.1f}")
+    print(json.dumps(dict(threads=threads, cpu_count=os.cpu_count(), rows=rows, layers=layer_rows)))
+
+
+if __name__ == "__main__":
+    main()
