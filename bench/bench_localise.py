@@ -86,7 +86,8 @@ def main(argv=None):
 
     segment(images[0], maps[0], pairwise_weight=args.pairwise_weight)   # warm-up: Numba compile/cache
     load = os.getloadavg()
-    ours, ours_cpu, stages, theirs, theirs_cpu, agree, fallbacks = [], [], {s: [] for s in STAGES}, [], [], [], 0
+    ours, ours_cpu, theirs, theirs_cpu, agree, fallbacks = [], [], [], [], [], 0
+    stages = {s: [] for s in STAGES}
     for im, sal in zip(images, maps):
         t, c = time.perf_counter(), time.process_time()
         seg = segment(im, sal, pairwise_weight=args.pairwise_weight)
@@ -131,7 +132,8 @@ def main(argv=None):
                        round(ratio, 3), "opencv_version": cv2.__version__,
                        "mask_iou_vs_opencv_median": round(float(np.median(agree)), 3)})
     else:
-        print("opencv grabCut: cv2 not importable (pip install opencv-python-headless), peer skipped")
+        print("opencv grabCut: peer skipped (--no-opencv, or cv2 not importable: "
+              "pip install opencv-python-headless)")
     print(json.dumps(result))
 
 

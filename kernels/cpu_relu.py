@@ -14,9 +14,9 @@ def relu_fwd(x, upper):
     """y = min(max(x, 0), upper); x any shape, upper = inf for plain ReLU (NaN propagates)."""
     flat = x.ravel()
     y = np.empty_like(flat)
+    zero = flat.dtype.type(0)
     for i in nb.prange(flat.size):
-        v = flat[i]
-        y[i] = min(v if v > 0 else 0, upper) if v == v else v
+        y[i] = min(max(flat[i], zero), upper)
     return y.reshape(x.shape)
 
 

@@ -82,6 +82,14 @@ def _read_lines(path: Path, what: str) -> list[str]:
     return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def _box_rows(path: Path, rows: list) -> np.ndarray:
+    """Rows of four number strings -> (K, 4) float32; the error names the file."""
+    try:
+        return np.array(rows, dtype=np.float64).astype(np.float32).reshape(len(rows), 4)
+    except ValueError:
+        raise ValueError(f"{path}: expected four box numbers x0 y0 x1 y1 on every line") from None
+
+
 def _box_row(path: Path, lineno: int, fields: list[str]) -> np.ndarray:
     try:
         return np.array([float(v) for v in fields], dtype=np.float32)
@@ -137,20 +145,21 @@ def tiny_imagenet(root, split: str = "train", classes=None, per_class: int | Non
                 if len(f) != 5:
                     raise ValueError(f"{box_file}, line {n}: expected 'file x0 y0 x1 y1', got {ln!r}")
                 try:
-                    k = int(Path(f[0]).stem.rsplit("_", 1)[1])
+                    k = int(f[0].rsplit(".", 1)[0].rsplit("_", 1)[1])
                 except (IndexError, ValueError):
                     raise ValueError(f"{box_file}, line {n}: expected a file named {w}_<i>.JPEG, got {f[0]!r}") from None
-                rows[k] = (f[0], _box_row(box_file, n, f[1:]))
+                rows[k] = (f[0], f[1:])
             want = range(start, max(rows) + 1 if stop is None else stop)
             missing = [k for k in want if k not in rows]
             if missing:
                 raise ValueError(f"tiny_imagenet: {box_file} lists no image(s) {w}_{missing[0]}.JPEG"
                                  f"{' and %d more' % (len(missing) - 1) if len(missing) > 1 else ''};"
                                  f" asked for images {start}..{want.stop - 1} of each class")
-            for k in want:
-                paths.append(root / "train" / w / "images" / rows[k][0])
-                labels.append(label_of[w])
-                boxes.append(rows[k][1][None])
+            folder = root / "train" / w / "images"
+            class_boxes = _box_rows(box_file, [rows[k][1] for k in want])
+            paths += [folder / rows[k][0] for k in want]
+            labels += [label_of[w]] * len(want)
+            boxes += list(class_boxes[:, None])
     else:
         ann = root / "val" / "val_annotations.txt"
         seen = {w: 0 for w in wnids}
@@ -190,7 +199,8 @@ def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool =
     """root/<class>/<image> as a Dataset (no boxes).
 
     Without class_names: one class per sub-folder, labels in sorted folder order.
-    With class_names (and optionally class_wnids, e.g. the ImageNet-1k lists): each folder is
+    With class_names (and optionally class_wnids; class_names="imagenet" means both ImageNet-1k
+    lists in the standard order): each folder is
     a wnid or a name from those lists (case and '_' vs ' ' ignored) and labels are its index
     in the list.  An unknown folder name is an error listing close matches; a listed class
     with no folder is an error unless allow_missing=True (a folder holding some classes).
@@ -198,6 +208,8 @@ def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool =
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image_folder: no folder {root}")
+    if isinstance(class_names, str) and class_names == "imagenet":
+        class_names, class_wnids = imagenet_class_names(), imagenet_wnids()
     folders = _class_folders(root)
     if not folders:
         raise ValueError(f"image_folder: {root} has no class sub-folders; expected root/<class>/<image>")
@@ -213,7 +225,7 @@ def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool =
         label_of = {}
         for f in folders:
             try:
-                label_of[f] = class_index(f.name, names, [w for w in wnids])
+                label_of[f] = class_index(f.name, names, wnids)
             except KeyError as e:
                 raise ValueError(f"image_folder: class folder {f} is not a class in the given list: {e}") from None
         missing = sorted(set(range(len(names))) - set(label_of.values()))

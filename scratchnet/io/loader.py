@@ -131,20 +131,21 @@ class BatchLoader:
             x *= ~mask[:, None]                                     # jitter: the rectangle carries no signal
         return x, y
 
-    def _batches(self, epoch: int):
+    def _batches(self, epoch: int, start: int = 0):
         order = self.order(epoch)
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             yield self.make_batch(epoch, b, order[b * self.batch_size:(b + 1) * self.batch_size])
 
-    def epoch_batches(self, epoch: int):
-        """Iterate the batches of `epoch`; the same (seed, epoch) always gives the same batches.
+    def epoch_batches(self, epoch: int, start: int = 0):
+        """Iterate the batches of `epoch` from batch number `start` (a resumed run skips the ones it
+        has done); the same (seed, epoch) always gives the same batches.
 
         With prefetch > 0 a daemon thread makes batches ahead into a queue of that depth; it
         stops when the epoch ends, when the loop breaks (the generator is closed), or on error
         (the error is raised here).
         """
         if self.prefetch <= 0:
-            yield from self._batches(epoch)
+            yield from self._batches(epoch, start)
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -152,7 +153,7 @@ class BatchLoader:
 
         def produce():
             try:
-                for item in self._batches(epoch):
+                for item in self._batches(epoch, start):
                     while not stop.is_set():
                         try:
                             q.put(item, timeout=0.1)

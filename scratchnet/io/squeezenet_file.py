@@ -114,14 +114,14 @@ def _decode(buf: bytes, label: str) -> dict[str, tuple[np.ndarray, np.ndarray, n
         codebook = r.take("<f4", CODEBOOK_SIZE, f"layer {name}: {CODEBOOK_SIZE}-entry float32 codebook")
         if codebook[0] != 0.0 or not np.all(np.isfinite(codebook)):
             r.fail(f"layer {name}: the codebook at byte offset {at} should start with 0.0 and hold finite "
-                   f"values, found codebook[0] = {codebook[0]!r} (is the file misaligned?)")
+                   f"values, found codebook[0] = {float(codebook[0])!r} (is the file misaligned?)")
         at = r.offset
         bias = r.take("<f4", shape[0], f"layer {name}: {shape[0]} float32 biases")
         if not np.all(np.isfinite(bias)):
             r.fail(f"layer {name}: non-finite bias in the {shape[0]} float32 values at byte offset {at}")
         codes = r.take("u1", n, f"layer {name}: {n} uint8 codes")
         at = r.offset
-        packed = r.take("u1", (n + 1) // 2, f"layer {name}: {(n + 1) // 2} bytes of 4-bit position increments")
+        packed = r.take("u1", (n + 1) // 2, f"layer {name}: {n} 4-bit position increments")
 
         increments = np.empty(2 * len(packed), dtype=np.int64)
         increments[0::2] = packed & 0x0F  # low nibble first
@@ -129,7 +129,7 @@ def _decode(buf: bytes, label: str) -> dict[str, tuple[np.ndarray, np.ndarray, n
         positions = np.cumsum(increments[:n] + 1) - 1
         if n and positions[-1] >= size:
             r.fail(f"layer {name}: the position increments at byte offset {at} reach flat index "
-                   f"{positions[-1]}, but a {shape} layer has only {size} weights")
+                   f"{positions[-1]}, but a {shape} layer has only {size} weights (indices 0..{size - 1})")
 
         weights = np.zeros(size, dtype=np.float32)
         weights[positions] = codebook[codes]
@@ -137,7 +137,7 @@ def _decode(buf: bytes, label: str) -> dict[str, tuple[np.ndarray, np.ndarray, n
 
     if r.offset != len(buf):
         r.fail(f"expected the end of the file at byte offset {r.offset} after layer conv_final, "
-               f"found {len(buf) - r.offset} trailing bytes")
+               f"found {len(buf) - r.offset} trailing byte(s)")
     return layers
 
 

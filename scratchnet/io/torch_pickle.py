@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import collections
 import io
+import operator
 import pickle
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,46 +60,38 @@ class TorchFileFormatError(ValueError):
 
 
 # ----------------------------------------------------------------------- what the pickle may build
+# Everything handed to the pickle is immutable (NamedTuples, a built-in type) or made fresh for each
+# lookup (the rebuild lambdas), so a hostile BUILD opcode, which sets attributes, cannot alter the
+# reader. The storage bytes live in the loader's own dict, out of the pickle's reach.
 
-@dataclass(frozen=True)
-class _StorageType:
-    """Stands in for torch.FloatStorage etc.: only its element dtype matters."""
+class _StorageType(NamedTuple):
+    """Stands in for torch.FloatStorage etc.; the element dtype is looked up by name in STORAGE_DTYPES."""
     name: str
-    dtype: str
 
 
-@dataclass
-class _Storage:
-    """A flat run of elements; ``data`` is filled in when its bytes are read (legacy: after the pickle)."""
-    type: _StorageType
+class _StorageRef(NamedTuple):
+    """What persistent_load returns for a storage: elements [offset, offset + numel) of storage ``key``
+    (offset is non-zero only for the views of the legacy format)."""
     key: str
+    type_name: str
+    offset: int
     numel: int
-    data: np.ndarray | None = None
-    root: _Storage | None = None  # legacy views: a slice [offset, offset + numel) of another storage
-    root_offset: int = 0
-
-    def array(self) -> np.ndarray:
-        if self.root is not None:
-            return self.root.array()[self.root_offset:self.root_offset + self.numel]
-        if self.data is None:
-            raise TorchFileFormatError(f"storage {self.key!r} is used by a tensor but its bytes were never stored")
-        return self.data
 
 
-@dataclass
-class _TensorRef:
-    """A tensor whose storage may not be read yet: (storage, element offset, size, stride)."""
-    storage: _Storage
+class _TensorRef(NamedTuple):
+    """A tensor whose storage bytes may not be read yet (legacy files store them after the pickle)."""
+    storage: _StorageRef
     offset: int
     size: tuple
     stride: tuple
 
-    def to_numpy(self) -> np.ndarray:
-        flat = self.storage.array()
-        size, stride, offset = tuple(map(int, self.size)), tuple(map(int, self.stride)), int(self.offset)
-        if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
-            raise TorchFileFormatError(f"tensor on storage {self.storage.key!r}: bad size {size} / stride "
-                                       f"{stride} / offset {offset}")
+    def to_numpy(self, storages: dict[str, np.ndarray]) -> np.ndarray:
+        """C-contiguous copy of the strided view; ``storages`` maps key -> flat element array."""
+        ref = self.storage
+        if ref.key not in storages:
+            raise TorchFileFormatError(f"storage {ref.key!r} is used by a tensor but its bytes were never stored")
+        flat = storages[ref.key][ref.offset:ref.offset + ref.numel]
+        size, stride, offset = self.size, self.stride, self.offset
         if 0 in size:
             out = np.zeros(size, dtype=flat.dtype)
         else:
@@ -106,20 +99,30 @@ class _TensorRef:
             if last >= len(flat):
                 raise TorchFileFormatError(
                     f"tensor of size {size}, stride {stride}, offset {offset} reaches element {last} of "
-                    f"storage {self.storage.key!r}, which holds {len(flat)} elements")
+                    f"storage {ref.key!r}, which holds {len(flat)} elements")
             view = np.lib.stride_tricks.as_strided(
                 flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride], writeable=False)
             out = np.array(view, dtype=flat.dtype.newbyteorder("="), order="C")
-        if self.storage.type.name == "BFloat16Storage":
-            out = (out.astype(np.uint32) << 16).view(np.float32)
+        if ref.type_name == "BFloat16Storage":
+            out = (out.astype(np.uint32) << 16).view(np.float32)  # bfloat16 = the top half of a float32
         return out
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
-    if not isinstance(storage, _Storage):
+    """torch._utils._rebuild_tensor_v2: a tensor is a strided view (size, stride, element offset) of a storage."""
+    if not isinstance(storage, _StorageRef):
         raise TorchFileFormatError(f"_rebuild_tensor_v2 expected a storage, got {type(storage).__name__}")
-    return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+    try:
+        size, stride = tuple(map(operator.index, size)), tuple(map(operator.index, stride))
+        storage_offset = operator.index(storage_offset)
+    except TypeError:
+        raise TorchFileFormatError(f"tensor on storage {storage.key!r}: size {size!r}, stride {stride!r} and "
+                                   f"offset {storage_offset!r} should be integers") from None
+    if len(size) != len(stride) or min(size + stride + (storage_offset,)) < 0:
+        raise TorchFileFormatError(f"tensor on storage {storage.key!r}: bad size {size} / stride {stride} / "
+                                   f"offset {storage_offset}")
+    return _TensorRef(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -130,13 +133,18 @@ def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None
     return data
 
 
+def _fresh(fn):
+    return lambda *args: fn(*args)
+
+
+# (module, name) -> a factory for what ``find_class`` hands the pickle (a fresh object for each lookup).
 ALLOWED_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    **{("torch", name): _StorageType(name, dtype) for name, dtype in STORAGE_DTYPES.items()},
-    ("torch.storage", "UntypedStorage"): _StorageType("UntypedStorage", "u1"),
+    ("torch._utils", "_rebuild_tensor_v2"): lambda: _fresh(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): lambda: _fresh(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): lambda: _fresh(_rebuild_parameter_with_state),
+    ("collections", "OrderedDict"): lambda: collections.OrderedDict,  # a built-in type: immutable
+    **{("torch", name): (lambda name=name: _StorageType(name)) for name in STORAGE_DTYPES},
+    ("torch.storage", "UntypedStorage"): lambda: _StorageType("UntypedStorage"),
 }
 
 
@@ -149,12 +157,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            factory = ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise UnsafePickleError(
                 f"refused to load the global {module}.{name}: a state-dict file needs only "
                 f"torch._utils._rebuild_tensor_v2/_rebuild_parameter, torch.*Storage and "
-                f"collections.OrderedDict") from None
+                f"collections.OrderedDict (for a whole pickled model, save model.state_dict() instead)") from None
+        return factory()
 
     def persistent_load(self, pid):
         if self._persistent is None:
@@ -176,10 +185,14 @@ def _load_pickle(unpickler: _RestrictedUnpickler, what: str, label: str):
         raise TorchFileFormatError(f"{label}: cannot read {what}: {type(e).__name__}: {e}") from None
 
 
-def _storage_type(obj, pid) -> _StorageType:
-    if not isinstance(obj, _StorageType):
+def _storage_dtype(obj, pid) -> np.dtype:
+    if not isinstance(obj, _StorageType) or obj.name not in STORAGE_DTYPES:
         raise TorchFileFormatError(f"persistent id {pid!r}: expected a torch.*Storage type")
-    return obj
+    return np.dtype(STORAGE_DTYPES[obj.name])
+
+
+def _text(x) -> str:
+    return x.decode("ascii") if isinstance(x, bytes) else str(x)
 
 
 def _check_persistent_id(pid, length: int, label: str):
@@ -206,28 +219,29 @@ def _load_zip(path: Path):
         if prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() != b"little":
             raise TorchFileFormatError(f"{label}: only little-endian files are supported, "
                                        f"{prefix}byteorder says {zf.read(prefix + 'byteorder')!r}")
-        storages: dict[str, _Storage] = {}
+        storages: dict[str, np.ndarray] = {}
 
-        def persistent_load(pid):
+        def persistent_load(pid):  # ('storage', torch.FloatStorage, key, location, numel)
             _check_persistent_id(pid, 5, label)
             _, stype, key, _location, numel = pid
-            stype, key = _storage_type(stype, pid), str(key)
+            dtype, key, numel = _storage_dtype(stype, pid), _text(key), operator.index(numel)
             if key not in storages:
                 member = f"{prefix}data/{key}"
                 try:
                     raw = zf.read(member)
                 except KeyError:
                     raise TorchFileFormatError(f"{label}: storage {key!r} has no member {member}") from None
-                itemsize = np.dtype(stype.dtype).itemsize
-                if len(raw) != int(numel) * itemsize:
+                if len(raw) != numel * dtype.itemsize:
                     raise TorchFileFormatError(
-                        f"{label}: {member} holds {len(raw)} bytes, expected {numel} x {itemsize}-byte "
-                        f"{stype.name} elements = {int(numel) * itemsize}")
-                storages[key] = _Storage(stype, key, int(numel), np.frombuffer(raw, dtype=stype.dtype))
-            return storages[key]
+                        f"{label}: {member} holds {len(raw)} bytes, expected {numel} x {dtype.itemsize}-byte "
+                        f"{stype.name} elements = {numel * dtype.itemsize}")
+                storages[key] = np.frombuffer(raw, dtype=dtype)
+            if storages[key].dtype != dtype:
+                raise TorchFileFormatError(f"{label}: storage {key!r} used as both {storages[key].dtype} and {dtype}")
+            return _StorageRef(key, stype.name, 0, numel)
 
         unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), persistent_load)
-        return _load_pickle(unpickler, pkl[0], label)
+        return _load_pickle(unpickler, pkl[0], label), storages
 
 
 def _load_legacy(path: Path, buf: bytes):
@@ -243,57 +257,55 @@ def _load_legacy(path: Path, buf: bytes):
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
         raise TorchFileFormatError(f"{label}: only little-endian files are supported (sys_info {sys_info!r})")
 
-    storages: dict[str, _Storage] = {}
+    declared: dict[str, tuple[np.dtype, int]] = {}  # storage key -> (dtype, numel) from the pickle
 
-    def persistent_load(pid):
+    def persistent_load(pid):  # ('storage', torch.FloatStorage, key, location, numel, view_metadata)
         _check_persistent_id(pid, 6, label)
         _, stype, key, _location, numel, view = pid
-        stype, key = _storage_type(stype, pid), str(key)
-        if key not in storages:
-            storages[key] = _Storage(stype, key, int(numel))
+        dtype, key, numel = _storage_dtype(stype, pid), _text(key), operator.index(numel)
+        if declared.setdefault(key, (dtype, numel)) != (dtype, numel):
+            raise TorchFileFormatError(
+                f"{label}: storage {key!r} declared as both {declared[key]} and {(dtype, numel)}")
         if view is None:
-            return storages[key]
-        view_key, view_offset, view_numel = view
-        if str(view_key) not in storages:
-            storages[str(view_key)] = _Storage(stype, str(view_key), int(view_numel),
-                                               root=storages[key], root_offset=int(view_offset))
-        return storages[str(view_key)]
+            return _StorageRef(key, stype.name, 0, numel)
+        _view_key, view_offset, view_numel = view  # a slice of storage `key`
+        return _StorageRef(key, stype.name, operator.index(view_offset), operator.index(view_numel))
 
     obj = _load_pickle(_RestrictedUnpickler(f, persistent_load), "the object pickle", label)
     keys = _load_pickle(_RestrictedUnpickler(f), "the list of storage keys", label)
     if not isinstance(keys, list):
         raise TorchFileFormatError(f"{label}: expected the list of storage keys after the object, got {keys!r}")
 
+    storages: dict[str, np.ndarray] = {}
     offset = f.tell()
-    for key in map(str, keys):
-        if key not in storages:
+    for key in map(_text, keys):  # each: int64 element count, then the raw elements
+        if key not in declared:
             raise TorchFileFormatError(f"{label}: storage key {key!r} listed at the end was never referenced")
-        s = storages[key]
-        itemsize = np.dtype(s.type.dtype).itemsize
+        dtype, numel = declared[key]
         if offset + 8 > len(buf):
             raise TorchFileFormatError(f"{label}: truncated: expected the int64 element count of storage "
                                        f"{key!r} at byte offset {offset}, file ends at {len(buf)}")
         count = int(np.frombuffer(buf, "<i8", 1, offset)[0])
+        if count != numel:
+            raise TorchFileFormatError(f"{label}: storage {key!r} at byte offset {offset}: element count "
+                                       f"{count}, but the pickle declared {numel}")
         offset += 8
-        if count != s.numel:
-            raise TorchFileFormatError(f"{label}: storage {key!r} at byte offset {offset - 8}: element count "
-                                       f"{count}, but the pickle declared {s.numel}")
-        if offset + count * itemsize > len(buf):
-            raise TorchFileFormatError(f"{label}: truncated: storage {key!r} needs {count * itemsize} bytes "
-                                       f"at byte offset {offset}, file ends at {len(buf)}")
-        s.data = np.frombuffer(buf, s.type.dtype, count, offset)
-        offset += count * itemsize
-    return obj
+        if offset + count * dtype.itemsize > len(buf):
+            raise TorchFileFormatError(f"{label}: truncated: storage {key!r} needs {count * dtype.itemsize} "
+                                       f"bytes at byte offset {offset}, file ends at {len(buf)}")
+        storages[key] = np.frombuffer(buf, dtype, count, offset)
+        offset += count * dtype.itemsize
+    return obj, storages
 
 
-def _resolve(obj):
+def _resolve(obj, storages: dict[str, np.ndarray]):
     """Replace every _TensorRef in nested dicts/lists/tuples by its NumPy array."""
     if isinstance(obj, _TensorRef):
-        return obj.to_numpy()
+        return obj.to_numpy(storages)
     if isinstance(obj, dict):
-        return {k: _resolve(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v) for v in obj)
+        return {k: _resolve(v, storages) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_resolve(v, storages) for v in obj)
     return obj
 
 
@@ -306,7 +318,7 @@ def load_torch_state_dict(path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if zipfile.is_zipfile(path):
-        obj = _load_zip(path)
+        obj, storages = _load_zip(path)
     else:
         buf = path.read_bytes()
         if not buf.startswith(b"\x80"):  # a binary pickle starts with the PROTO opcode
@@ -314,9 +326,12 @@ def load_torch_state_dict(path) -> dict[str, np.ndarray]:
                 f"{path}: not a PyTorch file: expected a zip archive with <archive>/data.pkl (torch.save "
                 f"since 1.6) or a legacy pickle stream starting with the PROTO opcode 0x80 and the magic "
                 f"number {LEGACY_MAGIC:#x}; the file starts with {buf[:8]!r}")
-        obj = _load_legacy(path, buf)
+        obj, storages = _load_legacy(path, buf)
 
-    state = _resolve(obj)
+    try:
+        state = _resolve(obj, storages)
+    except RecursionError:
+        raise TorchFileFormatError(f"{path}: the pickled object nests too deeply (or contains itself)") from None
     if isinstance(state, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(state.get(wrapper), dict):

@@ -18,8 +18,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-Box = tuple  # (x0, y0, x1, y1), inclusive
-
 
 # --------------------------------------------------------------------------------------------- boxes
 

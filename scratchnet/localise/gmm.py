@@ -16,9 +16,11 @@ Covariance regularisation.  A component of average size (N_k = n / K) gets reg_v
 diagonal, a smaller one more.  This keeps Sigma positive definite even for a flat-coloured seed region
 (S_k = 0), and it is the exact MAP M-step under the covariance prior log p(Sigma) = -b/2 tr(Sigma^-1)
 (b fixed during a fit), so EM never decreases the penalised objective
-    mean log-likelihood - b / (2 n) sum_k tr(Sigma_k^-1)            (`objective_history`).
-The plain mean log-likelihood (`log_likelihood_history`) is non-decreasing in practice as well; both
-are tested.
+    mean log-likelihood - b / (2 n) sum_k tr(Sigma_k^-1)            (`objective_history`)
+(Dempster, Laird & Rubin's argument holds for MAP-EM; EM stops when this objective gains < tol).
+With reg_variance = 0 the M-step is the plain maximum-likelihood one and the recorded mean
+log-likelihood (`log_likelihood_history`) itself never decreases; with a prior it may dip by a hair
+(~1e-6 nats) while the prior pulls the covariances.  Both facts are tested.
 
 Log-densities use the Cholesky factor Sigma = L L^T:
     log N(x|mu, Sigma) = -d/2 log(2 pi) - sum_j log L_jj - 1/2 ||L^-1 (x - mu)||^2.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -59,14 +62,13 @@ class GMM:
         """log pi_k + log N(x_i | mu_k, Sigma_k) for X (n, d) -> (n, K)."""
         X = _check_points(X, self.means.shape[1])
         return _weighted_log_densities(X.astype(dtype, copy=False), self.weights, self.means,
-                                       self.covariances).T
+                                       self.covariances)[0].T
 
     def log_likelihood(self, X: np.ndarray, dtype=np.float32) -> np.ndarray:
         """log p(x_i) for X (n, d) -> (n,), by log-sum-exp over the components."""
         X = _check_points(X, self.means.shape[1])
-        logp = _weighted_log_densities(X.astype(dtype, copy=False), self.weights, self.means,
-                                       self.covariances)
-        return _logsumexp(logp)
+        return _weighted_log_densities(X.astype(dtype, copy=False), self.weights, self.means,
+                                       self.covariances)[1]
 
 
 def fit(X: np.ndarray, n_components: int = 5, *, max_iter: int = 10, tol: float = 1e-3,
@@ -75,10 +77,11 @@ def fit(X: np.ndarray, n_components: int = 5, *, max_iter: int = 10, tol: float 
     """Fit a K-component full-covariance GMM to X (n, d) by EM; returns a `GMM`.
 
     max_points: EM runs on a seeded random subsample of at most this many rows of X.
-    max_iter, tol: at most max_iter EM iterations; stop early when the mean log-likelihood gains
-    less than tol (nats per point) in one iteration.
+    max_iter, tol: at most max_iter EM iterations; stop early when the objective (mean
+    log-likelihood + log prior / n) gains less than tol (nats per point) in one iteration.
     reg_variance: the covariance prior (module docstring), in the squared units of X
-    (1e-4 = a standard deviation of 0.01, about 2.5 grey levels for colours scaled to [0, 1]).
+    (1e-4 = a standard deviation of 0.01, about 2.5 grey levels for colours scaled to [0, 1]);
+    0 gives plain maximum likelihood, which fails with a ValueError on degenerate (flat) data.
     Fewer than K components come back when k-means leaves clusters empty (e.g. fewer than K
     distinct colours).
     """
@@ -88,6 +91,8 @@ def fit(X: np.ndarray, n_components: int = 5, *, max_iter: int = 10, tol: float 
         raise ValueError("fit: expected at least one point in X (n, d), got n = 0")
     if n_components < 1:
         raise ValueError(f"fit: expected n_components >= 1, got {n_components}")
+    if not reg_variance >= 0:
+        raise ValueError(f"fit: expected reg_variance >= 0, got {reg_variance}")
     rng = np.random.default_rng(seed)
     if n > max_points:
         X = X[rng.choice(n, size=max_points, replace=False)]
@@ -107,12 +112,11 @@ def fit(X: np.ndarray, n_components: int = 5, *, max_iter: int = 10, tol: float 
     ll_hist, obj_hist = [], []
     converged = False
     for it in range(max_iter):
-        logp = _weighted_log_densities(X, weights, means, covs)          # (K, n)
-        log_px = _logsumexp(logp)                                         # (n,)
+        logp, log_px = _weighted_log_densities(X, weights, means, covs)  # (K, n), (n,)
         ll = float(log_px.mean())
         ll_hist.append(ll)
         obj_hist.append(ll + _log_prior(covs, b) / n)
-        if it > 0 and ll - ll_hist[-2] < tol:
+        if it > 0 and obj_hist[-1] - obj_hist[-2] < tol:
             converged = True
             break
         resp = np.exp(logp - log_px).T                                   # (n, K)
@@ -178,7 +182,11 @@ def _log_prior(covs, b) -> float:
 
 def _whitening(weights, means, covs):
     """Per component: L^-1 (K, d, d), L^-1 mu (K, d) and c = log pi - 1/2 log|2 pi Sigma| (K,)."""
-    L = np.linalg.cholesky(covs)                                          # (K, d, d), lower
+    try:
+        L = np.linalg.cholesky(covs)                                      # (K, d, d), lower
+    except np.linalg.LinAlgError:
+        raise ValueError("GMM: a covariance matrix is not positive definite (a component sits on "
+                         "flat or collinear points); fit with reg_variance > 0") from None
     L_inv = np.linalg.inv(L)
     offset = np.einsum("kij,kj->ki", L_inv, means)
     d = means.shape[1]
@@ -186,27 +194,57 @@ def _whitening(weights, means, covs):
     return L_inv, offset, const
 
 
-def _weighted_log_densities(X, weights, means, covs) -> np.ndarray:
-    """X (n, d) -> (K, n): log pi_k + log N(x | mu_k, Sigma_k), through Cholesky factors.
+def _weighted_log_densities(X, weights, means, covs):
+    """X (n, d) -> (log pi_k + log N(x | mu_k, Sigma_k) as (K, n), log p(x) as (n,)).
 
-    y_k = L_k^-1 x - L_k^-1 mu_k and log N = c_k - ||y_k||^2 / 2.  Components along the first axis:
-    reductions over K then run across contiguous rows (fast), not along a length-K inner axis.
+    Through Cholesky factors: y_k = L_k^-1 (x - mu_k) and log N = c_k - ||y_k||^2 / 2, then the
+    log-sum-exp over k.  Colours (d = 3) go through the Numba loop `_log_densities_rgb`; other d
+    through its plain NumPy twin `_weighted_log_densities_numpy` (also the reference in the tests).
     """
+    if X.shape[1] != 3:
+        logp = _weighted_log_densities_numpy(X, weights, means, covs).astype(X.dtype)
+        return logp, _logsumexp(logp)
     dtype = X.dtype.type
     L_inv, offset, const = (a.astype(dtype) for a in _whitening(weights, means, covs))
-    K, d = means.shape
-    Xt = np.ascontiguousarray(X.T)                                        # (d, n)
-    out = np.empty((K, len(X)), dtype=dtype)
+    return _log_densities_rgb(np.ascontiguousarray(X), L_inv, offset, const)
+
+
+@numba.njit(cache=True)
+def _log_densities_rgb(X, L_inv, offset, const):
+    """X (n, 3); L_inv (K, 3, 3) lower triangular; offset = L_inv mu (K, 3); const (K,).
+    Component-outer loops so that the pixel loop runs over contiguous memory."""
+    n = X.shape[0]
+    K = len(const)
+    out = np.empty((K, n), dtype=X.dtype)
+    half = X.dtype.type(0.5)
     for k in range(K):
-        maha = np.zeros(len(X), dtype=dtype)
-        for i in range(d):                                                # y_i = sum_j L^-1_ij x_j - offset_i
-            y = L_inv[k, i, 0] * Xt[0]
-            for j in range(1, d):
-                y += L_inv[k, i, j] * Xt[j]
-            y -= offset[k, i]
-            maha += y * y
-        out[k] = const[k] - dtype(0.5) * maha
-    return out
+        a00 = L_inv[k, 0, 0]
+        a10, a11 = L_inv[k, 1, 0], L_inv[k, 1, 1]
+        a20, a21, a22 = L_inv[k, 2, 0], L_inv[k, 2, 1], L_inv[k, 2, 2]
+        o0, o1, o2 = offset[k, 0], offset[k, 1], offset[k, 2]
+        for i in range(n):
+            x0, x1, x2 = X[i, 0], X[i, 1], X[i, 2]
+            y0 = a00 * x0 - o0
+            y1 = a10 * x0 + a11 * x1 - o1
+            y2 = a20 * x0 + a21 * x1 + a22 * x2 - o2
+            out[k, i] = const[k] - half * (y0 * y0 + y1 * y1 + y2 * y2)
+    top = out[0].copy()                                                   # log-sum-exp over k
+    for k in range(1, K):
+        for i in range(n):
+            top[i] = max(top[i], out[k, i])
+    total = np.zeros(n, dtype=X.dtype)
+    for k in range(K):
+        for i in range(n):
+            total[i] += np.exp(out[k, i] - top[i])
+    return out, top + np.log(total)
+
+
+def _weighted_log_densities_numpy(X, weights, means, covs) -> np.ndarray:
+    """The same as `_weighted_log_densities` in NumPy, X (n, d) -> (K, n); the reference in tests."""
+    L_inv, offset, const = _whitening(weights, means, covs)
+    diff = X[None, :, :] - means[:, None, :]                              # (K, n, d)
+    y = np.einsum("kij,knj->kni", L_inv, diff)                            # whitened
+    return const[:, None] - 0.5 * (y ** 2).sum(2)
 
 
 def _logsumexp(a: np.ndarray) -> np.ndarray:

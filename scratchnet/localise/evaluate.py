@@ -1,0 +1,257 @@
+"""ILSVRC-style evaluation of weakly supervised localisation, and Oxford-pets mask IoU.
+
+Per image the network gives its top-5 classes (best first) and one saliency map per predicted class.
+Each method turns (image, saliency map) into one box per guess:
+
+  graphcut            `graphcut.segment` seeded by the class's saliency map (the paper, section 6)
+  whole_image         the whole image, whatever the class
+  centre_box          a centred box of one fixed size (fraction of the sides), whatever the class
+  saliency_threshold  box around the largest component of saliency >= fraction * max
+
+Errors (fractions of images, lower is better), with the ILSVRC criterion of `boxes.is_correct`:
+
+  top1_cls_error / top5_cls_error   the true class is not the first / not among the five guesses
+  top1_loc_error                    the first guess (class, box) is not right
+  top5_loc_error                    none of the five guesses is right (the paper's 46.4% is this)
+  gt_known_loc_error                the box made for the *true* class is not right: box quality alone.
+                                    It uses `saliency_true` when a record has it, else the map of the
+                                    true class when that class is among the five guesses; images with
+                                    neither are left out (`gt_known_images` says how many counted).
+
+A guess of the wrong class is wrong whatever its box, so only the box of the true class (when it is
+among the guesses) is ever computed: one segmentation per image and method, not five.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .boxes import (centre_box, is_correct, saliency_threshold_box, whole_image_box)
+from .graphcut import DEFAULT_PAIRWISE_WEIGHT, segment
+
+METHODS = ("graphcut", "whole_image", "centre_box", "saliency_threshold")
+CENTRE_FRACTIONS = tuple(np.round(np.arange(0.30, 1.001, 0.05), 2))
+THRESHOLD_FRACTIONS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
+
+
+@dataclass
+class LocRecord:
+    """One image of the evaluation.
+
+    image          (H, W, 3) uint8 RGB
+    gt_label       int, the true class
+    gt_boxes       list of inclusive boxes (x0, y0, x1, y1) of the true class
+    top5           the network's 5 predicted classes, best first
+    saliency       (5, H, W) float, saliency[j] is the map for class top5[j]
+    saliency_true  optional (H, W) float, the map for the true class (for gt_known_loc_error)
+    name           optional, for reports
+    """
+    image: np.ndarray
+    gt_label: int
+    gt_boxes: list
+    top5: list
+    saliency: np.ndarray
+    saliency_true: np.ndarray | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        im, sal = self.image, self.saliency
+        who = f"LocRecord {self.name!r}" if self.name else "LocRecord"
+        if not isinstance(im, np.ndarray) or im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+            got = f"shape {im.shape}, dtype {im.dtype}" if isinstance(im, np.ndarray) else type(im).__name__
+            raise ValueError(f"{who}: expected image (H, W, 3) uint8 RGB, got {got}")
+        H, W, _ = im.shape
+        self.top5 = [int(c) for c in self.top5]
+        if len(self.top5) != 5 or len(set(self.top5)) != 5:
+            raise ValueError(f"{who}: expected top5 = 5 distinct class indices, got {self.top5}")
+        if not isinstance(sal, np.ndarray) or sal.shape != (5, H, W):
+            got = sal.shape if isinstance(sal, np.ndarray) else type(sal).__name__
+            raise ValueError(f"{who}: expected saliency (5, H, W) = (5, {H}, {W}), one map per "
+                             f"predicted class, got {got}")
+        if self.saliency_true is not None and np.shape(self.saliency_true) != (H, W):
+            raise ValueError(f"{who}: expected saliency_true (H, W) = ({H}, {W}), "
+                             f"got {np.shape(self.saliency_true)}")
+        self.gt_label = int(self.gt_label)
+        self.gt_boxes = [tuple(b) for b in self.gt_boxes]
+        if not self.gt_boxes or any(len(b) != 4 for b in self.gt_boxes):
+            raise ValueError(f"{who}: expected at least one ground-truth box (x0, y0, x1, y1), "
+                             f"got {self.gt_boxes}")
+
+
+def evaluate(records, methods=METHODS, pairwise_weight: float = DEFAULT_PAIRWISE_WEIGHT,
+             centre_fraction: float | None = None, threshold_fraction: float | None = None,
+             segment_kwargs: dict | None = None, details: bool = False) -> dict:
+    """Localisation and classification errors of each method over records (a list of LocRecord).
+
+    pairwise_weight and segment_kwargs go to `graphcut.segment`.  centre_fraction and
+    threshold_fraction left as None are chosen on these same records by `choose_fractions`
+    (the "best fixed size" / "threshold chosen on the dev photos" baselines) and reported.
+    Returns {"images", "top1_cls_error", "top5_cls_error", "methods": {name: {...}}}, plus
+    "per_image" (boxes and verdicts) when details is True.
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("evaluate: expected at least one LocRecord, got none")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"evaluate: unknown method(s) {unknown}; expected some of {METHODS}")
+    chosen = {}
+    if "centre_box" in methods and centre_fraction is None:
+        centre_fraction = choose_fractions(records, which=("centre_box",))["centre_box"]
+        chosen["centre_box"] = True
+    if "saliency_threshold" in methods and threshold_fraction is None:
+        threshold_fraction = choose_fractions(records, which=("saliency_threshold",))["saliency_threshold"]
+        chosen["saliency_threshold"] = True
+    params = {"graphcut": {"pairwise_weight": float(pairwise_weight)},
+              "whole_image": {},
+              "centre_box": {"fraction": centre_fraction},
+              "saliency_threshold": {"fraction": threshold_fraction}}
+    segment_kwargs = dict(segment_kwargs or {}, pairwise_weight=pairwise_weight)
+
+    per_image = [_judge_image(r, methods, centre_fraction, threshold_fraction, segment_kwargs)
+                 for r in records]
+    out = {"images": len(records),
+           "top1_cls_error": _mean_error(p["top1_cls"] for p in per_image),
+           "top5_cls_error": _mean_error(p["top5_cls"] for p in per_image),
+           "methods": {}}
+    for m in methods:
+        known = [p[m]["gt_known"] for p in per_image if p[m]["gt_known"] is not None]
+        res = {"top1_loc_error": _mean_error(p[m]["top1"] for p in per_image),
+               "top5_loc_error": _mean_error(p[m]["top5"] for p in per_image),
+               "gt_known_loc_error": _mean_error(known) if known else None,
+               "gt_known_images": len(known)}
+        res.update(params[m])
+        if m in chosen:
+            res["fraction_chosen_on_these_records"] = True
+        if m == "graphcut":
+            res["fallbacks"] = sum(p[m]["fallbacks"] for p in per_image)
+        out["methods"][m] = res
+    if details:
+        out["per_image"] = per_image
+    return out
+
+
+def choose_fractions(records, which=("centre_box", "saliency_threshold"),
+                     centre_fractions=CENTRE_FRACTIONS, threshold_fractions=THRESHOLD_FRACTIONS,
+                     criterion: str = "top5_loc_error") -> dict:
+    """Pick the centre-box fraction and the saliency-threshold fraction with the lowest `criterion`
+    on these records (ties: the first in the list).  Returns {"centre_box": f, "saliency_threshold": f,
+    "sweep": {method: [(fraction, error), ...]}} for the methods in `which`."""
+    records = list(records)
+    if criterion not in ("top1_loc_error", "top5_loc_error", "gt_known_loc_error"):
+        raise ValueError(f"choose_fractions: expected criterion top1_loc_error, top5_loc_error or "
+                         f"gt_known_loc_error, got {criterion!r}")
+    grids = {"centre_box": ("centre_fraction", centre_fractions),
+             "saliency_threshold": ("threshold_fraction", threshold_fractions)}
+    out = {"sweep": {}}
+    for method in which:
+        arg, grid = grids[method]
+        sweep = []
+        for f in grid:
+            res = evaluate(records, methods=(method,), **{arg: float(f)})["methods"][method]
+            err = res[criterion]
+            sweep.append((float(f), float("inf") if err is None else err))
+        out["sweep"][method] = sweep
+        out[method] = min(sweep, key=lambda fe: fe[1])[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- pets
+
+def mask_iou_trimap(mask: np.ndarray, trimap: np.ndarray) -> float:
+    """IoU of a predicted mask (H, W) bool with the pet of an Oxford-IIIT trimap (H, W):
+    1 = pet, 2 = background, 3 = boundary/unclear (left out of both intersection and union).
+    1.0 when neither the mask nor the trimap has any pet pixel outside the boundary band."""
+    mask, trimap = np.asarray(mask), np.asarray(trimap)
+    if mask.shape != trimap.shape or mask.ndim != 2:
+        raise ValueError(f"mask_iou_trimap: expected mask and trimap of the same (H, W) shape, "
+                         f"got {mask.shape} and {trimap.shape}")
+    if not np.isin(trimap, (1, 2, 3)).all():
+        raise ValueError(f"mask_iou_trimap: expected trimap values 1 (pet), 2 (background), "
+                         f"3 (boundary), got {np.unique(trimap)[:10]}")
+    valid = trimap != 3
+    pet = trimap == 1
+    m = mask.astype(bool) & valid
+    union = (m | pet).sum()
+    return 1.0 if union == 0 else float((m & pet).sum() / union)
+
+
+@dataclass
+class PetImage:
+    """One Oxford-IIIT Pet photo: image (H, W, 3) uint8 RGB, trimap (H, W) uint8 in {1, 2, 3}."""
+    name: str
+    image: np.ndarray
+    trimap: np.ndarray
+
+
+def load_oxford_pets(root, limit: int | None = None) -> list:
+    """Read `root`/images/<name>.jpg and `root`/trimaps/<name>.png (e.g. root =
+    ../shared/data/oxford-pets-dev) -> list of PetImage, sorted by name, the first `limit` only."""
+    from PIL import Image
+
+    root = Path(root)
+    images, trimaps = root / "images", root / "trimaps"
+    if not images.is_dir() or not trimaps.is_dir():
+        raise FileNotFoundError(f"load_oxford_pets: expected folders images/ and trimaps/ under {root}")
+    names = sorted(p.stem for p in images.glob("*.jpg") if (trimaps / f"{p.stem}.png").exists())
+    if not names:
+        raise FileNotFoundError(f"load_oxford_pets: no images/<name>.jpg with a trimaps/<name>.png in {root}")
+    out = []
+    for name in names[:limit]:
+        with Image.open(images / f"{name}.jpg") as im:
+            image = np.asarray(im.convert("RGB"))
+        with Image.open(trimaps / f"{name}.png") as tm:
+            trimap = np.asarray(tm)
+        if trimap.shape != image.shape[:2]:
+            raise ValueError(f"load_oxford_pets: {name}: trimap {trimap.shape} does not match image "
+                             f"{image.shape[:2]}")
+        out.append(PetImage(name, image, trimap))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def _judge_image(r: LocRecord, methods, centre_fraction, threshold_fraction, segment_kwargs) -> dict:
+    """Verdicts for one record: {"top1_cls", "top5_cls", method: {"top1", "top5", "gt_known", "box",
+    "gt_known_box", "fallbacks"}} with 1 = error, 0 = right, None = not measurable."""
+    H, W, _ = r.image.shape
+    j = r.top5.index(r.gt_label) if r.gt_label in r.top5 else None
+    true_map = r.saliency_true if r.saliency_true is not None else (r.saliency[j] if j is not None else None)
+    same_map = r.saliency_true is None
+    out = {"name": r.name, "top1_cls": int(j != 0), "top5_cls": int(j is None)}
+    for m in methods:
+        fallbacks = 0
+
+        def box_of(sal):
+            nonlocal fallbacks
+            if m == "whole_image":
+                return whole_image_box(H, W)
+            if m == "centre_box":
+                return centre_box(H, W, centre_fraction)
+            if m == "saliency_threshold":
+                return saliency_threshold_box(np.asarray(sal), threshold_fraction)
+            seg = segment(r.image, np.asarray(sal), **segment_kwargs)
+            fallbacks += int(not seg.ok)
+            return seg.box
+
+        class_free = m in ("whole_image", "centre_box")
+        box = box_of(r.saliency[j]) if j is not None else None
+        if class_free:
+            known_box = box if box is not None else box_of(None)
+        elif true_map is None:
+            known_box = None
+        else:
+            known_box = box if (same_map and box is not None) else box_of(true_map)
+        right = box is not None and is_correct(r.gt_label, box, r.gt_label, r.gt_boxes)
+        out[m] = {"top1": int(not (right and j == 0)), "top5": int(not right),
+                  "gt_known": None if known_box is None else
+                  int(not is_correct(r.gt_label, known_box, r.gt_label, r.gt_boxes)),
+                  "box": box, "gt_known_box": known_box, "fallbacks": fallbacks}
+    return out
+
+
+def _mean_error(flags) -> float:
+    flags = list(flags)
+    return float(np.mean(flags)) if flags else float("nan")

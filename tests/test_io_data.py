@@ -1,0 +1,228 @@
+"""Image I/O, class lists, data-set readers, the decoded cache and the batch loader."""
+from __future__ import annotations
+
+import csv
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scratchnet.io.classnames import UnknownClassError, class_index, imagenet_class_names, imagenet_wnids
+from scratchnet.io.datasets import (decode_cache, image_folder, imagenet_val_dev, mean_image, open_dataset,
+                                    tiny_imagenet)
+from scratchnet.io.images import (ImageReadError, centre_crop, heatmap, load_image, overlay, resize,
+                                  resize_shorter, save_png)
+from scratchnet.io.loader import Augment, BatchLoader
+
+
+# ----------------------------------------------------------------------------- images
+
+def test_load_image_gives_rgb_uint8_for_rgb_grey_cmyk_and_alpha(tmp_path, rng):
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.dstack([rgb, np.zeros((9, 7), np.uint8)])).save(tmp_path / "clear.png")
+
+    assert np.array_equal(load_image(tmp_path / "rgb.png"), rgb)
+    grey = load_image(tmp_path / "grey.png")
+    assert grey.shape == (9, 7, 3) and grey.dtype == np.uint8
+    assert np.array_equal(grey, np.repeat(rgb[..., :1], 3, axis=2))
+    assert load_image(tmp_path / "cmyk.jpg").shape == (9, 7, 3)
+    assert np.all(load_image(tmp_path / "clear.png") == 255)      # fully transparent -> white
+
+
+def test_unreadable_or_missing_image_error_names_the_file(tmp_path):
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"this is not a JPEG" * 10)
+    with pytest.raises(ImageReadError, match="corrupt.jpg"):
+        load_image(bad)
+    with pytest.raises(ImageReadError, match="nowhere.png"):
+        load_image(tmp_path / "nowhere.png")
+    assert issubclass(ImageReadError, ValueError)
+
+
+def test_resize_crop_and_png_round_trip(tmp_path, rng):
+    img = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    assert resize(img, (20, 30)).shape == (20, 30, 3)
+    assert resize(img.astype(np.float32)[..., 0], (5, 6)).dtype == np.float32
+    assert resize_shorter(img, 20).shape == (20, 30, 3)
+    assert centre_crop(img, 40).shape == (40, 40, 3)
+    assert np.array_equal(centre_crop(img, (2, 2)), img[19:21, 29:31])
+    save_png(tmp_path / "a" / "x.png", img)
+    assert np.array_equal(load_image(tmp_path / "a" / "x.png"), img)
+    save_png(tmp_path / "f.png", np.linspace(0, 1, 12).reshape(3, 4))
+    assert np.asarray(Image.open(tmp_path / "f.png")).tolist()[2][3] == 255
+
+
+def test_heatmap_is_dark_to_bright_and_overlay_blends():
+    ramp = np.linspace(0, 1, 50)[None].repeat(4, axis=0)
+    colours = heatmap(ramp)
+    assert colours.shape == (4, 50, 3) and colours.dtype == np.uint8
+    brightness = colours[0].astype(float) @ [0.299, 0.587, 0.114]
+    assert np.all(np.diff(brightness) > 0)                           # perceptually ordered
+    img = np.full((8, 8, 3), 100, np.uint8)
+    assert np.array_equal(overlay(img, np.zeros((4, 4)), alpha=0.0), img)
+    assert overlay(img, np.ones((4, 4)), alpha=0.5).shape == (8, 8, 3)
+
+
+# ----------------------------------------------------------------------------- class names
+
+def test_imagenet_class_order_matches_boxes_csv(shared):
+    wnids, names = imagenet_wnids(), imagenet_class_names()
+    assert (wnids[0], names[0]) == ("n01440764", "tench")
+    assert (wnids[999], names[999]) == ("n15075141", "toilet tissue")
+    assert len(set(names)) == 1000 and wnids == sorted(wnids)
+    with open(shared / "data/imagenet-val-dev/boxes.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(wnids[int(r["label"])] == r["wnid"] for r in rows)
+
+
+def test_class_index_by_int_wnid_name_and_clear_errors():
+    assert class_index(0) == class_index("n01440764") == class_index("Tench") == 0
+    assert class_index("toilet_tissue") == 999
+    with pytest.raises(UnknownClassError, match="goldfish"):
+        class_index("goldfsh")
+    with pytest.raises(IndexError, match="0..999"):
+        class_index(1000)
+    assert class_index("b", ["a", "b"]) == 1
+
+
+# ----------------------------------------------------------------------------- readers
+
+def test_tiny_imagenet_counts_and_boxes(shared):
+    root = shared / "data/tiny-imagenet-200"
+    train = tiny_imagenet(root, "train")
+    assert len(train) == 60_000 and train.num_classes == 200
+    assert np.all(np.bincount(train.labels) == 300)
+    assert train.class_wnids == (root / "wnids.txt").read_text().split()
+    val = tiny_imagenet(root, "val")
+    assert len(val) == 10_000 and np.all(np.bincount(val.labels, minlength=200) == 50)
+    for ds in (train, val):
+        assert len(ds.boxes) == len(ds) and ds.boxes[0].shape == (1, 4)
+        assert ds.paths[0].is_file() and ds.paths[-1].is_file()
+    quick = tiny_imagenet(root, "train", classes=10, per_class=50, start=250)
+    assert len(quick) == 500 and quick.paths[0].name.endswith("_250.JPEG")
+    assert open_dataset(root).paths == train.paths
+
+
+def test_imagenet_val_dev_groups_boxes_by_file(shared):
+    ds = imagenet_val_dev(shared / "data/imagenet-val-dev")
+    assert len(ds) == 650 and sum(len(b) for b in ds.boxes) == 1018
+    assert ds.num_classes == 1000
+
+
+def _make_folder(root, classes, per_class=3, size=(12, 10)):
+    rng = np.random.default_rng(1)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_image_folder_labels_and_missing_class_errors(tmp_path):
+    _make_folder(tmp_path, ["dog", "cat"])
+    ds = image_folder(tmp_path)
+    assert ds.class_names == ["cat", "dog"] and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert image_folder(tmp_path, ["dog", "cat"]).labels.tolist() == [1, 1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="no folder for 1 of the 3 classes.*'bird'"):
+        image_folder(tmp_path, ["dog", "cat", "bird"])
+    assert len(image_folder(tmp_path, ["dog", "cat", "bird"], allow_missing=True)) == 6
+    with pytest.raises(ValueError, match="cat"):
+        image_folder(tmp_path, ["dog", "horse"])
+    with pytest.raises(ValueError, match="expected one of"):
+        open_dataset(tmp_path / "dog")
+    (tmp_path / "cat").rename(tmp_path / "n15075141")               # ImageNet labels from a wnid folder
+    (tmp_path / "dog").rename(tmp_path / "Golden_retriever")         # ... and from a name folder
+    assert set(image_folder(tmp_path, "imagenet", allow_missing=True).labels) == {999, 207}
+
+
+# ----------------------------------------------------------------------------- cache and mean
+
+def test_decode_cache_round_trip_skips_or_raises_on_a_corrupt_file(tmp_path, capsys):
+    _make_folder(tmp_path / "data", ["a", "b"], per_class=4, size=(16, 20))
+    (tmp_path / "data/b/2.png").write_bytes(b"\x89PNG garbage")
+    ds = image_folder(tmp_path / "data")
+
+    images, kept = decode_cache(ds, 16, tmp_path / "cache", workers=2, chunk=3)
+    assert "2.png" in capsys.readouterr().err
+    assert images.shape == (7, 16, 16, 3) and images.dtype == np.uint8
+    assert kept.tolist() == [0, 1, 2, 3, 4, 5, 7]
+    for row, i in enumerate(kept):
+        assert np.array_equal(images[row], centre_crop(load_image(ds.paths[i]), 16))
+    again, kept2 = decode_cache(ds, 16, tmp_path / "cache")          # the second call reads the file
+    assert np.array_equal(again, images) and np.array_equal(kept2, kept)
+    assert not list((tmp_path / "cache").glob(".*tmp*"))               # no temporary left behind
+
+    with pytest.raises(ImageReadError, match="2.png"):
+        decode_cache(ds, 12, tmp_path / "cache2", on_error="raise")
+    assert not list((tmp_path / "cache2").glob("*.npy"))
+    with pytest.raises(ImageReadError, match="2.png"):                 # a cache made by "skip"
+        decode_cache(ds, 16, tmp_path / "cache", on_error="raise")
+
+
+def test_mean_image_equals_brute_force_mean(rng):
+    images = rng.integers(0, 256, (37, 5, 6, 3), dtype=np.uint8)
+    expected = images.astype(np.float64).mean(axis=0).transpose(2, 0, 1)
+    m = mean_image(images, chunk=8)
+    assert m.shape == (3, 5, 6) and m.dtype == np.float32
+    np.testing.assert_allclose(m, expected, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- loader
+
+def _loader(rng, **kw):
+    images = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    return BatchLoader(images, np.arange(50) % 5, batch_size=16, seed=3, **kw)
+
+
+def test_loader_is_deterministic_per_seed_and_epoch(rng):
+    loader = _loader(rng, augment=Augment(pad=2, flip=True, jitter=3), mean=(120, 110, 100), scale=1 / 64)
+    first = list(loader.epoch_batches(4))
+    again = list(loader.epoch_batches(4))
+    assert len(first) == len(loader) == 4
+    for (x1, y1), (x2, y2) in zip(first, again):
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    other = list(loader.epoch_batches(5))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other))
+    sync = BatchLoader(loader.images, loader.labels, 16, seed=3, augment=loader.augment,
+                       mean=(120, 110, 100), scale=1 / 64, prefetch=0)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, sync.epoch_batches(4)))
+    assert sorted(np.concatenate([y for _, y in first]).tolist()) == sorted(loader.labels.tolist())
+
+
+def test_loader_shapes_normalisation_and_augment(rng):
+    loader = _loader(rng, shuffle=False, mean=np.full((3, 8, 8), 128.0), scale=0.5, drop_last=True)
+    x, y = next(iter(loader))
+    assert x.shape == (16, 3, 8, 8) and x.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_allclose(x, (loader.images[:16].transpose(0, 3, 1, 2) - 128.0) * 0.5)
+    assert len(loader) == 3
+
+    batch = loader.images[:16]
+    aug = Augment(pad=3, flip=True)
+    out = aug.crop_flip(batch, np.random.default_rng(0))
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    flip_only = Augment(flip=True).crop_flip(batch, np.random.default_rng(0))
+    for a, b in zip(flip_only, batch):
+        assert np.array_equal(a, b) or np.array_equal(a, b[:, ::-1])
+    mask = Augment(jitter=4).jitter_mask(16, 8, 8, np.random.default_rng(0))
+    sides = mask.any(axis=2).sum(axis=1), mask.any(axis=1).sum(axis=1)
+    assert mask.shape == (16, 8, 8) and np.all(mask.sum(axis=(1, 2)) == sides[0] * sides[1])
+    assert np.all((sides[0] >= 1) & (sides[0] <= 4) & (sides[1] >= 1) & (sides[1] <= 4))
+
+
+def test_prefetch_thread_stops_when_the_loop_breaks_or_fails(rng):
+    loader = _loader(rng)
+    batches = loader.epoch_batches(0)
+    next(batches)
+    thread = loader._thread
+    assert thread.is_alive() or thread.ident is not None
+    batches.close()                                   # what `break` out of a for loop does
+    assert not thread.is_alive()
+
+    loader.labels = loader.labels[:10]                # makes the producer fail inside its thread
+    with pytest.raises(IndexError):
+        list(loader.epoch_batches(1))
+    assert not loader._thread.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith("BatchLoader-prefetch")]

