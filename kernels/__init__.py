@@ -27,6 +27,11 @@ def _on_gpu(a) -> bool:
     return type(a).__module__.startswith("cupy")
 
 
+def on_gpu(a) -> bool:
+    """True for a CuPy array: the few layers with a GPU-only kernel (AvgPool2d, the loss) ask this."""
+    return _on_gpu(a)
+
+
 def relu_forward(x, upper=math.inf):
     """y = clip(x, 0, upper); any shape. upper=inf: ReLU, upper=6: ReLU6."""
     if _on_gpu(x):
@@ -52,10 +57,13 @@ def maxpool_forward(x, kernel, stride, pads, out_hw):
     return cpu_pool.maxpool_fwd(np.ascontiguousarray(x), kh, kw, sh, sw, pads[0], pads[2], *out_hw)
 
 
-def maxpool_backward(dy, switches, in_hw):
-    """dy, switches (N,C,oh,ow) -> dx (N,C,H,W): each gradient routed to its switch."""
+def maxpool_backward(dy, switches, in_hw, kernel=None, stride=None, pads=None):
+    """dy, switches (N,C,oh,ow) -> dx (N,C,H,W): each gradient routed to its switch.
+
+    The GPU kernel is a gather over the windows holding each input, so it needs the geometry
+    (kernel, stride, pads as in maxpool_forward); the CPU scatter does not use it."""
     if _on_gpu(dy):
-        return _gpu().maxpool_backward(dy, switches, in_hw)
+        return _gpu().maxpool_backward(dy, switches, in_hw, kernel, stride, pads)
     return cpu_pool.maxpool_bwd(np.ascontiguousarray(dy), switches, *in_hw)
 
 
@@ -89,3 +97,40 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
         return _gpu().col2im(cols, padded_shape, kernel, stride, out_hw)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
     return cpu_im2col.col2im(np.ascontiguousarray(cols), *padded_shape, kh, kw, sh, sw, oh, ow)
+
+
+def avgpool_forward(x, kernel, stride, pads, out_hw):
+    """GPU only (CuPy x): average pooling as AvgPool2d computes it; the CPU path is that layer's array code."""
+    if not _on_gpu(x):
+        raise TypeError("kernels.avgpool_forward takes CuPy arrays; on the CPU, AvgPool2d's array code runs")
+    return _gpu().avgpool_forward(x, kernel, stride, pads, out_hw)
+
+
+def avgpool_backward(dy, in_hw, kernel, stride, pads):
+    """GPU only (CuPy dy): the gradient of avgpool_forward, as a gather."""
+    if not _on_gpu(dy):
+        raise TypeError("kernels.avgpool_backward takes CuPy arrays; on the CPU, AvgPool2d's array code runs")
+    return _gpu().avgpool_backward(dy, in_hw, kernel, stride, pads)
+
+
+def softmax_xent(scores, labels):
+    """(mean softmax cross-entropy, d loss / d scores (N, K)) for scores (N, K), labels (N,) in [0, K).
+
+    One fused kernel on the GPU; on the CPU, the array code of layers.loss.softmax_cross_entropy."""
+    if _on_gpu(scores):
+        return _gpu().softmax_xent(scores, labels)
+    from scratchnet.layers.loss import softmax_cross_entropy
+    return softmax_cross_entropy(scores, labels)
+
+
+def sgd_update(w, g, v, lr, momentum, weight_decay):
+    """In place: v <- momentum * v - lr * (g + weight_decay * w);  w <- w + v  (scratchnet.train.sgd's step).
+
+    One fused kernel on the GPU; on the CPU, the same NumPy operations as SGD.step, in its order."""
+    if _on_gpu(w):
+        return _gpu().sgd_update(w, g, v, lr, momentum, weight_decay)
+    update = g + weight_decay * w if weight_decay else g
+    v *= momentum
+    v -= lr * update
+    w += v
+    return w

@@ -192,7 +192,7 @@ class Conv2d(Layer):
         else:
             xpad = pad_nchw(x, pads)
             cols = kernels.im2col(xpad, self.kernel, self.stride, (oh, ow))   # (K, N*P)
-            y = xp.matmul(W.reshape(g, o // g, -1), cols.reshape(g, -1, n * oh * ow))  # (G, O/G, N*P)
+            y = _grouped_matmul(W.reshape(g, o // g, -1), cols.reshape(g, -1, n * oh * ow))  # (G, O/G, N*P)
             y = xp.ascontiguousarray(y.reshape(o, n, oh * ow).transpose(1, 0, 2))
             self._cache = ("gemm", cols, xpad.shape, pads)
         y = y.reshape(n, o, oh, ow)
@@ -230,12 +230,24 @@ class Conv2d(Layer):
         dy2 = xp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2)).reshape(g, o // g, n * oh * ow)
         colsg = cols.reshape(g, -1, n * oh * ow)                               # (G, K/G, N*P)
         if param_grads:
-            self.grads["W"] = xp.matmul(dy2, colsg.transpose(0, 2, 1)).reshape(W.shape)   # one GEMM per group
+            self.grads["W"] = _grouped_matmul(dy2, colsg, trans_b=True).reshape(W.shape)   # one GEMM per group
         if not input_grad:
             return None
-        dcols = xp.matmul(Wg.transpose(0, 2, 1), dy2)                          # (G, K/G, N*P)
+        dcols = _grouped_matmul(Wg, dy2, trans_a=True)                          # (G, K/G, N*P)
         dxpad = kernels.col2im(dcols.reshape(-1, n * oh * ow), padded_shape, self.kernel, self.stride, (oh, ow))
         return _unpad(dxpad, pads)
+
+
+def _grouped_matmul(a, b, trans_a=False, trans_b=False):
+    """Per-group GEMM of (G, m, k) and (G, k, n) stacks, with optional transposes.
+
+    With one group this is a plain 2-D GEMM, where BLAS applies the transpose itself; a transposed
+    3-D operand can make the array library copy it first (the whole im2col buffer, for dW)."""
+    xp = get_array_module(a)
+    if a.shape[0] == 1:
+        a2, b2 = a[0], b[0]
+        return xp.matmul(a2.T if trans_a else a2, b2.T if trans_b else b2)[None]
+    return xp.matmul(a.transpose(0, 2, 1) if trans_a else a, b.transpose(0, 2, 1) if trans_b else b)
 
 
 def _unpad(xpad, pads):

@@ -9,6 +9,7 @@ scores (N, K) float; labels (N,) integers in [0, K).
 from __future__ import annotations
 
 from ..backend import get_array_module
+from scratchnet import kernels
 
 
 def log_softmax(scores):
@@ -30,6 +31,8 @@ def softmax_cross_entropy(scores, labels):
     if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise ValueError(f"softmax_cross_entropy: labels must be class indices in [0, {k}), "
                          f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    if kernels.on_gpu(scores):          # one fused CUDA kernel (kernels/loss.cu), same formulas
+        return kernels.softmax_xent(scores, labels)
     logp = log_softmax(scores)
     rows = xp.arange(n)
     loss = -logp[rows, labels].mean()

@@ -72,7 +72,7 @@ class MaxPool2d(_Pool2d):
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         if not input_grad:
             return None
-        return kernels.maxpool_backward(dy, self._cache, self._in_hw)
+        return kernels.maxpool_backward(dy, self._cache, self._in_hw, self.kernel, self.stride, self.padding)
 
 
 class AvgPool2d(_Pool2d):
@@ -84,6 +84,9 @@ class AvgPool2d(_Pool2d):
         xp = get_array_module(x)
         n, c, h, w = x.shape
         _, _, oh, ow = self.output_shape(x.shape)
+        if kernels.on_gpu(x):       # one CUDA kernel each way (kernels/pool.cu), same sums as below
+            self._cache = ("gpu", x.shape[2:])
+            return kernels.avgpool_forward(x, self.kernel, self.stride, self.padding, (oh, ow))
         (kh, kw), (sh, sw) = self.kernel, self.stride
         t, b, l, r = self.padding
         # extra bottom/right zeros so ceil-mode windows fit; they are excluded from the divisor
@@ -110,6 +113,8 @@ class AvgPool2d(_Pool2d):
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         if not input_grad:
             return None
+        if self._cache[0] == "gpu":
+            return kernels.avgpool_backward(dy, self._cache[1], self.kernel, self.stride, self.padding)
         xp = get_array_module(dy)
         shape, pads, div = self._cache
         n, c, h, w = shape

@@ -1,0 +1,246 @@
+"""GPU benchmark of the engine (CuPy + kernels/*.cu) against PyTorch (cuDNN) on the paper's network.
+
+    python bench/bench_gpu.py [--batches 128 256] [--size 224] [--repeats 10] [--tf32] [--no-torch]
+
+For each batch size, in float32, on one GPU:
+  * forward (test mode), an SGD training step (forward in train mode, softmax cross-entropy, backward
+    with weight gradients and no image gradient, the fused momentum update of every parameter) and
+    saliency (forward, then backward to the images with no weight gradients), in images per second;
+  * the same three in PyTorch with the same architecture and weights (bench/torch_twin.py), cuDNN
+    autotuning on (torch.backends.cudnn.benchmark), TF32 off unless --tf32, timed in the same run;
+    and our time over theirs;
+  * our per-layer forward and backward times, and GFLOP/s of the convolutions and fully connected
+    layers against this GPU's measured SGEMM rate (cupy.matmul of two 8192x8192 float32 matrices).
+Times come from CUDA events around each call after warm-up calls, the median of --repeats.
+Before timing, our forward scores are compared with PyTorch's (relative error, printed).
+--tf32 lets both libraries use TF32 tensor cores for float32 GEMMs and convolutions.
+The last line of stdout is one JSON object with everything; progress goes to stderr.
+Expected run time: under 3 minutes on an H100 with the defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_twin import to_torch, torch_available  # noqa: E402
+
+import scratchnet as sn  # noqa: E402
+from scratchnet import backend, kernels  # noqa: E402
+from scratchnet.layers import Conv2d, Linear, softmax_cross_entropy  # noqa: E402
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def cuda_time(fn, repeats, warmup, event, elapsed_ms, synchronize):
+    """Median seconds of fn() between two CUDA events, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    ts = []
+    for _ in range(repeats):
+        start, end = event(), event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        ts.append(elapsed_ms(start, end) / 1e3)
+    return statistics.median(ts)
+
+
+def sgemm_gflops(cp, n=8192, repeats=10):
+    rng = cp.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=cp.float32)
+    b = rng.standard_normal((n, n), dtype=cp.float32)
+    t = cuda_time(lambda: cp.matmul(a, b), repeats, 3, cp.cuda.Event, cp.cuda.get_elapsed_time,
+                  cp.cuda.Device().synchronize)
+    return 2 * n ** 3 / t / 1e9
+
+
+def decays(key):
+    try:
+        from scratchnet.train.sgd import decays as d
+        return d(key)
+    except ImportError:
+        return key == "W"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, nargs="+", default=[128, 256])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (both libraries)")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--sgemm-n", type=int, default=8192, help="size of the SGEMM that measures the peak")
+    args = ap.parse_args(argv)
+
+    if not backend.gpu_available():
+        print("bench_gpu: no usable GPU (CuPy missing or no CUDA device)", file=sys.stderr)
+        return 2
+    import cupy as cp
+    from scratchnet.kernels import gpu
+    if args.tf32:
+        gpu.set_tf32(True)
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    ev = dict(event=cp.cuda.Event, elapsed_ms=cp.cuda.get_elapsed_time, synchronize=cp.cuda.Device().synchronize)
+
+    def ours_time(fn):
+        return cuda_time(fn, args.repeats, args.warmup, **ev)
+
+    sgemm = sgemm_gflops(cp, args.sgemm_n)
+    log(f"{device}: cupy {cp.__version__}, SGEMM {args.sgemm_n}^2 {sgemm / 1e3:.1f} TFLOP/s{' (TF32)' if args.tf32 else ''}")
+
+    cpu_net = sn.models.paper_net(args.size, num_classes=1000, seed=0)
+    flops = dict(sn.models.flops_per_layer(cpu_net, (3, args.size, args.size)))
+    gflop_img = sum(flops.values())
+    net = sn.models.paper_net(args.size, num_classes=1000, seed=0).to("gpu")
+    params = list(net.named_params())
+    velocity = {path: cp.zeros_like(layer.params[key]) for path, layer, key in params}
+
+    tnet = torch = None
+    if torch_available() and not args.no_torch:
+        import torch
+        if torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = args.tf32
+            torch.backends.cudnn.allow_tf32 = args.tf32
+            tnet = to_torch(cpu_net).cuda()
+            topt = torch.optim.SGD(tnet.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+            tev = dict(event=lambda: torch.cuda.Event(enable_timing=True),
+                       elapsed_ms=lambda a, b: a.elapsed_time(b), synchronize=torch.cuda.synchronize)
+        else:
+            log("PyTorch has no CUDA device here: no peer")
+
+    result = dict(device=device, cupy=cp.__version__, size=args.size, tf32=args.tf32, repeats=args.repeats,
+                  sgemm_gflops=sgemm, gflop_per_image=gflop_img, batches={})
+    if tnet is not None:
+        result["torch"] = torch.__version__
+
+    rng = np.random.default_rng(0)
+    for batch in args.batches:
+        x_np = rng.standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
+        labels_np = rng.integers(0, 1000, batch)
+        x, labels = cp.asarray(x_np), cp.asarray(labels_np)
+        onehot = cp.zeros((batch, 1000), cp.float32)
+        onehot[cp.arange(batch), labels] = 1
+
+        def forward():
+            return net.forward(x)
+
+        def train_step():
+            scores = net.forward(x, train=True)
+            _, d = softmax_cross_entropy(scores, labels)
+            net.backward(d, input_grad=False)
+            for path, layer, key in params:
+                kernels.sgd_update(layer.params[key], layer.grads[key], velocity[path], LR, MOMENTUM,
+                                   WEIGHT_DECAY if decays(key) else 0.0)
+
+        def saliency():
+            net.forward(x)
+            return net.backward(onehot, param_grads=False)
+
+        row = dict(scratchnet={}, torch={}, ratio_ours_over_torch={})
+        if tnet is not None:                    # the same function? (same weights, test mode, no TF32)
+            tx, tl = torch.as_tensor(x_np, device="cuda"), torch.as_tensor(labels_np, device="cuda")
+            tnet.eval()
+            with torch.no_grad():
+                ref = tnet(tx).cpu().numpy()
+            ours = cp.asnumpy(forward())
+            row["forward_rel_err_vs_torch"] = float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+            log(f"batch {batch}: forward scores vs PyTorch, relative error {row['forward_rel_err_vs_torch']:.2e}")
+
+        for name, fn in (("forward", forward), ("train_step", train_step), ("saliency", saliency)):
+            t = ours_time(fn)
+            row["scratchnet"][name] = dict(ms=t * 1e3, img_s=batch / t)
+            log(f"batch {batch}: scratchnet {name:<10} {t * 1e3:8.1f} ms  {batch / t:8.0f} img/s")
+        cp.get_default_memory_pool().free_all_blocks()
+
+        if tnet is not None:
+            def t_forward():
+                tnet.eval()
+                with torch.no_grad():
+                    tnet(tx)
+
+            def t_train():
+                tnet.train()
+                topt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(tnet(tx), tl).backward()
+                topt.step()
+
+            def t_saliency():
+                tnet.eval()
+                xi = tx.clone().requires_grad_(True)
+                for p in tnet.parameters():
+                    p.requires_grad_(False)
+                tnet(xi).gather(1, tl[:, None]).sum().backward()
+                for p in tnet.parameters():
+                    p.requires_grad_(True)
+
+            for name, fn in (("forward", t_forward), ("train_step", t_train), ("saliency", t_saliency)):
+                t = cuda_time(fn, args.repeats, args.warmup, **tev)
+                row["torch"][name] = dict(ms=t * 1e3, img_s=batch / t)
+                row["ratio_ours_over_torch"][name] = row["scratchnet"][name]["ms"] / (t * 1e3)
+                log(f"batch {batch}: torch      {name:<10} {t * 1e3:8.1f} ms  {batch / t:8.0f} img/s")
+            torch.cuda.empty_cache()
+        result["batches"][batch] = row
+
+    # per layer, at the largest batch
+    batch = max(args.batches)
+    h = cp.asarray(rng.standard_normal((batch, 3, args.size, args.size)).astype(np.float32))
+    layers = []
+    acts = []
+    for name, layer in net.layers:
+        acts.append(h)
+        t = ours_time(lambda: layer.forward(h, True))
+        h = layer.forward(h, True)
+        layers.append(dict(layer=name, fwd_ms=t * 1e3))
+    g = cp.ones_like(h)
+    for i in range(len(net.layers) - 1, -1, -1):
+        name, layer = net.layers[i]
+        layer.forward(acts[i], True)
+        t = ours_time(lambda: layer.backward(g, "gradient", True, i > 0))
+        g2 = layer.backward(g, "gradient", True, i > 0)
+        layers[i]["bwd_ms"] = t * 1e3
+        gf = flops.get(name, 0) * batch
+        if gf and isinstance(layer, (Conv2d, Linear)):
+            layers[i]["fwd_gflops"] = gf / (layers[i]["fwd_ms"] / 1e3)
+            layers[i]["bwd_gflops"] = (2 if i > 0 else 1) * gf / (t)   # dW and dx (no dx for the first layer)
+            layers[i]["fwd_of_sgemm"] = layers[i]["fwd_gflops"] / sgemm
+            layers[i]["bwd_of_sgemm"] = layers[i]["bwd_gflops"] / sgemm
+        g = g2 if g2 is not None else g
+    result["layers_batch"] = batch
+    result["layers"] = layers
+
+    # the tables
+    print(f"{device}, float32, {args.size}x{args.size}, SGEMM {sgemm / 1e3:.1f} TFLOP/s"
+          f"{', TF32 on' if args.tf32 else ''}; medians of {args.repeats} (CUDA events)")
+    print(f"\n{'batch':>6} {'':<11}{'ours img/s':>12}{'torch img/s':>13}{'time ours/torch':>17}")
+    for b, row in result["batches"].items():
+        for name, v in row["scratchnet"].items():
+            tt = row["torch"].get(name)
+            print(f"{b:>6} {name:<11}{v['img_s']:12.0f}" + (f"{tt['img_s']:13.0f}{v['ms'] / tt['ms']:17.2f}" if tt else ""))
+    print(f"\nper layer, batch {batch}:")
+    print(f"{'layer':<9}{'fwd ms':>9}{'bwd ms':>9}{'fwd GFLOP/s':>13}{'of SGEMM':>10}{'bwd GFLOP/s':>13}{'of SGEMM':>10}")
+    for r in layers:
+        line = f"{r['layer']:<9}{r['fwd_ms']:9.2f}{r['bwd_ms']:9.2f}"
+        if "fwd_gflops" in r:
+            line += f"{r['fwd_gflops']:13.0f}{r['fwd_of_sgemm']:10.0%}{r['bwd_gflops']:13.0f}{r['bwd_of_sgemm']:10.0%}"
+        print(line)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

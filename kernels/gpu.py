@@ -1,0 +1,359 @@
+"""The GPU half of ``scratchnet.kernels``: CUDA C kernels (``kernels/*.cu``) launched through CuPy.
+
+``kernels/__init__.py`` sends CuPy arrays here and NumPy arrays to the Numba twins (``cpu_*.py``);
+each function below has the signature and the semantics of its CPU twin. Every ``.cu`` file is one
+``cupy.RawModule``, compiled by NVRTC the first time one of its kernels is needed (CuPy keeps the
+binary in its on-disk cache, ``~/.cupy/kernel_cache``), with the source text of ``common.cuh``
+prepended and a float and a double instantiation of each template asked for by name
+(``name_expressions=["relu_fwd<float>", "relu_fwd<double>", ...]``).
+
+    file     kernels (the names a profiler shows)                       CPU twin
+    relu.cu  relu_fwd, relu_bwd (rule 0 gradient, 1 deconvnet, 2 guided)  cpu_relu.py
+    pool.cu  maxpool_fwd, maxpool_bwd_gather,                           cpu_pool.py,
+             avgpool_fwd, avgpool_bwd_gather                            AvgPool2d (layers/pool.py)
+    lrn.cu   lrn_fwd, lrn_bwd                                           cpu_lrn.py
+    conv.cu  im2col, col2im_gather (the GEMMs are cuBLAS: cupy.matmul)  cpu_im2col.py
+    loss.cu  softmax_xent_fwd_bwd                                       layers/loss.py
+    sgd.cu   sgd_momentum_update                                        train/sgd.py
+
+Backward kernels gather (each thread sums what reaches the element it owns): no atomics, and the
+same inputs give the same bits on every run.
+
+Switches for debugging and speed:
+  * ``SCRATCHNET_POISON=1`` fills every output with NaN (integer outputs with -1) before the kernel
+    runs, so an element a kernel forgets to write cannot pass a comparison with the CPU.
+  * ``set_tf32(True)``, or ``SCRATCHNET_TF32=1`` in the environment: float32 GEMMs on the tensor
+    cores in TF32 (about 1e-3 relative error instead of 1e-6). Off by default. (CuPy's own
+    ``CUPY_TF32=1`` reaches only 2-D matmuls; the convolutions' batched matmuls need set_tf32.)
+
+Arguments reach the kernels as NumPy scalars of the exact C type (``np.int32`` for ``int``,
+``np.int64`` for ``idx_t``, the array's dtype for ``T``): CuPy passes Python ints and floats with a
+type of its own choosing, which a kernel would misread.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+#: threads per block of every launch (softmax_xent_fwd_bwd's reduction assumes a power of two <= 256)
+THREADS = 256
+#: the most blocks one launch asks for; kernels use grid-stride loops, so any count is correct
+MAX_BLOCKS = 65536
+#: NVRTC options of every module (tests/test_cuda_compile.py compiles with the same ones)
+NVRTC_OPTIONS = ("-std=c++17",)
+
+#: source file -> the kernel templates it defines
+KERNELS = {
+    "relu.cu": ("relu_fwd", "relu_bwd"),
+    "pool.cu": ("maxpool_fwd", "maxpool_bwd_gather", "avgpool_fwd", "avgpool_bwd_gather"),
+    "lrn.cu": ("lrn_fwd", "lrn_bwd"),
+    "conv.cu": ("im2col", "col2im_gather"),
+    "loss.cu": ("softmax_xent_fwd_bwd",),
+    "sgd.cu": ("sgd_momentum_update",),
+}
+#: element types every template is instantiated for
+C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+_FILE_OF = {name: f for f, names in KERNELS.items() for name in names}
+
+
+def kernel_source(filename: str) -> str:
+    """The text NVRTC compiles for one .cu file: common.cuh, then the file."""
+    common = (HERE / "common.cuh").read_text()
+    return f"{common}\n#line 1 \"{filename}\"\n{(HERE / filename).read_text()}"
+
+
+def name_expressions(filename: str) -> list[str]:
+    """The template instantiations asked of NVRTC for one file, e.g. ['relu_fwd<float>', ...]."""
+    return [f"{k}<{t}>" for k in KERNELS[filename] for t in C_TYPES.values()]
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend: CuPy, or (in tests) a host emulator of the same kernels
+# ---------------------------------------------------------------------------------------------
+class CupyBackend:
+    """Arrays from CuPy, kernels from NVRTC via ``cupy.RawModule``, compiled on first use."""
+
+    def __init__(self):
+        import cupy
+        self.xp = cupy
+        self._modules = {}
+        self._kernels = {}
+        if os.environ.get("SCRATCHNET_TF32") == "1":
+            set_tf32(True)
+
+    def kernel(self, name: str, dtype):
+        """The compiled kernel ``name<T>`` for T = dtype; call it as k(grid, block, args)."""
+        key = (name, dtype)
+        k = self._kernels.get(key)
+        if k is None:
+            filename = _FILE_OF[name]
+            mod = self._modules.get(filename)
+            if mod is None:
+                mod = self._modules[filename] = self.xp.RawModule(
+                    code=kernel_source(filename), options=NVRTC_OPTIONS,
+                    name_expressions=name_expressions(filename))
+            k = self._kernels[key] = mod.get_function(f"{name}<{C_TYPES[dtype]}>")
+        return k
+
+
+_backend = None
+
+
+def backend():
+    """The backend in use (CuPy unless a test installed another with ``use_backend``)."""
+    global _backend
+    if _backend is None:
+        _backend = CupyBackend()
+    return _backend
+
+
+def use_backend(b):
+    """Install backend ``b`` (an object with ``xp`` and ``kernel(name, dtype)``); returns the previous one."""
+    global _backend
+    old, _backend = _backend, b
+    return old
+
+
+def set_tf32(enabled: bool):
+    """Let float32 GEMMs (cupy.matmul, 2-D and batched) use TF32 tensor cores, or forbid it."""
+    import cupy
+    from cupy._core import _routines_linalg as linalg
+    from cupy_backends.cuda.libs import cublas
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+    # batched matmul calls cuBLAS with a legacy compute type, which follows the handle's math mode
+    mode = getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3) if enabled else getattr(cublas, "CUBLAS_DEFAULT_MATH", 0)
+    cublas.setMathMode(cupy.cuda.device.get_cublas_handle(), mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: checked inputs, poisoned outputs, typed scalars, launches
+# ---------------------------------------------------------------------------------------------
+def _float_array(a, what):
+    if a.dtype not in C_TYPES:
+        raise TypeError(f"{what}: the GPU kernels take float32 or float64 arrays, got {a.dtype}")
+    return backend().xp.ascontiguousarray(a)
+
+
+def _like(a, ref, what, name):
+    """``a`` as a contiguous array; it must have ref's shape and dtype."""
+    if tuple(a.shape) != tuple(ref.shape) or a.dtype != ref.dtype:
+        raise ValueError(f"{what}: expected {name} of shape {tuple(ref.shape)} and dtype {ref.dtype}, "
+                         f"got {tuple(a.shape)} {a.dtype}")
+    return backend().xp.ascontiguousarray(a)
+
+
+def _nchw(a, what):
+    if a.ndim != 4:
+        raise ValueError(f"{what}: expected an (N, C, H, W) array, got shape {tuple(a.shape)}")
+    return a
+
+
+def _out(shape, dtype):
+    """An output buffer; NaN-filled (or -1 for integers) when SCRATCHNET_POISON=1."""
+    xp = backend().xp
+    dtype = np.dtype(dtype)
+    if os.environ.get("SCRATCHNET_POISON") == "1":
+        return xp.full(shape, np.nan if dtype.kind == "f" else -1, dtype=dtype)
+    return xp.empty(shape, dtype=dtype)
+
+
+def _i32(v):
+    v = int(v)
+    if not -2 ** 31 <= v < 2 ** 31:
+        raise OverflowError(f"value {v} does not fit the kernels' 32-bit int arguments")
+    return np.int32(v)
+
+
+def _i64(v):
+    return np.int64(int(v))
+
+
+def _launch(name, dtype, work, args, threads=THREADS):
+    """Run kernel ``name<dtype>`` over ``work`` items (grid-stride), blocks of ``threads``."""
+    if work <= 0:
+        return
+    blocks = min((work + threads - 1) // threads, MAX_BLOCKS)
+    backend().kernel(name, np.dtype(dtype))((blocks,), (threads,), args)
+
+
+# ---------------------------------------------------------------------------------------------
+# ReLU / ReLU6
+# ---------------------------------------------------------------------------------------------
+def relu_forward(x, upper):
+    """y = clip(x, 0, upper), any shape (NaN propagates)."""
+    x = _float_array(x, "relu_forward")
+    y = _out(x.shape, x.dtype)
+    _launch("relu_fwd", x.dtype, x.size, (x, y, x.dtype.type(upper), _i64(x.size)))
+    return y
+
+
+def relu_backward(dy, y, rule_code, upper):
+    """dx under rule 0 gradient / 1 deconvnet / 2 guided, from dy and the forward output y."""
+    if int(rule_code) not in (0, 1, 2):
+        raise ValueError(f"relu_backward: rule code must be 0 (gradient), 1 (deconvnet) or 2 (guided), "
+                         f"got {rule_code}")
+    dy = _float_array(dy, "relu_backward")
+    y = _like(y, dy, "relu_backward", "the forward output y")
+    dx = _out(dy.shape, dy.dtype)
+    _launch("relu_bwd", dy.dtype, dy.size,
+            (dy, y, dx, _i32(rule_code), dy.dtype.type(upper), _i64(dy.size)))
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------------------------
+def maxpool_forward(x, kernel, stride, pads, out_hw):
+    """x (N,C,H,W) -> (y (N,C,oh,ow), switches int32 (N,C,oh,ow), flat index in the H*W plane)."""
+    x = _nchw(_float_array(x, "maxpool_forward"), "maxpool_forward")
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    y = _out((n, c, oh, ow), x.dtype)
+    switches = _out((n, c, oh, ow), np.int32)
+    _launch("maxpool_fwd", x.dtype, y.size,
+            (x, y, switches, _i64(y.size), *map(_i32, (h, w, kh, kw, sh, sw, pads[0], pads[2], oh, ow))))
+    return y, switches
+
+
+def maxpool_backward(dy, switches, in_hw, kernel=None, stride=None, pads=None):
+    """dy, switches (N,C,oh,ow) -> dx (N,C,H,W): each gradient routed to its switch.
+
+    A gather: each input element sums dy over the windows that contain it and chose it, so the
+    pooling geometry (kernel, stride, pads) is needed here, unlike on the CPU."""
+    if kernel is None or stride is None or pads is None:
+        raise TypeError("maxpool_backward on the GPU needs the pooling geometry: pass kernel, stride "
+                        "and pads (the gather walks the windows that contain each input element)")
+    dy = _nchw(_float_array(dy, "maxpool_backward"), "maxpool_backward")
+    if tuple(switches.shape) != tuple(dy.shape) or switches.dtype != np.int32:
+        raise ValueError(f"maxpool_backward: expected int32 switches of shape {tuple(dy.shape)}, "
+                         f"got {switches.dtype} {tuple(switches.shape)}")
+    switches = backend().xp.ascontiguousarray(switches)
+    n, c, oh, ow = dy.shape
+    h, w = in_hw
+    (kh, kw), (sh, sw) = kernel, stride
+    dx = _out((n, c, h, w), dy.dtype)
+    _launch("maxpool_bwd_gather", dy.dtype, dx.size,
+            (dy, switches, dx, _i64(dx.size), *map(_i32, (h, w, kh, kw, sh, sw, pads[0], pads[2], oh, ow))))
+    return dx
+
+
+def avgpool_forward(x, kernel, stride, pads, out_hw):
+    """x (N,C,H,W) -> y (N,C,oh,ow); padding counts as zeros, windows clipped at the padded border."""
+    x = _nchw(_float_array(x, "avgpool_forward"), "avgpool_forward")
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    y = _out((n, c, oh, ow), x.dtype)
+    _launch("avgpool_fwd", x.dtype, y.size,
+            (x, y, _i64(y.size), *map(_i32, (h, w, kh, kw, sh, sw, *pads, oh, ow))))
+    return y
+
+
+def avgpool_backward(dy, in_hw, kernel, stride, pads):
+    """dy (N,C,oh,ow) -> dx (N,C,H,W): each input gets dy / window size from every window holding it."""
+    dy = _nchw(_float_array(dy, "avgpool_backward"), "avgpool_backward")
+    n, c, oh, ow = dy.shape
+    h, w = in_hw
+    (kh, kw), (sh, sw) = kernel, stride
+    dx = _out((n, c, h, w), dy.dtype)
+    _launch("avgpool_bwd_gather", dy.dtype, dx.size,
+            (dy, dx, _i64(dx.size), *map(_i32, (h, w, kh, kw, sh, sw, *pads, oh, ow))))
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# local response normalisation
+# ---------------------------------------------------------------------------------------------
+def lrn_forward(x, size, alpha, beta, k):
+    """x (N,C,H,W) -> (y, s) with s = k + alpha * window sum of x**2, y = x * s**-beta."""
+    x = _nchw(_float_array(x, "lrn_forward"), "lrn_forward")
+    n, c, h, w = x.shape
+    t = x.dtype.type
+    y, s = _out(x.shape, x.dtype), _out(x.shape, x.dtype)
+    _launch("lrn_fwd", x.dtype, n * h * w,
+            (x, y, s, _i64(n * h * w), _i32(c), _i32(h * w), _i32(size), t(alpha), t(beta), t(k)))
+    return y, s
+
+
+def lrn_backward(dy, x, y, s, size, alpha, beta):
+    """dx of LRN from dy and the forward's x, y, s (all N,C,H,W)."""
+    dy = _nchw(_float_array(dy, "lrn_backward"), "lrn_backward")
+    x, y, s = (_like(a, dy, "lrn_backward", nm) for a, nm in ((x, "x"), (y, "y"), (s, "s")))
+    n, c, h, w = dy.shape
+    t = dy.dtype.type
+    dx = _out(dy.shape, dy.dtype)
+    _launch("lrn_bwd", dy.dtype, n * h * w,
+            (dy, x, y, s, dx, _i64(n * h * w), _i32(c), _i32(h * w), _i32(size), t(alpha), t(beta)))
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# convolution: im2col / col2im (the GEMMs are cupy.matmul, i.e. cuBLAS)
+# ---------------------------------------------------------------------------------------------
+def im2col(xpad, kernel, stride, out_hw):
+    """xpad (N,C,Hp,Wp) -> cols (C*kh*kw, N*oh*ow); cols[(c*kh+i)*kw+j, (n*oh+p)*ow+q] = xpad[n,c,i+p*sh,j+q*sw]."""
+    xpad = _nchw(_float_array(xpad, "im2col"), "im2col")
+    n, c, hp, wp = xpad.shape
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    if (oh - 1) * sh + kh > hp or (ow - 1) * sw + kw > wp:
+        raise ValueError(f"im2col: {oh}x{ow} outputs of a {kh}x{kw} window, stride {sh}x{sw}, "
+                         f"do not fit a {hp}x{wp} padded input")
+    cols = _out((c * kh * kw, n * oh * ow), xpad.dtype)
+    _launch("im2col", xpad.dtype, cols.size,
+            (xpad, cols, _i64(cols.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))
+    return cols
+
+
+def col2im(cols, padded_shape, kernel, stride, out_hw):
+    """cols (C*kh*kw, N*oh*ow) -> dxpad (N,C,Hp,Wp), every column entry summed back where it came from."""
+    cols = _float_array(cols, "col2im")
+    n, c, hp, wp = (int(v) for v in padded_shape)
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    if tuple(cols.shape) != (c * kh * kw, n * oh * ow):
+        raise ValueError(f"col2im: expected cols of shape {(c * kh * kw, n * oh * ow)} for {padded_shape}, "
+                         f"got {tuple(cols.shape)}")
+    dxpad = _out((n, c, hp, wp), cols.dtype)
+    _launch("col2im_gather", cols.dtype, dxpad.size,
+            (cols, dxpad, _i64(dxpad.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))
+    return dxpad
+
+
+# ---------------------------------------------------------------------------------------------
+# loss and optimiser
+# ---------------------------------------------------------------------------------------------
+def softmax_xent(scores, labels):
+    """(mean softmax cross-entropy as a Python float, d loss / d scores (N, K)); labels (N,) in [0, K).
+
+    A label outside [0, K) gives a NaN loss (layers/loss.py checks the labels before calling)."""
+    scores = _float_array(scores, "softmax_xent")
+    if scores.ndim != 2:
+        raise ValueError(f"softmax_xent: expected scores of shape (N, K), got {tuple(scores.shape)}")
+    n, k = scores.shape
+    xp = backend().xp
+    labels = xp.ascontiguousarray(xp.asarray(labels).astype(np.int64))
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"softmax_xent: expected labels of shape ({n},), got {tuple(labels.shape)}")
+    loss_rows = _out((n,), scores.dtype)
+    d = _out((n, k), scores.dtype)
+    _launch("softmax_xent_fwd_bwd", scores.dtype, n * THREADS,     # one block per row
+            (scores, labels, loss_rows, d, _i32(n), _i32(k)))
+    return float(loss_rows.mean()), d
+
+
+def sgd_update(w, g, v, lr, momentum, weight_decay):
+    """In place: v <- momentum * v - lr * (g + weight_decay * w);  w <- w + v  (one fused pass)."""
+    if w.dtype not in C_TYPES:
+        raise TypeError(f"sgd_update: the GPU kernels take float32 or float64 arrays, got {w.dtype}")
+    for a, name in ((w, "the parameter w"), (v, "the velocity v")):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"sgd_update: {name} must be C-contiguous (it is updated in place)")
+    g = _like(g, w, "sgd_update", "the gradient g")
+    v = _like(v, w, "sgd_update", "the velocity v")
+    t = w.dtype.type
+    _launch("sgd_momentum_update", w.dtype, w.size,
+            (w, g, v, t(lr), t(momentum), t(weight_decay), _i64(w.size)))
+    return w

@@ -1,0 +1,559 @@
+"""The GPU backend computes what the CPU engine computes: every layer, the three ReLU rules, the
+loss, the fused SGD update, a whole network's image gradient and a few training steps.
+
+Each test runs on two devices:
+  cuda     : CuPy on an NVIDIA GPU, the real thing (marked ``gpu``; skipped unless
+             ``scratchnet.backend.gpu_available()``).
+  emulated : the same CUDA C sources (kernels/*.cu), compiled with g++ against tests/cuda_emu.h
+             and run on the CPU through the same kernels/gpu.py code. This checks, on any machine,
+             the kernels' index arithmetic, gpu.py's launch configurations and argument lists (types
+             included, which CuPy does not check), and that no kernel writes outside its output.
+             It cannot check what only a GPU shows: CuPy's compilation and launch, races between
+             real threads, cuBLAS.
+
+Every output is poisoned (SCRATCHNET_POISON=1: NaN before the kernel runs), so an element a kernel
+forgets to write fails the comparison. Inputs are fresh random numbers on every run; the seed is
+in every failure message. Tolerance: the largest difference over the largest CPU magnitude,
+1e-10 in float64 and 1e-4 in float32.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import math
+import secrets
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchnet import backend, kernels
+from scratchnet.kernels import gpu
+from scratchnet.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear,
+                               LocalResponseNorm, MaxPool2d, ReLU, ReLU6, softmax_cross_entropy)
+from scratchnet.models import paper_net
+
+HERE = Path(__file__).resolve().parent
+TOL = {np.float64: 1e-10, np.float32: 1e-4}
+DTYPES = [np.float64, np.float32]
+#: kernels that call __syncthreads: the emulator runs their threads concurrently
+SYNC_KERNELS = {"softmax_xent_fwd_bwd"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the two devices
+# ---------------------------------------------------------------------------------------------
+class Cuda:
+    name = "cuda"
+
+    def __init__(self):
+        import cupy
+        self.cp = cupy
+
+    def put(self, a):
+        return self.cp.asarray(a)
+
+    def get(self, a):
+        return self.cp.asnumpy(a)
+
+    def move(self, layer):
+        return copy.deepcopy(layer).to("gpu")
+
+    @contextmanager
+    def active(self):
+        old = gpu.use_backend(None)          # the CuPy backend, created on first use
+        try:
+            yield
+        finally:
+            gpu.use_backend(old)
+
+
+class GuardedNumpy:
+    """NumPy, except that every output buffer (empty / full) sits between guard bands that are
+    checked after each launch: a kernel writing past its output fails the test."""
+
+    GUARD = 64
+
+    def __init__(self):
+        self.pending = []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def full(self, shape, fill_value, dtype=None):
+        dtype = np.dtype(dtype if dtype is not None else np.float64)
+        size = int(np.prod(shape))
+        sentinel = dtype.type(-7777)
+        base = np.full(size + 2 * self.GUARD, sentinel, dtype=dtype)
+        base[self.GUARD:self.GUARD + size] = fill_value
+        self.pending.append((base, size, sentinel))
+        return base[self.GUARD:self.GUARD + size].reshape(shape)
+
+    def empty(self, shape, dtype=np.float64):
+        return self.full(shape, -7777, dtype)
+
+    def check_guards(self, kernel):
+        pending, self.pending = self.pending, []
+        for base, size, sentinel in pending:
+            g = self.GUARD
+            if not (np.all(base[:g] == sentinel) and np.all(base[g + size:] == sentinel)):
+                raise AssertionError(f"{kernel} wrote outside its output buffer")
+
+
+class EmuKernel:
+    def __init__(self, lib, xp, expr):
+        self.lib, self.xp, self.expr = lib, xp, expr
+
+    def __call__(self, grid, block, args):
+        codes, holders = [], []
+        for i, a in enumerate(args):
+            if isinstance(a, np.ndarray):
+                if not a.flags.c_contiguous:
+                    raise AssertionError(f"{self.expr}: argument {i} is not C-contiguous")
+                codes.append(f"p:{a.dtype.kind}{a.dtype.itemsize}")
+                holders.append(ctypes.c_void_p(a.ctypes.data))
+            elif isinstance(a, np.generic):
+                codes.append(f"s:{a.dtype.kind}{a.dtype.itemsize}")
+                holders.append(ctypes.create_string_buffer(a.tobytes(), a.dtype.itemsize))
+            else:
+                raise TypeError(f"{self.expr}: argument {i} is a Python {type(a).__name__}; pass a NumPy "
+                                f"scalar of the kernel's C type (CuPy would guess one)")
+        n = len(args)
+        vals = (ctypes.c_void_p * n)(*[ctypes.addressof(h) for h in holders])
+        code_arr = (ctypes.c_char_p * n)(*[c.encode() for c in codes])
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        b = tuple(block) + (1,) * (3 - len(block))
+        err = ctypes.create_string_buffer(512)
+        if self.lib.emu_launch(self.expr.encode(), *g, *b, n, code_arr, vals, err, 512):
+            raise RuntimeError(err.value.decode())
+        self.xp.check_guards(self.expr)
+
+
+class EmuBackend:
+    """gpu.py's backend interface over the g++-built kernels (see the module docstring)."""
+
+    def __init__(self, lib):
+        self.lib, self.xp = lib, GuardedNumpy()
+
+    def kernel(self, name, dtype):
+        return EmuKernel(self.lib, self.xp, f"{name}<{gpu.C_TYPES[np.dtype(dtype)]}>")
+
+
+class Emulated:
+    name = "emulated"
+
+    def __init__(self, lib):
+        self.backend = EmuBackend(lib)
+
+    def put(self, a):
+        return np.array(a, copy=True)
+
+    def get(self, a):
+        return np.asarray(a)
+
+    def move(self, layer):
+        return copy.deepcopy(layer)
+
+    @contextmanager
+    def active(self):
+        """Send NumPy arrays down the GPU path of scratchnet.kernels, to the emulated kernels."""
+        old = gpu.use_backend(self.backend)
+        saved = kernels._on_gpu
+        kernels._on_gpu = lambda a: isinstance(a, np.ndarray)
+        try:
+            yield
+        finally:
+            kernels._on_gpu = saved
+            gpu.use_backend(old)
+
+
+@pytest.fixture(scope="session")
+def emulator_lib(tmp_path_factory):
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("the emulated device needs g++; not on PATH here")
+    lines = ["#include <cstdio>", f'#include "{HERE / "cuda_emu.h"}"']
+    lines += [gpu.kernel_source(f) for f in gpu.KERNELS]
+    lines.append('extern "C" void emu_init() {')
+    for f in gpu.KERNELS:
+        for e in gpu.name_expressions(f):
+            lines.append(f"    EMU_REGISTER({e}, {'true' if e.split('<')[0] in SYNC_KERNELS else 'false'});")
+    lines.append("}")
+    d = tmp_path_factory.mktemp("cuda_emu")
+    src, so = d / "emu.cpp", d / "libemu.so"
+    src.write_text("\n".join(lines) + "\n")
+    cmd = [gxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-shared", "-fPIC",
+           "-pthread", "-o", str(so), str(src)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"building the kernel emulator failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}"
+    lib = ctypes.CDLL(str(so))
+    lib.emu_launch.restype = ctypes.c_int
+    lib.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [
+        ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_int]
+    lib.emu_init()
+    return lib
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
+def dev(request, monkeypatch):
+    monkeypatch.setenv("SCRATCHNET_POISON", "1")
+    if request.param == "cuda":
+        if not backend.gpu_available():
+            pytest.skip("needs CuPy and an NVIDIA GPU (scratchnet.backend.gpu_available() is False)")
+        return Cuda()
+    return Emulated(request.getfixturevalue("emulator_lib"))
+
+
+class Fresh:
+    """A random generator with a new seed every run; ``where`` names it in failure messages."""
+
+    def __init__(self):
+        self.seed = secrets.randbits(32)
+        self.rng = np.random.default_rng(self.seed)
+
+    def normal(self, shape, dtype, scale=1.0):
+        return (self.rng.standard_normal(shape) * scale).astype(dtype)
+
+    @property
+    def where(self):
+        return f"(seed {self.seed})"
+
+
+@pytest.fixture
+def fresh():
+    return Fresh()
+
+
+def assert_close(got, want, dtype, what):
+    """max |got - want| <= tol * max |want|, and nothing NaN (a poisoned element never written)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    assert np.isfinite(got).all() == np.isfinite(want).all(), f"{what}: NaN/Inf where the CPU has none"
+    scale = max(float(np.abs(want).max(initial=0.0)), 1e-30)
+    err = float(np.abs(got - want).max(initial=0.0)) / scale
+    assert err <= TOL[dtype], f"{what}: relative difference {err:.3g} > {TOL[dtype]:g}"
+
+
+def assert_close_norm(got, want, dtype, what):
+    """|got - want| / |want| (2-norms) <= tol: for whole networks, where a float32 value that sits on
+    a ReLU kink or a pooling tie may go either way on the two devices."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert np.isfinite(got).all(), f"{what}: NaN/Inf in the device result"
+    err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+    assert err <= TOL[dtype], f"{what}: relative difference {err:.3g} > {TOL[dtype]:g}"
+
+
+def randomise(layer, fresh, dtype):
+    """Random parameters (biases too) and batch-norm statistics, in ``dtype``."""
+    for _, lay, key in layer.named_params():
+        lay.params[key] = fresh.normal(lay.params[key].shape, dtype, 0.5)
+    if isinstance(layer, BatchNorm2d):
+        layer.stats = dict(mean=fresh.normal(layer.channels, dtype), var=(fresh.rng.random(layer.channels) + 0.5).astype(dtype))
+    return layer
+
+
+def compare_layer(dev, fresh, layer, in_shape, dtype, rule="gradient", train=False, scale=1.0):
+    """Forward, backward (input and parameter gradients) on the CPU and on ``dev``; compare all."""
+    layer = randomise(layer, fresh, dtype)
+    on_dev = dev.move(layer)                      # same parameters, same dropout generator state
+    x = fresh.normal(in_shape, dtype, scale)
+    y = layer.forward(x, train)
+    dy = fresh.normal(y.shape, dtype)
+    dx = layer.backward(dy, rule, True, True)
+    with dev.active():
+        y_d = on_dev.forward(dev.put(x), train)
+        dx_d = on_dev.backward(dev.put(dy), rule, True, True)
+    what = f"{type(layer).__name__} {layer.spec()} {np.dtype(dtype).name} rule={rule} on {dev.name} {fresh.where}"
+    assert_close(dev.get(y_d), y, dtype, f"forward of {what}")
+    assert_close(dev.get(dx_d), dx, dtype, f"input gradient of {what}")
+    for key, g in layer.grads.items():
+        assert_close(dev.get(on_dev.grads[key]), g, dtype, f"gradient of {key} of {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# every layer
+# ---------------------------------------------------------------------------------------------
+LAYERS = {
+    "conv3x3_pad1": (lambda: Conv2d(3, 8, 3, 1, 1), (2, 3, 9, 9)),
+    "conv5x5_s2_asym_pad": (lambda: Conv2d(4, 6, 5, 2, (1, 2, 0, 1)), (2, 4, 11, 10)),
+    "conv7x7_s2_paper_conv1": (lambda: Conv2d(3, 8, 7, 2), (2, 3, 23, 23)),
+    "conv1x1": (lambda: Conv2d(8, 5, 1), (2, 8, 5, 5)),
+    "conv1x1_s2": (lambda: Conv2d(8, 5, 1, 2), (2, 8, 7, 7)),
+    "conv_groups2": (lambda: Conv2d(6, 4, 3, 2, 1, groups=2), (2, 6, 8, 8)),
+    "conv_same_s2": (lambda: Conv2d(3, 4, 3, 2, "same"), (2, 3, 7, 7)),
+    "conv_depthwise": (lambda: Conv2d(4, 4, 3, 1, 1, groups=4), (2, 4, 6, 6)),
+    "maxpool3_s2_ceil": (lambda: MaxPool2d(3, 2, ceil_mode=True), (2, 3, 10, 10)),
+    "maxpool2": (lambda: MaxPool2d(2), (2, 3, 8, 8)),
+    "maxpool3_s2_pad1": (lambda: MaxPool2d(3, 2, padding=1), (2, 3, 9, 9)),
+    "maxpool3_s1": (lambda: MaxPool2d(3, 1), (1, 2, 6, 7)),
+    "avgpool3_s2_pad1_ceil": (lambda: AvgPool2d(3, 2, 1, ceil_mode=True), (2, 3, 10, 10)),
+    "avgpool2": (lambda: AvgPool2d(2), (2, 3, 8, 8)),
+    "avgpool3_s1_pad1": (lambda: AvgPool2d(3, 1, 1), (1, 2, 5, 6)),
+    "lrn5_beta075": (lambda: LocalResponseNorm(5, 0.5, 0.75, 2.0), (2, 7, 5, 5)),
+    "lrn3_beta05": (lambda: LocalResponseNorm(3, 0.3, 0.5, 1.0), (2, 6, 4, 3)),
+    "lrn5_few_channels": (lambda: LocalResponseNorm(5, 0.5, 0.75, 2.0), (2, 2, 3, 3)),
+    "global_avgpool": (lambda: GlobalAvgPool(), (2, 5, 4, 4)),
+    "batchnorm": (lambda: BatchNorm2d(4), (2, 4, 3, 3)),
+    "linear": (lambda: Linear(12, 5), (3, 12)),
+    "flatten": (lambda: Flatten(), (2, 3, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layer_equals_cpu(dev, fresh, name, dtype):
+    make, shape = LAYERS[name]
+    compare_layer(dev, fresh, make(), shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_dropout_in_training_equals_cpu(dev, fresh, dtype):
+    compare_layer(dev, fresh, Dropout(0.5, seed=fresh.seed), (4, 10), dtype, train=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("rule", ["gradient", "deconvnet", "guided"])
+@pytest.mark.parametrize("relu", [ReLU, ReLU6], ids=["relu", "relu6"])
+def test_relu_rules_equal_cpu(dev, fresh, relu, rule, dtype):
+    # scale 4: ReLU6's upper kink at 6 is crossed too
+    compare_layer(dev, fresh, relu(), (3, 4, 5, 7), dtype, rule=rule, scale=4.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_relu_rules_are_bit_identical_to_cpu(dev, fresh, dtype):
+    """ReLU is a selection, not arithmetic: the GPU must give the CPU's bits, NaN and 0 included."""
+    x = fresh.normal((1000,), dtype, 4.0)
+    x[:3] = [np.nan, 0.0, 6.0]
+    dy = fresh.normal((1000,), dtype)
+    dy[:4] = [np.nan, np.inf, -np.inf, 0.0]      # a blocked unit gives an exact 0, even for NaN
+    for upper in (math.inf, 6.0):
+        y = kernels.relu_forward(x, upper)
+        for code in (0, 1, 2):
+            dx = kernels.relu_backward(dy, y, code, upper)
+            with dev.active():
+                y_d = kernels.relu_forward(dev.put(x), upper)
+                dx_d = kernels.relu_backward(dev.put(dy), y_d, code, upper)
+            np.testing.assert_array_equal(dev.get(y_d), y, err_msg=f"relu_fwd upper={upper} {fresh.where}")
+            np.testing.assert_array_equal(dev.get(dx_d), dx, err_msg=f"relu_bwd rule {code} upper={upper} {fresh.where}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_maxpool_switches_and_im2col_are_bit_identical_to_cpu(dev, fresh, dtype):
+    """Selections and copies (and sums in the CPU's order) must match exactly, not just closely."""
+    x = fresh.normal((2, 3, 11, 9), dtype)
+    x[1] = fresh.rng.integers(-1, 2, x[1].shape)        # ties: the first maximum (row-major) wins
+    y, sw = kernels.maxpool_forward(x, (3, 3), (2, 2), (1, 1, 1, 1), (6, 5))
+    dy = fresh.normal(y.shape, dtype)
+    dx = kernels.maxpool_backward(dy, sw, (11, 9), (3, 3), (2, 2), (1, 1, 1, 1))
+    cols = kernels.im2col(x, (3, 2), (2, 1), (5, 8))
+    back = kernels.col2im(cols, x.shape, (3, 2), (2, 1), (5, 8))
+    with dev.active():
+        y_d, sw_d = kernels.maxpool_forward(dev.put(x), (3, 3), (2, 2), (1, 1, 1, 1), (6, 5))
+        dx_d = kernels.maxpool_backward(dev.put(dy), sw_d, (11, 9), (3, 3), (2, 2), (1, 1, 1, 1))
+        cols_d = kernels.im2col(dev.put(x), (3, 2), (2, 1), (5, 8))
+        back_d = kernels.col2im(cols_d, x.shape, (3, 2), (2, 1), (5, 8))
+    for got, want, what in ((y_d, y, "maxpool y"), (sw_d, sw, "switches"), (dx_d, dx, "maxpool dx"),
+                            (cols_d, cols, "im2col"), (back_d, back, "col2im")):
+        np.testing.assert_array_equal(dev.get(got), want, err_msg=f"{what} on {dev.name} {fresh.where}")
+
+
+# ---------------------------------------------------------------------------------------------
+# loss and optimiser
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("n,k", [(7, 13), (5, 1000), (3, 2)])
+def test_softmax_xent_equals_cpu(dev, fresh, n, k, dtype):
+    scores = fresh.normal((n, k), dtype, 5.0)
+    labels = fresh.rng.integers(0, k, n)
+    loss, d = softmax_cross_entropy(scores, labels)
+    with dev.active():
+        loss_d, d_d = softmax_cross_entropy(dev.put(scores), dev.put(labels))
+    assert abs(loss_d - loss) <= TOL[dtype] * abs(loss), f"loss {loss_d} vs {loss} {fresh.where}"
+    assert_close(dev.get(d_d), d, dtype, f"dscores ({n}x{k}) on {dev.name} {fresh.where}")
+
+
+def test_softmax_xent_label_out_of_range_gives_nan_not_a_stray_read(dev, fresh):
+    scores = fresh.normal((2, 5), np.float64)
+    with dev.active():
+        loss, _ = kernels.softmax_xent(dev.put(scores), dev.put(np.array([1, 9])))
+    assert math.isnan(loss)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_fused_sgd_update_is_the_formula(dev, fresh, dtype):
+    w, g, v = (fresh.normal((33, 7), dtype) for _ in range(3))
+    lr, mu, wd = 0.05, 0.9, 5e-4
+    v_want = mu * v.astype(np.float64) - lr * (g + wd * w.astype(np.float64))
+    w_want = w + v_want
+    with dev.active():
+        w_d, v_d = dev.put(w), dev.put(v)
+        kernels.sgd_update(w_d, dev.put(g), v_d, lr, mu, wd)
+    assert_close(dev.get(v_d), v_want, dtype, f"velocity {fresh.where}")
+    assert_close(dev.get(w_d), w_want, dtype, f"weights {fresh.where}")
+
+
+def test_cpu_sgd_update_is_the_trainers_step(fresh):
+    """kernels.sgd_update on NumPy arrays does what scratchnet.train.sgd.SGD.step does, bit for bit."""
+    from scratchnet.train.sgd import SGD, decays
+    net = paper_net(32, num_classes=5, width=0.125, seed=fresh.seed % 1000)
+    twin = copy.deepcopy(net)
+    for a in (net, twin):
+        for _, layer, key in a.named_params():
+            layer.grads[key] = np.full_like(layer.params[key], 0.25)
+    opt = SGD(net, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    vel = {}
+    for _ in range(2):
+        opt.step()
+        for path, layer, key in twin.named_params():
+            v = vel.setdefault(path, np.zeros_like(layer.params[key]))
+            kernels.sgd_update(layer.params[key], layer.grads[key], v, 0.1, 0.9, 5e-4 if decays(key) else 0.0)
+    for (path, a, key), (_, b, _) in zip(net.named_params(), twin.named_params()):
+        np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=path)
+
+
+# ---------------------------------------------------------------------------------------------
+# whole networks
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("rule", ["gradient", "guided"])
+def test_network_image_gradient_equals_cpu(dev, fresh, rule, dtype):
+    """paper_net (input 64, width 0.25): class scores, d score / d image, and every weight gradient."""
+    net = paper_net(64, num_classes=10, width=0.25, seed=fresh.seed % 1000, dtype=dtype)
+    on_dev = dev.move(net)
+    n = 4 if dev.name == "cuda" else 2
+    x = fresh.normal((n, 3, 64, 64), dtype)
+    onehot = np.zeros((n, 10), dtype)
+    onehot[np.arange(n), fresh.rng.integers(0, 10, n)] = 1
+    scores = net.forward(x)
+    dx = net.backward(onehot, rule=rule)
+    with dev.active():
+        scores_d = on_dev.forward(dev.put(x))
+        dx_d = on_dev.backward(dev.put(onehot), rule=rule)
+    where = f"paper_net64 {np.dtype(dtype).name} {rule} on {dev.name} {fresh.where}"
+    assert_close_norm(dev.get(scores_d), scores, dtype, f"scores of {where}")
+    assert_close_norm(dev.get(dx_d), dx, dtype, f"image gradient of {where}")
+    for (path, a, key), (_, b, _) in zip(net.named_params(), on_dev.named_params()):
+        assert_close_norm(dev.get(b.grads[key]), a.grads[key], dtype, f"d/d {path} of {where}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_sgd_steps_equal_cpu(dev, fresh, dtype):
+    """Three training steps (dropout on, fused update on the device, the trainer's SGD on the CPU)."""
+    from scratchnet.train.sgd import SGD, decays
+    lr, mu, wd = 0.01, 0.9, 5e-4
+    net = paper_net(32, num_classes=10, width=0.125, seed=fresh.seed % 1000, dtype=dtype)
+    on_dev = dev.move(net)
+    opt = SGD(net, lr=lr, momentum=mu, weight_decay=wd)
+    vel = {}
+    for step in range(3):
+        x = fresh.normal((4, 3, 32, 32), dtype)
+        labels = fresh.rng.integers(0, 10, 4)
+        loss, d = softmax_cross_entropy(net.forward(x, train=True), labels)
+        net.backward(d, input_grad=False)
+        opt.step()
+        with dev.active():
+            loss_d, d_d = softmax_cross_entropy(on_dev.forward(dev.put(x), train=True), dev.put(labels))
+            on_dev.backward(d_d, input_grad=False)
+            for path, layer, key in on_dev.named_params():
+                v = vel.get(path)
+                if v is None:
+                    v = vel[path] = dev.put(np.zeros(layer.params[key].shape, dtype))
+                kernels.sgd_update(layer.params[key], layer.grads[key], v, lr, mu, wd if decays(key) else 0.0)
+        assert abs(loss_d - loss) <= 10 * TOL[dtype] * abs(loss), f"step {step}: loss {loss_d} vs {loss} {fresh.where}"
+    for (path, a, key), (_, b, _) in zip(net.named_params(), on_dev.named_params()):
+        assert_close_norm(dev.get(b.params[key]), a.params[key], dtype,
+                          f"{path} after 3 steps, {np.dtype(dtype).name} on {dev.name} {fresh.where}")
+
+
+def test_backward_is_deterministic(dev, fresh):
+    """Gathers, no atomics: the same inputs give the same bits, launch after launch."""
+    x = fresh.normal((2, 8, 13, 13), np.float32)
+    dy = fresh.normal((2, 8, 6, 6), np.float32)
+    with dev.active():
+        _, sw = kernels.maxpool_forward(dev.put(x), (3, 3), (2, 2), (0, 0, 0, 0), (6, 6))
+        a = dev.get(kernels.maxpool_backward(dev.put(dy), sw, (13, 13), (3, 3), (2, 2), (0, 0, 0, 0)))
+        b = dev.get(kernels.maxpool_backward(dev.put(dy), sw, (13, 13), (3, 3), (2, 2), (0, 0, 0, 0)))
+        cols = kernels.im2col(dev.put(x), (3, 3), (1, 1), (11, 11))
+        c1 = dev.get(kernels.col2im(cols, x.shape, (3, 3), (1, 1), (11, 11)))
+        c2 = dev.get(kernels.col2im(cols, x.shape, (3, 3), (1, 1), (11, 11)))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(c1, c2)
+
+
+# ---------------------------------------------------------------------------------------------
+# the harness itself
+# ---------------------------------------------------------------------------------------------
+def test_poison_fills_outputs_with_nan(dev):
+    with dev.active():
+        out = dev.get(gpu._out((5,), np.float32))
+        sw = dev.get(gpu._out((5,), np.int32))
+    assert np.isnan(out).all() and (sw == -1).all()
+
+
+def test_emulator_rejects_wrong_argument_types(emulator_lib):
+    """What CuPy would silently misread: a double where the kernel takes a float, a Python int."""
+    b = EmuBackend(emulator_lib)
+    x = np.zeros(4, np.float32)
+    k = b.kernel("relu_fwd", np.float32)
+    with pytest.raises(RuntimeError, match="argument 2 must be s:f4, got s:f8"):
+        k((1,), (32,), (x, x.copy(), np.float64(1.0), np.int64(4)))
+    with pytest.raises(TypeError, match="Python int"):
+        k((1,), (32,), (x, x.copy(), np.float32(1.0), 4))
+    with pytest.raises(RuntimeError, match="expected 4 arguments"):
+        k((1,), (32,), (x, x.copy(), np.float32(1.0)))
+
+
+def test_cpu_engine_runs_without_cupy():
+    """With CuPy unimportable, scratchnet and kernels.gpu import and the CPU engine runs."""
+    code = ("import sys; sys.modules['cupy'] = None\n"
+            "import numpy as np, scratchnet, scratchnet.kernels.gpu\n"
+            "from scratchnet.models import paper_net\n"
+            "net = paper_net(32, num_classes=3, width=0.125)\n"
+            "s = net.forward(np.zeros((1, 3, 32, 32), np.float32))\n"
+            "net.backward(np.ones_like(s))\n"
+            "assert not scratchnet.backend.gpu_available()\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_bench_gpu_runs_on_a_fake_cupy(monkeypatch, capsys):
+    """bench/bench_gpu.py end to end at toy size, with NumPy posing as CuPy (kernels run on the CPU):
+    catches a broken benchmark before it costs GPU time. Checks the logic, not the numbers."""
+    import json
+    import runpy
+    import time
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.__version__ = "fake"
+    fake.__getattr__ = lambda name: getattr(np, name)
+
+    class Event:
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+    fake.cuda = types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3,
+        Device=lambda: types.SimpleNamespace(synchronize=lambda: None),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"fake GPU"}))
+    fake.random = np.random
+    fake.asnumpy = np.asarray
+    fake.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_cupy", fake)
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    bench = runpy.run_path(str(HERE.parent / "bench" / "bench_gpu.py"))
+    rc = bench["main"](["--batches", "2", "--size", "32", "--repeats", "1", "--warmup", "0",
+                        "--sgemm-n", "64", "--no-torch"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["batches"]["2"]["scratchnet"]) == {"forward", "train_step", "saliency"}
+    assert any("fwd_gflops" in r for r in result["layers"])
