@@ -1,0 +1,140 @@
+"""``scratchnet train``: SGD training of the paper's network from scratch on an image data set.
+
+    scratchnet train --data ../shared/data/tiny-imagenet-200 --arch paper --input-size 64 --width 0.5 \\
+        --epochs 20 --out runs/tiny-w05
+
+TRAIN and VAL are each a Tiny-ImageNet root, one of its train/ or val/ folders, or an ImageFolder
+root (<root>/<class>/<image>).  Without --val, a Tiny-ImageNet root is validated on its val split.
+The last line of stdout is a JSON summary; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..io.datasets import decode_cache, image_folder, open_dataset, tiny_imagenet
+
+
+def register(sub, ev_sub):
+    from ..cli import add_device_arg
+    p = sub.add_parser("train", help="train a network from scratch with SGD (checkpoints, --resume)",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="TRAIN", help="training images (see above)")
+    p.add_argument("--val", metavar="VAL", help="validation images (default: a Tiny-ImageNet root's val split)")
+    p.add_argument("--arch", default="paper", choices=["paper"], help="network: the paper's (default)")
+    p.add_argument("--input-size", type=int, default=64, help="square input size in pixels (default 64)")
+    p.add_argument("--width", type=float, default=1.0, help="scale of every hidden width (default 1.0)")
+    p.add_argument("--classes", type=int, help="use only the first K classes")
+    p.add_argument("--per-class", type=int, help="use only the first N training images of each class")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
+    p.add_argument("--lr-end", type=float, help="--schedule log: the last epoch's rate (default lr/100)")
+    p.add_argument("--schedule", default="step", choices=["step", "log"],
+                   help="step: x0.1 for the last quarter (or at --milestones); log: geometric lr -> lr-end")
+    p.add_argument("--milestones", type=int, nargs="*", help="--schedule step: epochs where lr drops x0.1")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights only, not biases (default 5e-4)")
+    p.add_argument("--init", default="he", choices=["he", "gaussian"],
+                   help="he: N(0, 2/fan_in), last layer N(0, 0.01^2) (default); gaussian: N(0, init-std^2)")
+    p.add_argument("--init-std", type=float, default=0.01)
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout before fc6 and fc7 (default 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-crop", action="store_true", help="no random crops (default: reflect-pad 4, crop)")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--jitter", type=int, default=0, metavar="P",
+                   help="zero a random rectangle of up to PxP pixels in each image (default 0 = off)")
+    p.add_argument("--scale", type=float, default=1 / 64, help="input = (image - mean image) * scale (default 1/64)")
+    p.add_argument("--cache", default=os.environ.get("SCRATCHNET_CACHE", "cache"),
+                   help="folder for decoded-image caches (default $SCRATCHNET_CACHE or ./cache)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable image files (named on stderr)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--out", required=True, metavar="RUN", help="output folder: model.npz, checkpoint.npz, "
+                                                                 "metrics.jsonl, curves.png")
+    add_device_arg(p)
+    p.set_defaults(func=run_train)
+
+
+def load_training_data(train_path, val_path=None, classes=None, per_class=None):
+    """(train Dataset, val Dataset or None) in one label space."""
+    train_path = Path(train_path)
+    ds = open_dataset_with(train_path, classes, per_class)
+    val = None
+    if val_path is not None:
+        vp = Path(val_path)
+        if _is_tiny_root(vp):
+            val = tiny_imagenet(vp, "val", classes=ds.class_wnids)
+        elif vp.name in ("train", "val") and _is_tiny_root(vp.parent):
+            val = tiny_imagenet(vp.parent, vp.name, classes=ds.class_wnids)
+        else:
+            val = image_folder(vp, class_names=ds.class_names, class_wnids=ds.class_wnids, allow_missing=True)
+    elif _is_tiny_root(train_path):
+        val = tiny_imagenet(train_path, "val", classes=ds.class_wnids)
+    return ds, val
+
+
+def open_dataset_with(path, classes=None, per_class=None):
+    if _is_tiny_root(path) or (path.name in ("train", "val") and _is_tiny_root(path.parent)):
+        return open_dataset(path, classes=classes, per_class=per_class)
+    ds = open_dataset(path)
+    keep = np.arange(len(ds))
+    if classes is not None:
+        if not 1 <= classes <= ds.num_classes:
+            raise ValueError(f"--classes {classes}: {path} has {ds.num_classes} classes")
+        keep = keep[ds.labels[keep] < classes]
+    if per_class is not None:
+        keep = np.concatenate([keep[ds.labels[keep] == c][:per_class] for c in np.unique(ds.labels[keep])])
+    ds = ds.subset(np.sort(keep))
+    if classes is not None:
+        ds.class_names, ds.class_wnids = ds.class_names[:classes], ds.class_wnids[:classes]
+    return ds
+
+
+def _is_tiny_root(p):
+    return (Path(p) / "wnids.txt").is_file() and (Path(p) / "train").is_dir()
+
+
+def decode(ds, size, cache, skip_bad):
+    """uint8 images (N, size, size, 3) and their labels, through the decoded-image cache."""
+    images, kept = decode_cache(ds, size, cache, on_error="skip" if skip_bad else "raise")
+    return images, ds.labels[kept]
+
+
+def run_train(args):
+    from ..backend import resolve_device
+    from ..models import paper_net
+    from .trainer import TrainConfig, Trainer, init_network
+
+    device = resolve_device(args.device)
+    train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class)
+    print(f"train: {len(train_ds)} training images, {train_ds.num_classes} classes; "
+          f"{len(val_ds) if val_ds is not None else 'no'} validation images", file=sys.stderr)
+    if val_ds is None:
+        print("train: warning: no validation set (pass --val); val top-1 will not be measured", file=sys.stderr)
+    try:
+        train = decode(train_ds, args.input_size, args.cache, args.skip_bad_images)
+        val = decode(val_ds, args.input_size, args.cache, args.skip_bad_images) if val_ds is not None else None
+    except Exception as e:
+        if type(e).__name__ == "ImageReadError":
+            raise ValueError(f"{e} (pass --skip-bad-images to train without such files)") from None
+        raise
+    net = paper_net(args.input_size, num_classes=train_ds.num_classes, width=args.width, seed=args.seed,
+                    dropout=args.dropout, class_names=train_ds.class_names)
+    if args.init != "he":
+        init_network(net, args.init, args.init_std, args.seed)
+    net.to(device)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                         milestones=args.milestones, lr_end=args.lr_end, momentum=args.momentum,
+                         weight_decay=args.weight_decay, seed=args.seed, crop_pad=0 if args.no_crop else 4,
+                         flip=not args.no_flip, jitter=args.jitter, scale=args.scale,
+                         extra=dict(data=str(args.data), val=args.val, arch=args.arch, input_size=args.input_size,
+                                    width=args.width, classes=args.classes, per_class=args.per_class,
+                                    init=args.init, init_std=args.init_std, dropout=args.dropout))
+    trainer = Trainer(net, train, val, args.out, config, device=device)
+    summary = trainer.fit(resume=args.resume)
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,344 @@
+"""The training loop: SGD on mini-batches, validation each epoch, metrics, curves, checkpoints.
+
+    trainer = Trainer(net, (train_images, train_labels), (val_images, val_labels), out="runs/x",
+                      config=TrainConfig(epochs=20, lr=0.01))
+    summary = trainer.fit()              # or fit(resume=True) to continue from out/checkpoint.npz
+
+Images are uint8 (N, H, W, 3) RGB arrays (a decode_cache memmap); labels (N,) int64.  The network
+sees x = (image - mean image) * scale, NCHW float32, where the mean image is the per-pixel mean of
+the training images; both are stored in the network (net.mean_image, net.preprocess) so a saved
+model classifies raw images the way it was trained.
+
+One step:   scores = net.forward(x, train=True)             x (B, 3, H, W) -> (B, K)
+            loss, dscores = softmax_cross_entropy(scores, y)
+            net.backward(dscores, input_grad=False)         fills layer.grads
+            optimiser.step()                                v = mu v - lr (g + wd w);  w += v
+
+What the run writes under ``out``:
+    metrics.jsonl    one JSON object a line: {"kind": "step", ...} every log_every steps,
+                     {"kind": "epoch", ...} after each epoch (train loss/top-1, val loss/top-1/top-5)
+    curves.png       the training curves (redrawn each epoch)
+    checkpoint.npz   the state after the last completed epoch, or after the last completed step
+                     when the run was interrupted (Ctrl-C); see checkpoint.py
+    model.npz        the final network (Network.save), loadable with scratchnet.models.load
+    config.json      the run's configuration
+
+Determinism: every random choice comes from the seed (initialisation, batch order, augmentation,
+dropout), so the same seed gives the same parameters, and a resumed run continues exactly as an
+uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import to_device, to_numpy
+from ..io.datasets import mean_image
+from ..io.loader import Augment, BatchLoader
+from ..layers import Conv2d, Linear, softmax_cross_entropy
+from .checkpoint import load_checkpoint, save_checkpoint
+from .schedule import make_schedule
+from .sgd import SGD
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run (saved to config.json and the checkpoint)."""
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.01
+    schedule: str = "step"           # "step" (x0.1 at milestones) or "log" (geometric lr -> lr_end)
+    milestones: list | None = None   # step: epochs where lr drops; default the last quarter
+    lr_end: float | None = None      # log: the last epoch's rate (default lr / 100)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    crop_pad: int = 4                # random crop after reflect-padding by this many pixels (0 = off)
+    flip: bool = True                # random horizontal flips
+    jitter: int = 0                  # zero a random rectangle of up to jitter x jitter pixels (0 = off)
+    scale: float = 1 / 64            # x = (image - mean image) * scale
+    log_every: int = 50              # steps between "step" lines in metrics.jsonl
+    val_batch_size: int = 256
+    prefetch: int = 2
+    extra: dict = field(default_factory=dict)   # free-form notes (data, architecture) for config.json
+
+
+def init_network(net, scheme="he", std=0.01, seed=0):
+    """Re-initialise every Conv2d / Linear: 'he' = N(0, 2 / fan_in), last layer N(0, 0.01^2) (what
+    paper_net already does); 'gaussian' = N(0, std^2) everywhere.  Biases zero."""
+    if scheme not in ("he", "gaussian"):
+        raise ValueError(f"init scheme must be 'he' or 'gaussian', got {scheme!r}")
+    rng = np.random.default_rng(seed)
+    layers = [(p, l) for p, l in net.named_layers() if isinstance(l, (Conv2d, Linear))]
+    for i, (_, layer) in enumerate(layers):
+        last = i == len(layers) - 1
+        if scheme == "gaussian" or last:
+            layer.init_params(rng, "gaussian", std=std if scheme == "gaussian" else 0.01)
+        else:
+            layer.init_params(rng, "he")
+    return net
+
+
+def evaluate(net, images, labels, mean, scale, batch_size=256, device="cpu"):
+    """Top-1 / top-5 accuracy and mean loss of ``net`` on uint8 images (N, H, W, 3); no augmentation."""
+    loader = BatchLoader(images, labels, batch_size, shuffle=False, mean=mean, scale=scale, prefetch=1)
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    for x, y in loader.epoch_batches(0):
+        scores = net.forward(to_device(x, device), train=False)
+        loss, _ = softmax_cross_entropy(scores, to_device(y, device))
+        s = to_numpy(scores)
+        k = min(5, s.shape[1])
+        best = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        top1 += int((s.argmax(axis=1) == y).sum())
+        top5 += int((best == y[:, None]).any(axis=1).sum())
+        loss_sum += loss * len(y)
+        n += len(y)
+    return dict(loss=loss_sum / n, top1=top1 / n, top5=top5 / n)
+
+
+class Progress:
+    """One progress line on stderr: redrawn in place on a terminal, a plain line every 30 s otherwise."""
+
+    def __init__(self, stream=None, enabled=True):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.last = 0.0
+
+    def update(self, text, force=False):
+        if not self.enabled:
+            return
+        now = time.time()
+        if not force and now - self.last < (0.5 if self.tty else 30.0):
+            return
+        self.last = now
+        if self.tty:
+            print("\r" + text.ljust(110), end="", file=self.stream, flush=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def done(self, text):
+        if self.enabled:
+            print(("\r" if self.tty else "") + text.ljust(110), file=self.stream, flush=True)
+
+
+class Trainer:
+    """SGD training of ``net`` on (images, labels); see the module docstring."""
+
+    def __init__(self, net, train, val, out, config: TrainConfig | None = None, device="cpu",
+                 callbacks=(), progress=True):
+        self.net, self.config, self.device = net, config or TrainConfig(), device
+        self.train_images, self.train_labels = train
+        self.val = val
+        self.out = Path(out)
+        self.callbacks = list(callbacks)
+        self.progress = Progress(enabled=progress)
+        c = self.config
+        if self.train_images.shape[1:3] != tuple(net.input_shape[1:]):
+            raise ValueError(f"training images are {self.train_images.shape[1]}x{self.train_images.shape[2]}, "
+                             f"the network expects {net.input_shape[1]}x{net.input_shape[2]}")
+        K = net.num_classes
+        for what, labels in (("training", self.train_labels), ("validation", None if val is None else val[1])):
+            if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= K):
+                raise ValueError(f"{what} labels span {labels.min()}..{labels.max()}, the network has {K} classes")
+        self.mean = mean_image(self.train_images)                      # (3, H, W) float32, pixel units
+        net.mean_image = self.mean
+        size = int(net.input_shape[1])            # see scratchnet.models.preprocess for the keys
+        net.preprocess = dict(resize=size, crop=size, channel_order="RGB", mean_image=True, scale=float(c.scale))
+        augment = Augment(pad=c.crop_pad, flip=c.flip, jitter=c.jitter)
+        self.loader = BatchLoader(self.train_images, self.train_labels, c.batch_size, shuffle=True, seed=c.seed,
+                                  augment=augment, mean=self.mean, scale=c.scale, prefetch=c.prefetch)
+        self.optimiser = SGD(net, c.lr, c.momentum, c.weight_decay)
+        self.schedule = make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones)
+        self.state = dict(epoch=0, batch=0, step=0, seconds=0.0, images=0,
+                          sums=dict(loss=0.0, correct=0, seen=0), history=[])
+        self._stop_requested = False
+        self._saved_at = None               # (epoch, batch, step) of the checkpoint on disk
+        self._consistent = True             # False only while optimiser.step() is changing parameters
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self):
+        return self.out / "checkpoint.npz"
+
+    @property
+    def metrics_path(self):
+        return self.out / "metrics.jsonl"
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, resume=False):
+        """Train to config.epochs; returns the summary dict (also the CLI's JSON line)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not self.checkpoint_path.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path} to continue from")
+            self.state = load_checkpoint(self.checkpoint_path, self.net, self.optimiser)
+            self._saved_at = (self.state["epoch"], self.state["batch"], self.state["step"])
+            self._check_config(self.state.get("config", {}))
+            self._trim_metrics(self.state["step"])
+            print(f"train: resumed from {self.checkpoint_path} at epoch {self.state['epoch']} batch "
+                  f"{self.state['batch']} (step {self.state['step']})", file=sys.stderr)
+        else:
+            if self.checkpoint_path.is_file():
+                raise ValueError(f"{self.out} already holds a checkpoint; pass --resume to continue that run "
+                                 f"or choose another --out")
+            if self.metrics_path.exists():
+                self.metrics_path.unlink()
+        (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+        restore = self._install_sigint()
+        try:
+            self._run()
+        except KeyboardInterrupt:
+            if self._consistent:
+                self._save()
+                print(f"\ntrain: interrupted; checkpoint of step {self.state['step']} (epoch {self.state['epoch']}, "
+                      f"batch {self.state['batch']}) written to {self.checkpoint_path}; continue with --resume",
+                      file=sys.stderr)
+            else:
+                print(f"\ntrain: interrupted during a parameter update; {self.checkpoint_path} keeps the "
+                      f"previous checkpoint", file=sys.stderr)
+            raise
+        finally:
+            restore()
+        model_path = self.net.save(self.out / "model.npz")
+        return self.summary(model_path)
+
+    def _run(self):
+        c, st, net, opt = self.config, self.state, self.net, self.optimiser
+        steps_per_epoch = len(self.loader)
+        while st["epoch"] < c.epochs:
+            epoch = st["epoch"]
+            opt.lr = self.schedule(epoch)
+            t_epoch = time.time()
+            window = []
+            for x, y in self.loader.epoch_batches(epoch, start=st["batch"]):
+                t0 = time.time()
+                scores = net.forward(to_device(x, self.device), train=True)
+                loss, dscores = softmax_cross_entropy(scores, to_device(y, self.device))
+                if not math.isfinite(loss):
+                    self._diverged(loss, epoch)
+                net.backward(dscores, param_grads=True, input_grad=False)
+                self._consistent = False
+                opt.step()
+                correct = int((to_numpy(scores).argmax(axis=1) == y).sum())
+                s = st["sums"]
+                s["loss"] += loss * len(y)
+                s["correct"] += correct
+                s["seen"] += len(y)
+                st["batch"] += 1
+                st["step"] += 1
+                st["images"] += len(y)
+                st["seconds"] += time.time() - t0
+                self._consistent = True
+                window.append(loss)
+                if st["step"] % c.log_every == 0:
+                    self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
+                                   lr=opt.lr, loss=float(np.mean(window))))
+                    window = []
+                ips = st["images"] / max(st["seconds"], 1e-9)
+                self.progress.update(
+                    f"epoch {epoch + 1}/{c.epochs} {st['batch']}/{steps_per_epoch} loss {s['loss'] / s['seen']:.3f} "
+                    f"acc {100 * s['correct'] / s['seen']:.1f}% lr {opt.lr:.2g} {ips:.0f} img/s "
+                    f"eta {_eta((steps_per_epoch - st['batch']) * c.batch_size / max(ips, 1e-9))}")
+                for cb in self.callbacks:
+                    cb(self, dict(epoch=epoch, batch=st["batch"], step=st["step"], loss=loss))
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+            self._end_epoch(epoch, time.time() - t_epoch)
+
+    def _end_epoch(self, epoch, wall):
+        c, st = self.config, self.state
+        s = st["sums"]
+        row = dict(kind="epoch", epoch=epoch + 1, step=st["step"], lr=self.optimiser.lr,
+                   train_loss=s["loss"] / max(s["seen"], 1), train_top1=s["correct"] / max(s["seen"], 1))
+        if self.val is not None:
+            row.update({f"val_{k}": v for k, v in
+                        evaluate(self.net, *self.val, self.mean, c.scale, c.val_batch_size, self.device).items()})
+        row.update(seconds=st["seconds"], wall_seconds=wall, images_per_s=st["images"] / max(st["seconds"], 1e-9))
+        st["history"].append(row)
+        st["epoch"], st["batch"], st["sums"] = epoch + 1, 0, dict(loss=0.0, correct=0, seen=0)
+        self._log(row)
+        self._save()
+        from .plot import plot_metrics
+        plot_metrics(self.metrics_path, self.out / "curves.png")
+        val = (f" val top-1 {100 * row['val_top1']:.1f}% top-5 {100 * row['val_top5']:.1f}%"
+               if "val_top1" in row else "")
+        self.progress.done(f"epoch {epoch + 1}/{c.epochs}: train loss {row['train_loss']:.3f} "
+                           f"top-1 {100 * row['train_top1']:.1f}%{val} ({wall:.0f} s)")
+
+    def _diverged(self, loss, epoch):
+        st = self.state
+        self._log(dict(kind="diverged", step=st["step"], epoch=epoch, loss=str(loss)))
+        saved = self._saved_at
+        where = (f"{self.checkpoint_path} (after epoch {saved[0]}, batch {saved[1]}, step {saved[2]})"
+                 if saved else "no checkpoint yet")
+        raise TrainingDiverged(
+            f"training diverged: the loss became {loss} at step {st['step'] + 1} (epoch {epoch + 1}, batch "
+            f"{st['batch'] + 1}) with learning rate {self.optimiser.lr:g}; the last good checkpoint is kept: "
+            f"{where}. Try a smaller --lr.")
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _save(self):
+        save_checkpoint(self.checkpoint_path, self.net, self.optimiser, dict(self.state, config=asdict(self.config)))
+        self._saved_at = (self.state["epoch"], self.state["batch"], self.state["step"])
+
+    def _log(self, row):
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _trim_metrics(self, step):
+        """Drop metric lines written after ``step`` (by a run that went on past its last checkpoint)."""
+        if not self.metrics_path.is_file():
+            return
+        keep = [ln for ln in self.metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step and json.loads(ln).get("kind") != "diverged"]
+        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+
+    def _check_config(self, saved):
+        now = asdict(self.config)
+        diff = {k: (saved.get(k), now[k]) for k in now if k != "extra" and saved.get(k) != now[k]}
+        if diff:
+            print(f"train: warning: resuming with settings that differ from the checkpoint's "
+                  f"(saved, now): {diff}", file=sys.stderr)
+
+    def _install_sigint(self):
+        """First Ctrl-C: finish the current step, then stop with a checkpoint; second: stop at once."""
+        self._stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print("\ntrain: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def summary(self, model_path):
+        st = self.state
+        last = st["history"][-1] if st["history"] else {}
+        return dict(epochs=st["epoch"], steps=st["step"], val_top1=last.get("val_top1"), val_top5=last.get("val_top5"),
+                    train_loss=last.get("train_loss"), seconds=round(st["seconds"], 1),
+                    images_per_s=round(st["images"] / max(st["seconds"], 1e-9), 1), model=str(model_path),
+                    out=str(self.out))
+
+
+def _eta(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
