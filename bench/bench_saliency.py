@@ -19,7 +19,6 @@ import numpy as np
 
 from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear,
                                LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual, Sequential)
-from scratchnet.layers.conv import same_padding
 from scratchnet.vis.saliency import class_gradient, saliency_from_gradient
 
 

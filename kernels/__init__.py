@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import cpu_im2col, cpu_lrn, cpu_pool, cpu_relu
+from . import cpu_depthwise, cpu_im2col, cpu_lrn, cpu_pool, cpu_relu
 
 _gpu_module = None
 
@@ -97,6 +97,30 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
         return _gpu().col2im(cols, padded_shape, kernel, stride, out_hw)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
     return cpu_im2col.col2im(np.ascontiguousarray(cols), *padded_shape, kh, kw, sh, sw, oh, ow)
+
+
+def depthwise_forward(xpad, W, stride, out_hw):
+    """Depthwise convolution xpad (N, C, Hp, Wp), W (C, 1, kh, kw) -> y (N, C, oh, ow).
+
+    Numba kernel on the CPU; on the GPU, the array code of layers.conv._depthwise_forward."""
+    if _on_gpu(xpad):
+        from scratchnet.layers.conv import _depthwise_forward
+        return _depthwise_forward(xpad, W, stride, out_hw)
+    (sh, sw), (oh, ow) = stride, out_hw
+    return cpu_depthwise.dw_fwd(np.ascontiguousarray(xpad), np.ascontiguousarray(W), sh, sw, oh, ow)
+
+
+def depthwise_backward(dy, xpad, W, stride, param_grads, input_grad):
+    """(dW (C, 1, kh, kw) or None, dxpad (N, C, Hp, Wp) or None) of depthwise_forward, from dy (N, C, oh, ow)."""
+    if _on_gpu(dy):
+        from scratchnet.layers.conv import _depthwise_backward
+        return _depthwise_backward(dy, xpad, W, stride, param_grads, input_grad)
+    (sh, sw), (kh, kw) = stride, W.shape[2:]
+    dy = np.ascontiguousarray(dy)
+    xpad = np.ascontiguousarray(xpad)
+    dW = cpu_depthwise.dw_bwd_weight(dy, xpad, kh, kw, sh, sw) if param_grads else None
+    dxpad = cpu_depthwise.dw_bwd_input(dy, np.ascontiguousarray(W), sh, sw, *xpad.shape[2:]) if input_grad else None
+    return dW, dxpad
 
 
 def avgpool_forward(x, kernel, stride, pads, out_hw):

@@ -19,7 +19,8 @@ reference adds one kernel offset (i, j) at a time. Grouped convolution splits C 
 ``groups`` blocks (a batched matmul over groups). Two special cases skip im2col entirely:
 1x1 stride-1 convolution (the image is already the column matrix: one GEMM per image), and
 depthwise convolution (one input and one output channel per group: kh*kw multiply-adds of
-shifted views).
+shifted views; on the CPU the Numba kernels of kernels/cpu_depthwise.py, tested against
+``_depthwise_forward`` / ``_depthwise_backward`` below).
 
 ``conv2d_naive`` is the reference: six nested loops, straight from the definition.
 """
@@ -182,7 +183,7 @@ class Conv2d(Layer):
         W, g = self.params["W"], self.groups
         if self.depthwise and W.shape[1] == 1:
             xpad = pad_nchw(x, pads)
-            y = _depthwise_forward(xpad, W, self.stride, (oh, ow))
+            y = kernels.depthwise_forward(xpad, W, self.stride, (oh, ow))
             self._cache = ("depthwise", xpad, pads)
         elif self.pointwise and not any(pads):
             # 1x1 stride 1: the image already is the column matrix, one GEMM per image, no copies
@@ -214,7 +215,7 @@ class Conv2d(Layer):
         kind = self._cache[0]
         if kind == "depthwise":
             _, xpad, pads = self._cache
-            dW, dxpad = _depthwise_backward(dy, xpad, W, self.stride, param_grads, input_grad)
+            dW, dxpad = kernels.depthwise_backward(dy, xpad, W, self.stride, param_grads, input_grad)
             if param_grads:
                 self.grads["W"] = dW
             return _unpad(dxpad, pads) if input_grad else None

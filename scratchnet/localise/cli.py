@@ -1,0 +1,385 @@
+"""Subcommands of weakly supervised localisation (paper section 6):
+
+    scratchnet localise IMAGE... --model NAME [--class C] [--out DIR] [--ten-crop] [--pairwise W]
+    scratchnet evaluate localisation --model NAME --data ../shared/data/imagenet-val-dev [--limit N] ...
+    scratchnet evaluate segmentation --model NAME --data ../shared/data/oxford-pets-dev [--limit N] ...
+
+Progress goes to stderr; the last line of stdout is one JSON object with the results.
+
+Saliency maps are cached (one .npz per photo under --cache, default $SCRATCHNET_CACHE or ./cache, in
+localise/<model>-<single|tencrop>-<rule>/<data set>/), so that a second run with other segmentation
+settings does not run the network again.  --no-cache turns the cache off.
+
+What `evaluate localisation` computes per photo.  The network sees the 227x227 photo stretched to its
+input size (EfficientNet: 224x224), or the paper's 10 crops (--ten-crop); its top-5 classes are the
+five guesses.  A guess of the wrong class is wrong whatever its box (ILSVRC criterion), so the only box
+that can make an image right is the one of the true class: by default the saliency map is computed for
+the true class only (one backward pass per photo, also when the true class is not among the five
+guesses, which gives GT-known localisation on every photo).  --all-maps computes the map of each of the
+five guesses as well (the full pipeline of the paper, five times the backward passes); the errors are
+the same by construction.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CACHE_VERSION = 1
+DEFAULT_MODEL = "squeezenet1_0"
+
+
+def register(sub, ev_sub):
+    from ..cli import add_device_arg
+
+    p = sub.add_parser("localise", help="weakly supervised localisation of the top-1 (or a given) class "
+                                        "in photos: saliency -> graph cut -> box (paper section 6)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    p.add_argument("--class", dest="cls", default=None,
+                   help="class to localise: index, wnid or name (default: each photo's top-1)")
+    p.add_argument("--out", default="localise-out", help="output folder (default %(default)s)")
+    _segment_args(p)
+    add_device_arg(p)
+    p.set_defaults(func=cmd_localise)
+
+    p = ev_sub.add_parser("localisation", help="ILSVRC top-1/top-5/GT-known localisation error of graph cut "
+                                               "and of the whole-image, centre-box and saliency-threshold "
+                                               "baselines on photos with boxes (imagenet-val-dev)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    p.add_argument("--data", required=True, help="imagenet-val-dev folder (images/ and boxes.csv)")
+    _subset_args(p)
+    _segment_args(p)
+    p.add_argument("--centre-fraction", type=float, default=None,
+                   help="side of the centred box as a fraction of the image's (default: the best on "
+                        "these photos, reported as chosen on them)")
+    p.add_argument("--threshold-fraction", type=float, default=None,
+                   help="saliency-threshold baseline: box of the largest component of map >= F * max "
+                        "(default: the best F on these photos, reported as chosen on them)")
+    p.add_argument("--all-maps", action="store_true",
+                   help="compute the map of every one of the five guesses, not only of the true class "
+                        "(5x the backward passes; same errors)")
+    p.add_argument("--details", default=None, metavar="FILE",
+                   help="write one JSON line per photo (guesses, boxes, verdicts) to FILE")
+    _cache_args(p)
+    add_device_arg(p)
+    p.set_defaults(func=cmd_evaluate_localisation)
+
+    p = ev_sub.add_parser("segmentation", help="mean mask IoU against Oxford-IIIT Pet trimaps of graph-cut "
+                                               "masks seeded by the top-1 class's saliency, and of the "
+                                               "thresholded-saliency and whole-image baselines")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    p.add_argument("--data", required=True, help="oxford-pets-dev folder (images/ and trimaps/)")
+    _subset_args(p)
+    _segment_args(p)
+    p.add_argument("--threshold-fraction", type=float, default=None,
+                   help="thresholded-saliency mask: map >= F * max (default: the best F on these photos, "
+                        "reported as chosen on them)")
+    _cache_args(p)
+    add_device_arg(p)
+    p.set_defaults(func=cmd_evaluate_segmentation)
+
+
+def _segment_args(p):
+    from .graphcut import DEFAULT_PAIRWISE_WEIGHT
+    p.add_argument("--ten-crop", action="store_true",
+                   help="average the saliency maps of the paper's 10 crops (4 corners + centre, mirrored)")
+    p.add_argument("--rule", default="gradient", choices=["gradient", "deconvnet", "guided"],
+                   help="ReLU backward rule of the map (default: gradient, the paper's saliency)")
+    p.add_argument("--pairwise", type=float, default=None, metavar="W",
+                   help="graph-cut pairwise weight gamma (default: tuned per kind of map, "
+                        f"{_tuned('pairwise_weight')}; localise.segment's own default is "
+                        f"{DEFAULT_PAIRWISE_WEIGHT:g})")
+    p.add_argument("--fg-quantile", type=float, default=None,
+                   help=f"foreground seeds: saliency above this quantile (default {_tuned('fg_quantile')})")
+    p.add_argument("--bg-quantile", type=float, default=None,
+                   help=f"background seeds: saliency below this quantile (default {_tuned('bg_quantile')})")
+
+
+def _tuned(key):
+    from .network import TUNED_SEGMENT
+    return f"{TUNED_SEGMENT['single'][key]:g} single view, {TUNED_SEGMENT['ten_crop'][key]:g} 10-crop"
+
+
+def _subset_args(p):
+    p.add_argument("--limit", type=int, default=None, help="only the first N photos (sorted by name)")
+    p.add_argument("--offset", type=int, default=0, help="skip the first K photos (default 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="photos per forward pass (default 8)")
+
+
+def _cache_args(p):
+    p.add_argument("--cache", default=os.environ.get("SCRATCHNET_CACHE", "cache"),
+                   help="folder of the saliency-map cache (default $SCRATCHNET_CACHE or ./cache)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write cached maps")
+
+
+def segment_kwargs(args) -> dict:
+    """The graph-cut settings: the tuned ones for the kind of map, overridden by the command line."""
+    from .network import tuned_segment_kwargs
+    return tuned_segment_kwargs(args.ten_crop, pairwise_weight=args.pairwise, fg_quantile=args.fg_quantile,
+                                bg_quantile=args.bg_quantile)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def _say(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _emit(obj):
+    print(json.dumps(obj, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _load_net(args):
+    from ..models import load
+    _say(f"loading {args.model}")
+    return load(args.model, device=args.device)
+
+
+def _subset(n, args):
+    if args.offset < 0 or (args.limit is not None and args.limit < 1):
+        raise ValueError(f"expected --offset >= 0 and --limit >= 1, got --offset {args.offset} --limit {args.limit}")
+    stop = n if args.limit is None else min(n, args.offset + args.limit)
+    if args.offset >= n:
+        raise ValueError(f"--offset {args.offset} leaves no photos: the data set has {n}")
+    return range(args.offset, stop)
+
+
+class MapCache:
+    """Saliency maps of one (model, view, rule, data set), one .npz per photo:
+    scores (K,) float32, classes (k,) int64, maps (k, H, W) float32."""
+
+    def __init__(self, root, model, ten_crop, rule, dataset, enabled=True):
+        key = model if not Path(model).exists() else \
+            f"{Path(model).stem}-{hashlib.sha1(str(Path(model).resolve()).encode()).hexdigest()[:8]}"
+        self.folder = Path(root) / "localise" / f"{key}-{'tencrop' if ten_crop else 'single'}-{rule}" / dataset
+        self.enabled = enabled
+
+    def get(self, stem, shape, need):
+        """The cached entry of photo `stem` when it holds maps of every class in `need`, else None."""
+        f = self.folder / f"{stem}.npz"
+        if not self.enabled or not f.exists():
+            return None
+        try:
+            with np.load(f) as z:
+                if int(z["version"]) != CACHE_VERSION or tuple(z["maps"].shape[1:]) != tuple(shape):
+                    return None
+                entry = {"scores": z["scores"], "classes": [int(c) for c in z["classes"]], "maps": z["maps"]}
+        except (OSError, KeyError, ValueError):
+            return None                                       # unreadable: recompute
+        return entry if set(need) <= set(entry["classes"]) else None
+
+    def put(self, stem, entry):
+        if not self.enabled:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{stem}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, version=CACHE_VERSION, scores=entry["scores"].astype(np.float32),
+                     classes=np.asarray(entry["classes"], np.int64), maps=entry["maps"].astype(np.float32))
+        os.replace(tmp, self.folder / f"{stem}.npz")
+
+
+def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
+    """Saliency entries for items = [(stem, image, extra classes)], through the cache, with progress.
+    Yields (index, entry) in order."""
+    from .network import network_saliency
+    t0, done = time.perf_counter(), 0
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        entries, todo = [], []
+        for i, (stem, img, extra) in enumerate(chunk):
+            e = cache.get(stem, img.shape[:2], extra)
+            if e is not None and top and len(e["classes"]) < top:
+                e = None
+            if e is not None and top:
+                best = [int(c) for c in np.argsort(-e["scores"], kind="stable")[:top]]
+                e = e if set(best) <= set(e["classes"]) else None
+            entries.append(e)
+            if e is None:
+                todo.append(i)
+        if todo:
+            fresh = network_saliency(net, [chunk[i][1] for i in todo], top=top,
+                                     extra=[chunk[i][2] for i in todo], rule=rule, ten_crop=ten_crop,
+                                     batch_size=batch_size)
+            for i, e in zip(todo, fresh):
+                cache.put(chunk[i][0], e)
+                entries[i] = e
+            done += len(todo)
+        n = s + len(chunk)
+        rate = (time.perf_counter() - t0) / max(done, 1)
+        _say(f"[{n}/{len(items)}] {what}: {len(todo)} computed, {len(chunk) - len(todo)} from the cache"
+             + (f" ({rate:.2f} s per photo computed)" if done else ""))
+        yield from enumerate(entries, s)
+
+
+# --------------------------------------------------------------------------------------------- localise
+
+def cmd_localise(args):
+    from ..io.images import load_image, overlay, save_png
+    from ..vis.saliency import map_image
+    from .network import draw_result, localise_image
+    net = _load_net(args)
+    kw = segment_kwargs(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in map(Path, args.images):
+        img = load_image(path)
+        _say(f"localising in {path} ({img.shape[1]}x{img.shape[0]})")
+        r = localise_image(net, img, args.cls, rule=args.rule, ten_crop=args.ten_crop, **kw)
+        stem = path.stem
+        files = {"overlay": out / f"{stem}_localised.png", "mask": out / f"{stem}_mask.png",
+                 "saliency": out / f"{stem}_saliency.png", "json": out / f"{stem}.json"}
+        save_png(files["overlay"], draw_result(img, r["component"], r["box"]))   # the object and its box
+        save_png(files["mask"], r["mask"])                                        # the whole graph-cut mask
+        top = max(float(np.percentile(r["saliency"], 99.5)), 1e-30)
+        save_png(files["saliency"], overlay(img, np.minimum(r["saliency"], top), 0.6))
+        res = {"image": str(path), "size": [img.shape[1], img.shape[0]], "box": list(r["box"]),
+               "box_format": "x0,y0,x1,y1 inclusive, image pixels", "class": r["class"],
+               "class_name": r["class_name"], "score": r["score"],
+               "top5": [{"class": c, "name": n, "score": s} for c, n, s in r["top5"]],
+               "mask_fraction": float(r["mask"].mean()), "fallback": r["fallback"],
+               "ten_crop": args.ten_crop, "rule": args.rule, "segment": kw,
+               "files": {k: str(v) for k, v in files.items()}}
+        files["json"].write_text(json.dumps(res, indent=1, default=_json_default) + "\n", encoding="utf-8")
+        _say(f"  {r['class_name']} (class {r['class']}, score {r['score']:.2f}): box {r['box']}"
+             + (f"  [whole image: {r['fallback']}]" if r["fallback"] else ""))
+        results.append(res)
+    _emit({"command": "localise", "model": args.model, "out": str(out), "results": results})
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+
+def cmd_evaluate_localisation(args):
+    from ..io.datasets import imagenet_val_dev
+    from ..io.images import load_image
+    from .evaluate import evaluate
+    ds = imagenet_val_dev(args.data)
+    idx = _subset(len(ds), args)
+    net = _load_net(args)
+    kw = segment_kwargs(args)
+    cache = MapCache(args.cache, args.model, args.ten_crop, args.rule, Path(args.data).name, not args.no_cache)
+    top = 5 if args.all_maps else 0
+    items = []
+    for i in idx:
+        items.append((ds.paths[i].stem, load_image(ds.paths[i]), [int(ds.labels[i])]))
+    _say(f"{len(items)} photos of {args.data}; maps: {'all five guesses and ' if args.all_maps else ''}"
+         f"the true class, {'10-crop' if args.ten_crop else 'single view'}, rule {args.rule}")
+    records = []
+    t_net = time.perf_counter()
+    for k, entry in _maps_for(net, cache, items, top, args.batch_size, args.rule, args.ten_crop, "saliency"):
+        stem, img, (gt,) = items[k]
+        records.append(_record(ds, idx[k], stem, img, gt, entry))
+    t_net = time.perf_counter() - t_net
+    _say(f"segmenting and scoring (graph cut {kw})")
+    t_seg = time.perf_counter()
+    res = evaluate(records, pairwise_weight=kw["pairwise_weight"], centre_fraction=args.centre_fraction,
+                      threshold_fraction=args.threshold_fraction,
+                      segment_kwargs={k: v for k, v in kw.items() if k != "pairwise_weight"},
+                      details=bool(args.details))
+    t_seg = time.perf_counter() - t_seg
+    per_image = res.pop("per_image", None)
+    if args.details:
+        _write_details(args.details, per_image, records, ds)
+    for m, r in res["methods"].items():
+        _say(f"  {m:20s} top-1 loc {r['top1_loc_error']:.3f}  top-5 loc {r['top5_loc_error']:.3f}  "
+             f"GT-known {r['gt_known_loc_error']:.3f}")
+    res.update({"command": "evaluate localisation", "model": args.model, "data": str(args.data),
+                "offset": args.offset, "ten_crop": args.ten_crop, "rule": args.rule,
+                "all_maps": args.all_maps, "segment": kw,
+                "seconds": {"network": round(t_net, 1), "segmentation_and_scoring": round(t_seg, 1)}})
+    _emit(res)
+
+
+def _record(ds, i, stem, img, gt, entry):
+    from .evaluate import LocRecord
+    H, W = img.shape[:2]
+    scores, classes, maps = entry["scores"], entry["classes"], entry["maps"]
+    top5 = [int(c) for c in np.argsort(-scores, kind="stable")[:5]]
+    sal = np.zeros((5, H, W), np.float32)     # rows of guesses without a map stay zero; they are never
+    for j, c in enumerate(top5):              # read: a wrong-class guess is wrong whatever its box
+        if c in classes:
+            sal[j] = maps[classes.index(c)]
+    true_map = None if gt in top5 else maps[classes.index(gt)]
+    boxes = [tuple(round(float(v), 2) for v in b) for b in ds.boxes[i]]
+    return LocRecord(img, gt, boxes, top5, sal, true_map, stem)
+
+
+def _write_details(path, per_image, records, ds):
+    names = ds.class_names
+    with open(path, "w", encoding="utf-8") as fh:
+        for p, r in zip(per_image, records):
+            p = dict(p, gt_label=r.gt_label, gt_name=names[r.gt_label], gt_boxes=r.gt_boxes,
+                     top5=r.top5, top5_names=[names[c] for c in r.top5])
+            fh.write(json.dumps(p, default=_json_default) + "\n")
+    _say(f"wrote per-photo details to {path}")
+
+
+def cmd_evaluate_segmentation(args):
+    from .boxes import largest_component
+    from .evaluate import THRESHOLD_FRACTIONS, load_oxford_pets, mask_iou_trimap
+    from .graphcut import segment
+    pets = load_oxford_pets(args.data)
+    idx = _subset(len(pets), args)
+    pets = [pets[i] for i in idx]
+    net = _load_net(args)
+    kw = segment_kwargs(args)
+    cache = MapCache(args.cache, args.model, args.ten_crop, args.rule, Path(args.data).name, not args.no_cache)
+    items = [(p.name, p.image, []) for p in pets]
+    fracs = [float(f) for f in THRESHOLD_FRACTIONS] if args.threshold_fraction is None \
+        else [float(args.threshold_fraction)]
+    iou = {"graphcut": [], "graphcut_component": [], "whole_image": []}
+    thr = np.zeros((len(pets), len(fracs)))
+    thr_comp = np.zeros((len(pets), len(fracs)))
+    classes, fallbacks = [], 0
+    t0 = time.perf_counter()
+    for k, entry in _maps_for(net, cache, items, 1, args.batch_size, args.rule, args.ten_crop, "saliency"):
+        pet, smap = pets[k], entry["maps"][0]
+        classes.append(int(entry["classes"][0]))
+        seg = segment(pet.image, smap, **kw)
+        fallbacks += int(not seg.ok)
+        iou["graphcut"].append(mask_iou_trimap(seg.mask, pet.trimap))
+        iou["graphcut_component"].append(mask_iou_trimap(seg.component, pet.trimap))
+        iou["whole_image"].append(mask_iou_trimap(np.ones_like(seg.mask), pet.trimap))
+        top = float(smap.max())
+        for j, f in enumerate(fracs):
+            m = smap >= f * top if top > 0 else np.ones(smap.shape, bool)
+            thr[k, j] = mask_iou_trimap(m, pet.trimap)
+            thr_comp[k, j] = mask_iou_trimap(largest_component(m), pet.trimap)
+    best, best_c = int(thr.mean(0).argmax()), int(thr_comp.mean(0).argmax())
+    chosen = args.threshold_fraction is None
+    names = net.class_names or []
+    common = np.bincount(classes, minlength=net.num_classes).argsort()[::-1][:5]
+    res = {"command": "evaluate segmentation", "model": args.model, "data": str(args.data), "images": len(pets),
+           "offset": args.offset, "ten_crop": args.ten_crop, "rule": args.rule, "segment": kw,
+           "methods": {
+               "graphcut": {"mean_iou": float(np.mean(iou["graphcut"])),
+                            "mean_iou_largest_component": float(np.mean(iou["graphcut_component"])),
+                            "fallbacks": fallbacks},
+               "saliency_threshold": {"mean_iou": float(thr[:, best].mean()), "fraction": fracs[best],
+                                      "mean_iou_largest_component": float(thr_comp[:, best_c].mean()),
+                                      "fraction_largest_component": fracs[best_c],
+                                      "fraction_chosen_on_these_images": chosen},
+               "whole_image": {"mean_iou": float(np.mean(iou["whole_image"]))}},
+           "top1_classes": {(names[c] if c < len(names) else str(c)): int(np.sum(np.asarray(classes) == c))
+                            for c in common if np.any(np.asarray(classes) == c)},
+           "seconds": round(time.perf_counter() - t0, 1)}
+    for m, r in res["methods"].items():
+        _say(f"  {m:20s} mean IoU {r['mean_iou']:.3f}")
+    _emit(res)

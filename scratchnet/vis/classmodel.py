@@ -1,0 +1,214 @@
+"""Class model visualisation (Simonyan et al. 2013, section 2).
+
+Find the image that a class scores highest, with an L2 penalty:
+
+    I* = argmax_I  J(I),   J(I) = S_c(I) - lam * ||I / u||^2
+
+  * I (K, C, H, W) lives in the network's input space (the preprocessed, mean-subtracted image);
+    u is the size of one grey level there (``net.preprocess["scale"]``: 1 for SqueezeNet's Caffe
+    pixels, 1/128 for EfficientNet-Lite0), so ||I / u|| is the image norm in grey levels and one
+    value of ``lam`` means the same on every network;
+  * S_c is the *unnormalised* class score (not the softmax: that could rise by lowering the others);
+  * the weights are fixed; dS_c/dI is one ``net.backward(onehot, rule="gradient", param_grads=False)``;
+  * the ascent starts from the zero image (the mean image, once the mean is added back) and runs for
+    all requested classes at once, one class per batch row.
+
+Optimiser (``optimiser=``):
+    "normalised" (default):  v <- mu v + g / rms(g);   I <- I + lr * u * v
+                             each step moves the image by ``lr`` grey levels (root mean square);
+    "plain":                 I <- I + lr * g           (the textbook step; lr in input units per unit of g)
+with g = dJ/dI = dS_c/dI - 2 lam I / u^2.
+
+Opt-in regularisers, all off by default (the paper uses none):
+    jitter=j       the gradient is taken at the image rolled by a random (dy, dx) in [-j, j]^2
+    blur_every=k   every k steps, blur I with a Gaussian of std ``blur_sigma`` pixels
+    clip_pct=p     every step, zero the pixels whose colour-vector norm is below the p-th percentile
+
+For display the mean is added back (``display.to_pixels``: per-channel mean for imported networks,
+the mean image for networks trained here) and each image is stretched from its 1st to its 99th
+percentile (``display.stretch``) — a class model is far outside the range of photos, so a fixed
+mapping would show a grey square.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backend import get_array_module, to_numpy
+from .deconv import backward_from
+from .display import on_net_device, prepare_pixels, stretch, to_pixels
+
+#: defaults chosen by looking at SqueezeNet and EfficientNet-Lite0 class models (see the report)
+DEFAULTS = dict(steps=200, lr=4.0, lam=1e-5, optimiser="normalised", momentum=0.9)
+#: the opt-in regularisers added for the "regularised" class models of the demo
+REGULARISED = dict(jitter=8, blur_every=4, blur_sigma=0.5)
+
+
+def grey_level(net) -> float:
+    """u: the size of one grey level in the network's input space (mean of the preprocessing scale)."""
+    pre = net.preprocess
+    s = np.mean(np.asarray(pre.get("scale", 1.0), np.float64))
+    if "std" in pre:
+        s = s / np.mean(np.asarray(pre["std"], np.float64))
+    return float(s)
+
+
+@dataclass
+class ClassModel:
+    """The result of ``class_model``.
+
+    x (K, C, H, W)        the class models in the network's input space
+    classes (K,)          their class indices
+    scores (T+1, K)       S_c at every step (row t: before step t; last row: the final image)
+    objective (T+1, K)    J = S_c - lam ||I/u||^2 at the same images
+    pixels (K, H, W, 3)   RGB grey levels with the mean added back (not clipped)
+    images (K, H, W, 3)   uint8 for display (percentile stretch)
+    settings              the parameters used
+    """
+    x: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    objective: np.ndarray
+    pixels: np.ndarray
+    images: np.ndarray
+    settings: dict = field(default_factory=dict)
+
+
+def gaussian_blur(x, sigma):
+    """Separable Gaussian blur of (N, C, H, W) over H and W, reflect padding; radius ceil(3 sigma)."""
+    xp = get_array_module(x)
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = (k / k.sum()).astype(x.dtype)
+    pad = xp.pad(x, ((0, 0), (0, 0), (r, r), (0, 0)), mode="reflect")
+    y = sum(float(k[i]) * pad[:, :, i:i + x.shape[2]] for i in range(2 * r + 1))
+    pad = xp.pad(y, ((0, 0), (0, 0), (0, 0), (r, r)), mode="reflect")
+    return sum(float(k[i]) * pad[:, :, :, i:i + x.shape[3]] for i in range(2 * r + 1))
+
+
+def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DEFAULTS["lam"],
+                optimiser=DEFAULTS["optimiser"], momentum=DEFAULTS["momentum"], jitter=0, blur_every=0,
+                blur_sigma=0.5, clip_pct=0.0, clamp=False, score_layer="auto", seed=0, progress=None,
+                progress_every=20) -> ClassModel:
+    """Gradient ascent of J(I) = S_c(I) - lam ||I/u||^2 from the zero image; see the module docstring.
+
+    classes: class indices (K,); one batch row per class. ``score_layer``: "auto", None (the network's
+    output) or a top-level layer name whose channel c, averaged over space, is the score ascended.
+    ``progress``: a stream (e.g. sys.stderr) for a line every ``progress_every`` steps, or None.
+    """
+    if optimiser not in ("normalised", "plain"):
+        raise ValueError(f"optimiser must be 'normalised' or 'plain', got {optimiser!r}")
+    if steps < 0 or lam < 0 or jitter < 0 or blur_every < 0 or not 0 <= clip_pct < 100:
+        raise ValueError("class_model: steps, lam, jitter, blur_every must be >= 0 and clip_pct in [0, 100)")
+    cls = np.atleast_1d(np.asarray(classes, dtype=np.int64))
+    K = net.num_classes
+    if cls.ndim != 1 or len(cls) == 0 or cls.min() < 0 or cls.max() >= K:
+        raise ValueError(f"classes must be a non-empty list of indices in 0..{K - 1}, got {cls.tolist()}")
+    u = grey_level(net)
+    score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
+    rng = np.random.default_rng(seed)
+    x = on_net_device(net, np.zeros((len(cls),) + tuple(net.input_shape), net.dtype()))
+    xp = get_array_module(x)
+    rows, cols = xp.arange(len(cls)), xp.asarray(cls)
+    onehot = xp.zeros((len(cls), K), x.dtype)
+    onehot[rows, cols] = 1
+    v = xp.zeros_like(x)
+    scores, objective = [], []
+
+    def penalty(img):
+        return lam * to_numpy((img * img).sum(axis=(1, 2, 3))) / u ** 2
+
+    lo = hi = None
+    if clamp:                                   # the input-space values of grey levels 0 and 255
+        h, w = net.input_shape[1:]
+        lo, hi = (prepare_pixels(net, np.full((h, w, 3), v, np.uint8)) for v in (0, 255))
+        lo, hi = xp.minimum(lo, hi), xp.maximum(lo, hi)
+    for t in range(steps + 1):
+        dy, dx = (rng.integers(-jitter, jitter + 1, 2) if jitter and t < steps else (0, 0))
+        xj = xp.roll(x, (int(dy), int(dx)), axis=(2, 3)) if (dy or dx) else x
+        out, z = _forward(net, xj, score_at)
+        s = to_numpy(out[rows, cols])
+        ascended = s if z is None else to_numpy(z[rows, cols].mean(axis=(1, 2)))
+        scores.append(s)
+        objective.append(ascended - penalty(x))
+        if progress is not None and (t % progress_every == 0 or t == steps):
+            print(f"  class model step {t}/{steps}: mean S_c {s.mean():.3f}, "
+                  f"mean objective {objective[-1].mean():.3f}", file=progress, flush=True)
+        if t == steps:
+            break
+        if z is None:
+            g = net.backward(onehot, rule="gradient", param_grads=False)
+        else:                                   # d mean_ij z_c / dI: seed 1/(H W) on channel c
+            seed = xp.zeros_like(z)
+            seed[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
+            g = backward_from(net, score_at, seed, "gradient")
+        if dy or dx:
+            g = xp.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
+        g = g - (2 * lam / u ** 2) * x
+        if optimiser == "plain":
+            x = x + lr * g
+        else:
+            rms = xp.sqrt((g * g).mean(axis=(1, 2, 3), keepdims=True))
+            v = momentum * v + g / xp.maximum(rms, 1e-30)
+            x = x + (lr * u) * v
+        if blur_every and (t + 1) % blur_every == 0:
+            x = gaussian_blur(x, blur_sigma)
+        if clip_pct:
+            norm = xp.sqrt((x * x).sum(axis=1, keepdims=True))          # (K, 1, H, W)
+            cut = xp.asarray(np.percentile(to_numpy(norm).reshape(len(cls), -1), clip_pct, axis=1))
+            x = x * (norm >= cut.reshape(-1, 1, 1, 1))
+        if clamp:
+            x = xp.minimum(xp.maximum(x, lo), hi)
+    x_np = to_numpy(x)
+    pixels = to_pixels(net, x_np)
+    settings = dict(steps=steps, lr=lr, lam=lam, optimiser=optimiser, momentum=momentum, jitter=jitter,
+                    blur_every=blur_every, blur_sigma=blur_sigma, clip_pct=clip_pct, clamp=clamp,
+                    score_layer=score_at, seed=seed,
+                    grey_level=u, display="per-image 1st..99th percentile stretch, mean added back")
+    return ClassModel(x_np, cls, np.array(scores), np.array(objective), pixels,
+                      stretch(pixels, 1, 99), settings)
+
+
+def linear_score_layer(net):
+    """The layer before a final ReLU -> global average (SqueezeNet's conv_final), else None.
+
+    SqueezeNet's class score is mean_ij ReLU(z_c[i, j]). At the zero image a class whose map z_c is
+    negative everywhere scores exactly 0 with a zero gradient, and ascent would never start. Its
+    linear score mean_ij z_c[i, j] equals S_c wherever z_c > 0, and always has a gradient."""
+    from ..layers import GlobalAvgPool, ReLU
+    names = [n for n, _ in net.layers]
+    kinds = [lay for _, lay in net.layers]
+    k = len(kinds)
+    while k and type(kinds[k - 1]).__name__ in ("Dropout", "Flatten"):
+        k -= 1
+    if k >= 3 and isinstance(kinds[k - 1], GlobalAvgPool) and isinstance(kinds[k - 2], ReLU):
+        return names[k - 3]
+    return None
+
+
+def _forward(net, x, score_at):
+    """The network's scores (K, classes) and, when ``score_at`` names a layer, that layer's output."""
+    from .deconv import layer_index
+    if score_at is None:
+        return net.forward(x), None
+    net.check_input(x)
+    stop, z = layer_index(net, score_at), None
+    for i, (_, lay) in enumerate(net.layers):
+        x = lay.forward(x, False)
+        if i == stop:
+            z = x
+    return x, z
+
+
+def objective_value(net, x, classes, lam, score_layer="auto"):
+    """J(I) = S(I) - lam ||I/u||^2 for images x (K, C, H, W) and classes (K,): the documented objective
+    (S: the class score, or the linear score of ``score_layer``, as in ``class_model``)."""
+    u = grey_level(net)
+    score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
+    x = on_net_device(net, x)
+    out, z = _forward(net, x, score_at)
+    rows, cols = np.arange(len(x)), np.asarray(classes)
+    s = to_numpy(out)[rows, cols] if z is None else to_numpy(z)[rows, cols].mean(axis=(1, 2))
+    return s - lam * to_numpy((x * x).sum(axis=(1, 2, 3))) / u ** 2

@@ -1,0 +1,250 @@
+"""Subcommands of the paper's visualisations: saliency, classmodel, deconv, compare-rules, demo.
+
+Each writes PNGs (and .npy arrays) into --out, reports progress on stderr, and prints one JSON object
+describing what it computed as the last line of stdout.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+RULES = ["gradient", "deconvnet", "guided"]
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def register(sub, ev_sub):
+    from ..cli import add_device_arg
+    from . import classmodel as cm
+
+    p = sub.add_parser("saliency", help="image-specific class saliency maps (paper section 3)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    p.add_argument("--class", dest="cls", default=None,
+                   help="target class: index, wnid or name (default: each image's top-1)")
+    p.add_argument("--rule", default="gradient", choices=RULES + ["all"], help="ReLU backward rule")
+    p.add_argument("--ten-crop", action="store_true", help="average the maps of 10 crops (4 corners + centre, flipped)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", default="saliency-out", help="output folder (default %(default)s)")
+    add_device_arg(p)
+    p.set_defaults(func=cmd_saliency)
+
+    p = sub.add_parser("classmodel", help="class model visualisation by gradient ascent (paper section 2)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    p.add_argument("--class", dest="cls", nargs="+", required=True, metavar="C",
+                   help="classes: indices, wnids or names (quote names with spaces)")
+    d = cm.DEFAULTS
+    p.add_argument("--steps", type=int, default=d["steps"])
+    p.add_argument("--lr", type=float, default=d["lr"], help="step: grey levels (rms) per step, 'normalised'")
+    p.add_argument("--lam", type=float, default=d["lam"], help="L2 weight, per grey level squared")
+    p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"])
+    p.add_argument("--momentum", type=float, default=d["momentum"])
+    p.add_argument("--jitter", type=int, default=0, help="opt-in: random roll of up to J pixels each step")
+    p.add_argument("--blur-every", type=int, default=0, help="opt-in: Gaussian blur every K steps")
+    p.add_argument("--blur-sigma", type=float, default=0.5)
+    p.add_argument("--clip-pct", type=float, default=0.0, help="opt-in: zero pixels below this norm percentile")
+    p.add_argument("--clamp", action="store_true", help="opt-in: keep pixels within 0..255 grey levels")
+    p.add_argument("--regularised", action="store_true",
+                   help=f"use the demo's regularised settings {cm.REGULARISED}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="classmodel-out")
+    add_device_arg(p)
+    p.set_defaults(func=cmd_classmodel)
+
+    p = sub.add_parser("deconv", help="reconstruct the image from one neuron of a layer (paper section 5)")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    p.add_argument("--layer", required=True, help="top-level layer name (see `scratchnet info`)")
+    p.add_argument("--rule", default="all", choices=RULES + ["all"])
+    p.add_argument("--neuron", default="max",
+                   help="'max' (strongest activation), a channel index, or c,i,j")
+    p.add_argument("--mode", default="neuron", choices=["neuron", "map"],
+                   help="seed one neuron (1) or its whole feature map (its activations)")
+    p.add_argument("--out", default="deconv-out")
+    add_device_arg(p)
+    p.set_defaults(func=cmd_deconv)
+
+    p = sub.add_parser("compare-rules", help="gradient vs DeconvNet vs guided, layer by layer, and the gradient check")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    p.add_argument("--layers", nargs="+", default=None, help="layers (default: every layer with a 4-D output)")
+    p.add_argument("--neuron", default="max")
+    p.add_argument("--check-layer", default=None,
+                   help="layer for the float64 numerical gradient check (default: the middle one)")
+    p.add_argument("--check-pixels", type=int, default=8)
+    add_device_arg(p)
+    p.set_defaults(func=cmd_compare_rules)
+
+    p = sub.add_parser("demo", help="write an HTML report reproducing the paper's figures")
+    p.add_argument("--model", nargs="+", default=None,
+                   help="network names or .npz paths (default: efficientnet_lite0, and squeezenet1_0 "
+                        "when its weights are found)")
+    p.add_argument("--out", default="scratchnet-demo")
+    p.add_argument("--quick", action="store_true", help="fewer steps, classes and photos (for CI)")
+    p.add_argument("--photos", nargs="+", default=None, help="photos to use instead of the built-in ones")
+    add_device_arg(p)
+    p.set_defaults(func=cmd_demo)
+
+
+# ---------------------------------------------------------------------------------------------
+def _say(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _emit(obj):
+    print(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _load(args):
+    from ..models import load
+    _say(f"loading {args.model}")
+    return load(args.model, device=args.device)
+
+
+def _read(path):
+    from ..io.images import load_image
+    return load_image(path)
+
+
+def _neuron(s):
+    if s == "max":
+        return "max"
+    parts = [int(v) for v in str(s).split(",")]
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def cmd_saliency(args):
+    from ..backend import to_numpy
+    from ..io.images import save_png
+    from . import saliency as sal
+    from .display import class_names, prepare_image, resolve_class
+    net = _load(args)
+    names = class_names(net)
+    target = None if args.cls is None else resolve_class(net, args.cls)
+    rules = RULES if args.rule == "all" else [args.rule]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = [(Path(p), _read(p)) for p in args.images]
+    results = []
+    for rule in rules:
+        if args.ten_crop:
+            items = []
+            for path, img in photos:
+                _say(f"10-crop saliency ({rule}) of {path}")
+                r = sal.ten_crop_saliency(net, img, target, rule)
+                items.append((path, r.pixels, r.map, r.class_index, r.score))
+        else:
+            fitted = [prepare_image(net, img) for _, img in photos]
+            x = np.concatenate([to_numpy(f[0]) for f in fitted])
+            _say(f"saliency ({rule}) of {len(x)} images")
+            r = sal.saliency(net, x, target, rule, args.batch_size)
+            items = [(path, pix, r.maps[i], int(r.classes[i]), float(r.scores[i]))
+                     for i, ((path, _), (_, pix)) in enumerate(zip(photos, fitted))]
+        for path, pix, smap, c, score in items:
+            stem = f"{path.stem}_{rule}"
+            files = sal.save_saliency(out, stem, pix, smap)
+            save_png(out / f"{path.stem}_input.png", pix)
+            np.save(out / f"{stem}_map.npy", np.asarray(smap, np.float32))
+            results.append(dict(image=str(path), rule=rule, ten_crop=args.ten_crop, class_index=c,
+                                class_name=names[c], score=score, map_png=files["map"], overlay_png=files["overlay"],
+                                map_npy=str(out / f"{stem}_map.npy"), map_shape=list(np.shape(smap))))
+    _emit(dict(command="saliency", model=args.model, out=str(out), results=results))
+
+
+def cmd_classmodel(args):
+    from ..io.images import save_png
+    from . import classmodel as cm
+    from .display import class_names, resolve_class
+    net = _load(args)
+    names = class_names(net)
+    idx = [resolve_class(net, c) for c in args.cls]
+    settings = dict(steps=args.steps, lr=args.lr, lam=args.lam, optimiser=args.optimiser, momentum=args.momentum,
+                    jitter=args.jitter, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
+                    clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed)
+    if args.regularised:
+        settings.update(cm.REGULARISED)
+    _say(f"class models for {[names[i] for i in idx]}")
+    r = cm.class_model(net, idx, progress=sys.stderr, progress_every=max(1, args.steps // 10), **settings)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for k, c in enumerate(idx):
+        safe = "".join(ch if ch.isalnum() else "_" for ch in names[c])
+        pngs.append(str(save_png(out / f"classmodel_{c}_{safe}.png", r.images[k])))
+    np.save(out / "classmodels_input_space.npy", r.x)
+    hist = dict(classes=idx, scores=r.scores.tolist(), objective=r.objective.tolist(), settings=r.settings)
+    (out / "history.json").write_text(json.dumps(hist), encoding="utf-8")
+    _emit(dict(command="classmodel", model=args.model, out=str(out), classes=idx, class_names=[names[c] for c in idx],
+               initial_scores=r.scores[0].tolist(), final_scores=r.scores[-1].tolist(),
+               final_objective=r.objective[-1].tolist(), pngs=pngs, history=str(out / "history.json"),
+               settings=r.settings))
+
+
+def cmd_deconv(args):
+    from ..io.images import save_png
+    from .deconv import reconstruct
+    from .display import prepare_image
+    from .report import signed_image
+    from .saliency import map_image
+    net = _load(args)
+    x, pix = prepare_image(net, _read(args.image))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.image).stem
+    save_png(out / f"{stem}_input.png", pix)
+    results = []
+    for rule in (RULES if args.rule == "all" else [args.rule]):
+        _say(f"reconstruction from {args.layer} ({rule})")
+        r = reconstruct(net, x, args.layer, rule, _neuron(args.neuron), args.mode)
+        g = r.images[0]
+        base = out / f"{stem}_{r.layer}_{rule}"
+        save_png(f"{base}.png", signed_image(g, net))
+        save_png(f"{base}_map.png", map_image(np.abs(g).max(axis=0)))
+        np.save(f"{base}.npy", g)
+        results.append(dict(rule=rule, layer=r.layer, neuron=list(r.neurons[0]), activation=float(r.activations[0]),
+                            png=f"{base}.png", map_png=f"{base}_map.png", npy=f"{base}.npy",
+                            norm=float(np.linalg.norm(g))))
+    _emit(dict(command="deconv", model=args.model, image=args.image, mode=args.mode, results=results))
+
+
+def cmd_compare_rules(args):
+    from .deconv import compare_rules, gradient_check, reference_check
+    from .display import prepare_image
+    from .report import _layers_4d
+    net = _load(args)
+    x, _ = prepare_image(net, _read(args.image))
+    layers = args.layers or _layers_4d(net)
+    _say(f"comparing the three rules at {len(layers)} layers")
+    table = compare_rules(net, x, layers, _neuron(args.neuron))
+    _say(f"{'layer':24s} {'ReLUs':>5s} {'deconv/grad':>12s} {'guided/grad':>12s} {'guided/deconv':>14s}")
+    for t in table:
+        _say(f"{t['layer']:24s} {t['relus']:5d} {t['deconvnet_vs_gradient']:12.3g} "
+             f"{t['guided_vs_gradient']:12.3g} {t['guided_vs_deconvnet']:14.3g}")
+    check_layer = args.check_layer or layers[len(layers) // 2]
+    _say(f"float64 central differences at {args.check_pixels} pixels, layer {check_layer}")
+    chk = gradient_check(net, x, check_layer, _neuron(args.neuron), args.check_pixels)
+    _say(f"gradient reconstruction vs numerical gradient: max error {chk['max_error_rel_to_max_grad']:.2e} "
+         f"of the largest entry")
+    try:
+        ref = reference_check(net, x, check_layer, _neuron(args.neuron))
+        _say(f"engine vs the independent backward pass (max error / max entry): {ref}")
+    except NotImplementedError as e:
+        ref = {"skipped": str(e)}
+    _emit(dict(command="compare-rules", model=args.model, image=args.image, layers=table, gradient_check=chk,
+               reference_check=ref))
+
+
+def cmd_demo(args):
+    from .report import demo
+    s = demo(args.model, args.out, args.quick, args.photos, device=args.device, progress=sys.stderr)
+    _say(f"wrote {s['index']} ({s['images']} images, {s['seconds']:.0f} s)")
+    _emit(dict(command="demo", index=s["index"], images=s["images"], seconds=s["seconds"],
+               models={k: dict(saliency=v["saliency"], rules=dict(layers=v["rules"]["layers"],
+                                                                   gradient_check=v["rules"]["gradient_check"]
+                                                                   ["max_error_rel_to_max_grad"],
+                                                                   reference_check=v["rules"]["reference_check"]),
+                               class_models=[dict(variant=c["variant"], final_scores=c["final_scores"])
+                                             for c in v["class_models"]])
+                       for k, v in s["models"].items()}))

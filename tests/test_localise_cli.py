@@ -1,0 +1,187 @@
+"""The network side of weakly supervised localisation: photo -> network -> saliency -> graph cut -> box,
+and the `localise` / `evaluate localisation` / `evaluate segmentation` commands.
+
+A tiny random network checks the glue (the maps are the vis.saliency maps, put back on the photo's
+grid; errors and the whole-image fallback).  SqueezeNet on a handful of real photos from ../shared
+checks the commands end to end.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchnet.layers import Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU
+from scratchnet.localise import network as locnet
+from scratchnet.models import Network
+from scratchnet.vis.saliency import saliency, ten_crop_saliency
+
+PRE = {"channel_order": "RGB", "mean": [120.0, 110.0, 100.0], "scale": 1 / 64, "resize": 20}
+NAMES = ["goose", "ostrich", "cup", "lemon", "limousine"]
+
+
+def tiny_net(seed=0):
+    """conv-ReLU-pool-conv-ReLU, global average, linear: 16x16 RGB -> 5 classes, random weights."""
+    net = Network([("conv1", Conv2d(3, 6, 3, padding=1)), ("relu1", ReLU()), ("pool1", MaxPool2d(2, 2)),
+                   ("conv2", Conv2d(6, 8, 3, padding=1)), ("relu2", ReLU()), ("gap", GlobalAvgPool()),
+                   ("fc", Linear(8, 5))], input_shape=(3, 16, 16), class_names=list(NAMES),
+                  preprocess=dict(PRE), name="tiny")
+    rng = np.random.default_rng(seed)
+    for _, layer, key in net.named_params():
+        layer.params[key] = (rng.standard_normal(layer.params[key].shape) * 0.5).astype(np.float32)
+    return net
+
+
+def photo(h, w, seed=1):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return tiny_net()
+
+
+# --------------------------------------------------------------------------------------------- glue
+
+def test_single_view_maps_are_the_vis_saliency_maps_of_the_stretched_photo(net):
+    from scratchnet.io.images import resize
+    from scratchnet.vis.display import prepare_pixels
+    img = photo(16, 16)
+    r = locnet.network_saliency(net, [img], top=2, extra=[[4]])[0]
+    ref = saliency(net, prepare_pixels(net, img), np.array([r["classes"]]))
+    assert r["classes"][:2] == list(np.argsort(-r["scores"])[:2]) and r["classes"][2] == 4
+    np.testing.assert_allclose(r["maps"], ref.maps[0], rtol=1e-5, atol=1e-8)
+    # a photo of another size: the map of its stretched view, resized back onto its own grid
+    big = photo(24, 40, seed=2)
+    r = locnet.network_saliency(net, [big], top=0, extra=[[3]])[0]
+    ref = saliency(net, prepare_pixels(net, resize(big, (16, 16))), 3).maps[0]
+    assert r["maps"].shape == (1, 24, 40)
+    np.testing.assert_allclose(r["maps"][0], resize(ref, (24, 40)), rtol=1e-5, atol=1e-8)
+
+
+def test_batched_photos_equal_one_at_a_time(net):
+    imgs = [photo(16, 16, s) for s in range(3)]
+    together = locnet.network_saliency(net, imgs, top=2, extra=[[0], [], [4]], batch_size=3)
+    for img, e, t in zip(imgs, ([0], [], [4]), together):
+        alone = locnet.network_saliency(net, [img], top=2, extra=[e])[0]
+        assert alone["classes"] == t["classes"]
+        np.testing.assert_allclose(alone["maps"], t["maps"], rtol=1e-5, atol=1e-8)
+
+
+def test_ten_crop_map_is_the_vis_ten_crop_map(net):
+    img = photo(20, 20)                         # already R x R (R = preprocess resize): no stretching
+    r = locnet.network_saliency(net, [img], top=1, ten_crop=True)[0]
+    ref = ten_crop_saliency(net, img, r["classes"][0])
+    np.testing.assert_allclose(r["maps"][0], ref.map, rtol=1e-5, atol=1e-8)
+    assert r["scores"][r["classes"][0]] == pytest.approx(ref.score, rel=1e-5)
+
+
+def test_localise_image_returns_box_in_photo_coordinates(net):
+    img = photo(30, 45)
+    r = locnet.localise_image(net, img, cls="lemon", pairwise_weight=5.0)
+    assert r["class"] == 3 and r["class_name"] == "lemon"
+    assert r["mask"].shape == r["saliency"].shape == (30, 45) and r["mask"].dtype == bool
+    x0, y0, x1, y1 = r["box"]
+    assert 0 <= x0 <= x1 <= 44 and 0 <= y0 <= y1 <= 29
+    assert r["fallback"] is None and len(r["top5"]) == 5
+    assert locnet.localise_image(net, img)["class"] == r["top5"][0][0]      # default: the top-1 class
+
+
+def test_localise_image_bad_input_is_a_clear_error(net):
+    with pytest.raises(ValueError, match=r"class index 5 out of range.*0\.\.4"):
+        locnet.localise_image(net, photo(20, 20), cls=5)
+    with pytest.raises(ValueError, match="unknown class 'zebra'"):
+        locnet.localise_image(net, photo(20, 20), cls="zebra")
+    with pytest.raises(ValueError, match=r"too small.*10x12 pixels"):
+        locnet.localise_image(net, photo(12, 10))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        locnet.localise_image(net, np.zeros((20, 20, 3), np.float32))
+
+
+def test_zero_saliency_falls_back_to_the_whole_image():
+    net = tiny_net()
+    net["fc"].params["W"][:] = 0          # scores no longer depend on the photo: dS/dI = 0 everywhere
+    r = locnet.localise_image(net, photo(20, 30))
+    assert r["fallback"] == "saliency is all zero"
+    assert r["box"] == (0, 0, 29, 19) and r["mask"].all()
+
+
+def test_draw_result_tints_the_mask_and_draws_the_box():
+    img = np.zeros((40, 50, 3), np.uint8)
+    mask = np.zeros((40, 50), bool)
+    mask[10:20, 10:20] = True
+    out = locnet.draw_result(img, mask, (5, 6, 30, 35), thickness=2)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert tuple(out[6, 15]) == (255, 40, 40) and tuple(out[35, 30]) == (255, 40, 40)   # the box edge
+    assert out[15, 15, 1] > 0 and out[15, 15, 0] == 0                                    # green tint
+    assert not out[25, 25].any()                                                         # untouched
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+def run_cli(argv, capsys):
+    from scratchnet.cli import main
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
+
+
+def test_localise_command_writes_png_and_json(shared, tmp_path, capsys):
+    img = sorted((shared / "data" / "imagenet-val-dev" / "images").glob("*.JPEG"))[0]
+    out, _ = run_cli(["localise", str(img), "--model", "squeezenet1_0", "--out", str(tmp_path),
+                      "--pairwise", "5"], capsys)
+    (r,) = out["results"]
+    for f in r["files"].values():
+        assert Path(f).exists()
+    assert json.loads(Path(r["files"]["json"]).read_text()) == r
+    x0, y0, x1, y1 = r["box"]
+    assert 0 <= x0 <= x1 <= 226 and 0 <= y0 <= y1 <= 226
+    assert r["class"] == r["top5"][0]["class"] and r["segment"]["pairwise_weight"] == 5.0
+    from scratchnet.io.images import load_image
+    assert load_image(r["files"]["overlay"]).shape == (227, 227, 3)
+
+
+def test_localise_command_bad_class_is_one_clear_line(shared, tmp_path, capsys):
+    from scratchnet.cli import main
+    img = sorted((shared / "data" / "imagenet-val-dev" / "images").glob("*.JPEG"))[0]
+    assert main(["localise", str(img), "--model", "squeezenet1_0", "--class", "1000",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "class index 1000 is out of range: expected 0..999" in err and "Traceback" not in err
+
+
+def test_evaluate_localisation_on_five_photos(shared, tmp_path, capsys):
+    data = shared / "data" / "imagenet-val-dev"
+    argv = ["evaluate", "localisation", "--model", "squeezenet1_0", "--data", str(data), "--limit", "5",
+            "--cache", str(tmp_path / "cache"), "--details", str(tmp_path / "details.jsonl")]
+    res, err = run_cli(argv, capsys)
+    assert res["images"] == 5 and "5 computed" in err
+    for key in ("top1_cls_error", "top5_cls_error"):
+        assert 0 <= res[key] <= 1
+    assert set(res["methods"]) == {"graphcut", "whole_image", "centre_box", "saliency_threshold"}
+    for m in res["methods"].values():
+        for key in ("top1_loc_error", "top5_loc_error", "gt_known_loc_error"):
+            assert 0 <= m[key] <= 1
+        assert m["top5_loc_error"] <= m["top1_loc_error"]
+        assert m["gt_known_images"] == 5           # the true class's map is computed for every photo
+    lines = (tmp_path / "details.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and len(json.loads(lines[0])["top5"]) == 5
+    # the second run reads the cached maps and gives the same numbers
+    again, err = run_cli(argv[:-2] + ["--centre-fraction", str(res["methods"]["centre_box"]["fraction"])],
+                         capsys)
+    assert "0 computed, 5 from the cache" in err
+    assert again["methods"]["graphcut"] == res["methods"]["graphcut"]
+    assert "fraction_chosen_on_these_records" not in again["methods"]["centre_box"]
+
+
+def test_evaluate_segmentation_on_three_pets(shared, tmp_path, capsys):
+    data = shared / "data" / "oxford-pets-dev"
+    res, _ = run_cli(["evaluate", "segmentation", "--model", "squeezenet1_0", "--data", str(data),
+                      "--limit", "3", "--no-cache"], capsys)
+    assert res["images"] == 3
+    for m in ("graphcut", "saliency_threshold", "whole_image"):
+        assert 0 <= res["methods"][m]["mean_iou"] <= 1
+    assert res["methods"]["saliency_threshold"]["fraction_chosen_on_these_images"] is True

@@ -1,0 +1,359 @@
+"""The paper's visualisations on small networks: saliency, class models, DeconvNet vs gradient, the demo.
+
+Each claim of the paper is a test: the saliency map is max_c |dS_c/dI| (checked against central
+differences), the three backward rules are what their definitions say, the DeconvNet differs from the
+gradient only at ReLU, and class-model ascent increases the documented objective.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchnet.layers import (Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU, ReLU6, Residual,
+                               Rule, Sequential)
+from scratchnet.models import Network
+from scratchnet.vis import classmodel as cm
+from scratchnet.vis import deconv, display
+from scratchnet.vis.saliency import class_gradient, saliency, saliency_from_gradient, ten_crop_saliency
+
+PRE = {"channel_order": "RGB", "mean": [120.0, 110.0, 100.0], "scale": 1 / 64}
+
+
+def randomise(net, seed=0, dtype=np.float64, std=0.5):
+    rng = np.random.default_rng(seed)
+    for _, layer, key in net.named_params():
+        layer.params[key] = (rng.standard_normal(layer.params[key].shape) * std).astype(dtype)
+    return net
+
+
+def tiny_net(seed=0, dtype=np.float64, relu=True, size=8):
+    """conv-ReLU-pool, a Fire-like concat, a residual depthwise block, conv-ReLU, global pool, linear: 5 classes."""
+    layers = [("conv1", Conv2d(3, 4, 3, padding=1)), ("relu1", ReLU()), ("pool1", MaxPool2d(3, 2, ceil_mode=True)),
+              ("fire", Concat([("a", Sequential([("c", Conv2d(4, 3, 1)), ("r", ReLU())])),
+                               ("b", Sequential([("c", Conv2d(4, 3, 3, padding=1)), ("r", ReLU6())]))])),
+              ("dw", Residual(Sequential([("c", Conv2d(6, 6, 3, padding="same", groups=6)), ("r", ReLU())]))),
+              ("conv2", Conv2d(6, 5, 3, stride=2, padding=(0, 1, 1, 0))), ("relu2", ReLU()),
+              ("gap", GlobalAvgPool()), ("fc", Linear(5, 5))]
+    if not relu:
+        layers = [(n, l) for n, l in layers if not isinstance(l, ReLU)]
+        layers[2] = ("fire", Concat([("a", Conv2d(4, 3, 1)), ("b", Conv2d(4, 3, 3, padding=1))]))
+        layers[3] = ("dw", Residual(Conv2d(6, 6, 3, padding="same", groups=6)))
+    net = Network(layers, input_shape=(3, size, size), preprocess=dict(PRE), name="tiny")
+    return randomise(net, seed, dtype)
+
+
+def numerical_input_grad(net, x, c, eps=1e-5):
+    """d S_c / d x of one image x (1, C, H, W) by central differences, every entry, float64.
+    All 2 * C * H * W perturbed copies go through the network as one batch."""
+    n = x[0].size
+    bump = np.eye(n).reshape(n, *x.shape[1:]) * eps
+    scores = net.forward(np.concatenate([x + bump, x - bump]))[:, c]
+    return ((scores[:n] - scores[n:]) / (2 * eps)).reshape(x.shape)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return tiny_net()
+
+
+@pytest.fixture(scope="module")
+def live_net():
+    """tiny_net with positive biases in the Fire block, so that no path is dead at the zero image."""
+    net = tiny_net()
+    for _, branch in net["fire"].branches:
+        branch["c"].params["b"] += 1.0
+    return net
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(1).standard_normal((3, 3, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# saliency
+# ---------------------------------------------------------------------------------------------
+def test_saliency_equals_numerical_gradient(net, x):
+    c = 2
+    grad, cls, scores = class_gradient(net, x[:1].copy(), c)
+    num = numerical_input_grad(net, x[:1], c)
+    assert cls.tolist() == [c]
+    np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8 * np.abs(num).max())
+
+
+def test_saliency_is_max_over_channels_of_abs_gradient(net, x):
+    s = saliency(net, x[:1].copy(), 3)
+    num = numerical_input_grad(net, x[:1], 3)
+    assert s.maps.shape == (1, 8, 8)
+    np.testing.assert_allclose(s.maps[0], np.abs(num[0]).max(axis=0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(s.maps, saliency_from_gradient(class_gradient(net, x[:1].copy(), 3)[0]))
+
+
+def test_saliency_default_class_is_top1(net, x):
+    s = saliency(net, x)
+    assert s.classes.tolist() == net.forward(x).argmax(1).tolist()
+    np.testing.assert_allclose(s.scores, net.forward(x).max(1))
+
+
+def test_saliency_batched_equals_one_at_a_time(net, x):
+    classes = np.array([[0, 4], [1, 2], [3, 3]])
+    both = saliency(net, x, classes, "guided", batch_size=4)
+    assert both.maps.shape == (3, 2, 8, 8) and both.classes.tolist() == classes.tolist()
+    for i in range(3):
+        for k in range(2):
+            one = saliency(net, x[i:i + 1], int(classes[i, k]), "guided")
+            np.testing.assert_allclose(both.maps[i, k], one.maps[0], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(both.scores[i, k], one.scores[0])
+
+
+def test_saliency_rejects_bad_class(net, x):
+    with pytest.raises(ValueError, match="class index out of range"):
+        saliency(net, x, 7)
+
+
+def test_ten_crop_map_of_flipped_photo_is_flipped_map():
+    net = tiny_net(dtype=np.float32)
+    img = (np.random.default_rng(2).random((12, 14, 3)) * 255).astype(np.uint8)
+    a = ten_crop_saliency(net, img, 1, resize=12)
+    b = ten_crop_saliency(net, np.ascontiguousarray(img[:, ::-1]), 1, resize=12)
+    assert a.map.shape == (12, 14) and a.crop_maps.shape == (10, 8, 8)
+    np.testing.assert_allclose(b.map, a.map[:, ::-1], rtol=1e-5, atol=1e-7)
+    assert (a.map > 0).all()      # every pixel is covered by some crop
+
+
+# ---------------------------------------------------------------------------------------------
+# the three backward rules
+# ---------------------------------------------------------------------------------------------
+def hand_net():
+    """x (1, 2, 1, 1) -> 1x1 conv (3 units) -> ReLU -> linear (2 classes): small enough to do by hand."""
+    net = Network([("conv", Conv2d(2, 3, 1)), ("relu", ReLU()), ("flat", Flatten()), ("fc", Linear(3, 2))],
+                  input_shape=(2, 1, 1))
+    W1 = np.array([[1.0, 2.0], [-1.0, 1.0], [0.5, -2.0]])
+    net["conv"].params.update(W=W1.reshape(3, 2, 1, 1), b=np.array([0.0, 2.5, 0.1]))
+    net["fc"].params.update(W=np.array([[1.0, -3.0, 2.0], [0.0, 1.0, 1.0]]), b=np.zeros(2))
+    return net, W1
+
+
+def test_rules_match_their_definitions_on_a_hand_made_net():
+    net, W1 = hand_net()
+    x = np.array([1.0, -1.0]).reshape(1, 2, 1, 1)
+    h = W1 @ np.array([1.0, -1.0]) + np.array([0.0, 2.5, 0.1])     # [-1, 0.5, 2.6]: unit 0 is off
+    top = np.array([1.0, -3.0, 2.0])                               # d S_0 / d relu output
+    want = {"gradient": W1.T @ (top * (h > 0)),                    # dy * [x > 0]
+            "deconvnet": W1.T @ (top * (top > 0)),                 # dy * [dy > 0]
+            "guided": W1.T @ (top * (h > 0) * (top > 0))}
+    assert len({tuple(v) for v in want.values()}) == 3             # the example tells them apart
+    for rule, w in want.items():
+        g, _, _ = class_gradient(net, x, 0, rule)
+        np.testing.assert_allclose(g.reshape(2), w, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer", ["conv1", "fire", "dw", "fc"])
+def test_deconvnet_differs_from_gradient_only_at_relu(net, x, layer):
+    """Zeiler & Fergus's DeconvNet = transposed convolutions + unpooling to the switches + rectifying the
+    signal at each ReLU. An independent backward pass written from those definitions agrees with the
+    engine under every rule; without ReLUs the three rules coincide; with them, they part."""
+    x1 = x[:1]
+    act = deconv.forward_to(net, x1, layer)
+    seed = deconv.neuron_seed(act, deconv.pick_neuron(act))
+    recs = {}
+    for rule in Rule:
+        deconv.forward_to(net, x1, layer)
+        ours = deconv.backward_from(net, layer, seed, rule)
+        ref = deconv.reference_backward(net, x1, layer, seed, rule)
+        np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+        recs[rule.value] = ours
+    if deconv.count_relus(net, layer) == 0:
+        assert np.array_equal(recs["deconvnet"], recs["gradient"])
+    # and the gradient reconstruction is the gradient of the neuron's activation
+    chk = deconv.gradient_check(net, x1, layer, n_pixels=6)
+    assert chk["max_error_rel_to_max_grad"] < 1e-7
+
+
+def test_rules_coincide_without_relu(x):
+    plain = tiny_net(relu=False)
+    table = deconv.compare_rules(plain, x[:2])
+    assert table and all(t["relus"] == 0 and t["deconvnet_vs_gradient"] == 0 and t["guided_vs_gradient"] == 0
+                         for t in table)
+
+
+def test_rules_part_above_relus(net, x):
+    table = {t["layer"]: t for t in deconv.compare_rules(net, x[:2])}
+    assert table["conv1"]["deconvnet_vs_gradient"] == 0       # below the first ReLU: identical
+    assert table["relu2"]["deconvnet_vs_gradient"] > 1e-3
+    assert table["relu2"]["guided_vs_deconvnet"] > 1e-3
+
+
+def test_gradient_check_float32_is_at_rounding_level(x):
+    net32 = tiny_net(dtype=np.float32)
+    chk = deconv.gradient_check(net32, x[:1].astype(np.float32), "relu2", n_pixels=8)
+    assert chk["max_error_rel_to_max_grad"] < 1e-4
+
+
+def test_forward_to_names_layers(net, x):
+    with pytest.raises(ValueError, match="no top-level layer named 'nope'; layers: conv1"):
+        deconv.forward_to(net, x, "nope")
+    with pytest.raises(ValueError, match="does not fit"):
+        deconv.reconstruct(net, x, "conv1", neuron=(9, 0, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# class models
+# ---------------------------------------------------------------------------------------------
+def test_class_model_ascent_raises_objective_monotonically(live_net):
+    net = live_net
+    lam = 1e-4
+    r = cm.class_model(net, [1, 3], steps=25, lr=2e-3, lam=lam, optimiser="plain", momentum=0)
+    assert r.scores.shape == (26, 2) and r.objective.shape == (26, 2)
+    assert (np.diff(r.objective, axis=0) > -1e-12).all()
+    assert (r.objective[-1] > r.objective[0] + 1e-3).all()
+    # the documented objective: J = S_c - lam ||I / u||^2 with u the size of one grey level (scale 1/64)
+    u = 1 / 64
+    s = net.forward(r.x)[[0, 1], [1, 3]]
+    np.testing.assert_allclose(r.objective[-1], s - lam * (r.x ** 2).sum(axis=(1, 2, 3)) / u ** 2, rtol=1e-10)
+    np.testing.assert_allclose(cm.objective_value(net, r.x, [1, 3], lam), r.objective[-1], rtol=1e-10)
+    np.testing.assert_allclose(r.scores[-1], s, rtol=1e-10)
+    assert r.images.shape == (2, 8, 8, 3) and r.images.dtype == np.uint8
+
+
+def test_class_model_l2_penalty_gradient_is_what_is_documented(live_net):
+    net = live_net
+    """A plain step from I moves by lr * (dS_c/dI - 2 lam I / u^2), u = 1/64 here."""
+    lam, lr = 0.3, 1e-3
+    r3 = cm.class_model(net, [2], steps=3, lr=lr, lam=lam, optimiser="plain")
+    r4 = cm.class_model(net, [2], steps=4, lr=lr, lam=lam, optimiser="plain")
+    g, _, _ = class_gradient(net, r3.x.copy(), 2)
+    np.testing.assert_allclose(r4.x, r3.x + lr * (g - 2 * lam * r3.x * 64 ** 2), rtol=1e-9, atol=1e-12)
+
+
+def test_class_model_batched_equals_one_at_a_time(live_net):
+    net = live_net
+    kw = dict(steps=6, lr=3.0, lam=1e-5, momentum=0.9)
+    both = cm.class_model(net, [0, 4], **kw)
+    for k, c in enumerate([0, 4]):
+        one = cm.class_model(net, [c], **kw)
+        np.testing.assert_allclose(both.x[k], one.x[0], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(both.scores[:, k], one.scores[:, 0], rtol=1e-9)
+
+
+def test_class_model_regularisers_run_and_clamp_stays_in_range(live_net):
+    net = live_net
+    r = cm.class_model(net, [1], steps=5, lr=50.0, jitter=2, blur_every=2, clip_pct=20, clamp=True)
+    assert np.isfinite(r.x).all()
+    pix = display.to_pixels(net, r.x)
+    assert pix.min() >= -1e-3 and pix.max() <= 255 + 1e-3
+
+
+def test_class_model_linear_score_for_relu_gap_heads():
+    """SqueezeNet-style head (conv -> ReLU -> global average): ascent uses the map before the ReLU."""
+    net = Network([("conv1", Conv2d(3, 4, 3, padding=1)), ("relu1", ReLU()), ("conv_final", Conv2d(4, 3, 1)),
+                   ("relu_final", ReLU()), ("pool", GlobalAvgPool())], input_shape=(3, 6, 6), preprocess=dict(PRE))
+    randomise(net, 3)
+    net["conv_final"].params["b"][:] = -50.0            # every class map negative: S_c = 0, no gradient
+    assert cm.linear_score_layer(net) == "conv_final"
+    r = cm.class_model(net, [0], steps=5, lr=5.0, lam=0.0)
+    assert r.settings["score_layer"] == "conv_final"
+    assert r.objective[-1, 0] > r.objective[0, 0]       # it moved, although S_c stayed at 0
+
+
+def test_class_model_errors(net):
+    with pytest.raises(ValueError, match="indices in 0..4"):
+        cm.class_model(net, [5], steps=1)
+    with pytest.raises(ValueError, match="optimiser"):
+        cm.class_model(net, [0], steps=1, optimiser="adam")
+
+
+# ---------------------------------------------------------------------------------------------
+# display
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pre, mean_image", [
+    (PRE, None),
+    ({"channel_order": "BGR", "mean": [104.0, 117.0, 123.0], "scale": 1.0}, None),
+    ({"mean_image": True, "scale": 1 / 64}, "yes"),
+])
+def test_to_pixels_inverts_prepare_pixels(pre, mean_image):
+    net = tiny_net(dtype=np.float32)
+    net.preprocess = dict(pre)
+    if mean_image:
+        net.mean_image = np.random.default_rng(0).uniform(0, 255, (3, 8, 8)).astype(np.float32)
+    img = (np.random.default_rng(1).random((2, 8, 8, 3)) * 255).astype(np.uint8)
+    back = display.to_pixels(net, display.prepare_pixels(net, img))
+    np.testing.assert_allclose(back, img, atol=1e-3)
+
+
+def test_stretch_maps_percentiles_to_full_range():
+    a = np.linspace(-5, 5, 300).reshape(10, 10, 3)
+    out = display.stretch(a, 0, 100)
+    assert out.min() == 0 and out.max() == 255 and out.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------------------
+# command line and the demo, end to end on a tiny network
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    net = tiny_net(dtype=np.float32, size=16)
+    # 16 px input: the Residual/Concat blocks keep 8x8 after pool1; conv2 then gives 4x4
+    path = tmp_path_factory.mktemp("net") / "tiny.npz"
+    net.class_names = ["goose", "ostrich", "cup", "lemon", "limousine"]
+    net.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from scratchnet.io.images import save_png
+    img = (np.random.default_rng(3).random((20, 24, 3)) * 255).astype(np.uint8)
+    return save_png(tmp_path_factory.mktemp("img") / "photo.png", img)
+
+
+def run_cli(argv, capsys):
+    from scratchnet.cli import main
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    return json.loads(lines[-1])
+
+
+def test_cli_saliency_classmodel_deconv_compare(tiny_path, photo, tmp_path, capsys):
+    out = run_cli(["saliency", str(photo), "--model", str(tiny_path), "--class", "cup", "--rule", "all",
+                   "--out", str(tmp_path / "s")], capsys)
+    assert [r["rule"] for r in out["results"]] == ["gradient", "deconvnet", "guided"]
+    assert all(r["class_name"] == "cup" and Path(r["overlay_png"]).exists() for r in out["results"])
+    out = run_cli(["saliency", str(photo), "--model", str(tiny_path), "--ten-crop", "--out", str(tmp_path / "t")],
+                  capsys)
+    assert out["results"][0]["map_shape"] == [18, 22]      # shorter side 16 * 8 / 7, the 10 crops cover it
+    out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "4", "--steps", "3",
+                   "--out", str(tmp_path / "c")], capsys)
+    assert out["classes"] == [0, 4] and all(Path(p).exists() for p in out["pngs"])
+    assert len(json.loads(Path(out["history"]).read_text())["scores"]) == 4
+    out = run_cli(["deconv", str(photo), "--model", str(tiny_path), "--layer", "dw", "--out", str(tmp_path / "d")],
+                  capsys)
+    assert len(out["results"]) == 3 and Path(out["results"][0]["png"]).exists()
+    out = run_cli(["compare-rules", str(photo), "--model", str(tiny_path), "--check-pixels", "4"], capsys)
+    assert out["layers"][0]["deconvnet_vs_gradient"] == 0.0
+    assert out["gradient_check"]["max_error_rel_to_max_grad"] < 1e-3
+
+
+def test_cli_unknown_class_is_one_clear_line(tiny_path, photo, tmp_path, capsys):
+    from scratchnet.cli import main
+    assert main(["saliency", str(photo), "--model", str(tiny_path), "--class", "zebra",
+                 "--out", str(tmp_path)]) == 2
+    assert "unknown class 'zebra'" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_on_a_tiny_network(tiny_path, tmp_path, capsys):
+    out = run_cli(["demo", "--model", str(tiny_path), "--quick", "--out", str(tmp_path / "demo")], capsys)
+    index = Path(out["index"])
+    page = index.read_text()
+    srcs = re.findall(r'src="([^"]+)"', page)
+    assert len(srcs) >= 10 and out["images"] >= 10
+    for s in srcs:
+        assert not s.startswith(("/", "http")) and (index.parent / s).exists(), s
+    assert "Class models" in page and "saliency" in page and "DeconvNet" in page
+    summary = json.loads((index.parent / "summary.json").read_text())
+    (m,) = summary["models"].values()
+    assert m["rules"]["gradient_check"]["max_error_rel_to_max_grad"] < 1e-3
