@@ -11,6 +11,11 @@ same weights (torch.set_num_threads set to the same thread count as Numba), with
 ours / theirs in time (above 1: we are slower). ``--layers`` adds a per-layer-type forward time table
 (conv 1x1, conv kxk, depthwise, pooling, ...) for both engines at batch 16.
 Prints a table, then one JSON object as the last line.
+
+Thread settings matter on a small machine: NumPy's OpenBLAS starts its own threads beside Numba's
+OpenMP threads, and on 2 cores the two pools fight (measured here: a 64x16 @ 16x3025 GEMM, 16 times,
+took 380 ms with OpenBLAS's default threads and 1.3 ms with OPENBLAS_NUM_THREADS=1). The header and
+the JSON line record OPENBLAS_NUM_THREADS and Numba's threading layer; compare runs with the same settings.
 """
 from __future__ import annotations
 
@@ -148,8 +153,6 @@ def best_time(fn, repeats):
 
 
 def ours_fns(net, x):
-    k = net.num_classes
-
     def fwd():
         net.forward(x)
 
@@ -263,8 +266,9 @@ def main(argv=None):
             for kind in sorted(ours, key=ours.get, reverse=True):
                 layer_rows.append(dict(model=name, kind=kind, ours_s=ours[kind], torch_s=theirs.get(kind)))
 
-    print(f"\nCPU, {threads} threads (numba{', torch ' + torch.__version__ if torch else ''}); img/s; "
-          f"ratio = ours time / torch time")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    print(f"\nCPU, {threads} threads (numba {numba.threading_layer()}, OPENBLAS_NUM_THREADS={blas}"
+          f"{', torch ' + torch.__version__ if torch else ''}); img/s; ratio = ours time / torch time")
     hdr = f"{'model':<20}{'batch':>6}{'fwd':>10}{'torch':>10}{'ratio':>8}{'fwd+bwd':>10}{'torch':>10}{'ratio':>8}"
     print(hdr)
     for r in rows:
@@ -278,7 +282,8 @@ def main(argv=None):
             ts = r["torch_s"]
             print(f"{r['model']:<20}{r['kind']:<24}{r['ours_s']:>9.3f}"
                   f"{(ts if ts is not None else float('nan')):>9.3f}{(r['ours_s'] / ts if ts else float('nan')):>8.1f}")
-    print(json.dumps(dict(threads=threads, cpu_count=os.cpu_count(), rows=rows, layers=layer_rows)))
+    print(json.dumps(dict(threads=threads, cpu_count=os.cpu_count(), openblas_num_threads=blas,
+                          numba_threading_layer=numba.threading_layer(), rows=rows, layers=layer_rows)))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ An MBConv block (the stride applies to the first block of a stage only):
     residual x + block(x) when s == 1 and C == C'    (Residual container)
 
 Batch norm (eps 1e-3, running statistics) is folded into the convolution before it
-(``fold_batchnorm``), so the imported network is convolutions with biases; ``fold_bn=False`` keeps
-separate ``BatchNorm2d`` layers (the folding test compares the two).
+(``fold_batchnorms``, which applies ``layers.fold_batchnorm`` to every conv + BN pair), so the imported
+network is convolutions with biases; ``fold_bn=False`` keeps separate ``BatchNorm2d`` layers (the
+folding test compares the two).
 
 Padding: ``padding="same"`` (the default) is TensorFlow's SAME: output ceil(H / s), the odd pixel of a
 stride-2 convolution's padding at the bottom/right. ``padding="symmetric"`` pads (k - 1) // 2 on every
