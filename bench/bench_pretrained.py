@@ -30,117 +30,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten,  # noqa: E402
-                               GlobalAvgPool, Linear, LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual,
-                               Sequential)
-from scratchnet.layers.conv import same_padding  # noqa: E402
+from scratchnet.layers import Concat, Conv2d, Residual, Sequential  # noqa: E402
+from torch_twin import to_torch  # noqa: E402  (the PyTorch twin shared by the benches)
 
 
 # ---------------------------------------------------------------------------------------------
 # a PyTorch twin of any scratchnet network (same weights), for timing and as a numerical oracle
-# ---------------------------------------------------------------------------------------------
-def to_torch(net):
-    """A torch.nn.Module computing exactly what ``net`` computes (eval mode), sharing nothing but values."""
-    import torch
-    from torch import nn
-    import torch.nn.functional as F
-
-    class Pad(nn.Module):
-        """Explicit (top, bottom, left, right) zero padding, or TF 'SAME' computed from the input size."""
-
-        def __init__(self, pads, kernel, stride):
-            super().__init__()
-            self.pads, self.kernel, self.stride = pads, kernel, stride
-
-        def forward(self, x):
-            p = same_padding(x.shape[2], x.shape[3], self.kernel, self.stride) if self.pads == "same" else self.pads
-            return F.pad(x, (p[2], p[3], p[0], p[1])) if any(p) else x
-
-    class Cat(nn.Module):
-        def __init__(self, branches):
-            super().__init__()
-            self.branches = nn.ModuleList(branches)
-
-        def forward(self, x):
-            return torch.cat([b(x) for b in self.branches], 1)
-
-    class Res(nn.Module):
-        def __init__(self, body, shortcut):
-            super().__init__()
-            self.body, self.shortcut = body, shortcut
-
-        def forward(self, x):
-            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
-
-    class GAP(nn.Module):
-        def forward(self, x):
-            return x.mean((2, 3))
-
-    def t(a):
-        return torch.from_numpy(np.ascontiguousarray(a))
-
-    def conv(layer: Conv2d):
-        p = layer.padding
-        symmetric = p != "same" and p[0] == p[1] and p[2] == p[3]
-        m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride,
-                      padding=(p[0], p[2]) if symmetric else 0, groups=layer.groups, bias=layer.has_bias)
-        with torch.no_grad():
-            m.weight.copy_(t(layer.params["W"]))
-            if layer.has_bias:
-                m.bias.copy_(t(layer.params["b"]))
-        return m if symmetric else nn.Sequential(Pad(p, layer.kernel, layer.stride), m)
-
-    def build(layer):
-        if isinstance(layer, Sequential):
-            return nn.Sequential(*[build(l) for _, l in layer.layers])
-        if isinstance(layer, Concat):
-            return Cat([build(b) for _, b in layer.branches])
-        if isinstance(layer, Residual):
-            return Res(build(layer.body), None if layer.shortcut is None else build(layer.shortcut))
-        if isinstance(layer, Conv2d):
-            return conv(layer)
-        if isinstance(layer, ReLU6):
-            return nn.ReLU6()
-        if isinstance(layer, ReLU):
-            return nn.ReLU()
-        if isinstance(layer, MaxPool2d):
-            p = layer.padding
-            return nn.MaxPool2d(layer.kernel, layer.stride, (p[0], p[2]), ceil_mode=layer.ceil_mode)
-        if isinstance(layer, AvgPool2d):
-            p = layer.padding
-            return nn.AvgPool2d(layer.kernel, layer.stride, (p[0], p[2]), ceil_mode=layer.ceil_mode)
-        if isinstance(layer, GlobalAvgPool):
-            return GAP()
-        if isinstance(layer, (Dropout,)):
-            return nn.Identity()
-        if isinstance(layer, Flatten):
-            return nn.Flatten()
-        if isinstance(layer, Linear):
-            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.has_bias)
-            with torch.no_grad():
-                m.weight.copy_(t(layer.params["W"]))
-                if layer.has_bias:
-                    m.bias.copy_(t(layer.params["b"]))
-            return m
-        if isinstance(layer, BatchNorm2d):
-            m = nn.BatchNorm2d(layer.channels, eps=layer.eps)
-            with torch.no_grad():
-                m.weight.copy_(t(layer.params["gamma"]))
-                m.bias.copy_(t(layer.params["beta"]))
-                m.running_mean.copy_(t(layer.stats["mean"]))
-                m.running_var.copy_(t(layer.stats["var"]))
-            return m
-        if isinstance(layer, LocalResponseNorm):
-            # torch divides alpha by size (Caffe's convention); ours multiplies the sum directly
-            return nn.LocalResponseNorm(layer.size, layer.alpha * layer.size, layer.beta, layer.k)
-        raise TypeError(f"to_torch: no PyTorch twin for {type(layer).__name__}")
-
-    return build(net).eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# timing
 # ---------------------------------------------------------------------------------------------
 def best_time(fn, repeats):
     fn()                                        # warm-up (Numba compilation, allocator)

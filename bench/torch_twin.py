@@ -6,7 +6,12 @@ import numpy as np
 
 
 def to_torch(layer):
-    """A torch.nn.Module computing what ``layer`` (any scratchnet layer or network) computes."""
+    """A torch.nn.Module computing what ``layer`` (any scratchnet layer or network) computes,
+    in eval mode (dropout off, as scratchnet's forward(train=False)); call .train() to train it."""
+    return _build(layer).eval()
+
+
+def _build(layer):
     import torch
     import torch.nn as tnn
     import torch.nn.functional as F
@@ -41,7 +46,7 @@ def to_torch(layer):
         return torch.from_numpy(np.ascontiguousarray(a))
 
     if isinstance(layer, L.Sequential):
-        return tnn.Sequential(*[to_torch(l) for _, l in layer.layers])
+        return tnn.Sequential(*[_build(l) for _, l in layer.layers])
     if isinstance(layer, L.Conv2d):
         pad = layer.padding
         sym = pad != "same" and pad[0] == pad[1] and pad[2] == pad[3]
@@ -80,9 +85,9 @@ def to_torch(layer):
     if isinstance(layer, L.Dropout):
         return tnn.Dropout(layer.p)
     if isinstance(layer, L.Concat):
-        return Cat([to_torch(b) for _, b in layer.branches])
+        return Cat([_build(b) for _, b in layer.branches])
     if isinstance(layer, L.Residual):
-        return Res(to_torch(layer.body), to_torch(layer.shortcut) if layer.shortcut is not None else None)
+        return Res(_build(layer.body), _build(layer.shortcut) if layer.shortcut is not None else None)
     if isinstance(layer, L.BatchNorm2d):
         bn = tnn.BatchNorm2d(layer.channels, eps=layer.eps)
         with torch.no_grad():
@@ -97,6 +102,6 @@ def to_torch(layer):
 def torch_available():
     try:
         import torch  # noqa: F401
-        return True
     except Exception:
         return False
+    return True

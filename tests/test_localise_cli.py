@@ -177,6 +177,16 @@ def test_evaluate_localisation_on_five_photos(shared, tmp_path, capsys):
     assert "fraction_chosen_on_these_records" not in again["methods"]["centre_box"]
 
 
+def test_maps_of_all_five_guesses_give_the_same_errors_as_the_true_class_map(shared, tmp_path, capsys):
+    """A wrong-class guess is wrong whatever its box: computing its map changes nothing."""
+    data = shared / "data" / "imagenet-val-dev"
+    argv = ["evaluate", "localisation", "--model", "squeezenet1_0", "--data", str(data), "--limit", "3",
+            "--offset", "5", "--no-cache", "--centre-fraction", "0.8", "--threshold-fraction", "0.05"]
+    only_true, _ = run_cli(argv, capsys)
+    all_five, _ = run_cli(argv + ["--all-maps"], capsys)
+    assert all_five["methods"] == only_true["methods"] and all_five["all_maps"]
+
+
 def test_evaluate_segmentation_on_three_pets(shared, tmp_path, capsys):
     data = shared / "data" / "oxford-pets-dev"
     res, _ = run_cli(["evaluate", "segmentation", "--model", "squeezenet1_0", "--data", str(data),

@@ -90,13 +90,13 @@ def test_registered_efficientnet_is_the_folded_float32_network(effnet):
 
 @pytest.mark.parametrize("padding", ["same", "symmetric"])
 def test_efficientnet_matches_a_pytorch_twin(padding):
-    """The same weights run by PyTorch (bench/bench_pretrained.py's ``to_torch``) give the same scores:
+    """The same weights run by PyTorch (bench/torch_twin.py's ``to_torch``) give the same scores:
     a check of the engine's depthwise, SAME-padded and residual layers against an independent engine."""
     torch = pytest.importorskip("torch")
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from bench_pretrained import to_torch
+    from torch_twin import to_torch
     net = efficientnet_lite0(padding=padding)
     x = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)   # even: SAME pads (0, 1)
     with torch.no_grad():

@@ -165,8 +165,11 @@ class MapCache:
     scores (K,) float32, classes (k,) int64, maps (k, H, W) float32."""
 
     def __init__(self, root, model, ten_crop, rule, dataset, enabled=True):
-        key = model if not Path(model).exists() else \
-            f"{Path(model).stem}-{hashlib.sha1(str(Path(model).resolve()).encode()).hexdigest()[:8]}"
+        key = model
+        if Path(model).is_file():          # a saved network: its name, and a hash of where and when it was written
+            st = Path(model).stat()
+            ident = f"{Path(model).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+            key = f"{Path(model).stem}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
         self.folder = Path(root) / "localise" / f"{key}-{'tencrop' if ten_crop else 'single'}-{rule}" / dataset
         self.enabled = enabled
 
@@ -205,9 +208,7 @@ def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
         entries, todo = [], []
         for i, (stem, img, extra) in enumerate(chunk):
             e = cache.get(stem, img.shape[:2], extra)
-            if e is not None and top and len(e["classes"]) < top:
-                e = None
-            if e is not None and top:
+            if e is not None and top:                                   # also the maps of the top guesses
                 best = [int(c) for c in np.argsort(-e["scores"], kind="stable")[:top]]
                 e = e if set(best) <= set(e["classes"]) else None
             entries.append(e)

@@ -45,11 +45,12 @@ from .graphcut import segment
 MIN_IMAGE_SIDE = 16   # pixels; smaller photos give the colour models too few seed pixels to fit
 
 #: graph-cut settings used when none are given, per kind of map, chosen on the first 150
-#: imagenet-val-dev photos by top-5 localisation error with SqueezeNet and EfficientNet-Lite0
-#: (bench/tune_localise.py).  A single view's map is speckled: a smoothness weight above ~1 breaks the
-#: object into pieces and the largest one gives too small a box.  The 10-crop average is smoother and
-#: takes the graph cut's smoothness term at full strength.
-TUNED_SEGMENT = {"single": {"pairwise_weight": 1.0, "fg_quantile": 0.90, "bg_quantile": 0.30},
+#: imagenet-val-dev photos by top-5 localisation error (bench/tune_localise.py): single view with
+#: EfficientNet-Lite0 (the mean of it and SqueezeNet is best there too), 10-crop with SqueezeNet.
+#: A single view's map is speckled: a smoothness weight above ~1 breaks the object into pieces and the
+#: largest piece gives too small a box.  The 10-crop average is smoother and takes the graph cut's
+#: smoothness term at full strength, with the paper's seed quantiles.
+TUNED_SEGMENT = {"single": {"pairwise_weight": 0.25, "fg_quantile": 0.80, "bg_quantile": 0.30},
                  "ten_crop": {"pairwise_weight": 30.0, "fg_quantile": 0.95, "bg_quantile": 0.30}}
 
 
@@ -148,8 +149,11 @@ def _ten_crop_one(net, image, top, extra, rule):
 
 
 def _classes_for(scores_row, top, extra):
-    best = [int(c) for c in np.argsort(-scores_row, kind="stable")[:top]]
-    return best + [int(c) for c in extra if int(c) not in best]
+    classes = [int(c) for c in np.argsort(-scores_row, kind="stable")[:top]]
+    for c in extra:                                   # then the extra ones, each once
+        if int(c) not in classes:
+            classes.append(int(c))
+    return classes
 
 
 def _to_grid(maps, hw):
