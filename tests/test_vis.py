@@ -174,6 +174,16 @@ def test_deconvnet_differs_from_gradient_only_at_relu(net, x, layer):
     assert chk["max_error_rel_to_max_grad"] < 1e-7
 
 
+def test_strongest_neuron_skips_saturated_relu6():
+    """A ReLU6 output at 6 has zero gradient: 'max' means the strongest neuron below the clip."""
+    act = np.zeros((1, 2, 2, 2))
+    act[0, 0, 0, 0], act[0, 1, 1, 0] = 6.0, 5.5
+    assert deconv.pick_neuron(act, "max") == [(0, 0, 0)]
+    assert deconv.pick_neuron(act, "max", upper=6.0) == [(1, 1, 0)]
+    net = Network([("conv", Conv2d(3, 2, 1)), ("act", Sequential([("r", ReLU6())]))], input_shape=(3, 2, 2))
+    assert deconv.saturation(net, "act") == 6.0 and deconv.saturation(net, "conv") == float("inf")
+
+
 def test_rules_coincide_without_relu(x):
     plain = tiny_net(relu=False)
     table = deconv.compare_rules(plain, x[:2])
@@ -207,8 +217,8 @@ def test_forward_to_names_layers(net, x):
 def test_class_model_ascent_raises_objective_monotonically(live_net):
     net = live_net
     lam = 1e-4
-    r = cm.class_model(net, [1, 3], steps=25, lr=2e-3, lam=lam, optimiser="plain", momentum=0)
-    assert r.scores.shape == (26, 2) and r.objective.shape == (26, 2)
+    r = cm.class_model(net, [1, 3], steps=12, lr=4e-3, lam=lam, optimiser="plain", momentum=0)
+    assert r.scores.shape == (13, 2) and r.objective.shape == (13, 2)
     assert (np.diff(r.objective, axis=0) > -1e-12).all()
     assert (r.objective[-1] > r.objective[0] + 1e-3).all()
     # the documented objective: J = S_c - lam ||I / u||^2 with u the size of one grey level (scale 1/64)
@@ -224,15 +234,15 @@ def test_class_model_l2_penalty_gradient_is_what_is_documented(live_net):
     net = live_net
     """A plain step from I moves by lr * (dS_c/dI - 2 lam I / u^2), u = 1/64 here."""
     lam, lr = 0.3, 1e-3
-    r3 = cm.class_model(net, [2], steps=3, lr=lr, lam=lam, optimiser="plain")
-    r4 = cm.class_model(net, [2], steps=4, lr=lr, lam=lam, optimiser="plain")
+    r3 = cm.class_model(net, [2], steps=2, lr=lr, lam=lam, optimiser="plain")
+    r4 = cm.class_model(net, [2], steps=3, lr=lr, lam=lam, optimiser="plain")
     g, _, _ = class_gradient(net, r3.x.copy(), 2)
     np.testing.assert_allclose(r4.x, r3.x + lr * (g - 2 * lam * r3.x * 64 ** 2), rtol=1e-9, atol=1e-12)
 
 
 def test_class_model_batched_equals_one_at_a_time(live_net):
     net = live_net
-    kw = dict(steps=6, lr=3.0, lam=1e-5, momentum=0.9)
+    kw = dict(steps=4, lr=3.0, lam=1e-5, momentum=0.9)
     both = cm.class_model(net, [0, 4], **kw)
     for k, c in enumerate([0, 4]):
         one = cm.class_model(net, [c], **kw)
@@ -242,7 +252,7 @@ def test_class_model_batched_equals_one_at_a_time(live_net):
 
 def test_class_model_regularisers_run_and_clamp_stays_in_range(live_net):
     net = live_net
-    r = cm.class_model(net, [1], steps=5, lr=50.0, jitter=2, blur_every=2, clip_pct=20, clamp=True)
+    r = cm.class_model(net, [1], steps=3, lr=50.0, jitter=2, blur_every=2, clip_pct=20, clamp=True)
     assert np.isfinite(r.x).all()
     pix = display.to_pixels(net, r.x)
     assert pix.min() >= -1e-3 and pix.max() <= 255 + 1e-3
@@ -297,7 +307,8 @@ def test_stretch_maps_percentiles_to_full_range():
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     net = tiny_net(dtype=np.float32, size=16)
-    # 16 px input: the Residual/Concat blocks keep 8x8 after pool1; conv2 then gives 4x4
+    for _, branch in net["fire"].branches:          # no dead path at the zero image (class models move)
+        branch["c"].params["b"] += 1.0
     path = tmp_path_factory.mktemp("net") / "tiny.npz"
     net.class_names = ["goose", "ostrich", "cup", "lemon", "limousine"]
     net.save(path)

@@ -84,6 +84,10 @@ def register(sub, ev_sub):
     p.add_argument("--out", default="scratchnet-demo")
     p.add_argument("--quick", action="store_true", help="fewer steps, classes and photos (for CI)")
     p.add_argument("--photos", nargs="+", default=None, help="photos to use instead of the built-in ones")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="classes for the class models (default: the paper's figure 1 classes)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"class-model ascent steps (default {cm.DEFAULTS['steps']}, 10 with --quick)")
     add_device_arg(p)
     p.set_defaults(func=cmd_demo)
 
@@ -238,7 +242,8 @@ def cmd_compare_rules(args):
 
 def cmd_demo(args):
     from .report import demo
-    s = demo(args.model, args.out, args.quick, args.photos, device=args.device, progress=sys.stderr)
+    s = demo(args.model, args.out, args.quick, args.photos, args.classes, device=args.device, steps=args.steps,
+             progress=sys.stderr)
     _say(f"wrote {s['index']} ({s['images']} images, {s['seconds']:.0f} s)")
     _emit(dict(command="demo", index=s["index"], images=s["images"], seconds=s["seconds"],
                models={k: dict(saliency=v["saliency"], rules=dict(layers=v["rules"]["layers"],

@@ -63,13 +63,32 @@ def backward_from(net, layer, dy, rule="gradient"):
     return dy
 
 
-def pick_neuron(act, neuron="max"):
+def saturation(net, layer) -> float:
+    """The clip value of a ReLU6 (6) ending ``layer``, else inf. A neuron sitting at 6 has a zero
+    gradient, so "the strongest neuron" means the strongest one below it."""
+    from ..layers import Concat, ReLU, Sequential
+
+    def clip(lay):
+        if isinstance(lay, ReLU):
+            return float(lay.upper)
+        if isinstance(lay, Sequential) and lay.layers:
+            return clip(lay.layers[-1][1])
+        if isinstance(lay, Concat) and lay.branches:
+            return min(clip(b) for _, b in lay.branches)
+        return float("inf")
+
+    return clip(net.layers[layer_index(net, layer)][1])
+
+
+def pick_neuron(act, neuron="max", upper=float("inf")):
     """The neuron of each image to reconstruct, as index tuples into act[n] (a (c, i, j) or (f,)).
 
-    act (N, C, H, W) or (N, F). neuron: "max" (the strongest activation), an int channel (its
-    strongest position), or an explicit index tuple used for every image.
+    act (N, C, H, W) or (N, F). neuron: "max" (the strongest activation below ``upper``), an int
+    channel (its strongest position below ``upper``), or an explicit index tuple used for every image.
     """
     a = to_numpy(act)
+    if np.isfinite(upper) and (a < upper).any():
+        a = np.where(a < upper, a, -np.inf)
     out = []
     for n in range(a.shape[0]):
         if isinstance(neuron, str):
@@ -120,7 +139,7 @@ def reconstruct(net, x, layer, rule="gradient", neuron="max", mode="neuron") -> 
     """Reconstruct the input from one neuron (or feature map) of ``layer``; see the module docstring."""
     x = on_net_device(net, x)
     act = forward_to(net, x, layer)
-    neurons = pick_neuron(act, neuron)
+    neurons = pick_neuron(act, neuron, saturation(net, layer))
     a = to_numpy(act)
     vals = np.array([a[(n,) + idx] for n, idx in enumerate(neurons)])
     rec = backward_from(net, layer, neuron_seed(act, neurons, mode), rule)
@@ -164,7 +183,7 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
     out = []
     for name in layers:
         act = forward_to(net, x, name)
-        neurons = pick_neuron(act, neuron)
+        neurons = pick_neuron(act, neuron, saturation(net, name))
         seed = neuron_seed(act, neurons, mode)
         rec = {r.value: to_numpy(backward_from(net, name, seed, r)) for r in Rule}
         a = to_numpy(act)
@@ -255,7 +274,7 @@ def reference_check(net, x, layer, neuron="max") -> dict:
     a network with a layer the reference does not know (e.g. LRN)."""
     x = on_net_device(net, to_numpy(x)[:1])
     act = forward_to(net, x, layer)
-    seed = neuron_seed(act, pick_neuron(act, neuron))
+    seed = neuron_seed(act, pick_neuron(act, neuron, saturation(net, layer)))
     want = {r.value: reference_backward(net, x, layer, seed, r) for r in Rule}
     out = {}
     for r in Rule:

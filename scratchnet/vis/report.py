@@ -35,8 +35,8 @@ from .saliency import map_image, saliency, ten_crop_saliency
 FIGURE1_CLASSES = ["goose", "ostrich", "Siberian husky", "dumbbell", "cup", "lemon", "bell pepper", "limousine"]
 
 #: scikit-image sample photos shipped in its wheel: (title, loader name)
-SKIMAGE_PHOTOS = [("chelsea", "chelsea"), ("coffee", "coffee"), ("astronaut", "astronaut"),
-                  ("rocket", "rocket"), ("motorcycle", "stereo_motorcycle")]
+SKIMAGE_PHOTOS = [("chelsea", "chelsea"), ("coffee", "coffee"), ("motorcycle", "stereo_motorcycle"),
+                  ("rocket", "rocket"), ("astronaut", "astronaut")]
 
 DEFAULT_MODELS = ["efficientnet_lite0", "squeezenet1_0"]
 
@@ -165,15 +165,17 @@ class Page:
 # ---------------------------------------------------------------------------------------------
 # the sections
 # ---------------------------------------------------------------------------------------------
-def class_model_settings(net, quick):
-    """Settings used by the demo (see classmodel.DEFAULTS and the note on the page)."""
+def class_model_settings(quick, steps=None):
+    """Settings used by the demo: classmodel.DEFAULTS, 10 steps when quick, or ``steps``."""
     s = dict(cm.DEFAULTS)
     if quick:
         s["steps"] = 10
+    if steps:
+        s["steps"] = int(steps)
     return s
 
 
-def section_class_models(page, net, tag, quick, progress, classes=None, regularised=True):
+def section_class_models(page, net, tag, quick, progress, classes=None, regularised=True, steps=None):
     names = class_names(net)
     if classes is None:
         if len(names) == 1000:
@@ -182,9 +184,9 @@ def section_class_models(page, net, tag, quick, progress, classes=None, regulari
             classes = list(range(min(len(names), 3 if quick else 8)))
     idx = [resolve_class(net, c) for c in classes]
     page.add(f"<h3>Class models (figure 1)</h3>")
-    variants = [("paper", class_model_settings(net, quick))]
+    variants = [("paper", class_model_settings(quick, steps))]
     if regularised and not quick:
-        variants.append(("regularised", dict(class_model_settings(net, quick), **cm.REGULARISED)))
+        variants.append(("regularised", dict(class_model_settings(quick, steps), **cm.REGULARISED)))
     summary = []
     for vname, settings in variants:
         _say(progress, f"[{tag}] class models ({vname}) for {len(idx)} classes, {settings['steps']} steps")
@@ -229,14 +231,18 @@ def section_saliency(page, net, tag, photos, quick, progress):
                  (page.png(f"{tag}/saliency_{i}.png", map_image(sal.maps[i])), "saliency (gradient)"),
                  (page.png(f"{tag}/overlay_{i}.png", overlay(pix, np.minimum(sal.maps[i], np.percentile(
                      sal.maps[i], 99.5)), 0.6)), "overlay")]
-        tc = None
-        if not quick:
+        shot = dict(title=title, pixels=pix, map=sal.maps[i], cls=c, gt=gt, info=info,
+                    loc_pixels=pix, loc_map=sal.maps[i], loc_gt=gt)
+        if not quick:       # the paper's 10-crop map of the whole photo; localisation uses it
             _say(progress, f"[{tag}] 10-crop saliency of {title}")
-            tc = ten_crop_saliency(net, img, c) if info.get("source") != "imagenet-val-dev" else None
-            if tc is not None:
-                items.append((page.png(f"{tag}/saliency10_{i}.png", map_image(tc.map)), "10-crop map (whole photo)"))
+            tc = ten_crop_saliency(net, img, c)
+            items.append((page.png(f"{tag}/saliency10_{i}.png", map_image(tc.map)), "10-crop map (whole photo)"))
+            sy, sx = tc.pixels.shape[0] / img.shape[0], tc.pixels.shape[1] / img.shape[1]
+            shot.update(loc_pixels=tc.pixels, loc_map=tc.map,
+                        loc_gt=[[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in info["boxes"]]
+                        if "boxes" in info else None)
         page.figure(items)
-        out.append(dict(title=title, pixels=pix, map=sal.maps[i], cls=c, gt=gt, info=info))
+        out.append(shot)
         rows.append(dict(photo=title, top1=names[c], prob=float(prob[i, c]), score=float(sal.scores[i]),
                          label=info.get("label")))
     page.add("<p>M = max over colour channels of |dS<sub>c</sub>/dI| for the top-1 class, one backward "
@@ -277,9 +283,11 @@ def section_rules(page, net, tag, shots, quick, progress):
                 "guided vs deconvnet"],
                [[t["layer"], t["relus"], t["neuron"][0], f"{t['deconvnet_vs_gradient']:.3g}",
                  f"{t['guided_vs_gradient']:.3g}", f"{t['guided_vs_deconvnet']:.3g}"] for t in table])
-    page.add("<p>Relative differences ||a &minus; b|| / ||b|| of the reconstructions of the strongest neuron. "
-             "The rules differ only at ReLU, so they agree exactly below the first ReLU that the "
-             "signal has to cross against its sign.</p>")
+    page.add("<p>Relative differences ||a &minus; b|| / ||b|| of the reconstructions of the strongest neuron "
+             "(below a ReLU6's clip: a neuron at 6 has a zero gradient). The rules differ only at ReLU, so "
+             "they agree exactly below the first ReLU. Note the class-score maps above: the DeconvNet rule "
+             "ignores the forward pass at every ReLU, and in a deep network its map of a class score hardly "
+             "depends on the image; the gradient and guided maps do.</p>")
     # the claim, checked two independent ways
     mid = picks[len(picks) // 2]
     _say(progress, f"[{tag}] checking that the gradient reconstruction is the gradient ({mid})")
@@ -317,10 +325,10 @@ def section_localisation(page, net, tag, shots, progress):
     items, rows = [], []
     for i, s in enumerate(shots):
         _say(progress, f"[{tag}] GraphCut on {s['title']}")
-        seg = segment(s["pixels"], s["map"])
-        img = draw_box(s["pixels"], seg.box, (255, 40, 40))
+        seg = segment(s["loc_pixels"], s["loc_map"])
+        img = draw_box(s["loc_pixels"], seg.box, (255, 40, 40))
         best = None
-        for gt in s["gt"] or []:
+        for gt in s["loc_gt"] or []:
             img = draw_box(img, gt, (40, 255, 40))
             best = max(best or 0.0, iou(seg.box, [int(round(v)) for v in gt]))
         mask = (np.stack([seg.component] * 3, -1) * 255).astype(np.uint8)
@@ -333,7 +341,8 @@ def section_localisation(page, net, tag, shots, progress):
         rows.append(dict(photo=s["title"], box=[int(v) for v in seg.box], iou=best, fallback=seg.fallback))
     page.figure(items)
     page.add("<p>Red: the box of the largest connected component of the GraphCut segmentation seeded by "
-             "the saliency map; green: the ground-truth boxes (ImageNet validation photos).</p>")
+             "the saliency map (the 10-crop map of the whole photo, or the single-crop map with --quick); "
+             "green: the ground-truth boxes (ImageNet validation photos).</p>")
     return rows
 
 
@@ -353,12 +362,12 @@ def available_models():
 
 
 def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=None, device=None,
-         progress=sys.stderr) -> dict:
+         steps=None, progress=sys.stderr) -> dict:
     """Write ``out/index.html`` and its PNGs; return a summary (also written to ``out/summary.json``).
 
     models: names or .npz paths (default: EfficientNet-Lite0, and SqueezeNet when its weights are found);
     photos: image paths (default: scikit-image samples + imagenet-val-dev when present); quick: fewer
-    steps, classes and photos (for CI on a tiny network)."""
+    steps, classes and photos (for CI on a tiny network); steps: class-model ascent steps."""
     from ..io.images import load_image
     from ..models import load
     out = Path(out)
@@ -383,7 +392,7 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
         page.add(f"<h2>{html.escape(str(net.name or name))}</h2><p>input {net.input_shape}, "
                  f"{net.num_classes} classes, preprocessing <code>{html.escape(json.dumps(net.preprocess))}</code></p>")
         s = dict(name=str(name))
-        s["class_models"] = section_class_models(page, net, tag, quick, progress, classes)
+        s["class_models"] = section_class_models(page, net, tag, quick, progress, classes, steps=steps)
         shots_i, s["saliency"] = section_saliency(page, net, tag, shots, quick, progress)
         s["rules"] = section_rules(page, net, tag, shots_i, quick, progress)
         s["localisation"] = section_localisation(page, net, tag, shots_i, progress)
