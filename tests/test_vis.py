@@ -368,3 +368,27 @@ def test_demo_runs_end_to_end_on_a_tiny_network(tiny_path, tmp_path, capsys):
     summary = json.loads((index.parent / "summary.json").read_text())
     (m,) = summary["models"].values()
     assert m["rules"]["gradient_check"]["max_error_rel_to_max_grad"] < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# a real network on real photos (needs ../shared)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.shared
+def test_squeezenet_saliency_falls_on_the_object(shared):
+    """On ImageNet validation photos, the saliency map of the true class puts more of its mass inside
+    the ground-truth boxes than the boxes' share of the image (11 of these 12 photos when measured)."""
+    from scratchnet.io.datasets import imagenet_val_dev
+    from scratchnet.io.images import load_image
+    from scratchnet.models import load
+    net = load("squeezenet1_0")
+    ds = imagenet_val_dev(shared / "data" / "imagenet-val-dev")
+    idx = np.linspace(0, len(ds) - 1, 12).astype(int)
+    x = np.concatenate([display.prepare_pixels(net, load_image(ds.paths[i])) for i in idx])
+    maps = saliency(net, x, ds.labels[idx]).maps
+    gain = []
+    for m, i in zip(maps, idx):
+        inside = np.zeros(m.shape, bool)
+        for x0, y0, x1, y1 in ds.boxes[i].astype(int):
+            inside[y0:y1 + 1, x0:x1 + 1] = True
+        gain.append(m[inside].sum() / m.sum() - inside.mean())
+    assert sum(g > 0 for g in gain) >= 9 and np.mean(gain) > 0.08, np.round(gain, 2)

@@ -262,7 +262,8 @@ def section_rules(page, net, tag, shots, quick, progress):
     maps = {r.value: saliency(net, xs, cls, r).maps for r in Rule}
     for i, s in enumerate(use):
         page.figure([(f"{tag}/photo_{i}.png", html.escape(s["title"]))] +
-                    [(page.png(f"{tag}/rule_{r}_{i}.png", map_image(maps[r][i])), f"{r} map")
+                    [(page.png(f"{tag}/rule_{r}_{i}.png", map_image(maps[r][i])),
+                      f"{r} map" + (" (identically zero)" if not maps[r][i].any() else ""))
                      for r in maps])
     # neuron reconstructions at three depths
     layers4 = _layers_4d(net)
@@ -287,7 +288,9 @@ def section_rules(page, net, tag, shots, quick, progress):
              "(below a ReLU6's clip: a neuron at 6 has a zero gradient). The rules differ only at ReLU, so "
              "they agree exactly below the first ReLU. Note the class-score maps above: the DeconvNet rule "
              "ignores the forward pass at every ReLU, and in a deep network its map of a class score hardly "
-             "depends on the image; the gradient and guided maps do.</p>")
+             "depends on the image, or (SqueezeNet) is identically zero: every rectified signal dies at some "
+             "ReLU on its way down, which the independent reference pass confirms; the gradient and guided "
+             "maps do depend on the image.</p>")
     # the claim, checked two independent ways
     mid = picks[len(picks) // 2]
     _say(progress, f"[{tag}] checking that the gradient reconstruction is the gradient ({mid})")
