@@ -17,109 +17,11 @@ import time
 
 import numpy as np
 
-from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear,
-                               LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual, Sequential)
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_twin import to_torch  # noqa: E402  (the PyTorch twin shared by the benches)
 from scratchnet.vis.saliency import class_gradient, saliency_from_gradient
-
-
-# ---------------------------------------------------------------------------------------------
-# the same network in PyTorch
-# ---------------------------------------------------------------------------------------------
-def to_torch(layer):
-    """A torch.nn.Module computing the same function as a scratchnet layer (inference mode)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    def t(a):
-        return torch.from_numpy(np.ascontiguousarray(a))
-
-    class Chain(nn.Module):
-        def __init__(self, mods):
-            super().__init__()
-            self.mods = nn.ModuleList(mods)
-
-        def forward(self, x):
-            for m in self.mods:
-                x = m(x)
-            return x
-
-    class Cat(nn.Module):
-        def __init__(self, mods):
-            super().__init__()
-            self.mods = nn.ModuleList(mods)
-
-        def forward(self, x):
-            return torch.cat([m(x) for m in self.mods], 1)
-
-    class Add(nn.Module):
-        def __init__(self, body, short):
-            super().__init__()
-            self.body, self.short = body, short
-
-        def forward(self, x):
-            return self.body(x) + (x if self.short is None else self.short(x))
-
-    class Fn(nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, x):
-            return self.fn(x)
-
-    class Conv(nn.Module):
-        def __init__(self, lay):
-            super().__init__()
-            self.lay = lay
-            self.W = nn.Parameter(t(lay.params["W"]), requires_grad=False)
-            self.b = nn.Parameter(t(lay.params["b"]), requires_grad=False) if lay.has_bias else None
-
-        def forward(self, x):
-            lay = self.lay
-            tp, bt, lf, rt = lay.pads_for(x.shape[2], x.shape[3])
-            if tp == bt and lf == rt:
-                return F.conv2d(x, self.W, self.b, lay.stride, (tp, lf), 1, lay.groups)
-            return F.conv2d(F.pad(x, (lf, rt, tp, bt)), self.W, self.b, lay.stride, 0, 1, lay.groups)
-
-    if isinstance(layer, Sequential):
-        return Chain([to_torch(l) for _, l in layer.layers])
-    if isinstance(layer, Concat):
-        return Cat([to_torch(b) for _, b in layer.branches])
-    if isinstance(layer, Residual):
-        return Add(to_torch(layer.body), None if layer.shortcut is None else to_torch(layer.shortcut))
-    if isinstance(layer, Conv2d):
-        return Conv(layer)
-    if isinstance(layer, ReLU6):
-        return nn.ReLU6()
-    if isinstance(layer, ReLU):
-        return nn.ReLU()
-    if isinstance(layer, MaxPool2d):
-        tp, bt, lf, rt = layer.padding
-        if tp == bt and lf == rt:
-            return nn.MaxPool2d(layer.kernel, layer.stride, (tp, lf), ceil_mode=layer.ceil_mode)
-        pool = nn.MaxPool2d(layer.kernel, layer.stride, 0, ceil_mode=layer.ceil_mode)
-        return Fn(lambda x: pool(F.pad(x, (lf, rt, tp, bt), value=-float("inf"))))
-    if isinstance(layer, AvgPool2d):
-        tp, bt, lf, rt = layer.padding
-        return nn.AvgPool2d(layer.kernel, layer.stride, (tp, lf), ceil_mode=layer.ceil_mode, count_include_pad=True)
-    if isinstance(layer, GlobalAvgPool):
-        return Fn(lambda x: x.mean((2, 3)))
-    if isinstance(layer, LocalResponseNorm):   # torch divides alpha by size (Caffe's form)
-        return nn.LocalResponseNorm(layer.size, layer.alpha * layer.size, layer.beta, layer.k)
-    if isinstance(layer, BatchNorm2d):
-        g, b = t(layer.params["gamma"]), t(layer.params["beta"])
-        m, v = t(np.asarray(layer.stats["mean"])), t(np.asarray(layer.stats["var"]))
-        return Fn(lambda x: F.batch_norm(x, m, v, g, b, False, 0.0, layer.eps))
-    if isinstance(layer, Linear):
-        W = t(layer.params["W"])
-        b = t(layer.params["b"]) if layer.has_bias else None
-        return Fn(lambda x: F.linear(x, W, b))
-    if isinstance(layer, Flatten):
-        return Fn(lambda x: x.flatten(1))
-    if isinstance(layer, Dropout):
-        return nn.Identity()
-    raise NotImplementedError(f"to_torch: no PyTorch twin for {type(layer).__name__}")
 
 
 def torch_saliency(tnet, x):

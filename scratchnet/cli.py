@@ -16,11 +16,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 #: modules that provide ``register(subparsers, evaluate_subparsers)``
 COMMAND_MODULES = ["scratchnet.models.cli", "scratchnet.vis.cli", "scratchnet.localise.cli",
                    "scratchnet.train.cli"]
+
+
+def json_default(o):
+    """json.dumps fallback for NumPy scalars and arrays (and anything else, as its str)."""
+    if hasattr(o, "tolist"):          # NumPy/CuPy scalars and arrays
+        return o.tolist()
+    return str(o)
+
+
+def emit_json(obj):
+    """Print the one JSON object that ends a command's standard output."""
+    print(json.dumps(obj, default=json_default), flush=True)
 
 
 def add_device_arg(p):

@@ -131,18 +131,7 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def _emit(obj):
-    print(json.dumps(obj, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+from ..cli import emit_json as _emit, json_default as _json_default  # noqa: E402
 
 
 def _load_net(args):

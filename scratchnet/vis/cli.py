@@ -97,8 +97,7 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def _emit(obj):
-    print(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+from ..cli import emit_json as _emit  # noqa: E402
 
 
 def _load(args):

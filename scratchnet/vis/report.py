@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_numpy
+from ..cli import json_default
 from ..io.images import overlay, resize, save_png
 from . import classmodel as cm
 from .deconv import compare_rules, gradient_check, reconstruct, reference_check
@@ -404,15 +405,5 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
     summary["seconds"] = time.time() - t_all
     summary["index"] = str(page.write("scratchnet demo"))
     summary["images"] = len(page.images)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default), encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=json_default), encoding="utf-8")
     return summary
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
