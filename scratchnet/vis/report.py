@@ -266,9 +266,10 @@ def section_rules(page, net, tag, shots, quick, progress):
                     [(page.png(f"{tag}/rule_{r}_{i}.png", map_image(maps[r][i])),
                       f"{r} map" + (" (identically zero)" if not maps[r][i].any() else ""))
                      for r in maps])
-    # neuron reconstructions at three depths
+    # neuron reconstructions at three depths (a quarter, half way, the last 4-D layer)
     layers4 = _layers_4d(net)
-    picks = [layers4[0], layers4[len(layers4) // 2], layers4[-1]] if len(layers4) >= 3 else layers4
+    n4 = len(layers4)
+    picks = list(dict.fromkeys([layers4[n4 // 4], layers4[n4 // 2], layers4[-1]]))
     x0 = xs[:1]
     items = []
     for name in picks:
