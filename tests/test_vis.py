@@ -265,8 +265,9 @@ def test_class_model_linear_score_for_relu_gap_heads():
     randomise(net, 3)
     net["conv_final"].params["b"][:] = -50.0            # every class map negative: S_c = 0, no gradient
     assert cm.linear_score_layer(net) == "conv_final"
-    r = cm.class_model(net, [0], steps=5, lr=5.0, lam=0.0)
-    assert r.settings["score_layer"] == "conv_final"
+    r = cm.class_model(net, [0], steps=5, lr=5.0, lam=0.0, seed=3)
+    assert r.settings["score_layer"] == "conv_final" and r.settings["seed"] == 3
+    json.dumps(r.settings)
     assert r.objective[-1, 0] > r.objective[0, 0]       # it moved, although S_c stayed at 0
 
 

@@ -138,7 +138,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     lo = hi = None
     if clamp:                                   # the input-space values of grey levels 0 and 255
         h, w = net.input_shape[1:]
-        lo, hi = (prepare_pixels(net, np.full((h, w, 3), v, np.uint8)) for v in (0, 255))
+        lo, hi = (prepare_pixels(net, np.full((h, w, 3), level, np.uint8)) for level in (0, 255))
         lo, hi = xp.minimum(lo, hi), xp.maximum(lo, hi)
     for t in range(steps + 1):
         dy, dx = (rng.integers(-jitter, jitter + 1, 2) if jitter and t < steps else (0, 0))
@@ -156,9 +156,9 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
         if z is None:
             g = net.backward(onehot, rule="gradient", param_grads=False)
         else:                                   # d mean_ij z_c / dI: seed 1/(H W) on channel c
-            seed = xp.zeros_like(z)
-            seed[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
-            g = backward_from(net, score_at, seed, "gradient")
+            dz = xp.zeros_like(z)
+            dz[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
+            g = backward_from(net, score_at, dz, "gradient")
         if dy or dx:
             g = xp.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
         g = g - (2 * lam / u ** 2) * x
