@@ -40,6 +40,7 @@ from ..io.images import resize
 from ..layers import Rule
 from ..vis.display import class_names, prepare_pixels, resolve_class
 from ..vis.saliency import saliency_from_gradient, ten_crop_boxes
+from ..models.preprocess import _as_list, _check_image as _check_rgb  # one check of photo arrays
 from .graphcut import segment
 
 MIN_IMAGE_SIDE = 16   # pixels; smaller photos give the colour models too few seed pixels to fit
@@ -242,22 +243,9 @@ def _check_classes(classes, k):
                              f"expected an integer 0..{k - 1}")
 
 
-def _as_list(images):
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return list(images)
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        return [images]
-    images = list(images)
-    if not images:
-        raise ValueError("network_saliency: no photos given")
-    return images
-
-
 def _check_image(img, i):
-    img = np.asarray(img)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"photo {i}: expected an RGB image (H, W, 3) uint8 (scratchnet.io.load_image), "
-                         f"got {img.dtype} array of shape {img.shape}")
+    """An (H, W, 3) uint8 photo large enough to localise in."""
+    img = _check_rgb(img, i)
     if min(img.shape[:2]) < MIN_IMAGE_SIDE:
         raise ValueError(f"photo {i}: too small for localisation: {img.shape[1]}x{img.shape[0]} pixels, "
                          f"expected at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
