@@ -25,6 +25,8 @@ import statistics
 import sys
 from pathlib import Path
 
+
+import scratchnet  # noqa: F401  first: its thread settings must precede NumPy's OpenBLAS (scratchnet/threads.py)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

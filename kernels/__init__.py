@@ -99,6 +99,19 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     return cpu_im2col.col2im(np.ascontiguousarray(cols), *padded_shape, kh, kw, sh, sw, oh, ow)
 
 
+def im2col_wide(xpad, kernel, out_h):
+    """Stride 1 only, CPU only: xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*Wp), each piece one copy of
+    oh*Wp values (the output is computed on the padded width; columns q >= ow are junk)."""
+    (kh, kw) = kernel
+    return cpu_im2col.im2col_wide(np.ascontiguousarray(xpad), kh, kw, out_h)
+
+
+def col2im_wide(cols, padded_shape, kernel, out_h):
+    """Inverse of im2col_wide: cols (C*kh*kw, N*oh*Wp), junk columns 0 -> (N, C, Hp, Wp), overlaps summed."""
+    (kh, kw) = kernel
+    return cpu_im2col.col2im_wide(np.ascontiguousarray(cols), *padded_shape, kh, kw, out_h)
+
+
 def depthwise_forward(xpad, W, stride, out_hw):
     """Depthwise convolution xpad (N, C, Hp, Wp), W (C, 1, kh, kw) -> y (N, C, oh, ow).
 

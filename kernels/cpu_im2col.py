@@ -51,3 +51,58 @@ def col2im(cols, n, c, hp, wp, kh, kw, sh, sw, oh, ow):
                     for q in range(ow):
                         row[j + q * sw] += cols[r, src + q]
     return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# "wide" columns for stride 1: whole rows of the padded image instead of ow-long pieces
+# ---------------------------------------------------------------------------------------------
+# With stride 1 the kernel offset (i, j) of the output pixel (p, q) reads xpad[c, i + p, j + q], i.e.
+# the flat padded plane at (i*Wp + j) + (p*Wp + q). Computing the output on the padded width Wp
+# (columns q >= ow are junk, cropped afterwards) turns each (row r, image n) piece of the column matrix
+# into ONE contiguous copy of oh*Wp values, instead of oh copies of ow values:
+#
+#     cols[(c*kh + i)*kw + j, n*oh*Wp + t] = xflat[n, c, i*Wp + j + t],   t < oh*Wp
+#
+# The copy runs kw-1 values past the plane for the last offsets; those land in junk columns and are 0.
+# The GEMM gets Wp/ow more columns (1.04 at 55x55 with pad 1, 1.25 at 8x8), so layers.conv picks it
+# only where the copy saved is worth more than the extra GEMM work.
+
+@nb.njit(parallel=True, cache=True)
+def im2col_wide(xpad, kh, kw, oh):
+    """xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*Wp) for a stride-1 convolution (see above)."""
+    n, c, hp, wp = xpad.shape
+    length = oh * wp
+    plane = hp * wp
+    x3 = xpad.reshape((n, c, plane))
+    cols = np.empty((c * kh * kw, n * length), dtype=xpad.dtype)
+    for r in nb.prange(c * kh * kw):
+        ci = r // (kh * kw)
+        start = ((r // kw) % kh) * wp + r % kw
+        m = min(length, plane - start)
+        for ni in range(n):
+            d = ni * length
+            cols[r, d:d + m] = x3[ni, ci, start:start + m]
+            cols[r, d + m:d + length] = 0
+    return cols
+
+
+@nb.njit(parallel=True, cache=True)
+def col2im_wide(cols, n, c, hp, wp, kh, kw, oh):
+    """cols (C*kh*kw, N*oh*Wp) -> dxpad (N, C, Hp, Wp): the inverse of im2col_wide, overlaps summed.
+
+    Threads own whole (n, c) planes; each adds its kh*kw contiguous pieces serially (no races).
+    Junk columns of cols must be 0 (they are: the output gradient is 0 there)."""
+    length = oh * wp
+    plane = hp * wp
+    dx = np.zeros((n, c, plane), dtype=cols.dtype)
+    for pl in nb.prange(n * c):
+        ni = pl // c
+        ci = pl % c
+        d = ni * length
+        for i in range(kh):
+            for j in range(kw):
+                r = (ci * kh + i) * kw + j
+                start = i * wp + j
+                m = min(length, plane - start)
+                dx[ni, ci, start:start + m] += cols[r, d:d + m]
+    return dx.reshape((n, c, hp, wp))

@@ -9,6 +9,10 @@ Visualising Image Classification Models and Saliency Maps".
 """
 __version__ = "0.1.0"
 
+from . import threads as _threads  # noqa: E402  (before NumPy: see scratchnet/threads.py)
+
+_threads.set_defaults()
+
 from . import backend, layers  # noqa: E402
 from .layers import Rule  # noqa: E402
 

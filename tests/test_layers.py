@@ -43,6 +43,12 @@ def distinct(shape, rng):
     return (rng.permutation(n).reshape(shape) * 0.01 - n * 0.005).astype(np.float64)
 
 
+def with_mode(conv, mode):
+    """The same Conv2d, forced to plain or wide im2col columns (see Conv2d.im2col_mode)."""
+    conv.im2col_mode = mode
+    return conv
+
+
 def conv_relu(c, o, k, p):
     return Sequential([("conv", Conv2d(c, o, k, padding=p)), ("relu", ReLU())])
 
@@ -50,6 +56,10 @@ def conv_relu(c, o, k, p):
 #: (id, layer factory, input shape, input kind)
 GRID = [
     ("conv3x3", lambda: Conv2d(3, 4, 3, padding=1), (2, 3, 6, 6), "normal"),
+    ("conv3x3_wide", lambda: with_mode(Conv2d(3, 4, 3, padding=1), "wide"), (2, 3, 6, 5), "normal"),
+    ("conv3x3_plain", lambda: with_mode(Conv2d(3, 4, 3, padding=1), "plain"), (2, 3, 6, 5), "normal"),
+    ("conv_groups_k5_wide", lambda: with_mode(Conv2d(4, 6, 5, padding=(2, 1, 0, 3), groups=2), "wide"), (2, 4, 6, 5),
+     "normal"),
     ("conv_stride2", lambda: Conv2d(3, 4, 3, stride=2), (2, 3, 7, 7), "normal"),
     ("conv_pad_asym", lambda: Conv2d(3, 2, 3, stride=2, padding=(0, 1, 1, 2)), (2, 3, 6, 5), "normal"),
     ("conv_same_s2", lambda: Conv2d(3, 4, 3, stride=2, padding="same"), (2, 3, 6, 6), "normal"),
@@ -140,9 +150,11 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_fast_path_equals_naive(case, dtype):
+@pytest.mark.parametrize("mode", ["auto", "plain", "wide"])
+def test_conv_fast_path_equals_naive(case, dtype, mode):
     rng = np.random.default_rng(0)
     conv = Conv2d(case["c"], case["o"], case["k"], case["stride"], case["padding"], case["groups"], dtype=dtype)
+    conv.im2col_mode = mode
     conv.params["W"] = rng.standard_normal(conv.params["W"].shape).astype(dtype)
     conv.params["b"] = rng.standard_normal(case["o"]).astype(dtype)
     x = rng.standard_normal((2, case["c"]) + case["hw"]).astype(dtype)
@@ -169,6 +181,37 @@ def test_im2col_col2im_kernels_equal_references(k, s, dtype):
     lhs = float((cols.astype(np.float64) * dcols).sum())
     rhs = float((xpad.astype(np.float64) * kernels.col2im(dcols, xpad.shape, k, s, (oh, ow))).sum())
     assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("k", [(3, 3), (5, 5), (2, 3), (1, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_im2col_col2im_equal_plain_ones(k, dtype):
+    """Stride-1 "wide" columns: cropped to ow they are the plain im2col; their col2im (junk columns 0)
+    is the plain col2im."""
+    rng = np.random.default_rng(0)
+    n, c, hp, wp = 3, 4, 9, 10
+    xpad = rng.standard_normal((n, c, hp, wp)).astype(dtype)
+    oh, ow = hp - k[0] + 1, wp - k[1] + 1
+    wide = kernels.im2col_wide(xpad, k, oh)
+    assert wide.shape == (c * k[0] * k[1], n * oh * wp)
+    plain = kernels.im2col(xpad, k, (1, 1), (oh, ow))
+    np.testing.assert_array_equal(wide.reshape(-1, n, oh, wp)[..., :ow].reshape(plain.shape), plain)
+    dplain = rng.standard_normal(plain.shape).astype(dtype)
+    dwide = np.zeros((plain.shape[0], n, oh, wp), dtype)
+    dwide[..., :ow] = dplain.reshape(-1, n, oh, ow)
+    np.testing.assert_allclose(kernels.col2im_wide(dwide.reshape(wide.shape), xpad.shape, k, oh),
+                               kernels.col2im(dplain, xpad.shape, k, (1, 1), (oh, ow)), rtol=1e-6, atol=1e-6)
+
+
+def test_wide_columns_are_chosen_where_they_pay():
+    from scratchnet.layers.conv import _wide_pays
+    assert _wide_pays(57, 55, 64)            # SqueezeNet fire2 expand3x3: 4% more columns
+    assert _wide_pays(20, 16, 16)            # paper 64 network, width 0.25, conv2
+    assert not _wide_pays(10, 8, 384)        # 8x8 maps, pad 1, many outputs: the GEMM would grow 25%
+    conv = Conv2d(3, 4, 3, stride=2, padding=1)
+    conv.im2col_mode = "wide"                # stride 2: wide columns do not apply, plain ones are used
+    conv.forward(np.zeros((1, 3, 8, 8), np.float32))
+    assert conv._cache[0] == "gemm"
 
 
 def test_same_padding_matches_tensorflow_rule():

@@ -1,0 +1,46 @@
+"""Thread-pool settings that keep OpenBLAS and Numba from fighting over the cores.
+
+A forward or backward pass alternates BLAS calls (the convolution GEMMs, run by OpenBLAS's
+pthreads) with Numba kernels (im2col, ReLU, pooling, run by Numba's OpenMP pool). Both pools
+busy-wait after their work by default: OpenBLAS for 2**28 cycles (~0.1 s), GNU OpenMP for
+300,000 spins. So while a Numba kernel runs, the BLAS workers still spin on the same cores, and
+the other way round. On a 2-core machine this made SqueezeNet saliency *slower* with 2 threads
+than with 1. Letting idle workers sleep at once fixes it:
+
+    OPENBLAS_THREAD_TIMEOUT=4   OpenBLAS workers sleep after 2**4 cycles
+    OMP_WAIT_POLICY=passive     Numba's OpenMP workers sleep instead of spinning
+
+Measured with bench/bench_threads.py (the three settings interleaved, each in a fresh process):
+see its docstring and the README for the figures.
+
+Both variables are read once, when the library loads: OpenBLAS at ``import numpy``, OpenMP at
+Numba's first parallel kernel. ``import scratchnet`` sets them (``setdefault``: a value you set
+yourself wins) before it imports NumPy, so they take effect for the ``scratchnet`` command and
+for scripts that import scratchnet before NumPy; ``applied()`` tells which took effect.
+Set SCRATCHNET_THREAD_DEFAULTS=0 to leave the environment alone.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+DEFAULTS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "passive"}
+
+_numpy_was_loaded = "numpy" in sys.modules
+_numba_omp_loaded = any(name.startswith("numba.np.ufunc.omppool") for name in sys.modules)
+
+
+def set_defaults() -> None:
+    """Put DEFAULTS into os.environ where the user has not set them (before NumPy/Numba load)."""
+    if os.environ.get("SCRATCHNET_THREAD_DEFAULTS", "1") == "0":
+        return
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def applied() -> dict:
+    """Which settings are in force for this process: {variable: (value or None, took_effect)}."""
+    return {
+        "OPENBLAS_THREAD_TIMEOUT": (os.environ.get("OPENBLAS_THREAD_TIMEOUT"), not _numpy_was_loaded),
+        "OMP_WAIT_POLICY": (os.environ.get("OMP_WAIT_POLICY"), not _numba_omp_loaded),
+    }

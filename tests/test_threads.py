@@ -1,0 +1,33 @@
+"""scratchnet's thread-pool defaults (scratchnet/threads.py): set before NumPy loads, never over a user's value."""
+import json
+import os
+import subprocess
+import sys
+
+CODE = ("import json, os, scratchnet; "
+        "print(json.dumps([os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('OMP_WAIT_POLICY'), "
+        "scratchnet.threads.applied()['OPENBLAS_THREAD_TIMEOUT'][1]]))")
+
+
+def run(env_update, code=CODE):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY",
+                                                             "SCRATCHNET_THREAD_DEFAULTS")}
+    env.update(env_update)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_sets_the_defaults_before_numpy():
+    assert run({}) == ["4", "passive", True]
+
+
+def test_a_value_set_by_the_user_wins():
+    assert run({"OMP_WAIT_POLICY": "active"})[:2] == ["4", "active"]
+
+
+def test_defaults_can_be_switched_off():
+    assert run({"SCRATCHNET_THREAD_DEFAULTS": "0"})[:2] == [None, None]
+
+
+def test_applied_says_when_numpy_came_first():
+    assert run({}, "import numpy; " + CODE)[2] is False
