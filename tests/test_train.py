@@ -222,6 +222,21 @@ def test_corrupt_image_gives_a_clear_error(tmp_path, capsys):
     assert summary["epochs"] == 1 and summary["model"].endswith("model.npz")
 
 
+def test_a_trained_network_records_its_class_wnids_and_names(tmp_path, capsys):
+    """Folders named by WordNet ids: the saved network knows them, so evaluate/localise match classes by wnid."""
+    for w, colour in (("n01443537", (200, 0, 0)), ("n07749582", (0, 200, 0))):
+        for i in range(4):
+            write_jpeg(tmp_path / "data" / w / f"{i}.jpg", colour)
+    assert cli_main(["train", "--data", str(tmp_path / "data"), "--input-size", "32", "--width", "0.0625",
+                     "--epochs", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
+                     "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    net = load(tmp_path / "run" / "model.npz")
+    assert net.class_wnids == ["n01443537", "n07749582"]
+    from scratchnet.models.cli import network_wnids
+    assert network_wnids(net) == net.class_wnids
+
+
 def test_missing_class_folder_gives_a_clear_error(tmp_path, capsys):
     root = tmp_path / "tiny"
     root.mkdir()

@@ -393,3 +393,28 @@ def test_squeezenet_saliency_falls_on_the_object(shared):
             inside[y0:y1 + 1, x0:x1 + 1] = True
         gain.append(m[inside].sum() / m.sum() - inside.mean())
     assert sum(g > 0 for g in gain) >= 9 and np.mean(gain) > 0.08, np.round(gain, 2)
+
+
+@pytest.mark.shared
+def test_demo_of_a_network_trained_on_tiny_imagenet_uses_its_val_photos_and_boxes(shared, tmp_path, capsys):
+    """A network with a mean image and Tiny-ImageNet's classes: the demo shows val photos of its class-model
+    classes and measures the localisation error on val boxes (an untrained network here: the page's
+    plumbing is what is tested; the trained run's figures are in the README)."""
+    from scratchnet.io.datasets import tiny_imagenet
+    from scratchnet.models import paper_net
+    ds = tiny_imagenet(shared / "data" / "tiny-imagenet-200", "val")
+    net = paper_net(64, num_classes=200, width=0.0625, seed=0, class_names=ds.class_names)
+    net.mean_image = np.full((3, 64, 64), 110.0, np.float32)
+    net.preprocess = dict(net.preprocess, mean_image=True, scale=1 / 64)
+    net.save(tmp_path / "tiny.npz")
+    out = run_cli(["demo", "--model", str(tmp_path / "tiny.npz"), "--quick", "--loc-photos", "12",
+                   "--out", str(tmp_path / "demo")], capsys)
+    summary = json.loads((Path(out["index"]).parent / "summary.json").read_text())
+    (m,) = summary["models"].values()
+    names = [s["photo"] for s in m["saliency"]]
+    assert names and all(n.startswith("val_") for n in names)
+    assert [s["label"] for s in m["saliency"]] == m["class_models"][0]["classes"]     # one photo per class shown
+    assert ds.class_names[m["class_models"][0]["classes"][0]] == "goose"             # figure 1's first class
+    loc = m["localisation_error"]
+    assert loc["images"] == 12 and set(loc["methods"]) >= {"graphcut", "whole_image", "centre_box"}
+    assert "Localisation error on 12 Tiny-ImageNet" in Path(out["index"]).read_text()

@@ -2,6 +2,7 @@
 
     scratchnet localise IMAGE... --model NAME [--class C] [--out DIR] [--ten-crop] [--pairwise W]
     scratchnet evaluate localisation --model NAME --data ../shared/data/imagenet-val-dev [--limit N] ...
+    scratchnet evaluate localisation --model runs/RUN/model.npz --data ../shared/data/tiny-imagenet-200
     scratchnet evaluate segmentation --model NAME --data ../shared/data/oxford-pets-dev [--limit N] ...
 
 Progress goes to stderr; the last line of stdout is one JSON object with the results.
@@ -50,9 +51,10 @@ def register(sub, ev_sub):
 
     p = ev_sub.add_parser("localisation", help="ILSVRC top-1/top-5/GT-known localisation error of graph cut "
                                                "and of the whole-image, centre-box and saliency-threshold "
-                                               "baselines on photos with boxes (imagenet-val-dev)")
+                                               "baselines on photos with boxes (imagenet-val-dev, Tiny-ImageNet)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
-    p.add_argument("--data", required=True, help="imagenet-val-dev folder (images/ and boxes.csv)")
+    p.add_argument("--data", required=True, help="photos with boxes: an imagenet-val-dev folder (images/ and "
+                   "boxes.csv), or Tiny-ImageNet (its root = its val split, or its val/ or train/ folder)")
     _subset_args(p)
     _segment_args(p)
     p.add_argument("--centre-fraction", type=float, default=None,
@@ -256,44 +258,81 @@ def cmd_localise(args):
 
 # --------------------------------------------------------------------------------------------- evaluate
 
-def cmd_evaluate_localisation(args):
-    from ..io.datasets import imagenet_val_dev
+def boxes_dataset(path):
+    """A data set with boxes: imagenet-val-dev, or Tiny-ImageNet (its root means its val split; its val/ or
+    train/ folder that split)."""
+    from ..io.datasets import open_dataset, tiny_imagenet
+    p = Path(path)
+    ds = tiny_imagenet(p, "val") if (p / "wnids.txt").is_file() and (p / "val").is_dir() else open_dataset(p)
+    if ds.boxes is None:
+        raise ValueError(f"{p} has no boxes: localisation is scored on imagenet-val-dev (images/ + boxes.csv) "
+                         f"or on Tiny-ImageNet (val/val_annotations.txt, train/<wnid>/<wnid>_boxes.txt)")
+    return ds
+
+
+def matched_indices(net, ds, progress=True):
+    """(indices of the photos whose class the network has, their labels in the network's class space)."""
+    from ..models.cli import label_map
+    mapping, how = label_map(net, ds)
+    targets = mapping[ds.labels]
+    keep = np.flatnonzero(targets >= 0)
+    if len(keep) == 0:
+        raise ValueError(f"none of the data set's {ds.num_classes} classes is one of the network's "
+                         f"{net.num_classes} classes (matched by {how}); is this the right model?")
+    if progress and len(keep) < len(ds):
+        _say(f"{len(ds) - len(keep)} photos of classes the network does not have are left out (matched by {how})")
+    return keep, targets
+
+
+def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cache=True, ten_crop=False,
+                       rule="gradient", segment_kw=None, batch_size=8, all_maps=False, centre_fraction=None,
+                       threshold_fraction=None, details=False):
+    """Top-1/top-5/GT-known localisation errors of GraphCut and the baselines on photos ``indices`` of ``ds``
+    (a data set with boxes), ``targets[i]`` being photo i's class in the network's outputs.
+    Returns (result dict of localise.evaluate.evaluate, records); ``result['per_image']`` with details."""
     from ..io.images import load_image
     from .evaluate import evaluate
-    ds = imagenet_val_dev(args.data)
-    idx = _subset(len(ds), args)
-    net = _load_net(args)
-    kw = segment_kwargs(args)
-    cache = MapCache(args.cache, args.model, args.ten_crop, args.rule, Path(args.data).name, not args.no_cache)
-    top = 5 if args.all_maps else 0
-    items = []
-    for i in idx:
-        items.append((ds.paths[i].stem, load_image(ds.paths[i]), [int(ds.labels[i])]))
-    _say(f"{len(items)} photos of {args.data}; maps: {'all five guesses and ' if args.all_maps else ''}"
-         f"the true class, {'10-crop' if args.ten_crop else 'single view'}, rule {args.rule}")
+    from .network import tuned_segment_kwargs
+    kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop)
+    maps = MapCache(cache_root, model_key, ten_crop, rule, Path(ds.root).name if ds.root else "data", cache)
+    items = [(ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]) for i in indices]
+    _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
+         f"{'10-crop' if ten_crop else 'single view'}, rule {rule}")
     records = []
     t_net = time.perf_counter()
-    for k, entry in _maps_for(net, cache, items, top, args.batch_size, args.rule, args.ten_crop, "saliency"):
+    for k, entry in _maps_for(net, maps, items, 5 if all_maps else 0, batch_size, rule, ten_crop, "saliency"):
         stem, img, (gt,) = items[k]
-        records.append(_record(ds, idx[k], stem, img, gt, entry))
+        records.append(_record(ds, indices[k], stem, img, gt, entry))
     t_net = time.perf_counter() - t_net
     _say(f"segmenting and scoring (graph cut {kw})")
     t_seg = time.perf_counter()
-    res = evaluate(records, pairwise_weight=kw["pairwise_weight"], centre_fraction=args.centre_fraction,
-                      threshold_fraction=args.threshold_fraction,
-                      segment_kwargs={k: v for k, v in kw.items() if k != "pairwise_weight"},
-                      details=bool(args.details))
-    t_seg = time.perf_counter() - t_seg
+    res = evaluate(records, pairwise_weight=kw["pairwise_weight"],
+                   centre_fraction=centre_fraction, threshold_fraction=threshold_fraction,
+                   segment_kwargs={k: v for k, v in kw.items() if k != "pairwise_weight"}, details=details)
+    res["seconds"] = {"network": round(t_net, 1), "segmentation_and_scoring": round(time.perf_counter() - t_seg, 1)}
+    return res, records
+
+
+def cmd_evaluate_localisation(args):
+    from ..vis.display import class_names
+    ds = boxes_dataset(args.data)
+    net = _load_net(args)
+    keep, targets = matched_indices(net, ds)
+    idx = [int(keep[i]) for i in _subset(len(keep), args)]
+    kw = segment_kwargs(args)
+    res, records = localisation_error(
+        net, ds, idx, targets, model_key=args.model, cache_root=args.cache, cache=not args.no_cache,
+        ten_crop=args.ten_crop, rule=args.rule, segment_kw=kw, batch_size=args.batch_size, all_maps=args.all_maps,
+        centre_fraction=args.centre_fraction, threshold_fraction=args.threshold_fraction, details=bool(args.details))
     per_image = res.pop("per_image", None)
     if args.details:
-        _write_details(args.details, per_image, records, ds)
+        _write_details(args.details, per_image, records, class_names(net))
     for m, r in res["methods"].items():
         _say(f"  {m:20s} top-1 loc {r['top1_loc_error']:.3f}  top-5 loc {r['top5_loc_error']:.3f}  "
              f"GT-known {r['gt_known_loc_error']:.3f}")
     res.update({"command": "evaluate localisation", "model": args.model, "data": str(args.data),
                 "offset": args.offset, "ten_crop": args.ten_crop, "rule": args.rule,
-                "all_maps": args.all_maps, "segment": kw,
-                "seconds": {"network": round(t_net, 1), "segmentation_and_scoring": round(t_seg, 1)}})
+                "all_maps": args.all_maps, "segment": kw})
     _emit(res)
 
 
@@ -311,8 +350,7 @@ def _record(ds, i, stem, img, gt, entry):
     return LocRecord(img, gt, boxes, top5, sal, true_map, stem)
 
 
-def _write_details(path, per_image, records, ds):
-    names = ds.class_names
+def _write_details(path, per_image, records, names):
     with open(path, "w", encoding="utf-8") as fh:
         for p, r in zip(per_image, records):
             p = dict(p, gt_label=r.gt_label, gt_name=names[r.gt_label], gt_boxes=r.gt_boxes,

@@ -103,7 +103,7 @@ def _norm(s):
 def network_wnids(net):
     """The network's class wnids (list of K) when known: recorded in ``net.arch["class_wnids"]``, or the
     ImageNet-1k order for a 1000-class network named with the ImageNet class names; else None."""
-    wnids = net.arch.get("class_wnids") or getattr(net, "class_wnids", None)
+    wnids = getattr(net, "class_wnids", None) or net.arch.get("class_wnids")
     if wnids:
         return list(wnids)
     from ..io.classnames import imagenet_class_names, imagenet_wnids

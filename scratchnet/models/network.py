@@ -30,10 +30,11 @@ class Network(Sequential):
     """A classifier: Sequential layers + input shape, class names, preprocessing, mean image."""
 
     def __init__(self, layers=(), input_shape=(3, 224, 224), class_names=None, preprocess=None,
-                 mean_image=None, arch=None, name=None):
+                 mean_image=None, arch=None, name=None, class_wnids=None):
         super().__init__(layers, name=name)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.class_names = list(class_names) if class_names is not None else None
+        self.class_wnids = list(class_wnids) if class_wnids else None   # WordNet ids, when the data had them
         self.preprocess = dict(preprocess or {})
         self.mean_image = mean_image            # (C, H, W) float32 for networks trained here
         self.arch = dict(arch or {})            # how the network was built, e.g. {"builder": "paper_net", ...}
@@ -77,13 +78,16 @@ class Network(Sequential):
         return {name: layer.params[key] for name, layer, key in self.named_params()}
 
     # -- save / load -----------------------------------------------------------------------
+    def meta(self) -> dict:
+        """What a saved network records besides its layers and parameters (the __meta__ JSON)."""
+        return dict(format=FORMAT, input_shape=list(self.input_shape), class_names=self.class_names,
+                    class_wnids=self.class_wnids, preprocess=self.preprocess, arch=self.arch, name=self.name)
+
     def save(self, path):
         """Write the architecture (JSON) and every parameter to an .npz, atomically (temp file + rename)."""
         path = Path(path)
-        meta = dict(format=FORMAT, input_shape=list(self.input_shape), class_names=self.class_names,
-                    preprocess=self.preprocess, arch=self.arch, name=self.name)
         arrays = {"__architecture__": np.array(json.dumps(layer_to_spec(self))),
-                  "__meta__": np.array(json.dumps(meta))}
+                  "__meta__": np.array(json.dumps(self.meta()))}
         for name, layer, key in self.named_params():
             arrays["param/" + name] = to_numpy(layer.params[key])
         for path_, layer in self.named_layers():
@@ -163,7 +167,8 @@ def load_network(path) -> Network:
             raise ValueError(f"{path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}")
         body = layer_from_spec(json.loads(str(z["__architecture__"])))
         net = Network(body.layers, input_shape=meta["input_shape"], class_names=meta.get("class_names"),
-                      preprocess=meta.get("preprocess"), arch=meta.get("arch"), name=meta.get("name"))
+                      preprocess=meta.get("preprocess"), arch=meta.get("arch"), name=meta.get("name"),
+                      class_wnids=meta.get("class_wnids"))
         want = {name: (layer, key) for name, layer, key in net.named_params()}
         have = {k[len("param/"):] for k in z.files if k.startswith("param/")}
         missing, extra = sorted(set(want) - have), sorted(have - set(want))

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_device, to_numpy
 from ..layers import Dropout
-from ..models.network import FORMAT, atomic_savez, layer_to_spec
+from ..models.network import atomic_savez, layer_to_spec
 
 CHECKPOINT_VERSION = 1
 
@@ -41,8 +41,7 @@ def set_dropout_states(net, states):
 
 def save_checkpoint(path, net, optimiser, state: dict):
     """Write net + optimiser + ``state`` (a JSON-able dict) to ``path`` atomically."""
-    meta = dict(format=FORMAT, input_shape=list(net.input_shape), class_names=net.class_names,
-                preprocess=net.preprocess, arch=net.arch, name=net.name)
+    meta = net.meta()
     state = dict(state, version=CHECKPOINT_VERSION, dropout=dropout_states(net))
     arrays = {"__architecture__": np.array(json.dumps(layer_to_spec(net))),
               "__meta__": np.array(json.dumps(meta)),

@@ -124,6 +124,7 @@ def run_train(args):
         raise
     net = paper_net(args.input_size, num_classes=train_ds.num_classes, width=args.width, seed=args.seed,
                     dropout=args.dropout, class_names=train_ds.class_names)
+    net.class_wnids = list(train_ds.class_wnids) if all(train_ds.class_wnids) else None
     if args.init != "he":
         init_network(net, args.init, args.init_std, args.seed)
     net.to(device)

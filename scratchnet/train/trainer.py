@@ -223,6 +223,7 @@ class Trainer:
             epoch = st["epoch"]
             opt.lr = self.schedule(epoch)
             t_epoch = time.time()
+            self._epoch_start = (st["images"], st["seconds"])   # the rate shown is this epoch's, since (re)start
             window = []
             for x, y in self.loader.epoch_batches(epoch, start=st["batch"]):
                 t0 = time.time()
@@ -248,7 +249,7 @@ class Trainer:
                     self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
                                    lr=opt.lr, loss=float(np.mean(window))))
                     window = []
-                ips = st["images"] / max(st["seconds"], 1e-9)
+                ips = (st["images"] - self._epoch_start[0]) / max(st["seconds"] - self._epoch_start[1], 1e-9)
                 self.progress.update(
                     f"epoch {epoch + 1}/{c.epochs} {st['batch']}/{steps_per_epoch} loss {s['loss'] / s['seen']:.3f} "
                     f"acc {100 * s['correct'] / s['seen']:.1f}% lr {opt.lr:.2g} {ips:.0f} img/s "
@@ -267,7 +268,10 @@ class Trainer:
         if self.val is not None:
             row.update({f"val_{k}": v for k, v in
                         evaluate(self.net, *self.val, self.mean, c.scale, c.val_batch_size, self.device).items()})
-        row.update(seconds=st["seconds"], wall_seconds=wall, images_per_s=st["images"] / max(st["seconds"], 1e-9))
+        i0, s0 = getattr(self, "_epoch_start", (0, 0.0))
+        # images_per_s: the whole run's average; epoch_images_per_s: this epoch's (since a resume, if any)
+        row.update(seconds=st["seconds"], wall_seconds=wall, images_per_s=st["images"] / max(st["seconds"], 1e-9),
+                   epoch_images_per_s=(st["images"] - i0) / max(st["seconds"] - s0, 1e-9))
         st["history"].append(row)
         st["epoch"], st["batch"], st["sums"] = epoch + 1, 0, dict(loss=0.0, correct=0, seen=0)
         self._log(row)

@@ -88,6 +88,9 @@ def register(sub, ev_sub):
                    help="classes for the class models (default: the paper's figure 1 classes)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"class-model ascent steps (default {cm.DEFAULTS['steps']}, 10 with --quick)")
+    p.add_argument("--loc-photos", type=int, default=None,
+                   help="a network trained here on Tiny-ImageNet: val photos for its localisation error "
+                        "(default 2000, 50 with --quick)")
     add_device_arg(p)
     p.set_defaults(func=cmd_demo)
 
@@ -242,7 +245,7 @@ def cmd_compare_rules(args):
 def cmd_demo(args):
     from .report import demo
     s = demo(args.model, args.out, args.quick, args.photos, args.classes, device=args.device, steps=args.steps,
-             progress=sys.stderr)
+             progress=sys.stderr, loc_photos=args.loc_photos)
     _say(f"wrote {s['index']} ({s['images']} images, {s['seconds']:.0f} s)")
     _emit(dict(command="demo", index=s["index"], images=s["images"], seconds=s["seconds"],
                models={k: dict(saliency=v["saliency"], rules=dict(layers=v["rules"]["layers"],

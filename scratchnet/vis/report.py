@@ -35,6 +35,9 @@ from .saliency import map_image, saliency, ten_crop_saliency
 #: the classes of the paper's figure 1
 FIGURE1_CLASSES = ["goose", "ostrich", "Siberian husky", "dumbbell", "cup", "lemon", "bell pepper", "limousine"]
 
+#: for a network trained here on Tiny-ImageNet: the figure-1 classes it has, then a few distinctive ones
+OWN_DATA_CLASSES = FIGURE1_CLASSES + ["school bus", "banana", "jellyfish", "monarch", "pizza", "koala"]
+
 #: scikit-image sample photos shipped in its wheel: (title, loader name)
 SKIMAGE_PHOTOS = [("chelsea", "chelsea"), ("coffee", "coffee"), ("motorcycle", "stereo_motorcycle"),
                   ("rocket", "rocket"), ("astronaut", "astronaut")]
@@ -76,12 +79,35 @@ def sample_photos(n=None, shared_n=4):
     return out
 
 
+def own_data_photos(net, classes, per_class=1):
+    """Validation photos (with boxes, labels in the network's classes) of a network trained here on
+    Tiny-ImageNet: ``per_class`` of each class in ``classes``; None when this is not such a network or
+    ../shared/data/tiny-imagenet-200 is absent."""
+    root = shared_dir() / "data" / "tiny-imagenet-200"
+    if net.mean_image is None or not (root / "wnids.txt").is_file():
+        return None
+    from ..io.images import load_image
+    from ..localise.cli import boxes_dataset, matched_indices
+    ds = boxes_dataset(root)
+    try:
+        keep, targets = matched_indices(net, ds, progress=False)
+    except ValueError:
+        return None                                           # trained on other classes
+    out = []
+    for c in classes:
+        for i in [int(i) for i in keep if targets[i] == c][:per_class]:
+            out.append((ds.paths[i].stem, load_image(ds.paths[i]),
+                        {"source": "tiny-imagenet-val", "label": int(c), "boxes": ds.boxes[i].tolist()}))
+    return out or None
+
+
 def _fit(net, img, info):
     """Photo -> (x (1, C, h, w), pixels (h, w, 3), gt boxes in pixel coordinates or None).
 
-    imagenet-val-dev photos are already stretched to 227x227: resized to the input size, not cropped."""
+    imagenet-val-dev photos are already stretched to 227x227, Tiny-ImageNet ones are 64x64: resized to
+    the input size, not cropped."""
     h, w = net.input_shape[1:]
-    if info.get("source") == "imagenet-val-dev":
+    if info.get("source") in ("imagenet-val-dev", "tiny-imagenet-val"):
         H, W = img.shape[:2]
         pix = resize(img, (h, w))
         boxes = [[b[0] * w / W, b[1] * h / H, b[2] * w / W, b[3] * h / H] for b in info["boxes"]]
@@ -176,14 +202,27 @@ def class_model_settings(quick, steps=None):
     return s
 
 
+def default_classes(net, n):
+    """n classes to show: the paper's figure-1 classes (and for other class lists, a few distinctive
+    Tiny-ImageNet ones) that the network has, then its first classes."""
+    names = class_names(net)
+    key = {_norm(x): i for i, x in enumerate(names)}
+    idx = []
+    for c in (FIGURE1_CLASSES if len(names) == 1000 else OWN_DATA_CLASSES):
+        if _norm(c) in key and key[_norm(c)] not in idx:
+            idx.append(key[_norm(c)])
+    idx += [i for i in range(len(names)) if i not in idx]
+    return idx[:n]
+
+
+def _norm(s):
+    return " ".join(str(s).lower().replace("_", " ").split())
+
+
 def section_class_models(page, net, tag, quick, progress, classes=None, regularised=True, steps=None):
     names = class_names(net)
-    if classes is None:
-        if len(names) == 1000:
-            classes = FIGURE1_CLASSES[:3] if quick else FIGURE1_CLASSES
-        else:
-            classes = list(range(min(len(names), 3 if quick else 8)))
-    idx = [resolve_class(net, c) for c in classes]
+    idx = ([resolve_class(net, c) for c in classes] if classes is not None
+           else default_classes(net, 3 if quick else 8))
     page.add(f"<h3>Class models (figure 1)</h3>")
     variants = [("paper", class_model_settings(quick, steps))]
     if regularised and not quick:
@@ -351,6 +390,25 @@ def section_localisation(page, net, tag, shots, progress):
     return rows
 
 
+def section_localisation_error(page, net, tag, n, progress):
+    """Localisation error on n Tiny-ImageNet val photos (spread over the set) for a network trained here."""
+    from ..localise.cli import boxes_dataset, localisation_error, matched_indices
+    ds = boxes_dataset(shared_dir() / "data" / "tiny-imagenet-200")
+    keep, targets = matched_indices(net, ds, progress=False)
+    idx = [int(keep[i]) for i in np.unique(np.linspace(0, len(keep) - 1, min(n, len(keep))).astype(int))]
+    _say(progress, f"[{tag}] localisation error on {len(idx)} Tiny-ImageNet val photos")
+    res, _ = localisation_error(net, ds, idx, targets, model_key=tag, cache_root=".", cache=False)
+    page.add(f"<h4>Localisation error on {len(idx)} Tiny-ImageNet validation photos</h4>"
+             f"<p>Classification error: top-1 {res['top1_cls_error']:.3f}, top-5 {res['top5_cls_error']:.3f}. "
+             "A box is right when its class is among the guesses (top-1 / top-5) and it overlaps a true box "
+             "with IoU &ge; 0.5; GT-known assumes the class is known. All 10,000: <code>scratchnet evaluate "
+             "localisation --model MODEL.npz --data ../shared/data/tiny-imagenet-200</code>.</p>")
+    page.table(["method", "top-1 loc error", "top-5 loc error", "GT-known loc error"],
+               [[m, f"{r['top1_loc_error']:.3f}", f"{r['top5_loc_error']:.3f}", f"{r['gt_known_loc_error']:.3f}"]
+                for m, r in res["methods"].items()])
+    return res
+
+
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
@@ -367,12 +425,15 @@ def available_models():
 
 
 def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=None, device=None,
-         steps=None, progress=sys.stderr) -> dict:
+         steps=None, progress=sys.stderr, loc_photos=None) -> dict:
     """Write ``out/index.html`` and its PNGs; return a summary (also written to ``out/summary.json``).
 
     models: names or .npz paths (default: EfficientNet-Lite0, and SqueezeNet when its weights are found);
     photos: image paths (default: scikit-image samples + imagenet-val-dev when present); quick: fewer
-    steps, classes and photos (for CI on a tiny network); steps: class-model ascent steps."""
+    steps, classes and photos (for CI on a tiny network); steps: class-model ascent steps.
+    A network trained here on Tiny-ImageNet (it has a mean image) is shown on Tiny-ImageNet val photos of
+    its class-model classes, and its localisation error is measured on ``loc_photos`` val photos
+    (default 2000, 50 when quick) when ../shared/data/tiny-imagenet-200 is present."""
     from ..io.images import load_image
     from ..models import load
     out = Path(out)
@@ -398,9 +459,13 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
                  f"{net.num_classes} classes, preprocessing <code>{html.escape(json.dumps(net.preprocess))}</code></p>")
         s = dict(name=str(name))
         s["class_models"] = section_class_models(page, net, tag, quick, progress, classes, steps=steps)
-        shots_i, s["saliency"] = section_saliency(page, net, tag, shots, quick, progress)
+        own = None if photos else own_data_photos(net, s["class_models"][0]["classes"])
+        shots_i, s["saliency"] = section_saliency(page, net, tag, own or shots, quick, progress)
         s["rules"] = section_rules(page, net, tag, shots_i, quick, progress)
         s["localisation"] = section_localisation(page, net, tag, shots_i, progress)
+        if own:
+            s["localisation_error"] = section_localisation_error(
+                page, net, tag, loc_photos or (50 if quick else 2000), progress)
         s["seconds"] = time.time() - t0
         summary["models"][str(name)] = s
     summary["seconds"] = time.time() - t_all
