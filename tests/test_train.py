@@ -274,3 +274,17 @@ def test_short_run_on_tiny_imagenet_beats_chance(shared, tmp_path):
 
 
 EPOCHS = 3
+
+
+@pytest.mark.shared
+def test_val_from_train_holds_out_the_last_training_images(shared):
+    """The issue's 10-class recipe check: train on images 0-249 of each class, validate on 250-299."""
+    from scratchnet.train.cli import load_training_data
+    root = shared / "data" / "tiny-imagenet-200"
+    train, val = load_training_data(root, classes=2, val_from_train=250)
+    assert (len(train), len(val)) == (500, 100) and train.class_wnids == val.class_wnids
+    assert not {p.name for p in train.paths} & {p.name for p in val.paths}
+    assert max(int(p.stem.rsplit("_", 1)[1]) for p in train.paths) == 249
+    assert min(int(p.stem.rsplit("_", 1)[1]) for p in val.paths) == 250
+    with pytest.raises(ValueError, match="give one"):
+        load_training_data(root, val_path=root, classes=2, val_from_train=250)

@@ -30,6 +30,9 @@ def register(sub, ev_sub):
     p.add_argument("--width", type=float, default=1.0, help="scale of every hidden width (default 1.0)")
     p.add_argument("--classes", type=int, help="use only the first K classes")
     p.add_argument("--per-class", type=int, help="use only the first N training images of each class")
+    p.add_argument("--val-from-train", type=int, metavar="START",
+                   help="Tiny-ImageNet: validate on training images START.. of each class and train on images "
+                        "0..START-1 (e.g. --classes 10 --val-from-train 250: train 0-249, val 250-299)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
     p.add_argument("--lr-end", type=float, help="--schedule log: the last epoch's rate (default lr/100)")
@@ -59,9 +62,19 @@ def register(sub, ev_sub):
     p.set_defaults(func=run_train)
 
 
-def load_training_data(train_path, val_path=None, classes=None, per_class=None):
+def load_training_data(train_path, val_path=None, classes=None, per_class=None, val_from_train=None):
     """(train Dataset, val Dataset or None) in one label space."""
     train_path = Path(train_path)
+    if val_from_train is not None:
+        root = train_path if _is_tiny_root(train_path) else train_path.parent
+        if not (_is_tiny_root(root) and train_path.name != "val"):
+            raise ValueError(f"--val-from-train needs a Tiny-ImageNet root or its train/ folder, got {train_path}")
+        if val_path is not None:
+            raise ValueError("--val-from-train and --val both say where validation images come from; give one")
+        if val_from_train < 1 or (per_class is not None and per_class > val_from_train):
+            raise ValueError(f"--val-from-train {val_from_train}: expected >= 1 and >= --per-class ({per_class})")
+        ds = tiny_imagenet(root, "train", classes=classes, per_class=per_class or val_from_train)
+        return ds, tiny_imagenet(root, "train", classes=ds.class_wnids, start=val_from_train)
     ds = open_dataset_with(train_path, classes, per_class)
     val = None
     if val_path is not None:
@@ -110,7 +123,7 @@ def run_train(args):
     from .trainer import TrainConfig, Trainer, init_network
 
     device = resolve_device(args.device)
-    train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class)
+    train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class, args.val_from_train)
     print(f"train: {len(train_ds)} training images, {train_ds.num_classes} classes; "
           f"{len(val_ds) if val_ds is not None else 'no'} validation images", file=sys.stderr)
     if val_ds is None:
