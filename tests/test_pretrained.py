@@ -42,11 +42,11 @@ PHOTOS = {
 
 
 def _double(net):
-    """net in float64, batch-norm statistics included (Layer.astype casts params only)."""
+    """net in float64, batch-norm statistics included (Layer.astype casts them too)."""
     net.astype(np.float64)
     for _, layer in net.named_layers():
         if isinstance(layer, BatchNorm2d):
-            layer.stats = {k: np.asarray(v, np.float64) for k, v in layer.stats.items()}
+            assert all(v.dtype == np.float64 for v in layer.stats.values())
     return net
 
 

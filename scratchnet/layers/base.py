@@ -113,10 +113,14 @@ class Layer:
         """Hook for layers that hold device arrays other than params (e.g. masks)."""
 
     def astype(self, dtype):
-        """Cast parameters to ``dtype`` in place (float64 for gradient checks); returns self."""
+        """Cast parameters (and fixed statistics such as BatchNorm2d's mean/var) to ``dtype`` in place
+        (float64 for gradient checks); returns self."""
         for _, layer in self.named_layers():
             for k in list(layer.params):
                 layer.params[k] = layer.params[k].astype(dtype)
+            stats = getattr(layer, "stats", None)
+            for k in list(stats or {}):
+                stats[k] = stats[k].astype(dtype)
             layer.grads.clear()
         return self
 
