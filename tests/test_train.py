@@ -73,8 +73,14 @@ def test_schedules():
     assert [round(s(e), 6) for e in (0, 3, 6, 9)] == [1.0, 0.1, 0.01, 0.01]
     g = LogSchedule(1e-2, 1e-4, epochs=3)
     assert np.allclose([g(0), g(1), g(2)], [1e-2, 1e-3, 1e-4])
-    with pytest.raises(ValueError, match="step' or 'log"):
+    with pytest.raises(ValueError, match="'step', 'log' or 'piecewise'"):
         make_schedule("cosine", 0.1, 5)
+    p = make_schedule("piecewise", 0.01, 12, points=["1:0.01", "8:0.001", "10:0.01", "12:0.001"])
+    assert [p(e) for e in range(12)] == [0.01] * 7 + [0.001] * 2 + [0.01] * 2 + [0.001]   # epochs 1..12
+    with pytest.raises(ValueError, match="first point must be epoch 1"):
+        make_schedule("piecewise", 0.01, 5, points=["2:0.01"])
+    with pytest.raises(ValueError, match="EPOCH:LR"):
+        make_schedule("piecewise", 0.01, 5, points=["1=0.01"])
 
 
 def test_gaussian_init_option():
@@ -229,8 +235,10 @@ def test_a_trained_network_records_its_class_wnids_and_names(tmp_path, capsys):
             write_jpeg(tmp_path / "data" / w / f"{i}.jpg", colour)
     assert cli_main(["train", "--data", str(tmp_path / "data"), "--input-size", "32", "--width", "0.0625",
                      "--epochs", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
-                     "--out", str(tmp_path / "run")]) == 0
+                     "--schedule", "piecewise", "--lr-points", "1:0.003", "--out", str(tmp_path / "run")]) == 0
     capsys.readouterr()
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["lr"] for r in rows if "lr" in r} == {0.003}
     net = load(tmp_path / "run" / "model.npz")
     assert net.class_wnids == ["n01443537", "n07749582"]
     from scratchnet.models.cli import network_wnids

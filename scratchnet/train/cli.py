@@ -36,9 +36,14 @@ def register(sub, ev_sub):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
     p.add_argument("--lr-end", type=float, help="--schedule log: the last epoch's rate (default lr/100)")
-    p.add_argument("--schedule", default="step", choices=["step", "log"],
-                   help="step: x0.1 for the last quarter (or at --milestones); log: geometric lr -> lr-end")
-    p.add_argument("--milestones", type=int, nargs="*", help="--schedule step: epochs where lr drops x0.1")
+    p.add_argument("--schedule", default="step", choices=["step", "log", "piecewise"],
+                   help="step: x0.1 for the last quarter (or at --milestones); log: geometric lr -> lr-end; "
+                        "piecewise: the rates of --lr-points")
+    p.add_argument("--milestones", type=int, nargs="*",
+                   help="--schedule step: lr x0.1 from each of these epochs on, counted from 0 (35: epochs 36.. "
+                        "as printed)")
+    p.add_argument("--lr-points", nargs="+", metavar="EPOCH:LR",
+                   help="--schedule piecewise: rate LR from printed epoch EPOCH on, e.g. 1:0.01 8:0.001 10:0.01")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights only, not biases (default 5e-4)")
@@ -142,7 +147,8 @@ def run_train(args):
         init_network(net, args.init, args.init_std, args.seed)
     net.to(device)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                         milestones=args.milestones, lr_end=args.lr_end, momentum=args.momentum,
+                         milestones=args.milestones, lr_end=args.lr_end, lr_points=args.lr_points,
+                         momentum=args.momentum,
                          weight_decay=args.weight_decay, seed=args.seed, crop_pad=0 if args.no_crop else 4,
                          flip=not args.no_flip, jitter=args.jitter, scale=args.scale,
                          extra=dict(data=str(args.data), val=args.val, arch=args.arch, input_size=args.input_size,

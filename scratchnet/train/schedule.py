@@ -4,6 +4,8 @@
            lr(e) = lr0 * gamma ** (number of milestones <= e)
     log  : geometric from lr0 (first epoch) to lr1 (last epoch), like MatConvNet's logspace
            lr(e) = lr0 * (lr1 / lr0) ** (e / (epochs - 1))
+    piecewise : given rates from given epochs on, e.g. {1: 0.01, 8: 0.001, 10: 0.01} (epochs counted from 1,
+           as printed): how a run that was continued with changed schedules is written as one command
 """
 from __future__ import annotations
 
@@ -42,10 +44,40 @@ class LogSchedule:
         return dict(kind="log", lr0=self.lr0, lr1=self.lr1)
 
 
-def make_schedule(kind, lr0, epochs, lr1=None, milestones=None):
-    """'step' or 'log'; for 'log' lr1 defaults to lr0 / 100."""
+class PiecewiseSchedule:
+    def __init__(self, points):
+        """points: {first epoch (counted from 1): lr} or "E:LR" strings; must start at epoch 1."""
+        if not isinstance(points, dict):
+            points = dict(_parse_point(p) for p in points)
+        self.points = {int(e): float(v) for e, v in sorted(points.items())}
+        if not self.points or min(self.points) != 1:
+            raise ValueError(f"piecewise schedule: the first point must be epoch 1, got {sorted(self.points)}")
+        if any(v <= 0 for v in self.points.values()):
+            raise ValueError(f"piecewise schedule: rates must be > 0, got {self.points}")
+
+    def __call__(self, epoch):
+        return [v for e, v in self.points.items() if e <= epoch + 1][-1]
+
+    def describe(self):
+        return dict(kind="piecewise", points={str(e): v for e, v in self.points.items()})
+
+
+def _parse_point(text):
+    try:
+        e, v = str(text).split(":")
+        return int(e), float(v)
+    except ValueError:
+        raise ValueError(f"piecewise schedule: expected EPOCH:LR (e.g. 8:0.001), got {text!r}") from None
+
+
+def make_schedule(kind, lr0, epochs, lr1=None, milestones=None, points=None):
+    """'step', 'log' (lr1 defaults to lr0 / 100) or 'piecewise' (``points``)."""
+    if kind == "piecewise":
+        if not points:
+            raise ValueError("the piecewise schedule needs its points (--lr-points 1:0.01 8:0.001 ...)")
+        return PiecewiseSchedule(points)
     if kind == "step":
         return StepSchedule(lr0, epochs, milestones)
     if kind == "log":
         return LogSchedule(lr0, lr1 if lr1 is not None else lr0 / 100, epochs)
-    raise ValueError(f"unknown learning-rate schedule {kind!r}; expected 'step' or 'log'")
+    raise ValueError(f"unknown learning-rate schedule {kind!r}; expected 'step', 'log' or 'piecewise'")

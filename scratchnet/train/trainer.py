@@ -62,6 +62,7 @@ class TrainConfig:
     schedule: str = "step"           # "step" (x0.1 at milestones) or "log" (geometric lr -> lr_end)
     milestones: list | None = None   # step: epochs where lr drops; default the last quarter
     lr_end: float | None = None      # log: the last epoch's rate (default lr / 100)
+    lr_points: list | None = None    # piecewise: ["1:0.01", "8:0.001", ...] (first epoch counted from 1 : rate)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
@@ -161,7 +162,7 @@ class Trainer:
         self.loader = BatchLoader(self.train_images, self.train_labels, c.batch_size, shuffle=True, seed=c.seed,
                                   augment=augment, mean=self.mean, scale=c.scale, prefetch=c.prefetch)
         self.optimiser = SGD(net, c.lr, c.momentum, c.weight_decay)
-        self.schedule = make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones)
+        self.schedule = make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones, c.lr_points)
         self.state = dict(epoch=0, batch=0, step=0, seconds=0.0, images=0,
                           sums=dict(loss=0.0, correct=0, seen=0), history=[])
         self._stop_requested = False
