@@ -21,29 +21,22 @@ import sys
 import time
 
 
-# Thread settings (scratchnet/threads.py): OpenBLAS reads its timeout when NumPy loads, so it is set
-# here, before PyTorch imports NumPy; PyTorch is imported before scratchnet so that PyTorch's own
-# OpenMP pool keeps its default (spinning) wait policy, while Numba's pool gets scratchnet's
-# "passive". Each engine runs with the settings that suit it.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-try:
-    import torch
-except ImportError:
-    torch = None
-import scratchnet  # noqa: E402,F401
-from scratchnet.threads import DEFAULTS as THREAD_VARS  # noqa: E402
-import numpy as np
-
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import alternating, import_peer_then_scratchnet, median_ratio  # noqa: E402
+
+torch = import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
+
+import numpy as np  # noqa: E402
+
+from scratchnet.threads import DEFAULTS as THREAD_VARS  # noqa: E402
 from torch_twin import to_torch  # noqa: E402  (the PyTorch twin shared by the benches)
 from scratchnet.vis.saliency import class_gradient, saliency_from_gradient
 
 
 def torch_saliency(tnet, x):
     """The same saliency pass in PyTorch: x (N, C, H, W) tensor -> maps (N, H, W), top-1 classes."""
-    import torch
     x = x.detach().requires_grad_(True)
     scores = tnet(x)
     top = scores.argmax(1)
@@ -68,16 +61,6 @@ def once(fn):
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def interleaved(fa, fb, repeats):
-    """Time fa and fb alternately after a warm-up of each: (times_a, times_b) lists of seconds."""
-    fa(), fb()
-    ta, tb = [], []
-    for _ in range(repeats):
-        ta.append(once(fa))
-        tb.append(once(fb))
-    return ta, tb
 
 
 def build(name):
@@ -118,11 +101,11 @@ def main(argv=None):
         same = bool((c_t.numpy() == c_ours).all())
         err = float(np.abs(m_t.numpy() - m_ours).max() / max(np.abs(m_t.numpy()).max(), 1e-30))
         print(f"{name}: timing scratchnet and PyTorch alternately ...", file=sys.stderr, flush=True)
-        ta, tb = interleaved(lambda: ours_saliency(net, x), lambda: torch_saliency(tnet, xt), args.repeats)
+        ta, tb = alternating(lambda: ours_saliency(net, x), lambda: torch_saliency(tnet, xt), args.repeats)
         ratios = sorted(a / b for a, b in zip(ta, tb))
         row = dict(model=name, batch=args.batch, scratchnet_s=min(ta), scratchnet_img_s=args.batch / min(ta),
                    torch_s=min(tb), torch_img_s=args.batch / min(tb),
-                   ratio_vs_torch=float(np.median(ratios)), ratio_range=[ratios[0], ratios[-1]],
+                   ratio_vs_torch=median_ratio(ta, tb), ratio_range=[ratios[0], ratios[-1]],
                    same_top1=same, max_map_rel_diff=err)
         rows.append(row)
     print(f"\nsaliency, batch {args.batch}, {args.repeats} alternating timings, CPU ({os.cpu_count()} cores, "

@@ -7,7 +7,8 @@ cross-entropy, backward with weight gradients and no image gradient, SGD momentu
 update) for scratchnet and, where torch is importable, for the same network in PyTorch with
 torch.set_num_threads(threads) (median of --steps timed steps after one warm-up step each).
 Then a per-layer profile of our step (forward / backward seconds and share of the step) for
-the first width.  The ratio ours/theirs is the figure to read: this machine is shared and noisy.
+the first width.  The figure to read is our time / theirs, the median over alternating pairs of steps
+(bench/timing.py): this machine is shared and noisy.
 The last line of stdout is one JSON object with every number.
 """
 from __future__ import annotations
@@ -19,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-
-import scratchnet  # noqa: F401  first: its thread settings must precede NumPy's OpenBLAS (scratchnet/threads.py)
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import median_time  # noqa: E402
-from torch_twin import to_torch, torch_available  # noqa: E402
+from timing import alternating, import_peer_then_scratchnet, median_ratio  # noqa: E402
+
+torch = import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
+
+import numpy as np  # noqa: E402
+
+from torch_twin import to_torch  # noqa: E402
 
 from scratchnet.layers import softmax_cross_entropy  # noqa: E402
 from scratchnet.models import paper_net  # noqa: E402
@@ -82,9 +84,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 3, 64, 64)).astype(np.float32)
     y = rng.integers(0, args.classes, args.batch).astype(np.int64)
-    have_torch = torch_available()
+    have_torch = torch is not None
     if have_torch:
-        import torch
         torch.set_num_threads(args.threads)
     print(f"batch {args.batch}, 64x64, {args.classes} classes; OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, torch threads {args.threads if have_torch else '-'}; "
@@ -93,16 +94,21 @@ def main(argv=None):
     for w in args.widths:
         net = paper_net(64, args.classes, width=w, seed=0)
         opt = SGD(net, lr=0.01)
-        ours = args.batch / median_time(lambda: our_step(net, opt, x, y), repeats=args.steps, warmup=1)
-        row = dict(width=w, ours_img_s=round(ours, 1))
+        mine = lambda: our_step(net, opt, x, y)  # noqa: E731
         if have_torch:
-            theirs = args.batch / median_time(torch_step_fn(paper_net(64, args.classes, width=w, seed=0), x, y),
-                                              repeats=args.steps, warmup=1)
-            row.update(torch_img_s=round(theirs, 1), ours_over_torch=round(ours / theirs, 2))
+            ta, tb = alternating(mine, torch_step_fn(paper_net(64, args.classes, width=w, seed=0), x, y),
+                                 repeats=args.steps, warmup=1)
+            ours, theirs = args.batch / min(ta), args.batch / min(tb)
+            row = dict(width=w, ours_img_s=round(ours, 1), torch_img_s=round(theirs, 1),
+                       our_time_over_theirs=round(median_ratio(ta, tb), 2))
+        else:
+            ta, _ = alternating(mine, lambda: None, repeats=args.steps, warmup=1)
+            row = dict(width=w, ours_img_s=round(args.batch / min(ta), 1))
         results[str(w)] = row
-        print(f"width {w}: ours {ours:.1f} img/s" + (f", PyTorch {row['torch_img_s']:.1f} img/s, ours/theirs "
-                                                     f"{row['ours_over_torch']:.2f}" if have_torch else
-                                                     " (PyTorch not installed)"), file=sys.stderr)
+        print(f"width {w}: ours {row['ours_img_s']:.1f} img/s" + (
+            f", PyTorch {row['torch_img_s']:.1f} img/s, our time / theirs {row['our_time_over_theirs']:.2f} "
+            f"(median of {args.steps} alternating pairs)" if have_torch else " (PyTorch not installed)"),
+            file=sys.stderr)
 
     net = paper_net(64, args.classes, width=args.widths[0], seed=0)
     our_step(net, SGD(net, lr=0.01), x, y)                     # warm-up (Numba compilation, buffers)
