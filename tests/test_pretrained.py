@@ -283,7 +283,9 @@ def test_evaluate_maps_labels_of_a_subset_network_by_wnid(tmp_path, capsys):
     assert main(["evaluate", "classification", "--model", str(path), "--data", str(tmp_path / "data")]) == 0
     out = _last_json(capsys)
     assert out["images"] == 2 and out["top1"] == 1.0 and out["unmatched_images"] == 1
-    assert out["matched_by"] == "wnid"
+    assert out["matched_by"] == "wnid" and out["flip"] is False
+    assert main(["evaluate", "classification", "--model", str(path), "--data", str(tmp_path / "data"), "--flip"]) == 0
+    assert _last_json(capsys)["top1"] == 1.0                   # mirrored solid colours score the same
 
 
 def test_cli_info_counts_parameters(capsys):

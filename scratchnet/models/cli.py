@@ -41,6 +41,8 @@ def register(sub, ev_sub):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)
+    p.add_argument("--flip", action="store_true",
+                   help="average the scores of each input and its mirror image (default: the single view)")
     add_device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -171,7 +173,10 @@ def cmd_evaluate(args):
                 print(f"\nevaluate: skipping unreadable file: {e}", file=sys.stderr)
         if not imgs:
             continue
-        scores = to_numpy(net.forward(prepare(net, imgs, mode=args.mode)))
+        x = prepare(net, imgs, mode=args.mode)
+        scores = to_numpy(net.forward(x))
+        if args.flip:                                   # the mirror image's scores, averaged in
+            scores = (scores + to_numpy(net.forward(x[..., ::-1].copy()))) / 2
         ys = np.asarray(ys)
         top = np.argsort(-scores, axis=1)[:, :5]
         top1 += int((top[:, 0] == ys).sum())
@@ -183,7 +188,8 @@ def cmd_evaluate(args):
     if done == 0:
         raise ValueError(f"no readable images among the {len(idx)} selected in {args.data}")
     result = dict(command="evaluate classification", model=str(args.model), data=str(args.data), mode=args.mode,
-                  images=done, top1=top1 / done, top5=top5 / done, seconds=round(time.time() - t0, 2),
+                  flip=args.flip, images=done, top1=top1 / done, top5=top5 / done,
+                  seconds=round(time.time() - t0, 2),
                   matched_by=how, unmatched_images=int((~matched).sum()), skipped_unreadable=skipped)
     print(json.dumps(result))
     return 0
