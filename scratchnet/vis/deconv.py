@@ -252,8 +252,9 @@ def reference_backward(net, x, layer, dy, rule="gradient"):
     (first maximum in row-major window order wins, like the kernels), its own ReLU masks.
     Backward: a convolution's transpose accumulated kernel offset by kernel offset (col2im by hand),
     unpooling to the switches, and the rule at each ReLU. Float64 NumPy, for small checks.
-    Supports Conv2d (any stride/padding/groups), ReLU, ReLU6, MaxPool2d, GlobalAvgPool, Flatten,
-    Linear, Dropout (inference), BatchNorm2d, and Sequential / Concat / Residual containers.
+    Supports Conv2d (any stride/padding/groups), ReLU, ReLU6, MaxPool2d, LocalResponseNorm (its
+    Jacobian summed output channel by output channel), GlobalAvgPool, Flatten, Linear, Dropout
+    (inference), BatchNorm2d, and Sequential / Concat / Residual containers.
     """
     rule = Rule.parse(rule)
     x = to_numpy(x).astype(np.float64)
@@ -271,7 +272,7 @@ def reference_check(net, x, layer, neuron="max") -> dict:
     """Engine vs ``reference_backward`` for the three rules: {rule: max |a - b| / max |b|}.
 
     x (1, C, H, W); the strongest neuron of ``layer`` (or ``neuron``). Raises NotImplementedError for
-    a network with a layer the reference does not know (e.g. LRN)."""
+    a network with a layer the reference does not know."""
     x = on_net_device(net, to_numpy(x)[:1])
     act = forward_to(net, x, layer)
     seed = neuron_seed(act, pick_neuron(act, neuron, saturation(net, layer)))
@@ -289,8 +290,8 @@ def _p(layer, key):
 
 
 def _ref_forward(layer, x):
-    from ..layers import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d,
-                          ReLU, Residual, Sequential)
+    from ..layers import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear,
+                          LocalResponseNorm, MaxPool2d, ReLU, Residual, Sequential)
     if isinstance(layer, Sequential):
         tapes = []
         for _, lay in layer.layers:
@@ -347,6 +348,12 @@ def _ref_forward(layer, x):
                 best = np.where(better, v, best)
                 switch = np.where(better, (rows + i - t) * w + (cols + j - l), switch)
         return best, (x.shape, switch)
+    if isinstance(layer, LocalResponseNorm):
+        s = np.empty_like(x)                     # s[c] = k + alpha * sum of x^2 over window(c)
+        for c in range(x.shape[1]):
+            a, b = _lrn_window(c, layer.size, x.shape[1])
+            s[:, c] = layer.k + layer.alpha * (x[:, a:b] ** 2).sum(axis=1)
+        return x * s ** -layer.beta, (x, s)
     if isinstance(layer, GlobalAvgPool):
         return x.mean(axis=(2, 3)), x.shape
     if isinstance(layer, Flatten):
@@ -365,6 +372,11 @@ def _ref_forward(layer, x):
                               f"({layer.label()})")
 
 
+def _lrn_window(c, size, channels):
+    """The channels c - size//2 .. c + (size-1)//2 that LRN sums for channel c, clipped: [a, b)."""
+    return max(0, c - size // 2), min(channels, c + (size - 1) // 2 + 1)
+
+
 def _relu_rule(dy, x, upper, rule):
     """The three rules from their definitions (section 5 of the paper)."""
     inside = (x > 0) & (x < upper)
@@ -376,8 +388,8 @@ def _relu_rule(dy, x, upper, rule):
 
 
 def _ref_backward(layer, tape, dy, rule):
-    from ..layers import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d,
-                          ReLU, Residual, Sequential)
+    from ..layers import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear,
+                          LocalResponseNorm, MaxPool2d, ReLU, Residual, Sequential)
     if isinstance(layer, Sequential):
         for (_, lay), t in reversed(list(zip(layer.layers, tape))):
             dy = _ref_backward(lay, t, dy, rule)
@@ -414,6 +426,16 @@ def _ref_backward(layer, tape, dy, rule):
         rows = np.repeat(np.arange(n * c), switch[0, 0].size)
         np.add.at(dx, (rows, switch.reshape(-1)), dy.reshape(-1))    # unpooling to the switches
         return dx.reshape(n, c, h, w)
+    if isinstance(layer, LocalResponseNorm):
+        # y[c'] = x[c'] s[c']^-beta, so dy[c']/dx[c] = [c = c'] s[c']^-beta
+        #                                         - 2 alpha beta x[c'] x[c] s[c']^(-beta-1) [c in window(c')]
+        x, s = tape
+        dx = dy * s ** -layer.beta
+        for cp in range(x.shape[1]):
+            a, b = _lrn_window(cp, layer.size, x.shape[1])
+            g = dy[:, cp] * x[:, cp] * s[:, cp] ** (-layer.beta - 1)
+            dx[:, a:b] -= 2 * layer.alpha * layer.beta * x[:, a:b] * g[:, None]
+        return dx
     if isinstance(layer, GlobalAvgPool):
         n, c, h, w = tape
         return np.broadcast_to(dy[:, :, None, None] / (h * w), tape).copy()
