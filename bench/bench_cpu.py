@@ -20,17 +20,18 @@ import os
 import sys
 from pathlib import Path
 
-
-import scratchnet  # noqa: F401  first: its thread settings must precede NumPy's OpenBLAS (scratchnet/threads.py)
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import gemm_gflops, median_time  # noqa: E402
+from timing import gemm_gflops, import_peer_then_scratchnet, median_time  # noqa: E402
+
+import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
+
+import numpy as np  # noqa: E402
+
 from torch_twin import to_torch, torch_available  # noqa: E402
 
 import scratchnet as sn  # noqa: E402
 from scratchnet import kernels  # noqa: E402
-from scratchnet.layers import Conv2d, Linear  # noqa: E402
+
 from scratchnet.layers.pool import maxpool_numpy  # noqa: E402
 
 

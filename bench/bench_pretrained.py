@@ -27,12 +27,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-
-import scratchnet  # noqa: F401  first: its thread settings must precede NumPy's OpenBLAS (scratchnet/threads.py)
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import import_peer_then_scratchnet  # noqa: E402
+
+import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
+
+import numpy as np  # noqa: E402
 
 from scratchnet.layers import Concat, Conv2d, Residual, Sequential  # noqa: E402
 from torch_twin import to_torch  # noqa: E402  (the PyTorch twin shared by the benches)

@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternating, import_peer_then_scratchnet, median_ratio  # noqa: E402
+from timing import alternating, import_peer_then_scratchnet, median_ratio, median_time  # noqa: E402
 
 torch = import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -47,20 +46,6 @@ def torch_saliency(tnet, x):
 def ours_saliency(net, x):
     grad, cls, _ = class_gradient(net, x, None, "gradient")
     return saliency_from_gradient(grad), cls
-
-
-def timeit(fn, repeats):
-    fn()                                   # warm-up (Numba compilation, allocator)
-    best = float("inf")
-    for _ in range(repeats):
-        best = min(best, once(fn))
-    return best
-
-
-def once(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def build(name):
@@ -89,7 +74,7 @@ def main(argv=None):
              if net.preprocess else rng.standard_normal((args.batch,) + net.input_shape)).astype(np.float32)
         if torch is None:
             print(f"{name}: timing scratchnet ...", file=sys.stderr, flush=True)
-            ours = timeit(lambda: ours_saliency(net, x), args.repeats)
+            ours = median_time(lambda: ours_saliency(net, x), args.repeats)
             rows.append(dict(model=name, batch=args.batch, scratchnet_s=ours, scratchnet_img_s=args.batch / ours))
             continue
         tnet = to_torch(net).eval()

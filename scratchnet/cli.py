@@ -36,6 +36,14 @@ def emit_json(obj):
     print(json.dumps(obj, default=json_default), flush=True)
 
 
+def add_model_arg(p, default=None):
+    """--model: a network name or a saved .npz; required when there is no default."""
+    if default is None:
+        p.add_argument("--model", required=True, help="squeezenet1_0, efficientnet_lite0 or a saved network (.npz)")
+    else:
+        p.add_argument("--model", default=default, help="network name or .npz path (default %(default)s)")
+
+
 def add_device_arg(p):
     p.add_argument("--device", default=None, choices=["cpu", "gpu"],
                    help="where to compute (default: $SCRATCHNET_DEVICE, else cpu)")

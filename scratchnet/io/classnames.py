@@ -76,7 +76,8 @@ def imagenet_class_names() -> list[str]:
     return list(_names())
 
 
-def _norm(s: str) -> str:
+def normalise_name(s: str) -> str:
+    """Class names compared loosely: case, "_" and runs of spaces ignored."""
     return " ".join(s.replace("_", " ").lower().split())
 
 
@@ -102,10 +103,10 @@ def class_index(key, names=None, wnids=None) -> int:
         return class_index(int(key), names, wnids)
     if key in wnids:
         return wnids.index(key)
-    normed = [_norm(s) for s in names]
-    if _norm(key) in normed:
-        return normed.index(_norm(key))
-    close = difflib.get_close_matches(_norm(key), normed, n=5, cutoff=0.6)
+    normed = [normalise_name(s) for s in names]
+    if normalise_name(key) in normed:
+        return normed.index(normalise_name(key))
+    close = difflib.get_close_matches(normalise_name(key), normed, n=5, cutoff=0.6)
     close += difflib.get_close_matches(key, wnids, n=3, cutoff=0.8)
     hint = f"; close matches: {', '.join(repr(names[normed.index(c)]) if c in normed else repr(c) for c in close)}" \
         if close else ""

@@ -36,12 +36,12 @@ DEFAULT_MODEL = "squeezenet1_0"
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg
+    from ..cli import add_device_arg, add_model_arg
 
     p = sub.add_parser("localise", help="weakly supervised localisation of the top-1 (or a given) class "
                                         "in photos: saliency -> graph cut -> box (paper section 6)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--class", dest="cls", default=None,
                    help="class to localise: index, wnid or name (default: each photo's top-1)")
     p.add_argument("--out", default="localise-out", help="output folder (default %(default)s)")
@@ -52,7 +52,7 @@ def register(sub, ev_sub):
     p = ev_sub.add_parser("localisation", help="ILSVRC top-1/top-5/GT-known localisation error of graph cut "
                                                "and of the whole-image, centre-box and saliency-threshold "
                                                "baselines on photos with boxes (imagenet-val-dev, Tiny-ImageNet)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--data", required=True, help="photos with boxes: an imagenet-val-dev folder (images/ and "
                    "boxes.csv), or Tiny-ImageNet (its root = its val split, or its val/ or train/ folder)")
     _subset_args(p)
@@ -75,7 +75,7 @@ def register(sub, ev_sub):
     p = ev_sub.add_parser("segmentation", help="mean mask IoU against Oxford-IIIT Pet trimaps of graph-cut "
                                                "masks seeded by the top-1 class's saliency, and of the "
                                                "thresholded-saliency and whole-image baselines")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--data", required=True, help="oxford-pets-dev folder (images/ and trimaps/)")
     _subset_args(p)
     _segment_args(p)
@@ -224,7 +224,6 @@ def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
 
 def cmd_localise(args):
     from ..io.images import load_image, overlay, save_png
-    from ..vis.saliency import map_image
     from .network import draw_result, localise_image
     net = _load_net(args)
     kw = segment_kwargs(args)
@@ -270,20 +269,6 @@ def boxes_dataset(path):
     return ds
 
 
-def matched_indices(net, ds, progress=True):
-    """(indices of the photos whose class the network has, their labels in the network's class space)."""
-    from ..models.cli import label_map
-    mapping, how = label_map(net, ds)
-    targets = mapping[ds.labels]
-    keep = np.flatnonzero(targets >= 0)
-    if len(keep) == 0:
-        raise ValueError(f"none of the data set's {ds.num_classes} classes is one of the network's "
-                         f"{net.num_classes} classes (matched by {how}); is this the right model?")
-    if progress and len(keep) < len(ds):
-        _say(f"{len(ds) - len(keep)} photos of classes the network does not have are left out (matched by {how})")
-    return keep, targets
-
-
 def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cache=True, ten_crop=False,
                        rule="gradient", segment_kw=None, batch_size=8, all_maps=False, centre_fraction=None,
                        threshold_fraction=None, details=False):
@@ -314,10 +299,11 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
 
 
 def cmd_evaluate_localisation(args):
+    from ..models.cli import matched_images
     from ..vis.display import class_names
     ds = boxes_dataset(args.data)
     net = _load_net(args)
-    keep, targets = matched_indices(net, ds)
+    keep, targets, _ = matched_images(net, ds, "evaluate localisation", str(args.data))
     idx = [int(keep[i]) for i in _subset(len(keep), args)]
     kw = segment_kwargs(args)
     res, records = localisation_error(

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from ..backend import to_numpy
+from ..io.classnames import normalise_name
 
 MODE_HELP = ("how a photo becomes the network input: 'crop' resizes the shorter side to the network's "
              "preprocess['resize'] and takes the centre crop (the standard evaluation); 'stretch' resizes "
@@ -23,18 +24,18 @@ MODE_HELP = ("how a photo becomes the network input: 'crop' resizes the shorter 
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg
+    from ..cli import add_device_arg, add_model_arg
 
     p = sub.add_parser("classify", help="top-k classes of photos (softmax probabilities and raw scores)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--model", required=True, help="squeezenet1_0, efficientnet_lite0 or a saved network (.npz)")
+    add_model_arg(p)
     p.add_argument("--topk", type=int, default=5, help="how many classes to list (default 5)")
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)
     add_device_arg(p)
     p.set_defaults(func=cmd_classify)
 
     p = ev_sub.add_parser("classification", help="top-1 / top-5 accuracy on a labelled image folder")
-    p.add_argument("--model", required=True, help="squeezenet1_0, efficientnet_lite0 or a saved network (.npz)")
+    add_model_arg(p)
     p.add_argument("--data", required=True,
                    help="imagenet-val-dev (images/ + boxes.csv), Tiny-ImageNet (root, train/ or val/) or an "
                         "ImageFolder (<root>/<class wnid or name>/<image>)")
@@ -47,7 +48,7 @@ def register(sub, ev_sub):
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="layers, output shapes, parameter counts and GFLOP of a network")
-    p.add_argument("--model", required=True, help="squeezenet1_0, efficientnet_lite0 or a saved network (.npz)")
+    add_model_arg(p)
     p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the network's)")
     add_device_arg(p)
     p.set_defaults(func=cmd_info)
@@ -98,10 +99,6 @@ def cmd_classify(args):
 # ---------------------------------------------------------------------------------------------
 # evaluate classification
 # ---------------------------------------------------------------------------------------------
-def _norm(s):
-    return " ".join(str(s).replace("_", " ").lower().split())
-
-
 def network_wnids(net):
     """The network's class wnids (list of K) when known: recorded in ``net.arch["class_wnids"]``, or the
     ImageNet-1k order for a 1000-class network named with the ImageNet class names; else None."""
@@ -125,12 +122,32 @@ def label_map(net, dataset):
         index = {w: i for i, w in enumerate(net_wnids)}
         return np.array([index.get(w, -1) if w else -1 for w in dataset.class_wnids], np.int64), "wnid"
     if net.class_names:
-        index = {_norm(n): i for i, n in enumerate(net.class_names)}
-        return np.array([index.get(_norm(n), -1) for n in dataset.class_names], np.int64), "name"
+        index = {normalise_name(n): i for i, n in enumerate(net.class_names)}
+        return np.array([index.get(normalise_name(n), -1) for n in dataset.class_names], np.int64), "name"
     if c == net.num_classes:
         return np.arange(c, dtype=np.int64), "identity"
     raise ValueError(f"cannot match the data set's {c} classes to the network's {net.num_classes}: the network "
                      f"records neither class wnids nor class names")
+
+
+def matched_images(net, ds, who="evaluate", where="this data set", quiet=False):
+    """The images of ``ds`` whose class the network has: (indices, targets, how), targets (N,) being each
+    image's class in the network's outputs (-1 where it has none) and how the classes were matched.
+    Raises when no image is left; says on stderr (unless quiet) which classes are left out."""
+    mapping, how = label_map(net, ds)
+    targets = mapping[ds.labels]
+    keep = np.flatnonzero(targets >= 0)
+    if len(keep) == 0:
+        shown = ", ".join(f"{w or '-'} {n!r}" for w, n in list(zip(ds.class_wnids, ds.class_names))[:3])
+        raise ValueError(f"none of the data set's {ds.num_classes} classes ({shown}, ...) is one of the network's "
+                         f"{net.num_classes} classes (matched by {how}); is this the right model for {where}?")
+    unmatched_classes = int((mapping < 0).sum())
+    if unmatched_classes and not quiet:
+        missing = [ds.class_names[i] for i in np.flatnonzero(mapping < 0)[:5]]
+        print(f"{who}: {unmatched_classes} of the data set's {ds.num_classes} classes are not among the "
+              f"network's classes (matched by {how}; e.g. {missing}); their {len(ds) - len(keep)} images "
+              f"are left out", file=sys.stderr)
+    return keep, targets, how
 
 
 def cmd_evaluate(args):
@@ -141,20 +158,8 @@ def cmd_evaluate(args):
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     net = _load(args)
     ds = open_dataset(args.data)
-    mapping, how = label_map(net, ds)
-    targets = mapping[ds.labels]
-    matched = targets >= 0
-    if not matched.any():
-        shown = ", ".join(f"{w or '-'} {n!r}" for w, n in list(zip(ds.class_wnids, ds.class_names))[:3])
-        raise ValueError(f"none of the data set's {ds.num_classes} classes ({shown}, ...) is one of the network's "
-                         f"{net.num_classes} classes (matched by {how}); is this the right model for {args.data}?")
-    unmatched_classes = int((mapping < 0).sum())
-    if unmatched_classes:
-        missing = [ds.class_names[i] for i in np.flatnonzero(mapping < 0)[:5]]
-        print(f"evaluate: {unmatched_classes} of the data set's {ds.num_classes} classes are not among the "
-              f"network's classes (matched by {how}; e.g. {missing}); their {int((~matched).sum())} images "
-              f"are left out", file=sys.stderr)
-    idx = np.flatnonzero(matched)
+    keep, targets, how = matched_images(net, ds, "evaluate", str(args.data))
+    idx = keep
     if args.limit is not None:
         idx = idx[:max(0, args.limit)]
     if len(idx) == 0:
@@ -190,7 +195,7 @@ def cmd_evaluate(args):
     result = dict(command="evaluate classification", model=str(args.model), data=str(args.data), mode=args.mode,
                   flip=args.flip, images=done, top1=top1 / done, top5=top5 / done,
                   seconds=round(time.time() - t0, 2),
-                  matched_by=how, unmatched_images=int((~matched).sum()), skipped_unreadable=skipped)
+                  matched_by=how, unmatched_images=len(ds) - len(keep), skipped_unreadable=skipped)
     print(json.dumps(result))
     return 0
 

@@ -16,12 +16,12 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg
+    from ..cli import add_device_arg, add_model_arg
     from . import classmodel as cm
 
     p = sub.add_parser("saliency", help="image-specific class saliency maps (paper section 3)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--class", dest="cls", default=None,
                    help="target class: index, wnid or name (default: each image's top-1)")
     p.add_argument("--rule", default="gradient", choices=RULES + ["all"], help="ReLU backward rule")
@@ -32,7 +32,7 @@ def register(sub, ev_sub):
     p.set_defaults(func=cmd_saliency)
 
     p = sub.add_parser("classmodel", help="class model visualisation by gradient ascent (paper section 2)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--class", dest="cls", nargs="+", required=True, metavar="C",
                    help="classes: indices, wnids or names (quote names with spaces)")
     d = cm.DEFAULTS
@@ -55,7 +55,7 @@ def register(sub, ev_sub):
 
     p = sub.add_parser("deconv", help="reconstruct the image from one neuron of a layer (paper section 5)")
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layer", required=True, help="top-level layer name (see `scratchnet info`)")
     p.add_argument("--rule", default="all", choices=RULES + ["all"])
     p.add_argument("--neuron", default="max",
@@ -68,7 +68,7 @@ def register(sub, ev_sub):
 
     p = sub.add_parser("compare-rules", help="gradient vs DeconvNet vs guided, layer by layer, and the gradient check")
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="network name or .npz path (default %(default)s)")
+    add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layers", nargs="+", default=None, help="layers (default: every layer with a 4-D output)")
     p.add_argument("--neuron", default="max")
     p.add_argument("--check-layer", default=None,

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..cli import json_default
+from ..io.classnames import normalise_name
 from ..io.images import overlay, resize, save_png
 from . import classmodel as cm
 from .deconv import compare_rules, gradient_check, reconstruct, reference_check
@@ -87,10 +88,11 @@ def own_data_photos(net, classes, per_class=1):
     if net.mean_image is None or not (root / "wnids.txt").is_file():
         return None
     from ..io.images import load_image
-    from ..localise.cli import boxes_dataset, matched_indices
+    from ..localise.cli import boxes_dataset
+    from ..models.cli import matched_images
     ds = boxes_dataset(root)
     try:
-        keep, targets = matched_indices(net, ds, progress=False)
+        keep, targets, _ = matched_images(net, ds, quiet=True)
     except ValueError:
         return None                                           # trained on other classes
     out = []
@@ -206,24 +208,20 @@ def default_classes(net, n):
     """n classes to show: the paper's figure-1 classes (and for other class lists, a few distinctive
     Tiny-ImageNet ones) that the network has, then its first classes."""
     names = class_names(net)
-    key = {_norm(x): i for i, x in enumerate(names)}
+    key = {normalise_name(x): i for i, x in enumerate(names)}
     idx = []
     for c in (FIGURE1_CLASSES if len(names) == 1000 else OWN_DATA_CLASSES):
-        if _norm(c) in key and key[_norm(c)] not in idx:
-            idx.append(key[_norm(c)])
+        if normalise_name(c) in key and key[normalise_name(c)] not in idx:
+            idx.append(key[normalise_name(c)])
     idx += [i for i in range(len(names)) if i not in idx]
     return idx[:n]
-
-
-def _norm(s):
-    return " ".join(str(s).lower().replace("_", " ").split())
 
 
 def section_class_models(page, net, tag, quick, progress, classes=None, regularised=True, steps=None):
     names = class_names(net)
     idx = ([resolve_class(net, c) for c in classes] if classes is not None
            else default_classes(net, 3 if quick else 8))
-    page.add(f"<h3>Class models (figure 1)</h3>")
+    page.add("<h3>Class models (figure 1)</h3>")
     variants = [("paper", class_model_settings(quick, steps))]
     if regularised and not quick:
         variants.append(("regularised", dict(class_model_settings(quick, steps), **cm.REGULARISED)))
@@ -392,9 +390,10 @@ def section_localisation(page, net, tag, shots, progress):
 
 def section_localisation_error(page, net, tag, n, progress):
     """Localisation error on n Tiny-ImageNet val photos (spread over the set) for a network trained here."""
-    from ..localise.cli import boxes_dataset, localisation_error, matched_indices
+    from ..localise.cli import boxes_dataset, localisation_error
+    from ..models.cli import matched_images
     ds = boxes_dataset(shared_dir() / "data" / "tiny-imagenet-200")
-    keep, targets = matched_indices(net, ds, progress=False)
+    keep, targets, _ = matched_images(net, ds, quiet=True)
     idx = [int(keep[i]) for i in np.unique(np.linspace(0, len(keep) - 1, min(n, len(keep))).astype(int))]
     _say(progress, f"[{tag}] localisation error on {len(idx)} Tiny-ImageNet val photos")
     res, _ = localisation_error(net, ds, idx, targets, model_key=tag, cache_root=".", cache=False)
