@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -92,8 +93,12 @@ def main(argv=None):
         return 2
     import cupy as cp
     from scratchnet.kernels import gpu
-    if args.tf32:
-        gpu.set_tf32(True)
+    try:            # always set: CUPY_TF32=1 in the environment must not turn a float32 run into TF32
+        gpu.set_tf32(args.tf32)
+    except RuntimeError as e:
+        if args.tf32 or os.environ.get("CUPY_TF32", "0") != "0":
+            raise
+        log(f"bench_gpu: {e}; CUPY_TF32 is unset, so CuPy's GEMMs stay float32")
     props = cp.cuda.runtime.getDeviceProperties(0)
     device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     ev = dict(event=cp.cuda.Event, elapsed_ms=cp.cuda.get_elapsed_time, synchronize=cp.cuda.Device().synchronize)

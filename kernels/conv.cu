@@ -13,14 +13,18 @@ __global__ void im2col(const T* __restrict__ xpad, T* __restrict__ cols, const i
                        const int kw, const int sh, const int sw, const int oh, const int ow) {
     const idx_t np = (idx_t)n * oh * ow;                  // columns: one per (image, output pixel)
     GRID_STRIDE_LOOP(e, total) {
-        const idx_t row = e / np, col = e % np;
-        const int q = (int)(col % ow);
-        const int p = (int)((col / ow) % oh);
-        const idx_t img = col / ((idx_t)oh * ow);
-        const int j = (int)(row % kw);
-        const int i = (int)((row / kw) % kh);
-        const idx_t ch = row / ((idx_t)kh * kw);
-        cols[e] = xpad[((img * c + ch) * hp + i + p * sh) * wp + j + q * sw];
+        // one 64-bit division, the rest in 32 bits (gpu.py checks n*oh*ow and c*kh*kw < 2**31):
+        // 64-bit integer division is a long software sequence on the GPU
+        const int row = (int)(e / np);
+        int col = (int)(e - (idx_t)row * np);
+        const int q = col % ow;
+        col /= ow;
+        const int p = col % oh;
+        const int img = col / oh;
+        const int j = row % kw;
+        const int i = (row / kw) % kh;
+        const int ch = row / (kh * kw);
+        cols[e] = xpad[(((idx_t)img * c + ch) * hp + i + p * sh) * wp + j + q * sw];
     }
 }
 
@@ -32,10 +36,11 @@ __global__ void col2im_gather(const T* __restrict__ cols, T* __restrict__ dxpad,
                               const int kw, const int sh, const int sw, const int oh, const int ow) {
     const idx_t np = (idx_t)n * oh * ow;
     GRID_STRIDE_LOOP(e, total) {
-        const int px = (int)(e % wp);
-        const int py = (int)((e / wp) % hp);
-        const int ch = (int)((e / ((idx_t)hp * wp)) % c);
-        const idx_t img = e / ((idx_t)c * hp * wp);
+        const int plane = (int)(e / ((idx_t)hp * wp));       // (image, channel); one 64-bit division
+        const int pix = (int)(e - (idx_t)plane * hp * wp);
+        const int px = pix % wp, py = pix / wp;
+        const int ch = plane % c;
+        const idx_t img = plane / c;
         T acc = T(0);
         for (int i = 0; i < kh && i <= py; ++i) {             // offset i comes from output row (py - i) / sh
             if ((py - i) % sh) continue;

@@ -122,8 +122,13 @@ def use_backend(b):
 def set_tf32(enabled: bool):
     """Let float32 GEMMs (cupy.matmul, 2-D and batched) use TF32 tensor cores, or forbid it."""
     import cupy
-    from cupy._core import _routines_linalg as linalg
-    from cupy_backends.cuda.libs import cublas
+    try:                                   # CuPy's private switches (the public one is CUPY_TF32 at import)
+        from cupy._core import _routines_linalg as linalg
+        from cupy_backends.cuda.libs import cublas
+        linalg.set_compute_type, linalg.COMPUTE_TYPE_TF32, cublas.setMathMode  # noqa: B018
+    except (ImportError, AttributeError) as e:
+        raise RuntimeError(f"set_tf32: CuPy {cupy.__version__} lacks the switches this uses ({e}); "
+                           f"set CUPY_TF32=1 (or 0) in the environment before importing CuPy instead") from e
     linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
     # batched matmul calls cuBLAS with a legacy compute type, which follows the handle's math mode
     mode = getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3) if enabled else getattr(cublas, "CUBLAS_DEFAULT_MATH", 0)
@@ -302,6 +307,7 @@ def im2col(xpad, kernel, stride, out_hw):
     if (oh - 1) * sh + kh > hp or (ow - 1) * sw + kw > wp:
         raise ValueError(f"im2col: {oh}x{ow} outputs of a {kh}x{kw} window, stride {sh}x{sw}, "
                          f"do not fit a {hp}x{wp} padded input")
+    _i32(c * kh * kw), _i32(n * oh * ow)          # the kernel's row/column arithmetic is 32-bit
     cols = _out((c * kh * kw, n * oh * ow), xpad.dtype)
     _launch("im2col", xpad.dtype, cols.size,
             (xpad, cols, _i64(cols.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))
@@ -316,6 +322,7 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     if tuple(cols.shape) != (c * kh * kw, n * oh * ow):
         raise ValueError(f"col2im: expected cols of shape {(c * kh * kw, n * oh * ow)} for {padded_shape}, "
                          f"got {tuple(cols.shape)}")
+    _i32(n * c), _i32(n * oh * ow)                 # 32-bit plane and column arithmetic in the kernel
     dxpad = _out((n, c, hp, wp), cols.dtype)
     _launch("col2im_gather", cols.dtype, dxpad.size,
             (cols, dxpad, _i64(dxpad.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))

@@ -18,9 +18,8 @@ __global__ void maxpool_fwd(const T* __restrict__ x, T* __restrict__ y, int* __r
                             const int sh, const int sw, const int pt, const int pl,
                             const int oh, const int ow) {
     GRID_STRIDE_LOOP(i, total) {
-        const int ox = (int)(i % ow);
-        const int oy = (int)((i / ow) % oh);
-        const idx_t nc = i / ((idx_t)oh * ow);
+        const idx_t nc = i / ((idx_t)oh * ow);                 // one 64-bit division, then 32-bit
+        const int r = (int)(i - nc * oh * ow), ox = r % ow, oy = r / ow;
         const T* plane = x + nc * h * w;
         const int y0 = oy * sh - pt, x0 = ox * sw - pl;
         const int ya = max(y0, 0), yb = min(y0 + kh, h);
@@ -49,9 +48,9 @@ __global__ void maxpool_bwd_gather(const T* __restrict__ dy, const int* __restri
                                    const int kh, const int kw, const int sh, const int sw,
                                    const int pt, const int pl, const int oh, const int ow) {
     GRID_STRIDE_LOOP(i, total) {
-        const int ix = (int)(i % w);
-        const int iy = (int)((i / w) % h);
-        const idx_t base = (i / ((idx_t)h * w)) * oh * ow;     // this plane's first output
+        const idx_t nc = i / ((idx_t)h * w);                   // one 64-bit division, then 32-bit
+        const int r = (int)(i - nc * h * w), ix = r % w, iy = r / w;
+        const idx_t base = nc * oh * ow;                       // this plane's first output
         const int me = iy * w + ix;
         const int py = iy + pt, px = ix + pl;
         const int oy1 = min(py / sh, oh - 1), ox1 = min(px / sw, ow - 1);
@@ -84,9 +83,9 @@ __global__ void avgpool_fwd(const T* __restrict__ x, T* __restrict__ y, const id
                             const int sw, const int pt, const int pb, const int pl, const int pr,
                             const int oh, const int ow) {
     GRID_STRIDE_LOOP(i, total) {
-        const int ox = (int)(i % ow);
-        const int oy = (int)((i / ow) % oh);
-        const T* plane = x + (i / ((idx_t)oh * ow)) * h * w;
+        const idx_t nc = i / ((idx_t)oh * ow);
+        const int r = (int)(i - nc * oh * ow), ox = r % ow, oy = r / ow;
+        const T* plane = x + nc * h * w;
         const int y0 = oy * sh - pt, x0 = ox * sw - pl;
         T acc = T(0);
         for (int a = max(y0, 0); a < min(y0 + kh, h); ++a)
@@ -104,9 +103,9 @@ __global__ void avgpool_bwd_gather(const T* __restrict__ dy, T* __restrict__ dx,
                                    const int sh, const int sw, const int pt, const int pb,
                                    const int pl, const int pr, const int oh, const int ow) {
     GRID_STRIDE_LOOP(i, total) {
-        const int ix = (int)(i % w);
-        const int iy = (int)((i / w) % h);
-        const T* g = dy + (i / ((idx_t)h * w)) * oh * ow;
+        const idx_t nc = i / ((idx_t)h * w);
+        const int r = (int)(i - nc * h * w), ix = r % w, iy = r / w;
+        const T* g = dy + nc * oh * ow;
         const int py = iy + pt, px = ix + pl;
         T acc = T(0);
         for (int a = 0; a < kh && a <= py; ++a) {          // window row offset a: oy = (py - a) / sh

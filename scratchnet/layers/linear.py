@@ -96,8 +96,10 @@ class Dropout(Layer):
             self._mask = None
             return x
         xp = get_array_module(x)
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
-        self._mask = xp.asarray(keep.astype(x.dtype) / x.dtype.type(1 - self.p))
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p      # on the host: seeded, portable
+        mask = xp.asarray(keep).astype(x.dtype)       # one byte a value crosses to a GPU, not four
+        mask /= x.dtype.type(1 - self.p)
+        self._mask = mask
         return x * self._mask
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
