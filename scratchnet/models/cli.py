@@ -165,6 +165,8 @@ def cmd_evaluate(args):
     if len(idx) == 0:
         raise ValueError("no images to evaluate (--limit 0?)")
 
+    from scratchnet.train.trainer import Progress   # redrawn on a terminal, a line every 30 s in a log
+    progress = Progress()
     t0 = time.time()
     top1 = top5 = done = skipped = 0
     for lo in range(0, len(idx), args.batch_size):
@@ -187,9 +189,9 @@ def cmd_evaluate(args):
         top1 += int((top[:, 0] == ys).sum())
         top5 += int((top == ys[:, None]).any(axis=1).sum())
         done += len(ys)
-        print(f"\revaluate: {done}/{len(idx)} images, top-1 {100 * top1 / done:.1f}%, "
-              f"top-5 {100 * top5 / done:.1f}%, {time.time() - t0:.1f} s", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        progress.update(f"evaluate: {done}/{len(idx)} images, top-1 {100 * top1 / done:.1f}%, "
+                        f"top-5 {100 * top5 / done:.1f}%, {time.time() - t0:.1f} s")
+    progress.done(f"evaluate: {done}/{len(idx)} images, {time.time() - t0:.1f} s")
     if done == 0:
         raise ValueError(f"no readable images among the {len(idx)} selected in {args.data}")
     result = dict(command="evaluate classification", model=str(args.model), data=str(args.data), mode=args.mode,
