@@ -322,7 +322,7 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     if tuple(cols.shape) != (c * kh * kw, n * oh * ow):
         raise ValueError(f"col2im: expected cols of shape {(c * kh * kw, n * oh * ow)} for {padded_shape}, "
                          f"got {tuple(cols.shape)}")
-    _i32(n * c), _i32(n * oh * ow)                 # 32-bit plane and column arithmetic in the kernel
+    _i32(n * c), _i32(hp * wp)                     # the kernel's plane and pixel arithmetic is 32-bit
     dxpad = _out((n, c, hp, wp), cols.dtype)
     _launch("col2im_gather", cols.dtype, dxpad.size,
             (cols, dxpad, _i64(dxpad.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))

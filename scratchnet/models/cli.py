@@ -17,6 +17,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..io.classnames import normalise_name
+from ..progress import Progress
 
 MODE_HELP = ("how a photo becomes the network input: 'crop' resizes the shorter side to the network's "
              "preprocess['resize'] and takes the centre crop (the standard evaluation); 'stretch' resizes "
@@ -165,8 +166,7 @@ def cmd_evaluate(args):
     if len(idx) == 0:
         raise ValueError("no images to evaluate (--limit 0?)")
 
-    from scratchnet.train.trainer import Progress   # redrawn on a terminal, a line every 30 s in a log
-    progress = Progress()
+    progress = Progress()                   # redrawn on a terminal, a line every 30 s in a log
     t0 = time.time()
     top1 = top5 = done = skipped = 0
     for lo in range(0, len(idx), args.batch_size):

@@ -44,6 +44,7 @@ from ..backend import to_device, to_numpy
 from ..io.datasets import mean_image
 from ..io.loader import Augment, BatchLoader
 from ..layers import Conv2d, Linear, softmax_cross_entropy
+from ..progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedule import make_schedule
 from .sgd import SGD
@@ -107,32 +108,6 @@ def evaluate(net, images, labels, mean, scale, batch_size=256, device="cpu"):
         loss_sum += loss * len(y)
         n += len(y)
     return dict(loss=loss_sum / n, top1=top1 / n, top5=top5 / n)
-
-
-class Progress:
-    """One progress line on stderr: redrawn in place on a terminal, a plain line every 30 s otherwise."""
-
-    def __init__(self, stream=None, enabled=True):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.last = 0.0
-
-    def update(self, text, force=False):
-        if not self.enabled:
-            return
-        now = time.time()
-        if not force and now - self.last < (0.5 if self.tty else 30.0):
-            return
-        self.last = now
-        if self.tty:
-            print("\r" + text.ljust(110), end="", file=self.stream, flush=True)
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def done(self, text):
-        if self.enabled:
-            print(("\r" if self.tty else "") + text.ljust(110), file=self.stream, flush=True)
 
 
 class Trainer:
