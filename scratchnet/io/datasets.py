@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..progress import Progress
 from .classnames import class_index, imagenet_class_names, imagenet_wnids
 from .images import ImageReadError, centre_crop, load_image, resize_shorter
 
@@ -373,7 +374,8 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
     tmp = final.with_name(f".{final.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
     ok = np.ones(n, dtype=bool)
-    done, lock, failed, t0, shown = [0], threading.Lock(), threading.Event(), time.time(), [0.0]
+    done, lock, failed, t0 = [0], threading.Lock(), threading.Event(), time.time()
+    shown = Progress(enabled=progress)              # redrawn on a terminal, a line every 30 s in a log
 
     def work(lo: int) -> None:
         for i in range(lo, min(lo + chunk, n)):
@@ -389,10 +391,8 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
                 print(f"\ndecode_cache: skipping unreadable file: {e}", file=sys.stderr)
         with lock:
             done[0] += min(chunk, n - lo)
-            if progress and time.time() - shown[0] > 0.5:  # at most two progress lines a second
-                shown[0] = time.time()
-                print(f"\rdecode_cache: {done[0]}/{n} images ({100 * done[0] // max(n, 1)}%) "
-                      f"{time.time() - t0:.1f} s -> {final.name}", end="", file=sys.stderr, flush=True)
+            shown.update(f"decode_cache: {done[0]}/{n} images ({100 * done[0] // max(n, 1)}%) "
+                         f"{time.time() - t0:.1f} s -> {final.name}")
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -402,8 +402,7 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
                     for g in futures:
                         g.cancel()
                     raise f.exception()
-        if progress:
-            print(f"\ndecode_cache: {n} images in {time.time() - t0:.1f} s", file=sys.stderr)
+        shown.done(f"decode_cache: {n} images in {time.time() - t0:.1f} s")
         kept = np.flatnonzero(ok).astype(np.int64)
         if len(kept) < n:
             print(f"decode_cache: skipped {n - len(kept)} unreadable file(s) of {n}", file=sys.stderr)
