@@ -19,6 +19,16 @@ def shared() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def emulator_lib(tmp_path_factory):
+    """kernels/*.cu built with g++ for the host (tests/cuda_emu.py); skips without g++."""
+    import cuda_emu
+    lib = cuda_emu.build(tmp_path_factory.mktemp("cuda_emu"))
+    if lib is None:
+        pytest.skip("the emulated device needs g++; not on PATH here")
+    return lib
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -19,10 +19,8 @@ in every failure message. Tolerance: the largest difference over the largest CPU
 from __future__ import annotations
 
 import copy
-import ctypes
 import math
 import secrets
-import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -37,11 +35,11 @@ from scratchnet.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
                                LocalResponseNorm, MaxPool2d, ReLU, ReLU6, softmax_cross_entropy)
 from scratchnet.models import paper_net
 
+from cuda_emu import EmuBackend
+
 HERE = Path(__file__).resolve().parent
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 DTYPES = [np.float64, np.float32]
-#: kernels that call __syncthreads: the emulator runs their threads concurrently
-SYNC_KERNELS = {"softmax_xent_fwd_bwd"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,77 +70,6 @@ class Cuda:
             gpu.use_backend(old)
 
 
-class GuardedNumpy:
-    """NumPy, except that every output buffer (empty / full) sits between guard bands that are
-    checked after each launch: a kernel writing past its output fails the test."""
-
-    GUARD = 64
-
-    def __init__(self):
-        self.pending = []
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    def full(self, shape, fill_value, dtype=None):
-        dtype = np.dtype(dtype if dtype is not None else np.float64)
-        size = int(np.prod(shape))
-        sentinel = dtype.type(-7777)
-        base = np.full(size + 2 * self.GUARD, sentinel, dtype=dtype)
-        base[self.GUARD:self.GUARD + size] = fill_value
-        self.pending.append((base, size, sentinel))
-        return base[self.GUARD:self.GUARD + size].reshape(shape)
-
-    def empty(self, shape, dtype=np.float64):
-        return self.full(shape, -7777, dtype)
-
-    def check_guards(self, kernel):
-        pending, self.pending = self.pending, []
-        for base, size, sentinel in pending:
-            g = self.GUARD
-            if not (np.all(base[:g] == sentinel) and np.all(base[g + size:] == sentinel)):
-                raise AssertionError(f"{kernel} wrote outside its output buffer")
-
-
-class EmuKernel:
-    def __init__(self, lib, xp, expr):
-        self.lib, self.xp, self.expr = lib, xp, expr
-
-    def __call__(self, grid, block, args):
-        codes, holders = [], []
-        for i, a in enumerate(args):
-            if isinstance(a, np.ndarray):
-                if not a.flags.c_contiguous:
-                    raise AssertionError(f"{self.expr}: argument {i} is not C-contiguous")
-                codes.append(f"p:{a.dtype.kind}{a.dtype.itemsize}")
-                holders.append(ctypes.c_void_p(a.ctypes.data))
-            elif isinstance(a, np.generic):
-                codes.append(f"s:{a.dtype.kind}{a.dtype.itemsize}")
-                holders.append(ctypes.create_string_buffer(a.tobytes(), a.dtype.itemsize))
-            else:
-                raise TypeError(f"{self.expr}: argument {i} is a Python {type(a).__name__}; pass a NumPy "
-                                f"scalar of the kernel's C type (CuPy would guess one)")
-        n = len(args)
-        vals = (ctypes.c_void_p * n)(*[ctypes.addressof(h) for h in holders])
-        code_arr = (ctypes.c_char_p * n)(*[c.encode() for c in codes])
-        g = tuple(grid) + (1,) * (3 - len(grid))
-        b = tuple(block) + (1,) * (3 - len(block))
-        err = ctypes.create_string_buffer(512)
-        if self.lib.emu_launch(self.expr.encode(), *g, *b, n, code_arr, vals, err, 512):
-            raise RuntimeError(err.value.decode())
-        self.xp.check_guards(self.expr)
-
-
-class EmuBackend:
-    """gpu.py's backend interface over the g++-built kernels (see the module docstring)."""
-
-    def __init__(self, lib):
-        self.lib, self.xp = lib, GuardedNumpy()
-
-    def kernel(self, name, dtype):
-        return EmuKernel(self.lib, self.xp, f"{name}<{gpu.C_TYPES[np.dtype(dtype)]}>")
-
-
 class Emulated:
     name = "emulated"
 
@@ -169,33 +96,6 @@ class Emulated:
         finally:
             kernels._on_gpu = saved
             gpu.use_backend(old)
-
-
-@pytest.fixture(scope="session")
-def emulator_lib(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("the emulated device needs g++; not on PATH here")
-    lines = ["#include <cstdio>", f'#include "{HERE / "cuda_emu.h"}"']
-    lines += [gpu.kernel_source(f) for f in gpu.KERNELS]
-    lines.append('extern "C" void emu_init() {')
-    for f in gpu.KERNELS:
-        for e in gpu.name_expressions(f):
-            lines.append(f"    EMU_REGISTER({e}, {'true' if e.split('<')[0] in SYNC_KERNELS else 'false'});")
-    lines.append("}")
-    d = tmp_path_factory.mktemp("cuda_emu")
-    src, so = d / "emu.cpp", d / "libemu.so"
-    src.write_text("\n".join(lines) + "\n")
-    cmd = [gxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-shared", "-fPIC",
-           "-pthread", "-o", str(so), str(src)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, f"building the kernel emulator failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}"
-    lib = ctypes.CDLL(str(so))
-    lib.emu_launch.restype = ctypes.c_int
-    lib.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [
-        ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_int]
-    lib.emu_init()
-    return lib
 
 
 @pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
@@ -519,41 +419,3 @@ def test_cpu_engine_runs_without_cupy():
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
-
-
-def test_bench_gpu_runs_on_a_fake_cupy(monkeypatch, capsys):
-    """bench/bench_gpu.py end to end at toy size, with NumPy posing as CuPy (kernels run on the CPU):
-    catches a broken benchmark before it costs GPU time. Checks the logic, not the numbers."""
-    import json
-    import runpy
-    import time
-    import types
-
-    fake = types.ModuleType("cupy")
-    fake.__version__ = "fake"
-    fake.__getattr__ = lambda name: getattr(np, name)
-
-    class Event:
-        def record(self):
-            self.t = time.perf_counter()
-
-        def synchronize(self):
-            pass
-
-    fake.cuda = types.SimpleNamespace(
-        Event=Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3,
-        Device=lambda: types.SimpleNamespace(synchronize=lambda: None),
-        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"fake GPU"}))
-    fake.random = np.random
-    fake.asnumpy = np.asarray
-    fake.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(backend, "_cupy", fake)
-    monkeypatch.setattr(backend, "gpu_available", lambda: True)
-    bench = runpy.run_path(str(HERE.parent / "bench" / "bench_gpu.py"))
-    rc = bench["main"](["--batches", "2", "--size", "32", "--repeats", "1", "--warmup", "0",
-                        "--sgemm-n", "64", "--no-torch"])
-    assert rc == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result["batches"]["2"]["scratchnet"]) == {"forward", "train_step", "saliency"}
-    assert any("fwd_gflops" in r for r in result["layers"])

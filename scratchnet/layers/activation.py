@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_array_module
 from .base import Layer, Rule, check_input
 from scratchnet import kernels
 
@@ -50,7 +49,6 @@ class ReLU6(ReLU):
 
 def relu_backward_reference(dy, x, rule, upper=math.inf):
     """The three rules written out in array code, straight from their definitions (for tests)."""
-    xp = get_array_module(dy)
     rule = Rule.parse(rule)
     inside = (x > 0) & (x < upper)
     if rule is Rule.GRADIENT:

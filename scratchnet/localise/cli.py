@@ -303,6 +303,9 @@ def cmd_evaluate_localisation(args):
     from ..vis.display import class_names
     ds = boxes_dataset(args.data)
     net = _load_net(args)
+    if net.num_classes < 5:
+        raise ValueError(f"evaluate localisation scores the network's five guesses (ILSVRC top-5); "
+                         f"{args.model} has {net.num_classes} classes: expected at least 5")
     keep, targets, _ = matched_images(net, ds, "evaluate localisation", str(args.data))
     idx = [int(keep[i]) for i in _subset(len(keep), args)]
     kw = segment_kwargs(args)

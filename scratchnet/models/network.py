@@ -53,6 +53,11 @@ class Network(Sequential):
         if x.shape[1] != self.input_shape[0]:
             raise ShapeError(f"network expects {self.input_shape[0]} colour channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}; NCHW layout expected)")
+        here, there = ("gpu" if xp is not np else "cpu"), self.device()
+        if here != there:
+            raise ValueError(f"network input is on the {here} ({type(x).__module__}.{type(x).__name__}) but the "
+                             f"network is on the {there}: move one of them, e.g. "
+                             f"scratchnet.backend.to_device(x, {there!r}) or net.to({here!r})")
         if not bool(xp.isfinite(x).all()):
             raise ValueError("network input contains NaN or Inf values")
         self.output_shape(tuple(x.shape))      # raises ShapeError naming the first layer that does not fit
@@ -68,6 +73,12 @@ class Network(Sequential):
     @property
     def num_classes(self):
         return self.output_shape((1,) + self.input_shape)[1]
+
+    def device(self) -> str:
+        """'cpu' or 'gpu': where the parameters are (see ``to``); 'cpu' for a network without any."""
+        for _, layer, key in self.named_params():
+            return "cpu" if get_array_module(layer.params[key]) is np else "gpu"
+        return "cpu"
 
     def dtype(self):
         for _, layer, key in self.named_params():

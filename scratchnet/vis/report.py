@@ -30,7 +30,7 @@ from ..io.classnames import normalise_name
 from ..io.images import overlay, resize, save_png
 from . import classmodel as cm
 from .deconv import compare_rules, gradient_check, reconstruct, reference_check
-from .display import class_names, prepare_image, prepare_pixels, resolve_class
+from .display import class_names, on_net_device, prepare_image, prepare_pixels, resolve_class
 from .saliency import map_image, saliency, ten_crop_saliency
 
 #: the classes of the paper's figure 1
@@ -256,7 +256,7 @@ def section_saliency(page, net, tag, photos, quick, progress):
     x = np.concatenate([to_numpy(f[0]) for f in fitted])
     _say(progress, f"[{tag}] saliency of {len(x)} photos")
     sal = saliency(net, x)
-    scores = to_numpy(net.forward(x))
+    scores = to_numpy(net.forward(on_net_device(net, x)))
     prob = np.exp(scores - scores.max(1, keepdims=True))
     prob /= prob.sum(1, keepdims=True)
     rows, out = [], []

@@ -31,6 +31,7 @@ def class_gradient(net, x, classes=None, rule="gradient"):
     all) or (N,) ints. Returns (grad (N, C, H, W), classes (N,) int64, scores (N, K)).
     """
     rule = Rule.parse(rule)
+    x = on_net_device(net, x)
     xp = get_array_module(x)
     scores = net.forward(x)
     n, k = scores.shape
@@ -66,7 +67,8 @@ def saliency(net, x, classes=None, rule="gradient", batch_size=16) -> Saliency:
     """Saliency maps of a batch of network inputs, batched over images and target classes.
 
     x (N, C, H, W); classes: None (top-1 of each image), an int, (N,) ints, or (N, k) ints (k maps
-    per image). The (image, class) pairs are processed ``batch_size`` at a time.
+    per image). The (image, class) pairs are processed ``batch_size`` at a time; x may be on the host
+    for a network on the GPU (each batch is moved there). The results are NumPy arrays.
     """
     xp = get_array_module(x)
     n = x.shape[0]

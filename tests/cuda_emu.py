@@ -1,0 +1,137 @@
+"""The emulated GPU: kernels/*.cu compiled with g++ against cuda_emu.h and launched from Python.
+
+``build(folder)`` compiles every kernel source (as CuPy would load it: ``gpu.kernel_source``) into
+one shared library and returns it through ctypes. ``EmuBackend`` is then a backend for
+``scratchnet.kernels.gpu.use_backend``: gpu.py allocates with its ``xp`` and launches its kernels.
+
+Two flavours of array:
+  * ``EmuBackend(lib)``: NumPy arrays (tests/test_gpu.py sends them down the GPU path itself);
+  * ``EmuBackend(lib, hostcupy)``: tests/hostcupy.py's stand-in device arrays, so that the whole of
+    scratchnet (trainer, CLI, visualisers) runs its ``--device gpu`` code with kernels from .cu files.
+Every output buffer sits between guard bands checked after each launch.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from scratchnet.kernels import gpu
+
+HERE = Path(__file__).resolve().parent
+#: kernels that call __syncthreads: the emulator runs their threads concurrently
+SYNC_KERNELS = {"softmax_xent_fwd_bwd"}
+
+
+def build(folder: Path):
+    """Compile the emulator into ``folder``; None when g++ is missing. Raises on a compile error."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        return None
+    lines = ["#include <cstdio>", f'#include "{HERE / "cuda_emu.h"}"']
+    lines += [gpu.kernel_source(f) for f in gpu.KERNELS]
+    lines.append('extern "C" void emu_init() {')
+    for f in gpu.KERNELS:
+        for e in gpu.name_expressions(f):
+            lines.append(f"    EMU_REGISTER({e}, {'true' if e.split('<')[0] in SYNC_KERNELS else 'false'});")
+    lines.append("}")
+    src, so = folder / "emu.cpp", folder / "libemu.so"
+    src.write_text("\n".join(lines) + "\n")
+    cmd = [gxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-shared", "-fPIC",
+           "-pthread", "-o", str(so), str(src)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"building the kernel emulator failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}")
+    lib = ctypes.CDLL(str(so))
+    lib.emu_launch.restype = ctypes.c_int
+    lib.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [
+        ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_int]
+    lib.emu_init()
+    return lib
+
+
+class GuardedArrays:
+    """The array module ``xp`` (NumPy, or hostcupy), except that every output buffer (empty / full)
+    sits between guard bands that are checked after each launch: a kernel writing past its output
+    fails the test."""
+
+    GUARD = 64
+
+    def __init__(self, xp=np):
+        self.base_xp = xp
+        self.pending = []
+
+    def __getattr__(self, name):
+        return getattr(self.base_xp, name)
+
+    def full(self, shape, fill_value, dtype=None):
+        dtype = np.dtype(dtype if dtype is not None else np.float64)
+        size = int(np.prod(shape))
+        sentinel = dtype.type(-7777)
+        base = np.full(size + 2 * self.GUARD, sentinel, dtype=dtype)
+        base[self.GUARD:self.GUARD + size] = fill_value
+        self.pending.append((base, size, sentinel))
+        out = base[self.GUARD:self.GUARD + size].reshape(shape)
+        return out if self.base_xp is np else self.base_xp.ndarray(out)
+
+    def empty(self, shape, dtype=np.float64):
+        return self.full(shape, -7777, dtype)
+
+    def check_guards(self, kernel):
+        pending, self.pending = self.pending, []
+        for base, size, sentinel in pending:
+            g = self.GUARD
+            if not (np.all(base[:g] == sentinel) and np.all(base[g + size:] == sentinel)):
+                raise AssertionError(f"{kernel} wrote outside its output buffer")
+
+
+class EmuKernel:
+    def __init__(self, lib, xp, expr, launches):
+        self.lib, self.xp, self.expr, self.launches = lib, xp, expr, launches
+
+    def __call__(self, grid, block, args):
+        self.launches[self.expr.split("<")[0]] += 1
+        codes, holders = [], []
+        device_type = getattr(self.xp.base_xp, "ndarray", None) if self.xp.base_xp is not np else None
+        for i, a in enumerate(args):
+            if device_type is not None:
+                if isinstance(a, np.ndarray):
+                    raise AssertionError(f"{self.expr}: argument {i} is a NumPy array; the kernels take "
+                                         f"device arrays (CuPy would refuse it)")
+                if isinstance(a, device_type):
+                    a = a._a
+            if isinstance(a, np.ndarray):
+                if not a.flags.c_contiguous:
+                    raise AssertionError(f"{self.expr}: argument {i} is not C-contiguous")
+                codes.append(f"p:{a.dtype.kind}{a.dtype.itemsize}")
+                holders.append(ctypes.c_void_p(a.ctypes.data))
+            elif isinstance(a, np.generic):
+                codes.append(f"s:{a.dtype.kind}{a.dtype.itemsize}")
+                holders.append(ctypes.create_string_buffer(a.tobytes(), a.dtype.itemsize))
+            else:
+                raise TypeError(f"{self.expr}: argument {i} is a Python {type(a).__name__}; pass a NumPy "
+                                f"scalar of the kernel's C type (CuPy would guess one)")
+        n = len(args)
+        vals = (ctypes.c_void_p * n)(*[ctypes.addressof(h) for h in holders])
+        code_arr = (ctypes.c_char_p * n)(*[c.encode() for c in codes])
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        b = tuple(block) + (1,) * (3 - len(block))
+        err = ctypes.create_string_buffer(512)
+        if self.lib.emu_launch(self.expr.encode(), *g, *b, n, code_arr, vals, err, 512):
+            raise RuntimeError(err.value.decode())
+        self.xp.check_guards(self.expr)
+
+
+class EmuBackend:
+    """gpu.py's backend interface over the g++-built kernels; arrays from ``xp`` (NumPy or hostcupy)."""
+
+    def __init__(self, lib, xp=np):
+        self.lib, self.xp = lib, GuardedArrays(xp)
+        self.launches = Counter()           # kernel name -> launches, for tests that check a path ran
+
+    def kernel(self, name, dtype):
+        return EmuKernel(self.lib, self.xp, f"{name}<{gpu.C_TYPES[np.dtype(dtype)]}>", self.launches)

@@ -1,0 +1,295 @@
+"""A stand-in for CuPy on a machine without a GPU: arrays that live "on the device" only in name.
+
+What it is for: running scratchnet's ``--device gpu`` code paths end to end here (the trainer, the
+checkpoints, the visualisers, the CLI) and catching the host/device mistakes that would otherwise
+first show on a rented GPU: a CuPy array handed to NumPy, Pillow, Numba or ``np.savez``; a NumPy
+array mixed into a CuPy operation; an array left on the wrong device after ``net.to(...)``.
+
+What it copies from CuPy (the parts that make those mistakes fail):
+  * ``ndarray`` is not a ``numpy.ndarray``, and its ``__array__`` raises TypeError with CuPy's
+    message, so ``np.asarray(a)``, ``Image.fromarray(a)`` and friends fail as they do on a GPU;
+    ``a.get()`` and ``cupy.asnumpy(a)`` are the ways back to the host.
+  * Operations (ufuncs, ``cupy.*`` functions, NumPy functions reached through
+    ``__array_function__``) refuse a ``numpy.ndarray`` operand, 0-d ones too, as CuPy does
+    ("Unsupported type"); NumPy and Python scalars are fine. ``cupy.asarray`` / ``cupy.array``
+    are the ways onto the device.
+  * ``a[idx] = numpy_array`` and indexing with NumPy arrays are refused too (CuPy accepts some of
+    these; code that moves its data explicitly works on both).
+  * ``type(a).__module__`` starts with "cupy", which is how ``scratchnet.kernels`` picks the GPU path.
+
+Kernels: ``scratchnet.kernels.gpu`` asks its backend for them; tests pair this module with the
+g++-built emulator of kernels/*.cu (tests/test_gpu.py), whose launcher unwraps these arrays.
+What it cannot show: anything about CuPy itself (NVRTC, launches, cuBLAS, streams, memory).
+"""
+from __future__ import annotations
+
+import sys
+import time
+import types
+
+import numpy as np
+
+_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
+             "Please use `.get()` to construct a NumPy array explicitly.")
+
+
+def _reject_host(obj, where):
+    if isinstance(obj, np.ndarray):
+        raise TypeError(f"Unsupported type {type(obj)} in {where} (a NumPy array where CuPy needs a "
+                        f"cupy.ndarray: move it with cupy.asarray first)")
+
+
+def _unwrap(obj, where):
+    """ndarray -> its NumPy buffer, recursively through lists/tuples/dicts; NumPy arrays refused."""
+    if isinstance(obj, ndarray):
+        return obj._a
+    _reject_host(obj, where)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_unwrap(o, where) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _unwrap(v, where) for k, v in obj.items()}
+    return obj
+
+
+def _wrap(obj):
+    """NumPy arrays in a result -> ndarray (scalars stay scalars, as CuPy's 0-d results do not,
+    but scratchnet converts those with float()/int() either way)."""
+    if isinstance(obj, np.ndarray):
+        return ndarray(obj)
+    if isinstance(obj, tuple):
+        return tuple(_wrap(o) for o in obj)
+    if isinstance(obj, list):
+        return [_wrap(o) for o in obj]
+    return obj
+
+
+class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
+    """A NumPy buffer in a wrapper that behaves, for host/device purposes, like ``cupy.ndarray``."""
+
+    __slots__ = ("_a",)
+    __module__ = "cupy._host"           # scratchnet.kernels sends arrays of a "cupy..." module to the GPU
+
+    def __init__(self, a):
+        assert isinstance(a, np.ndarray) and not isinstance(a, ndarray)
+        self._a = a
+
+    # --- leaving the device: explicit only ----------------------------------------------------
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(_IMPLICIT)
+
+    def get(self, stream=None, order="C", out=None):
+        return np.array(self._a, order=order)
+
+    def __repr__(self):
+        return f"hostcupy.{self._a!r}"
+
+    # --- attributes -----------------------------------------------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: ndarray(self._a.T))
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (_wrap(v) for v in self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __index__(self):
+        return self._a.__index__()
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __copy__(self):
+        return ndarray(self._a.copy())
+
+    def __deepcopy__(self, memo):
+        return ndarray(self._a.copy())
+
+    def __reduce__(self):               # pickling a device array is fine in CuPy (it copies)
+        return (_from_host, (np.array(self._a),))
+
+    def __getattr__(self, name):        # methods: reshape, astype, sum, max, argmax, fill, ...
+        if name == "_a" or name.startswith("__"):      # no __array_interface__ etc.: no way to the host
+            raise AttributeError(name)
+        attr = getattr(self._a, name)
+        if not callable(attr):
+            return attr
+
+        def method(*args, **kwargs):
+            return _wrap(attr(*_unwrap(args, f"ndarray.{name}"), **_unwrap(kwargs, f"ndarray.{name}")))
+        return method
+
+    def item(self, *args):
+        return self._a.item(*args)
+
+    def tolist(self):
+        return self._a.tolist()
+
+    # --- indexing ---------------------------------------------------------------------------------
+    def __getitem__(self, key):
+        return _wrap(self._a[_unwrap(key, "indexing")])
+
+    def __setitem__(self, key, value):
+        self._a[_unwrap(key, "indexing")] = _unwrap(value, "__setitem__")
+
+    # --- NumPy protocols ----------------------------------------------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        where = f"cupy.{ufunc.__name__}"
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = _unwrap(out, where)
+        result = getattr(ufunc, method)(*_unwrap(inputs, where), **kwargs)
+        if out is not None and len(out) == 1 and isinstance(out[0], ndarray):
+            return out[0]                   # in place (a += b): the wrapper that was passed
+        return _wrap(result)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        where = f"numpy.{func.__name__} on a cupy.ndarray"
+        return _wrap(func(*_unwrap(args, where), **_unwrap(kwargs, where)))
+
+
+def _from_host(a):
+    return ndarray(np.array(a))
+
+
+# --- the module's functions ----------------------------------------------------------------------
+def asarray(a, dtype=None, order=None, **kwargs):
+    if isinstance(a, ndarray):
+        return a if dtype is None or np.dtype(dtype) == a.dtype else ndarray(a._a.astype(dtype))
+    return ndarray(np.array(a, dtype=dtype, order=order or "K"))
+
+
+def array(a, dtype=None, copy=True, order="K", **kwargs):
+    if isinstance(a, ndarray):
+        return ndarray(np.array(a._a, dtype=dtype, order=order, copy=True))
+    return ndarray(np.array(a, dtype=dtype, order=order))
+
+
+def ascontiguousarray(a, dtype=None):
+    if not isinstance(a, ndarray):
+        _reject_host(a, "cupy.ascontiguousarray")
+        return ndarray(np.ascontiguousarray(a, dtype=dtype))
+    out = np.ascontiguousarray(a._a, dtype=dtype)
+    return a if out is a._a else ndarray(out)
+
+
+def asnumpy(a, stream=None, order="C", out=None):
+    if isinstance(a, ndarray):
+        return a.get()
+    return np.asarray(a, order=order)
+
+
+def get_array_module(*args):
+    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
+
+
+def _function(name, f):
+    def fn(*args, **kwargs):
+        where = f"cupy.{name}"
+        return _wrap(f(*_unwrap(args, where), **_unwrap(kwargs, where)))
+    fn.__name__ = name
+    return fn
+
+
+def __getattr__(name):
+    """Any other cupy.X: NumPy's X, taking and returning device arrays (types and constants as is)."""
+    attr = getattr(np, name)
+    if isinstance(attr, (types.FunctionType, types.BuiltinFunctionType, np.ufunc)) or (
+            callable(attr) and not isinstance(attr, type)):
+        return _function(name, attr)
+    return attr
+
+
+class _Lib:
+    class stride_tricks:
+        @staticmethod
+        def as_strided(x, shape=None, strides=None):
+            return ndarray(np.lib.stride_tricks.as_strided(x._a, shape=shape, strides=strides))
+
+
+lib = _Lib()
+
+
+class _Runtime:
+    @staticmethod
+    def getDeviceCount():
+        return 1
+
+    @staticmethod
+    def getDeviceProperties(i):
+        return {"name": b"hostcupy (no GPU)", "multiProcessorCount": 1}
+
+
+class _Event:
+    """cupy.cuda.Event on the host clock (timings of the emulated device mean nothing)."""
+
+    def __init__(self, *a, **k):
+        self.t = None
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start, end):
+    return (end.t - start.t) * 1e3
+
+
+class _Generator:
+    def __init__(self, seed=None):
+        self._g = np.random.default_rng(seed)
+
+    def __getattr__(self, name):
+        return _function(f"random.{name}", getattr(self._g, name))
+
+
+random = types.SimpleNamespace(default_rng=_Generator)
+
+
+class _Device:
+    def __init__(self, i=0):
+        self.id = i
+
+    def synchronize(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class _MemoryPool:
+    def free_all_blocks(self):
+        pass
+
+    def used_bytes(self):
+        return 0
+
+
+_pool = _MemoryPool()
+
+
+def get_default_memory_pool():
+    return _pool
+
+
+cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms,
+                             is_available=lambda: True)
+__version__ = "0.0-host"

@@ -1,0 +1,298 @@
+"""Every command's ``--device gpu`` path, end to end, on a machine without a GPU.
+
+CuPy is replaced by tests/hostcupy.py (device arrays that refuse every implicit trip to the host,
+as CuPy's do) and the kernels by the g++-built emulator of kernels/*.cu (tests/cuda_emu.py), so
+the trainer, the checkpoints, the visualisers, localisation, evaluation, the demo and the GPU
+benchmark run the code they run on a GPU: every array on the "device", every kernel from the .cu
+sources. A NumPy array mixed into a device operation, a device array handed to NumPy, Pillow,
+Numba or a checkpoint writer, or a network left half on the wrong device fails here as it would
+on the GPU. Results are compared with the same commands on the CPU.
+
+What this cannot check is CuPy itself (NVRTC, launches, cuBLAS, races between real threads):
+tests/test_gpu.py's ``cuda`` cases and bench/run_gpu_checks.sh do that on a GPU.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hostcupy
+from cuda_emu import EmuBackend
+from scratchnet import backend
+from scratchnet.cli import main
+from scratchnet.kernels import gpu
+from scratchnet.models import load
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def host_gpu(emulator_lib, monkeypatch):
+    """scratchnet sees a GPU: hostcupy arrays, kernels from the emulator, outputs poisoned."""
+    monkeypatch.setattr(backend, "_cupy", hostcupy)
+    monkeypatch.setitem(sys.modules, "cupy", hostcupy)     # code importing cupy itself gets the same
+    monkeypatch.setenv("SCRATCHNET_POISON", "1")
+    emu = EmuBackend(emulator_lib, hostcupy)
+    old = gpu.use_backend(emu)
+    try:
+        yield emu
+    finally:
+        gpu.use_backend(old)
+
+
+def run(argv, capsys):
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 0, f"scratchnet {' '.join(argv)} exited {rc}:\n{err[-3000:]}"
+    assert "running on the CPU" not in err, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def write_png(path, rng, size=24):
+    from scratchnet.io.images import save_png
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(path, (rng.random((size, size, 3)) * 255).astype(np.uint8))
+    return path
+
+
+WNIDS = {"n01443537": "goldfish, Carassius auratus", "n01629819": "European fire salamander",
+         "n01641577": "bullfrog, Rana catesbeiana", "n01644900": "tailed frog", "n01698640": "American alligator"}
+
+
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory):
+    """A ../shared holding a miniature Tiny-ImageNet in its real layout: 5 classes, 6 training and
+    2 val photos each (32 pixels, random, each class tinted and with a bright square in its box)."""
+    from PIL import Image
+    shared = tmp_path_factory.mktemp("shared")
+    root = shared / "data" / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+
+    def photo(path, c):
+        img = rng.random((32, 32, 3)) * 100
+        img[..., c % 3] += 60
+        x0, y0 = rng.integers(0, 16, 2)
+        img[y0:y0 + 14, x0:x0 + 14] += 90
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.astype(np.uint8)).save(path, quality=95)
+        return f"{x0}\t{y0}\t{x0 + 13}\t{y0 + 13}"
+
+    val_lines = []
+    for c, w in enumerate(WNIDS):
+        boxes = [f"{w}_{i}.JPEG\t" + photo(root / "train" / w / "images" / f"{w}_{i}.JPEG", c) for i in range(6)]
+        (root / "train" / w / f"{w}_boxes.txt").write_text("\n".join(boxes) + "\n")
+        for i in range(2):
+            name = f"val_{2 * c + i}.JPEG"
+            val_lines.append(f"{name}\t{w}\t" + photo(root / "val" / "images" / name, c))
+    (root / "val" / "val_annotations.txt").write_text("\n".join(val_lines) + "\n")
+    (root / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
+    (root / "words.txt").write_text("".join(f"{w}\t{n}\n" for w, n in WNIDS.items()))
+    (shared / "README.md").write_text("a miniature ../shared for tests/test_gpu_host.py\n")
+    return shared
+
+
+@pytest.fixture(scope="module")
+def folder(shared_root):
+    return shared_root / "data" / "tiny-imagenet-200"
+
+
+def train_args(epochs=2):
+    return ["--arch", "paper", "--input-size", "16", "--width", "0.0625", "--epochs", str(epochs), "--batch-size", "6",
+            "--seed", "0", "--schedule", "piecewise", "--lr-points", "1:0.01"]
+
+
+def test_train_on_the_device_equals_train_on_the_cpu(folder, tmp_path, host_gpu, capsys):
+    """Same seed, same data: the GPU path's losses and weights are the CPU's (float32 rounding apart);
+    the checkpoint it writes is plain NumPy and loads anywhere."""
+    common = ["train", "--data", str(folder), "--cache", str(tmp_path / "cache")] + train_args()
+    cpu = run(common + ["--device", "cpu", "--out", str(tmp_path / "cpu")], capsys)
+    assert not host_gpu.launches
+    dev = run(common + ["--device", "gpu", "--out", str(tmp_path / "gpu")], capsys)
+    assert {"im2col", "col2im_gather", "relu_fwd", "relu_bwd", "maxpool_fwd", "maxpool_bwd_gather", "lrn_fwd",
+            "lrn_bwd", "softmax_xent_fwd_bwd", "sgd_momentum_update"} <= set(host_gpu.launches), host_gpu.launches
+    assert cpu["steps"] == dev["steps"] == 10
+    assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-4)
+    assert dev["val_top1"] == cpu["val_top1"]
+    a, b = load(tmp_path / "cpu" / "model.npz"), load(tmp_path / "gpu" / "model.npz")
+    for (path, la, key), (_, lb, _) in zip(a.named_params(), b.named_params()):
+        assert type(lb.params[key]) is np.ndarray, f"{path}.{key} was saved as {type(lb.params[key])}"
+        np.testing.assert_allclose(lb.params[key], la.params[key], rtol=1e-3, atol=1e-5, err_msg=f"{path}.{key}")
+
+
+def test_resume_on_the_device(folder, tmp_path, host_gpu, capsys):
+    """One epoch, then --resume to two: the momentum and the weights come back onto the device."""
+    common = ["train", "--data", str(folder), "--cache", str(tmp_path / "cache"), "--device", "gpu"]
+    straight = run(common + train_args(2) + ["--out", str(tmp_path / "a")], capsys)
+    run(common + train_args(1) + ["--out", str(tmp_path / "b")], capsys)
+    resumed = run(common + train_args(2) + ["--out", str(tmp_path / "b"), "--resume"], capsys)
+    assert resumed["steps"] == straight["steps"] and resumed["epochs"] == 2
+    a, b = load(tmp_path / "a" / "model.npz"), load(tmp_path / "b" / "model.npz")
+    for (path, la, key), (_, lb, _) in zip(a.named_params(), b.named_params()):
+        np.testing.assert_array_equal(lb.params[key], la.params[key], err_msg=f"{path}.{key}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the visualisers, localisation, evaluation and the demo: the same command on both devices
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory):
+    """The paper's network (16 pixels, width 1/16) trained one epoch on ``folder`` on the CPU."""
+    out = tmp_path_factory.mktemp("run") / "r"
+    assert main(["train", "--data", str(folder), "--cache", str(out.parent / "cache"),
+                 "--out", str(out)] + train_args(1)) == 0
+    return out / "model.npz"
+
+
+@pytest.fixture(scope="module")
+def tiny_vis_net(tmp_path_factory):
+    """tests/test_vis.py's tiny network: a Fire-like concat, a residual depthwise block, ReLU6, GAP."""
+    from test_vis import tiny_net
+    net = tiny_net(dtype=np.float32, size=16)
+    for _, branch in net["fire"].branches:          # no dead path at the zero image (class models move)
+        branch["c"].params["b"] += 1.0
+    net.class_names = ["goose", "ostrich", "cup", "lemon", "limousine"]
+    path = tmp_path_factory.mktemp("net") / "tiny.npz"
+    net.save(path)
+    return path
+
+
+SKIP_KEYS = ("seconds", "time")
+
+
+def assert_same_result(got, want, where="result"):
+    """Two JSON results of one command on the two devices: equal, numbers to float32 rounding; the
+    .npy files they name equal too; other file names and timings skipped."""
+    if isinstance(want, str) and "/" in want:
+        if want.endswith(".npy"):
+            np.testing.assert_allclose(np.load(got), np.load(want), rtol=1e-3, atol=1e-5 * np.abs(np.load(want)).max(),
+                                       err_msg=where)
+        return
+    if isinstance(want, dict):
+        assert set(got) == set(want), f"{where}: keys {sorted(got)} != {sorted(want)}"
+        for k in want:
+            if not any(s in k for s in SKIP_KEYS):
+                assert_same_result(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), f"{where}: {len(got)} items, expected {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_result(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-3, abs=1e-5), f"{where}: {got} != {want}"
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+def both(argv, tmp_path, capsys, host_gpu):
+    """Run a command on the CPU, then on the (emulated) GPU, each into its own --out; both results."""
+    def with_out(dev):
+        a = list(argv)
+        if "--out" in a:
+            a[a.index("--out") + 1] = str(tmp_path / dev)
+        return a + ["--device", dev]
+    cpu = run(with_out("cpu"), capsys)
+    launched = sum(host_gpu.launches.values())
+    dev = run(with_out("gpu"), capsys)
+    if argv[0] != "info":                   # info computes shapes, nothing on a device
+        assert sum(host_gpu.launches.values()) > launched, f"scratchnet {argv[0]} --device gpu launched no kernel"
+    return cpu, dev
+
+
+def photos(tmp_path, n=3):
+    rng = np.random.default_rng(5)
+    return [str(write_png(tmp_path / "photos" / f"p{i}.png", rng, 20 + 4 * i)) for i in range(n)]
+
+
+@pytest.mark.parametrize("model", ["trained", "tiny_vis_net"])
+def test_visualisers_on_the_device_equal_the_cpu(model, tmp_path, host_gpu, capsys, request):
+    m = str(request.getfixturevalue(model))
+    ph = photos(tmp_path)
+    layer = "conv2" if model == "trained" else "dw"
+    for argv in (["info", "--model", m],
+                 ["classify", *ph, "--model", m],
+                 ["saliency", *ph, "--model", m, "--rule", "all", "--out", "x"],
+                 ["saliency", ph[0], "--model", m, "--ten-crop", "--class", "1", "--out", "x"],
+                 ["classmodel", "--model", m, "--class", "0", "2", "--steps", "3", "--out", "x"],
+                 ["classmodel", "--model", m, "--class", "1", "--steps", "3", "--regularised", "--out", "x"],
+                 ["deconv", ph[1], "--model", m, "--layer", layer, "--rule", "all", "--out", "x"],
+                 ["compare-rules", ph[1], "--model", m, "--check-pixels", "4"],
+                 ["localise", *ph, "--model", m, "--out", "x"],
+                 ["localise", ph[2], "--model", m, "--ten-crop", "--out", "x"]):
+        cpu, dev = both(argv, tmp_path / argv[0], capsys, host_gpu)
+        assert_same_result(dev, cpu, f"scratchnet {' '.join(argv[:2])}")
+
+
+def test_evaluate_on_the_device_equals_the_cpu(trained, folder, tmp_path, host_gpu, capsys):
+    for argv in (["evaluate", "classification", "--model", str(trained), "--data", str(folder / "val"), "--flip"],
+                 ["evaluate", "localisation", "--model", str(trained), "--data", str(folder), "--all-maps",
+                  "--no-cache"],
+                 ["evaluate", "localisation", "--model", str(trained), "--data", str(folder), "--ten-crop",
+                  "--rule", "guided", "--no-cache"]):
+        cpu, dev = both(argv, tmp_path, capsys, host_gpu)
+        assert_same_result(dev, cpu, " ".join(argv[:2]))
+
+
+def test_demo_on_the_device(tiny_vis_net, tmp_path, host_gpu, capsys):
+    cpu, dev = both(["demo", "--model", str(tiny_vis_net), "--quick", "--out", "x"], tmp_path, capsys, host_gpu)
+    assert dev["images"] == cpu["images"] >= 10
+
+
+def test_demo_of_a_network_trained_here_on_the_device(trained, shared_root, tmp_path, host_gpu, capsys, monkeypatch):
+    """A Tiny-ImageNet network: its val photos, boxes and localisation section, on the device."""
+    monkeypatch.setenv("SCRATCHNET_SHARED", str(shared_root))
+    cpu, dev = both(["demo", "--model", str(trained), "--quick", "--out", "x"], tmp_path, capsys, host_gpu)
+    assert dev["images"] == cpu["images"] >= 10
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "gpu")]
+    assert "localisation_error" in summaries[1]["models"][str(trained)]
+    assert_same_result(summaries[1], summaries[0], "summary.json")
+
+
+def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
+    """bench/bench_gpu.py end to end at toy size, its GPU path through kernels/gpu.py and the emulated
+    kernels: catches a broken benchmark before it costs GPU time. Checks the logic, not the numbers."""
+    import runpy
+    bench = runpy.run_path(str(HERE.parent / "bench" / "bench_gpu.py"))
+    rc = bench["main"](["--batches", "2", "--size", "32", "--repeats", "1", "--warmup", "0",
+                        "--sgemm-n", "64", "--no-torch"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["batches"]["2"]["scratchnet"]) == {"forward", "train_step", "saliency"}
+    assert any("fwd_gflops" in r for r in result["layers"])
+    assert {"im2col", "col2im_gather", "sgd_momentum_update", "softmax_xent_fwd_bwd"} <= set(host_gpu.launches)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stand-in itself, and the network's device check
+# ---------------------------------------------------------------------------------------------
+def test_hostcupy_refuses_what_cupy_refuses():
+    a = hostcupy.asarray(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        a + np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        hostcupy.concatenate([a, np.ones((1, 3), np.float32)])
+    with pytest.raises(TypeError, match="Unsupported type"):
+        a[0] = np.zeros(3)
+    b = a * np.float32(2) + 1                   # scalars are fine, results stay on the device
+    b += a
+    assert type(b) is hostcupy.ndarray and float(b.sum()) == 24.0
+    assert type(np.sum(a, axis=0)) is hostcupy.ndarray           # NumPy functions dispatch, as with CuPy
+    np.testing.assert_array_equal(hostcupy.asnumpy(b), np.full((2, 3), 4, np.float32))
+
+
+def test_network_and_input_on_different_devices_is_a_clear_error(host_gpu):
+    from scratchnet.models import paper_net
+    net = paper_net(32, num_classes=3, width=0.125, seed=0)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    net.to("gpu")
+    assert net.device() == "gpu"
+    with pytest.raises(ValueError, match=r"input is on the cpu .* network is on the gpu.*to_device\(x, 'gpu'\)"):
+        net.forward(x)
+    net.to("cpu")
+    assert net.device() == "cpu" and type(net.forward(x)) is np.ndarray
+    with pytest.raises(ValueError, match=r"input is on the gpu .* network is on the cpu"):
+        net.forward(hostcupy.asarray(x))
