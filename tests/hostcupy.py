@@ -52,10 +52,12 @@ def _unwrap(obj, where):
 
 
 def _wrap(obj):
-    """NumPy arrays in a result -> ndarray (scalars stay scalars, as CuPy's 0-d results do not,
-    but scratchnet converts those with float()/int() either way)."""
+    """NumPy results -> device arrays; a NumPy scalar (a full reduction, one element) -> a 0-d device
+    array, as CuPy returns (``float(a)``, ``a.item()`` and formatting bring it to the host)."""
     if isinstance(obj, np.ndarray):
         return ndarray(obj)
+    if isinstance(obj, np.generic):
+        return ndarray(np.asarray(obj))
     if isinstance(obj, tuple):
         return tuple(_wrap(o) for o in obj)
     if isinstance(obj, list):
@@ -111,6 +113,9 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __bool__(self):
         return bool(self._a)
+
+    def __format__(self, spec):         # CuPy formats through get()
+        return format(self._a[()] if self._a.ndim == 0 else self._a, spec)
 
     def __copy__(self):
         return ndarray(self._a.copy())
