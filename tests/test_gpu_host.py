@@ -296,3 +296,26 @@ def test_network_and_input_on_different_devices_is_a_clear_error(host_gpu):
     assert net.device() == "cpu" and type(net.forward(x)) is np.ndarray
     with pytest.raises(ValueError, match=r"input is on the gpu .* network is on the cpu"):
         net.forward(hostcupy.asarray(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# the pretrained ImageNet networks (EfficientNet-Lite0 comes with pip; SqueezeNet from ../shared)
+# ---------------------------------------------------------------------------------------------
+def sample_photo(tmp_path):
+    from scratchnet.io.images import save_png
+    from scratchnet.vis.report import sample_photos
+    _, img, _ = sample_photos(1, shared_n=0)[0]
+    return str(save_png(tmp_path / "photo.png", img))
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", pytest.param("squeezenet1_0", marks=pytest.mark.shared)])
+def test_pretrained_networks_on_the_device_equal_the_cpu(model, tmp_path, host_gpu, capsys, request):
+    """Depthwise convolutions, ReLU6, average pooling, LRN-free Fire modules: top-5 classes, scores
+    and the saliency map of a real photo agree on the two devices."""
+    if model == "squeezenet1_0":
+        request.getfixturevalue("shared")
+    ph = sample_photo(tmp_path)
+    for argv in (["classify", ph, "--model", model],
+                 ["saliency", ph, "--model", model, "--out", "x"]):
+        cpu, dev = both(argv, tmp_path / argv[0], capsys, host_gpu)
+        assert_same_result(dev, cpu, f"{model} {argv[0]}")
