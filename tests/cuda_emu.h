@@ -7,6 +7,10 @@
 // std::thread each, meeting at a barrier. __shared__ arrays become function-local statics: one per
 // kernel instantiation, shared by the threads of the block being run.
 //
+// emu_set_reverse(1) runs the blocks, and the threads of a non-sync block, in the opposite order:
+// a kernel whose result depends on which thread runs first (one thread reading what another writes,
+// two threads writing one element) then gives different bits, which a test compares.
+//
 // emu_launch checks every argument against the kernel's C++ parameter type ("p:f4" = pointer to a
 // 4-byte float, "s:i8" = 8-byte integer scalar...), which CuPy does not: a wrong scalar type or a
 // wrong argument count there is silent memory corruption.
@@ -104,6 +108,8 @@ void emu_call(void (*k)(A...), void** vals, std::index_sequence<I...>) {
     k(emu_read<A>(vals[I])...);
 }
 
+static bool emu_reverse = false;
+
 using EmuLauncher = std::function<std::string(dim3, dim3, int, const char**, void**)>;
 
 template <typename... A>
@@ -120,26 +126,26 @@ EmuLauncher emu_launcher(std::string name, void (*k)(A...), bool sync) {
         gridDim = grid;
         const unsigned nthreads = block.x * block.y * block.z;
         emu_barrier.misused = false;
-        for (unsigned bz = 0; bz < grid.z; ++bz)
-            for (unsigned by = 0; by < grid.y; ++by)
-                for (unsigned bx = 0; bx < grid.x; ++bx) {
-                    const dim3 b{bx, by, bz};
-                    auto run = [&](unsigned t) {
-                        blockIdx = b;
-                        threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-                        emu_call(k, vals, std::index_sequence_for<A...>{});
-                    };
-                    if (!sync) {
-                        emu_barrier.total = 0;
-                        for (unsigned t = 0; t < nthreads; ++t) run(t);
-                    } else {
-                        emu_barrier.total = nthreads;
-                        std::vector<std::thread> threads;
-                        threads.reserve(nthreads);
-                        for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(run, t);
-                        for (auto& th : threads) th.join();
-                    }
-                }
+        const unsigned nblocks = grid.x * grid.y * grid.z;
+        for (unsigned i = 0; i < nblocks; ++i) {
+            const unsigned lin = emu_reverse ? nblocks - 1 - i : i;
+            const dim3 b{lin % grid.x, (lin / grid.x) % grid.y, lin / (grid.x * grid.y)};
+            auto run = [&](unsigned t) {
+                blockIdx = b;
+                threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                emu_call(k, vals, std::index_sequence_for<A...>{});
+            };
+            if (!sync) {
+                emu_barrier.total = 0;
+                for (unsigned t = 0; t < nthreads; ++t) run(emu_reverse ? nthreads - 1 - t : t);
+            } else {
+                emu_barrier.total = nthreads;
+                std::vector<std::thread> threads;
+                threads.reserve(nthreads);
+                for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(run, t);
+                for (auto& th : threads) th.join();
+            }
+        }
         if (emu_barrier.misused) return name + ": calls __syncthreads but was registered with sync=false";
         return "";
     };
@@ -151,6 +157,8 @@ static std::map<std::string, EmuLauncher>& emu_registry() {
 }
 
 #define EMU_REGISTER(expr, sync) emu_registry()[#expr] = emu_launcher(#expr, &expr, sync)
+
+extern "C" void emu_set_reverse(int reverse) { emu_reverse = reverse != 0; }
 
 extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                           unsigned by, unsigned bz, int nargs, const char** codes, void** vals,

@@ -8,7 +8,9 @@ Each test runs on two devices:
              and run on the CPU through the same kernels/gpu.py code. This checks, on any machine,
              the kernels' index arithmetic, gpu.py's launch configurations and argument lists (types
              included, which CuPy does not check), and that no kernel writes outside its output.
-             It cannot check what only a GPU shows: CuPy's compilation and launch, races between
+             Run once more with blocks and threads in reverse order, every kernel gives the same
+             bits (a result that depends on which thread runs first would not). It cannot check
+             what only a GPU shows: CuPy's compilation and launch, timing-dependent races between
              real threads, cuBLAS.
 
 Every output is poisoned (SCRATCHNET_POISON=1: NaN before the kernel runs), so an element a kernel
@@ -19,6 +21,7 @@ in every failure message. Tolerance: the largest difference over the largest CPU
 from __future__ import annotations
 
 import copy
+import ctypes
 import math
 import secrets
 import subprocess
@@ -382,6 +385,45 @@ def test_backward_is_deterministic(dev, fresh):
         c2 = dev.get(kernels.col2im(cols, x.shape, (3, 3), (1, 1), (11, 11)))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(c1, c2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_results_do_not_depend_on_the_order_threads_run_in(emulator_lib, fresh, dtype):
+    """Emulated only: every layer kind, the loss and the fused update, once with blocks and threads in
+    launch order and once reversed (tests/cuda_emu.h, emu_set_reverse): the same bits. A kernel where
+    one thread reads what another writes, or two threads write one element, would differ."""
+    emu = Emulated(emulator_lib)
+    emulator_lib.emu_set_reverse.argtypes = [ctypes.c_int]
+
+    def run_all():
+        out = []
+        with emu.active():
+            extra = {"relu": (ReLU, (2, 3, 5, 7)), "relu6": (ReLU6, (2, 3, 5, 7))}
+            for name, (make, shape) in {**LAYERS, **extra}.items():
+                layer = make()
+                rng = np.random.default_rng(fresh.seed)
+                for _, lay, key in layer.named_params():
+                    lay.params[key] = rng.standard_normal(lay.params[key].shape).astype(dtype)
+                x = (rng.standard_normal(shape) * 4).astype(dtype)
+                y = layer.forward(x, False)
+                out += [y, layer.backward(rng.standard_normal(y.shape).astype(dtype), "guided", True, True)]
+                out += list(layer.grads.values())
+            scores = rng.standard_normal((5, 7)).astype(dtype)
+            out += list(softmax_cross_entropy(scores, rng.integers(0, 7, 5)))
+            w, g, v = (rng.standard_normal(300).astype(dtype) for _ in range(3))
+            kernels.sgd_update(w, g, v, 0.1, 0.9, 5e-4)
+            out += [w, v]
+        return out
+
+    try:
+        forward = run_all()
+        emulator_lib.emu_set_reverse(1)
+        backward = run_all()
+    finally:
+        emulator_lib.emu_set_reverse(0)
+    assert len(forward) == len(backward)
+    for i, (a, b) in enumerate(zip(forward, backward)):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=f"output {i} {fresh.where}")
 
 
 # ---------------------------------------------------------------------------------------------
