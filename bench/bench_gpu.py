@@ -10,7 +10,9 @@ For each batch size, in float32, on one GPU:
     autotuning on (torch.backends.cudnn.benchmark), TF32 off unless --tf32, timed in the same run;
     and our time over theirs;
   * our per-layer forward and backward times, and GFLOP/s of the convolutions and fully connected
-    layers against this GPU's measured SGEMM rate (cupy.matmul of two 8192x8192 float32 matrices).
+    layers against this GPU's measured SGEMM rate (cupy.matmul of two 8192x8192 float32 matrices);
+  * each convolution taken apart (padding, im2col, GEMM, copy to NCHW, dW GEMM whole and split over
+    slices of N*P, dcols GEMM, col2im): where the time goes, for the next optimisation.
 Times come from CUDA events around each call after warm-up calls, the median of --repeats.
 Before timing, our forward scores are compared with PyTorch's (relative error, printed).
 --tf32 lets both libraries use TF32 tensor cores for float32 GEMMs and convolutions.
@@ -229,6 +231,8 @@ def main(argv=None):
         g = g2 if g2 is not None else g
     result["layers_batch"] = batch
     result["layers"] = layers
+    acts.append(h)
+    result["conv_parts"] = conv_parts(net, acts, ours_time, cp, sgemm)
 
     # the tables
     print(f"{device}, float32, {args.size}x{args.size}, SGEMM {sgemm / 1e3:.1f} TFLOP/s"
@@ -245,8 +249,64 @@ def main(argv=None):
         if "fwd_gflops" in r:
             line += f"{r['fwd_gflops']:13.0f}{r['fwd_of_sgemm']:10.0%}{r['bwd_gflops']:13.0f}{r['bwd_of_sgemm']:10.0%}"
         print(line)
+    print(f"\nconvolutions by part, batch {batch} (ms; GEMM GFLOP/s as a share of SGEMM; dW split: the dW GEMM as "
+          f"S GEMMs over slices of N*P, summed):")
+    print(f"{'layer':<7}{'pad':>7}{'im2col':>8}{'GEMM':>8}{'':>5}{'->NCHW':>8}{'dW':>8}{'':>5}{'dW split':>13}"
+          f"{'dcols':>8}{'':>5}{'col2im':>8}")
+    for r in result["conv_parts"]:
+        split = f"{r['dW_split_ms']:7.2f} S={r['dW_split_S']:<3}" if r.get("dW_split_ms") else f"{'-':>13}"
+        print(f"{r['layer']:<7}{r['pad_ms']:7.2f}{r['im2col_ms']:8.2f}{r['gemm_ms']:8.2f}{r['gemm_of_sgemm']:5.0%}"
+              f"{r['to_nchw_ms']:8.2f}{r['dW_ms']:8.2f}{r['dW_of_sgemm']:5.0%}{split}{r['dcols_ms']:8.2f}"
+              f"{r['dcols_of_sgemm']:5.0%}{r['col2im_ms']:8.2f}")
     print(json.dumps(result))
     return 0
+
+
+def conv_parts(net, acts, ours_time, cp, sgemm):
+    """Each plain (im2col) convolution of ``net`` taken apart, on its real input acts[i]: padding,
+    im2col, the forward GEMM, the copy back to NCHW, the dW GEMM (whole, and split over S slices of its
+    long N*P dimension, then summed: more thread blocks for a small O x K result), the dcols GEMM and
+    col2im; milliseconds, GEMM rates as shares of the SGEMM rate (in GFLOP/s)."""
+    from scratchnet.layers.conv import pad_nchw
+    rows = []
+    for i, (name, layer) in enumerate(net.layers):
+        if not isinstance(layer, Conv2d) or layer.groups != 1 or layer.pointwise:
+            continue
+        x = acts[i]
+        n, c, h, w = x.shape
+        _, o, oh, ow = layer.output_shape(x.shape)
+        pads = layer.pads_for(h, w)
+        W2 = layer.params["W"].reshape(o, -1)
+        k, np_ = W2.shape[1], n * oh * ow
+        xpad = pad_nchw(x, pads)
+        cols = kernels.im2col(xpad, layer.kernel, layer.stride, (oh, ow))
+        y2 = cp.matmul(W2, cols)
+        dy2 = cp.ones_like(y2)
+        dcols = cp.matmul(W2.T, dy2)
+        gflop = 2 * o * k * np_ / 1e9
+        r = dict(layer=name, o=o, k=k, np=np_)
+        r["pad_ms"] = ours_time(lambda: pad_nchw(x, pads)) * 1e3
+        r["im2col_ms"] = ours_time(lambda: kernels.im2col(xpad, layer.kernel, layer.stride, (oh, ow))) * 1e3
+        r["gemm_ms"] = ours_time(lambda: cp.matmul(W2, cols)) * 1e3
+        r["to_nchw_ms"] = ours_time(lambda: cp.ascontiguousarray(y2.reshape(o, n, oh * ow).transpose(1, 0, 2))) * 1e3
+        r["dW_ms"] = ours_time(lambda: cp.matmul(dy2, cols.T)) * 1e3
+        r["dcols_ms"] = ours_time(lambda: cp.matmul(W2.T, dy2)) * 1e3
+        r["col2im_ms"] = ours_time(lambda: kernels.col2im(dcols, xpad.shape, layer.kernel, layer.stride, (oh, ow))) * 1e3
+        for part in ("gemm", "dW", "dcols"):
+            r[f"{part}_of_sgemm"] = gflop / (r[f"{part}_ms"] / 1e3) / sgemm
+        best = None
+        for S in (8, 32, 128):
+            if np_ % S:
+                continue
+            a3 = dy2.reshape(o, S, np_ // S).transpose(1, 0, 2)              # (S, O, NP/S), strided views
+            b3 = cols.reshape(k, S, np_ // S).transpose(1, 2, 0)             # (S, NP/S, K)
+            t = ours_time(lambda: cp.matmul(a3, b3).sum(axis=0)) * 1e3
+            if best is None or t < best[1]:
+                best = (S, t)
+        if best:
+            r["dW_split_S"], r["dW_split_ms"] = best
+        rows.append(r)
+    return rows
 
 
 if __name__ == "__main__":
