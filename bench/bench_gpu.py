@@ -231,7 +231,6 @@ def main(argv=None):
         g = g2 if g2 is not None else g
     result["layers_batch"] = batch
     result["layers"] = layers
-    acts.append(h)
     result["conv_parts"] = conv_parts(net, acts, ours_time, cp, sgemm)
 
     # the tables
@@ -249,25 +248,40 @@ def main(argv=None):
         if "fwd_gflops" in r:
             line += f"{r['fwd_gflops']:13.0f}{r['fwd_of_sgemm']:10.0%}{r['bwd_gflops']:13.0f}{r['bwd_of_sgemm']:10.0%}"
         print(line)
-    print(f"\nconvolutions by part, batch {batch} (ms; GEMM GFLOP/s as a share of SGEMM; dW split: the dW GEMM as "
-          f"S GEMMs over slices of N*P, summed):")
-    print(f"{'layer':<7}{'pad':>7}{'im2col':>8}{'GEMM':>8}{'':>5}{'->NCHW':>8}{'dW':>8}{'':>5}{'dW split':>13}"
-          f"{'dcols':>8}{'':>5}{'col2im':>8}")
+    print(f"\nconvolutions by part, batch {batch} (ms; a GEMM's share of the SGEMM rate beside it; the first "
+          f"layer's backward sum leaves out dcols, col2im and unpad, as its measured backward computes no input gradient):")
+    fwd_parts, bwd_parts = ("pad", "im2col", "gemm", "to_nchw", "bias"), ("db", "dy_rows", "dW", "dcols", "col2im", "unpad")
+    print(f"{'layer':<7}" + "".join(f"{p:>9}" + ("     " if p in ("gemm", "dW", "dcols") else "") for p in fwd_parts)
+          + f"{'sum':>8}{'meas.':>8} |" + "".join(f"{p:>9}" + ("     " if p in ("dW", "dcols") else "") for p in bwd_parts)
+          + f"{'sum':>8}{'meas.':>8}")
+    measured = {r["layer"]: r for r in layers}
     for r in result["conv_parts"]:
-        split = f"{r['dW_split_ms']:7.2f} S={r['dW_split_S']:<3}" if r.get("dW_split_ms") else f"{'-':>13}"
-        print(f"{r['layer']:<7}{r['pad_ms']:7.2f}{r['im2col_ms']:8.2f}{r['gemm_ms']:8.2f}{r['gemm_of_sgemm']:5.0%}"
-              f"{r['to_nchw_ms']:8.2f}{r['dW_ms']:8.2f}{r['dW_of_sgemm']:5.0%}{split}{r['dcols_ms']:8.2f}"
-              f"{r['dcols_of_sgemm']:5.0%}{r['col2im_ms']:8.2f}")
+        line = f"{r['layer']:<7}"
+        for p in fwd_parts:
+            line += f"{r[p + '_ms']:9.2f}" + (f"{r[p + '_of_sgemm']:5.0%}" if p == "gemm" else "")
+        line += f"{r['fwd_parts_ms']:8.2f}{measured[r['layer']]['fwd_ms']:8.2f} |"
+        for p in bwd_parts:
+            line += f"{r[p + '_ms']:9.2f}" + (f"{r[p + '_of_sgemm']:5.0%}" if p in ("dW", "dcols") else "")
+        line += f"{r['bwd_parts_ms']:8.2f}{measured[r['layer']]['bwd_ms']:8.2f}"
+        print(line)
+    print("dW split over S slices of N*P (contiguous operands; reordering the columns for it is extra):")
+    for r in result["conv_parts"]:
+        if "dW_split_ms" in r:
+            print(f"  {r['layer']:<7} dW {r['dW_ms']:8.2f} ms whole, {r['dW_split_ms']:8.2f} ms as S={r['dW_split_S']} "
+                  f"+ {r['dW_split_reorder_cols_ms']:.2f} ms to reorder the columns")
     print(json.dumps(result))
     return 0
 
 
 def conv_parts(net, acts, ours_time, cp, sgemm):
-    """Each plain (im2col) convolution of ``net`` taken apart, on its real input acts[i]: padding,
-    im2col, the forward GEMM, the copy back to NCHW, the dW GEMM (whole, and split over S slices of its
-    long N*P dimension, then summed: more thread blocks for a small O x K result), the dcols GEMM and
-    col2im; milliseconds, GEMM rates as shares of the SGEMM rate (in GFLOP/s)."""
-    from scratchnet.layers.conv import pad_nchw
+    """Each plain (im2col) convolution of ``net`` taken apart, on its real input acts[i], in the order
+    Conv2d runs them: forward = padding, im2col, GEMM, copy to NCHW, bias; backward (weights and input)
+    = bias gradient, dy to (O, N*P) rows, dW GEMM, dcols GEMM, col2im, unpadding. Milliseconds, GEMM
+    rates as shares of the SGEMM rate, and the sums beside the layer's measured forward and backward.
+    Also the dW GEMM split over S slices of its long N*P dimension and summed (more thread blocks for a
+    small O x K result): CuPy's batched matmul copies strided operands to contiguous ones first, so the
+    split is timed on contiguous slices, with that reordering copy timed on its own."""
+    from scratchnet.layers.conv import _unpad, pad_nchw
     rows = []
     for i, (name, layer) in enumerate(net.layers):
         if not isinstance(layer, Conv2d) or layer.groups != 1 or layer.pointwise:
@@ -277,37 +291,52 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
         _, o, oh, ow = layer.output_shape(x.shape)
         pads = layer.pads_for(h, w)
         W2 = layer.params["W"].reshape(o, -1)
+        b4 = layer.params["b"].reshape(1, o, 1, 1)
         k, np_ = W2.shape[1], n * oh * ow
         xpad = pad_nchw(x, pads)
         cols = kernels.im2col(xpad, layer.kernel, layer.stride, (oh, ow))
         y2 = cp.matmul(W2, cols)
-        dy2 = cp.ones_like(y2)
+        y = cp.ascontiguousarray(y2.reshape(o, n, oh * ow).transpose(1, 0, 2)).reshape(n, o, oh, ow)
+        dy = cp.ones_like(y)
+        dy2 = cp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2)).reshape(o, np_)
         dcols = cp.matmul(W2.T, dy2)
+        dxpad = kernels.col2im(dcols, xpad.shape, layer.kernel, layer.stride, (oh, ow))
         gflop = 2 * o * k * np_ / 1e9
+
+        def add_bias():
+            y[...] += b4                     # in place, as Conv2d does
         r = dict(layer=name, o=o, k=k, np=np_)
         r["pad_ms"] = ours_time(lambda: pad_nchw(x, pads)) * 1e3
         r["im2col_ms"] = ours_time(lambda: kernels.im2col(xpad, layer.kernel, layer.stride, (oh, ow))) * 1e3
         r["gemm_ms"] = ours_time(lambda: cp.matmul(W2, cols)) * 1e3
         r["to_nchw_ms"] = ours_time(lambda: cp.ascontiguousarray(y2.reshape(o, n, oh * ow).transpose(1, 0, 2))) * 1e3
+        r["bias_ms"] = ours_time(add_bias) * 1e3
+        r["db_ms"] = ours_time(lambda: dy.sum(axis=(0, 2, 3))) * 1e3
+        r["dy_rows_ms"] = ours_time(lambda: cp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2))) * 1e3
         r["dW_ms"] = ours_time(lambda: cp.matmul(dy2, cols.T)) * 1e3
         r["dcols_ms"] = ours_time(lambda: cp.matmul(W2.T, dy2)) * 1e3
         r["col2im_ms"] = ours_time(lambda: kernels.col2im(dcols, xpad.shape, layer.kernel, layer.stride, (oh, ow))) * 1e3
+        r["unpad_ms"] = ours_time(lambda: _unpad(dxpad, pads)) * 1e3
         for part in ("gemm", "dW", "dcols"):
             r[f"{part}_of_sgemm"] = gflop / (r[f"{part}_ms"] / 1e3) / sgemm
+        r["fwd_parts_ms"] = sum(r[f"{p}_ms"] for p in ("pad", "im2col", "gemm", "to_nchw", "bias"))
+        r["input_grad"] = i > 0            # as in the per-layer timing: the first layer has no input gradient
+        r["bwd_parts_ms"] = sum(r[f"{p}_ms"] for p in ("db", "dy_rows", "dW") + (("dcols", "col2im", "unpad")
+                                                                                  if i > 0 else ()))
         best = None
         for S in (8, 32, 128):
             if np_ % S:
                 continue
-            a3 = dy2.reshape(o, S, np_ // S).transpose(1, 0, 2)              # (S, O, NP/S), strided views
-            b3 = cols.reshape(k, S, np_ // S).transpose(1, 2, 0)             # (S, NP/S, K)
+            a3 = cp.ascontiguousarray(dy2.reshape(o, S, np_ // S).transpose(1, 0, 2))      # (S, O, NP/S)
+            b3 = cp.ascontiguousarray(cols.reshape(k, S, np_ // S).transpose(1, 2, 0))     # (S, NP/S, K)
             t = ours_time(lambda: cp.matmul(a3, b3).sum(axis=0)) * 1e3
             if best is None or t < best[1]:
-                best = (S, t)
+                copy = ours_time(lambda: cp.ascontiguousarray(cols.reshape(k, S, np_ // S).transpose(1, 2, 0))) * 1e3
+                best = (S, t, copy)
+            del a3, b3
         if best:
-            r["dW_split_S"], r["dW_split_ms"] = best
+            r["dW_split_S"], r["dW_split_ms"], r["dW_split_reorder_cols_ms"] = best
         rows.append(r)
+        del cols, y2, y, dy, dy2, dcols, dxpad
+        cp.get_default_memory_pool().free_all_blocks()
     return rows
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,8 +8,8 @@
 # ../shared does not travel to the device machine, so make the data subset here first (about 29 MB,
 # 100 classes x 100 training images + their 5,000 val images; /gpu_data/ is ignored by git):
 #     python3 bench/make_tiny_subset.py
-# then, through the device tool, as one call (2-4 minutes on an H100/H200 by estimate, not yet measured,
-# most of it the training; each step has its own timeout, together 8.5 minutes; EPOCHS=20 if the first
+# then, through the device tool, as one call (1-3 minutes on an H100/H200 by estimate, not yet measured,
+# most of it the training; each step has its own timeout, together 5 minutes; EPOCHS=20 if the first
 # run shows the training well under a minute):
 #     run(command="bash bench/run_gpu_visualisers.sh", carry=["gpu_data"], timeout_s=600)
 # and read output_tail (the table) and the files under $OUT: gpu.txt, train.log, metrics.jsonl,
@@ -17,11 +17,12 @@
 # afterwards unless you rerun at once. The first step that uses the GPU (training) includes compiling
 # the CUDA kernels (CuPy caches them on disk; the later steps load them from that cache).
 #
-# Settings (environment variables): DEVICE (gpu), DATA (gpu_data/tiny-sub), EPOCHS (10), WIDTH (1.0),
+# Settings (environment variables): DEVICE (gpu), DATA (gpu_data/tiny-sub), EPOCHS (5), WIDTH (1.0),
 # BATCH (128), SAL_PHOTOS (256: the first ones of val_annotations.txt), CM_CLASSES (100: classes
 # 0..N-1), CM_STEPS (200), OUT (/tmp/scratchnet_gpu_visualisers: small files only), WORK
 # (/tmp/scratchnet_vis_work: the run folder, the PNGs, the decode cache), T_TRAIN/T_SAL/T_CM/T_WARM
-# (timeouts in s: 300/60/90/60). DEVICE=gpu without a usable GPU stops at once (scratchnet would
+# (timeouts in s: 150/45/60/45; a training cut short by its timeout leaves the
+# checkpoint of its last whole epoch, which the later steps then use). DEVICE=gpu without a usable GPU stops at once (scratchnet would
 # fall back to the CPU, and width 1.0 there takes hours); FALLBACK=1 runs on the CPU anyway.
 # A quick check on a CPU: DEVICE=cpu EPOCHS=1 WIDTH=0.25 SAL_PHOTOS=16 CM_STEPS=5 bash bench/run_gpu_visualisers.sh
 set -uo pipefail
@@ -30,16 +31,16 @@ OUT=${OUT:-/tmp/scratchnet_gpu_visualisers}
 WORK=${WORK:-/tmp/scratchnet_vis_work}
 DEVICE=${DEVICE:-gpu}
 DATA=${DATA:-gpu_data/tiny-sub}
-EPOCHS=${EPOCHS:-10}
+EPOCHS=${EPOCHS:-5}
 WIDTH=${WIDTH:-1.0}
 BATCH=${BATCH:-128}
 SAL_PHOTOS=${SAL_PHOTOS:-256}
 CM_CLASSES=${CM_CLASSES:-100}
 CM_STEPS=${CM_STEPS:-200}
-T_TRAIN=${T_TRAIN:-300}
-T_SAL=${T_SAL:-60}
-T_CM=${T_CM:-90}
-T_WARM=${T_WARM:-60}
+T_TRAIN=${T_TRAIN:-150}
+T_SAL=${T_SAL:-45}
+T_CM=${T_CM:-60}
+T_WARM=${T_WARM:-45}
 FALLBACK=${FALLBACK:-0}
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -104,11 +105,22 @@ skip() {  # skip NAME WHY
     echo "skipped: $2" >"$OUT/$1.log"
 }
 
+# every command must at least parse its arguments here (a missing package fails now, not step by step)
+if ! $PY -c "from scratchnet.cli import build_parser; build_parser()" 2>"$WORK/preflight.err"; then
+    tee -a "$OUT/gpu.txt" <"$WORK/preflight.err" >&2
+    say "scratchnet's command line does not load here; stopping"
+    exit 1
+fi
+
 MODEL="$WORK/run/model.npz"
 # a. training (includes decoding the images into $WORK/cache and, on a GPU, compiling the kernels)
 step train "$T_TRAIN" $PY -m scratchnet train --data "$DATA" --arch paper --input-size 64 --width "$WIDTH" \
     --epochs "$EPOCHS" --batch-size "$BATCH" --seed 0 --device "$DEVICE" --out "$WORK/run"
 cp "$WORK/run/metrics.jsonl" "$OUT/metrics.jsonl" 2>/dev/null
+if [ ! -f "$MODEL" ] && [ -f "$WORK/run/checkpoint.npz" ]; then
+    say "no model.npz (training cut short): the visualisers use checkpoint.npz, its last whole epoch"
+    MODEL="$WORK/run/checkpoint.npz"
+fi
 
 # b. saliency maps of the first SAL_PHOTOS val photos (val_annotations.txt order: classes mixed)
 head -n "$SAL_PHOTOS" "$DATA/val/val_annotations.txt" | cut -f1 | sed "s|^|$DATA/val/images/|" >"$WORK/photos.txt"

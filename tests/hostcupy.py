@@ -2,8 +2,10 @@
 
 What it is for: running scratchnet's ``--device gpu`` code paths end to end here (the trainer, the
 checkpoints, the visualisers, the CLI) and catching the host/device mistakes that would otherwise
-first show on a rented GPU: a CuPy array handed to NumPy, Pillow, Numba or ``np.savez``; a NumPy
-array mixed into a CuPy operation; an array left on the wrong device after ``net.to(...)``.
+first show on a rented GPU: a CuPy array handed to ``np.asarray``, Pillow or Numba; a NumPy array
+mixed into a CuPy operation; an array left on the wrong device after ``net.to(...)``. (NumPy
+functions called on a device array dispatch to CuPy's, as with CuPy: ``np.sum(a)`` and even
+``np.savez(f, a=a)`` work on both.)
 
 What it copies from CuPy (the parts that make those mistakes fail):
   * ``ndarray`` is not a ``numpy.ndarray``, and its ``__array__`` raises TypeError with CuPy's
@@ -129,9 +131,11 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
     def __getattr__(self, name):        # methods: reshape, astype, sum, max, argmax, fill, ...
         if name == "_a" or name.startswith("__"):      # no __array_interface__ etc.: no way to the host
             raise AttributeError(name)
+        if name == "ctypes":                # the host buffer: CuPy has no such thing
+            raise AttributeError(f"cupy.ndarray has no attribute {name!r}")
         attr = getattr(self._a, name)
         if not callable(attr):
-            return attr
+            return _wrap(attr) if isinstance(attr, np.ndarray) else attr    # .real, .imag: device arrays
 
         def method(*args, **kwargs):
             return _wrap(attr(*_unwrap(args, f"ndarray.{name}"), **_unwrap(kwargs, f"ndarray.{name}")))
@@ -153,6 +157,11 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
     # --- NumPy protocols ----------------------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         where = f"cupy.{ufunc.__name__}"
+        if method == "reduceat":
+            raise NotImplementedError(f"{where}.reduceat is not in CuPy")
+        for a in inputs:                    # CuPy takes device arrays and scalars, not lists
+            if isinstance(a, (list, tuple)):
+                raise TypeError(f"Unsupported type {type(a)} in {where}")
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = _unwrap(out, where)

@@ -9,9 +9,9 @@ Each test runs on two devices:
              the kernels' index arithmetic, gpu.py's launch configurations and argument lists (types
              included, which CuPy does not check), and that no kernel writes outside its output.
              Run once more with blocks and threads in reverse order, every kernel gives the same
-             bits (a result that depends on which thread runs first would not). It cannot check
-             what only a GPU shows: CuPy's compilation and launch, timing-dependent races between
-             real threads, cuBLAS.
+             bits: two threads writing different values to one element, or one thread reading what
+             another writes, would not. It cannot check what only a GPU shows: CuPy's compilation
+             and launch, lost updates and other races between threads running at once, cuBLAS.
 
 Every output is poisoned (SCRATCHNET_POISON=1: NaN before the kernel runs), so an element a kernel
 forgets to write fails the comparison. Inputs are fresh random numbers on every run; the seed is
@@ -388,10 +388,11 @@ def test_backward_is_deterministic(dev, fresh):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-def test_results_do_not_depend_on_the_order_threads_run_in(emulator_lib, fresh, dtype):
+def test_emulated_results_do_not_depend_on_the_order_threads_run_in(emulator_lib, fresh, dtype):
     """Emulated only: every layer kind, the loss and the fused update, once with blocks and threads in
     launch order and once reversed (tests/cuda_emu.h, emu_set_reverse): the same bits. A kernel where
-    one thread reads what another writes, or two threads write one element, would differ."""
+    one thread reads what another writes, or two threads write different values to one element, would
+    differ (threads run one at a time here, so a lost update between concurrent threads cannot show)."""
     emu = Emulated(emulator_lib)
     emulator_lib.emu_set_reverse.argtypes = [ctypes.c_int]
 
@@ -436,7 +437,7 @@ def test_poison_fills_outputs_with_nan(dev):
     assert np.isnan(out).all() and (sw == -1).all()
 
 
-def test_emulator_rejects_wrong_argument_types(emulator_lib):
+def test_emulated_launch_rejects_wrong_argument_types(emulator_lib):
     """What CuPy would silently misread: a double where the kernel takes a float, a Python int."""
     b = EmuBackend(emulator_lib)
     x = np.zeros(4, np.float32)

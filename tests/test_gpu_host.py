@@ -4,9 +4,9 @@ CuPy is replaced by tests/hostcupy.py (device arrays that refuse every implicit 
 as CuPy's do) and the kernels by the g++-built emulator of kernels/*.cu (tests/cuda_emu.py), so
 the trainer, the checkpoints, the visualisers, localisation, evaluation, the demo and the GPU
 benchmark run the code they run on a GPU: every array on the "device", every kernel from the .cu
-sources. A NumPy array mixed into a device operation, a device array handed to NumPy, Pillow,
-Numba or a checkpoint writer, or a network left half on the wrong device fails here as it would
-on the GPU. Results are compared with the same commands on the CPU.
+sources. A NumPy array mixed into a device operation, a device array handed to NumPy, Pillow or
+Numba, or a network and its input on different devices fails here as it would on the GPU. Results
+are compared with the same commands on the CPU.
 
 What this cannot check is CuPy itself (NVRTC, launches, cuBLAS, races between real threads):
 tests/test_gpu.py's ``cuda`` cases and bench/run_gpu_checks.sh do that on a GPU.
@@ -106,8 +106,8 @@ def train_args(epochs=2):
 
 
 def test_train_on_the_device_equals_train_on_the_cpu(folder, tmp_path, host_gpu, capsys):
-    """Same seed, same data: the GPU path's losses and weights are the CPU's (float32 rounding apart);
-    the checkpoint it writes is plain NumPy and loads anywhere."""
+    """Same seed, same data: the GPU path's losses and weights are the CPU's (float32 rounding apart),
+    and every kernel family ran on the device."""
     common = ["train", "--data", str(folder), "--cache", str(tmp_path / "cache")] + train_args()
     cpu = run(common + ["--device", "cpu", "--out", str(tmp_path / "cpu")], capsys)
     assert not host_gpu.launches
@@ -119,7 +119,6 @@ def test_train_on_the_device_equals_train_on_the_cpu(folder, tmp_path, host_gpu,
     assert dev["val_top1"] == cpu["val_top1"]
     a, b = load(tmp_path / "cpu" / "model.npz"), load(tmp_path / "gpu" / "model.npz")
     for (path, la, key), (_, lb, _) in zip(a.named_params(), b.named_params()):
-        assert type(lb.params[key]) is np.ndarray, f"{path}.{key} was saved as {type(lb.params[key])}"
         np.testing.assert_allclose(lb.params[key], la.params[key], rtol=1e-3, atol=1e-5, err_msg=f"{path}.{key}")
 
 
@@ -128,6 +127,9 @@ def test_resume_on_the_device(folder, tmp_path, host_gpu, capsys):
     common = ["train", "--data", str(folder), "--cache", str(tmp_path / "cache"), "--device", "gpu"]
     straight = run(common + train_args(2) + ["--out", str(tmp_path / "a")], capsys)
     run(common + train_args(1) + ["--out", str(tmp_path / "b")], capsys)
+    ckpt, model = load(tmp_path / "b" / "checkpoint.npz"), load(tmp_path / "b" / "model.npz")
+    for (path, la, key), (_, lb, _) in zip(model.named_params(), ckpt.named_params()):   # a checkpoint is a network
+        np.testing.assert_array_equal(lb.params[key], la.params[key], err_msg=f"checkpoint {path}.{key}")
     resumed = run(common + train_args(2) + ["--out", str(tmp_path / "b"), "--resume"], capsys)
     assert resumed["steps"] == straight["steps"] and resumed["epochs"] == 2
     a, b = load(tmp_path / "a" / "model.npz"), load(tmp_path / "b" / "model.npz")
@@ -261,6 +263,8 @@ def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["batches"]["2"]["scratchnet"]) == {"forward", "train_step", "saliency"}
     assert any("fwd_gflops" in r for r in result["layers"])
+    assert [r["layer"] for r in result["conv_parts"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert all(r["fwd_parts_ms"] > 0 and r["bwd_parts_ms"] > 0 and "dW_split_ms" in r for r in result["conv_parts"])
     assert {"im2col", "col2im_gather", "sgd_momentum_update", "softmax_xent_fwd_bwd"} <= set(host_gpu.launches)
 
 
@@ -319,3 +323,16 @@ def test_pretrained_networks_on_the_device_equal_the_cpu(model, tmp_path, host_g
                  ["saliency", ph, "--model", model, "--out", "x"]):
         cpu, dev = both(argv, tmp_path / argv[0], capsys, host_gpu)
         assert_same_result(dev, cpu, f"{model} {argv[0]}")
+
+
+def test_demo_of_a_network_with_fewer_than_five_classes_skips_the_localisation_error(
+        folder, shared_root, tmp_path, capsys, monkeypatch):
+    """(CPU) The ILSVRC localisation error scores five guesses: a 3-class network's demo leaves it out
+    and says why, rather than failing after all its other sections."""
+    monkeypatch.setenv("SCRATCHNET_SHARED", str(shared_root))
+    run(["train", "--data", str(folder), "--classes", "3", "--cache", str(tmp_path / "cache"),
+         "--out", str(tmp_path / "run")] + train_args(1), capsys)
+    out = run(["demo", "--model", str(tmp_path / "run" / "model.npz"), "--quick", "--out", str(tmp_path / "d")], capsys)
+    (m,) = json.loads((tmp_path / "d" / "summary.json").read_text())["models"].values()
+    assert "localisation_error" not in m and m["localisation"]
+    assert "this one has 3 classes" in Path(out["index"]).read_text()

@@ -45,7 +45,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import maxflow
 import numpy as np
 
 from . import gmm as _gmm
@@ -203,6 +202,10 @@ def min_cut(d_fg: np.ndarray, d_bg: np.ndarray, pairwise: list, fg_seeds: np.nda
     source_cap[fg_seeds], sink_cap[fg_seeds] = hard[fg_seeds], 0.0
     source_cap[bg_seeds], sink_cap[bg_seeds] = 0.0, hard[bg_seeds]
 
+    try:                   # here, not at the top: every CLI command imports this module, and training or
+        import maxflow     # saliency on a machine without PyMaxflow (a bare GPU image) must still run
+    except ImportError as e:
+        raise ImportError("GraphCut needs PyMaxflow (`pip install PyMaxflow`), which is not installed") from e
     g = maxflow.Graph[float](H * W, len(pairwise) * H * W)
     nodes = g.add_grid_nodes((H, W))
     for (dy, dx), w in pairwise:

@@ -54,7 +54,7 @@ class Network(Sequential):
             raise ShapeError(f"network expects {self.input_shape[0]} colour channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}; NCHW layout expected)")
         here, there = ("gpu" if xp is not np else "cpu"), self.device()
-        if here != there:
+        if there is not None and here != there:
             raise ValueError(f"network input is on the {here} ({type(x).__module__}.{type(x).__name__}) but the "
                              f"network is on the {there}: move one of them, e.g. "
                              f"scratchnet.backend.to_device(x, {there!r}) or net.to({here!r})")
@@ -74,11 +74,11 @@ class Network(Sequential):
     def num_classes(self):
         return self.output_shape((1,) + self.input_shape)[1]
 
-    def device(self) -> str:
-        """'cpu' or 'gpu': where the parameters are (see ``to``); 'cpu' for a network without any."""
+    def device(self) -> str | None:
+        """'cpu' or 'gpu': where the parameters are (see ``to``); None for a network without any."""
         for _, layer, key in self.named_params():
             return "cpu" if get_array_module(layer.params[key]) is np else "gpu"
-        return "cpu"
+        return None
 
     def dtype(self):
         for _, layer, key in self.named_params():

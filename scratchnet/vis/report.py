@@ -462,7 +462,10 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
         shots_i, s["saliency"] = section_saliency(page, net, tag, own or shots, quick, progress)
         s["rules"] = section_rules(page, net, tag, shots_i, quick, progress)
         s["localisation"] = section_localisation(page, net, tag, shots_i, progress)
-        if own:
+        if own and net.num_classes < 5:        # the ILSVRC measure scores five guesses
+            page.add(f"<p>No localisation error: it scores the network's five best guesses, and this one has "
+                     f"{net.num_classes} classes.</p>")
+        elif own:
             s["localisation_error"] = section_localisation_error(
                 page, net, tag, loc_photos or (50 if quick else 2000), progress)
         s["seconds"] = time.time() - t0
