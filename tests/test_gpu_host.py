@@ -14,6 +14,7 @@ tests/test_gpu.py's ``cuda`` cases and bench/run_gpu_checks.sh do that on a GPU.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -336,3 +337,11 @@ def test_demo_of_a_network_with_fewer_than_five_classes_skips_the_localisation_e
     (m,) = json.loads((tmp_path / "d" / "summary.json").read_text())["models"].values()
     assert "localisation_error" not in m and m["localisation"]
     assert "this one has 3 classes" in Path(out["index"]).read_text()
+
+
+def test_bench_gpu_as_a_script_without_a_gpu_says_so():
+    """Run as the GPU scripts run it: a clear line and exit status 2 here (not silence, not 0)."""
+    import subprocess
+    r = subprocess.run([sys.executable, str(HERE.parent / "bench" / "bench_gpu.py")], capture_output=True,
+                       text=True, check=False, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 2 and "no usable GPU" in r.stderr, (r.returncode, r.stderr[-2000:])

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 7 in ONE device call (a session gets 15 minutes of device time, a machine
+# start costs one or two of them, and a call at most 10): the GPU tests and the cuDNN benchmark
+# (bench/run_gpu_checks.sh), then the visualisers on the GPU (bench/run_gpu_visualisers.sh), then,
+# if time is left, the benchmark again with TF32. Each part gets what is left of a 570-second budget,
+# the tests and the benchmark first; a part that runs out is cut, and what came before is kept.
+#
+# Here, first (../shared does not travel; gpu_data/ is git-ignored and goes with `carry`):
+#     python3 bench/make_tiny_subset.py
+# then, through the device tool:
+#     run(command="bash bench/run_gpu_all.sh", carry=["gpu_data"], timeout_s=600)
+# output_tail ends with the benchmark's tables and the visualisers' table. The device tool returns at
+# most 8 files, so every log is packed into $OUT/gpu_all.tar.gz (unpack it here), and the three
+# summaries are also there as plain files: bench_gpu.log, visualisers.txt, bench_gpu_tf32.log.
+# Give the machine back afterwards.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/scratchnet_gpu_all}
+BUDGET=${BUDGET:-570}
+WORKDIR=/tmp/scratchnet_gpu_all_logs
+rm -rf "$WORKDIR"
+mkdir -p "$OUT" "$WORKDIR"
+export PYTHONUNBUFFERED=1
+left() { echo $((BUDGET - SECONDS)); }
+say() { echo "run_gpu_all: $* ($(left) s of the budget left)" >&2; }
+
+pack() {
+    tar -czf "$OUT/gpu_all.tar.gz" -C "$WORKDIR" . 2>/dev/null
+    cp "$WORKDIR/checks/bench_gpu.log" "$OUT/bench_gpu.log" 2>/dev/null
+    cp "$WORKDIR/vis/summary.txt" "$OUT/visualisers.txt" 2>/dev/null
+    cp "$WORKDIR/tf32/bench_gpu.log" "$OUT/bench_gpu_tf32.log" 2>/dev/null
+}
+trap pack EXIT
+
+# 1. the GPU tests and the float32 benchmark against PyTorch (at most 270 s for the tests; the benchmark
+#    is held to what the budget leaves, keeping 150 s for the visualisers)
+say "1. GPU tests and benchmark"
+OUT="$WORKDIR/checks" DEADLINE=$(( $(date +%s) + $(left) - 150 )) timeout $(( $(left) - 60 )) bash bench/run_gpu_checks.sh
+checks_rc=$?
+say "1. done (exit $checks_rc)"
+
+# 2. the visualisers, their step timeouts scaled to what is left
+vis_rc=skipped
+R=$(( $(left) - 15 ))
+if [ "$R" -ge 60 ] && [ -f gpu_data/tiny-sub/wnids.txt ]; then
+    say "2. visualisers"
+    OUT="$WORKDIR/vis" T_TRAIN=$((R * 45 / 100)) T_SAL=$((R * 15 / 100)) T_CM=$((R * 20 / 100)) T_WARM=$((R * 15 / 100)) \
+        bash bench/run_gpu_visualisers.sh
+    vis_rc=$?
+    say "2. done (exit $vis_rc)"
+elif [ ! -f gpu_data/tiny-sub/wnids.txt ]; then
+    say "2. visualisers skipped: no gpu_data/tiny-sub (python3 bench/make_tiny_subset.py here, carry=[\"gpu_data\"])"
+else
+    say "2. visualisers skipped: too little time left"
+fi
+
+# 3. TF32, only with time to spare (batch 256 only)
+R=$(( $(left) - 10 ))
+if [ "$R" -ge 60 ]; then
+    say "3. benchmark with TF32"
+    mkdir -p "$WORKDIR/tf32"
+    timeout "$R" python3 bench/bench_gpu.py --tf32 --batches 256 --repeats 5 \
+        2>"$WORKDIR/tf32/bench_gpu.err" | tee "$WORKDIR/tf32/bench_gpu.log"
+else
+    say "3. TF32 benchmark skipped: too little time left"
+fi
+
+say "checks exit $checks_rc, visualisers exit $vis_rc; logs packed into $OUT/gpu_all.tar.gz"
+[ "$checks_rc" = 0 ] && { [ "$vis_rc" = 0 ] || [ "$vis_rc" = skipped ]; }
