@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-try:  # CuPy is an optional extra: pip install scratchnet[gpu]
+try:  # CuPy is an optional extra: pip install scratchnet[gpu] (CUDA 12), scratchnet[gpu-cuda13] (CUDA 13)
     import cupy as _cupy
 except Exception:  # ImportError, or a CuPy that cannot find CUDA
     _cupy = None
@@ -52,7 +52,8 @@ def resolve_device(device: str | None) -> str:
     if device == "gpu" and not gpu_available():
         import sys
         print("scratchnet: no usable GPU (CuPy missing or no CUDA device); running on the CPU. "
-              "Install the extra with `pip install scratchnet[gpu]`.", file=sys.stderr)
+              "Install CuPy with `pip install scratchnet[gpu]` (CUDA 12) or `scratchnet[gpu-cuda13]` (CUDA 13).",
+              file=sys.stderr)
         return "cpu"
     return device
 
@@ -65,7 +66,8 @@ def to_device(a, device: str):
         return _cupy.asnumpy(a) if is_gpu_array(a) else np.asarray(a)
     if device == "gpu":
         if _cupy is None:
-            raise RuntimeError("device 'gpu' needs CuPy: pip install scratchnet[gpu]")
+            raise RuntimeError("device 'gpu' needs CuPy: pip install scratchnet[gpu] (CUDA 12) or "
+                               "scratchnet[gpu-cuda13] (CUDA 13)")
         return _cupy.asarray(a)
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
 
