@@ -73,6 +73,13 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "device"):         # --device, else $SCRATCHNET_DEVICE, else cpu; gpu without one: cpu
+        from .backend import resolve_device
+        try:
+            args.device = resolve_device(args.device)
+        except ValueError as e:         # a bad $SCRATCHNET_DEVICE
+            print(f"scratchnet {args.command}: error: {e} (from $SCRATCHNET_DEVICE)", file=sys.stderr)
+            return 2
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

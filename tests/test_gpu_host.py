@@ -345,3 +345,17 @@ def test_bench_gpu_as_a_script_without_a_gpu_says_so():
     r = subprocess.run([sys.executable, str(HERE.parent / "bench" / "bench_gpu.py")], capture_output=True,
                        text=True, check=False, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 2 and "no usable GPU" in r.stderr, (r.returncode, r.stderr[-2000:])
+
+
+def test_the_environment_variable_picks_the_device(tiny_vis_net, tmp_path, host_gpu, capsys, monkeypatch):
+    """SCRATCHNET_DEVICE=gpu without --device: the command runs on the device; --device cpu overrides it."""
+    ph = photos(tmp_path, 1)
+    monkeypatch.setenv("SCRATCHNET_DEVICE", "gpu")
+    run(["saliency", *ph, "--model", str(tiny_vis_net), "--out", str(tmp_path / "a")], capsys)
+    launched = sum(host_gpu.launches.values())
+    assert launched > 0
+    run(["saliency", *ph, "--model", str(tiny_vis_net), "--out", str(tmp_path / "b"), "--device", "cpu"], capsys)
+    assert sum(host_gpu.launches.values()) == launched
+    monkeypatch.setenv("SCRATCHNET_DEVICE", "tpu")
+    assert main(["info", "--model", str(tiny_vis_net)]) == 2
+    assert "got 'tpu' (from $SCRATCHNET_DEVICE)" in capsys.readouterr().err
