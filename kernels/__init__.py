@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import cpu_depthwise, cpu_im2col, cpu_lrn, cpu_pool, cpu_relu
+from . import cpu_augment, cpu_depthwise, cpu_im2col, cpu_lrn, cpu_pool, cpu_relu
 
 _gpu_module = None
 

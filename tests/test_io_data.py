@@ -212,6 +212,28 @@ def test_loader_shapes_normalisation_and_augment(rng):
     assert np.all((sides[0] >= 1) & (sides[0] <= 4) & (sides[1] >= 1) & (sides[1] <= 4))
 
 
+@pytest.mark.parametrize("augment", [None, Augment(pad=2, flip=True, jitter=3), Augment(pad=7), Augment(flip=True),
+                                     Augment(pad=8, flip=True), Augment(pad=11)],
+                         ids=["none", "pad2-flip-jitter", "pad7", "flip", "pad8-flip (NumPy path)", "pad11"])
+@pytest.mark.parametrize("mean,scale", [(None, 1.0), ((120, 110, 100), 1 / 64), ("image", 0.37)])
+def test_fused_batch_kernel_gives_the_reference_bits(rng, augment, mean, scale):
+    """kernels/cpu_augment.py (crop, flip, NCHW, mean, scale in one pass) equals the NumPy steps
+    exactly, reflections at both borders included (8x9 photos, pads up to H-1; pad >= H goes the
+    NumPy way)."""
+    images = rng.integers(0, 256, (40, 8, 9, 3), dtype=np.uint8)
+    if isinstance(mean, str):
+        mean = rng.random((3, 8, 9)).astype(np.float32) * 255
+    loader = BatchLoader(images, np.arange(40) % 4, batch_size=16, seed=5, augment=augment, mean=mean, scale=scale,
+                         prefetch=0)
+    order = loader.order(2)
+    for b in range(len(loader)):
+        idx = order[b * 16:(b + 1) * 16]
+        (x, y), (xr, yr) = loader.make_batch(2, b, idx), loader.make_batch_reference(2, b, idx)
+        assert x.dtype == np.float32 and x.shape == xr.shape
+        np.testing.assert_array_equal(x.view(np.uint32), xr.view(np.uint32), err_msg=f"batch {b}")
+        np.testing.assert_array_equal(y, yr)
+
+
 def test_prefetch_thread_stops_when_the_loop_breaks_or_fails(rng):
     loader = _loader(rng)
     batches = loader.epoch_batches(0)

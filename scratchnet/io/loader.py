@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scratchnet import kernels
+
 
 @dataclass
 class Augment:
@@ -34,19 +36,29 @@ class Augment:
         if self.pad < 0 or self.jitter < 0:
             raise ValueError(f"Augment: pad and jitter must be >= 0, got pad={self.pad}, jitter={self.jitter}")
 
+    def draw(self, B: int, rng: np.random.Generator):
+        """The random part of crop_flip for B images: (oy, ox) (B,) int64 window offsets in the padded
+        image (0..2*pad; zeros without pad) and flip (B,) bool, drawn from rng in crop_flip's order."""
+        if self.pad:
+            oy = rng.integers(0, 2 * self.pad + 1, size=B)
+            ox = rng.integers(0, 2 * self.pad + 1, size=B)
+        else:
+            oy = ox = np.zeros(B, np.int64)
+        flip = rng.random(B) < 0.5 if self.flip else np.zeros(B, bool)
+        return oy, ox, flip
+
     def crop_flip(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Random crop after reflect-padding, then random flip.  (B, H, W, 3) uint8 -> same shape."""
+        """Random crop after reflect-padding, then random flip.  (B, H, W, 3) uint8 -> same shape.
+        (The loader fuses this with the layout change and normalisation: kernels/cpu_augment.py.)"""
         B, H, W, _ = batch.shape
+        oy, ox, f = self.draw(B, rng)
         if self.pad:
             p = self.pad
             padded = np.pad(batch, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-            oy = rng.integers(0, 2 * p + 1, size=B)
-            ox = rng.integers(0, 2 * p + 1, size=B)
             rows = oy[:, None] + np.arange(H)                       # (B, H)
             cols = ox[:, None] + np.arange(W)                       # (B, W)
             batch = padded[np.arange(B)[:, None, None], rows[:, :, None], cols[:, None, :]]
         if self.flip:
-            f = rng.random(B) < 0.5
             batch = np.where(f[:, None, None, None], batch[:, :, ::-1], batch)
         return batch
 
@@ -115,9 +127,28 @@ class BatchLoader:
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
     def make_batch(self, epoch: int, b: int, idx: np.ndarray):
-        """Batch number b of an epoch from its image indices idx (B,) -> (x, y)."""
+        """Batch number b of an epoch from its image indices idx (B,) -> (x, y): crop, flip, layout
+        and normalisation in one Numba pass (kernels/cpu_augment.py), then jitter."""
         rng = np.random.default_rng([self.seed, epoch, b + 1])
         idx = np.sort(idx)              # read a memory-mapped cache front to back
+        batch, y = self.images[idx], self.labels[idx]
+        B, H, W, _ = batch.shape
+        aug = self.augment or Augment()
+        if aug.pad >= min(H, W):        # a reflection longer than the image: NumPy's repeated reflection
+            return self.make_batch_reference(epoch, b, idx)
+        oy, ox, flip = aug.draw(B, rng)
+        mask = aug.jitter_mask(B, H, W, rng)
+        x = kernels.cpu_augment.crop_flip_normalise(batch, oy, ox, flip, aug.pad, self._mean_full(H, W),
+                                                    np.float32(self.scale))
+        if mask is not None:
+            x *= ~mask[:, None]                                     # jitter: the rectangle carries no signal
+        return x, y
+
+    def make_batch_reference(self, epoch: int, b: int, idx: np.ndarray):
+        """make_batch in NumPy steps (Augment.crop_flip, transpose, cast, mean, scale, jitter): the
+        reference the fused kernel is tested against, bit for bit."""
+        rng = np.random.default_rng([self.seed, epoch, b + 1])
+        idx = np.sort(idx)
         batch, y = self.images[idx], self.labels[idx]
         mask = None
         if self.augment is not None:
@@ -128,8 +159,15 @@ class BatchLoader:
         if self.scale != 1.0:
             x *= self.scale
         if mask is not None:
-            x *= ~mask[:, None]                                     # jitter: the rectangle carries no signal
+            x *= ~mask[:, None]
         return x, y
+
+    def _mean_full(self, H: int, W: int) -> np.ndarray:
+        """The mean as a contiguous (3, H, W) float32 array, made once."""
+        m = getattr(self, "_mean_hw", None)
+        if m is None or m.shape != (3, H, W):
+            m = self._mean_hw = np.ascontiguousarray(np.broadcast_to(self.mean, (3, H, W)), dtype=np.float32)
+        return m
 
     def _batches(self, epoch: int, start: int = 0):
         order = self.order(epoch)
