@@ -12,7 +12,14 @@
 # output_tail ends with the benchmark's tables and the visualisers' table. The device tool returns at
 # most 8 files, so every log is packed into $OUT/gpu_all.tar.gz (unpack it here), and the three
 # summaries are also there as plain files: bench_gpu.log, visualisers.txt, bench_gpu_tf32.log.
-# Give the machine back afterwards.
+# Give the machine back afterwards. BENCH_ARGS (e.g. "--batches 256") go to bench/bench_gpu.py; DATA
+# replaces the visualisers' data (gpu_data/tiny-sub).
+#
+# A dress rehearsal here, without a GPU (every kernel emulated on the CPU: slow, so at toy sizes):
+#     python3 bench/make_tiny_subset.py --classes 5 --per-class 20 --val-per-class 4 --out /tmp/tiny5
+#     SCRATCHNET_EMULATE_GPU=1 PYTHONPATH=tests/emu_site DATA=/tmp/tiny5 EPOCHS=1 WIDTH=0.125 \
+#       SAL_PHOTOS=8 CM_CLASSES=5 CM_STEPS=3 BENCH_ARGS="--batches 2 --size 64 --repeats 1 --warmup 0 \
+#       --sgemm-n 64 --no-torch" OUT=/tmp/rehearsal bash bench/run_gpu_all.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/scratchnet_gpu_all}
@@ -35,21 +42,24 @@ trap pack EXIT
 # 1. the GPU tests and the float32 benchmark against PyTorch (at most 270 s for the tests; the benchmark
 #    is held to what the budget leaves, keeping 150 s for the visualisers)
 say "1. GPU tests and benchmark"
-OUT="$WORKDIR/checks" DEADLINE=$(( $(date +%s) + $(left) - 150 )) timeout $(( $(left) - 60 )) bash bench/run_gpu_checks.sh
+OUT="$WORKDIR/checks" DEADLINE=$(( $(date +%s) + $(left) - 150 )) timeout $(( $(left) - 60 )) \
+    bash bench/run_gpu_checks.sh ${BENCH_ARGS:-}
 checks_rc=$?
 say "1. done (exit $checks_rc)"
 
 # 2. the visualisers, their step timeouts scaled to what is left
 vis_rc=skipped
 R=$(( $(left) - 15 ))
-if [ "$R" -ge 60 ] && [ -f gpu_data/tiny-sub/wnids.txt ]; then
+DATA=${DATA:-gpu_data/tiny-sub}
+export DATA
+if [ "$R" -ge 60 ] && [ -f "$DATA/wnids.txt" ]; then
     say "2. visualisers"
     OUT="$WORKDIR/vis" T_TRAIN=$((R * 45 / 100)) T_SAL=$((R * 15 / 100)) T_CM=$((R * 20 / 100)) T_WARM=$((R * 15 / 100)) \
         bash bench/run_gpu_visualisers.sh
     vis_rc=$?
     say "2. done (exit $vis_rc)"
-elif [ ! -f gpu_data/tiny-sub/wnids.txt ]; then
-    say "2. visualisers skipped: no gpu_data/tiny-sub (python3 bench/make_tiny_subset.py here, carry=[\"gpu_data\"])"
+elif [ ! -f "$DATA/wnids.txt" ]; then
+    say "2. visualisers skipped: no $DATA (python3 bench/make_tiny_subset.py here, carry=[\"gpu_data\"])"
 else
     say "2. visualisers skipped: too little time left"
 fi
@@ -59,7 +69,7 @@ R=$(( $(left) - 10 ))
 if [ "$R" -ge 60 ]; then
     say "3. benchmark with TF32"
     mkdir -p "$WORKDIR/tf32"
-    timeout "$R" python3 bench/bench_gpu.py --tf32 --batches 256 --repeats 5 \
+    timeout "$R" python3 bench/bench_gpu.py --tf32 --batches 256 --repeats 5 ${BENCH_ARGS:-} \
         2>"$WORKDIR/tf32/bench_gpu.err" | tee "$WORKDIR/tf32/bench_gpu.log"
 else
     say "3. TF32 benchmark skipped: too little time left"

@@ -25,6 +25,7 @@ What it cannot show: anything about CuPy itself (NVRTC, launches, cuBLAS, stream
 """
 from __future__ import annotations
 
+import collections
 import sys
 import time
 import types
@@ -307,3 +308,33 @@ def get_default_memory_pool():
 cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms,
                              is_available=lambda: True)
 __version__ = "0.0-host"
+
+
+# --- RawModule on the emulated kernels (tests/emu_site: a rehearsal of the GPU scripts) -----------
+def install_emulated_raw_module():
+    """Give this module a ``RawModule`` whose kernels are tests/cuda_emu.py's (built once per source
+    version under $TMPDIR), so that kernels/gpu.py's own CuPy backend runs on them."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    import cuda_emu
+    from scratchnet.kernels import gpu
+
+    key = hashlib.sha1("".join(gpu.kernel_source(f) for f in gpu.KERNELS).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"scratchnet_cuda_emu_{key}"
+    folder.mkdir(exist_ok=True)
+    lib = cuda_emu.build(folder)
+    guards = cuda_emu.GuardedArrays(sys.modules[__name__])     # no guard bands: a no-op check
+    launches = collections.Counter()
+
+    class RawModule:
+        def __init__(self, code=None, options=(), name_expressions=()):
+            self.names = set(name_expressions)
+
+        def get_function(self, name):
+            if name not in self.names:
+                raise KeyError(f"{name} was not among the name expressions {sorted(self.names)}")
+            return cuda_emu.EmuKernel(lib, guards, name, launches)
+
+    globals()["RawModule"] = RawModule

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import math
+import os
 import secrets
 import subprocess
 import sys
@@ -460,5 +461,6 @@ def test_cpu_engine_runs_without_cupy():
             "net.backward(np.ones_like(s))\n"
             "assert not scratchnet.backend.gpu_available()\n"
             "print('ok')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "SCRATCHNET_EMULATE_GPU"}   # (tests/emu_site)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -359,3 +359,26 @@ def test_the_environment_variable_picks_the_device(tiny_vis_net, tmp_path, host_
     monkeypatch.setenv("SCRATCHNET_DEVICE", "tpu")
     assert main(["info", "--model", str(tiny_vis_net)]) == 2
     assert "got 'tpu' (from $SCRATCHNET_DEVICE)" in capsys.readouterr().err
+
+
+def test_the_cupy_backend_itself_on_emulated_raw_modules(emulator_lib, monkeypatch):
+    """kernels/gpu.py's CupyBackend (RawModule per .cu file, kernels by name expression), which the
+    tests above replace, here run on hostcupy's emulated RawModule (as tests/emu_site does for the
+    GPU scripts' rehearsal): every kernel it can be asked for resolves and runs."""
+    monkeypatch.setattr(backend, "_cupy", hostcupy)
+    monkeypatch.setitem(sys.modules, "cupy", hostcupy)
+    hostcupy.install_emulated_raw_module()
+    old = gpu.use_backend(None)                 # the CuPy backend, made on first use
+    try:
+        b = gpu.backend()
+        assert type(b).__name__ == "CupyBackend"
+        for filename, names in gpu.KERNELS.items():
+            for name in names:
+                for dtype in (np.float32, np.float64):
+                    b.kernel(name, np.dtype(dtype))
+        assert len(b._modules) == len(gpu.KERNELS)
+        from scratchnet import kernels
+        x = hostcupy.asarray(np.array([-1.0, 2.0, 7.0], np.float32))
+        np.testing.assert_array_equal(kernels.relu_forward(x, 6.0).get(), [0.0, 2.0, 6.0])
+    finally:
+        gpu.use_backend(old)
