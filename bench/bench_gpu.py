@@ -323,7 +323,7 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
         r["input_grad"] = i > 0            # as in the per-layer timing: the first layer has no input gradient
         r["bwd_parts_ms"] = sum(r[f"{p}_ms"] for p in ("db", "dy_rows", "dW") + (("dcols", "col2im", "unpad")
                                                                                   if i > 0 else ()))
-        best = None
+        best, a3, b3 = None, None, None
         for S in (8, 32, 128):
             if np_ % S:
                 continue
@@ -336,6 +336,8 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
         if best:
             r["dW_split_S"], r["dW_split_ms"], r["dW_split_reorder_cols_ms"] = best
         rows.append(r)
+        xpad = cols = y2 = y = dy = dy2 = dcols = dxpad = a3 = b3 = None   # ~9 GB at conv1, batch 256
+        cp.get_default_memory_pool().free_all_blocks()
     return rows
 
 

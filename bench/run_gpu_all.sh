@@ -9,71 +9,98 @@
 #     python3 bench/make_tiny_subset.py
 # then, through the device tool:
 #     run(command="bash bench/run_gpu_all.sh", carry=["gpu_data"], timeout_s=600)
-# output_tail ends with the benchmark's tables and the visualisers' table. The device tool returns at
-# most 8 files, so every log is packed into $OUT/gpu_all.tar.gz (unpack it here), and the three
-# summaries are also there as plain files: bench_gpu.log, visualisers.txt, bench_gpu_tf32.log.
+# output_tail ends with the float32 benchmark's tables and the visualisers' table, printed again at the
+# end. The device tool returns at most 8 files, so every log is packed into $OUT/gpu_all.tar.gz after
+# each part (a kill at the call's limit keeps what was done; unpack it here), and the three summaries
+# are also there as plain files: bench_gpu.log, visualisers.txt, bench_gpu_tf32.log.
 # Give the machine back afterwards. BENCH_ARGS (e.g. "--batches 256") go to bench/bench_gpu.py; DATA
 # replaces the visualisers' data (gpu_data/tiny-sub).
 #
 # A dress rehearsal here, without a GPU (every kernel emulated on the CPU: slow, so at toy sizes):
 #     python3 bench/make_tiny_subset.py --classes 5 --per-class 20 --val-per-class 4 --out /tmp/tiny5
-#     SCRATCHNET_EMULATE_GPU=1 PYTHONPATH=tests/emu_site DATA=/tmp/tiny5 EPOCHS=1 WIDTH=0.125 \
+#     SCRATCHNET_EMULATE_GPU=1 PYTHONPATH=$PWD/tests/emu_site DATA=/tmp/tiny5 EPOCHS=1 WIDTH=0.125 \
 #       SAL_PHOTOS=8 CM_CLASSES=5 CM_STEPS=3 BENCH_ARGS="--batches 2 --size 64 --repeats 1 --warmup 0 \
 #       --sgemm-n 64 --no-torch" OUT=/tmp/rehearsal bash bench/run_gpu_all.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/scratchnet_gpu_all}
 BUDGET=${BUDGET:-570}
+[ "$BUDGET" -ge 240 ] || { echo "run_gpu_all: BUDGET must be >= 240 s, got $BUDGET" >&2; exit 2; }
 WORKDIR=/tmp/scratchnet_gpu_all_logs
 rm -rf "$WORKDIR"
 mkdir -p "$OUT" "$WORKDIR"
 export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+export PYTHON=$PY
+DATA=${DATA:-gpu_data/tiny-sub}
+export DATA
 left() { echo $((BUDGET - SECONDS)); }
 say() { echo "run_gpu_all: $* ($(left) s of the budget left)" >&2; }
 
-pack() {
+pack() {    # everything so far into $OUT (called after each part, and on exit)
     tar -czf "$OUT/gpu_all.tar.gz" -C "$WORKDIR" . 2>/dev/null
     cp "$WORKDIR/checks/bench_gpu.log" "$OUT/bench_gpu.log" 2>/dev/null
     cp "$WORKDIR/vis/summary.txt" "$OUT/visualisers.txt" 2>/dev/null
     cp "$WORKDIR/tf32/bench_gpu.log" "$OUT/bench_gpu_tf32.log" 2>/dev/null
+    return 0
 }
 trap pack EXIT
 
+# scratchnet importable, for every part (as run_gpu_checks.sh does, once, here)
+if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
+    $PY -m pip install -q --no-deps --no-build-isolation -e . >"$WORKDIR/install.log" 2>&1
+fi
+if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
+    ln -sfn "$PWD/kernels" "$PWD/scratchnet/kernels"
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ ! -f "$DATA/wnids.txt" ]; then
+    say "WARNING: no visualiser data at $DATA: make it here with python3 bench/make_tiny_subset.py and pass" \
+        "carry=[\"gpu_data\"]; the visualisers part will be skipped (and counted as failed)"
+fi
+
 # 1. the GPU tests and the float32 benchmark against PyTorch (at most 270 s for the tests; the benchmark
-#    is held to what the budget leaves, keeping 150 s for the visualisers)
+#    is held to what the budget leaves, keeping 200 s for the visualisers)
 say "1. GPU tests and benchmark"
-OUT="$WORKDIR/checks" DEADLINE=$(( $(date +%s) + $(left) - 150 )) timeout $(( $(left) - 60 )) \
+OUT="$WORKDIR/checks" DEADLINE=$(( $(date +%s) + $(left) - 200 )) timeout -k 10 $(( $(left) - 60 )) \
     bash bench/run_gpu_checks.sh ${BENCH_ARGS:-}
 checks_rc=$?
 say "1. done (exit $checks_rc)"
+pack
 
 # 2. the visualisers, their step timeouts scaled to what is left
 vis_rc=skipped
-R=$(( $(left) - 15 ))
-DATA=${DATA:-gpu_data/tiny-sub}
-export DATA
+R=$(( $(left) - 25 ))
 if [ "$R" -ge 60 ] && [ -f "$DATA/wnids.txt" ]; then
     say "2. visualisers"
     OUT="$WORKDIR/vis" T_TRAIN=$((R * 45 / 100)) T_SAL=$((R * 15 / 100)) T_CM=$((R * 20 / 100)) T_WARM=$((R * 15 / 100)) \
-        bash bench/run_gpu_visualisers.sh
+        timeout -k 10 $((R + 10)) bash bench/run_gpu_visualisers.sh
     vis_rc=$?
     say "2. done (exit $vis_rc)"
 elif [ ! -f "$DATA/wnids.txt" ]; then
+    vis_rc=no-data
     say "2. visualisers skipped: no $DATA (python3 bench/make_tiny_subset.py here, carry=[\"gpu_data\"])"
 else
     say "2. visualisers skipped: too little time left"
 fi
+pack
 
 # 3. TF32, only with time to spare (batch 256 only)
+tf32_rc=skipped
 R=$(( $(left) - 10 ))
 if [ "$R" -ge 60 ]; then
     say "3. benchmark with TF32"
     mkdir -p "$WORKDIR/tf32"
-    timeout "$R" python3 bench/bench_gpu.py --tf32 --batches 256 --repeats 5 ${BENCH_ARGS:-} \
-        2>"$WORKDIR/tf32/bench_gpu.err" | tee "$WORKDIR/tf32/bench_gpu.log"
+    timeout -k 5 "$R" $PY bench/bench_gpu.py --tf32 --batches 256 --repeats 5 ${BENCH_ARGS:-} \
+        2> >(tee "$WORKDIR/tf32/bench_gpu.err" >&2) | tee "$WORKDIR/tf32/bench_gpu.log"
+    tf32_rc=${PIPESTATUS[0]}
 else
     say "3. TF32 benchmark skipped: too little time left"
 fi
+pack
 
-say "checks exit $checks_rc, visualisers exit $vis_rc; logs packed into $OUT/gpu_all.tar.gz"
-[ "$checks_rc" = 0 ] && { [ "$vis_rc" = 0 ] || [ "$vis_rc" = skipped ]; }
+if [ -f "$WORKDIR/vis/summary.txt" ]; then      # the visualisers' table once more, at the end of the tail
+    echo; grep -v '^{' "$WORKDIR/vis/summary.txt"
+fi
+say "checks exit $checks_rc, visualisers exit $vis_rc, TF32 benchmark exit $tf32_rc; logs packed into $OUT/gpu_all.tar.gz"
+[ "$checks_rc" = 0 ] && [ "$vis_rc" = 0 ]

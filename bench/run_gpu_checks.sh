@@ -37,7 +37,7 @@ fi
 } 2>&1 | tee "$OUT/gpu.txt"
 
 # the emulated-device cases are CI's (they build a g++ emulator and JIT Numba: minutes of device time)
-timeout "${TESTS_TIMEOUT:-270}" $PY -m pytest -q -rs -p no:cacheprovider -k "not emulated" \
+timeout -k 10 "${TESTS_TIMEOUT:-270}" $PY -m pytest -q -rs -p no:cacheprovider -k "not emulated" \
     tests/test_cuda_compile.py tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 if grep -q "SKIPPED.*needs CuPy and an NVIDIA GPU" "$OUT/gpu_tests.log"; then
@@ -50,7 +50,7 @@ fi
 bench_t=${BENCH_TIMEOUT:-290}
 if [ -n "${DEADLINE:-}" ] && [ $((DEADLINE - $(date +%s))) -lt "$bench_t" ]; then bench_t=$((DEADLINE - $(date +%s))); fi
 [ "$bench_t" -lt 30 ] && bench_t=30
-timeout "$bench_t" $PY bench/bench_gpu.py "$@" 2> >(tee "$OUT/bench_gpu.err" >&2) | tee "$OUT/bench_gpu.log"
+timeout -k 10 "$bench_t" $PY bench/bench_gpu.py "$@" 2> >(tee "$OUT/bench_gpu.err" >&2) | tee "$OUT/bench_gpu.log"
 bench_rc=${PIPESTATUS[0]}
 tail -n 1 "$OUT/bench_gpu.log" >"$OUT/bench_gpu.json"
 

@@ -90,7 +90,7 @@ step() {
     say "step $name (timeout ${limit}s): $*" 2>&1 | cut -c1-400 | tee "$OUT/$name.log" >&2
     local t0 t1 rc
     t0=$(date +%s.%N)
-    timeout "$limit" "$@" 2>&1 >"$WORK/$name.json" | tee -a "$OUT/$name.log" >&2
+    timeout -k 10 "$limit" "$@" 2>&1 >"$WORK/$name.json" | tee -a "$OUT/$name.log" >&2
     rc=${PIPESTATUS[0]}
     t1=$(date +%s.%N)
     { echo "--- stdout (last line, cut at 3000 characters):"; tail -n 1 "$WORK/$name.json" | cut -c1-3000; } >>"$OUT/$name.log"

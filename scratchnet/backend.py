@@ -41,7 +41,7 @@ def is_gpu_array(a) -> bool:
 
 def default_device() -> str:
     """The device named by $SCRATCHNET_DEVICE ('cpu' or 'gpu'), 'cpu' when unset."""
-    return os.environ.get("SCRATCHNET_DEVICE", "cpu").lower()
+    return (os.environ.get("SCRATCHNET_DEVICE") or "cpu").lower()      # unset or empty: cpu
 
 
 def resolve_device(device: str | None) -> str:

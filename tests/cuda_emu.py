@@ -13,6 +13,7 @@ Every output buffer sits between guard bands checked after each launch.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 from collections import Counter
@@ -28,7 +29,9 @@ SYNC_KERNELS = {"softmax_xent_fwd_bwd"}
 
 
 def build(folder: Path):
-    """Compile the emulator into ``folder``; None when g++ is missing. Raises on a compile error."""
+    """Compile the emulator into ``folder`` (reused when it holds a build of the same text; built under
+    temporary names, then renamed, so processes building at once do not clash); None when g++ is
+    missing. Raises on a compile error."""
     gxx = shutil.which("g++")
     if gxx is None:
         return None
@@ -39,13 +42,18 @@ def build(folder: Path):
         for e in gpu.name_expressions(f):
             lines.append(f"    EMU_REGISTER({e}, {'true' if e.split('<')[0] in SYNC_KERNELS else 'false'});")
     lines.append("}")
+    text = "\n".join(lines) + "\n"
     src, so = folder / "emu.cpp", folder / "libemu.so"
-    src.write_text("\n".join(lines) + "\n")
-    cmd = [gxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-shared", "-fPIC",
-           "-pthread", "-o", str(so), str(src)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"building the kernel emulator failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}")
+    if not (so.exists() and src.exists() and src.read_text() == text):     # else: built from this very text
+        tmp_src, tmp_so = folder / f"emu.{os.getpid()}.cpp", folder / f"libemu.{os.getpid()}.so"
+        tmp_src.write_text(text)
+        cmd = [gxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-shared", "-fPIC",
+               "-pthread", "-o", str(tmp_so), str(tmp_src)]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"building the kernel emulator failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}")
+        os.replace(tmp_so, so)              # the library first, then the text that says what it is
+        os.replace(tmp_src, src)
     lib = ctypes.CDLL(str(so))
     lib.emu_launch.restype = ctypes.c_int
     lib.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [

@@ -343,7 +343,8 @@ def test_bench_gpu_as_a_script_without_a_gpu_says_so():
     """Run as the GPU scripts run it: a clear line and exit status 2 here (not silence, not 0)."""
     import subprocess
     r = subprocess.run([sys.executable, str(HERE.parent / "bench" / "bench_gpu.py")], capture_output=True,
-                       text=True, check=False, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                       text=True, check=False, env={**{k: v for k, v in os.environ.items() if k != "SCRATCHNET_EMULATE_GPU"},
+                                                    "CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 2 and "no usable GPU" in r.stderr, (r.returncode, r.stderr[-2000:])
 
 
@@ -356,6 +357,9 @@ def test_the_environment_variable_picks_the_device(tiny_vis_net, tmp_path, host_
     assert launched > 0
     run(["saliency", *ph, "--model", str(tiny_vis_net), "--out", str(tmp_path / "b"), "--device", "cpu"], capsys)
     assert sum(host_gpu.launches.values()) == launched
+    monkeypatch.setenv("SCRATCHNET_DEVICE", "")                    # empty is unset: the CPU
+    run(["saliency", *ph, "--model", str(tiny_vis_net), "--out", str(tmp_path / "c")], capsys)
+    assert sum(host_gpu.launches.values()) == launched
     monkeypatch.setenv("SCRATCHNET_DEVICE", "tpu")
     assert main(["info", "--model", str(tiny_vis_net)]) == 2
     assert "got 'tpu' (from $SCRATCHNET_DEVICE)" in capsys.readouterr().err
@@ -367,6 +371,7 @@ def test_the_cupy_backend_itself_on_emulated_raw_modules(emulator_lib, monkeypat
     GPU scripts' rehearsal): every kernel it can be asked for resolves and runs."""
     monkeypatch.setattr(backend, "_cupy", hostcupy)
     monkeypatch.setitem(sys.modules, "cupy", hostcupy)
+    monkeypatch.setattr(hostcupy, "RawModule", None, raising=False)      # undone after the test
     hostcupy.install_emulated_raw_module()
     old = gpu.use_backend(None)                 # the CuPy backend, made on first use
     try:
