@@ -5,12 +5,14 @@ only assembles them:
 
     scratchnet.models.cli     classify, evaluate classification, info
     scratchnet.vis.cli        saliency, classmodel, deconv, compare-rules, demo
-    scratchnet.localise.cli   localise, evaluate localisation
+    scratchnet.localise.cli   localise, evaluate localisation, evaluate segmentation
     scratchnet.train.cli      train
-    scratchnet.benchcli       bench (the CPU benchmark of the engine)
+
+(The benchmarks are scripts in bench/, not commands.)
 
 Commands that compute results print them as one JSON object on the last line of stdout.
-Every command takes ``--device cpu|gpu`` (default: $SCRATCHNET_DEVICE or cpu).
+Every command takes ``--device cpu|gpu`` (default: $SCRATCHNET_DEVICE or cpu), resolved once in
+``main``: ``gpu`` without CuPy or a GPU runs on the CPU with a message.
 """
 from __future__ import annotations
 
