@@ -46,14 +46,7 @@ pack() {    # everything so far into $OUT (called after each part, and on exit)
 }
 trap pack EXIT
 
-# scratchnet importable, for every part (as run_gpu_checks.sh does, once, here)
-if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
-    $PY -m pip install -q --no-deps --no-build-isolation -e . >"$WORKDIR/install.log" 2>&1
-fi
-if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
-    ln -sfn "$PWD/kernels" "$PWD/scratchnet/kernels"
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+. bench/gpu_env.sh "$WORKDIR/install.log"           # scratchnet importable
 if [ ! -f "$DATA/wnids.txt" ]; then
     say "WARNING: no visualiser data at $DATA: make it here with python3 bench/make_tiny_subset.py and pass" \
         "carry=[\"gpu_data\"]; the visualisers part will be skipped (and counted as failed)"

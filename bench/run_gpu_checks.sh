@@ -19,17 +19,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 
-# scratchnet importable (scratchnet.kernels is the top-level kernels/ folder, mapped at install)
-if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
-    $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1
-fi
-if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
-    # no editable install possible (old setuptools, no network): put kernels/ where the install's
-    # mapping would, as a link inside this (throwaway) checkout; `python -m pytest` and the bench
-    # both import ./scratchnet first (ignored by git: /scratchnet/kernels)
-    ln -sfn "$PWD/kernels" "$PWD/scratchnet/kernels"
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+. bench/gpu_env.sh "$OUT/install.log"           # scratchnet importable
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   $PY -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__, 'devices', cupy.cuda.runtime.getDeviceCount())"

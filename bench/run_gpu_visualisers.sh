@@ -50,16 +50,7 @@ rm -f "$WORK"/*.json "$WORK/times.tsv" "$WORK/photos.txt" "$WORK/resolve.err"
 export SCRATCHNET_CACHE="$WORK/cache"
 say() { echo "run_gpu_visualisers: $*" >&2; }
 
-# scratchnet importable (scratchnet.kernels is the top-level kernels/ folder, mapped at install)
-if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
-    $PY -m pip install -q --no-deps --no-build-isolation -e . >"$WORK/install.log" 2>&1
-fi
-if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
-    # no editable install possible (old setuptools, no network): put kernels/ where the install's
-    # mapping would, as a link inside this (throwaway) checkout (ignored by git: /scratchnet/kernels)
-    ln -sfn "$PWD/kernels" "$PWD/scratchnet/kernels"
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+. bench/gpu_env.sh "$WORK/install.log"           # scratchnet importable
 
 if [ ! -f "$DATA/wnids.txt" ] || [ ! -f "$DATA/val/val_annotations.txt" ]; then
     say "no Tiny-ImageNet subset at $DATA: run \`python3 bench/make_tiny_subset.py\` first, and pass" \

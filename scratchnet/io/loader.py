@@ -101,6 +101,7 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
         self.augment, self.scale, self.drop_last, self.prefetch = augment, float(scale), drop_last, int(prefetch)
         self.mean = self._mean_chw(mean, images.shape[1], images.shape[2])
+        self._mean_hw = np.ascontiguousarray(np.broadcast_to(self.mean, (3,) + images.shape[1:3]), np.float32)
         self.next_epoch = 0  # what iter(loader) runs next
 
     @staticmethod
@@ -129,16 +130,14 @@ class BatchLoader:
     def make_batch(self, epoch: int, b: int, idx: np.ndarray):
         """Batch number b of an epoch from its image indices idx (B,) -> (x, y): crop, flip, layout
         and normalisation in one Numba pass (kernels/cpu_augment.py), then jitter."""
-        rng = np.random.default_rng([self.seed, epoch, b + 1])
-        idx = np.sort(idx)              # read a memory-mapped cache front to back
-        batch, y = self.images[idx], self.labels[idx]
+        rng, batch, y = self._pick(epoch, b, idx)
         B, H, W, _ = batch.shape
         aug = self.augment or Augment()
         if aug.pad >= min(H, W):        # a reflection longer than the image: NumPy's repeated reflection
             return self.make_batch_reference(epoch, b, idx)
         oy, ox, flip = aug.draw(B, rng)
         mask = aug.jitter_mask(B, H, W, rng)
-        x = kernels.cpu_augment.crop_flip_normalise(batch, oy, ox, flip, aug.pad, self._mean_full(H, W),
+        x = kernels.cpu_augment.crop_flip_normalise(batch, oy, ox, flip, aug.pad, self._mean_hw,
                                                     np.float32(self.scale))
         if mask is not None:
             x *= ~mask[:, None]                                     # jitter: the rectangle carries no signal
@@ -147,9 +146,7 @@ class BatchLoader:
     def make_batch_reference(self, epoch: int, b: int, idx: np.ndarray):
         """make_batch in NumPy steps (Augment.crop_flip, transpose, cast, mean, scale, jitter): the
         reference the fused kernel is tested against, bit for bit."""
-        rng = np.random.default_rng([self.seed, epoch, b + 1])
-        idx = np.sort(idx)
-        batch, y = self.images[idx], self.labels[idx]
+        rng, batch, y = self._pick(epoch, b, idx)
         mask = None
         if self.augment is not None:
             batch = self.augment.crop_flip(batch, rng)
@@ -162,12 +159,10 @@ class BatchLoader:
             x *= ~mask[:, None]
         return x, y
 
-    def _mean_full(self, H: int, W: int) -> np.ndarray:
-        """The mean as a contiguous (3, H, W) float32 array, made once."""
-        m = getattr(self, "_mean_hw", None)
-        if m is None or m.shape != (3, H, W):
-            m = self._mean_hw = np.ascontiguousarray(np.broadcast_to(self.mean, (3, H, W)), dtype=np.float32)
-        return m
+    def _pick(self, epoch: int, b: int, idx: np.ndarray):
+        """Batch b's generator (seeded by seed, epoch, b) and its images and labels, read in index order."""
+        idx = np.sort(idx)              # read a memory-mapped cache front to back
+        return np.random.default_rng([self.seed, epoch, b + 1]), self.images[idx], self.labels[idx]
 
     def _batches(self, epoch: int, start: int = 0):
         order = self.order(epoch)

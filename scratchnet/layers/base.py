@@ -109,6 +109,13 @@ class Layer:
             layer._moved(device)
         return self
 
+    def device(self) -> str | None:
+        """'cpu' or 'gpu': where the parameters are (see ``to``); None for a layer without any."""
+        from ..backend import is_gpu_array
+        for _, layer, key in self.named_params():
+            return "gpu" if is_gpu_array(layer.params[key]) else "cpu"
+        return None
+
     def _moved(self, device: str):
         """Hook for layers that hold device arrays other than params (e.g. masks)."""
 

@@ -278,6 +278,9 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     from ..io.images import load_image
     from .evaluate import evaluate
     from .network import tuned_segment_kwargs
+    if net.num_classes < 5:
+        raise ValueError(f"localisation error scores the network's five guesses (ILSVRC top-5); "
+                         f"{model_key} has {net.num_classes} classes: expected at least 5")
     kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop)
     maps = MapCache(cache_root, model_key, ten_crop, rule, Path(ds.root).name if ds.root else "data", cache)
     items = [(ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]) for i in indices]
@@ -303,9 +306,6 @@ def cmd_evaluate_localisation(args):
     from ..vis.display import class_names
     ds = boxes_dataset(args.data)
     net = _load_net(args)
-    if net.num_classes < 5:
-        raise ValueError(f"evaluate localisation scores the network's five guesses (ILSVRC top-5); "
-                         f"{args.model} has {net.num_classes} classes: expected at least 5")
     keep, targets, _ = matched_images(net, ds, "evaluate localisation", str(args.data))
     idx = [int(keep[i]) for i in _subset(len(keep), args)]
     kw = segment_kwargs(args)

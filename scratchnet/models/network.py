@@ -74,12 +74,6 @@ class Network(Sequential):
     def num_classes(self):
         return self.output_shape((1,) + self.input_shape)[1]
 
-    def device(self) -> str | None:
-        """'cpu' or 'gpu': where the parameters are (see ``to``); None for a network without any."""
-        for _, layer, key in self.named_params():
-            return "cpu" if get_array_module(layer.params[key]) is np else "gpu"
-        return None
-
     def dtype(self):
         for _, layer, key in self.named_params():
             return layer.params[key].dtype

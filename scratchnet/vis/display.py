@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, to_numpy
+from ..backend import to_numpy
 
 
 def on_net_device(net, a):
-    """``a`` moved to where the network's parameters live (NumPy or CuPy)."""
+    """``a`` moved to where the network's parameters live (NumPy or CuPy); as is without parameters."""
     from ..backend import to_device
-    for _, layer, key in net.named_params():
-        return to_device(a, "cpu" if get_array_module(layer.params[key]) is np else "gpu")
-    return a
+    device = net.device()
+    return a if device is None else to_device(a, device)
 
 
 def prepare_pixels(net, images):
