@@ -130,7 +130,8 @@ def set_tf32(enabled: bool):
         raise RuntimeError(f"set_tf32: CuPy {cupy.__version__} lacks the switches this uses ({e}); "
                            f"set CUPY_TF32=1 (or 0) in the environment before importing CuPy instead") from e
     linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
-    # batched matmul calls cuBLAS with a legacy compute type, which follows the handle's math mode
+    # batched matmul calls cuBLAS with a legacy compute type, which follows the handle's math mode;
+    # CUBLAS_TF32_TENSOR_OP_MATH is 3 in cublas_api.h (CuPy 14.2's cublas module does not name it)
     mode = getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3) if enabled else getattr(cublas, "CUBLAS_DEFAULT_MATH", 0)
     cublas.setMathMode(cupy.cuda.device.get_cublas_handle(), mode)
 

@@ -10,20 +10,62 @@ import os
 
 import numpy as np
 
+_cupy_import_error = None
 try:  # CuPy is an optional extra: pip install scratchnet[gpu] (CUDA 12), scratchnet[gpu-cuda13] (CUDA 13)
     import cupy as _cupy
-except Exception:  # ImportError, or a CuPy that cannot find CUDA
-    _cupy = None
+except Exception as e:  # ImportError, or a CuPy that cannot find CUDA
+    _cupy, _cupy_import_error = None, e
+
+INSTALL_HINT = ("pip install 'scratchnet[gpu]' (CuPy with the CUDA 12 libraries from PyPI) or "
+                "'scratchnet[gpu-cuda13]'; with a CUDA toolkit installed, CuPy alone: "
+                "pip install cupy-cuda12x (or cupy-cuda13x)")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _cuda_library(name: str):
+    """CuPy's binding of a CUDA library ('nvrtc', 'cublas'), loading the library on first access as
+    CuPy 14 does (ImportError when it cannot be found); older CuPys keep it in cupy_backends only."""
+    lib = getattr(_cupy.cuda, name, None)
+    if lib is None:
+        import importlib
+        lib = importlib.import_module(f"cupy_backends.cuda.libs.{name}")
+    return lib
+
+
+def gpu_problem() -> str | None:
+    """Why the GPU cannot be used here, in one line; None when it can.
+
+    Usable means: CuPy imports, a CUDA device answers, and the two CUDA libraries scratchnet needs
+    load: NVRTC (which compiles kernels/*.cu) and cuBLAS (the convolutions' GEMMs). CuPy 14 finds
+    them in a CUDA toolkit or in NVIDIA's PyPI wheels (``cupy-cuda12x[ctk]``) and loads them only
+    when first used, so without this check a missing one would surface as an error deep inside the
+    first kernel launch.
+    """
+    if _cupy is None:
+        why = f" ({_first_line(_cupy_import_error)})" if _cupy_import_error is not None \
+            and not isinstance(_cupy_import_error, ModuleNotFoundError) else ""
+        return f"CuPy is not installed{why}"
+    try:
+        n = _cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return f"CuPy finds no CUDA device ({_first_line(e)})"
+    if n < 1:
+        return "CuPy finds no CUDA device"
+    try:
+        _cuda_library("nvrtc").getVersion()
+        _cuda_library("cublas").setMathMode  # noqa: B018
+    except Exception as e:
+        return f"CuPy sees {n} GPU(s) but cannot load NVRTC or cuBLAS ({_first_line(e)})"
+    return None
 
 
 def gpu_available() -> bool:
-    """True when CuPy imports and at least one CUDA device answers."""
-    if _cupy is None:
-        return False
-    try:
-        return _cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    """True when CuPy imports, a CUDA device answers and NVRTC and cuBLAS load (see gpu_problem)."""
+    return gpu_problem() is None
 
 
 def get_array_module(*arrays):
@@ -49,12 +91,13 @@ def resolve_device(device: str | None) -> str:
     device = (device or default_device()).lower()
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    if device == "gpu" and not gpu_available():
-        import sys
-        print("scratchnet: no usable GPU (CuPy missing or no CUDA device); running on the CPU. "
-              "Install CuPy with `pip install scratchnet[gpu]` (CUDA 12) or `scratchnet[gpu-cuda13]` (CUDA 13).",
-              file=sys.stderr)
-        return "cpu"
+    if device == "gpu":
+        problem = gpu_problem()
+        if problem is not None:
+            import sys
+            print(f"scratchnet: no usable GPU: {problem}; running on the CPU. To use a GPU: {INSTALL_HINT}.",
+                  file=sys.stderr)
+            return "cpu"
     return device
 
 
@@ -66,8 +109,7 @@ def to_device(a, device: str):
         return _cupy.asnumpy(a) if is_gpu_array(a) else np.asarray(a)
     if device == "gpu":
         if _cupy is None:
-            raise RuntimeError("device 'gpu' needs CuPy: pip install scratchnet[gpu] (CUDA 12) or "
-                               "scratchnet[gpu-cuda13] (CUDA 13)")
+            raise RuntimeError(f"device 'gpu' needs CuPy: {INSTALL_HINT}")
         return _cupy.asarray(a)
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
 

@@ -32,6 +32,11 @@ import types
 
 import numpy as np
 
+#: every CuPy name scratchnet reached through this stand-in ("cupy.zeros", "ndarray.astype",
+#: "cupy.add.at", "cupy.random.Generator.standard_normal", ...): tests/test_gpu_host.py checks them
+#: against a real CuPy's API where one is installed (this module forwards any NumPy name)
+USED = collections.Counter()
+
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
              "Please use `.get()` to construct a NumPy array explicitly.")
 
@@ -135,6 +140,7 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         if name == "ctypes":                # the host buffer: CuPy has no such thing
             raise AttributeError(f"cupy.ndarray has no attribute {name!r}")
         attr = getattr(self._a, name)
+        USED[f"ndarray.{name}"] += 1
         if not callable(attr):
             return _wrap(attr) if isinstance(attr, np.ndarray) else attr    # .real, .imag: device arrays
 
@@ -158,6 +164,7 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
     # --- NumPy protocols ----------------------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         where = f"cupy.{ufunc.__name__}"
+        USED[where if method == "__call__" else f"{where}.{method}"] += 1
         if method == "reduceat":
             raise NotImplementedError(f"{where}.reduceat is not in CuPy")
         for a in inputs:                    # CuPy takes device arrays and scalars, not lists
@@ -173,6 +180,8 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __array_function__(self, func, types_, args, kwargs):
         where = f"numpy.{func.__name__} on a cupy.ndarray"
+        sub = func.__module__.split(".")[1:]           # CuPy answers numpy.linalg.norm with cupy.linalg.norm
+        USED[".".join(["cupy", *sub, func.__name__])] += 1
         return _wrap(func(*_unwrap(args, where), **_unwrap(kwargs, where)))
 
 
@@ -222,6 +231,7 @@ def _function(name, f):
 def __getattr__(name):
     """Any other cupy.X: NumPy's X, taking and returning device arrays (types and constants as is)."""
     attr = getattr(np, name)
+    USED[f"cupy.{name}"] += 1
     if isinstance(attr, (types.FunctionType, types.BuiltinFunctionType, np.ufunc)) or (
             callable(attr) and not isinstance(attr, type)):
         return _function(name, attr)
@@ -270,6 +280,7 @@ class _Generator:
         self._g = np.random.default_rng(seed)
 
     def __getattr__(self, name):
+        USED[f"cupy.random.Generator.{name}"] += 1
         return _function(f"random.{name}", getattr(self._g, name))
 
 
@@ -306,7 +317,10 @@ def get_default_memory_pool():
 
 
 cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms,
-                             is_available=lambda: True)
+                             is_available=lambda: True,
+                             # the libraries scratchnet.backend.gpu_problem checks (no CUDA behind them here)
+                             nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)),
+                             cublas=types.SimpleNamespace(setMathMode=None))
 __version__ = "0.0-host"
 
 

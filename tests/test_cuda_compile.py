@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import io
 import os
 import re
 import shutil
@@ -136,3 +137,59 @@ def test_nvrtc_compiles_as_cupy_will(filename):
     for e, low in lowered.items():
         name, ctype = e[:-1].split("<")
         assert low.startswith(_mangled(name, ctype)), f"{e} lowered to {low}"
+
+
+# ---------------------------------------------------------------------------------------------
+# NVRTC through CuPy's own compiler (no GPU needed: CuPy imports without one)
+# ---------------------------------------------------------------------------------------------
+def _real_cupy_compiler():
+    """cupy.cuda.compiler of a real CuPy whose NVRTC loads, or a skip saying what is missing."""
+    try:
+        import cupy
+        from cupy.cuda import compiler
+    except Exception as e:                      # not installed, or hostcupy (tests/emu_site) without it
+        pytest.skip(f"needs CuPy (pip install -e '.[kernel-check]'): {type(e).__name__}: {e}")
+    try:
+        version = compiler._get_nvrtc_version()
+    except Exception as e:
+        pytest.skip(f"CuPy {cupy.__version__} finds no NVRTC (pip install nvidia-cuda-nvrtc-cu12): "
+                    f"{str(e).splitlines()[0]}")
+    return cupy, compiler, version
+
+
+def _cupy_options(compiler, version):
+    """The options cupy.RawModule hands NVRTC for gpu.py's modules on an sm_90 GPU, in CuPy's order
+    (_compile_with_cache_cuda adds -ftz=true; _compile_using_nvrtc_no_warning the arch, then
+    --device-as-default-execution-space, and --pch from NVRTC 12.8 unless CUPY_NVRTC_DISABLE_PCH)."""
+    options = (*gpu.NVRTC_OPTIONS, "-ftz=true", f"-arch={ARCH}", "--device-as-default-execution-space")
+    if (version[0] >= 13 or version >= (12, 8)) and getattr(compiler, "_use_pch", True):
+        options += ("--pch",)
+    return options
+
+
+@pytest.mark.parametrize("filename", sorted(gpu.KERNELS))
+def test_cupy_own_nvrtc_program_compiles_every_kernel(filename):
+    """The exact path of ``cupy.RawModule(code=..., options=..., name_expressions=...)`` short of
+    loading the binary (which needs the GPU): CuPy's NVRTC program class, CuPy's options, gpu.py's
+    source text and name expressions; an sm_90 cubin results and every expression maps to a kernel
+    of the right template argument."""
+    cupy, compiler, version = _real_cupy_compiler()
+    exprs = gpu.name_expressions(filename)
+    prog = compiler._NVRTCProgram(gpu.kernel_source(filename), filename, name_expressions=exprs, method="cubin")
+    log = io.StringIO()
+    cubin, mapping = prog.compile(_cupy_options(compiler, version), log)
+    assert cubin[:4] == b"\x7fELF", f"{filename}: NVRTC {version} did not give an ELF cubin"
+    assert "warning" not in log.getvalue().lower(), log.getvalue()
+    assert sorted(mapping) == sorted(exprs)
+    for e, low in mapping.items():
+        name, ctype = e[:-1].split("<")
+        assert low.startswith(_mangled(name, ctype)), f"{e} lowered to {low}"
+
+
+def test_cupy_raw_module_accepts_gpu_py_arguments():
+    """cupy.RawModule takes gpu.py's keyword arguments (compiling waits for the first kernel asked)."""
+    cupy, compiler, version = _real_cupy_compiler()
+    for filename in gpu.KERNELS:
+        mod = cupy.RawModule(code=gpu.kernel_source(filename), options=gpu.NVRTC_OPTIONS,
+                             name_expressions=gpu.name_expressions(filename))
+        assert list(mod.name_expressions) == gpu.name_expressions(filename)

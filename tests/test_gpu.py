@@ -464,3 +464,120 @@ def test_cpu_engine_runs_without_cupy():
     env = {k: v for k, v in os.environ.items() if k != "SCRATCHNET_EMULATE_GPU"}   # (tests/emu_site)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+class _FakeCupy:
+    """Just enough of ``cupy`` for backend.gpu_problem: a device count, NVRTC, cuBLAS (loaded lazily
+    by CuPy 14, so reaching ``cupy.cuda.cublas`` is what fails when libcublas is missing)."""
+
+    def __init__(self, count=1, count_error=None, nvrtc_error=None, cublas_error=None):
+        def device_count():
+            if count_error:
+                raise count_error
+            return count
+
+        def nvrtc_version():
+            if nvrtc_error:
+                raise nvrtc_error
+            return (12, 9)
+
+        class Cuda:
+            runtime = type("runtime", (), {"getDeviceCount": staticmethod(device_count)})
+            nvrtc = type("nvrtc", (), {"getVersion": staticmethod(nvrtc_version)})
+
+            @property
+            def cublas(self):
+                if cublas_error:
+                    raise cublas_error
+                return type("cublas", (), {"setMathMode": None})
+        self.cuda = Cuda()
+
+
+@pytest.mark.parametrize("fake, expected", [
+    (None, "CuPy is not installed"),
+    (dict(count_error=RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient\nmore")),
+     "CuPy finds no CUDA device (RuntimeError: cudaErrorInsufficientDriver: CUDA driver version is insufficient)"),
+    (dict(count=0), "CuPy finds no CUDA device"),
+    (dict(nvrtc_error=ImportError('Failure finding "libnvrtc.so.13 or libnvrtc.so.12"')),
+     "CuPy sees 1 GPU(s) but cannot load NVRTC or cuBLAS (ImportError: Failure finding \"libnvrtc.so.13"),
+    (dict(count=2, cublas_error=ImportError('Failure finding "libcublasLt.so.13 or libcublasLt.so.12"')),
+     "CuPy sees 2 GPU(s) but cannot load NVRTC or cuBLAS (ImportError: Failure finding \"libcublasLt"),
+    (dict(), None),
+])
+def test_gpu_problem_says_what_is_missing_and_gpu_requests_run_on_the_cpu(fake, expected, monkeypatch, capsys):
+    """CuPy missing, no device (CuPy 14 on a machine without a driver), or a GPU whose CUDA libraries
+    CuPy cannot find (CuPy 14 without its [ctk] wheels or a toolkit): one line saying which, and a
+    command asking for the GPU runs on the CPU instead of failing inside its first kernel launch."""
+    monkeypatch.setattr(backend, "_cupy", None if fake is None else _FakeCupy(**fake))
+    monkeypatch.setattr(backend, "_cupy_import_error", ModuleNotFoundError("No module named 'cupy'"))
+    problem = backend.gpu_problem()
+    if expected is None:
+        assert problem is None and backend.gpu_available() and backend.resolve_device("gpu") == "gpu"
+        return
+    assert problem.startswith(expected), problem
+    assert "\n" not in problem and not backend.gpu_available()
+    assert backend.resolve_device("gpu") == "cpu"
+    err = capsys.readouterr().err
+    assert f"no usable GPU: {problem}; running on the CPU" in err and "scratchnet[gpu]" in err
+    assert backend.resolve_device("cpu") == "cpu" and capsys.readouterr().err == ""
+
+
+def test_real_cupy_without_a_gpu_falls_back_to_the_cpu(tmp_path):
+    """A real CuPy on a machine without a GPU (CI installs CuPy 14 through the kernel-check extra):
+    importing scratchnet works, ``--device gpu`` says why there is no GPU and the command runs on the
+    CPU. (With a GPU here this is the normal path and is skipped.)"""
+    probe = subprocess.run([sys.executable, "-c", "import cupy; print(cupy.__version__)"],
+                           capture_output=True, text=True, env=_env_without_emulation(), check=False)
+    version = probe.stdout.strip()
+    if probe.returncode != 0 or not version or version.endswith("-host"):
+        pytest.skip("needs a real CuPy (pip install -e '.[kernel-check]')")
+    if backend.gpu_available():
+        pytest.skip("a usable GPU is here: nothing to fall back from")
+    net = paper_net(32, num_classes=3, width=0.125)
+    net.save(tmp_path / "net.npz")
+    r = subprocess.run([sys.executable, "-m", "scratchnet", "info", "--model", str(tmp_path / "net.npz"),
+                        "--device", "gpu"], capture_output=True, text=True, env=_env_without_emulation(), check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "scratchnet: no usable GPU: CuPy" in r.stderr and "running on the CPU" in r.stderr, r.stderr
+    assert r.stderr.count("no usable GPU") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_real_cupy_library_check_agrees_with_cupy(monkeypatch):
+    """With a real CuPy and a (pretended) device, gpu_problem's library check gives the same answer as
+    loading NVRTC and cuBLAS through CuPy directly: here on CI, NVRTC from its wheel and no cuBLAS."""
+    cupy = pytest.importorskip("cupy")
+    if getattr(cupy, "__version__", "").endswith("-host"):
+        pytest.skip("cupy is hostcupy in this process (tests/emu_site)")
+    monkeypatch.setattr(backend, "_cupy", cupy)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    loaded = []
+    for name, check in (("nvrtc", lambda: cupy.cuda.nvrtc.getVersion()),
+                        ("cublas", lambda: __import__("cupy_backends.cuda.libs.cublas", fromlist=["x"]).setMathMode)):
+        try:
+            check()
+            loaded.append(name)
+        except Exception:
+            pass
+    problem = backend.gpu_problem()
+    if loaded == ["nvrtc", "cublas"]:
+        assert problem is None
+    else:
+        assert problem.startswith("CuPy sees 1 GPU(s) but cannot load NVRTC or cuBLAS ("), problem
+        assert ("libnvrtc" if "nvrtc" not in loaded else "libcublas") in problem, problem
+
+
+def _env_without_emulation():
+    return {k: v for k, v in os.environ.items() if k not in ("SCRATCHNET_EMULATE_GPU", "SCRATCHNET_DEVICE")}
+
+
+def test_set_tf32_finds_its_switches_in_real_cupy():
+    """gpu.set_tf32 uses CuPy internals (the public CUPY_TF32 reaches 2-D matmuls only): they exist
+    in the CuPy installed here (CI: CuPy 14). Setting them needs a GPU; looking them up does not."""
+    import importlib.util
+    cupy = pytest.importorskip("cupy")
+    if getattr(cupy, "__version__", "").endswith("-host"):
+        pytest.skip("cupy is hostcupy in this process (tests/emu_site)")
+    from cupy._core import _routines_linalg as linalg
+    assert callable(linalg.set_compute_type)
+    assert linalg.COMPUTE_TYPE_TF32 != linalg.COMPUTE_TYPE_DEFAULT
+    assert importlib.util.find_spec("cupy_backends.cuda.libs.cublas") is not None

@@ -387,3 +387,40 @@ def test_the_cupy_backend_itself_on_emulated_raw_modules(emulator_lib, monkeypat
         np.testing.assert_array_equal(kernels.relu_forward(x, 6.0).get(), [0.0, 2.0, 6.0])
     finally:
         gpu.use_backend(old)
+
+
+def _real_cupy_has(cupy, used: str) -> bool:
+    """Whether a name hostcupy recorded ("cupy.add.at", "ndarray.astype", ...) exists in CuPy."""
+    obj, parts = (cupy.ndarray, used.split(".")[1:]) if used.startswith("ndarray.") else (cupy, used.split(".")[1:])
+    for p in parts:
+        try:
+            obj = getattr(obj, p)
+        except AttributeError:
+            return False
+        except Exception:                 # a name CuPy knows but cannot load here (a CUDA library)
+            return True
+    return True
+
+
+def test_every_cupy_name_reached_exists_in_real_cupy():
+    """hostcupy forwards any NumPy name, so a NumPy-only function or array method would pass the tests
+    above and fail on a GPU. Every name they reached (recorded in hostcupy.USED; this test runs after
+    them, in file order) must exist in a real CuPy, where one is installed (CI installs CuPy 14 through
+    the kernel-check extra; no GPU is needed to look names up)."""
+    import importlib
+    if not hostcupy.USED:
+        pytest.skip("no device code ran in this session before this test (run the whole file)")
+    saved = sys.modules.pop("cupy", None)
+    try:
+        cupy = importlib.import_module("cupy")
+    except Exception as e:
+        pytest.skip(f"needs a real CuPy to compare with (pip install -e '.[kernel-check]'): {e}")
+    finally:
+        if saved is not None:
+            sys.modules["cupy"] = saved
+    if cupy is hostcupy or getattr(cupy, "__version__", "").endswith("-host"):
+        pytest.skip("cupy is hostcupy in this process (tests/emu_site)")
+    missing = sorted(u for u in hostcupy.USED if not _real_cupy_has(cupy, u))
+    print(f"{len(hostcupy.USED)} CuPy names reached, all in CuPy {cupy.__version__}: {sorted(hostcupy.USED)}")
+    assert not missing, f"used on device arrays, absent from CuPy {cupy.__version__}: {missing}"
+    assert {"cupy.matmul", "ndarray.reshape"} <= set(hostcupy.USED), sorted(hostcupy.USED)  # the record is live
