@@ -90,8 +90,9 @@ def main(argv=None):
     ap.add_argument("--sgemm-n", type=int, default=8192, help="size of the SGEMM that measures the peak")
     args = ap.parse_args(argv)
 
-    if not backend.gpu_available():
-        print("bench_gpu: no usable GPU (CuPy missing or no CUDA device)", file=sys.stderr)
+    problem = backend.gpu_problem()
+    if problem is not None:
+        print(f"bench_gpu: no usable GPU: {problem}", file=sys.stderr)
         return 2
     import cupy as cp
     from scratchnet.kernels import gpu

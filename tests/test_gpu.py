@@ -106,8 +106,9 @@ class Emulated:
 def dev(request, monkeypatch):
     monkeypatch.setenv("SCRATCHNET_POISON", "1")
     if request.param == "cuda":
-        if not backend.gpu_available():
-            pytest.skip("needs CuPy and an NVIDIA GPU (scratchnet.backend.gpu_available() is False)")
+        problem = backend.gpu_problem()
+        if problem is not None:
+            pytest.skip(f"needs a usable GPU (scratchnet.backend.gpu_problem(): {problem})")
         return Cuda()
     return Emulated(request.getfixturevalue("emulator_lib"))
 
@@ -581,3 +582,38 @@ def test_set_tf32_finds_its_switches_in_real_cupy():
     assert callable(linalg.set_compute_type)
     assert linalg.COMPUTE_TYPE_TF32 != linalg.COMPUTE_TYPE_DEFAULT
     assert importlib.util.find_spec("cupy_backends.cuda.libs.cublas") is not None
+
+
+def test_every_cupy_attribute_the_source_names_exists_in_real_cupy():
+    """A static companion of test_gpu_host's record of what ran: every ``xp.a.b``, ``cupy.a.b``,
+    ``cp.a.b`` and ``_cupy.a.b`` written in scratchnet/, kernels/ and bench/ (paths no test reaches
+    included, such as bench_gpu.py's CUDA events) resolves in the CuPy installed here."""
+    import ast
+    cupy = pytest.importorskip("cupy")
+    if getattr(cupy, "__version__", "").endswith("-host"):
+        pytest.skip("cupy is hostcupy in this process (tests/emu_site)")
+    root = Path(__file__).resolve().parents[1]
+    files = [*(root / "scratchnet").rglob("*.py"), *(root / "kernels").glob("*.py"), *(root / "bench").glob("*.py")]
+    named, missing = set(), []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            parts, n = [], node
+            while isinstance(n, ast.Attribute):
+                parts.append(n.attr)
+                n = n.value
+            if parts and isinstance(n, ast.Name) and n.id in ("xp", "cupy", "cp", "_cupy"):
+                chain = tuple(reversed(parts))
+                if chain in named:
+                    continue
+                named.add(chain)
+                obj = cupy
+                for p in chain:
+                    try:
+                        obj = getattr(obj, p)
+                    except AttributeError:
+                        missing.append(f"{f.relative_to(root)}:{node.lineno}: cupy.{'.'.join(chain)}")
+                        break
+                    except Exception:          # known to CuPy, not loadable here (a CUDA library)
+                        break
+    assert len(named) > 20, sorted(named)
+    assert not missing, f"not in CuPy {cupy.__version__}:\n" + "\n".join(missing)
