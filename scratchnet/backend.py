@@ -22,8 +22,9 @@ INSTALL_HINT = ("pip install 'scratchnet[gpu]' (CuPy with the CUDA 12 libraries 
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    """'Type: the first line of the message that says something' (CuPy's start with a rule of '=')."""
+    lines = [ln.strip() for ln in str(e).splitlines() if any(ch.isalnum() for ch in ln)]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def _cuda_library(name: str):
@@ -39,16 +40,17 @@ def _cuda_library(name: str):
 def gpu_problem() -> str | None:
     """Why the GPU cannot be used here, in one line; None when it can.
 
-    Usable means: CuPy imports, a CUDA device answers, and the two CUDA libraries scratchnet needs
-    load: NVRTC (which compiles kernels/*.cu) and cuBLAS (the convolutions' GEMMs). CuPy 14 finds
-    them in a CUDA toolkit or in NVIDIA's PyPI wheels (``cupy-cuda12x[ctk]``) and loads them only
-    when first used, so without this check a missing one would surface as an error deep inside the
-    first kernel launch.
+    Usable means: CuPy imports, a CUDA device answers, the two CUDA libraries scratchnet needs load
+    (NVRTC, which compiles kernels/*.cu, and cuBLAS, the convolutions' GEMMs), and CuPy finds the
+    CUDA headers it hands NVRTC. CuPy 14 finds them in a CUDA toolkit or in NVIDIA's PyPI wheels
+    (``cupy-cuda12x[ctk]``) and loads them only when first used, so without this check a missing one
+    would surface as an error deep inside the first kernel launch.
     """
     if _cupy is None:
-        why = f" ({_first_line(_cupy_import_error)})" if _cupy_import_error is not None \
-            and not isinstance(_cupy_import_error, ModuleNotFoundError) else ""
-        return f"CuPy is not installed{why}"
+        e = _cupy_import_error
+        if e is None or (isinstance(e, ModuleNotFoundError) and e.name == "cupy"):
+            return "CuPy is not installed"
+        return f"CuPy is installed but fails to import ({_first_line(e)})"
     try:
         n = _cupy.cuda.runtime.getDeviceCount()
     except Exception as e:
@@ -60,7 +62,16 @@ def gpu_problem() -> str | None:
         _cuda_library("cublas").setMathMode  # noqa: B018
     except Exception as e:
         return f"CuPy sees {n} GPU(s) but cannot load NVRTC or cuBLAS ({_first_line(e)})"
+    assemble = getattr(getattr(getattr(_cupy, "_core", None), "core", None), "assemble_cupy_compiler_options", None)
+    if assemble is not None:            # CuPy's include paths for NVRTC (a private function: checked if there)
+        try:
+            assemble(())
+        except Exception as e:
+            return f"CuPy sees {n} GPU(s) but not the CUDA headers NVRTC needs ({_first_line(e)})"
     return None
+
+
+_gpu_checked_for = None     # the CuPy module gpu_problem last found usable (to_device checks once)
 
 
 def gpu_available() -> bool:
@@ -108,8 +119,12 @@ def to_device(a, device: str):
     if device == "cpu":
         return _cupy.asnumpy(a) if is_gpu_array(a) else np.asarray(a)
     if device == "gpu":
-        if _cupy is None:
-            raise RuntimeError(f"device 'gpu' needs CuPy: {INSTALL_HINT}")
+        global _gpu_checked_for
+        if _gpu_checked_for is not _cupy or _cupy is None:
+            problem = gpu_problem()
+            if problem is not None:
+                raise RuntimeError(f"device 'gpu' is not usable here: {problem}. To use a GPU: {INSTALL_HINT}")
+            _gpu_checked_for = _cupy
         return _cupy.asarray(a)
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
 

@@ -322,6 +322,7 @@ cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, g
                              nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)),
                              cublas=types.SimpleNamespace(setMathMode=None))
 __version__ = "0.0-host"
+_core = None        # CuPy's private helpers (gpu_problem's look at the CUDA headers): none here
 
 
 # --- RawModule on the emulated kernels (tests/emu_site: a rehearsal of the GPU scripts) -----------

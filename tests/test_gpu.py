@@ -24,6 +24,7 @@ import copy
 import ctypes
 import math
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -471,7 +472,7 @@ class _FakeCupy:
     """Just enough of ``cupy`` for backend.gpu_problem: a device count, NVRTC, cuBLAS (loaded lazily
     by CuPy 14, so reaching ``cupy.cuda.cublas`` is what fails when libcublas is missing)."""
 
-    def __init__(self, count=1, count_error=None, nvrtc_error=None, cublas_error=None):
+    def __init__(self, count=1, count_error=None, nvrtc_error=None, cublas_error=None, headers_error=None):
         def device_count():
             if count_error:
                 raise count_error
@@ -493,9 +494,22 @@ class _FakeCupy:
                 return type("cublas", (), {"setMathMode": None})
         self.cuda = Cuda()
 
+        def assemble(options):
+            if headers_error:
+                raise headers_error
+            return options
+        self._core = type("_core", (), {"core": type("core", (), {"assemble_cupy_compiler_options": staticmethod(assemble)})})
+
+
+_NO_CUPY = ModuleNotFoundError("No module named 'cupy'", name="cupy")
+
 
 @pytest.mark.parametrize("fake, expected", [
     (None, "CuPy is not installed"),
+    (ImportError("\n================================================================\nFailed to import CuPy.\n..."),
+     "CuPy is installed but fails to import (ImportError: Failed to import CuPy.)"),
+    (ModuleNotFoundError("No module named 'fastrlock'", name="fastrlock"),
+     "CuPy is installed but fails to import (ModuleNotFoundError: No module named 'fastrlock')"),
     (dict(count_error=RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient\nmore")),
      "CuPy finds no CUDA device (RuntimeError: cudaErrorInsufficientDriver: CUDA driver version is insufficient)"),
     (dict(count=0), "CuPy finds no CUDA device"),
@@ -503,14 +517,17 @@ class _FakeCupy:
      "CuPy sees 1 GPU(s) but cannot load NVRTC or cuBLAS (ImportError: Failure finding \"libnvrtc.so.13"),
     (dict(count=2, cublas_error=ImportError('Failure finding "libcublasLt.so.13 or libcublasLt.so.12"')),
      "CuPy sees 2 GPU(s) but cannot load NVRTC or cuBLAS (ImportError: Failure finding \"libcublasLt"),
+    (dict(headers_error=RuntimeError("Failed to auto-detect CUDA root directory.")),
+     "CuPy sees 1 GPU(s) but not the CUDA headers NVRTC needs (RuntimeError: Failed to auto-detect"),
     (dict(), None),
 ])
 def test_gpu_problem_says_what_is_missing_and_gpu_requests_run_on_the_cpu(fake, expected, monkeypatch, capsys):
     """CuPy missing, no device (CuPy 14 on a machine without a driver), or a GPU whose CUDA libraries
     CuPy cannot find (CuPy 14 without its [ctk] wheels or a toolkit): one line saying which, and a
     command asking for the GPU runs on the CPU instead of failing inside its first kernel launch."""
-    monkeypatch.setattr(backend, "_cupy", None if fake is None else _FakeCupy(**fake))
-    monkeypatch.setattr(backend, "_cupy_import_error", ModuleNotFoundError("No module named 'cupy'"))
+    cupy_missing = fake is None or isinstance(fake, Exception)
+    monkeypatch.setattr(backend, "_cupy", None if cupy_missing else _FakeCupy(**fake))
+    monkeypatch.setattr(backend, "_cupy_import_error", fake if isinstance(fake, Exception) else _NO_CUPY)
     problem = backend.gpu_problem()
     if expected is None:
         assert problem is None and backend.gpu_available() and backend.resolve_device("gpu") == "gpu"
@@ -521,6 +538,8 @@ def test_gpu_problem_says_what_is_missing_and_gpu_requests_run_on_the_cpu(fake, 
     err = capsys.readouterr().err
     assert f"no usable GPU: {problem}; running on the CPU" in err and "scratchnet[gpu]" in err
     assert backend.resolve_device("cpu") == "cpu" and capsys.readouterr().err == ""
+    with pytest.raises(RuntimeError, match=f"device 'gpu' is not usable here: {re.escape(problem)}"):
+        backend.to_device(np.zeros(2, np.float32), "gpu")       # asked for directly: an error, not a move
 
 
 def test_real_cupy_without_a_gpu_falls_back_to_the_cpu(tmp_path):
@@ -532,7 +551,9 @@ def test_real_cupy_without_a_gpu_falls_back_to_the_cpu(tmp_path):
     version = probe.stdout.strip()
     if probe.returncode != 0 or not version or version.endswith("-host"):
         pytest.skip("needs a real CuPy (pip install -e '.[kernel-check]')")
-    if backend.gpu_available():
+    probe = subprocess.run([sys.executable, "-c", "from scratchnet.backend import gpu_problem; print(gpu_problem())"],
+                           capture_output=True, text=True, env=_env_without_emulation(), check=False)
+    if probe.stdout.strip() == "None":
         pytest.skip("a usable GPU is here: nothing to fall back from")
     net = paper_net(32, num_classes=3, width=0.125)
     net.save(tmp_path / "net.npz")
