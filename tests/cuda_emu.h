@@ -11,6 +11,13 @@
 // a kernel whose result depends on which thread runs first (one thread reading what another writes,
 // two threads writing one element) then gives different bits, which a test compares.
 //
+// emu_set_owner_check(1) records which thread (a block, for sync kernels) writes each element of
+// each output (every non-const pointer argument; their sizes come from emu_set_arg_bytes) and fails
+// the launch when a second one changes an element the first already wrote: on a GPU, where they run
+// at once, that is a race (two threads' `out[i] += v` lose one of the updates), although run one at a
+// time here, in either order, they give the right sum. Writes are seen as changed bytes (outputs are
+// NaN-poisoned by the tests), so rewriting an element with the bytes it holds goes unnoticed: harmless.
+//
 // emu_launch checks every argument against the kernel's C++ parameter type ("p:f4" = pointer to a
 // 4-byte float, "s:i8" = 8-byte integer scalar...), which CuPy does not: a wrong scalar type or a
 // wrong argument count there is silent memory corruption.
@@ -109,6 +116,56 @@ void emu_call(void (*k)(A...), void** vals, std::index_sequence<I...>) {
 }
 
 static bool emu_reverse = false;
+static bool emu_owner_check = false;
+static std::vector<long long> emu_arg_bytes;     // bytes behind each pointer argument of the next launch
+
+template <typename A>
+constexpr bool emu_is_output() {                 // a pointer to non-const: the kernel may write there
+    if constexpr (std::is_pointer_v<A>) return !std::is_const_v<std::remove_pointer_t<A>>;
+    else return false;
+}
+template <typename A>
+constexpr std::size_t emu_item_size() {
+    if constexpr (std::is_pointer_v<A>) return sizeof(std::remove_pointer_t<A>);
+    else return 0;
+}
+
+// Which unit (thread or block) of the running launch wrote each element of each output.
+struct EmuOwners {
+    struct Out {
+        int arg;
+        unsigned char* p;
+        std::size_t bytes, item;
+        std::vector<unsigned char> shadow;       // the output as the previous unit left it
+        std::vector<long long> owner;            // per element: the unit that changed it, or -1
+    };
+    std::vector<Out> outs;
+    std::string describe(long long unit, unsigned nthreads, bool by_block) const {
+        return by_block ? "block " + std::to_string(unit)
+                        : "thread " + std::to_string(unit % nthreads) + " of block " + std::to_string(unit / nthreads);
+    }
+    // after a unit ran: claim what it changed; a message when another unit had changed it before
+    std::string claim(long long unit, unsigned nthreads, bool by_block) {
+        constexpr std::size_t CHUNK = 4096;      // a multiple of every item size
+        for (auto& o : outs) {
+            for (std::size_t off = 0; off < o.bytes; off += CHUNK) {
+                const std::size_t len = std::min(CHUNK, o.bytes - off);
+                if (std::memcmp(o.p + off, o.shadow.data() + off, len) == 0) continue;
+                for (std::size_t b = off; b < off + len; b += o.item) {
+                    if (std::memcmp(o.p + b, o.shadow.data() + b, o.item) == 0) continue;
+                    long long& w = o.owner[b / o.item];
+                    if (w >= 0 && w != unit)
+                        return "element " + std::to_string(b / o.item) + " of argument " + std::to_string(o.arg) +
+                               " written by " + describe(w, nthreads, by_block) + " and by " +
+                               describe(unit, nthreads, by_block) + " of one launch (a race on a GPU)";
+                    w = unit;
+                    std::memcpy(o.shadow.data() + b, o.p + b, o.item);
+                }
+            }
+        }
+        return "";
+    }
+};
 
 using EmuLauncher = std::function<std::string(dim3, dim3, int, const char**, void**)>;
 
@@ -127,7 +184,21 @@ EmuLauncher emu_launcher(std::string name, void (*k)(A...), bool sync) {
         const unsigned nthreads = block.x * block.y * block.z;
         emu_barrier.misused = false;
         const unsigned nblocks = grid.x * grid.y * grid.z;
-        for (unsigned i = 0; i < nblocks; ++i) {
+        EmuOwners owners;
+        if (emu_owner_check) {
+            if ((int)emu_arg_bytes.size() != n) return name + ": emu_set_arg_bytes was not called for this launch";
+            constexpr bool is_out[] = {emu_is_output<A>()...};
+            constexpr std::size_t item[] = {emu_item_size<A>()...};
+            for (int i = 0; i < n; ++i)
+                if (is_out[i]) {
+                    auto* p = emu_read<unsigned char*>(vals[i]);
+                    const auto bytes = (std::size_t)emu_arg_bytes[i];
+                    owners.outs.push_back({i, p, bytes, item[i], std::vector<unsigned char>(p, p + bytes),
+                                           std::vector<long long>(bytes / item[i], -1)});
+                }
+        }
+        std::string race;
+        for (unsigned i = 0; i < nblocks && race.empty(); ++i) {
             const unsigned lin = emu_reverse ? nblocks - 1 - i : i;
             const dim3 b{lin % grid.x, (lin / grid.x) % grid.y, lin / (grid.x * grid.y)};
             auto run = [&](unsigned t) {
@@ -137,15 +208,22 @@ EmuLauncher emu_launcher(std::string name, void (*k)(A...), bool sync) {
             };
             if (!sync) {
                 emu_barrier.total = 0;
-                for (unsigned t = 0; t < nthreads; ++t) run(emu_reverse ? nthreads - 1 - t : t);
+                for (unsigned t = 0; t < nthreads && race.empty(); ++t) {
+                    const unsigned tt = emu_reverse ? nthreads - 1 - t : t;
+                    run(tt);
+                    if (emu_owner_check) race = owners.claim((long long)lin * nthreads + tt, nthreads, false);
+                }
             } else {
                 emu_barrier.total = nthreads;
                 std::vector<std::thread> threads;
                 threads.reserve(nthreads);
                 for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(run, t);
                 for (auto& th : threads) th.join();
+                if (emu_owner_check) race = owners.claim(lin, nthreads, true);
             }
         }
+        emu_arg_bytes.clear();
+        if (!race.empty()) return name + ": " + race;
         if (emu_barrier.misused) return name + ": calls __syncthreads but was registered with sync=false";
         return "";
     };
@@ -159,6 +237,8 @@ static std::map<std::string, EmuLauncher>& emu_registry() {
 #define EMU_REGISTER(expr, sync) emu_registry()[#expr] = emu_launcher(#expr, &expr, sync)
 
 extern "C" void emu_set_reverse(int reverse) { emu_reverse = reverse != 0; }
+extern "C" void emu_set_owner_check(int on) { emu_owner_check = on != 0; }
+extern "C" void emu_set_arg_bytes(int n, const long long* bytes) { emu_arg_bytes.assign(bytes, bytes + n); }
 
 extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                           unsigned by, unsigned bz, int nargs, const char** codes, void** vals,

@@ -28,6 +28,18 @@ HERE = Path(__file__).resolve().parent
 SYNC_KERNELS = {"softmax_xent_fwd_bwd"}
 
 
+#: kernels that exist only in the emulator, to show that its checks catch what they are for
+SELFTEST_SOURCE = """
+// every thread adds its elements into out[0]: right when threads run one at a time (here), a lost
+// update on a GPU, where they run at once; the write-ownership check must fail it
+template <typename T>
+__global__ void emu_selftest_sum_race(const T* __restrict__ x, T* __restrict__ out, const idx_t n) {
+    GRID_STRIDE_LOOP(e, n) { out[0] += x[e]; }
+}
+"""
+SELFTEST_KERNELS = ["emu_selftest_sum_race<float>"]
+
+
 def build(folder: Path):
     """Compile the emulator into ``folder`` (reused when it holds a build of the same text; built under
     temporary names, then renamed, so processes building at once do not clash); None when g++ is
@@ -37,10 +49,10 @@ def build(folder: Path):
         return None
     lines = ["#include <cstdio>", f'#include "{HERE / "cuda_emu.h"}"']
     lines += [gpu.kernel_source(f) for f in gpu.KERNELS]
+    lines.append(SELFTEST_SOURCE)
     lines.append('extern "C" void emu_init() {')
-    for f in gpu.KERNELS:
-        for e in gpu.name_expressions(f):
-            lines.append(f"    EMU_REGISTER({e}, {'true' if e.split('<')[0] in SYNC_KERNELS else 'false'});")
+    for e in [*(e for f in gpu.KERNELS for e in gpu.name_expressions(f)), *SELFTEST_KERNELS]:
+        lines.append(f"    EMU_REGISTER({e}, {'true' if e.split('<')[0] in SYNC_KERNELS else 'false'});")
     lines.append("}")
     text = "\n".join(lines) + "\n"
     src, so = folder / "emu.cpp", folder / "libemu.so"
@@ -58,6 +70,9 @@ def build(folder: Path):
     lib.emu_launch.restype = ctypes.c_int
     lib.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [
         ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_int]
+    lib.emu_set_reverse.argtypes = [ctypes.c_int]
+    lib.emu_set_owner_check.argtypes = [ctypes.c_int]
+    lib.emu_set_arg_bytes.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_longlong)]
     lib.emu_init()
     return lib
 
@@ -103,7 +118,7 @@ class EmuKernel:
 
     def __call__(self, grid, block, args):
         self.launches[self.expr.split("<")[0]] += 1
-        codes, holders = [], []
+        codes, holders, nbytes = [], [], []
         device_type = getattr(self.xp.base_xp, "ndarray", None) if self.xp.base_xp is not np else None
         for i, a in enumerate(args):
             if device_type is not None:
@@ -117,13 +132,16 @@ class EmuKernel:
                     raise AssertionError(f"{self.expr}: argument {i} is not C-contiguous")
                 codes.append(f"p:{a.dtype.kind}{a.dtype.itemsize}")
                 holders.append(ctypes.c_void_p(a.ctypes.data))
+                nbytes.append(a.nbytes)
             elif isinstance(a, np.generic):
                 codes.append(f"s:{a.dtype.kind}{a.dtype.itemsize}")
                 holders.append(ctypes.create_string_buffer(a.tobytes(), a.dtype.itemsize))
+                nbytes.append(0)
             else:
                 raise TypeError(f"{self.expr}: argument {i} is a Python {type(a).__name__}; pass a NumPy "
                                 f"scalar of the kernel's C type (CuPy would guess one)")
         n = len(args)
+        self.lib.emu_set_arg_bytes(n, (ctypes.c_longlong * n)(*nbytes))      # for the write-ownership check
         vals = (ctypes.c_void_p * n)(*[ctypes.addressof(h) for h in holders])
         code_arr = (ctypes.c_char_p * n)(*[c.encode() for c in codes])
         g = tuple(grid) + (1,) * (3 - len(grid))

@@ -10,8 +10,10 @@ Each test runs on two devices:
              included, which CuPy does not check), and that no kernel writes outside its output.
              Run once more with blocks and threads in reverse order, every kernel gives the same
              bits: two threads writing different values to one element, or one thread reading what
-             another writes, would not. It cannot check what only a GPU shows: CuPy's compilation
-             and launch, lost updates and other races between threads running at once, cuBLAS.
+             another writes, would not. With the write-ownership check on, no element of any output
+             is changed by two threads of one launch (the lost update of two threads adding into
+             one element, right here where threads take turns, wrong on a GPU). It cannot check what
+             only a GPU shows: CuPy's launch, timing-dependent behaviour, cuBLAS.
 
 Every output is poisoned (SCRATCHNET_POISON=1: NaN before the kernel runs), so an element a kernel
 forgets to write fails the comparison. Inputs are fresh random numbers on every run; the seed is
@@ -390,44 +392,86 @@ def test_backward_is_deterministic(dev, fresh):
     np.testing.assert_array_equal(c1, c2)
 
 
+def _every_kernel_kind(emu, seed, dtype):
+    """Every layer kind forward and backward (guided rule), the loss and the fused SGD update on the
+    emulated device, from inputs drawn with ``seed``; their outputs, as NumPy arrays."""
+    out = []
+    with emu.active():
+        extra = {"relu": (ReLU, (2, 3, 5, 7)), "relu6": (ReLU6, (2, 3, 5, 7))}
+        for name, (make, shape) in {**LAYERS, **extra}.items():
+            layer = make()
+            rng = np.random.default_rng(seed)
+            for _, lay, key in layer.named_params():
+                lay.params[key] = rng.standard_normal(lay.params[key].shape).astype(dtype)
+            x = (rng.standard_normal(shape) * 4).astype(dtype)
+            y = layer.forward(x, False)
+            out += [y, layer.backward(rng.standard_normal(y.shape).astype(dtype), "guided", True, True)]
+            out += list(layer.grads.values())
+        scores = rng.standard_normal((5, 7)).astype(dtype)
+        out += list(softmax_cross_entropy(scores, rng.integers(0, 7, 5)))
+        w, g, v = (rng.standard_normal(300).astype(dtype) for _ in range(3))
+        kernels.sgd_update(w, g, v, 0.1, 0.9, 5e-4)
+        out += [w, v]
+    return [np.asarray(a) for a in out]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 def test_emulated_results_do_not_depend_on_the_order_threads_run_in(emulator_lib, fresh, dtype):
     """Emulated only: every layer kind, the loss and the fused update, once with blocks and threads in
     launch order and once reversed (tests/cuda_emu.h, emu_set_reverse): the same bits. A kernel where
     one thread reads what another writes, or two threads write different values to one element, would
-    differ (threads run one at a time here, so a lost update between concurrent threads cannot show)."""
+    differ (two threads adding into one element would not: the next test is for that)."""
     emu = Emulated(emulator_lib)
-    emulator_lib.emu_set_reverse.argtypes = [ctypes.c_int]
-
-    def run_all():
-        out = []
-        with emu.active():
-            extra = {"relu": (ReLU, (2, 3, 5, 7)), "relu6": (ReLU6, (2, 3, 5, 7))}
-            for name, (make, shape) in {**LAYERS, **extra}.items():
-                layer = make()
-                rng = np.random.default_rng(fresh.seed)
-                for _, lay, key in layer.named_params():
-                    lay.params[key] = rng.standard_normal(lay.params[key].shape).astype(dtype)
-                x = (rng.standard_normal(shape) * 4).astype(dtype)
-                y = layer.forward(x, False)
-                out += [y, layer.backward(rng.standard_normal(y.shape).astype(dtype), "guided", True, True)]
-                out += list(layer.grads.values())
-            scores = rng.standard_normal((5, 7)).astype(dtype)
-            out += list(softmax_cross_entropy(scores, rng.integers(0, 7, 5)))
-            w, g, v = (rng.standard_normal(300).astype(dtype) for _ in range(3))
-            kernels.sgd_update(w, g, v, 0.1, 0.9, 5e-4)
-            out += [w, v]
-        return out
-
     try:
-        forward = run_all()
+        forward = _every_kernel_kind(emu, fresh.seed, dtype)
         emulator_lib.emu_set_reverse(1)
-        backward = run_all()
+        backward = _every_kernel_kind(emu, fresh.seed, dtype)
     finally:
         emulator_lib.emu_set_reverse(0)
     assert len(forward) == len(backward)
     for i, (a, b) in enumerate(zip(forward, backward)):
-        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=f"output {i} {fresh.where}")
+        np.testing.assert_array_equal(b, a, err_msg=f"output {i} {fresh.where}")
+
+
+@pytest.mark.parametrize("max_blocks", [None, 3], ids=["one-element-per-thread", "3-blocks"])
+def test_emulated_no_two_threads_write_one_element(emulator_lib, fresh, monkeypatch, max_blocks):
+    """Emulated only: with the write-ownership check on (tests/cuda_emu.h, emu_set_owner_check), every
+    element of every output of every kernel launch above is changed by one thread at most (one block,
+    for the loss kernel, whose threads cooperate through __syncthreads). Two threads accumulating
+    into one element give the right sum here, run one after the other, and lose updates on a GPU,
+    which is the race the order reversal above cannot show. Outputs are NaN-poisoned, so a write shows
+    as changed bytes. Run twice: with gpu.py's grids (at these sizes, a thread per element) and with
+    grids capped at 3 blocks, where every grid-stride loop goes round many times (and the loss
+    kernel's blocks take several rows each); the results must not change."""
+    monkeypatch.setenv("SCRATCHNET_POISON", "1")
+    emu = Emulated(emulator_lib)
+    plain = _every_kernel_kind(emu, fresh.seed, np.float32)
+    if max_blocks is not None:
+        monkeypatch.setattr(gpu, "MAX_BLOCKS", max_blocks)
+    emulator_lib.emu_set_owner_check(1)
+    try:
+        checked = _every_kernel_kind(emu, fresh.seed, np.float32)   # a race fails its launch (RuntimeError)
+    finally:
+        emulator_lib.emu_set_owner_check(0)
+    for i, (a, b) in enumerate(zip(plain, checked)):
+        np.testing.assert_array_equal(b, a, err_msg=f"output {i} {fresh.where}")
+
+
+def test_the_write_ownership_check_catches_a_lost_update(emulator_lib):
+    """The check itself: a kernel in which every thread adds into out[0] (cuda_emu.SELFTEST_SOURCE)
+    sums correctly run one thread at a time, and fails with the check on, naming both threads."""
+    k = EmuBackend(emulator_lib).kernel("emu_selftest_sum_race", np.float32)
+    x = np.ones(1000, np.float32)
+    out = np.zeros(1, np.float32)
+    k((4,), (256,), (x, out, np.int64(x.size)))
+    assert out[0] == 1000                               # no race visible without the check
+    emulator_lib.emu_set_owner_check(1)
+    try:
+        with pytest.raises(RuntimeError, match=r"emu_selftest_sum_race<float>: element 0 of argument 1 written "
+                                                r"by thread 0 of block 0 and by thread 1 of block 0 of one launch"):
+            k((4,), (256,), (x, np.zeros(1, np.float32), np.int64(x.size)))
+    finally:
+        emulator_lib.emu_set_owner_check(0)
 
 
 # ---------------------------------------------------------------------------------------------
