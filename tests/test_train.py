@@ -296,3 +296,46 @@ def test_val_from_train_holds_out_the_last_training_images(shared):
     assert min(int(p.stem.rsplit("_", 1)[1]) for p in val.paths) == 250
     with pytest.raises(ValueError, match="give one"):
         load_training_data(root, val_path=root, classes=2, val_from_train=250)
+
+
+@pytest.mark.parametrize("size, width", [(224, 0.125), (64, 0.25)])
+def test_paper_net_pytorch_twin_computes_the_same_three_things(size, width):
+    """The peer the benchmarks time (bench/torch_twin.py, PyTorch with the same weights) computes what
+    ours does, in float64: the scores, the saliency gradient (class scores w.r.t. the images) and
+    every parameter gradient of the cross-entropy training loss. (Optional: needs torch.)"""
+    torch = pytest.importorskip("torch")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from torch_twin import to_torch
+    from scratchnet.layers import softmax_cross_entropy
+
+    net = paper_net(size, num_classes=10, width=width)
+    for _, lay, key in net.named_params():
+        lay.params[key] = lay.params[key].astype(np.float64)
+    twin = to_torch(net).double()
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((3, 3, size, size)), rng.integers(0, 10, 3)
+
+    scores = net.forward(x)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tscores = twin(tx)
+    np.testing.assert_allclose(scores, tscores.detach().numpy(), rtol=0, atol=1e-12 * np.abs(scores).max())
+
+    seed = np.zeros_like(scores)
+    seed[np.arange(3), [1, 4, 7]] = 1                      # one class score per image
+    gx = net.backward(seed, param_grads=False, input_grad=True)
+    tscores.backward(torch.from_numpy(seed))
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=0, atol=1e-12 * np.abs(gx).max())
+
+    loss, dscores = softmax_cross_entropy(net.forward(x), y)
+    net.backward(dscores, param_grads=True, input_grad=False)
+    twin.zero_grad()                                       # (PyTorch kept the saliency pass's too)
+    tloss = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)), torch.from_numpy(y))
+    tloss.backward()
+    assert loss == pytest.approx(tloss.item(), rel=1e-12)
+    ours = [lay.grads[key] for _, lay, key in net.named_params()]
+    theirs = [p.grad.numpy() for p in twin.parameters()]
+    assert len(ours) == len(theirs) == 16
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b.reshape(a.shape), rtol=0, atol=1e-12 * np.abs(a).max())
