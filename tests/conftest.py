@@ -30,5 +30,22 @@ def emulator_lib(tmp_path_factory):
 
 
 @pytest.fixture
+def real_cupy():
+    """The installed CuPy, to look at (its API, its compiler; no GPU needed), or a skip: CuPy is not
+    installed (CI installs it: the kernel-check extra), or tests/hostcupy.py stands in for it in this
+    process (the tests/emu_site rehearsal)."""
+    import sys
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        try:
+            import cupy
+        except Exception as e:
+            pytest.skip(f"needs a real CuPy (pip install -e '.[kernel-check]'): {type(e).__name__}: {e}")
+    if getattr(cupy, "__version__", "").endswith("-host"):
+        pytest.skip("cupy is tests/hostcupy.py in this process (tests/emu_site)")
+    return cupy
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -608,12 +608,10 @@ def test_real_cupy_without_a_gpu_falls_back_to_the_cpu(tmp_path):
     assert r.stderr.count("no usable GPU") == 1 and "Traceback" not in r.stderr, r.stderr
 
 
-def test_real_cupy_library_check_agrees_with_cupy(monkeypatch):
+def test_real_cupy_library_check_agrees_with_cupy(real_cupy, monkeypatch):
     """With a real CuPy and a (pretended) device, gpu_problem's library check gives the same answer as
     loading NVRTC and cuBLAS through CuPy directly: here on CI, NVRTC from its wheel and no cuBLAS."""
-    cupy = pytest.importorskip("cupy")
-    if getattr(cupy, "__version__", "").endswith("-host"):
-        pytest.skip("cupy is hostcupy in this process (tests/emu_site)")
+    cupy = real_cupy
     monkeypatch.setattr(backend, "_cupy", cupy)
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
     loaded = []
@@ -636,27 +634,22 @@ def _env_without_emulation():
     return {k: v for k, v in os.environ.items() if k not in ("SCRATCHNET_EMULATE_GPU", "SCRATCHNET_DEVICE")}
 
 
-def test_set_tf32_finds_its_switches_in_real_cupy():
+def test_set_tf32_finds_its_switches_in_real_cupy(real_cupy):
     """gpu.set_tf32 uses CuPy internals (the public CUPY_TF32 reaches 2-D matmuls only): they exist
     in the CuPy installed here (CI: CuPy 14). Setting them needs a GPU; looking them up does not."""
     import importlib.util
-    cupy = pytest.importorskip("cupy")
-    if getattr(cupy, "__version__", "").endswith("-host"):
-        pytest.skip("cupy is hostcupy in this process (tests/emu_site)")
     from cupy._core import _routines_linalg as linalg
     assert callable(linalg.set_compute_type)
     assert linalg.COMPUTE_TYPE_TF32 != linalg.COMPUTE_TYPE_DEFAULT
     assert importlib.util.find_spec("cupy_backends.cuda.libs.cublas") is not None
 
 
-def test_every_cupy_attribute_the_source_names_exists_in_real_cupy():
+def test_every_cupy_attribute_the_source_names_exists_in_real_cupy(real_cupy):
     """A static companion of test_gpu_host's record of what ran: every ``xp.a.b``, ``cupy.a.b``,
     ``cp.a.b`` and ``_cupy.a.b`` written in scratchnet/, kernels/ and bench/ (paths no test reaches
     included, such as bench_gpu.py's CUDA events) resolves in the CuPy installed here."""
     import ast
-    cupy = pytest.importorskip("cupy")
-    if getattr(cupy, "__version__", "").endswith("-host"):
-        pytest.skip("cupy is hostcupy in this process (tests/emu_site)")
+    cupy = real_cupy
     root = Path(__file__).resolve().parents[1]
     files = [*(root / "scratchnet").rglob("*.py"), *(root / "kernels").glob("*.py"), *(root / "bench").glob("*.py")]
     named, missing = set(), []

@@ -402,24 +402,14 @@ def _real_cupy_has(cupy, used: str) -> bool:
     return True
 
 
-def test_every_cupy_name_reached_exists_in_real_cupy():
+def test_every_cupy_name_reached_exists_in_real_cupy(real_cupy):
     """hostcupy forwards any NumPy name, so a NumPy-only function or array method would pass the tests
     above and fail on a GPU. Every name they reached (recorded in hostcupy.USED; this test runs after
     them, in file order) must exist in a real CuPy, where one is installed (CI installs CuPy 14 through
     the kernel-check extra; no GPU is needed to look names up)."""
-    import importlib
     if "cupy.matmul" not in hostcupy.USED:
         pytest.skip("no network ran on the stand-in before this test in this session (run the whole file)")
-    saved = sys.modules.pop("cupy", None) if sys.modules.get("cupy") is hostcupy else None
-    try:
-        cupy = importlib.import_module("cupy")
-    except Exception as e:
-        pytest.skip(f"needs a real CuPy to compare with (pip install -e '.[kernel-check]'): {e}")
-    finally:
-        if saved is not None:
-            sys.modules["cupy"] = saved
-    if cupy is hostcupy or getattr(cupy, "__version__", "").endswith("-host"):
-        pytest.skip("cupy is hostcupy in this process (tests/emu_site)")
+    cupy = real_cupy
     missing = sorted(u for u in hostcupy.USED if not _real_cupy_has(cupy, u))
     print(f"{len(hostcupy.USED)} CuPy names reached, all in CuPy {cupy.__version__}: {sorted(hostcupy.USED)}")
     assert not missing, f"used on device arrays, absent from CuPy {cupy.__version__}: {missing}"
