@@ -16,7 +16,9 @@
 // the launch when a second one changes an element the first already wrote: on a GPU, where they run
 // at once, that is a race (two threads' `out[i] += v` lose one of the updates), although run one at a
 // time here, in either order, they give the right sum. Writes are seen as changed bytes (outputs are
-// NaN-poisoned by the tests), so rewriting an element with the bytes it holds goes unnoticed: harmless.
+// NaN-poisoned by the tests), so a second thread storing the bytes an element already holds goes
+// unnoticed: a racy read-modify-write that happens to keep the value (a max that does not change it)
+// passes; no kernel here reads an output another thread writes.
 //
 // emu_launch checks every argument against the kernel's C++ parameter type ("p:f4" = pointer to a
 // 4-byte float, "s:i8" = 8-byte integer scalar...), which CuPy does not: a wrong scalar type or a
@@ -172,6 +174,8 @@ using EmuLauncher = std::function<std::string(dim3, dim3, int, const char**, voi
 template <typename... A>
 EmuLauncher emu_launcher(std::string name, void (*k)(A...), bool sync) {
     return [=](dim3 grid, dim3 block, int nargs, const char** codes, void** vals) -> std::string {
+        std::vector<long long> arg_bytes;            // this launch's sizes; none left for the next
+        arg_bytes.swap(emu_arg_bytes);
         constexpr int n = sizeof...(A);
         if (nargs != n)
             return name + ": expected " + std::to_string(n) + " arguments, got " + std::to_string(nargs);
@@ -186,13 +190,13 @@ EmuLauncher emu_launcher(std::string name, void (*k)(A...), bool sync) {
         const unsigned nblocks = grid.x * grid.y * grid.z;
         EmuOwners owners;
         if (emu_owner_check) {
-            if ((int)emu_arg_bytes.size() != n) return name + ": emu_set_arg_bytes was not called for this launch";
+            if ((int)arg_bytes.size() != n) return name + ": emu_set_arg_bytes was not called for this launch";
             constexpr bool is_out[] = {emu_is_output<A>()...};
             constexpr std::size_t item[] = {emu_item_size<A>()...};
             for (int i = 0; i < n; ++i)
                 if (is_out[i]) {
                     auto* p = emu_read<unsigned char*>(vals[i]);
-                    const auto bytes = (std::size_t)emu_arg_bytes[i];
+                    const auto bytes = (std::size_t)arg_bytes[i];
                     owners.outs.push_back({i, p, bytes, item[i], std::vector<unsigned char>(p, p + bytes),
                                            std::vector<long long>(bytes / item[i], -1)});
                 }
@@ -222,7 +226,6 @@ EmuLauncher emu_launcher(std::string name, void (*k)(A...), bool sync) {
                 if (emu_owner_check) race = owners.claim(lin, nthreads, true);
             }
         }
-        emu_arg_bytes.clear();
         if (!race.empty()) return name + ": " + race;
         if (emu_barrier.misused) return name + ": calls __syncthreads but was registered with sync=false";
         return "";

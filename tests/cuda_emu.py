@@ -13,6 +13,7 @@ Every output buffer sits between guard bands checked after each launch.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
@@ -47,7 +48,9 @@ def build(folder: Path):
     gxx = shutil.which("g++")
     if gxx is None:
         return None
-    lines = ["#include <cstdio>", f'#include "{HERE / "cuda_emu.h"}"']
+    header = HERE / "cuda_emu.h"
+    digest = hashlib.sha1(header.read_bytes()).hexdigest()          # a changed header is a new build
+    lines = [f"// cuda_emu.h sha1 {digest}", "#include <cstdio>", f'#include "{header}"']
     lines += [gpu.kernel_source(f) for f in gpu.KERNELS]
     lines.append(SELFTEST_SOURCE)
     lines.append('extern "C" void emu_init() {')

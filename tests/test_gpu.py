@@ -433,21 +433,28 @@ def test_emulated_results_do_not_depend_on_the_order_threads_run_in(emulator_lib
         np.testing.assert_array_equal(b, a, err_msg=f"output {i} {fresh.where}")
 
 
-@pytest.mark.parametrize("max_blocks", [None, 3], ids=["one-element-per-thread", "3-blocks"])
-def test_emulated_no_two_threads_write_one_element(emulator_lib, fresh, monkeypatch, max_blocks):
+@pytest.mark.parametrize("small_grids", [False, True], ids=["gpu.py-grids", "1-block-of-32"])
+def test_emulated_no_two_threads_write_one_element(emulator_lib, fresh, monkeypatch, small_grids):
     """Emulated only: with the write-ownership check on (tests/cuda_emu.h, emu_set_owner_check), every
     element of every output of every kernel launch above is changed by one thread at most (one block,
     for the loss kernel, whose threads cooperate through __syncthreads). Two threads accumulating
     into one element give the right sum here, run one after the other, and lose updates on a GPU,
     which is the race the order reversal above cannot show. Outputs are NaN-poisoned, so a write shows
-    as changed bytes. Run twice: with gpu.py's grids (at these sizes, a thread per element) and with
-    grids capped at 3 blocks, where every grid-stride loop goes round many times (and the loss
-    kernel's blocks take several rows each); the results must not change."""
+    as changed bytes. Run twice: with gpu.py's grids (at these sizes, about a thread per element) and
+    with every launch cut to one block of 32 threads, so that every kernel's grid-stride loop goes
+    round (checked: each kernel has launches with more work than threads); the results must not change."""
     monkeypatch.setenv("SCRATCHNET_POISON", "1")
     emu = Emulated(emulator_lib)
     plain = _every_kernel_kind(emu, fresh.seed, np.float32)
-    if max_blocks is not None:
-        monkeypatch.setattr(gpu, "MAX_BLOCKS", max_blocks)
+    looped = {}
+    if small_grids:
+        launch = gpu._launch
+
+        def one_small_block(name, dtype, work, args, threads=32):
+            looped[name] = looped.get(name, False) or work > threads
+            return launch(name, dtype, work, args, threads)
+        monkeypatch.setattr(gpu, "_launch", one_small_block)
+        monkeypatch.setattr(gpu, "MAX_BLOCKS", 1)
     emulator_lib.emu_set_owner_check(1)
     try:
         checked = _every_kernel_kind(emu, fresh.seed, np.float32)   # a race fails its launch (RuntimeError)
@@ -455,6 +462,9 @@ def test_emulated_no_two_threads_write_one_element(emulator_lib, fresh, monkeypa
         emulator_lib.emu_set_owner_check(0)
     for i, (a, b) in enumerate(zip(plain, checked)):
         np.testing.assert_array_equal(b, a, err_msg=f"output {i} {fresh.where}")
+    if small_grids:
+        every_kernel = {name for names in gpu.KERNELS.values() for name in names}
+        assert set(looped) == every_kernel and all(looped.values()), looped
 
 
 def test_the_write_ownership_check_catches_a_lost_update(emulator_lib):
@@ -676,3 +686,10 @@ def test_every_cupy_attribute_the_source_names_exists_in_real_cupy(real_cupy):
     print(f"{len(named)} attribute chains named in the source, {len(missing)} missing from CuPy {cupy.__version__}")
     assert len(named) > 20, sorted(named)
     assert not missing, f"not in CuPy {cupy.__version__}:\n" + "\n".join(missing)
+
+
+def test_the_kernels_dispatch_rule_recognises_real_cupy_arrays(real_cupy):
+    """scratchnet.kernels sends an array to the CUDA kernels when its type's module starts with
+    "cupy" (no CuPy import needed on the CPU path): true of the real cupy.ndarray, not of NumPy's."""
+    assert real_cupy.ndarray.__module__.startswith("cupy"), real_cupy.ndarray.__module__
+    assert not kernels.on_gpu(np.zeros(1))

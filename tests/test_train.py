@@ -299,14 +299,14 @@ def test_val_from_train_holds_out_the_last_training_images(shared):
 
 
 @pytest.mark.parametrize("size, width", [(224, 0.125), (64, 0.25)])
-def test_paper_net_pytorch_twin_computes_the_same_three_things(size, width):
+def test_paper_net_pytorch_twin_computes_the_same_three_things(size, width, monkeypatch):
     """The peer the benchmarks time (bench/torch_twin.py, PyTorch with the same weights) computes what
     ours does, in float64: the scores, the saliency gradient (class scores w.r.t. the images) and
-    every parameter gradient of the cross-entropy training loss. (Optional: needs torch.)"""
+    every parameter gradient of the cross-entropy loss, both in test mode (no dropout, so the two
+    draw no random masks). (Optional: needs torch.)"""
     torch = pytest.importorskip("torch")
-    import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
     from torch_twin import to_torch
     from scratchnet.layers import softmax_cross_entropy
 
