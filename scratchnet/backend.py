@@ -71,11 +71,9 @@ def gpu_problem() -> str | None:
     return None
 
 
-_gpu_checked_for = None     # the CuPy module gpu_problem last found usable (to_device checks once)
-
-
 def gpu_available() -> bool:
-    """True when CuPy imports, a CUDA device answers and NVRTC and cuBLAS load (see gpu_problem)."""
+    """True when CuPy imports, a CUDA device answers and CuPy has what it compiles and multiplies with
+    (see gpu_problem)."""
     return gpu_problem() is None
 
 
@@ -110,6 +108,9 @@ def resolve_device(device: str | None) -> str:
                   file=sys.stderr)
             return "cpu"
     return device
+
+
+_gpu_checked_for = None     # the CuPy module gpu_problem last found usable (to_device checks once)
 
 
 def to_device(a, device: str):
