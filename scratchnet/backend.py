@@ -121,7 +121,7 @@ def to_device(a, device: str):
         return _cupy.asnumpy(a) if is_gpu_array(a) else np.asarray(a)
     if device == "gpu":
         global _gpu_checked_for
-        if _gpu_checked_for is not _cupy or _cupy is None:
+        if _cupy is None or _gpu_checked_for is not _cupy:
             problem = gpu_problem()
             if problem is not None:
                 raise RuntimeError(f"device 'gpu' is not usable here: {problem}. To use a GPU: {INSTALL_HINT}")

@@ -57,8 +57,7 @@ def register(sub, ev_sub):
 
 def _load(args):
     from . import load
-    from ..backend import resolve_device
-    return load(args.model, device=resolve_device(args.device))
+    return load(args.model, device=args.device)     # (resolved by scratchnet.cli.main)
 
 
 def softmax(s):

@@ -123,11 +123,10 @@ def decode(ds, size, cache, skip_bad):
 
 
 def run_train(args):
-    from ..backend import resolve_device
     from ..models import paper_net
     from .trainer import TrainConfig, Trainer, init_network
 
-    device = resolve_device(args.device)
+    device = args.device                # 'cpu' or 'gpu', resolved by scratchnet.cli.main
     train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class, args.val_from_train)
     print(f"train: {len(train_ds)} training images, {train_ds.num_classes} classes; "
           f"{len(val_ds) if val_ds is not None else 'no'} validation images", file=sys.stderr)
