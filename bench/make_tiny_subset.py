@@ -32,71 +32,54 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from scratchnet.io.datasets import tiny_imagenet
+
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "SUBSET.json"
 
 
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
-        sys.exit(f"make_tiny_subset: missing {path}")
-    return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-
-
-def _index(name: str, wnid: str) -> int:
-    """<wnid>_<i>.JPEG -> i"""
-    stem = name.rsplit(".", 1)[0]
-    prefix, _, num = stem.rpartition("_")
-    if prefix != wnid or not num.isdigit():
-        raise ValueError(f"unexpected training file name {name!r} for class {wnid}")
-    return int(num)
-
-
 def plan(src: Path, classes: int, per_class: int, val_per_class: int):
-    """(wnids, {relative path: text} of the index files, [(source file, relative path)] of the images)."""
-    all_wnids = _lines(src / "wnids.txt")
-    if not 1 <= classes <= len(all_wnids):
-        sys.exit(f"make_tiny_subset: --classes {classes}: {src / 'wnids.txt'} has {len(all_wnids)} classes")
-    wnids = all_wnids[:classes]
-    chosen = set(wnids)
-    texts, copies = {}, []
-    texts["wnids.txt"] = "".join(w + "\n" for w in wnids)
-    words = src / "words.txt"
-    if words.is_file():
-        texts["words.txt"] = "".join(ln + "\n" for ln in _lines(words) if ln.split("\t", 1)[0] in chosen)
+    """(wnids, {relative path: text} of the index files, [(source file, relative path)] of the images):
+    the images ``scratchnet.io.datasets.tiny_imagenet`` picks, and the source's index rows for them."""
+    try:
+        train = tiny_imagenet(src, "train", classes=classes, per_class=per_class)
+        val = tiny_imagenet(src, "val", classes=classes)
+    except (OSError, ValueError) as e:
+        sys.exit(f"make_tiny_subset: {e}; lower --classes / --per-class")
+    wnids, chosen = train.class_wnids, set(train.class_wnids)
+    counts = np.bincount(val.labels, minlength=len(wnids))
+    kept_val = [p for p, k in zip(val.paths, _rank_in_class(val.labels)) if k < val_per_class]
+    if (counts < val_per_class).any():
+        w = int(np.argmax(counts < val_per_class))
+        print(f"make_tiny_subset: warning: {src / 'val' / 'val_annotations.txt'} has only {counts[w]} val "
+              f"images of {wnids[w]} (asked for {val_per_class}; {(counts < val_per_class).sum()} class(es) short)",
+              file=sys.stderr)
 
+    def rows(path: Path, keep) -> str:         # the source's lines whose first field passes keep, in order
+        return "".join(ln + "\n" for ln in path.read_text(encoding="utf-8").splitlines()
+                       if ln.strip() and keep(ln.split()[0]))
+
+    texts = {"wnids.txt": "".join(w + "\n" for w in wnids)}
+    if (src / "words.txt").is_file():
+        texts["words.txt"] = rows(src / "words.txt", lambda w: w in chosen)
+    names = {p.name for p in train.paths}
     for w in wnids:
-        box_file = src / "train" / w / f"{w}_boxes.txt"
-        rows = {}
-        for ln in _lines(box_file):
-            name = ln.split()[0]
-            rows[_index(name, w)] = (name, ln)
-        missing = [i for i in range(per_class) if i not in rows]
-        if missing:
-            sys.exit(f"make_tiny_subset: {box_file} lists no image {w}_{missing[0]}.JPEG "
-                     f"({len(missing)} of 0..{per_class - 1} missing); lower --per-class")
-        keep = sorted(i for i in rows if i < per_class)
-        # the source's rows (dict order = file order), restricted to the kept images
-        texts[f"train/{w}/{w}_boxes.txt"] = "".join(ln + "\n" for i, (_, ln) in rows.items() if i < per_class)
-        for i in keep:
-            name = rows[i][0]
-            copies.append((src / "train" / w / "images" / name, f"train/{w}/images/{name}"))
-
-    ann = src / "val" / "val_annotations.txt"
-    seen = {w: 0 for w in wnids}
-    val_rows = []
-    for ln in _lines(ann):
-        f = ln.split()
-        if len(f) < 2 or f[1] not in chosen or seen[f[1]] >= val_per_class:
-            continue
-        seen[f[1]] += 1
-        val_rows.append(ln)
-        copies.append((src / "val" / "images" / f[0], f"val/images/{f[0]}"))
-    short = [(w, c) for w, c in seen.items() if c < val_per_class]
-    if short:
-        print(f"make_tiny_subset: warning: {ann} has only {short[0][1]} val images of {short[0][0]} "
-              f"(asked for {val_per_class}; {len(short)} class(es) short)", file=sys.stderr)
-    texts["val/val_annotations.txt"] = "".join(ln + "\n" for ln in val_rows)
+        texts[f"train/{w}/{w}_boxes.txt"] = rows(src / "train" / w / f"{w}_boxes.txt", lambda f: f in names)
+    val_names = {p.name for p in kept_val}
+    texts["val/val_annotations.txt"] = rows(src / "val" / "val_annotations.txt", lambda f: f in val_names)
+    copies = [(p, p.relative_to(src).as_posix()) for p in [*train.paths, *kept_val]]
     return wnids, texts, copies
+
+
+def _rank_in_class(labels: np.ndarray) -> list[int]:
+    """For each item, how many earlier items share its label (0 for the first of each class)."""
+    seen, ranks = {}, []
+    for y in labels.tolist():
+        ranks.append(seen.get(y, 0))
+        seen[y] = ranks[-1] + 1
+    return ranks
 
 
 def main(argv=None):
@@ -154,10 +137,10 @@ def main(argv=None):
         shutil.rmtree(out)
     tmp.rename(out)
 
-    files = [p for p in out.rglob("*") if p.is_file()]
-    total = sum(p.stat().st_size for p in files)
+    files = len(texts) + len(copies) + 1                     # with the marker
+    total = planned + (out / MARKER).stat().st_size
     print(f"make_tiny_subset: {out}: {args.classes} classes, {info['train_images']} training and "
-          f"{info['val_images']} val images; {len(files)} files, {total:,} bytes ({total / 2**20:.1f} MiB)")
+          f"{info['val_images']} val images; {files} files, {total:,} bytes ({total / 2**20:.1f} MiB)")
     return 0
 
 
