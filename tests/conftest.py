@@ -20,10 +20,11 @@ def shared() -> Path:
 
 
 @pytest.fixture(scope="session")
-def emulator_lib(tmp_path_factory):
-    """kernels/*.cu built with g++ for the host (tests/cuda_emu.py); skips without g++."""
+def emulator_lib():
+    """kernels/*.cu built with g++ for the host (tests/cuda_emu.py; one build per source text, shared
+    with tests/hostcupy.py's RawModule); skips without g++."""
     import cuda_emu
-    lib = cuda_emu.build(tmp_path_factory.mktemp("cuda_emu"))
+    lib = cuda_emu.build()
     if lib is None:
         pytest.skip("the emulated device needs g++; not on PATH here")
     return lib

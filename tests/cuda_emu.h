@@ -12,7 +12,7 @@
 // two threads writing one element) then gives different bits, which a test compares.
 //
 // emu_set_owner_check(1) records which thread (a block, for sync kernels) writes each element of
-// each output (every non-const pointer argument; their sizes come from emu_set_arg_bytes) and fails
+// each output (every non-const pointer argument; emu_launch is given each argument's bytes) and fails
 // the launch when a second one changes an element the first already wrote: on a GPU, where they run
 // at once, that is a race (two threads' `out[i] += v` lose one of the updates), although run one at a
 // time here, in either order, they give the right sum. Writes are seen as changed bytes (outputs are
@@ -119,7 +119,6 @@ void emu_call(void (*k)(A...), void** vals, std::index_sequence<I...>) {
 
 static bool emu_reverse = false;
 static bool emu_owner_check = false;
-static std::vector<long long> emu_arg_bytes;     // bytes behind each pointer argument of the next launch
 
 template <typename A>
 constexpr bool emu_is_output() {                 // a pointer to non-const: the kernel may write there
@@ -169,13 +168,12 @@ struct EmuOwners {
     }
 };
 
-using EmuLauncher = std::function<std::string(dim3, dim3, int, const char**, void**)>;
+using EmuLauncher = std::function<std::string(dim3, dim3, int, const char**, void**, const long long*)>;
 
 template <typename... A>
 EmuLauncher emu_launcher(std::string name, void (*k)(A...), bool sync) {
-    return [=](dim3 grid, dim3 block, int nargs, const char** codes, void** vals) -> std::string {
-        std::vector<long long> arg_bytes;            // this launch's sizes; none left for the next
-        arg_bytes.swap(emu_arg_bytes);
+    return [=](dim3 grid, dim3 block, int nargs, const char** codes, void** vals,
+               const long long* arg_bytes) -> std::string {
         constexpr int n = sizeof...(A);
         if (nargs != n)
             return name + ": expected " + std::to_string(n) + " arguments, got " + std::to_string(nargs);
@@ -190,7 +188,6 @@ EmuLauncher emu_launcher(std::string name, void (*k)(A...), bool sync) {
         const unsigned nblocks = grid.x * grid.y * grid.z;
         EmuOwners owners;
         if (emu_owner_check) {
-            if ((int)arg_bytes.size() != n) return name + ": emu_set_arg_bytes was not called for this launch";
             constexpr bool is_out[] = {emu_is_output<A>()...};
             constexpr std::size_t item[] = {emu_item_size<A>()...};
             for (int i = 0; i < n; ++i)
@@ -241,15 +238,14 @@ static std::map<std::string, EmuLauncher>& emu_registry() {
 
 extern "C" void emu_set_reverse(int reverse) { emu_reverse = reverse != 0; }
 extern "C" void emu_set_owner_check(int on) { emu_owner_check = on != 0; }
-extern "C" void emu_set_arg_bytes(int n, const long long* bytes) { emu_arg_bytes.assign(bytes, bytes + n); }
 
 extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                           unsigned by, unsigned bz, int nargs, const char** codes, void** vals,
-                          char* err, int errlen) {
+                          const long long* arg_bytes, char* err, int errlen) {
     auto it = emu_registry().find(name);
     std::string msg = it == emu_registry().end()
                           ? std::string("no kernel named ") + name + " is registered"
-                          : it->second(dim3{gx, gy, gz}, dim3{bx, by, bz}, nargs, codes, vals);
+                          : it->second(dim3{gx, gy, gz}, dim3{bx, by, bz}, nargs, codes, vals, arg_bytes);
     std::snprintf(err, errlen, "%s", msg.c_str());
     return msg.empty() ? 0 : 1;
 }

@@ -1,6 +1,6 @@
 """The emulated GPU: kernels/*.cu compiled with g++ against cuda_emu.h and launched from Python.
 
-``build(folder)`` compiles every kernel source (as CuPy would load it: ``gpu.kernel_source``) into
+``build()`` compiles every kernel source (as CuPy would load it: ``gpu.kernel_source``) into
 one shared library and returns it through ctypes. ``EmuBackend`` is then a backend for
 ``scratchnet.kernels.gpu.use_backend``: gpu.py allocates with its ``xp`` and launches its kernels.
 
@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -41,10 +42,12 @@ __global__ void emu_selftest_sum_race(const T* __restrict__ x, T* __restrict__ o
 SELFTEST_KERNELS = ["emu_selftest_sum_race<float>"]
 
 
-def build(folder: Path):
-    """Compile the emulator into ``folder`` (reused when it holds a build of the same text; built under
-    temporary names, then renamed, so processes building at once do not clash); None when g++ is
-    missing. Raises on a compile error."""
+def build():
+    """The emulator as a loaded library, compiled once per text of its sources into a folder under the
+    temporary directory named by that text's hash, and reused from there by later tests and processes
+    (the test fixture, hostcupy's RawModule, the rehearsal's every process); built under temporary
+    names, then renamed, so processes building at once do not clash. None when g++ is missing.
+    Raises on a compile error."""
     gxx = shutil.which("g++")
     if gxx is None:
         return None
@@ -58,6 +61,8 @@ def build(folder: Path):
         lines.append(f"    EMU_REGISTER({e}, {'true' if e.split('<')[0] in SYNC_KERNELS else 'false'});")
     lines.append("}")
     text = "\n".join(lines) + "\n"
+    folder = Path(tempfile.gettempdir()) / f"scratchnet_cuda_emu_{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+    folder.mkdir(exist_ok=True)
     src, so = folder / "emu.cpp", folder / "libemu.so"
     if not (so.exists() and src.exists() and src.read_text() == text):     # else: built from this very text
         tmp_src, tmp_so = folder / f"emu.{os.getpid()}.cpp", folder / f"libemu.{os.getpid()}.so"
@@ -72,10 +77,10 @@ def build(folder: Path):
     lib = ctypes.CDLL(str(so))
     lib.emu_launch.restype = ctypes.c_int
     lib.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [
-        ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_int]
+        ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_void_p),
+        ctypes.POINTER(ctypes.c_longlong), ctypes.c_char_p, ctypes.c_int]
     lib.emu_set_reverse.argtypes = [ctypes.c_int]
     lib.emu_set_owner_check.argtypes = [ctypes.c_int]
-    lib.emu_set_arg_bytes.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_longlong)]
     lib.emu_init()
     return lib
 
@@ -144,13 +149,13 @@ class EmuKernel:
                 raise TypeError(f"{self.expr}: argument {i} is a Python {type(a).__name__}; pass a NumPy "
                                 f"scalar of the kernel's C type (CuPy would guess one)")
         n = len(args)
-        self.lib.emu_set_arg_bytes(n, (ctypes.c_longlong * n)(*nbytes))      # for the write-ownership check
         vals = (ctypes.c_void_p * n)(*[ctypes.addressof(h) for h in holders])
         code_arr = (ctypes.c_char_p * n)(*[c.encode() for c in codes])
         g = tuple(grid) + (1,) * (3 - len(grid))
         b = tuple(block) + (1,) * (3 - len(block))
         err = ctypes.create_string_buffer(512)
-        if self.lib.emu_launch(self.expr.encode(), *g, *b, n, code_arr, vals, err, 512):
+        if self.lib.emu_launch(self.expr.encode(), *g, *b, n, code_arr, vals, (ctypes.c_longlong * n)(*nbytes),
+                               err, 512):
             raise RuntimeError(err.value.decode())
         self.xp.check_guards(self.expr)
 

@@ -329,17 +329,9 @@ _core = None        # CuPy's private helpers (gpu_problem's look at the CUDA hea
 def install_emulated_raw_module():
     """Give this module a ``RawModule`` whose kernels are tests/cuda_emu.py's (built once per source
     version under $TMPDIR), so that kernels/gpu.py's own CuPy backend runs on them."""
-    import hashlib
-    import tempfile
-    from pathlib import Path
-
     import cuda_emu
-    from scratchnet.kernels import gpu
 
-    key = hashlib.sha1("".join(gpu.kernel_source(f) for f in gpu.KERNELS).encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"scratchnet_cuda_emu_{key}"
-    folder.mkdir(exist_ok=True)
-    lib = cuda_emu.build(folder)
+    lib = cuda_emu.build()
     guards = cuda_emu.GuardedArrays(sys.modules[__name__])     # no guard bands: a no-op check
     launches = collections.Counter()
 

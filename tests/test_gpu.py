@@ -467,7 +467,7 @@ def test_emulated_no_two_threads_write_one_element(emulator_lib, fresh, monkeypa
         assert set(looped) == every_kernel and all(looped.values()), looped
 
 
-def test_the_write_ownership_check_catches_a_lost_update(emulator_lib):
+def test_emulated_write_ownership_check_catches_a_lost_update(emulator_lib):
     """The check itself: a kernel in which every thread adds into out[0] (cuda_emu.SELFTEST_SOURCE)
     sums correctly run one thread at a time, and fails with the check on, naming both threads."""
     k = EmuBackend(emulator_lib).kernel("emu_selftest_sum_race", np.float32)
