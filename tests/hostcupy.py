@@ -345,3 +345,26 @@ def install_emulated_raw_module():
             return cuda_emu.EmuKernel(lib, guards, name, launches)
 
     globals()["RawModule"] = RawModule
+
+
+# --- helpers for the tests that compare with a real CuPy or leave the stand-in behind ---------------
+def real_cupy_has(cupy, name: str) -> bool:
+    """Whether ``name`` ("cupy.add.at", "cupy.cuda.Event", "ndarray.astype", ...) exists in ``cupy``
+    (a real CuPy: names it knows but cannot load here, a CUDA library's, count as existing)."""
+    head, *parts = name.split(".")
+    obj = cupy.ndarray if head == "ndarray" else cupy
+    for part in parts:
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            return False
+        except Exception:
+            return True
+    return True
+
+
+def env_without_emulation() -> dict:
+    """os.environ without the rehearsal's SCRATCHNET_EMULATE_GPU (tests/emu_site) or a chosen
+    SCRATCHNET_DEVICE: for a subprocess that must meet the machine as it is."""
+    import os
+    return {k: v for k, v in os.environ.items() if k not in ("SCRATCHNET_EMULATE_GPU", "SCRATCHNET_DEVICE")}

@@ -23,9 +23,7 @@ in every failure message. Tolerance: the largest difference over the largest CPU
 from __future__ import annotations
 
 import copy
-import ctypes
 import math
-import os
 import re
 import secrets
 import subprocess
@@ -42,9 +40,9 @@ from scratchnet.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
                                LocalResponseNorm, MaxPool2d, ReLU, ReLU6, softmax_cross_entropy)
 from scratchnet.models import paper_net
 
+import hostcupy
 from cuda_emu import EmuBackend
 
-HERE = Path(__file__).resolve().parent
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 DTYPES = [np.float64, np.float32]
 
@@ -517,8 +515,8 @@ def test_cpu_engine_runs_without_cupy():
             "net.backward(np.ones_like(s))\n"
             "assert not scratchnet.backend.gpu_available()\n"
             "print('ok')\n")
-    env = {k: v for k, v in os.environ.items() if k != "SCRATCHNET_EMULATE_GPU"}   # (tests/emu_site)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=hostcupy.env_without_emulation(), check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
@@ -601,18 +599,18 @@ def test_real_cupy_without_a_gpu_falls_back_to_the_cpu(tmp_path):
     importing scratchnet works, ``--device gpu`` says why there is no GPU and the command runs on the
     CPU. (With a GPU here this is the normal path and is skipped.)"""
     probe = subprocess.run([sys.executable, "-c", "import cupy; print(cupy.__version__)"],
-                           capture_output=True, text=True, env=_env_without_emulation(), check=False)
+                           capture_output=True, text=True, env=hostcupy.env_without_emulation(), check=False)
     version = probe.stdout.strip()
     if probe.returncode != 0 or not version or version.endswith("-host"):
         pytest.skip("needs a real CuPy (pip install -e '.[kernel-check]')")
     probe = subprocess.run([sys.executable, "-c", "from scratchnet.backend import gpu_problem; print(gpu_problem())"],
-                           capture_output=True, text=True, env=_env_without_emulation(), check=False)
+                           capture_output=True, text=True, env=hostcupy.env_without_emulation(), check=False)
     if probe.stdout.strip() == "None":
         pytest.skip("a usable GPU is here: nothing to fall back from")
     net = paper_net(32, num_classes=3, width=0.125)
     net.save(tmp_path / "net.npz")
     r = subprocess.run([sys.executable, "-m", "scratchnet", "info", "--model", str(tmp_path / "net.npz"),
-                        "--device", "gpu"], capture_output=True, text=True, env=_env_without_emulation(), check=False)
+                        "--device", "gpu"], capture_output=True, text=True, env=hostcupy.env_without_emulation(), check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "scratchnet: no usable GPU: CuPy" in r.stderr and "running on the CPU" in r.stderr, r.stderr
     assert r.stderr.count("no usable GPU") == 1 and "Traceback" not in r.stderr, r.stderr
@@ -638,10 +636,6 @@ def test_real_cupy_library_check_agrees_with_cupy(real_cupy, monkeypatch):
     else:
         assert problem.startswith("CuPy sees 1 GPU(s) but cannot load NVRTC or cuBLAS ("), problem
         assert ("libnvrtc" if "nvrtc" not in loaded else "libcublas") in problem, problem
-
-
-def _env_without_emulation():
-    return {k: v for k, v in os.environ.items() if k not in ("SCRATCHNET_EMULATE_GPU", "SCRATCHNET_DEVICE")}
 
 
 def test_set_tf32_finds_its_switches_in_real_cupy(real_cupy):
@@ -670,19 +664,11 @@ def test_every_cupy_attribute_the_source_names_exists_in_real_cupy(real_cupy):
                 parts.append(n.attr)
                 n = n.value
             if parts and isinstance(n, ast.Name) and n.id in ("xp", "cupy", "cp", "_cupy"):
-                chain = tuple(reversed(parts))
-                if chain in named:
-                    continue
-                named.add(chain)
-                obj = cupy
-                for p in chain:
-                    try:
-                        obj = getattr(obj, p)
-                    except AttributeError:
-                        missing.append(f"{f.relative_to(root)}:{node.lineno}: cupy.{'.'.join(chain)}")
-                        break
-                    except Exception:          # known to CuPy, not loadable here (a CUDA library)
-                        break
+                name = "cupy." + ".".join(reversed(parts))
+                if name not in named:
+                    named.add(name)
+                    if not hostcupy.real_cupy_has(cupy, name):
+                        missing.append(f"{f.relative_to(root)}:{node.lineno}: {name}")
     print(f"{len(named)} attribute chains named in the source, {len(missing)} missing from CuPy {cupy.__version__}")
     assert len(named) > 20, sorted(named)
     assert not missing, f"not in CuPy {cupy.__version__}:\n" + "\n".join(missing)

@@ -14,7 +14,6 @@ tests/test_gpu.py's ``cuda`` cases and bench/run_gpu_checks.sh do that on a GPU.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -153,14 +152,8 @@ def trained(folder, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_vis_net(tmp_path_factory):
     """tests/test_vis.py's tiny network: a Fire-like concat, a residual depthwise block, ReLU6, GAP."""
-    from test_vis import tiny_net
-    net = tiny_net(dtype=np.float32, size=16)
-    for _, branch in net["fire"].branches:          # no dead path at the zero image (class models move)
-        branch["c"].params["b"] += 1.0
-    net.class_names = ["goose", "ostrich", "cup", "lemon", "limousine"]
-    path = tmp_path_factory.mktemp("net") / "tiny.npz"
-    net.save(path)
-    return path
+    from test_vis import save_tiny_net
+    return save_tiny_net(tmp_path_factory.mktemp("net"))
 
 
 SKIP_KEYS = ("seconds", "time")
@@ -343,7 +336,7 @@ def test_bench_gpu_as_a_script_without_a_gpu_says_so():
     """Run as the GPU scripts run it: a clear line and exit status 2 here (not silence, not 0)."""
     import subprocess
     r = subprocess.run([sys.executable, str(HERE.parent / "bench" / "bench_gpu.py")], capture_output=True,
-                       text=True, check=False, env={**{k: v for k, v in os.environ.items() if k != "SCRATCHNET_EMULATE_GPU"},
+                       text=True, check=False, env={**hostcupy.env_without_emulation(),
                                                     "CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 2 and "no usable GPU" in r.stderr, (r.returncode, r.stderr[-2000:])
 
@@ -389,19 +382,6 @@ def test_the_cupy_backend_itself_on_emulated_raw_modules(emulator_lib, monkeypat
         gpu.use_backend(old)
 
 
-def _real_cupy_has(cupy, used: str) -> bool:
-    """Whether a name hostcupy recorded ("cupy.add.at", "ndarray.astype", ...) exists in CuPy."""
-    obj, parts = (cupy.ndarray, used.split(".")[1:]) if used.startswith("ndarray.") else (cupy, used.split(".")[1:])
-    for p in parts:
-        try:
-            obj = getattr(obj, p)
-        except AttributeError:
-            return False
-        except Exception:                 # a name CuPy knows but cannot load here (a CUDA library)
-            return True
-    return True
-
-
 def test_every_cupy_name_reached_exists_in_real_cupy(real_cupy):
     """hostcupy forwards any NumPy name, so a NumPy-only function or array method would pass the tests
     above and fail on a GPU. Every name they reached (recorded in hostcupy.USED; this test runs after
@@ -410,7 +390,7 @@ def test_every_cupy_name_reached_exists_in_real_cupy(real_cupy):
     if "cupy.matmul" not in hostcupy.USED:
         pytest.skip("no network ran on the stand-in before this test in this session (run the whole file)")
     cupy = real_cupy
-    missing = sorted(u for u in hostcupy.USED if not _real_cupy_has(cupy, u))
+    missing = sorted(u for u in hostcupy.USED if not hostcupy.real_cupy_has(cupy, u))
     print(f"{len(hostcupy.USED)} CuPy names reached, all in CuPy {cupy.__version__}: {sorted(hostcupy.USED)}")
     assert not missing, f"used on device arrays, absent from CuPy {cupy.__version__}: {missing}"
     assert {"cupy.matmul", "ndarray.reshape"} <= set(hostcupy.USED), sorted(hostcupy.USED)  # the record is live

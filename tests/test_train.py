@@ -310,9 +310,7 @@ def test_paper_net_pytorch_twin_computes_the_same_three_things(size, width, monk
     from torch_twin import to_torch
     from scratchnet.layers import softmax_cross_entropy
 
-    net = paper_net(size, num_classes=10, width=width)
-    for _, lay, key in net.named_params():
-        lay.params[key] = lay.params[key].astype(np.float64)
+    net = paper_net(size, num_classes=10, width=width).astype(np.float64)
     twin = to_torch(net).double()
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((3, 3, size, size)), rng.integers(0, 10, 3)

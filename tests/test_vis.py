@@ -321,15 +321,20 @@ def test_stretch_maps_percentiles_to_full_range():
 # ---------------------------------------------------------------------------------------------
 # command line and the demo, end to end on a tiny network
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
+def save_tiny_net(folder):
+    """The tiny float32 network, five named classes, saved as folder/tiny.npz (also tests/test_gpu_host.py's)."""
     net = tiny_net(dtype=np.float32, size=16)
     for _, branch in net["fire"].branches:          # no dead path at the zero image (class models move)
         branch["c"].params["b"] += 1.0
-    path = tmp_path_factory.mktemp("net") / "tiny.npz"
+    path = folder / "tiny.npz"
     net.class_names = ["goose", "ostrich", "cup", "lemon", "limousine"]
     net.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return save_tiny_net(tmp_path_factory.mktemp("net"))
 
 
 @pytest.fixture(scope="module")
