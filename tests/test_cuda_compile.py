@@ -33,8 +33,9 @@ from scratchnet.kernels import gpu
 
 NVCC = shutil.which("nvcc")
 ARCH = "sm_90"                                # Hopper (H100 / H200), the machines the GPU runs use
-#: what cupy.RawModule adds to our options when it compiles with NVRTC (cupy/cuda/compiler.py)
-CUPY_EXTRA_OPTIONS = ("-ftz=true", "--device-as-default-execution-space", f"-arch={ARCH}")
+#: what cupy.RawModule adds after our options when it compiles with NVRTC (cupy/cuda/compiler.py),
+#: in its order (and --pch where CUPY_NVRTC_USE_PCH=1)
+CUPY_EXTRA_OPTIONS = ("-ftz=true", f"-arch={ARCH}", "--device-as-default-execution-space")
 
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA compiler); not on PATH here")
 
@@ -42,6 +43,13 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA compi
 def _mangled(name: str, ctype: str) -> str:
     """The Itanium-mangled prefix of ``name<ctype>``, e.g. _Z8relu_fwdIfE."""
     return f"_Z{len(name)}{name}I{dict(float='f', double='d')[ctype]}E"
+
+
+def _assert_lowered(lowered: dict):
+    """Each name expression ("relu_fwd<float>") lowered to its kernel's mangled name."""
+    for e, low in lowered.items():
+        name, ctype = e[:-1].split("<")
+        assert low.startswith(_mangled(name, ctype)), f"{e} lowered to {low}"
 
 
 def test_every_kernel_source_is_listed():
@@ -137,27 +145,20 @@ def test_nvrtc_compiles_as_cupy_will(filename):
     assert ok, f"NVRTC failed on {filename} with {options}:\n{log}"
     assert "warning" not in log.lower(), f"NVRTC warnings on {filename}:\n{log}"
     assert sorted(lowered) == sorted(exprs), f"unresolved name expressions: {sorted(set(exprs) - set(lowered))}"
-    for e, low in lowered.items():
-        name, ctype = e[:-1].split("<")
-        assert low.startswith(_mangled(name, ctype)), f"{e} lowered to {low}"
+    _assert_lowered(lowered)
 
 
 # ---------------------------------------------------------------------------------------------
 # NVRTC through CuPy's own compiler (no GPU needed: CuPy imports without one)
 # ---------------------------------------------------------------------------------------------
-def _real_cupy_compiler():
-    """cupy.cuda.compiler of a real CuPy whose NVRTC loads, or a skip saying what is missing."""
+def _cupy_compiler(cupy):
+    """(cupy.cuda.compiler, NVRTC's version) of a real CuPy whose NVRTC loads, or a skip saying why not."""
+    from cupy.cuda import compiler
     try:
-        import cupy
-        from cupy.cuda import compiler
-    except Exception as e:                      # not installed, or hostcupy (tests/emu_site) without it
-        pytest.skip(f"needs CuPy (pip install -e '.[kernel-check]'): {type(e).__name__}: {e}")
-    try:
-        version = compiler._get_nvrtc_version()
+        return compiler, compiler._get_nvrtc_version()
     except Exception as e:
         pytest.skip(f"CuPy {cupy.__version__} finds no NVRTC (pip install nvidia-cuda-nvrtc-cu12): "
                     f"{str(e).splitlines()[0]}")
-    return cupy, compiler, version
 
 
 def _cupy_options(cupy, compiler, version):
@@ -170,21 +171,21 @@ def _cupy_options(cupy, compiler, version):
         options = tuple(cupy._core.core.assemble_cupy_compiler_options(gpu.NVRTC_OPTIONS))
     except RuntimeError as e:           # "Failed to auto-detect CUDA root directory": RawModule fails too
         pytest.skip(f"CuPy finds no CUDA headers here (a CUDA toolkit, or the nvidia-cuda-runtime wheel): {e}")
-    options += ("-ftz=true", f"-arch={ARCH}", "--device-as-default-execution-space")
+    options += CUPY_EXTRA_OPTIONS
     if (version[0] >= 13 or version >= (12, 8)) and getattr(compiler, "_use_pch", False):
         options += ("--pch",)
     return options
 
 
 @pytest.mark.parametrize("filename", sorted(gpu.KERNELS))
-def test_cupy_own_nvrtc_program_compiles_every_kernel(filename):
+def test_cupy_own_nvrtc_program_compiles_every_kernel(filename, real_cupy):
     """The exact path of ``cupy.RawModule(code=..., options=..., name_expressions=...)`` short of
     loading the binary (which needs the GPU): CuPy's NVRTC program class, CuPy's options, gpu.py's
     source text and name expressions; an sm_90 cubin results and every expression maps to a kernel
     of the right template argument."""
-    cupy, compiler, version = _real_cupy_compiler()
+    compiler, version = _cupy_compiler(real_cupy)
     exprs = gpu.name_expressions(filename)
-    options = _cupy_options(cupy, compiler, version)
+    options = _cupy_options(real_cupy, compiler, version)
     prog = compiler._NVRTCProgram(gpu.kernel_source(filename), filename, name_expressions=exprs, method="cubin")
     log = io.StringIO()
     cubin, mapping = prog.compile(options, log)
@@ -196,15 +197,12 @@ def test_cupy_own_nvrtc_program_compiles_every_kernel(filename):
     warnings = [ln for ln in lines if "warning" in ln.lower()]
     assert not warnings, log.getvalue()
     assert sorted(mapping) == sorted(exprs)
-    for e, low in mapping.items():
-        name, ctype = e[:-1].split("<")
-        assert low.startswith(_mangled(name, ctype)), f"{e} lowered to {low}"
+    _assert_lowered(mapping)
 
 
-def test_cupy_raw_module_accepts_gpu_py_arguments():
+def test_cupy_raw_module_accepts_gpu_py_arguments(real_cupy):
     """cupy.RawModule takes gpu.py's keyword arguments (compiling waits for the first kernel asked)."""
-    cupy, compiler, version = _real_cupy_compiler()
     for filename in gpu.KERNELS:
-        mod = cupy.RawModule(code=gpu.kernel_source(filename), options=gpu.NVRTC_OPTIONS,
+        mod = real_cupy.RawModule(code=gpu.kernel_source(filename), options=gpu.NVRTC_OPTIONS,
                              name_expressions=gpu.name_expressions(filename))
         assert list(mod.name_expressions) == gpu.name_expressions(filename)
