@@ -4,8 +4,9 @@
 
 BatchLoader.make_batch (kernels/cpu_augment.py: crop, flip, NHWC -> NCHW, mean and scale in one pass)
 and BatchLoader.make_batch_reference (Augment.crop_flip, transpose, cast, mean, scale in NumPy) on the
-same random uint8 photos, interleaved, each timed over 20 batches, median of --repeats; then one whole
-epoch through the prefetch thread, as the trainer takes it. Prints images per second and the ratio.
+same random uint8 photos, interleaved (bench/timing.py), each timed over 20 batches, median of --repeats
+(the ratio: the median of the pairs' ratios); then one whole epoch through the prefetch thread, as the
+trainer takes it. Prints images per second and the ratio.
 Why it matters: on a GPU the 64-pixel network trains faster than the NumPy steps made batches.
 """
 from __future__ import annotations
@@ -17,7 +18,9 @@ import time
 import scratchnet  # noqa: F401  first: thread settings before NumPy (scratchnet/threads.py)
 import numpy as np
 
+from scratchnet.io.datasets import mean_image
 from scratchnet.io.loader import Augment, BatchLoader
+from timing import alternating, median_ratio
 
 
 def main(argv=None):
@@ -31,24 +34,21 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, args.size, args.size, 3), dtype=np.uint8)
-    mean = images[:1000].mean(axis=0).transpose(2, 0, 1).astype(np.float32)
+    mean = mean_image(images[:1000])
     loader = BatchLoader(images, np.zeros(args.images, np.int64), args.batch, augment=Augment(pad=args.pad, flip=True),
                          mean=mean, scale=1 / 64, prefetch=2)
     order = loader.order(0)
     n_batches = min(20, len(loader))
 
-    def rate(make):
-        t = time.perf_counter()
+    def batches(make):
         for b in range(n_batches):
             make(0, b, order[b * args.batch:(b + 1) * args.batch])
-        return n_batches * args.batch / (time.perf_counter() - t)
 
-    rate(loader.make_batch)                     # compile (Numba caches it on disk after the first run)
-    fused, numpy_steps = [], []
-    for _ in range(args.repeats):
-        fused.append(rate(loader.make_batch))
-        numpy_steps.append(rate(loader.make_batch_reference))
-    f, r = statistics.median(fused), statistics.median(numpy_steps)
+    # interleaved (the warm-up call also compiles the kernel; Numba then caches it on disk)
+    tf, tr = alternating(lambda: batches(loader.make_batch), lambda: batches(loader.make_batch_reference),
+                         args.repeats)
+    images_timed = n_batches * args.batch
+    f, r = images_timed / statistics.median(tf), images_timed / statistics.median(tr)
     t = time.perf_counter()
     seen = sum(len(y) for _, y in loader.epoch_batches(1))
     epoch = seen / (time.perf_counter() - t)
@@ -56,7 +56,7 @@ def main(argv=None):
           f"scale 1/64; medians of {args.repeats}")
     print(f"  fused kernel (make_batch)            {f:9.0f} img/s")
     print(f"  NumPy steps (make_batch_reference)   {r:9.0f} img/s")
-    print(f"  fused / NumPy                        {f / r:9.1f}x")
+    print(f"  fused / NumPy (median of the pairs)  {median_ratio(tr, tf):9.1f}x")
     print(f"  one epoch through the prefetch thread {epoch:8.0f} img/s ({seen} images)")
 
 
