@@ -251,18 +251,17 @@ def main(argv=None):
         print(line)
     print(f"\nconvolutions by part, batch {batch} (ms; a GEMM's share of the SGEMM rate beside it; the first "
           f"layer's backward sum leaves out dcols, col2im and unpad, as its measured backward computes no input gradient):")
-    fwd_parts, bwd_parts = ("pad", "im2col", "gemm", "to_nchw", "bias"), ("db", "dy_rows", "dW", "dcols", "col2im", "unpad")
-    print(f"{'layer':<7}" + "".join(f"{p:>9}" + ("     " if p in ("gemm", "dW", "dcols") else "") for p in fwd_parts)
-          + f"{'sum':>8}{'meas.':>8} |" + "".join(f"{p:>9}" + ("     " if p in ("dW", "dcols") else "") for p in bwd_parts)
+    print(f"{'layer':<7}" + "".join(f"{p:>9}" + ("     " if p in GEMM_PARTS else "") for p in FWD_PARTS)
+          + f"{'sum':>8}{'meas.':>8} |" + "".join(f"{p:>9}" + ("     " if p in GEMM_PARTS else "") for p in BWD_PARTS)
           + f"{'sum':>8}{'meas.':>8}")
     measured = {r["layer"]: r for r in layers}
     for r in result["conv_parts"]:
         line = f"{r['layer']:<7}"
-        for p in fwd_parts:
-            line += f"{r[p + '_ms']:9.2f}" + (f"{r[p + '_of_sgemm']:5.0%}" if p == "gemm" else "")
+        for p in FWD_PARTS:
+            line += f"{r[p + '_ms']:9.2f}" + (f"{r[p + '_of_sgemm']:5.0%}" if p in GEMM_PARTS else "")
         line += f"{r['fwd_parts_ms']:8.2f}{measured[r['layer']]['fwd_ms']:8.2f} |"
-        for p in bwd_parts:
-            line += f"{r[p + '_ms']:9.2f}" + (f"{r[p + '_of_sgemm']:5.0%}" if p in ("dW", "dcols") else "")
+        for p in BWD_PARTS:
+            line += f"{r[p + '_ms']:9.2f}" + (f"{r[p + '_of_sgemm']:5.0%}" if p in GEMM_PARTS else "")
         line += f"{r['bwd_parts_ms']:8.2f}{measured[r['layer']]['bwd_ms']:8.2f}"
         print(line)
     print("dW split over S slices of N*P (contiguous operands; reordering the columns for it is extra):")
@@ -272,6 +271,14 @@ def main(argv=None):
                   f"+ {r['dW_split_reorder_cols_ms']:.2f} ms to reorder the columns")
     print(json.dumps(result))
     return 0
+
+
+#: a convolution's parts as conv_parts times them (Conv2d's order), the GEMMs among them, and the
+#: backward parts that only the input gradient needs
+FWD_PARTS = ("pad", "im2col", "gemm", "to_nchw", "bias")
+BWD_PARTS = ("db", "dy_rows", "dW", "dcols", "col2im", "unpad")
+GEMM_PARTS = ("gemm", "dW", "dcols")
+INPUT_GRAD_PARTS = ("dcols", "col2im", "unpad")
 
 
 def conv_parts(net, acts, ours_time, cp, sgemm):
@@ -318,12 +325,11 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
         r["dcols_ms"] = ours_time(lambda: cp.matmul(W2.T, dy2)) * 1e3
         r["col2im_ms"] = ours_time(lambda: kernels.col2im(dcols, xpad.shape, layer.kernel, layer.stride, (oh, ow))) * 1e3
         r["unpad_ms"] = ours_time(lambda: _unpad(dxpad, pads)) * 1e3
-        for part in ("gemm", "dW", "dcols"):
+        for part in GEMM_PARTS:
             r[f"{part}_of_sgemm"] = gflop / (r[f"{part}_ms"] / 1e3) / sgemm
-        r["fwd_parts_ms"] = sum(r[f"{p}_ms"] for p in ("pad", "im2col", "gemm", "to_nchw", "bias"))
+        r["fwd_parts_ms"] = sum(r[f"{p}_ms"] for p in FWD_PARTS)
         r["input_grad"] = i > 0            # as in the per-layer timing: the first layer has no input gradient
-        r["bwd_parts_ms"] = sum(r[f"{p}_ms"] for p in ("db", "dy_rows", "dW") + (("dcols", "col2im", "unpad")
-                                                                                  if i > 0 else ()))
+        r["bwd_parts_ms"] = sum(r[f"{p}_ms"] for p in BWD_PARTS if r["input_grad"] or p not in INPUT_GRAD_PARTS)
         best, a3, b3 = None, None, None
         for S in (8, 32, 128):
             if np_ % S:
