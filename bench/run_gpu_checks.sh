@@ -21,8 +21,7 @@ PY=${PYTHON:-python3}
 
 . bench/gpu_env.sh "$OUT/install.log"           # scratchnet importable
 
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-  $PY -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__, 'devices', cupy.cuda.runtime.getDeviceCount())"
+{ gpu_info
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" || true
 } 2>&1 | tee "$OUT/gpu.txt"
 

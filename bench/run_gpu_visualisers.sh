@@ -58,10 +58,8 @@ if [ ! -f "$DATA/wnids.txt" ] || [ ! -f "$DATA/val/val_annotations.txt" ]; then
     exit 2
 fi
 
-{ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
-  else echo "no nvidia-smi"; fi
-  $PY -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__, 'devices', cupy.cuda.runtime.getDeviceCount())" 2>&1 | tail -n 1
-  echo "requested device: $DEVICE; data: $DATA ($(cat "$DATA/wnids.txt" | wc -l) classes); epochs $EPOCHS, width $WIDTH, batch $BATCH"
+{ gpu_info
+  echo "requested device: $DEVICE; data: $DATA ($(wc -l <"$DATA/wnids.txt") classes); epochs $EPOCHS, width $WIDTH, batch $BATCH"
 } | tee "$OUT/gpu.txt"
 GPU_NAME=$( (nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1) 2>/dev/null)
 # what scratchnet will use (its own message on stderr when a GPU was asked for and none answers)
