@@ -216,10 +216,6 @@ def asnumpy(a, stream=None, order="C", out=None):
     return np.asarray(a, order=order)
 
 
-def get_array_module(*args):
-    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
-
-
 def _function(name, f):
     def fn(*args, **kwargs):
         where = f"cupy.{name}"
@@ -289,24 +285,15 @@ random = types.SimpleNamespace(default_rng=_Generator)
 
 class _Device:
     def __init__(self, i=0):
-        self.id = i
+        pass
 
     def synchronize(self):
         pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 class _MemoryPool:
     def free_all_blocks(self):
         pass
-
-    def used_bytes(self):
-        return 0
 
 
 _pool = _MemoryPool()
@@ -317,7 +304,6 @@ def get_default_memory_pool():
 
 
 cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms,
-                             is_available=lambda: True,
                              # the libraries scratchnet.backend.gpu_problem checks (no CUDA behind them here)
                              nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)),
                              cublas=types.SimpleNamespace(setMathMode=None))
