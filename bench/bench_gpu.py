@@ -120,12 +120,16 @@ def main(argv=None):
     velocity = {path: cp.zeros_like(layer.params[key]) for path, layer, key in params}
 
     tnet = torch = None
-    if torch_available() and not args.no_torch:
+    if not args.no_torch and torch_available():   # --no-torch: torch not even imported
         import torch
         if torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = args.tf32
             torch.backends.cudnn.allow_tf32 = args.tf32
+            flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # read back from C++
+            if flags != (args.tf32, args.tf32):
+                raise RuntimeError(f"PyTorch {torch.__version__} kept TF32 (matmul, cuDNN) = {flags} after "
+                                   f"setting both to {args.tf32}")
             tnet = to_torch(cpu_net).cuda()
             topt = torch.optim.SGD(tnet.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
             tev = dict(event=lambda: torch.cuda.Event(enable_timing=True),
