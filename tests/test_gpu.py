@@ -56,6 +56,8 @@ class Cuda:
     def __init__(self):
         import cupy
         self.cp = cupy
+        if gpu._tf32_choice:                # TF32 left on by an earlier caller in this process
+            gpu.set_tf32(False)
 
     def put(self, a):
         return self.cp.asarray(a)
@@ -106,6 +108,7 @@ class Emulated:
 @pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
 def dev(request, monkeypatch):
     monkeypatch.setenv("SCRATCHNET_POISON", "1")
+    monkeypatch.delenv("SCRATCHNET_TF32", raising=False)       # the float32 tolerances are not TF32's
     if request.param == "cuda":
         problem = backend.gpu_problem()
         if problem is not None:
@@ -144,13 +147,18 @@ def assert_close(got, want, dtype, what):
     assert err <= TOL[dtype], f"{what}: relative difference {err:.3g} > {TOL[dtype]:g}"
 
 
-def assert_close_norm(got, want, dtype, what):
-    """|got - want| / |want| (2-norms) <= tol: for whole networks, where a float32 value that sits on
-    a ReLU kink or a pooling tie may go either way on the two devices."""
+def norm_difference(got, want):
+    """|got - want| / |want| (2-norms), NaN when the device result has a NaN/Inf: for whole networks,
+    where a float32 value that sits on a ReLU kink or a pooling tie may go either way on two devices."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert np.isfinite(got).all(), f"{what}: NaN/Inf in the device result"
-    err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
-    assert err <= TOL[dtype], f"{what}: relative difference {err:.3g} > {TOL[dtype]:g}"
+    if not np.isfinite(got).all():
+        return float("nan")
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def assert_close_norm(got, want, dtype, what):
+    err = norm_difference(got, want)
+    assert err <= TOL[dtype], f"{what}: relative difference {err:.3g} > {TOL[dtype]:g} (NaN: NaN/Inf on the device)"
 
 
 def randomise(layer, fresh, dtype):
@@ -282,6 +290,18 @@ def test_softmax_xent_equals_cpu(dev, fresh, n, k, dtype):
     assert_close(dev.get(d_d), d, dtype, f"dscores ({n}x{k}) on {dev.name} {fresh.where}")
 
 
+@pytest.mark.parametrize("labels", [[1, 9], [-1, 2], [5, 0]])
+def test_softmax_cross_entropy_names_a_label_out_of_range(dev, fresh, labels):
+    """The same clear error on both devices (the GPU's kernel runs first and flags the row with NaN)."""
+    scores = fresh.normal((2, 5), np.float32)
+    lo, hi = min(labels), max(labels)
+    message = rf"labels must be class indices in \[0, 5\), got values in \[{lo}, {hi}\]"
+    with pytest.raises(ValueError, match=message):
+        softmax_cross_entropy(scores, np.array(labels))
+    with dev.active(), pytest.raises(ValueError, match=message):
+        softmax_cross_entropy(dev.put(scores), dev.put(np.array(labels)))
+
+
 def test_softmax_xent_label_out_of_range_gives_nan_not_a_stray_read(dev, fresh):
     scores = fresh.normal((2, 5), np.float64)
     with dev.active():
@@ -324,11 +344,12 @@ def test_cpu_sgd_update_is_the_trainers_step(fresh):
 # ---------------------------------------------------------------------------------------------
 # whole networks
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("rule", ["gradient", "guided"])
-def test_network_image_gradient_equals_cpu(dev, fresh, rule, dtype):
-    """paper_net (input 64, width 0.25): class scores, d score / d image, and every weight gradient."""
-    net = paper_net(64, num_classes=10, width=0.25, seed=fresh.seed % 1000, dtype=dtype)
+def _network_differences(dev, fresh, rule, dtype):
+    """paper_net (input 64, width 0.25) on fresh inputs and weights, on the CPU and on ``dev``: the
+    relative difference of the class scores, d score / d image and every weight gradient; those over
+    the tolerance, as messages (none: equal)."""
+    seed = fresh.rng.integers(2 ** 31)
+    net = paper_net(64, num_classes=10, width=0.25, seed=int(seed) % 1000, dtype=dtype)
     on_dev = dev.move(net)
     n = 4 if dev.name == "cuda" else 2
     x = fresh.normal((n, 3, 64, 64), dtype)
@@ -339,11 +360,77 @@ def test_network_image_gradient_equals_cpu(dev, fresh, rule, dtype):
     with dev.active():
         scores_d = on_dev.forward(dev.put(x))
         dx_d = on_dev.backward(dev.put(onehot), rule=rule)
+    pairs = [("scores", scores_d, scores), ("image gradient", dx_d, dx)]
+    pairs += [(f"d/d {path}", b.grads[key], a.grads[key])
+              for (path, a, key), (_, b, _) in zip(net.named_params(), on_dev.named_params())]
     where = f"paper_net64 {np.dtype(dtype).name} {rule} on {dev.name} {fresh.where}"
-    assert_close_norm(dev.get(scores_d), scores, dtype, f"scores of {where}")
-    assert_close_norm(dev.get(dx_d), dx, dtype, f"image gradient of {where}")
-    for (path, a, key), (_, b, _) in zip(net.named_params(), on_dev.named_params()):
-        assert_close_norm(dev.get(b.grads[key]), a.grads[key], dtype, f"d/d {path} of {where}")
+    errs = [(what, norm_difference(dev.get(got), want)) for what, got, want in pairs]
+    return [f"{what} of {where}: relative difference {e:.3g} > {TOL[dtype]:g}"
+            for what, e in errs if not e <= TOL[dtype]]
+
+
+def compare_network(dev, fresh, rule, dtype):
+    """The failures of up to ``draws`` comparisons (_network_differences), stopping at the first that
+    passes: [] when the first passes; as many messages as draws when all fail.
+
+    In float32 on a GPU, cuBLAS sums in another order than the CPU's BLAS; a pre-activation within a
+    few ulps of 0, or two nearly tied values in a pooling window, then goes the other way on the two
+    devices, and one such flip moves a gradient by 1e-3 to 1e-2. So a float32 comparison that fails
+    is repeated on new inputs and weights, up to 3 draws: a broken kernel fails every draw, a flip
+    rarely fails even one (``first_draw_failure_rate``; the emulated device sums as the CPU does and
+    never flips). float64 gets one draw."""
+    draws = 3 if dtype == np.float32 and dev.name != "emulated" else 1
+    failures = []
+    for _ in range(draws):
+        problems = _network_differences(dev, fresh, rule, dtype)
+        if not problems:
+            break
+        failures.append("; ".join(problems))
+    return failures if len(failures) == draws else []
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("rule", ["gradient", "guided"])
+def test_network_image_gradient_equals_cpu(dev, fresh, rule, dtype):
+    """paper_net (input 64, width 0.25): class scores, d score / d image, and every weight gradient
+    equal the CPU's (2-norm relative difference; float32 on a GPU: one of 3 draws, see compare_network)."""
+    failures = compare_network(dev, fresh, rule, dtype)
+    assert not failures, f"{len(failures)} draw(s), each with differences:\n" + "\n".join(failures)
+
+
+class OtherOrder:
+    """A stand-in for a device that sums in another order than the CPU's float32 BLAS: it computes in
+    float64 and rounds its results to float32 (more accurate than a GPU, and as different)."""
+    name = "float64 stand-in"
+
+    def put(self, a):
+        return np.asarray(a, np.float64)
+
+    def get(self, a):
+        return np.asarray(a).astype(np.float32)
+
+    def move(self, layer):
+        twin = copy.deepcopy(layer)
+        for _, lay, key in twin.named_params():
+            lay.params[key] = lay.params[key].astype(np.float64)
+        return twin
+
+    @contextmanager
+    def active(self):
+        yield
+
+
+@pytest.mark.parametrize("rule", ["gradient", "guided"])
+def test_float32_network_comparison_allows_for_another_summation_order(fresh, rule):
+    """The float32 whole-network comparison passes against a device that rounds differently (the
+    stand-in above), where a single draw fails now and then: a GPU run must not fail on that."""
+    assert not compare_network(OtherOrder(), fresh, rule, np.float32)
+
+
+def first_draw_failure_rate(draws=100, rule="gradient"):
+    """How often one float32 draw of the whole-network comparison fails against the float64 stand-in
+    (a kink or tie flip): ``cd tests && python -c "import test_gpu as t; print(t.first_draw_failure_rate())"``."""
+    return sum(bool(_network_differences(OtherOrder(), Fresh(), rule, np.float32)) for _ in range(draws)) / draws
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -646,6 +733,19 @@ def test_set_tf32_finds_its_switches_in_real_cupy(real_cupy):
     assert callable(linalg.set_compute_type)
     assert linalg.COMPUTE_TYPE_TF32 != linalg.COMPUTE_TYPE_DEFAULT
     assert importlib.util.find_spec("cupy_backends.cuda.libs.cublas") is not None
+
+
+@pytest.mark.parametrize("choice", [None, False, True])
+def test_scratchnet_tf32_in_the_environment_yields_to_set_tf32(monkeypatch, choice):
+    """$SCRATCHNET_TF32=1 turns TF32 on when the CuPy backend is made, unless set_tf32 was called
+    before (bench_gpu.py forbids TF32 for its float32 run, then makes the backend)."""
+    calls = []
+    monkeypatch.setitem(sys.modules, "cupy", hostcupy)
+    monkeypatch.setattr(gpu, "set_tf32", calls.append)
+    monkeypatch.setattr(gpu, "_tf32_choice", choice)
+    monkeypatch.setenv("SCRATCHNET_TF32", "1")
+    gpu.CupyBackend()
+    assert calls == ([True] if choice is None else [])
 
 
 def test_every_cupy_attribute_the_source_names_exists_in_real_cupy(real_cupy):
