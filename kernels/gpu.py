@@ -23,8 +23,13 @@ Switches for debugging and speed:
   * ``SCRATCHNET_POISON=1`` fills every output with NaN (integer outputs with -1) before the kernel
     runs, so an element a kernel forgets to write cannot pass a comparison with the CPU.
   * ``set_tf32(True)``, or ``SCRATCHNET_TF32=1`` in the environment: float32 GEMMs on the tensor
-    cores in TF32 (about 1e-3 relative error instead of 1e-6). Off by default. (CuPy's own
-    ``CUPY_TF32=1`` reaches only 2-D matmuls; the convolutions' batched matmuls need set_tf32.)
+    cores in TF32 (about 1e-3 relative error instead of 1e-6). Off by default; a call of set_tf32
+    overrides the environment. (CuPy's own ``CUPY_TF32=1`` reaches only 2-D matmuls; the
+    convolutions' batched matmuls need set_tf32.)
+
+CuPy compiles every kernel with ``-ftz=true``: float32 denormals count as zero in the kernels (a
+ReLU passes a positive denormal as 0, a max-pool window ranks it as 0), where the CPU keeps them.
+Results differ only for values below 1.2e-38; float64 has no such flush.
 
 Arguments reach the kernels as NumPy scalars of the exact C type (``np.int32`` for ``int``,
 ``np.int64`` for ``idx_t``, the array's dtype for ``T``): CuPy passes Python ints and floats with a
@@ -83,7 +88,7 @@ class CupyBackend:
         self.xp = cupy
         self._modules = {}
         self._kernels = {}
-        if os.environ.get("SCRATCHNET_TF32") == "1":
+        if _tf32_choice is None and os.environ.get("SCRATCHNET_TF32") == "1":
             set_tf32(True)
 
     def kernel(self, name: str, dtype):
@@ -119,8 +124,13 @@ def use_backend(b):
     return old
 
 
+_tf32_choice = None     # set_tf32's last argument (None: never called, $SCRATCHNET_TF32 decides)
+
+
 def set_tf32(enabled: bool):
-    """Let float32 GEMMs (cupy.matmul, 2-D and batched) use TF32 tensor cores, or forbid it."""
+    """Let float32 GEMMs (cupy.matmul, 2-D and batched) use TF32 tensor cores, or forbid it; for the
+    whole process, and over $SCRATCHNET_TF32 (read when the CuPy backend is made, after a call here)."""
+    global _tf32_choice
     import cupy
     try:                                   # CuPy's private switches (the public one is CUPY_TF32 at import)
         from cupy._core import _routines_linalg as linalg
@@ -134,6 +144,7 @@ def set_tf32(enabled: bool):
     # CUBLAS_TF32_TENSOR_OP_MATH is 3 in cublas_api.h (CuPy 14.2's cublas module does not name it)
     mode = getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3) if enabled else getattr(cublas, "CUBLAS_DEFAULT_MATH", 0)
     cublas.setMathMode(cupy.cuda.device.get_cublas_handle(), mode)
+    _tf32_choice = bool(enabled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +347,8 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
 def softmax_xent(scores, labels):
     """(mean softmax cross-entropy as a Python float, d loss / d scores (N, K)); labels (N,) in [0, K).
 
-    A label outside [0, K) gives a NaN loss (layers/loss.py checks the labels before calling)."""
+    A label outside [0, K) gives a NaN loss (then layers/loss.py looks at the labels and says which).
+    The loss comes back as a Python float: one wait for the GPU."""
     scores = _float_array(scores, "softmax_xent")
     if scores.ndim != 2:
         raise ValueError(f"softmax_xent: expected scores of shape (N, K), got {tuple(scores.shape)}")

@@ -8,6 +8,8 @@ scores (N, K) float; labels (N,) integers in [0, K).
 """
 from __future__ import annotations
 
+import math
+
 from ..backend import get_array_module
 from scratchnet import kernels
 
@@ -28,14 +30,23 @@ def softmax_cross_entropy(scores, labels):
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
         raise ValueError(f"softmax_cross_entropy: expected integer labels of shape ({n},), "
                          f"got {labels.dtype} {tuple(labels.shape)}")
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
-        raise ValueError(f"softmax_cross_entropy: labels must be class indices in [0, {k}), "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
-    if kernels.on_gpu(scores):          # one fused CUDA kernel (kernels/loss.cu), same formulas
-        return kernels.softmax_xent(scores, labels)
+    if kernels.on_gpu(scores):
+        # one fused CUDA kernel (kernels/loss.cu), same formulas. A label outside [0, K) leaves its row's
+        # loss NaN, so the labels are looked at only then: each look is a wait for the GPU.
+        loss, d = kernels.softmax_xent(scores, labels)
+        if math.isnan(loss):
+            _check_labels(labels, k)
+        return loss, d
+    _check_labels(labels, k)
     logp = log_softmax(scores)
     rows = xp.arange(n)
     loss = -logp[rows, labels].mean()
     d = xp.exp(logp)
     d[rows, labels] -= 1
     return float(loss), d / n
+
+
+def _check_labels(labels, k):
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise ValueError(f"softmax_cross_entropy: labels must be class indices in [0, {k}), "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")

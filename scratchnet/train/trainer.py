@@ -207,10 +207,12 @@ class Trainer:
                 loss, dscores = softmax_cross_entropy(scores, to_device(y, self.device))
                 if not math.isfinite(loss):
                     self._diverged(loss, epoch)
+                # read now, while a GPU waits anyway for the loss; backward and update then run on it
+                # while this thread fetches the next batch
+                correct = int((to_numpy(scores).argmax(axis=1) == y).sum())
                 net.backward(dscores, param_grads=True, input_grad=False)
                 self._consistent = False
                 opt.step()
-                correct = int((to_numpy(scores).argmax(axis=1) == y).sum())
                 s = st["sums"]
                 s["loss"] += loss * len(y)
                 s["correct"] += correct
