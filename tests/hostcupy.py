@@ -37,8 +37,22 @@ import numpy as np
 #: against a real CuPy's API where one is installed (this module forwards any NumPy name)
 USED = collections.Counter()
 
+#: every copy between host and device, by direction and the line of scratchnet (or bench) that made it:
+#: {("to_host", "scratchnet/layers/loss.py:41"): 3, ("to_device", ...): ...}. On a GPU each read back
+#: (float(a), a.get(), cupy.asnumpy, ...) waits for the device; tests count them per training step.
+TRANSFERS = collections.Counter()
+
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
              "Please use `.get()` to construct a NumPy array explicitly.")
+
+
+def _transfer(kind):
+    """Count one copy ``kind`` ("to_host" / "to_device") at the first caller outside this module."""
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_filename == __file__:
+        f = f.f_back
+    where = "?" if f is None else f"{'/'.join(f.f_code.co_filename.split('/')[-3:])}:{f.f_lineno}"
+    TRANSFERS[kind, where] += 1
 
 
 def _reject_host(obj, where):
@@ -88,6 +102,7 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         raise TypeError(_IMPLICIT)
 
     def get(self, stream=None, order="C", out=None):
+        _transfer("to_host")
         return np.array(self._a, order=order)
 
     def __repr__(self):
@@ -111,18 +126,23 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         return (_wrap(v) for v in self._a)
 
     def __float__(self):
+        _transfer("to_host")
         return float(self._a)
 
     def __int__(self):
+        _transfer("to_host")
         return int(self._a)
 
     def __index__(self):
+        _transfer("to_host")
         return self._a.__index__()
 
     def __bool__(self):
+        _transfer("to_host")
         return bool(self._a)
 
     def __format__(self, spec):         # CuPy formats through get()
+        _transfer("to_host")
         return format(self._a[()] if self._a.ndim == 0 else self._a, spec)
 
     def __copy__(self):
@@ -149,9 +169,11 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         return method
 
     def item(self, *args):
+        _transfer("to_host")
         return self._a.item(*args)
 
     def tolist(self):
+        _transfer("to_host")
         return self._a.tolist()
 
     # --- indexing ---------------------------------------------------------------------------------
@@ -193,18 +215,21 @@ def _from_host(a):
 def asarray(a, dtype=None, order=None, **kwargs):
     if isinstance(a, ndarray):
         return a if dtype is None or np.dtype(dtype) == a.dtype else ndarray(a._a.astype(dtype))
+    _transfer("to_device")
     return ndarray(np.array(a, dtype=dtype, order=order or "K"))
 
 
 def array(a, dtype=None, copy=True, order="K", **kwargs):
     if isinstance(a, ndarray):
         return ndarray(np.array(a._a, dtype=dtype, order=order, copy=True))
+    _transfer("to_device")
     return ndarray(np.array(a, dtype=dtype, order=order))
 
 
 def ascontiguousarray(a, dtype=None):
     if not isinstance(a, ndarray):
         _reject_host(a, "cupy.ascontiguousarray")
+        _transfer("to_device")
         return ndarray(np.ascontiguousarray(a, dtype=dtype))
     out = np.ascontiguousarray(a._a, dtype=dtype)
     return a if out is a._a else ndarray(out)

@@ -246,6 +246,41 @@ def test_demo_of_a_network_trained_here_on_the_device(trained, shared_root, tmp_
     assert_same_result(summaries[1], summaries[0], "summary.json")
 
 
+def test_a_training_step_waits_for_the_device_twice_and_saliency_once(host_gpu):
+    """Each read back from a GPU (float(a), a.get(), ...) waits for all the work queued before it, so the
+    hot paths keep them few; tests/hostcupy.py counts them by file. A training step as bench_gpu.py
+    times it: the input's NaN check (models/network.py) and the loss (kernels/gpu.py) come back, the two
+    dropout masks (drawn on the host, layers/linear.py) go over. Saliency: the input check only."""
+    from collections import Counter
+    from scratchnet.layers import softmax_cross_entropy
+    from scratchnet.models import paper_net
+    from scratchnet.train.sgd import SGD
+
+    def by_file():
+        counts = Counter()
+        for (kind, where), n in hostcupy.TRANSFERS.items():
+            counts[kind, where.rsplit(":", 1)[0].split("/")[-1]] += n
+        hostcupy.TRANSFERS.clear()
+        return dict(counts)
+
+    net = paper_net(32, num_classes=10, width=0.125, seed=0).to("gpu")
+    opt = SGD(net, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    x = hostcupy.asarray(rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
+    labels = hostcupy.asarray(rng.integers(0, 10, 4))
+    onehot = hostcupy.zeros((4, 10), np.float32)
+    onehot[hostcupy.arange(4), labels] = 1
+    for _ in range(2):                  # the second step is the one counted
+        by_file()
+        _, d = softmax_cross_entropy(net.forward(x, train=True), labels)
+        net.backward(d, input_grad=False)
+        opt.step()
+    assert by_file() == {("to_host", "network.py"): 1, ("to_host", "gpu.py"): 1, ("to_device", "linear.py"): 2}
+    net.forward(x)
+    net.backward(onehot, param_grads=False)
+    assert by_file() == {("to_host", "network.py"): 1}
+
+
 def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
     """bench/bench_gpu.py end to end at toy size, its GPU path through kernels/gpu.py and the emulated
     kernels: catches a broken benchmark before it costs GPU time. Checks the logic, not the numbers."""
