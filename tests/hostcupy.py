@@ -37,9 +37,12 @@ import numpy as np
 #: against a real CuPy's API where one is installed (this module forwards any NumPy name)
 USED = collections.Counter()
 
-#: every copy between host and device, by direction and the line of scratchnet (or bench) that made it:
-#: {("to_host", "scratchnet/layers/loss.py:41"): 3, ("to_device", ...): ...}. On a GPU each read back
-#: (float(a), a.get(), cupy.asnumpy, ...) waits for the device; tests count them per training step.
+#: copies between host and device, by direction and the line outside this module that asked:
+#: {("to_host", "scratchnet/layers/loss.py:41"): 3, ("to_device", ...): ...}. Counted: reads back
+#: (a.get(), cupy.asnumpy, float/int/bool/index/format/item/tolist, pickling) and cupy.asarray/array/
+#: ascontiguousarray of host data; not counted: NumPy functions that reach the buffer through
+#: __array_function__ (np.save of a device array), so it is a lower bound. On a GPU each read back
+#: waits for the device; tests/test_gpu_host.py holds a training step to its count.
 TRANSFERS = collections.Counter()
 
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
@@ -48,7 +51,7 @@ _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
 
 def _transfer(kind):
     """Count one copy ``kind`` ("to_host" / "to_device") at the first caller outside this module."""
-    f = sys._getframe(2)
+    f = sys._getframe(1)
     while f is not None and f.f_code.co_filename == __file__:
         f = f.f_back
     where = "?" if f is None else f"{'/'.join(f.f_code.co_filename.split('/')[-3:])}:{f.f_lineno}"
@@ -152,6 +155,7 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         return ndarray(self._a.copy())
 
     def __reduce__(self):               # pickling a device array is fine in CuPy (it copies)
+        _transfer("to_host")
         return (_from_host, (np.array(self._a),))
 
     def __getattr__(self, name):        # methods: reshape, astype, sum, max, argmax, fill, ...

@@ -286,6 +286,7 @@ def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
     kernels: catches a broken benchmark before it costs GPU time. Checks the logic, not the numbers."""
     import runpy
     bench = runpy.run_path(str(HERE.parent / "bench" / "bench_gpu.py"))
+    bench["main"].__globals__["torch_available"] = lambda: pytest.fail("bench_gpu --no-torch looked for torch")
     rc = bench["main"](["--batches", "2", "--size", "32", "--repeats", "1", "--warmup", "0",
                         "--sgemm-n", "64", "--no-torch"])
     assert rc == 0
