@@ -127,10 +127,13 @@ def main(argv=None):
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = args.tf32
             torch.backends.cudnn.allow_tf32 = args.tf32
-            flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # read back from C++
-            if flags != (args.tf32, args.tf32):
-                raise RuntimeError(f"PyTorch {torch.__version__} kept TF32 (matmul, cuDNN) = {flags} after "
-                                   f"setting both to {args.tf32}")
+            try:                                # read back from C++ (a warning, not an end: one GPU call)
+                torch_tf32 = (bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32))
+            except RuntimeError as e:
+                torch_tf32 = f"unreadable ({str(e)[:200]})"
+            if torch_tf32 != (args.tf32, args.tf32):
+                log(f"bench_gpu: WARNING: PyTorch {torch.__version__} reports TF32 (matmul, cuDNN) = {torch_tf32} "
+                    f"after both were set to {args.tf32}")
             tnet = to_torch(cpu_net).cuda()
             topt = torch.optim.SGD(tnet.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
             tev = dict(event=lambda: torch.cuda.Event(enable_timing=True),
@@ -142,6 +145,7 @@ def main(argv=None):
                   sgemm_gflops=sgemm, gflop_per_image=gflop_img, batches={})
     if tnet is not None:
         result["torch"] = torch.__version__
+        result["torch_tf32_matmul_cudnn"] = torch_tf32
 
     rng = np.random.default_rng(0)
     for batch in args.batches:
@@ -242,6 +246,9 @@ def main(argv=None):
     # the tables
     print(f"{device}, float32, {args.size}x{args.size}, SGEMM {sgemm / 1e3:.1f} TFLOP/s"
           f"{', TF32 on' if args.tf32 else ''}; medians of {args.repeats} (CUDA events)")
+    if tnet is not None:
+        print(f"PyTorch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, TF32 (matmul, cuDNN) "
+              f"read back: {torch_tf32}")
     print(f"\n{'batch':>6} {'':<11}{'ours img/s':>12}{'torch img/s':>13}{'time ours/torch':>17}")
     for b, row in result["batches"].items():
         for name, v in row["scratchnet"].items():

@@ -298,6 +298,55 @@ def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
     assert {"im2col", "col2im_gather", "sgd_momentum_update", "softmax_xent_fwd_bwd"} <= set(host_gpu.launches)
 
 
+@pytest.fixture
+def torch_as_cuda(monkeypatch):
+    """PyTorch on the CPU dressed as CUDA (is_available, .cuda(), device="cuda", events, synchronize):
+    enough for bench_gpu.py's PyTorch half to run here. Imported before host_gpu puts the stand-in in
+    sys.modules["cupy"] (torch's import looks at an installed CuPy's cupyx)."""
+    import time
+    torch = pytest.importorskip("torch")
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self, stream=None):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    as_tensor = torch.as_tensor
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch, "as_tensor", lambda a, device=None, **k: as_tensor(a, **k))
+    return torch
+
+
+def test_bench_gpu_pytorch_half_runs(torch_as_cuda, host_gpu, capsys):
+    """The PyTorch (cuDNN) half of bench/bench_gpu.py, which only a GPU machine with torch reaches: run
+    here with torch on the CPU posing as CUDA, beside our emulated device. Its forward check against
+    ours, its three timings and the ratios come out; the TF32 switches read back off. Not in CI (no
+    torch there); catches a slip in code that otherwise first runs in the one GPU call."""
+    import runpy
+    bench = runpy.run_path(str(HERE.parent / "bench" / "bench_gpu.py"))
+    rc = bench["main"](["--batches", "2", "--size", "32", "--repeats", "1", "--warmup", "1", "--sgemm-n", "64"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out.strip().splitlines()[-1])
+    row = result["batches"]["2"]
+    assert set(row["torch"]) == set(row["ratio_ours_over_torch"]) == {"forward", "train_step", "saliency"}
+    assert row["forward_rel_err_vs_torch"] < 1e-4, row["forward_rel_err_vs_torch"]
+    assert result["torch_tf32_matmul_cudnn"] == [False, False]
+    assert "WARNING" not in err and "time ours/torch" in out
+
+
 # ---------------------------------------------------------------------------------------------
 # the stand-in itself, and the network's device check
 # ---------------------------------------------------------------------------------------------
