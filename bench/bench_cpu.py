@@ -27,7 +27,7 @@ import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as su
 
 import numpy as np  # noqa: E402
 
-from torch_twin import to_torch, torch_available  # noqa: E402
+from torch_twin import to_torch, torch_available, torch_steps  # noqa: E402
 
 import scratchnet as sn  # noqa: E402
 from scratchnet import kernels  # noqa: E402
@@ -133,35 +133,14 @@ def main():
         print(f"{k:<18}{tn * 1e3:10.2f}{tp * 1e3:10.2f}{tp / tn:10.1f}x")
     result["numba_vs_numpy"] = {k: dict(numba_ms=tn * 1e3, numpy_ms=tp * 1e3) for k, (tn, tp) in vs.items()}
 
-    if torch_available() and not args.no_torch:
+    if not args.no_torch and torch_available():
         import torch
         torch.set_num_threads(args.threads)
         tnet = to_torch(net)
         tx, tl = torch.from_numpy(x), torch.from_numpy(labels)
         opt = torch.optim.SGD(tnet.parameters(), lr=1e-3, momentum=0.9)
 
-        def t_forward():
-            tnet.eval()
-            with torch.no_grad():
-                tnet(tx)
-
-        def t_train():
-            tnet.train()
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(tnet(tx), tl).backward()
-            opt.step()
-
-        def t_saliency():
-            tnet.eval()
-            xi = tx.clone().requires_grad_(True)
-            for p in tnet.parameters():
-                p.requires_grad_(False)
-            tnet(xi).gather(1, tl[:, None]).sum().backward()
-            for p in tnet.parameters():
-                p.requires_grad_(True)
-
-        theirs = dict(forward=median_time(t_forward, args.repeats), train_step=median_time(t_train, args.repeats),
-                      saliency=median_time(t_saliency, args.repeats))
+        theirs = {k: median_time(fn, args.repeats) for k, fn in torch_steps(tnet, opt, tx, tl).items()}
         result["torch"] = {k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in theirs.items()}
         result["torch_version"] = torch.__version__
         result["ratio_ours_over_torch"] = {k: ours[k] / theirs[k] for k in ours}

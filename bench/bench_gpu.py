@@ -33,7 +33,7 @@ import scratchnet  # noqa: F401  first: its thread settings must precede NumPy's
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_twin import to_torch, torch_available  # noqa: E402
+from torch_twin import to_torch, torch_available, torch_steps  # noqa: E402
 
 import scratchnet as sn  # noqa: E402
 from scratchnet import backend, kernels  # noqa: E402
@@ -187,27 +187,7 @@ def main(argv=None):
         cp.get_default_memory_pool().free_all_blocks()
 
         if tnet is not None:
-            def t_forward():
-                tnet.eval()
-                with torch.no_grad():
-                    tnet(tx)
-
-            def t_train():
-                tnet.train()
-                topt.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(tnet(tx), tl).backward()
-                topt.step()
-
-            def t_saliency():
-                tnet.eval()
-                xi = tx.clone().requires_grad_(True)
-                for p in tnet.parameters():
-                    p.requires_grad_(False)
-                tnet(xi).gather(1, tl[:, None]).sum().backward()
-                for p in tnet.parameters():
-                    p.requires_grad_(True)
-
-            for name, fn in (("forward", t_forward), ("train_step", t_train), ("saliency", t_saliency)):
+            for name, fn in torch_steps(tnet, topt, tx, tl).items():
                 t = cuda_time(fn, args.repeats, args.warmup, **tev)
                 row["torch"][name] = dict(ms=t * 1e3, img_s=batch / t)
                 row["ratio_ours_over_torch"][name] = row["scratchnet"][name]["ms"] / (t * 1e3)

@@ -99,6 +99,36 @@ def _build(layer):
     raise TypeError(f"no torch twin for {type(layer).__name__}")
 
 
+def torch_steps(tnet, opt, tx, tl):
+    """The three things the benchmarks time, for PyTorch: forward (test mode, no autograd), an SGD
+    training step (train mode, cross-entropy, backward, ``opt.step()``) and saliency (d score of the
+    labelled class / d image in test mode, no weight gradients). tx (N, C, H, W) images, tl (N,) labels,
+    on the device the network is on. Returns {"forward": f, "train_step": f, "saliency": f}."""
+    import torch
+
+    def forward():
+        tnet.eval()
+        with torch.no_grad():
+            tnet(tx)
+
+    def train_step():
+        tnet.train()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(tnet(tx), tl).backward()
+        opt.step()
+
+    def saliency():
+        tnet.eval()
+        xi = tx.clone().requires_grad_(True)
+        for p in tnet.parameters():
+            p.requires_grad_(False)
+        tnet(xi).gather(1, tl[:, None]).sum().backward()
+        for p in tnet.parameters():
+            p.requires_grad_(True)
+
+    return dict(forward=forward, train_step=train_step, saliency=saliency)
+
+
 def torch_available():
     try:
         import torch  # noqa: F401
