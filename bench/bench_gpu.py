@@ -102,7 +102,6 @@ def main(argv=None):
         if args.tf32 or os.environ.get("CUPY_TF32", "0") != "0":
             raise
         log(f"bench_gpu: {e}; CUPY_TF32 is unset, so CuPy's GEMMs stay float32")
-        gpu._tf32_choice = False        # and $SCRATCHNET_TF32 must not try again when the backend is made
     props = cp.cuda.runtime.getDeviceProperties(0)
     device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     ev = dict(event=cp.cuda.Event, elapsed_ms=cp.cuda.get_elapsed_time, synchronize=cp.cuda.Device().synchronize)

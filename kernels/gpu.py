@@ -124,13 +124,14 @@ def use_backend(b):
     return old
 
 
-_tf32_choice = None     # set_tf32's last argument (None: never called, $SCRATCHNET_TF32 decides)
+_tf32_choice = None     # set_tf32's last argument, applied or not (None: never called, $SCRATCHNET_TF32 decides)
 
 
 def set_tf32(enabled: bool):
     """Let float32 GEMMs (cupy.matmul, 2-D and batched) use TF32 tensor cores, or forbid it; for the
     whole process, and over $SCRATCHNET_TF32 (read when the CuPy backend is made, after a call here)."""
     global _tf32_choice
+    _tf32_choice = bool(enabled)        # the caller's choice stands over the environment, even if it fails below
     import cupy
     try:                                   # CuPy's private switches (the public one is CUPY_TF32 at import)
         from cupy._core import _routines_linalg as linalg
@@ -144,7 +145,6 @@ def set_tf32(enabled: bool):
     # CUBLAS_TF32_TENSOR_OP_MATH is 3 in cublas_api.h (CuPy 14.2's cublas module does not name it)
     mode = getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3) if enabled else getattr(cublas, "CUBLAS_DEFAULT_MATH", 0)
     cublas.setMathMode(cupy.cuda.device.get_cublas_handle(), mode)
-    _tf32_choice = bool(enabled)
 
 
 # ---------------------------------------------------------------------------------------------

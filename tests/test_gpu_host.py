@@ -303,21 +303,11 @@ def torch_as_cuda(monkeypatch):
     """PyTorch on the CPU dressed as CUDA (is_available, .cuda(), device="cuda", events, synchronize):
     enough for bench_gpu.py's PyTorch half to run here. Imported before host_gpu puts the stand-in in
     sys.modules["cupy"] (torch's import looks at an installed CuPy's cupyx)."""
-    import time
     torch = pytest.importorskip("torch")
 
-    class Event:
-        def __init__(self, enable_timing=False):
-            self.t = None
-
-        def record(self, stream=None):
-            self.t = time.perf_counter()
-
-        def synchronize(self):
-            pass
-
+    class Event(hostcupy._Event):        # the stand-in's host-clock event, with torch's elapsed_time
         def elapsed_time(self, end):
-            return (end.t - self.t) * 1e3
+            return hostcupy._elapsed_ms(self, end)
 
     as_tensor = torch.as_tensor
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

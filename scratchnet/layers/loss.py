@@ -47,6 +47,9 @@ def softmax_cross_entropy(scores, labels):
 
 
 def _check_labels(labels, k):
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+    if not len(labels):
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
         raise ValueError(f"softmax_cross_entropy: labels must be class indices in [0, {k}), "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+                         f"got values in [{lo}, {hi}]")
