@@ -329,6 +329,7 @@ def test_bench_gpu_pytorch_half_runs(torch_as_cuda, host_gpu, capsys):
     rc = bench["main"](["--batches", "2", "--size", "32", "--repeats", "1", "--warmup", "1", "--sgemm-n", "64"])
     assert rc == 0
     out, err = capsys.readouterr()
+    print(err, file=sys.stderr)         # the benchmark's progress lines, for pytest -rP
     result = json.loads(out.strip().splitlines()[-1])
     row = result["batches"]["2"]
     assert set(row["torch"]) == set(row["ratio_ours_over_torch"]) == {"forward", "train_step", "saliency"}
