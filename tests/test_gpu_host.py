@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import hostcupy
+from clirun import run_cli
 from cuda_emu import EmuBackend
 from scratchnet import backend
 from scratchnet.cli import main
@@ -45,11 +46,10 @@ def host_gpu(emulator_lib, monkeypatch):
 
 
 def run(argv, capsys):
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    assert rc == 0, f"scratchnet {' '.join(argv)} exited {rc}:\n{err[-3000:]}"
+    """The command's JSON; it must not have fallen back to the CPU."""
+    result, err = run_cli(argv, capsys)
     assert "running on the CPU" not in err, err
-    return json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def write_png(path, rng, size=24):

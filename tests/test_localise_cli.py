@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clirun import run_cli
 from scratchnet.layers import Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU
 from scratchnet.localise import network as locnet
 from scratchnet.models import Network
@@ -121,12 +122,6 @@ def test_draw_result_tints_the_mask_and_draws_the_box():
 
 # --------------------------------------------------------------------------------------------- commands
 
-def run_cli(argv, capsys):
-    from scratchnet.cli import main
-    rc = main(argv)
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
 
 
 def test_localise_command_writes_png_and_json(shared, tmp_path, capsys):

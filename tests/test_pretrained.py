@@ -13,11 +13,11 @@ the photos come from ../shared (those tests skip without it).
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
+from clirun import run_cli
 from scratchnet.io.images import load_image
 from scratchnet.layers import BatchNorm2d
 from scratchnet.models import PRETRAINED, Network, load
@@ -248,16 +248,12 @@ def test_prepare_rejects_non_images():
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def _last_json(capsys):
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_cli_classify_one_photo(shared, capsys):
-    from scratchnet.cli import main
     f = sorted(PHOTOS)[0]
-    assert main(["classify", str(shared / VAL_DEV / "images" / f), "--model", "efficientnet_lite0",
-                 "--topk", "3"]) == 0
-    out = _last_json(capsys)
+    out, _ = run_cli(["classify", shared / VAL_DEV / "images" / f, "--model", "efficientnet_lite0", "--topk", "3"],
+                     capsys)
     top = out["results"][0]["top"]
     assert len(top) == 3 and top[0]["index"] == PHOTOS[f]
     assert 0 < top[0]["prob"] <= 1 and top[0]["prob"] >= top[1]["prob"]
@@ -268,7 +264,6 @@ def test_evaluate_maps_labels_of_a_subset_network_by_wnid(tmp_path, capsys):
     class it does not know are left out, and the other labels are mapped through the wnids."""
     from PIL import Image
 
-    from scratchnet.cli import main
     from scratchnet.layers import Conv2d, GlobalAvgPool
     wnids = ["n01443537", "n01440764"]                       # goldfish, tench (network order)
     conv = Conv2d(3, 2, 1)
@@ -280,17 +275,14 @@ def test_evaluate_maps_labels_of_a_subset_network_by_wnid(tmp_path, capsys):
     for wnid, colour in [("n01440764", (255, 0, 0)), ("n01443537", (0, 255, 0)), ("n01484850", (0, 0, 255))]:
         (tmp_path / "data" / wnid).mkdir(parents=True)
         Image.new("RGB", (8, 8), colour).save(tmp_path / "data" / wnid / "a.png")
-    assert main(["evaluate", "classification", "--model", str(path), "--data", str(tmp_path / "data")]) == 0
-    out = _last_json(capsys)
+    out, _ = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data"], capsys)
     assert out["images"] == 2 and out["top1"] == 1.0 and out["unmatched_images"] == 1
     assert out["matched_by"] == "wnid" and out["flip"] is False
-    assert main(["evaluate", "classification", "--model", str(path), "--data", str(tmp_path / "data"), "--flip"]) == 0
-    assert _last_json(capsys)["top1"] == 1.0                   # mirrored solid colours score the same
+    flipped, _ = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data", "--flip"], capsys)
+    assert flipped["top1"] == 1.0                   # mirrored solid colours score the same
 
 
 def test_cli_info_counts_parameters(capsys):
-    from scratchnet.cli import main
-    assert main(["info", "--model", "efficientnet_lite0"]) == 0
-    out = _last_json(capsys)
+    out, _ = run_cli(["info", "--model", "efficientnet_lite0"], capsys)
     assert out["params"] == 4_631_000                  # EfficientNet-Lite0: 4.6 M parameters (BN folded)
     assert 0.7 < out["gflop"] < 0.85                   # ~0.39 G multiply-adds at 224 x 224

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import clirun
 from scratchnet.layers import (Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU, ReLU6, Residual,
                                Rule, Sequential)
 from scratchnet.models import Network
@@ -345,10 +346,7 @@ def photo(tmp_path_factory):
 
 
 def run_cli(argv, capsys):
-    from scratchnet.cli import main
-    assert main(argv) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    return json.loads(lines[-1])
+    return clirun.run_cli(argv, capsys)[0]
 
 
 def test_cli_saliency_classmodel_deconv_compare(tiny_path, photo, tmp_path, capsys):
