@@ -7,14 +7,36 @@ differ between the CPU (Numba) and the GPU (CUDA C through CuPy).
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
+# CuPy is an optional extra: pip install scratchnet[gpu] (CUDA 12), scratchnet[gpu-cuda13] (CUDA 13).
+# It is imported on first need (a fifth of `import scratchnet`'s time otherwise, GPU or not): by
+# gpu_problem and to_device, or by get_array_module once something else has imported it.
+_UNTRIED = object()
+_cupy = _UNTRIED            # the cupy module, None when it is missing or fails to import, or _UNTRIED
 _cupy_import_error = None
-try:  # CuPy is an optional extra: pip install scratchnet[gpu] (CUDA 12), scratchnet[gpu-cuda13] (CUDA 13)
-    import cupy as _cupy
-except Exception as e:  # ImportError, or a CuPy that cannot find CUDA
-    _cupy, _cupy_import_error = None, e
+
+
+def _cupy_module():
+    """CuPy, imported the first time it is asked for; None when it is missing or fails to import."""
+    global _cupy, _cupy_import_error
+    if _cupy is _UNTRIED:
+        try:
+            import cupy
+            _cupy = cupy
+        except Exception as e:  # ImportError, or a CuPy that cannot find CUDA
+            _cupy, _cupy_import_error = None, e
+    return _cupy
+
+
+def _imported_cupy():
+    """CuPy if anything has imported it, else None: no CuPy array can exist before its import, so the
+    array tests below never import CuPy themselves."""
+    if _cupy is _UNTRIED and sys.modules.get("cupy") is None:
+        return None
+    return _cupy_module()
 
 INSTALL_HINT = ("pip install 'scratchnet[gpu]' (CuPy with the CUDA 12 libraries from PyPI) or "
                 "'scratchnet[gpu-cuda13]'; with a CUDA toolkit installed, CuPy alone: "
@@ -30,7 +52,7 @@ def _first_line(e: Exception) -> str:
 def _cuda_library(name: str):
     """CuPy's binding of a CUDA library ('nvrtc', 'cublas'), loading the library on first access as
     CuPy 14 does (ImportError when it cannot be found); older CuPys keep it in cupy_backends only."""
-    lib = getattr(_cupy.cuda, name, None)
+    lib = getattr(_cupy_module().cuda, name, None)
     if lib is None:
         import importlib
         lib = importlib.import_module(f"cupy_backends.cuda.libs.{name}")
@@ -46,7 +68,7 @@ def gpu_problem() -> str | None:
     (``cupy-cuda12x[ctk]``) and loads them only when first used, so without this check a missing one
     would surface as an error deep inside the first kernel launch.
     """
-    if _cupy is None:
+    if _cupy_module() is None:
         e = _cupy_import_error
         if e is None or (isinstance(e, ModuleNotFoundError) and e.name == "cupy"):
             return "CuPy is not installed"
@@ -79,15 +101,17 @@ def gpu_available() -> bool:
 
 def get_array_module(*arrays):
     """numpy or cupy, whichever owns the arrays (numpy for plain Python values)."""
-    if _cupy is not None:
+    cupy = _imported_cupy()
+    if cupy is not None:
         for a in arrays:
-            if isinstance(a, _cupy.ndarray):
-                return _cupy
+            if isinstance(a, cupy.ndarray):
+                return cupy
     return np
 
 
 def is_gpu_array(a) -> bool:
-    return _cupy is not None and isinstance(a, _cupy.ndarray)
+    cupy = _imported_cupy()
+    return cupy is not None and isinstance(a, cupy.ndarray)
 
 
 def default_device() -> str:
@@ -103,7 +127,6 @@ def resolve_device(device: str | None) -> str:
     if device == "gpu":
         problem = gpu_problem()
         if problem is not None:
-            import sys
             print(f"scratchnet: no usable GPU: {problem}; running on the CPU. To use a GPU: {INSTALL_HINT}.",
                   file=sys.stderr)
             return "cpu"
@@ -121,7 +144,7 @@ def to_device(a, device: str):
         return _cupy.asnumpy(a) if is_gpu_array(a) else np.asarray(a)
     if device == "gpu":
         global _gpu_checked_for
-        if _cupy is None or _gpu_checked_for is not _cupy:
+        if _cupy_module() is None or _gpu_checked_for is not _cupy:
             problem = gpu_problem()
             if problem is not None:
                 raise RuntimeError(f"device 'gpu' is not usable here: {problem}. To use a GPU: {INSTALL_HINT}")

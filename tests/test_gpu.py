@@ -629,6 +629,39 @@ def test_cpu_engine_runs_without_cupy():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def test_cupy_is_imported_only_when_the_gpu_is_asked_for():
+    """`import scratchnet`, the CLI module and a CPU forward/backward leave CuPy unimported (a fifth of
+    the import time when it is installed); asking about the GPU imports it where it is installed."""
+    code = ("import sys, numpy as np, scratchnet, scratchnet.cli\n"
+            "from scratchnet import backend\n"
+            "from scratchnet.models import paper_net\n"
+            "net = paper_net(32, num_classes=3, width=0.125)\n"
+            "s = net.forward(np.zeros((1, 3, 32, 32), np.float32))\n"
+            "net.backward(np.ones_like(s))\n"
+            "assert backend.get_array_module(s) is np and not backend.is_gpu_array(s)\n"
+            "assert 'cupy' not in sys.modules, 'imported by the CPU path'\n"
+            "backend.gpu_problem()\n"
+            "assert ('cupy' in sys.modules) == (backend._cupy is not None), backend._cupy_import_error\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=hostcupy.env_without_emulation(), check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_arrays_of_a_cupy_imported_elsewhere_are_recognised():
+    """Before scratchnet has looked for CuPy, an array of an already imported CuPy still dispatches to it."""
+    code = ("import sys, types, numpy as np\n"
+            "cupy = types.ModuleType('cupy'); cupy.ndarray = type('ndarray', (), {}); sys.modules['cupy'] = cupy\n"
+            "from scratchnet import backend\n"
+            "assert backend._cupy is backend._UNTRIED\n"
+            "assert backend.get_array_module(np.zeros(1), cupy.ndarray()) is cupy\n"
+            "assert backend.is_gpu_array(cupy.ndarray()) and not backend.is_gpu_array(np.zeros(1))\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=hostcupy.env_without_emulation(), check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 class _FakeCupy:
     """Just enough of ``cupy`` for backend.gpu_problem: a device count, NVRTC, cuBLAS (loaded lazily
     by CuPy 14, so reaching ``cupy.cuda.cublas`` is what fails when libcublas is missing)."""
