@@ -105,13 +105,15 @@ def train_args(epochs=2):
             "--seed", "0", "--schedule", "piecewise", "--lr-points", "1:0.01"]
 
 
-def test_train_on_the_device_equals_train_on_the_cpu(folder, tmp_path, host_gpu, capsys):
+def test_train_on_the_device_equals_train_on_the_cpu_and_resumes_exactly(folder, tmp_path, host_gpu, capsys):
     """Same seed, same data: the GPU path's losses and weights are the CPU's (float32 rounding apart),
-    and every kernel family ran on the device."""
-    common = ["train", "--data", str(folder), "--cache", str(tmp_path / "cache")] + train_args()
-    cpu = run(common + ["--device", "cpu", "--out", str(tmp_path / "cpu")], capsys)
+    and every kernel family ran on the device. Then one epoch on the device and --resume to two: the
+    momentum and the weights come back onto the device, and the result is the straight run's, exactly.
+    (One test, so that the two-epoch device run is trained once.)"""
+    common = ["train", "--data", str(folder), "--cache", str(tmp_path / "cache")]
+    cpu = run(common + train_args(2) + ["--device", "cpu", "--out", str(tmp_path / "cpu")], capsys)
     assert not host_gpu.launches
-    dev = run(common + ["--device", "gpu", "--out", str(tmp_path / "gpu")], capsys)
+    dev = run(common + train_args(2) + ["--device", "gpu", "--out", str(tmp_path / "gpu")], capsys)
     assert {"im2col", "col2im_gather", "relu_fwd", "relu_bwd", "maxpool_fwd", "maxpool_bwd_gather", "lrn_fwd",
             "lrn_bwd", "softmax_xent_fwd_bwd", "sgd_momentum_update"} <= set(host_gpu.launches), host_gpu.launches
     assert cpu["steps"] == dev["steps"] == 10
@@ -121,20 +123,16 @@ def test_train_on_the_device_equals_train_on_the_cpu(folder, tmp_path, host_gpu,
     for (path, la, key), (_, lb, _) in zip(a.named_params(), b.named_params()):
         np.testing.assert_allclose(lb.params[key], la.params[key], rtol=1e-3, atol=1e-5, err_msg=f"{path}.{key}")
 
-
-def test_resume_on_the_device(folder, tmp_path, host_gpu, capsys):
-    """One epoch, then --resume to two: the momentum and the weights come back onto the device."""
-    common = ["train", "--data", str(folder), "--cache", str(tmp_path / "cache"), "--device", "gpu"]
-    straight = run(common + train_args(2) + ["--out", str(tmp_path / "a")], capsys)
-    run(common + train_args(1) + ["--out", str(tmp_path / "b")], capsys)
+    on_gpu = common + ["--device", "gpu"]
+    run(on_gpu + train_args(1) + ["--out", str(tmp_path / "b")], capsys)
     ckpt, model = load(tmp_path / "b" / "checkpoint.npz"), load(tmp_path / "b" / "model.npz")
     for (path, la, key), (_, lb, _) in zip(model.named_params(), ckpt.named_params()):   # a checkpoint is a network
         np.testing.assert_array_equal(lb.params[key], la.params[key], err_msg=f"checkpoint {path}.{key}")
-    resumed = run(common + train_args(2) + ["--out", str(tmp_path / "b"), "--resume"], capsys)
-    assert resumed["steps"] == straight["steps"] and resumed["epochs"] == 2
-    a, b = load(tmp_path / "a" / "model.npz"), load(tmp_path / "b" / "model.npz")
+    resumed = run(on_gpu + train_args(2) + ["--out", str(tmp_path / "b"), "--resume"], capsys)
+    assert resumed["steps"] == dev["steps"] and resumed["epochs"] == 2
+    a, b = load(tmp_path / "gpu" / "model.npz"), load(tmp_path / "b" / "model.npz")
     for (path, la, key), (_, lb, _) in zip(a.named_params(), b.named_params()):
-        np.testing.assert_array_equal(lb.params[key], la.params[key], err_msg=f"{path}.{key}")
+        np.testing.assert_array_equal(lb.params[key], la.params[key], err_msg=f"resumed {path}.{key}")
 
 
 # ---------------------------------------------------------------------------------------------
