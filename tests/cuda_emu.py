@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,18 @@ def build():
     lib.emu_set_owner_check.argtypes = [ctypes.c_int]
     lib.emu_init()
     return lib
+
+
+@contextmanager
+def switched_on(lib, switch: str):
+    """The emulator's ``emu_set_<switch>`` (``reverse``: blocks and threads run in reverse order;
+    ``owner_check``: a launch fails when two threads change one output element) on inside the block."""
+    setter = getattr(lib, f"emu_set_{switch}")
+    setter(1)
+    try:
+        yield
+    finally:
+        setter(0)
 
 
 class GuardedArrays:

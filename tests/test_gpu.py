@@ -42,7 +42,7 @@ from scratchnet.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
 from scratchnet.models import paper_net
 
 import hostcupy
-from cuda_emu import EmuBackend
+from cuda_emu import EmuBackend, switched_on
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 DTYPES = [np.float64, np.float32]
@@ -529,12 +529,9 @@ def test_emulated_results_do_not_depend_on_the_order_threads_run_in(emulator_lib
     one thread reads what another writes, or two threads write different values to one element, would
     differ (two threads adding into one element would not: the next test is for that)."""
     emu = Emulated(emulator_lib)
-    try:
-        forward = _every_kernel_kind(emu, fresh.seed, dtype)
-        emulator_lib.emu_set_reverse(1)
+    forward = _every_kernel_kind(emu, fresh.seed, dtype)
+    with switched_on(emulator_lib, "reverse"):
         backward = _every_kernel_kind(emu, fresh.seed, dtype)
-    finally:
-        emulator_lib.emu_set_reverse(0)
     assert len(forward) == len(backward)
     for i, (a, b) in enumerate(zip(forward, backward)):
         np.testing.assert_array_equal(b, a, err_msg=f"output {i} {fresh.where}")
@@ -562,11 +559,8 @@ def test_emulated_no_two_threads_write_one_element(emulator_lib, fresh, monkeypa
             return launch(name, dtype, work, args, threads)
         monkeypatch.setattr(gpu, "_launch", one_small_block)
         monkeypatch.setattr(gpu, "MAX_BLOCKS", 1)
-    emulator_lib.emu_set_owner_check(1)
-    try:
+    with switched_on(emulator_lib, "owner_check"):
         checked = _every_kernel_kind(emu, fresh.seed, np.float32)   # a race fails its launch (RuntimeError)
-    finally:
-        emulator_lib.emu_set_owner_check(0)
     for i, (a, b) in enumerate(zip(plain, checked)):
         np.testing.assert_array_equal(b, a, err_msg=f"output {i} {fresh.where}")
     if small_grids:
@@ -582,13 +576,10 @@ def test_emulated_write_ownership_check_catches_a_lost_update(emulator_lib):
     out = np.zeros(1, np.float32)
     k((4,), (256,), (x, out, np.int64(x.size)))
     assert out[0] == 1000                               # no race visible without the check
-    emulator_lib.emu_set_owner_check(1)
-    try:
-        with pytest.raises(RuntimeError, match=r"emu_selftest_sum_race<float>: element 0 of argument 1 written "
-                                                r"by thread 0 of block 0 and by thread 1 of block 0 of one launch"):
-            k((4,), (256,), (x, np.zeros(1, np.float32), np.int64(x.size)))
-    finally:
-        emulator_lib.emu_set_owner_check(0)
+    with switched_on(emulator_lib, "owner_check"), pytest.raises(
+            RuntimeError, match=r"emu_selftest_sum_race<float>: element 0 of argument 1 written "
+                                r"by thread 0 of block 0 and by thread 1 of block 0 of one launch"):
+        k((4,), (256,), (x, np.zeros(1, np.float32), np.int64(x.size)))
 
 
 # ---------------------------------------------------------------------------------------------
