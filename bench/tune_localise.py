@@ -26,6 +26,7 @@ from scratchnet.io.datasets import imagenet_val_dev  # noqa: E402
 from scratchnet.io.images import load_image  # noqa: E402
 from scratchnet.localise.cli import MapCache, _record  # noqa: E402
 from scratchnet.localise.evaluate import choose_fractions, evaluate  # noqa: E402
+from scratchnet.models import load  # noqa: E402
 
 SHARED = Path(os.environ.get("SCRATCHNET_SHARED", ROOT.parent / "shared"))
 
@@ -45,7 +46,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     ds = imagenet_val_dev(args.data)
-    cache = MapCache(args.cache, args.model, args.ten_crop, args.rule, Path(args.data).name)
+    cache = MapCache(args.cache, load(args.model), args.model, args.ten_crop, args.rule, Path(args.data).name)
     records = []
     for i in range(args.offset, min(len(ds), args.offset + args.limit)):
         stem, gt = ds.paths[i].stem, int(ds.labels[i])

@@ -46,6 +46,26 @@ def add_model_arg(p, default=None):
         p.add_argument("--model", default=default, help="network name or .npz path (default %(default)s)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count (a batch size, a number of steps or photos): an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type of an offset or an off-by-default size: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
+    return v
+
+
 def add_device_arg(p):
     p.add_argument("--device", default=None, choices=["cpu", "gpu"],
                    help="where to compute (default: $SCRATCHNET_DEVICE, else cpu)")
@@ -58,7 +78,7 @@ def build_parser():
                     "class models, saliency maps, DeconvNet vs gradient, weakly supervised localisation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    ev = sub.add_parser("evaluate", help="evaluate a network (classification or localisation)")
+    ev = sub.add_parser("evaluate", help="evaluate a network (classification, localisation or segmentation)")
     ev_sub = ev.add_subparsers(dest="what", metavar="WHAT")
     ev_sub.required = True
     for name in COMMAND_MODULES:

@@ -1,4 +1,4 @@
-"""Weakly supervised localisation (section 6): GMM by EM, saliency-seeded graph cut, boxes, ILSVRC
+"""Weakly supervised localisation (section 3.2): GMM by EM, saliency-seeded graph cut, boxes, ILSVRC
 evaluation.  No network: synthetic images with a known object, and hand-made boxes."""
 from __future__ import annotations
 

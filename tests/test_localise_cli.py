@@ -124,6 +124,35 @@ def test_draw_result_tints_the_mask_and_draws_the_box():
 
 
 
+def test_map_cache_never_returns_maps_of_a_changed_network(tmp_path):
+    """The saliency-map cache is keyed by the network's fingerprint, not only its name or file: the same
+    network (saved and loaded again, under any name) shares its maps; a network whose weights or
+    preprocessing changed under the same name or file reads none of the old ones."""
+    from scratchnet.localise.cli import MapCache
+    from scratchnet.models import load
+    net = tiny_net()
+    path = net.save(tmp_path / "tiny.npz")
+    entry = {"scores": np.arange(5, dtype=np.float32), "classes": [2], "maps": np.ones((1, 7, 9), np.float32)}
+
+    def cache(n, model=str(path)):
+        return MapCache(tmp_path / "cache", n, model, False, "gradient", "photos")
+    cache(net).put("p0", entry)
+    back = cache(load(path)).get("p0", (7, 9), [2])
+    assert back is not None and back["classes"] == [2]
+    np.testing.assert_array_equal(back["maps"], entry["maps"])
+    assert cache(load(path)).folder == cache(net).folder
+
+    changed = tiny_net()
+    changed.params_dict()["fc.W"][0, 0] += 1e-3                   # one weight moved, same name and file
+    changed.save(path)
+    assert cache(load(path)).get("p0", (7, 9), [2]) is None
+    assert cache(changed, "squeezenet1_0").folder != cache(net, "squeezenet1_0").folder   # a name alone: no key
+    other_pre = tiny_net()
+    other_pre.preprocess = dict(other_pre.preprocess, mean=[0.0, 0.0, 0.0])
+    assert cache(other_pre).folder != cache(net).folder
+    assert tiny_net().fingerprint() == net.fingerprint() != changed.fingerprint()
+
+
 def test_localise_command_writes_png_and_json(shared, tmp_path, capsys):
     img = sorted((shared / "data" / "imagenet-val-dev" / "images").glob("*.JPEG"))[0]
     out, _ = run_cli(["localise", str(img), "--model", "squeezenet1_0", "--out", str(tmp_path),
@@ -143,9 +172,10 @@ def test_localise_command_bad_class_is_one_clear_line(shared, tmp_path, capsys):
     from scratchnet.cli import main
     img = sorted((shared / "data" / "imagenet-val-dev" / "images").glob("*.JPEG"))[0]
     assert main(["localise", str(img), "--model", "squeezenet1_0", "--class", "1000",
-                 "--out", str(tmp_path)]) == 2
+                 "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "class index 1000 is out of range: expected 0..999" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()                     # nothing written, not even an empty folder
 
 
 def test_evaluate_localisation_on_five_photos(shared, tmp_path, capsys):

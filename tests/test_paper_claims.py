@@ -176,6 +176,16 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ValueError, match="not a scratchnet network"):
         load_network(tmp_path / "other.npz")
+    # files that are no .npz at all: named without NumPy's advice to unpickle them
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "text.npz").write_text("hello")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])
+    for name, what in [("array.npy", "a single .npy array"), ("text.npz", "starting with b'hello'"),
+                       ("empty.npz", "starting with b''"), ("cut.npz", "not a scratchnet network")]:
+        with pytest.raises(ValueError, match="not a scratchnet network") as e:
+            load_network(tmp_path / name)
+        assert what in str(e.value) and "pickle" not in str(e.value), str(e.value)
 
 
 def test_network_input_errors_are_clear():

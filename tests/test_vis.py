@@ -376,6 +376,25 @@ def test_cli_unknown_class_is_one_clear_line(tiny_path, photo, tmp_path, capsys)
     assert "unknown class 'zebra'" in capsys.readouterr().err
 
 
+def test_cli_bad_counts_and_failed_commands_leave_nothing_behind(tiny_path, photo, tmp_path, capsys):
+    """A zero or negative count is refused by the parser, naming the option and what it expects (not a
+    NumPy or range() message from deep inside); a command that fails before writing makes no --out folder."""
+    from scratchnet.cli import main
+    for argv, msg in [(["saliency", str(photo), "--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+                      (["classmodel", "--class", "goose", "--steps", "-3"], "--steps: expected an integer >= 1, got -3"),
+                      (["classmodel", "--class", "goose", "--jitter", "x"], "--jitter: expected an integer >= 0, got 'x'"),
+                      (["demo", "--loc-photos", "0"], "--loc-photos: expected an integer >= 1, got 0")]:
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--model", str(tiny_path), "--out", str(tmp_path / "never")])
+        assert e.value.code == 2 and msg in capsys.readouterr().err, argv
+    for argv, msg in [(["deconv", str(photo), "--layer", "nolayer"], "no top-level layer named 'nolayer'"),
+                      (["saliency", str(tiny_path)], "cannot read image"),
+                      (["classmodel", "--class", "zebra"], "unknown class 'zebra'")]:
+        assert main(argv + ["--model", str(tiny_path), "--out", str(tmp_path / "never")]) == 2, argv
+        assert msg in capsys.readouterr().err, argv
+    assert not (tmp_path / "never").exists()
+
+
 def test_demo_runs_end_to_end_on_a_tiny_network(tiny_path, tmp_path, capsys):
     out = run_cli(["demo", "--model", str(tiny_path), "--quick", "--out", str(tmp_path / "demo")], capsys)
     index = Path(out["index"])

@@ -1,7 +1,7 @@
 """ReLU and ReLU6, with the backward rule as an argument.
 
 This is the only place where backpropagation, the DeconvNet and guided backpropagation differ
-(Simonyan et al. 2013, section 5):
+(Simonyan et al. 2013, section 4):
 
     gradient  : dx = dy * [x > 0]             ReLU6: dy * [0 < x < 6]
     deconvnet : dx = dy * [dy > 0]            (the sign of the signal coming back; x ignored)

@@ -24,7 +24,7 @@ from ..backend import get_array_module
 
 
 class Rule(str, Enum):
-    """How a ReLU routes the signal backwards (Simonyan et al. 2013, section 5).
+    """How a ReLU routes the signal backwards (Simonyan et al. 2013, section 4).
 
     GRADIENT  : dx = dy * [x > 0]             (backpropagation: the true derivative)
     DECONVNET : dx = dy * [dy > 0]            (Zeiler & Fergus: the sign of the signal coming back)

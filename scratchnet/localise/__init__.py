@@ -1,4 +1,4 @@
-"""Weakly supervised localisation (Simonyan et al. 2013, section 6), independent of the network.
+"""Weakly supervised localisation (Simonyan et al. 2013, section 3.2), independent of the network.
 
 Everything works on an image (H, W, 3) uint8 RGB and a saliency map (H, W) float:
 

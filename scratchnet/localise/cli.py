@@ -1,4 +1,4 @@
-"""Subcommands of weakly supervised localisation (paper section 6):
+"""Subcommands of weakly supervised localisation (paper section 3.2):
 
     scratchnet localise IMAGE... --model NAME [--class C] [--out DIR] [--ten-crop] [--pairwise W]
     scratchnet evaluate localisation --model NAME --data ../shared/data/imagenet-val-dev [--limit N] ...
@@ -8,8 +8,10 @@
 Progress goes to stderr; the last line of stdout is one JSON object with the results.
 
 Saliency maps are cached (one .npz per photo under --cache, default $SCRATCHNET_CACHE or ./cache, in
-localise/<model>-<single|tencrop>-<rule>/<data set>/), so that a second run with other segmentation
-settings does not run the network again.  --no-cache turns the cache off.
+localise/<model>-<fingerprint>-<single|tencrop>-<rule>/<data set>/), so that a second run with other
+segmentation settings does not run the network again. The fingerprint is a digest of the network's layers,
+preprocessing and weights: a network changed under the same name or file gets fresh maps, never stale
+ones.  --no-cache turns the cache off.
 
 What `evaluate localisation` computes per photo.  The network sees the 227x227 photo stretched to its
 input size (EfficientNet: 224x224), or the paper's 10 crops (--ten-crop); its top-5 classes are the
@@ -22,7 +24,6 @@ the same by construction.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ def register(sub, ev_sub):
     from ..cli import add_device_arg, add_model_arg
 
     p = sub.add_parser("localise", help="weakly supervised localisation of the top-1 (or a given) class "
-                                        "in photos: saliency -> graph cut -> box (paper section 6)")
+                                        "in photos: saliency -> graph cut -> box (paper section 3.2)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--class", dest="cls", default=None,
@@ -109,9 +110,9 @@ def _tuned(key):
 
 
 def _subset_args(p):
-    p.add_argument("--limit", type=int, default=None, help="only the first N photos (sorted by name)")
-    p.add_argument("--offset", type=int, default=0, help="skip the first K photos (default 0)")
-    p.add_argument("--batch-size", type=int, default=8, help="photos per forward pass (default 8)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N photos (sorted by name)")
+    p.add_argument("--offset", type=nonnegative_int, default=0, help="skip the first K photos (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="photos per forward pass (default 8)")
 
 
 def _cache_args(p):
@@ -133,7 +134,7 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-from ..cli import emit_json as _emit, json_default as _json_default  # noqa: E402
+from ..cli import emit_json as _emit, json_default as _json_default, nonnegative_int, positive_int  # noqa: E402
 
 
 def _load_net(args):
@@ -152,16 +153,18 @@ def _subset(n, args):
 
 
 class MapCache:
-    """Saliency maps of one (model, view, rule, data set), one .npz per photo:
-    scores (K,) float32, classes (k,) int64, maps (k, H, W) float32."""
+    """Saliency maps of one (network, view, rule, data set), one .npz per photo:
+    scores (K,) float32, classes (k,) int64, maps (k, H, W) float32.
 
-    def __init__(self, root, model, ten_crop, rule, dataset, enabled=True):
-        key = model
-        if Path(model).is_file():          # a saved network: its name, and a hash of where and when it was written
-            st = Path(model).stat()
-            ident = f"{Path(model).resolve()}:{st.st_size}:{st.st_mtime_ns}"
-            key = f"{Path(model).stem}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
-        self.folder = Path(root) / "localise" / f"{key}-{'tencrop' if ten_crop else 'single'}-{rule}" / dataset
+    The folder is named for the model (its name, or a saved network's file stem) and the network's
+    fingerprint (Network.fingerprint: layers, preprocessing, weights), so that maps of a network that
+    has changed since, under the same name or file, are never read back. CACHE_VERSION covers changes
+    to the saliency code itself."""
+
+    def __init__(self, root, net, model, ten_crop, rule, dataset, enabled=True):
+        label = Path(model).stem if Path(model).is_file() else str(model)
+        key = f"{label}-{net.fingerprint()[:12]}-{'tencrop' if ten_crop else 'single'}-{rule}"
+        self.folder = Path(root) / "localise" / key / dataset
         self.enabled = enabled
 
     def get(self, stem, shape, need):
@@ -228,12 +231,12 @@ def cmd_localise(args):
     net = _load_net(args)
     kw = segment_kwargs(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = []
     for path in map(Path, args.images):
         img = load_image(path)
         _say(f"localising in {path} ({img.shape[1]}x{img.shape[0]})")
         r = localise_image(net, img, args.cls, rule=args.rule, ten_crop=args.ten_crop, **kw)
+        out.mkdir(parents=True, exist_ok=True)  # after a result: a bad photo or class leaves no empty folder
         stem = path.stem
         files = {"overlay": out / f"{stem}_localised.png", "mask": out / f"{stem}_mask.png",
                  "saliency": out / f"{stem}_saliency.png", "json": out / f"{stem}.json"}
@@ -282,7 +285,7 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
         raise ValueError(f"localisation error scores the network's five guesses (ILSVRC top-5); "
                          f"{model_key} has {net.num_classes} classes: expected at least 5")
     kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop)
-    maps = MapCache(cache_root, model_key, ten_crop, rule, Path(ds.root).name if ds.root else "data", cache)
+    maps = MapCache(cache_root, net, model_key, ten_crop, rule, Path(ds.root).name if ds.root else "data", cache)
     items = [(ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]) for i in indices]
     _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
          f"{'10-crop' if ten_crop else 'single view'}, rule {rule}")
@@ -357,7 +360,7 @@ def cmd_evaluate_segmentation(args):
     pets = [pets[i] for i in idx]
     net = _load_net(args)
     kw = segment_kwargs(args)
-    cache = MapCache(args.cache, args.model, args.ten_crop, args.rule, Path(args.data).name, not args.no_cache)
+    cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, Path(args.data).name, not args.no_cache)
     items = [(p.name, p.image, []) for p in pets]
     fracs = [float(f) for f in THRESHOLD_FRACTIONS] if args.threshold_fraction is None \
         else [float(args.threshold_fraction)]

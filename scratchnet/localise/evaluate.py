@@ -3,7 +3,7 @@
 Per image the network gives its top-5 classes (best first) and one saliency map per predicted class.
 Each method turns (image, saliency map) into one box per guess:
 
-  graphcut            `graphcut.segment` seeded by the class's saliency map (the paper, section 6)
+  graphcut            `graphcut.segment` seeded by the class's saliency map (the paper, section 3.2)
   whole_image         the whole image, whatever the class
   centre_box          a centred box of one fixed size (fraction of the sides), whatever the class
   saliency_threshold  box around the largest component of saliency >= fraction * max

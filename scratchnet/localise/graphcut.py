@@ -1,4 +1,4 @@
-"""Saliency-seeded graph-cut segmentation (Simonyan et al. 2013, section 6; GrabCut-style energy).
+"""Saliency-seeded graph-cut segmentation (Simonyan et al. 2013, section 3.2; GrabCut-style energy).
 
 Given an image (H, W, 3) uint8 RGB and a saliency map (H, W):
 

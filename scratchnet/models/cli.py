@@ -21,16 +21,16 @@ from ..progress import Progress
 
 MODE_HELP = ("how a photo becomes the network input: 'crop' resizes the shorter side to the network's "
              "preprocess['resize'] and takes the centre crop (the standard evaluation); 'stretch' resizes "
-             "to the input size ignoring the aspect ratio; 'pixels' expects images at the input size")
+             "to the input size ignoring the aspect ratio")
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg, add_model_arg
+    from ..cli import add_device_arg, add_model_arg, positive_int
 
     p = sub.add_parser("classify", help="top-k classes of photos (softmax probabilities and raw scores)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     add_model_arg(p)
-    p.add_argument("--topk", type=int, default=5, help="how many classes to list (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="how many classes to list (default 5)")
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)
     add_device_arg(p)
     p.set_defaults(func=cmd_classify)
@@ -40,8 +40,8 @@ def register(sub, ev_sub):
     p.add_argument("--data", required=True,
                    help="imagenet-val-dev (images/ + boxes.csv), Tiny-ImageNet (root, train/ or val/) or an "
                         "ImageFolder (<root>/<class wnid or name>/<image>)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)
     p.add_argument("--flip", action="store_true",
                    help="average the scores of each input and its mirror image (default: the single view)")
@@ -50,7 +50,7 @@ def register(sub, ev_sub):
 
     p = sub.add_parser("info", help="layers, output shapes, parameter counts and GFLOP of a network")
     add_model_arg(p)
-    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the network's)")
+    p.add_argument("--size", type=positive_int, default=None, help="input side in pixels (default: the network's)")
     add_device_arg(p)
     p.set_defaults(func=cmd_info)
 

@@ -12,6 +12,7 @@ only the image gradient), and skips the image gradient when ``input_grad=False``
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -88,9 +89,9 @@ class Network(Sequential):
         return dict(format=FORMAT, input_shape=list(self.input_shape), class_names=self.class_names,
                     class_wnids=self.class_wnids, preprocess=self.preprocess, arch=self.arch, name=self.name)
 
-    def save(self, path):
-        """Write the architecture (JSON) and every parameter to an .npz, atomically (temp file + rename)."""
-        path = Path(path)
+    def _saved_arrays(self) -> dict:
+        """What save writes: the architecture and meta JSON, and every parameter, statistic and the mean
+        image as host arrays."""
         arrays = {"__architecture__": np.array(json.dumps(layer_to_spec(self))),
                   "__meta__": np.array(json.dumps(self.meta()))}
         for name, layer, key in self.named_params():
@@ -100,8 +101,24 @@ class Network(Sequential):
                 arrays[f"stat/{path_}.{k}"] = to_numpy(v)
         if self.mean_image is not None:
             arrays["__mean_image__"] = to_numpy(self.mean_image)
-        atomic_savez(path, arrays)
+        return arrays
+
+    def save(self, path):
+        """Write the architecture (JSON) and every parameter to an .npz, atomically (temp file + rename)."""
+        path = Path(path)
+        atomic_savez(path, self._saved_arrays())
         return path
+
+    def fingerprint(self) -> str:
+        """A SHA-1 hex digest of everything save writes (layers, input shape, preprocessing, classes,
+        parameters, statistics, mean image): equal for equal networks, on any device, and changed by any
+        change to what the network computes from a photo. Keys caches of its outputs."""
+        h = hashlib.sha1()
+        for k, a in sorted(self._saved_arrays().items()):
+            a = np.ascontiguousarray(a)
+            h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes() if a.dtype.kind != "U" else str(a).encode())
+        return h.hexdigest()
 
 
 def atomic_savez(path, arrays):
@@ -159,6 +176,12 @@ def load_network(path) -> Network:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no network file at {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if not head.startswith(b"PK\x03\x04"):             # every .npz is a zip archive
+        what = "a single .npy array" if head == b"\x93NUMPY" else f"a file starting with {head!r}"
+        raise ValueError(f"{path} is not a scratchnet network: expected an .npz archive as Network.save "
+                         f"writes (a zip file), got {what}")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:

@@ -20,20 +20,20 @@ from ..io.datasets import decode_cache, image_folder, open_dataset, tiny_imagene
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg
+    from ..cli import add_device_arg, nonnegative_int, positive_int
     p = sub.add_parser("train", help="train a network from scratch with SGD (checkpoints, --resume)",
                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="TRAIN", help="training images (see above)")
     p.add_argument("--val", metavar="VAL", help="validation images (default: a Tiny-ImageNet root's val split)")
     p.add_argument("--arch", default="paper", choices=["paper"], help="network: the paper's (default)")
-    p.add_argument("--input-size", type=int, default=64, help="square input size in pixels (default 64)")
+    p.add_argument("--input-size", type=positive_int, default=64, help="square input size in pixels (default 64)")
     p.add_argument("--width", type=float, default=1.0, help="scale of every hidden width (default 1.0)")
-    p.add_argument("--classes", type=int, help="use only the first K classes")
-    p.add_argument("--per-class", type=int, help="use only the first N training images of each class")
-    p.add_argument("--val-from-train", type=int, metavar="START",
+    p.add_argument("--classes", type=positive_int, help="use only the first K classes")
+    p.add_argument("--per-class", type=positive_int, help="use only the first N training images of each class")
+    p.add_argument("--val-from-train", type=positive_int, metavar="START",
                    help="Tiny-ImageNet: validate on training images START.. of each class and train on images "
                         "0..START-1 (e.g. --classes 10 --val-from-train 250: train 0-249, val 250-299)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
     p.add_argument("--lr-end", type=float, help="--schedule log: the last epoch's rate (default lr/100)")
     p.add_argument("--schedule", default="step", choices=["step", "log", "piecewise"],
@@ -44,7 +44,7 @@ def register(sub, ev_sub):
                         "as printed)")
     p.add_argument("--lr-points", nargs="+", metavar="EPOCH:LR",
                    help="--schedule piecewise: rate LR from printed epoch EPOCH on, e.g. 1:0.01 8:0.001 10:0.01")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights only, not biases (default 5e-4)")
     p.add_argument("--init", default="he", choices=["he", "gaussian"],
@@ -54,7 +54,7 @@ def register(sub, ev_sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-crop", action="store_true", help="no random crops (default: reflect-pad 4, crop)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    p.add_argument("--jitter", type=int, default=0, metavar="P",
+    p.add_argument("--jitter", type=nonnegative_int, default=0, metavar="P",
                    help="zero a random rectangle of up to PxP pixels in each image (default 0 = off)")
     p.add_argument("--scale", type=float, default=1 / 64, help="input = (image - mean image) * scale (default 1/64)")
     p.add_argument("--cache", default=os.environ.get("SCRATCHNET_CACHE", "cache"),

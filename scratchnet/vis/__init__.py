@@ -2,7 +2,7 @@
 
     classmodel  class model visualisation: argmax_I S_c(I) - lam ||I||^2 by gradient ascent (section 2)
     saliency    image-specific class saliency: max_c |dS_c/dI| (section 3), 10-crop maps
-    deconv      DeconvNet reconstruction from one neuron, and its relation to the gradient (section 5)
+    deconv      DeconvNet reconstruction from one neuron, and its relation to the gradient (section 4)
     report      ``scratchnet demo``: an HTML page that reproduces the paper's figures
     display     between photos and the network input space (mean added back, percentile stretch)
 

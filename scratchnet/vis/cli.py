@@ -16,7 +16,7 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg, add_model_arg
+    from ..cli import add_device_arg, add_model_arg, nonnegative_int, positive_int
     from . import classmodel as cm
 
     p = sub.add_parser("saliency", help="image-specific class saliency maps (paper section 3)")
@@ -26,7 +26,7 @@ def register(sub, ev_sub):
                    help="target class: index, wnid or name (default: each image's top-1)")
     p.add_argument("--rule", default="gradient", choices=RULES + ["all"], help="ReLU backward rule")
     p.add_argument("--ten-crop", action="store_true", help="average the maps of 10 crops (4 corners + centre, flipped)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", default="saliency-out", help="output folder (default %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=cmd_saliency)
@@ -36,13 +36,13 @@ def register(sub, ev_sub):
     p.add_argument("--class", dest="cls", nargs="+", required=True, metavar="C",
                    help="classes: indices, wnids or names (quote names with spaces)")
     d = cm.DEFAULTS
-    p.add_argument("--steps", type=int, default=d["steps"])
+    p.add_argument("--steps", type=positive_int, default=d["steps"])
     p.add_argument("--lr", type=float, default=d["lr"], help="step: grey levels (rms) per step, 'normalised'")
     p.add_argument("--lam", type=float, default=d["lam"], help="L2 weight, per grey level squared")
     p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"])
     p.add_argument("--momentum", type=float, default=d["momentum"])
-    p.add_argument("--jitter", type=int, default=0, help="opt-in: random roll of up to J pixels each step")
-    p.add_argument("--blur-every", type=int, default=0, help="opt-in: Gaussian blur every K steps")
+    p.add_argument("--jitter", type=nonnegative_int, default=0, help="opt-in: random roll of up to J pixels each step")
+    p.add_argument("--blur-every", type=nonnegative_int, default=0, help="opt-in: Gaussian blur every K steps")
     p.add_argument("--blur-sigma", type=float, default=0.5)
     p.add_argument("--clip-pct", type=float, default=0.0, help="opt-in: zero pixels below this norm percentile")
     p.add_argument("--clamp", action="store_true", help="opt-in: keep pixels within 0..255 grey levels")
@@ -53,7 +53,7 @@ def register(sub, ev_sub):
     add_device_arg(p)
     p.set_defaults(func=cmd_classmodel)
 
-    p = sub.add_parser("deconv", help="reconstruct the image from one neuron of a layer (paper section 5)")
+    p = sub.add_parser("deconv", help="reconstruct the image from one neuron of a layer (paper section 4)")
     p.add_argument("image", metavar="IMAGE")
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layer", required=True, help="top-level layer name (see `scratchnet info`)")
@@ -73,7 +73,7 @@ def register(sub, ev_sub):
     p.add_argument("--neuron", default="max")
     p.add_argument("--check-layer", default=None,
                    help="layer for the float64 numerical gradient check (default: the middle one)")
-    p.add_argument("--check-pixels", type=int, default=8)
+    p.add_argument("--check-pixels", type=positive_int, default=8)
     add_device_arg(p)
     p.set_defaults(func=cmd_compare_rules)
 
@@ -86,9 +86,9 @@ def register(sub, ev_sub):
     p.add_argument("--photos", nargs="+", default=None, help="photos to use instead of the built-in ones")
     p.add_argument("--classes", nargs="+", default=None,
                    help="classes for the class models (default: the paper's figure 1 classes)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help=f"class-model ascent steps (default {cm.DEFAULTS['steps']}, 10 with --quick)")
-    p.add_argument("--loc-photos", type=int, default=None,
+    p.add_argument("--loc-photos", type=positive_int, default=None,
                    help="a network trained here on Tiny-ImageNet: val photos for its localisation error "
                         "(default 2000, 50 with --quick)")
     add_device_arg(p)
@@ -130,9 +130,9 @@ def cmd_saliency(args):
     names = class_names(net)
     target = None if args.cls is None else resolve_class(net, args.cls)
     rules = RULES if args.rule == "all" else [args.rule]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     photos = [(Path(p), _read(p)) for p in args.images]
+    out = Path(args.out)                    # made once the photos are read: a bad one leaves no empty folder
+    out.mkdir(parents=True, exist_ok=True)
     results = []
     for rule in rules:
         if args.ten_crop:
@@ -196,14 +196,16 @@ def cmd_deconv(args):
     from .saliency import map_image
     net = _load(args)
     x, pix = prepare_image(net, _read(args.image))
-    out = Path(args.out)
+    recs = []
+    for rule in (RULES if args.rule == "all" else [args.rule]):
+        _say(f"reconstruction from {args.layer} ({rule})")
+        recs.append((rule, reconstruct(net, x, args.layer, rule, _neuron(args.neuron), args.mode)))
+    out = Path(args.out)                    # made once all is computed: a bad --layer leaves no empty folder
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
     save_png(out / f"{stem}_input.png", pix)
     results = []
-    for rule in (RULES if args.rule == "all" else [args.rule]):
-        _say(f"reconstruction from {args.layer} ({rule})")
-        r = reconstruct(net, x, args.layer, rule, _neuron(args.neuron), args.mode)
+    for rule, r in recs:
         g = r.images[0]
         base = out / f"{stem}_{r.layer}_{rule}"
         save_png(f"{base}.png", signed_image(g, net))

@@ -1,4 +1,4 @@
-"""DeconvNet reconstruction and its relation to the gradient (Simonyan et al. 2013, section 5).
+"""DeconvNet reconstruction and its relation to the gradient (Simonyan et al. 2013, section 4).
 
 Zeiler & Fergus reconstruct the input from one neuron of a layer L: run the network up to L, keep
 that neuron (or its feature map) and zero everything else, and send it back to the image through
@@ -378,7 +378,7 @@ def _lrn_window(c, size, channels):
 
 
 def _relu_rule(dy, x, upper, rule):
-    """The three rules from their definitions (section 5 of the paper)."""
+    """The three rules from their definitions (section 4 of the paper)."""
     inside = (x > 0) & (x < upper)
     if rule is Rule.GRADIENT:
         return dy * inside

@@ -293,7 +293,7 @@ def section_saliency(page, net, tag, photos, quick, progress):
 def section_rules(page, net, tag, shots, quick, progress):
     """The three backward rules: class-score maps, neuron reconstructions, relative differences, checks."""
     from ..layers import Rule
-    page.add("<h3>Gradient, DeconvNet and guided backpropagation (section 5)</h3>")
+    page.add("<h3>Gradient, DeconvNet and guided backpropagation (section 4)</h3>")
     use = shots[:2] if quick else shots[:3]
     xs = np.concatenate([to_numpy(prepare_pixels(net, s["pixels"])) for s in use])
     cls = [s["cls"] for s in use]
@@ -358,7 +358,7 @@ def _layers_4d(net):
 
 def section_localisation(page, net, tag, shots, progress):
     """GraphCut boxes from the saliency maps (a hook: skipped when scratchnet.localise is missing)."""
-    page.add("<h3>Weakly supervised localisation (section 6)</h3>")
+    page.add("<h3>Weakly supervised localisation (section 3.2)</h3>")
     try:
         from ..localise import iou, segment
     except Exception as e:            # the localisation package is optional for the page
