@@ -46,7 +46,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     ds = imagenet_val_dev(args.data)
-    cache = MapCache(args.cache, load(args.model), args.model, args.ten_crop, args.rule, Path(args.data).name)
+    cache = MapCache(args.cache, load(args.model), args.model, args.ten_crop, args.rule, args.data)
     records = []
     for i in range(args.offset, min(len(ds), args.offset + args.limit)):
         stem, gt = ds.paths[i].stem, int(ds.labels[i])

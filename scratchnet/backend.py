@@ -27,7 +27,8 @@ def _cupy_module():
             import cupy
             _cupy = cupy
         except Exception as e:  # ImportError, or a CuPy that cannot find CUDA
-            _cupy, _cupy_import_error = None, e
+            _cupy_import_error = e              # before _cupy: a thread seeing None finds the reason too
+            _cupy = None
     return _cupy
 
 

@@ -126,8 +126,8 @@ def test_draw_result_tints_the_mask_and_draws_the_box():
 
 def test_map_cache_never_returns_maps_of_a_changed_network(tmp_path):
     """The saliency-map cache is keyed by the network's fingerprint, not only its name or file: the same
-    network (saved and loaded again, under any name) shares its maps; a network whose weights or
-    preprocessing changed under the same name or file reads none of the old ones."""
+    network (saved and loaded again) shares its maps; a network whose weights or preprocessing changed
+    under the same name or file reads none of the old ones; nor do two data folders of one name share."""
     from scratchnet.localise.cli import MapCache
     from scratchnet.models import load
     net = tiny_net()
@@ -135,7 +135,7 @@ def test_map_cache_never_returns_maps_of_a_changed_network(tmp_path):
     entry = {"scores": np.arange(5, dtype=np.float32), "classes": [2], "maps": np.ones((1, 7, 9), np.float32)}
 
     def cache(n, model=str(path)):
-        return MapCache(tmp_path / "cache", n, model, False, "gradient", "photos")
+        return MapCache(tmp_path / "cache", n, model, False, "gradient", tmp_path / "photos")
     cache(net).put("p0", entry)
     back = cache(load(path)).get("p0", (7, 9), [2])
     assert back is not None and back["classes"] == [2]
@@ -151,6 +151,8 @@ def test_map_cache_never_returns_maps_of_a_changed_network(tmp_path):
     other_pre.preprocess = dict(other_pre.preprocess, mean=[0.0, 0.0, 0.0])
     assert cache(other_pre).folder != cache(net).folder
     assert tiny_net().fingerprint() == net.fingerprint() != changed.fingerprint()
+    elsewhere = MapCache(tmp_path / "cache", net, str(path), False, "gradient", tmp_path / "copy" / "photos")
+    assert elsewhere.folder != cache(net).folder                  # another folder of the same name
 
 
 def test_localise_command_writes_png_and_json(shared, tmp_path, capsys):

@@ -181,8 +181,10 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     (tmp_path / "empty.npz").write_bytes(b"")
     (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])
+    (tmp_path / "folder.npz").mkdir()
     for name, what in [("array.npy", "a single .npy array"), ("text.npz", "starting with b'hello'"),
-                       ("empty.npz", "starting with b''"), ("cut.npz", "not a scratchnet network")]:
+                       ("empty.npz", "starting with b''"), ("cut.npz", "not a scratchnet network"),
+                       ("folder.npz", "got a directory")]:
         with pytest.raises(ValueError, match="not a scratchnet network") as e:
             load_network(tmp_path / name)
         assert what in str(e.value) and "pickle" not in str(e.value), str(e.value)

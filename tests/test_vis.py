@@ -381,7 +381,7 @@ def test_cli_bad_counts_and_failed_commands_leave_nothing_behind(tiny_path, phot
     NumPy or range() message from deep inside); a command that fails before writing makes no --out folder."""
     from scratchnet.cli import main
     for argv, msg in [(["saliency", str(photo), "--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
-                      (["classmodel", "--class", "goose", "--steps", "-3"], "--steps: expected an integer >= 1, got -3"),
+                      (["classmodel", "--class", "goose", "--steps", "-3"], "--steps: expected an integer >= 0, got -3"),
                       (["classmodel", "--class", "goose", "--jitter", "x"], "--jitter: expected an integer >= 0, got 'x'"),
                       (["demo", "--loc-photos", "0"], "--loc-photos: expected an integer >= 1, got 0")]:
         with pytest.raises(SystemExit) as e:

@@ -8,10 +8,10 @@
 Progress goes to stderr; the last line of stdout is one JSON object with the results.
 
 Saliency maps are cached (one .npz per photo under --cache, default $SCRATCHNET_CACHE or ./cache, in
-localise/<model>-<fingerprint>-<single|tencrop>-<rule>/<data set>/), so that a second run with other
-segmentation settings does not run the network again. The fingerprint is a digest of the network's layers,
-preprocessing and weights: a network changed under the same name or file gets fresh maps, never stale
-ones.  --no-cache turns the cache off.
+localise/<model>-<fingerprint>-<single|tencrop>-<rule>/<data folder>-<path hash>/), so that a second run
+with other segmentation settings does not run the network again. The fingerprint is a digest of the
+network's layers, preprocessing and weights: a network changed under the same name or file gets fresh
+maps, never stale ones (see MapCache for what is not covered).  --no-cache turns the cache off.
 
 What `evaluate localisation` computes per photo.  The network sees the 227x227 photo stretched to its
 input size (EfficientNet: 224x224), or the paper's 10 crops (--ten-crop); its top-5 classes are the
@@ -24,6 +24,7 @@ the same by construction.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -158,13 +159,18 @@ class MapCache:
 
     The folder is named for the model (its name, or a saved network's file stem) and the network's
     fingerprint (Network.fingerprint: layers, preprocessing, weights), so that maps of a network that
-    has changed since, under the same name or file, are never read back. CACHE_VERSION covers changes
-    to the saliency code itself."""
+    has changed since, under the same name or file, are never read back; and for the data set's folder
+    (its name and a hash of its resolved path, so that two folders of one name keep apart). Within it a
+    photo is found by its file stem and checked by its size, not its content: a photo replaced by
+    another of the same size needs --no-cache or a fresh --cache. CACHE_VERSION covers changes to the
+    saliency code itself."""
 
-    def __init__(self, root, net, model, ten_crop, rule, dataset, enabled=True):
+    def __init__(self, root, net, model, ten_crop, rule, data, enabled=True):
         label = Path(model).stem if Path(model).is_file() else str(model)
         key = f"{label}-{net.fingerprint()[:12]}-{'tencrop' if ten_crop else 'single'}-{rule}"
-        self.folder = Path(root) / "localise" / key / dataset
+        data = Path(data).resolve()
+        where = hashlib.sha1(str(data).encode()).hexdigest()[:8]
+        self.folder = Path(root) / "localise" / key / f"{data.name}-{where}"
         self.enabled = enabled
 
     def get(self, stem, shape, need):
@@ -285,7 +291,7 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
         raise ValueError(f"localisation error scores the network's five guesses (ILSVRC top-5); "
                          f"{model_key} has {net.num_classes} classes: expected at least 5")
     kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop)
-    maps = MapCache(cache_root, net, model_key, ten_crop, rule, Path(ds.root).name if ds.root else "data", cache)
+    maps = MapCache(cache_root, net, model_key, ten_crop, rule, ds.root or "data", cache)
     items = [(ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]) for i in indices]
     _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
          f"{'10-crop' if ten_crop else 'single view'}, rule {rule}")
@@ -360,7 +366,7 @@ def cmd_evaluate_segmentation(args):
     pets = [pets[i] for i in idx]
     net = _load_net(args)
     kw = segment_kwargs(args)
-    cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, Path(args.data).name, not args.no_cache)
+    cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, args.data, not args.no_cache)
     items = [(p.name, p.image, []) for p in pets]
     fracs = [float(f) for f in THRESHOLD_FRACTIONS] if args.threshold_fraction is None \
         else [float(args.threshold_fraction)]

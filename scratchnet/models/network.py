@@ -115,9 +115,8 @@ class Network(Sequential):
         change to what the network computes from a photo. Keys caches of its outputs."""
         h = hashlib.sha1()
         for k, a in sorted(self._saved_arrays().items()):
-            a = np.ascontiguousarray(a)
             h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(a.tobytes() if a.dtype.kind != "U" else str(a).encode())
+            h.update(np.ascontiguousarray(a).tobytes())     # the JSON entries: their UCS-4 text
         return h.hexdigest()
 
 
@@ -176,8 +175,14 @@ def load_network(path) -> Network:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no network file at {path}")
-    with open(path, "rb") as fh:
-        head = fh.read(6)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a scratchnet network: expected an .npz file, got a directory or "
+                         f"another non-file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as e:
+        raise ValueError(f"cannot read network file {path}: {e.strerror or e}") from None
     if not head.startswith(b"PK\x03\x04"):             # every .npz is a zip archive
         what = "a single .npy array" if head == b"\x93NUMPY" else f"a file starting with {head!r}"
         raise ValueError(f"{path} is not a scratchnet network: expected an .npz archive as Network.save "

@@ -36,7 +36,7 @@ def register(sub, ev_sub):
     p.add_argument("--class", dest="cls", nargs="+", required=True, metavar="C",
                    help="classes: indices, wnids or names (quote names with spaces)")
     d = cm.DEFAULTS
-    p.add_argument("--steps", type=positive_int, default=d["steps"])
+    p.add_argument("--steps", type=nonnegative_int, default=d["steps"])
     p.add_argument("--lr", type=float, default=d["lr"], help="step: grey levels (rms) per step, 'normalised'")
     p.add_argument("--lam", type=float, default=d["lam"], help="L2 weight, per grey level squared")
     p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"])
