@@ -605,6 +605,13 @@ def test_emulated_launch_rejects_wrong_argument_types(emulator_lib):
         k((1,), (32,), (x, x.copy(), np.float32(1.0)))
 
 
+def _python_prints_ok(code):
+    """Run ``code`` in a fresh Python (no emulated GPU); it must exit 0 having printed 'ok'."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=hostcupy.env_without_emulation(), check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def test_cpu_engine_runs_without_cupy():
     """With CuPy unimportable, scratchnet and kernels.gpu import and the CPU engine runs."""
     code = ("import sys; sys.modules['cupy'] = None\n"
@@ -615,9 +622,7 @@ def test_cpu_engine_runs_without_cupy():
             "net.backward(np.ones_like(s))\n"
             "assert not scratchnet.backend.gpu_available()\n"
             "print('ok')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=hostcupy.env_without_emulation(), check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    _python_prints_ok(code)
 
 
 def test_cupy_is_imported_only_when_the_gpu_is_asked_for():
@@ -634,9 +639,7 @@ def test_cupy_is_imported_only_when_the_gpu_is_asked_for():
             "backend.gpu_problem()\n"
             "assert ('cupy' in sys.modules) == (backend._cupy is not None), backend._cupy_import_error\n"
             "print('ok')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=hostcupy.env_without_emulation(), check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    _python_prints_ok(code)
 
 
 def test_arrays_of_a_cupy_imported_elsewhere_are_recognised():
@@ -648,9 +651,7 @@ def test_arrays_of_a_cupy_imported_elsewhere_are_recognised():
             "assert backend.get_array_module(np.zeros(1), cupy.ndarray()) is cupy\n"
             "assert backend.is_gpu_array(cupy.ndarray()) and not backend.is_gpu_array(np.zeros(1))\n"
             "print('ok')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=hostcupy.env_without_emulation(), check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    _python_prints_ok(code)
 
 
 class _FakeCupy:
