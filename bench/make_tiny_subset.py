@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scratchnet.cli import nonnegative_int, positive_int
 from scratchnet.io.datasets import tiny_imagenet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,15 +89,13 @@ def main(argv=None):
                     help="Tiny-ImageNet-200 root (default ../shared/data/tiny-imagenet-200 from the repo root)")
     ap.add_argument("--out", type=Path, default=REPO / "gpu_data" / "tiny-sub",
                     help="output folder (default gpu_data/tiny-sub in the repo root)")
-    ap.add_argument("--classes", type=int, default=100, help="the first K wnids of wnids.txt (default 100)")
-    ap.add_argument("--per-class", type=int, default=100,
+    ap.add_argument("--classes", type=positive_int, default=100, help="the first K wnids of wnids.txt (default 100)")
+    ap.add_argument("--per-class", type=positive_int, default=100,
                     help="training images 0..N-1 of each class (default 100)")
-    ap.add_argument("--val-per-class", type=int, default=50, help="val images of each class (default 50 = all)")
+    ap.add_argument("--val-per-class", type=nonnegative_int, default=50, help="val images of each class (default 50 = all)")
     ap.add_argument("--max-mb", type=float, default=45.0,
                     help="refuse a subset larger than this many MB (10^6 bytes; default 45)")
     args = ap.parse_args(argv)
-    if args.per_class < 1 or args.val_per_class < 0:
-        ap.error("--per-class must be >= 1 and --val-per-class >= 0")
 
     src, out = args.src.resolve(), args.out.resolve()
     if not (src / "wnids.txt").is_file() or not (src / "train").is_dir():

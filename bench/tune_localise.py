@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scratchnet.cli import nonnegative_int, positive_int  # noqa: E402
 from scratchnet.io.datasets import imagenet_val_dev  # noqa: E402
 from scratchnet.io.images import load_image  # noqa: E402
 from scratchnet.localise.cli import MapCache, _record  # noqa: E402
@@ -36,8 +37,8 @@ def main(argv=None):
     ap.add_argument("--model", default="squeezenet1_0")
     ap.add_argument("--data", default=str(SHARED / "data" / "imagenet-val-dev"))
     ap.add_argument("--cache", default=str(ROOT / "cache"))
-    ap.add_argument("--limit", type=int, default=150)
-    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--limit", type=positive_int, default=150)
+    ap.add_argument("--offset", type=nonnegative_int, default=0)
     ap.add_argument("--ten-crop", action="store_true")
     ap.add_argument("--rule", default="gradient")
     ap.add_argument("--pairwise", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20, 30, 50])

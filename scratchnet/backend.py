@@ -17,6 +17,7 @@ import numpy as np
 _UNTRIED = object()
 _cupy = _UNTRIED            # the cupy module, None when it is missing or fails to import, or _UNTRIED
 _cupy_import_error = None
+_gpu_checked_for = None     # the CuPy module gpu_problem last found usable (it checks each module once)
 
 
 def _cupy_module():
@@ -67,13 +68,17 @@ def gpu_problem() -> str | None:
     (NVRTC, which compiles kernels/*.cu, and cuBLAS, the convolutions' GEMMs), and CuPy finds the
     CUDA headers it hands NVRTC. CuPy 14 finds them in a CUDA toolkit or in NVIDIA's PyPI wheels
     (``cupy-cuda12x[ctk]``) and loads them only when first used, so without this check a missing one
-    would surface as an error deep inside the first kernel launch.
+    would surface as an error deep inside the first kernel launch. A pass is remembered for this CuPy
+    module (a command asking for the GPU checks once, however many layers and arrays it moves).
     """
+    global _gpu_checked_for
     if _cupy_module() is None:
         e = _cupy_import_error
         if e is None or (isinstance(e, ModuleNotFoundError) and e.name == "cupy"):
             return "CuPy is not installed"
         return f"CuPy is installed but fails to import ({_first_line(e)})"
+    if _gpu_checked_for is _cupy:
+        return None
     try:
         n = _cupy.cuda.runtime.getDeviceCount()
     except Exception as e:
@@ -91,6 +96,7 @@ def gpu_problem() -> str | None:
             assemble(())
         except Exception as e:
             return f"CuPy sees {n} GPU(s) but not the CUDA headers NVRTC needs ({_first_line(e)})"
+    _gpu_checked_for = _cupy
     return None
 
 
@@ -134,7 +140,6 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-_gpu_checked_for = None     # the CuPy module gpu_problem last found usable (to_device checks once)
 
 
 def to_device(a, device: str):
@@ -144,12 +149,9 @@ def to_device(a, device: str):
     if device == "cpu":
         return _cupy.asnumpy(a) if is_gpu_array(a) else np.asarray(a)
     if device == "gpu":
-        global _gpu_checked_for
-        if _cupy_module() is None or _gpu_checked_for is not _cupy:
-            problem = gpu_problem()
-            if problem is not None:
-                raise RuntimeError(f"device 'gpu' is not usable here: {problem}. To use a GPU: {INSTALL_HINT}")
-            _gpu_checked_for = _cupy
+        problem = gpu_problem()                 # checked once per CuPy module, then remembered
+        if problem is not None:
+            raise RuntimeError(f"device 'gpu' is not usable here: {problem}. To use a GPU: {INSTALL_HINT}")
         return _cupy.asarray(a)
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
 

@@ -122,8 +122,6 @@ def test_draw_result_tints_the_mask_and_draws_the_box():
 
 # --------------------------------------------------------------------------------------------- commands
 
-
-
 def test_map_cache_never_returns_maps_of_a_changed_network(tmp_path):
     """The saliency-map cache is keyed by the network's fingerprint, not only its name or file: the same
     network (saved and loaded again) shares its maps; a network whose weights or preprocessing changed

@@ -145,8 +145,7 @@ def _load_net(args):
 
 
 def _subset(n, args):
-    if args.offset < 0 or (args.limit is not None and args.limit < 1):
-        raise ValueError(f"expected --offset >= 0 and --limit >= 1, got --offset {args.offset} --limit {args.limit}")
+    """Photos offset.. of n, at most limit of them (the parser has checked offset >= 0, limit >= 1)."""
     stop = n if args.limit is None else min(n, args.offset + args.limit)
     if args.offset >= n:
         raise ValueError(f"--offset {args.offset} leaves no photos: the data set has {n}")
@@ -166,17 +165,22 @@ class MapCache:
     saliency code itself."""
 
     def __init__(self, root, net, model, ten_crop, rule, data, enabled=True):
+        self.enabled = enabled
+        self.folder = None
+        if not enabled:                     # no folder: the network is not fingerprinted for nothing
+            return
         label = Path(model).stem if Path(model).is_file() else str(model)
         key = f"{label}-{net.fingerprint()[:12]}-{'tencrop' if ten_crop else 'single'}-{rule}"
         data = Path(data).resolve()
         where = hashlib.sha1(str(data).encode()).hexdigest()[:8]
         self.folder = Path(root) / "localise" / key / f"{data.name}-{where}"
-        self.enabled = enabled
 
     def get(self, stem, shape, need):
         """The cached entry of photo `stem` when it holds maps of every class in `need`, else None."""
+        if not self.enabled:
+            return None
         f = self.folder / f"{stem}.npz"
-        if not self.enabled or not f.exists():
+        if not f.exists():
             return None
         try:
             with np.load(f) as z:

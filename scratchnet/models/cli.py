@@ -76,8 +76,6 @@ def _class_name(net, k):
 def cmd_classify(args):
     from ..io.images import load_image
     from .preprocess import prepare
-    if args.topk < 1:
-        raise ValueError(f"--topk must be at least 1, got {args.topk}")
     net = _load(args)
     k = min(args.topk, net.num_classes)
     results = []
@@ -154,8 +152,6 @@ def cmd_evaluate(args):
     from ..io.datasets import open_dataset
     from ..io.images import ImageReadError, load_image
     from .preprocess import prepare
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     net = _load(args)
     ds = open_dataset(args.data)
     keep, targets, how = matched_images(net, ds, "evaluate", str(args.data))

@@ -116,7 +116,7 @@ class Network(Sequential):
         h = hashlib.sha1()
         for k, a in sorted(self._saved_arrays().items()):
             h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(np.ascontiguousarray(a).tobytes())     # the JSON entries: their UCS-4 text
+            h.update(np.ascontiguousarray(a))               # its bytes (the JSON entries: their UCS-4 text)
         return h.hexdigest()
 
 

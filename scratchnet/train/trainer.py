@@ -204,12 +204,13 @@ class Trainer:
             for x, y in self.loader.epoch_batches(epoch, start=st["batch"]):
                 t0 = time.time()
                 scores = net.forward(to_device(x, self.device), train=True)
-                loss, dscores = softmax_cross_entropy(scores, to_device(y, self.device))
+                labels = to_device(y, self.device)
+                loss, dscores = softmax_cross_entropy(scores, labels)
                 if not math.isfinite(loss):
                     self._diverged(loss, epoch)
-                # read now, while a GPU waits anyway for the loss; backward and update then run on it
-                # while this thread fetches the next batch
-                correct = int((to_numpy(scores).argmax(axis=1) == y).sum())
+                # read now (one number), while a GPU waits anyway for the loss; backward and update then
+                # run on it while this thread fetches the next batch
+                correct = int((scores.argmax(axis=1) == labels).sum())
                 net.backward(dscores, param_grads=True, input_grad=False)
                 self._consistent = False
                 opt.step()
