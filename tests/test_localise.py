@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from scratchnet import localise
+from scratchnet.kernels import cpu_localise
 from scratchnet.localise import boxes, gmm, graphcut
 from scratchnet.localise.evaluate import LocRecord
 
@@ -211,13 +212,15 @@ def test_gmm_recovers_clusters_and_its_density_matches_scipy(rng):
     model = gmm.fit(X, 3)
     order = np.argsort(model.means[:, 0] + 2 * model.means[:, 1])
     assert np.allclose(model.means[order], centres[np.argsort(centres[:, 0] + 2 * centres[:, 1])], atol=0.02)
-    x = rng.random((50, 3))
+    x = rng.random((2 * cpu_localise.BLOCK + 37, 3))      # the unaries' kernel: two blocks and a part
     ref = np.log(sum(w * multivariate_normal(m, c).pdf(x)
                      for w, m, c in zip(model.weights, model.means, model.covariances)))
     assert np.allclose(model.log_likelihood(x, dtype=np.float64), ref, atol=1e-9)
     assert np.allclose(model.log_likelihood(x), ref, atol=1e-3)                 # float32 default
     numpy_twin = gmm._weighted_log_densities_numpy(x, model.weights, model.means, model.covariances)
     assert np.allclose(model.component_log_densities(x, np.float64), numpy_twin.T, atol=1e-9)
+    e_step = gmm._weighted_log_densities(x, model.weights, model.means, model.covariances)[1]
+    assert np.allclose(model.log_likelihood(x, dtype=np.float64), e_step, rtol=0, atol=1e-12)
 
 
 def test_gmm_is_deterministic_and_rejects_bad_points(rng):

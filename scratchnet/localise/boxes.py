@@ -15,8 +15,9 @@ union-find compiled with Numba (one pass over the raster, O(H W)).
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from ..kernels import cpu_localise
 
 
 # --------------------------------------------------------------------------------------------- boxes
@@ -117,7 +118,7 @@ def connected_components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.nd
         raise ValueError(f"connected_components: expected a mask (H, W), got shape {mask.shape}")
     if connectivity not in (4, 8):
         raise ValueError(f"connected_components: connectivity must be 4 or 8, got {connectivity}")
-    labels = _label_union_find(np.ascontiguousarray(mask, dtype=np.bool_), connectivity == 8)
+    labels = cpu_localise.label_components(np.ascontiguousarray(mask, dtype=np.bool_), connectivity == 8)
     return labels, int(labels.max()) if labels.size else 0
 
 
@@ -129,57 +130,3 @@ def largest_component(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     return labels == sizes.argmax()
-
-
-@numba.njit(cache=True)
-def _find(parent, i):
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:                    # path compression
-        parent[i], i = root, parent[i]
-    return root
-
-
-@numba.njit(cache=True)
-def _union(parent, a, b):
-    ra, rb = _find(parent, a), _find(parent, b)
-    if ra < rb:
-        parent[rb] = ra
-    elif rb < ra:
-        parent[ra] = rb
-
-
-@numba.njit(cache=True)
-def _label_union_find(mask, diagonal):
-    """Pass 1: union every True pixel with its already-visited True neighbours (left, up, and with
-    8-connectivity up-left, up-right).  Pass 2: number the roots 1, 2, ... in raster order."""
-    H, W = mask.shape
-    parent = np.arange(H * W)
-    for y in range(H):
-        for x in range(W):
-            if not mask[y, x]:
-                continue
-            i = y * W + x
-            if x > 0 and mask[y, x - 1]:
-                _union(parent, i, i - 1)
-            if y > 0:
-                if mask[y - 1, x]:
-                    _union(parent, i, i - W)
-                if diagonal:
-                    if x > 0 and mask[y - 1, x - 1]:
-                        _union(parent, i, i - W - 1)
-                    if x < W - 1 and mask[y - 1, x + 1]:
-                        _union(parent, i, i - W + 1)
-    labels = np.zeros((H, W), dtype=np.int32)
-    root_label = np.zeros(H * W, dtype=np.int32)
-    count = 0
-    for y in range(H):
-        for x in range(W):
-            if mask[y, x]:
-                r = _find(parent, y * W + x)
-                if root_label[r] == 0:
-                    count += 1
-                    root_label[r] = count
-                labels[y, x] = root_label[r]
-    return labels

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
+
+from ..kernels import cpu_localise
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -67,8 +68,12 @@ class GMM:
     def log_likelihood(self, X: np.ndarray, dtype=np.float32) -> np.ndarray:
         """log p(x_i) for X (n, d) -> (n,), by log-sum-exp over the components."""
         X = _check_points(X, self.means.shape[1])
-        return _weighted_log_densities(X.astype(dtype, copy=False), self.weights, self.means,
-                                       self.covariances)[1]
+        X = X.astype(dtype, copy=False)
+        if X.shape[1] != 3:
+            return _weighted_log_densities(X, self.weights, self.means, self.covariances)[1]
+        L_inv, offset, const = (a.astype(X.dtype) for a in _whitening(self.weights, self.means,
+                                                                        self.covariances))
+        return cpu_localise.gmm_log_likelihood_rgb(np.ascontiguousarray(X), L_inv, offset, const)
 
 
 def fit(X: np.ndarray, n_components: int = 5, *, max_iter: int = 10, tol: float = 1e-3,
@@ -198,7 +203,8 @@ def _weighted_log_densities(X, weights, means, covs):
     """X (n, d) -> (log pi_k + log N(x | mu_k, Sigma_k) as (K, n), log p(x) as (n,)).
 
     Through Cholesky factors: y_k = L_k^-1 (x - mu_k) and log N = c_k - ||y_k||^2 / 2, then the
-    log-sum-exp over k.  Colours (d = 3) go through the Numba loop `_log_densities_rgb`; other d
+    log-sum-exp over k.  Colours (d = 3) go through the Numba loop `gmm_log_densities_rgb` in
+    kernels/cpu_localise.py; other d
     through its plain NumPy twin `_weighted_log_densities_numpy` (also the reference in the tests).
     """
     if X.shape[1] != 3:
@@ -206,37 +212,7 @@ def _weighted_log_densities(X, weights, means, covs):
         return logp, _logsumexp(logp)
     dtype = X.dtype.type
     L_inv, offset, const = (a.astype(dtype) for a in _whitening(weights, means, covs))
-    return _log_densities_rgb(np.ascontiguousarray(X), L_inv, offset, const)
-
-
-@numba.njit(cache=True)
-def _log_densities_rgb(X, L_inv, offset, const):
-    """X (n, 3); L_inv (K, 3, 3) lower triangular; offset = L_inv mu (K, 3); const (K,).
-    Component-outer loops so that the pixel loop runs over contiguous memory."""
-    n = X.shape[0]
-    K = len(const)
-    out = np.empty((K, n), dtype=X.dtype)
-    half = X.dtype.type(0.5)
-    for k in range(K):
-        a00 = L_inv[k, 0, 0]
-        a10, a11 = L_inv[k, 1, 0], L_inv[k, 1, 1]
-        a20, a21, a22 = L_inv[k, 2, 0], L_inv[k, 2, 1], L_inv[k, 2, 2]
-        o0, o1, o2 = offset[k, 0], offset[k, 1], offset[k, 2]
-        for i in range(n):
-            x0, x1, x2 = X[i, 0], X[i, 1], X[i, 2]
-            y0 = a00 * x0 - o0
-            y1 = a10 * x0 + a11 * x1 - o1
-            y2 = a20 * x0 + a21 * x1 + a22 * x2 - o2
-            out[k, i] = const[k] - half * (y0 * y0 + y1 * y1 + y2 * y2)
-    top = out[0].copy()                                                   # log-sum-exp over k
-    for k in range(1, K):
-        for i in range(n):
-            top[i] = max(top[i], out[k, i])
-    total = np.zeros(n, dtype=X.dtype)
-    for k in range(K):
-        for i in range(n):
-            total[i] += np.exp(out[k, i] - top[i])
-    return out, top + np.log(total)
+    return cpu_localise.gmm_log_densities_rgb(np.ascontiguousarray(X), L_inv, offset, const)
 
 
 def _weighted_log_densities_numpy(X, weights, means, covs) -> np.ndarray:

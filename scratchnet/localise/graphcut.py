@@ -163,8 +163,7 @@ def pairwise_weights(z: np.ndarray, gamma: float, neighbourhood: int = 8) -> lis
     planes = [np.ascontiguousarray(z[..., c], dtype=np.float32) for c in range(C)]  # channel-first
     sq = []
     for dy, dx in _OFFSETS[neighbourhood]:
-        here = (slice(0, H - dy), slice(max(0, -dx), W - max(0, dx)))      # pixel (y, x)
-        there = (slice(dy, H), slice(max(0, dx), W + min(0, dx)))         # its neighbour (y+dy, x+dx)
+        here, there = _inside(H, W, dy, dx)          # pixels (y, x), their neighbours (y+dy, x+dx)
         d2 = np.zeros((H - dy, W - abs(dx)), dtype=np.float32)
         for p in planes:
             diff = p[here] - p[there]
@@ -196,8 +195,9 @@ def min_cut(d_fg: np.ndarray, d_bg: np.ndarray, pairwise: list, fg_seeds: np.nda
     sink_cap = (d_fg - base).astype(np.float64)            # paid when it ends up foreground
     around = np.zeros((H, W), dtype=np.float64)              # sum of pairwise weights at each pixel
     for (dy, dx), w in pairwise:
-        around += w
-        around[dy:, max(0, dx): W + min(0, dx)] += w[: H - dy, max(0, -dx): W - max(0, dx)]
+        here, there = _inside(H, W, dy, dx)
+        around += w                                          # the edge's weight counts at both ends
+        around[there] += w[here]
     hard = 1.0 + max(source_cap.max(), sink_cap.max()) + around
     source_cap[fg_seeds], sink_cap[fg_seeds] = hard[fg_seeds], 0.0
     source_cap[bg_seeds], sink_cap[bg_seeds] = 0.0, hard[bg_seeds]
@@ -218,6 +218,14 @@ def min_cut(d_fg: np.ndarray, d_bg: np.ndarray, pairwise: list, fg_seeds: np.nda
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+def _inside(H, W, dy, dx):
+    """(pixels, their neighbours): the slices of an (H, W) grid whose pixel (y, x) has its neighbour
+    (y + dy, x + dx) inside the grid (dy >= 0), and the slices of those neighbours."""
+    here = (slice(0, H - dy), slice(max(0, -dx), W - max(0, dx)))
+    there = (slice(dy, H), slice(max(0, dx), W + min(0, dx)))
+    return here, there
+
 
 def _fit_colours(colours: np.ndarray, n_components: int, max_points: int, em_iter: int, seed: int):
     k = max(1, min(n_components, len(colours) // MIN_POINTS_PER_COMPONENT))
