@@ -12,35 +12,49 @@ import numba as nb
 import numpy as np
 
 
-@nb.njit(cache=True)
-def gmm_log_densities_rgb(X, L_inv, offset, const):
-    """X (n, 3) -> (log pi_k + log N(x_i | k) as (K, n), log p(x_i) as (n,)): what EM's E-step needs.
-
-    Component-outer loops so that the pixel loop runs over contiguous memory."""
-    n = X.shape[0]
-    K = len(const)
-    out = np.empty((K, n), dtype=X.dtype)
+@nb.njit(inline="always")
+def _log_densities_into(X, lo, logp, L_inv, offset, const):
+    """logp[k, j] = log pi_k + log N(X[lo + j] | k) for the logp.shape[1] pixels from lo on.
+    Component-outer loops so that the pixel loop runs over contiguous memory and vectorises."""
     half = X.dtype.type(0.5)
-    for k in range(K):
+    for k in range(logp.shape[0]):
         a00 = L_inv[k, 0, 0]
         a10, a11 = L_inv[k, 1, 0], L_inv[k, 1, 1]
         a20, a21, a22 = L_inv[k, 2, 0], L_inv[k, 2, 1], L_inv[k, 2, 2]
         o0, o1, o2 = offset[k, 0], offset[k, 1], offset[k, 2]
-        for i in range(n):
-            x0, x1, x2 = X[i, 0], X[i, 1], X[i, 2]
+        for j in range(logp.shape[1]):
+            x0, x1, x2 = X[lo + j, 0], X[lo + j, 1], X[lo + j, 2]
             y0 = a00 * x0 - o0
             y1 = a10 * x0 + a11 * x1 - o1
             y2 = a20 * x0 + a21 * x1 + a22 * x2 - o2
-            out[k, i] = const[k] - half * (y0 * y0 + y1 * y1 + y2 * y2)
-    top = out[0].copy()                                                   # log-sum-exp over k
-    for k in range(1, K):
-        for i in range(n):
-            top[i] = max(top[i], out[k, i])
-    total = np.zeros(n, dtype=X.dtype)
-    for k in range(K):
-        for i in range(n):
-            total[i] += np.exp(out[k, i] - top[i])
-    return out, top + np.log(total)
+            logp[k, j] = const[k] - half * (y0 * y0 + y1 * y1 + y2 * y2)
+
+
+@nb.njit(inline="always")
+def _logsumexp_into(logp, out, lo):
+    """out[lo + j] = log sum_k exp(logp[k, j]), shifted by the maximum over k (no overflow)."""
+    m = logp.shape[1]
+    top = logp[0].copy()
+    for k in range(1, logp.shape[0]):
+        for j in range(m):
+            top[j] = max(top[j], logp[k, j])
+    total = np.zeros(m, dtype=logp.dtype)
+    for k in range(logp.shape[0]):
+        for j in range(m):
+            total[j] += np.exp(logp[k, j] - top[j])
+    for j in range(m):
+        out[lo + j] = top[j] + np.log(total[j])
+
+
+@nb.njit(cache=True)
+def gmm_log_densities_rgb(X, L_inv, offset, const):
+    """X (n, 3) -> (log pi_k + log N(x_i | k) as (K, n), log p(x_i) as (n,)): what EM's E-step needs."""
+    n = X.shape[0]
+    logp = np.empty((len(const), n), dtype=X.dtype)
+    _log_densities_into(X, 0, logp, L_inv, offset, const)
+    log_px = np.empty(n, dtype=X.dtype)
+    _logsumexp_into(logp, log_px, 0)
+    return logp, log_px
 
 
 BLOCK = 512     # pixels per task of gmm_log_likelihood_rgb: its (K, BLOCK) scratch stays in L1
@@ -50,38 +64,16 @@ BLOCK = 512     # pixels per task of gmm_log_likelihood_rgb: its (K, BLOCK) scra
 def gmm_log_likelihood_rgb(X, L_inv, offset, const):
     """X (n, 3) -> log p(x_i) (n,) only: the unaries of a graph cut, for every pixel of an image.
 
-    Threads take blocks of BLOCK pixels; within a block the loops run as in gmm_log_densities_rgb
-    (component outer, pixels inner and contiguous, so they vectorise), on a (K, BLOCK) scratch
-    instead of a (K, n) array."""
+    Threads take blocks of BLOCK pixels, each computed as gmm_log_densities_rgb computes all n
+    (the same operations in the same order: equal results) on a (K, BLOCK) scratch instead of a
+    (K, n) array."""
     n = X.shape[0]
-    K = len(const)
     out = np.empty(n, dtype=X.dtype)
-    half = X.dtype.type(0.5)
     for b in nb.prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
-        m = min(BLOCK, n - lo)
-        logp = np.empty((K, m), dtype=X.dtype)
-        for k in range(K):
-            a00 = L_inv[k, 0, 0]
-            a10, a11 = L_inv[k, 1, 0], L_inv[k, 1, 1]
-            a20, a21, a22 = L_inv[k, 2, 0], L_inv[k, 2, 1], L_inv[k, 2, 2]
-            o0, o1, o2 = offset[k, 0], offset[k, 1], offset[k, 2]
-            for j in range(m):
-                x0, x1, x2 = X[lo + j, 0], X[lo + j, 1], X[lo + j, 2]
-                y0 = a00 * x0 - o0
-                y1 = a10 * x0 + a11 * x1 - o1
-                y2 = a20 * x0 + a21 * x1 + a22 * x2 - o2
-                logp[k, j] = const[k] - half * (y0 * y0 + y1 * y1 + y2 * y2)
-        top = logp[0].copy()
-        for k in range(1, K):
-            for j in range(m):
-                top[j] = max(top[j], logp[k, j])
-        total = np.zeros(m, dtype=X.dtype)
-        for k in range(K):
-            for j in range(m):
-                total[j] += np.exp(logp[k, j] - top[j])
-        for j in range(m):
-            out[lo + j] = top[j] + np.log(total[j])
+        logp = np.empty((len(const), min(BLOCK, n - lo)), dtype=X.dtype)
+        _log_densities_into(X, lo, logp, L_inv, offset, const)
+        _logsumexp_into(logp, out, lo)
     return out
 
 
