@@ -14,8 +14,8 @@ from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, 
                                Linear, LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual, Rule,
                                Sequential, ShapeError, relu_backward_reference, softmax_cross_entropy)
 from scratchnet.layers.conv import col2im_reference, conv2d_naive, im2col_reference, same_padding
-from scratchnet.layers.norm import lrn_naive, lrn_reference
-from scratchnet.layers.pool import maxpool_reference
+from scratchnet.layers.norm import lrn_backward_naive, lrn_naive, lrn_reference
+from scratchnet.layers.pool import avgpool_naive, maxpool_numpy, maxpool_reference
 
 from gradcheck import check_layer, numerical_grad, rel_error
 
@@ -69,21 +69,37 @@ GRID = [
     ("conv_depthwise_k5", lambda: Conv2d(3, 3, 5, padding=2, groups=3), (1, 3, 6, 6), "normal"),
     ("conv1x1", lambda: Conv2d(4, 3, 1), (2, 4, 4, 4), "normal"),
     ("conv_rect_nobias", lambda: Conv2d(2, 3, (2, 3), stride=(1, 2), bias=False), (2, 2, 5, 6), "normal"),
+    ("conv_groups2_plain", lambda: with_mode(Conv2d(4, 6, 3, stride=2, padding=1, groups=2), "plain"), (2, 4, 6, 5),
+     "normal"),
+    ("conv1x1_groups2", lambda: Conv2d(4, 6, 1, groups=2), (2, 4, 3, 4), "normal"),
+    ("conv1x1_stride2", lambda: Conv2d(3, 4, 1, stride=2), (2, 3, 5, 6), "normal"),
+    ("conv_depthwise_rect", lambda: Conv2d(3, 3, (3, 5), stride=(2, 1), padding=(1, 1, 2, 2), groups=3),
+     (1, 3, 7, 6), "normal"),
+    ("conv_depthwise_x2", lambda: Conv2d(3, 6, 3, padding=1, groups=3), (2, 3, 5, 5), "normal"),
     ("relu", lambda: ReLU(), (2, 3, 4, 4), "relu"),
     ("relu6", lambda: ReLU6(), (2, 3, 4, 4), "relu6"),
     ("maxpool3s2_ceil", lambda: MaxPool2d(3, 2, ceil_mode=True), (2, 2, 8, 8), "distinct"),
     ("maxpool2s2_floor", lambda: MaxPool2d(2, 2), (2, 2, 7, 7), "distinct"),
     ("maxpool3s2_pad1", lambda: MaxPool2d(3, 2, padding=1), (1, 2, 7, 6), "distinct"),
     ("maxpool3s1", lambda: MaxPool2d(3, 1), (1, 2, 5, 5), "distinct"),
+    ("maxpool_rect_asym", lambda: MaxPool2d((2, 3), (1, 2), padding=(0, 1, 1, 0)), (1, 2, 6, 7), "distinct"),
+    ("maxpool2s2_ceil_pad1", lambda: MaxPool2d(2, 2, 1, ceil_mode=True), (1, 2, 5, 5), "distinct"),
     ("avgpool2s2", lambda: AvgPool2d(2, 2), (2, 2, 6, 6), "normal"),
     ("avgpool3s2_ceil_pad", lambda: AvgPool2d(3, 2, padding=1, ceil_mode=True), (1, 2, 6, 6), "normal"),
+    ("avgpool3s2_floor_pad", lambda: AvgPool2d(3, 2, padding=1), (1, 2, 7, 6), "normal"),
+    ("avgpool3s2_ceil", lambda: AvgPool2d(3, 2, ceil_mode=True), (1, 2, 6, 6), "normal"),
+    ("avgpool_rect_asym", lambda: AvgPool2d((2, 3), (2, 1), padding=(1, 0, 0, 1)), (1, 2, 5, 6), "normal"),
     ("global_avgpool", lambda: GlobalAvgPool(), (2, 3, 4, 5), "normal"),
     ("lrn5", lambda: LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0), (2, 7, 3, 3), "wide"),
     ("lrn3_beta_half", lambda: LocalResponseNorm(3, alpha=5e-2, beta=0.5, k=1.0), (1, 4, 3, 3), "wide"),
+    ("lrn1", lambda: LocalResponseNorm(1, alpha=1e-1, beta=0.75, k=2.0), (1, 4, 3, 3), "wide"),
+    ("lrn7_wider_than_channels", lambda: LocalResponseNorm(7, alpha=5e-2, beta=0.6, k=1.5), (1, 5, 3, 3), "wide"),
     ("batchnorm", lambda: BatchNorm2d(3), (2, 3, 3, 3), "normal"),
     ("linear", lambda: Linear(6, 4), (3, 6), "normal"),
+    ("linear_nobias", lambda: Linear(6, 4, bias=False), (3, 6), "normal"),
     ("flatten_linear", lambda: Sequential([Flatten(), Linear(12, 3)]), (2, 3, 2, 2), "normal"),
     ("dropout_train", lambda: Dropout(0.5, seed=3), (4, 5), "dropout"),
+    ("dropout_p03_train", lambda: Dropout(0.3, seed=3), (4, 5), "dropout"),
     ("fire_concat", lambda: Sequential([("squeeze", conv_relu(4, 2, 1, 0)), ("expand", Concat(
         [("e1", conv_relu(2, 3, 1, 0)), ("e3", conv_relu(2, 3, 3, 1))]))]), (2, 4, 5, 5), "normal"),
     ("residual_identity", lambda: Residual(Sequential([conv_relu(3, 3, 3, 1), Conv2d(3, 3, 1)])),
@@ -221,7 +237,8 @@ def test_same_padding_matches_tensorflow_rule():
     assert same_padding(7, 7, (5, 5), (2, 2)) == (2, 2, 2, 2)
 
 
-@pytest.mark.parametrize("k,s,p,ceil", [(3, 2, 0, True), (2, 2, 0, False), (3, 2, 1, False), (3, 1, 1, True)])
+@pytest.mark.parametrize("k,s,p,ceil", [(3, 2, 0, True), (2, 2, 0, False), (3, 2, 1, False), (3, 1, 1, True),
+                                        ((2, 3), (1, 2), (0, 1, 1, 0), False), (2, 2, 1, True)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_maxpool_kernel_equals_reference(k, s, p, ceil, dtype):
     rng = np.random.default_rng(0)
@@ -245,17 +262,73 @@ def test_maxpool_ceil_mode_sizes_match_caffe():
         assert MaxPool2d(3, 2, ceil_mode=True).output_shape((1, 1, n, n))[2] == want
 
 
+def test_ceil_mode_drops_a_window_that_would_start_in_the_padding():
+    # 5 + 2 * 1 padding, kernel 2, stride 2: ceil(5 / 2) + 1 = 4 windows, but the 4th would start at
+    # padded row 6, in the bottom padding, so there are 3 (PyTorch: max_pool2d(5x5, 2, 2, 1, ceil_mode)
+    # is 3x3). The references share pool_output_size, so this is the rule's own check.
+    for pool in (MaxPool2d(2, 2, 1, ceil_mode=True), AvgPool2d(2, 2, 1, ceil_mode=True)):
+        assert pool.output_shape((1, 1, 5, 5)) == (1, 1, 3, 3)
+        assert pool.output_shape((1, 1, 6, 6)) == (1, 1, 4, 4)          # the 4th starts at row 6 of 8
+    assert MaxPool2d(2, 2, 1).output_shape((1, 1, 5, 5)) == (1, 1, 3, 3)   # floor: 5 // 2 + 1
+
+
+@pytest.mark.parametrize("k,s", [(3, 2), (2, 2), (3, 1)])
+def test_numpy_maxpool_of_the_benchmark_equals_the_kernel(k, s):
+    """bench_cpu.py times the Numba kernel against maxpool_numpy: both must compute the same thing."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    pool = MaxPool2d(k, s)
+    y = pool.forward(x)
+    ref, arg = maxpool_numpy(x, pool.kernel, pool.stride, y.shape[2:])
+    np.testing.assert_array_equal(y, ref)
+    oy, ox = np.divmod(arg, k)                   # window offset -> the flat index the switches hold
+    rows = np.arange(y.shape[2])[:, None] * s + oy
+    cols = np.arange(y.shape[3])[None, :] * s + ox
+    np.testing.assert_array_equal(pool._cache, rows * x.shape[3] + cols)
+
+
+AVGPOOL_CASES = [(2, 2, 0, False, (6, 6)), (3, 2, 1, True, (6, 6)), (3, 2, 1, False, (7, 6)),
+                 (3, 2, 0, True, (6, 6)), (2, 2, 1, True, (5, 5)), ((2, 3), (2, 1), (1, 0, 0, 1), False, (5, 6))]
+
+
+@pytest.mark.parametrize("k,s,p,ceil,hw", AVGPOOL_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_lrn_kernel_equals_naive(dtype):
+def test_avgpool_equals_naive_and_backward_is_its_adjoint(k, s, p, ceil, hw, dtype):
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((2, 11, 5, 7)) * 20).astype(dtype)
-    for size in (1, 3, 5, 7):
-        lrn = LocalResponseNorm(size, 1e-4, 0.75, 2.0)
+    pool = AvgPool2d(k, s, p, ceil_mode=ceil)
+    x = rng.standard_normal((2, 3) + hw).astype(dtype)
+    y = pool.forward(x)
+    ref = avgpool_naive(x.astype(np.float64), pool.kernel, pool.stride, pool.padding, ceil)
+    np.testing.assert_allclose(y, ref, rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-6)
+    # pooling is linear, so backward must be the naive forward's adjoint: <naive(z), dy> = <z, dx>
+    dy = rng.standard_normal(y.shape)
+    dx = pool.backward(dy.astype(dtype)).astype(np.float64)
+    for _ in range(3):
+        z = rng.standard_normal(x.shape)
+        lhs = float((avgpool_naive(z, pool.kernel, pool.stride, pool.padding, ceil) * dy).sum())
+        assert abs(lhs - float((z * dx).sum())) <= (1e-5 if dtype == np.float32 else 1e-12) * (1 + abs(lhs))
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.5, 0.6])        # 0.75 has its own sqrt path; others use pow
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lrn_kernels_equal_naive(dtype, beta):
+    """Forward (y and s) and backward of the Numba kernels against the loops in norm.py, on maps of
+    37x41 pixels: more than one of the kernels' 1024-pixel blocks."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 11, 37, 41)) * 20).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    for size in (1, 3, 5, 7, 13):                                  # 13 > 11 channels: clipped windows
+        lrn = LocalResponseNorm(size, 1e-4, beta, 2.0)
         y = lrn.forward(x)
-        np.testing.assert_allclose(y, lrn_naive(x.astype(np.float64), size, 1e-4, 0.75, 2.0),
-                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
-        y2, _ = lrn_reference(x, size, 1e-4, 0.75, 2.0)
-        np.testing.assert_allclose(y, y2, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        np.testing.assert_allclose(y, lrn_naive(x64, size, 1e-4, beta, 2.0), rtol=tol)
+        y2, s2 = lrn_reference(x, size, 1e-4, beta, 2.0)
+        np.testing.assert_allclose(y, y2, rtol=tol)
+        np.testing.assert_allclose(lrn._cache[2], s2, rtol=tol)
+        dx = lrn.backward(dy)
+        assert dx.dtype == dtype
+        ref = lrn_backward_naive(dy64, x64, size, 1e-4, beta, 2.0)
+        np.testing.assert_allclose(dx, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
 def test_relu_rules_match_definitions_on_hand_made_inputs():

@@ -219,8 +219,12 @@ def test_gmm_recovers_clusters_and_its_density_matches_scipy(rng):
     assert np.allclose(model.log_likelihood(x), ref, atol=1e-3)                 # float32 default
     numpy_twin = gmm._weighted_log_densities_numpy(x, model.weights, model.means, model.covariances)
     assert np.allclose(model.component_log_densities(x, np.float64), numpy_twin.T, atol=1e-9)
+    assert np.allclose(model.component_log_densities(x), numpy_twin.T, atol=1e-4)   # float32 kernel
+    # both Numba kernels (the E-step's and the unaries') against the NumPy log-sum-exp of the twin
+    twin_px = gmm._logsumexp(numpy_twin)
     e_step = gmm._weighted_log_densities(x, model.weights, model.means, model.covariances)[1]
-    assert np.allclose(model.log_likelihood(x, dtype=np.float64), e_step, rtol=0, atol=1e-12)
+    assert np.allclose(e_step, twin_px, rtol=0, atol=1e-12)
+    assert np.allclose(model.log_likelihood(x, dtype=np.float64), twin_px, rtol=0, atol=1e-12)
 
 
 def test_gmm_is_deterministic_and_rejects_bad_points(rng):

@@ -163,6 +163,59 @@ def test_squeezenet_saliency_equals_numerical_gradient(shared, photos):
     np.testing.assert_allclose(numerical, analytic, rtol=0, atol=1e-6 * np.abs(grad).max())
 
 
+@pytest.mark.parametrize("fold_bn", [True, False])
+def test_efficientnet_gradients_equal_numerical_ones(fold_bn):
+    """EfficientNet-Lite0 (real weights, float64, 64x64 random image; with its batch norms folded or
+    kept): the image gradient of the top class score at 12 pixels, and the gradient of the scores
+    (weighted by random dscores) with respect to 8 entries of the stem, a depthwise, a projection,
+    the head and the classifier parameters, against central differences."""
+    net = _double(efficientnet_lite0(fold_bn=fold_bn))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 3, 64, 64))
+    scores = net.forward(x)
+    k = int(scores[0].argmax())
+    d = np.zeros_like(scores)
+    d[0, k] = 1.0
+    grad = net.backward(d, param_grads=False)
+    flat = np.argsort(-np.abs(grad).ravel())[:4].tolist() + rng.choice(grad.size, 8, replace=False).tolist()
+    idx = [np.unravel_index(i, x.shape[1:]) for i in flat]
+    h = 1e-5
+    batch = np.repeat(x, 2 * len(idx), axis=0)
+    for j, (c, p, q) in enumerate(idx):
+        batch[2 * j, c, p, q] += h
+        batch[2 * j + 1, c, p, q] -= h
+    s = net.forward(batch)[:, k]
+    numerical = (s[0::2] - s[1::2]) / (2 * h)
+    analytic = np.array([grad[0, c, p, q] for c, p, q in idx])
+    assert np.count_nonzero(analytic) == len(idx)
+    np.testing.assert_allclose(numerical, analytic, rtol=0, atol=1e-6 * np.abs(analytic).max())
+
+    dscores = rng.standard_normal(scores.shape)
+    net.forward(x)
+    net.backward(dscores, input_grad=False)
+    params = {name: (layer, key) for name, layer, key in net.named_params()}
+    wanted = ["stem.conv.W", "block3.dw.conv.W", "block3.project.conv.W", "head.conv.W", "fc.W"]
+    if not fold_bn:
+        wanted += ["block3.dw.bn.gamma", "block3.dw.bn.beta"]
+    for name in wanted:
+        layer, key = params[name]
+        w = layer.params[key].reshape(-1)
+        picks = rng.choice(w.size, 8, replace=False)
+        numerical = []
+        for i in picks:
+            old = w[i]
+            w[i] = old + h
+            fp = float((net.forward(x) * dscores).sum())
+            w[i] = old - h
+            fm = float((net.forward(x) * dscores).sum())
+            w[i] = old
+            numerical.append((fp - fm) / (2 * h))
+        analytic = layer.grads[key].reshape(-1)[picks]
+        assert np.any(analytic), name
+        np.testing.assert_allclose(numerical, analytic, rtol=0, atol=1e-6 * np.abs(analytic).max(),
+                                   err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # registry, load, save
 # ---------------------------------------------------------------------------------------------

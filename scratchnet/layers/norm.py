@@ -78,6 +78,22 @@ def lrn_naive(x, size, alpha, beta, k):
     return y
 
 
+def lrn_backward_naive(dy, x, size, alpha, beta, k):
+    """dx of LRN by a loop over channels, straight from the module docstring's formula (for tests)."""
+    import numpy as np
+    n, c, h, w = x.shape
+    lo, hi = size // 2, (size - 1) // 2
+    s = np.empty_like(x)
+    for ci in range(c):
+        s[:, ci] = k + alpha * (x[:, max(0, ci - lo):min(c, ci + hi + 1)] ** 2).sum(axis=1)
+    t = dy * x * s ** (-beta - 1)                # each channel's term, summed over the windows holding c
+    dx = dy * s ** -beta
+    for ci in range(c):
+        # c' whose window holds ci: c' - lo <= ci <= c' + hi, i.e. ci - hi <= c' <= ci + lo
+        dx[:, ci] -= 2 * alpha * beta * x[:, ci] * t[:, max(0, ci - hi):min(c, ci + lo + 1)].sum(axis=1)
+    return dx
+
+
 class BatchNorm2d(Layer):
     """Inference-time batch normalisation: y = gamma * (x - mean) / sqrt(var + eps) + beta per channel.
 

@@ -176,3 +176,22 @@ def maxpool_numpy(x, kernel, stride, out_hw):
                                         (s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3]))
     v = v.reshape(x.shape[0], x.shape[1], oh, ow, kh * kw)
     return v.max(axis=4), v.argmax(axis=4)
+
+
+def avgpool_naive(x, kernel, stride, pads, ceil_mode):
+    """Average pooling from its definition, one window at a time (for tests): the window's sum over
+    the input and the zero padding, divided by its size clipped to the padded border (ceil-mode
+    windows that run past the bottom/right padding count only what lies within it)."""
+    n, c, h, w = x.shape
+    oh, ow = pool_output_size(h, w, kernel, stride, pads, ceil_mode)
+    (kh, kw), (sh, sw) = kernel, stride
+    t, b, l, r = pads
+    y = np.zeros((n, c, oh, ow), x.dtype)
+    for p in range(oh):
+        for q in range(ow):
+            y0, x0 = p * sh - t, q * sw - l                 # window corner in input coordinates
+            y1, x1 = min(y0 + kh, h + b), min(x0 + kw, w + r)   # clipped to the padded border
+            inside = x[:, :, max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+            y[:, :, p, q] = inside.sum(axis=(2, 3)) / ((y1 - y0) * (x1 - x0))
+    return y
+
