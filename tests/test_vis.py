@@ -289,7 +289,7 @@ def test_class_model_linear_score_for_relu_gap_heads():
 
 
 def test_class_model_errors(net):
-    with pytest.raises(ValueError, match="indices in 0..4"):
+    with pytest.raises(ValueError, match=r"expected indices 0\.\.4, got \[5\]"):
         cm.class_model(net, [5], steps=1)
     with pytest.raises(ValueError, match="optimiser"):
         cm.class_model(net, [0], steps=1, optimiser="adam")

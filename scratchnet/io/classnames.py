@@ -93,6 +93,9 @@ def class_index(key, names=None, wnids=None) -> int:
     names = [] if names is None else list(names)
     wnids = [] if wnids is None else list(wnids)
     n = max(len(names), len(wnids))
+    if isinstance(key, (bool, np.bool_, float, np.floating)):
+        raise UnknownClassError(f"a class must be an integer index 0..{n - 1}, a wnid or a name, "
+                                f"got {key!r} ({type(key).__name__})")
     if isinstance(key, (int, np.integer)):
         i = int(key)
         if not 0 <= i < n:

@@ -94,6 +94,8 @@ def centre_crop(img: np.ndarray, size) -> np.ndarray:
     """The central (h, w) window; size is an int (square) or (h, w).  (H, W, ...) -> (h, w, ...)."""
     h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
     H, W = img.shape[:2]
+    if h < 1 or w < 1:
+        raise ValueError(f"centre_crop: crop size must be positive, got {h}x{w}")
     if h > H or w > W:
         raise ValueError(f"centre_crop: crop {h}x{w} is larger than the image {H}x{W}")
     y0, x0 = (H - h) // 2, (W - w) // 2

@@ -92,7 +92,12 @@ class BatchLoader:
                  prefetch: int = 2):
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
             raise ValueError(f"BatchLoader: expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
-        labels = np.asarray(labels, dtype=np.int64)
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"BatchLoader: expected integer class labels, got dtype {labels.dtype}")
+        labels = labels.astype(np.int64)
+        if not scale > 0:
+            raise ValueError(f"BatchLoader: scale must be > 0, got {scale!r}")
         if labels.shape != (len(images),):
             raise ValueError(f"BatchLoader: expected labels ({len(images)},), got {labels.shape}")
         if batch_size < 1:

@@ -65,6 +65,8 @@ class LocRecord:
             got = f"shape {im.shape}, dtype {im.dtype}" if isinstance(im, np.ndarray) else type(im).__name__
             raise ValueError(f"{who}: expected image (H, W, 3) uint8 RGB, got {got}")
         H, W, _ = im.shape
+        if any(not isinstance(c, (int, np.integer)) or isinstance(c, (bool, np.bool_)) for c in self.top5):
+            raise ValueError(f"{who}: expected top5 = 5 integer class indices, got {list(self.top5)}")
         self.top5 = [int(c) for c in self.top5]
         if len(self.top5) != 5 or len(set(self.top5)) != 5:
             raise ValueError(f"{who}: expected top5 = 5 distinct class indices, got {self.top5}")
@@ -75,6 +77,8 @@ class LocRecord:
         if self.saliency_true is not None and np.shape(self.saliency_true) != (H, W):
             raise ValueError(f"{who}: expected saliency_true (H, W) = ({H}, {W}), "
                              f"got {np.shape(self.saliency_true)}")
+        if not isinstance(self.gt_label, (int, np.integer)) or isinstance(self.gt_label, (bool, np.bool_)):
+            raise ValueError(f"{who}: expected gt_label an integer class index, got {self.gt_label!r}")
         self.gt_label = int(self.gt_label)
         self.gt_boxes = [tuple(b) for b in self.gt_boxes]
         if not self.gt_boxes or any(len(b) != 4 for b in self.gt_boxes):

@@ -92,10 +92,12 @@ def network_saliency(net, images, top=5, extra=None, rule="gradient", ten_crop=F
         _check_classes(e, k_out)
     if not 0 <= int(top) <= k_out:
         raise ValueError(f"network_saliency: expected 0 <= top <= {k_out} classes, got {top}")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f"network_saliency: batch_size must be an integer >= 1, got {batch_size!r}")
     if ten_crop:
         return [_ten_crop_one(net, im, int(top), e, rule) for im, e in zip(images, extra)]
     out = []
-    for s in range(0, len(images), max(1, int(batch_size))):
+    for s in range(0, len(images), batch_size):
         out += _stretched_batch(net, images[s:s + batch_size], int(top), extra[s:s + batch_size], rule)
     return out
 
@@ -232,7 +234,7 @@ def draw_result(image, mask, box, colour=(0, 255, 80), alpha=0.45, thickness=Non
 # --------------------------------------------------------------------------------------------- checks
 
 def _resolve(net, cls) -> int:
-    if isinstance(cls, (int, np.integer)):
+    if isinstance(cls, (int, np.integer)) and not isinstance(cls, (bool, np.bool_)):
         _check_classes([cls], net.num_classes)
         return int(cls)
     return resolve_class(net, cls)
@@ -240,7 +242,7 @@ def _resolve(net, cls) -> int:
 
 def _check_classes(classes, k):
     for c in classes:
-        if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < k:
+        if not isinstance(c, (int, np.integer)) or isinstance(c, (bool, np.bool_)) or not 0 <= int(c) < k:
             raise ValueError(f"class index {c!r} out of range: the network has {k} classes, "
                              f"expected an integer 0..{k - 1}")
 

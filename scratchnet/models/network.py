@@ -46,11 +46,13 @@ class Network(Sequential):
         xp = get_array_module(x)
         if not hasattr(x, "dtype") or not hasattr(x, "ndim"):
             raise ShapeError(f"network input must be an array (N, C, H, W), got {type(x).__name__}")
-        if x.dtype.kind != "f":
+        if x.dtype not in (np.float32, np.float64):
             raise ShapeError(f"network input must be float32 or float64, got dtype {x.dtype}")
         if x.ndim != 4:
             raise ShapeError(f"network input must have shape (N, C, H, W) with C={self.input_shape[0]}, "
                              f"got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ShapeError(f"network input is an empty batch (shape {tuple(x.shape)}): expected N >= 1")
         if x.shape[1] != self.input_shape[0]:
             raise ShapeError(f"network expects {self.input_shape[0]} colour channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}; NCHW layout expected)")
@@ -65,10 +67,25 @@ class Network(Sequential):
 
     def forward(self, x, train=False):
         self.check_input(x)
-        return super().forward(x, train)
+        scores = super().forward(x, train)
+        self._scores_shape = tuple(scores.shape)
+        return scores
 
     def backward(self, dscores, rule="gradient", param_grads=True, input_grad=True):
+        """dscores (N, K), d(objective)/d(scores) for the images of the last forward -> d/d(input)
+        (N, C, H, W) (None when input_grad is False), filling every parameter's gradient unless
+        param_grads is False."""
         rule = Rule.parse(rule)
+        want = getattr(self, "_scores_shape", None)
+        if want is None:
+            raise ShapeError("network backward before any forward: call forward(x) first (backward "
+                             "uses what that forward kept)")
+        if not hasattr(dscores, "shape") or not hasattr(dscores, "dtype"):
+            raise ShapeError(f"dscores must be an array {want} like the last forward's scores, "
+                             f"got {type(dscores).__name__}")
+        if tuple(dscores.shape) != want:
+            raise ShapeError(f"dscores must have the shape {want} of the last forward's scores "
+                             f"(N images, K classes), got {tuple(dscores.shape)}")
         return super().backward(dscores, rule, param_grads, input_grad)
 
     @property
@@ -195,28 +212,49 @@ def load_network(path) -> Network:
         if "__architecture__" not in z.files or "__meta__" not in z.files:
             raise ValueError(f"{path} is an .npz but not a scratchnet network file "
                              f"(no __architecture__/__meta__ entries; found {z.files[:5]}...)")
-        meta = json.loads(str(z["__meta__"]))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}")
-        body = layer_from_spec(json.loads(str(z["__architecture__"])))
-        net = Network(body.layers, input_shape=meta["input_shape"], class_names=meta.get("class_names"),
-                      preprocess=meta.get("preprocess"), arch=meta.get("arch"), name=meta.get("name"),
-                      class_wnids=meta.get("class_wnids"))
-        want = {name: (layer, key) for name, layer, key in net.named_params()}
-        have = {k[len("param/"):] for k in z.files if k.startswith("param/")}
-        missing, extra = sorted(set(want) - have), sorted(have - set(want))
-        if missing or extra:
-            raise ValueError(f"{path}: parameters do not match the recorded architecture "
-                             f"(missing {missing[:5]}, unexpected {extra[:5]})")
-        for name, (layer, key) in want.items():
-            arr = z["param/" + name]
-            if arr.shape != layer.params[key].shape:
-                raise ValueError(f"{path}: parameter {name} has shape {arr.shape}, "
-                                 f"the architecture expects {layer.params[key].shape}")
-            layer.params[key] = arr
-        for path_, layer in net.named_layers():
-            for k in getattr(layer, "stats", {}):
-                layer.stats[k] = z[f"stat/{path_}.{k}"]
-        if "__mean_image__" in z.files:
-            net.mean_image = z["__mean_image__"]
+        try:
+            return _network_from_npz(z, path)
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError) as e:
+            if isinstance(e, ValueError) and str(e).startswith(str(path)):
+                raise                                          # already one of the messages below
+            raise ValueError(f"{path} is a damaged scratchnet network file: {type(e).__name__}: {e}") from None
+
+
+def _network_from_npz(z, path) -> Network:
+    """The body of load_network: z an open scratchnet .npz; errors name the file."""
+    meta = json.loads(str(z["__meta__"]))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}")
+    body = layer_from_spec(json.loads(str(z["__architecture__"])))
+    net = Network(body.layers, input_shape=meta["input_shape"], class_names=meta.get("class_names"),
+                  preprocess=meta.get("preprocess"), arch=meta.get("arch"), name=meta.get("name"),
+                  class_wnids=meta.get("class_wnids"))
+    want = {name: (layer, key) for name, layer, key in net.named_params()}
+    have = {k[len("param/"):] for k in z.files if k.startswith("param/")}
+    missing, extra = sorted(set(want) - have), sorted(have - set(want))
+    if missing or extra:
+        raise ValueError(f"{path}: parameters do not match the recorded architecture "
+                         f"(missing {missing[:5]}, unexpected {extra[:5]})")
+    dtypes = set()
+    for name, (layer, key) in want.items():
+        arr = z["param/" + name]
+        if arr.shape != layer.params[key].shape:
+            raise ValueError(f"{path}: parameter {name} has shape {arr.shape}, "
+                             f"the architecture expects {layer.params[key].shape}")
+        if arr.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{path}: parameter {name} has dtype {arr.dtype}, expected float32 "
+                             f"or float64")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{path}: parameter {name} holds NaN or Inf values (saved from a "
+                             f"diverged run?)")
+        dtypes.add(arr.dtype)
+        layer.params[key] = arr
+    if len(dtypes) > 1:
+        raise ValueError(f"{path}: parameters mix dtypes {sorted(d.name for d in dtypes)}; "
+                         f"expected one (float32 or float64)")
+    for path_, layer in net.named_layers():
+        for k in getattr(layer, "stats", {}):
+            layer.stats[k] = z[f"stat/{path_}.{k}"]
+    if "__mean_image__" in z.files:
+        net.mean_image = z["__mean_image__"]
     return net

@@ -138,6 +138,9 @@ def prepare(net, images, mode="crop", resize_to="default", crop=None):
                "pixels" (already the input size)
     resize_to, crop: override ``net.preprocess["resize"]`` / ``["crop"]`` (crop defaults to the input size)
     """
+    for name, v in (("crop", crop), ("resize_to", None if resize_to == "default" else resize_to)):
+        if v is not None and not (isinstance(v, (int, np.integer)) and v >= 1):
+            raise ValueError(f"prepare: {name} must be a positive integer (pixels) or None, got {v!r}")
     size = int(crop or net.preprocess.get("crop") or net.input_shape[1])
     if resize_to == "default":
         resize_to = net.preprocess.get("resize")

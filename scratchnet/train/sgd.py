@@ -39,7 +39,7 @@ class SGD:
     """
 
     def __init__(self, net, lr=0.01, momentum=0.9, weight_decay=5e-4):
-        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+        if not lr > 0 or not 0 <= momentum < 1 or not weight_decay >= 0:     # `not >`: NaN fails too
             raise ValueError(f"SGD: expected lr > 0, 0 <= momentum < 1, weight_decay >= 0; "
                              f"got lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
         self.net, self.lr, self.momentum, self.weight_decay = net, float(lr), float(momentum), float(weight_decay)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import signal
 import sys
 import threading
@@ -110,25 +111,69 @@ def evaluate(net, images, labels, mean, scale, batch_size=256, device="cpu"):
     return dict(loss=loss_sum / n, top1=top1 / n, top5=top5 / n)
 
 
+def _check_split(what, split, net):
+    """(images uint8 (N, H, W, 3), labels integer (N,)) that fit net, or a ValueError naming the problem."""
+    if not isinstance(split, (tuple, list)) or len(split) != 2:
+        raise ValueError(f"{what} data must be a pair (images, labels), got {type(split).__name__}"
+                         + (f" of length {len(split)}" if isinstance(split, (tuple, list)) else ""))
+    images, labels = split
+    H, W = (int(v) for v in net.input_shape[1:])
+    if not hasattr(images, "shape") or images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        got = (f"shape {tuple(images.shape)} dtype {images.dtype}" if hasattr(images, "shape")
+               else type(images).__name__)
+        raise ValueError(f"{what} images must be a uint8 array (N, H, W, 3) of RGB photos, got {got}")
+    if tuple(images.shape[1:3]) != (H, W):
+        raise ValueError(f"{what} images are {images.shape[1]}x{images.shape[2]}, the network expects {H}x{W}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"{what} labels must be integer class indices (N,), got shape {labels.shape} "
+                         f"dtype {labels.dtype}")
+    if len(labels) != len(images):
+        raise ValueError(f"{what} labels: {len(labels)} for {len(images)} images")
+    if len(images) == 0:
+        raise ValueError(f"{what} data is empty: expected at least one image")
+    K = net.num_classes
+    if labels.min() < 0 or labels.max() >= K:
+        raise ValueError(f"{what} labels span {labels.min()}..{labels.max()}, the network has {K} classes")
+    return images, labels
+
+
+def _check_config_values(c):
+    """A ValueError for settings that would train nothing or nonsense (the CLI checks its own flags)."""
+    bad = []
+    if not (isinstance(c.epochs, numbers.Integral) and c.epochs >= 1):
+        bad.append(f"epochs must be an integer >= 1, got {c.epochs!r}")
+    for name in ("batch_size", "val_batch_size", "log_every"):
+        v = getattr(c, name)
+        if not (isinstance(v, numbers.Integral) and v >= 1):
+            bad.append(f"{name} must be an integer >= 1, got {v!r}")
+    if not c.lr > 0:
+        bad.append(f"lr must be > 0, got {c.lr!r}")
+    if not c.scale > 0:
+        bad.append(f"scale must be > 0, got {c.scale!r}")
+    if not 0 <= c.momentum < 1:
+        bad.append(f"momentum must be in [0, 1), got {c.momentum!r}")
+    if not c.weight_decay >= 0:
+        bad.append(f"weight_decay must be >= 0, got {c.weight_decay!r}")
+    if bad:
+        raise ValueError("TrainConfig: " + "; ".join(bad))
+
+
 class Trainer:
     """SGD training of ``net`` on (images, labels); see the module docstring."""
 
     def __init__(self, net, train, val, out, config: TrainConfig | None = None, device="cpu",
                  callbacks=(), progress=True):
         self.net, self.config, self.device = net, config or TrainConfig(), device
-        self.train_images, self.train_labels = train
-        self.val = val
+        c = self.config
+        _check_config_values(c)
+        # both splits are checked here, before any work: a bad validation set found after the first
+        # epoch would cost that epoch
+        self.train_images, self.train_labels = _check_split("training", train, net)
+        self.val = None if val is None else _check_split("validation", val, net)
         self.out = Path(out)
         self.callbacks = list(callbacks)
         self.progress = Progress(enabled=progress)
-        c = self.config
-        if self.train_images.shape[1:3] != tuple(net.input_shape[1:]):
-            raise ValueError(f"training images are {self.train_images.shape[1]}x{self.train_images.shape[2]}, "
-                             f"the network expects {net.input_shape[1]}x{net.input_shape[2]}")
-        K = net.num_classes
-        for what, labels in (("training", self.train_labels), ("validation", None if val is None else val[1])):
-            if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= K):
-                raise ValueError(f"{what} labels span {labels.min()}..{labels.max()}, the network has {K} classes")
         self.mean = mean_image(self.train_images)                      # (3, H, W) float32, pixel units
         net.mean_image = self.mean
         size = int(net.input_shape[1])            # see scratchnet.models.preprocess for the keys
@@ -283,12 +328,27 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
 
     def _trim_metrics(self, step):
-        """Drop metric lines written after ``step`` (by a run that went on past its last checkpoint)."""
+        """Drop metric lines written after ``step`` (by a run that went on past its last checkpoint),
+        and a line cut short by a crash (with a warning); the file is rewritten atomically."""
         if not self.metrics_path.is_file():
             return
-        keep = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step and json.loads(ln).get("kind") != "diverged"]
-        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+        keep, torn = [], 0
+        for ln in self.metrics_path.read_text().splitlines():
+            if not ln.strip():
+                continue
+            try:
+                row = json.loads(ln)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            if row.get("step", 0) <= step and row.get("kind") != "diverged":
+                keep.append(ln)
+        if torn:
+            print(f"train: warning: dropped {torn} unreadable line(s) of {self.metrics_path} (a write cut "
+                  f"short by the interruption?)", file=sys.stderr)
+        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.replace(self.metrics_path)
 
     def _check_config(self, saved):
         now = asdict(self.config)

@@ -56,7 +56,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from .deconv import backward_from
-from .display import on_net_device, prepare_pixels, stretch, to_pixels
+from .display import on_net_device, prepare_pixels, resolve_classes, stretch, to_pixels
 
 #: defaults chosen by looking at SqueezeNet and EfficientNet-Lite0 class models (module docstring)
 DEFAULTS = dict(steps=100, lr=2.0, lam=1e-5, optimiser="normalised", momentum=0.0)
@@ -118,12 +118,27 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     """
     if optimiser not in ("normalised", "plain"):
         raise ValueError(f"optimiser must be 'normalised' or 'plain', got {optimiser!r}")
-    if steps < 0 or lam < 0 or jitter < 0 or blur_every < 0 or not 0 <= clip_pct < 100:
-        raise ValueError("class_model: steps, lam, jitter, blur_every must be >= 0 and clip_pct in [0, 100)")
-    cls = np.atleast_1d(np.asarray(classes, dtype=np.int64))
+    bad = []
+    for name, v in (("steps", steps), ("jitter", jitter), ("blur_every", blur_every)):
+        if not (isinstance(v, (int, np.integer)) and v >= 0):
+            bad.append(f"{name} must be an integer >= 0, got {v!r}")
+    if not lr > 0:
+        bad.append(f"lr must be > 0 (a step up the class score), got {lr!r}")
+    if not 0 <= momentum < 1:
+        bad.append(f"momentum must be in [0, 1), got {momentum!r}")
+    if not (lam >= 0 and math.isfinite(lam)):
+        bad.append(f"lam must be a finite number >= 0, got {lam!r}")
+    if blur_every and not blur_sigma > 0:
+        bad.append(f"blur_sigma must be > 0 when blur_every is set, got {blur_sigma!r}")
+    if not 0 <= clip_pct < 100:
+        bad.append(f"clip_pct must be in [0, 100), got {clip_pct!r}")
+    if bad:
+        raise ValueError("class_model: " + "; ".join(bad))
+    cls = np.atleast_1d(resolve_classes(net, classes))
     K = net.num_classes
-    if cls.ndim != 1 or len(cls) == 0 or cls.min() < 0 or cls.max() >= K:
-        raise ValueError(f"classes must be a non-empty list of indices in 0..{K - 1}, got {cls.tolist()}")
+    if cls.ndim != 1 or len(cls) == 0:
+        raise ValueError(f"classes must be a non-empty list of classes (indices 0..{K - 1}, wnids or "
+                         f"names), got {np.asarray(classes).tolist()}")
     u = grey_level(net)
     score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
     rng = np.random.default_rng(seed)

@@ -227,6 +227,8 @@ def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
     """The paper's claim, checked: the rule="gradient" reconstruction of a neuron equals the gradient
     of its activation. Compares the engine's reconstruction (the net's own dtype) at ``n_pixels``
     pixels (half the largest, half random) with float64 central differences. x (1, C, H, W)."""
+    if not (isinstance(n_pixels, (int, np.integer)) and n_pixels >= 1):
+        raise ValueError(f"gradient_check: n_pixels must be an integer >= 1, got {n_pixels!r}")
     x = to_numpy(x)[:1]
     rec = reconstruct(net, x, layer, "gradient", neuron)
     g = rec.images[0]

@@ -101,3 +101,21 @@ def resolve_class(net, key) -> int:
         return class_index(key, names, wnids)
     except (KeyError, IndexError) as e:
         raise ValueError(str(e.args[0]) if e.args else str(e)) from None
+
+
+def resolve_classes(net, classes) -> np.ndarray:
+    """Classes given as an index, a wnid or a name, or a list / array of them (any shape) -> int64
+    indices of that shape, each checked against the network's classes (floats and bools refused:
+    3.7 is not a class)."""
+    a = np.asarray(classes)
+    if a.dtype.kind in "iu":
+        k = net.num_classes
+        if a.size and (a.min() < 0 or a.max() >= k):
+            raise ValueError(f"class index out of range: the network has {k} classes, expected indices "
+                             f"0..{k - 1}, got {a.tolist()}")
+        return a.astype(np.int64)
+    if a.dtype.kind in "fcb":
+        raise ValueError(f"classes must be integer indices, wnids or class names, got {a.dtype} "
+                         f"values {a.tolist()}")
+    flat = [resolve_class(net, c) for c in np.asarray(classes, dtype=object).reshape(-1)]
+    return np.array(flat, dtype=np.int64).reshape(a.shape)

@@ -21,26 +21,24 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from ..layers import Rule
-from .display import on_net_device, prepare_pixels
+from .display import on_net_device, prepare_pixels, resolve_classes
 
 
 def class_gradient(net, x, classes=None, rule="gradient"):
     """d S_c / d x for one target class per image.
 
-    x (N, C, H, W) network input; classes: None (each image's top-1), an int (the same class for
-    all) or (N,) ints. Returns (grad (N, C, H, W), classes (N,) int64, scores (N, K)).
+    x (N, C, H, W) network input; classes: None (each image's top-1), one class for all, or one per
+    image (N,); a class is an index, a wnid or a name. Returns (grad (N, C, H, W), classes (N,) int64,
+    scores (N, K)).
     """
     rule = Rule.parse(rule)
     x = on_net_device(net, x)
+    cls = None if classes is None else _per_image(resolve_classes(net, classes), _batch_size(x))
     xp = get_array_module(x)
     scores = net.forward(x)
     n, k = scores.shape
-    if classes is None:
+    if cls is None:
         cls = to_numpy(scores.argmax(axis=1)).astype(np.int64)
-    else:
-        cls = np.broadcast_to(np.asarray(classes, dtype=np.int64), (n,)).copy()
-        if cls.min() < 0 or cls.max() >= k:
-            raise ValueError(f"class index out of range: expected 0..{k - 1}, got {cls.tolist()}")
     onehot = xp.zeros_like(scores)
     onehot[xp.arange(n), xp.asarray(cls)] = 1
     grad = net.backward(onehot, rule=rule, param_grads=False)
@@ -49,8 +47,29 @@ def class_gradient(net, x, classes=None, rule="gradient"):
 
 def saliency_from_gradient(grad):
     """M = max over colour channels of |w|: (N, C, H, W) -> (N, H, W)."""
+    if getattr(grad, "ndim", None) != 4:
+        raise ValueError(f"saliency_from_gradient: expected image gradients (N, C, H, W), got "
+                         f"{'shape ' + str(tuple(grad.shape)) if hasattr(grad, 'shape') else type(grad).__name__}")
     xp = get_array_module(grad)
     return xp.abs(grad).max(axis=1)
+
+
+def _batch_size(x) -> int:
+    """N of a network input x (N, C, H, W); a clear error for anything else (the network checks the rest)."""
+    if not hasattr(x, "shape") or len(x.shape) != 4:
+        got = f"shape {tuple(x.shape)}" if hasattr(x, "shape") else type(x).__name__
+        raise ValueError(f"expected network input (N, C, H, W) as an array, got {got}")
+    return int(x.shape[0])
+
+
+def _per_image(cls, n) -> np.ndarray:
+    """One class for all n images, or one each: -> (n,) int64."""
+    if cls.ndim == 0 or cls.shape == (1,):
+        return np.full(n, cls.reshape(-1)[0], dtype=np.int64)
+    if cls.shape != (n,):
+        raise ValueError(f"classes: expected one class for all images or one per image ({n}), got "
+                         f"shape {cls.shape}")
+    return cls
 
 
 @dataclass
@@ -70,9 +89,11 @@ def saliency(net, x, classes=None, rule="gradient", batch_size=16) -> Saliency:
     per image). The (image, class) pairs are processed ``batch_size`` at a time; x may be on the host
     for a network on the GPU (each batch is moved there). The results are NumPy arrays.
     """
+    n = _batch_size(x)
     xp = get_array_module(x)
-    n = x.shape[0]
-    per_image = None if classes is None else np.asarray(classes, dtype=np.int64)
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f"saliency: batch_size must be an integer >= 1, got {batch_size!r}")
+    per_image = None if classes is None else resolve_classes(net, classes)
     if per_image is not None and per_image.ndim == 2:
         if per_image.shape[0] != n:
             raise ValueError(f"classes of shape (N, k) needs N = {n} rows, got {per_image.shape}")
@@ -81,9 +102,9 @@ def saliency(net, x, classes=None, rule="gradient", batch_size=16) -> Saliency:
     elif per_image is None or per_image.ndim <= 1:
         k = None
         img_idx = np.arange(n)
-        flat_cls = None if per_image is None else np.broadcast_to(per_image, (n,))
+        flat_cls = None if per_image is None else _per_image(per_image, n)
     else:
-        raise ValueError(f"classes must be None, an int, (N,) or (N, k), got shape {per_image.shape}")
+        raise ValueError(f"classes must be None, a class, (N,) or (N, k), got shape {per_image.shape}")
     maps, cls_out, sc_out = [], [], []
     for s in range(0, len(img_idx), batch_size):
         idx = img_idx[s:s + batch_size]
@@ -129,6 +150,11 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
     scores), flipped maps flipped back, and each pixel's map averaged over the crops that cover it.
     """
     from ..io.images import resize_shorter
+    if resize is not None and not (isinstance(resize, (int, np.integer)) and resize >= 1):
+        raise ValueError(f"ten_crop_saliency: resize must be a positive integer (the shorter side in "
+                         f"pixels), got {resize!r}")
+    if class_index is not None and np.ndim(class_index) != 0:
+        raise ValueError(f"ten_crop_saliency: class_index must be one class, got {class_index!r}")
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"expected an RGB photo (H, W, 3) uint8, got {img.dtype} {img.shape}")
@@ -143,7 +169,9 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
     x = on_net_device(net, x)
     if class_index is None:
         class_index = int(to_numpy(net.forward(x)).mean(axis=0).argmax())
-    grad, _, scores = class_gradient(net, x, int(class_index), rule)
+    else:
+        class_index = int(resolve_classes(net, class_index).reshape(-1)[0])
+    grad, _, scores = class_gradient(net, x, class_index, rule)
     cm = to_numpy(saliency_from_gradient(grad))
     acc, cnt = np.zeros((H, W), np.float64), np.zeros((H, W), np.float64)
     for i, (y, x0) in enumerate(boxes + boxes):

@@ -1,0 +1,219 @@
+"""Bad input to the Python API (what a notebook user calls): a clear error that says what was expected,
+raised before any work is done, never a traceback from inside NumPy or Numba and never a silent wrong
+result. The command line has its own tests, in the test module of each command.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from scratchnet.io.images import centre_crop
+from scratchnet.layers import ShapeError
+from scratchnet.localise import segment
+from scratchnet.localise.network import localise_image
+from scratchnet.models import load_network, paper_net
+from scratchnet.models.preprocess import prepare
+from scratchnet.train import TrainConfig, Trainer
+from scratchnet.vis import classmodel as cm
+from scratchnet.vis.saliency import class_gradient, saliency, saliency_from_gradient, ten_crop_saliency
+
+
+@pytest.fixture(scope="module")
+def net():
+    return paper_net(32, num_classes=5, width=1 / 16, seed=0,
+                     class_names=["goose", "lemon", "limousine", "dumbbell", "bell pepper"])
+
+
+@pytest.fixture()
+def x():
+    return np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the network
+
+def test_network_input_errors(net, x):
+    with pytest.raises(ShapeError, match="float32 or float64, got dtype float16"):
+        net.forward(x.astype(np.float16))
+    with pytest.raises(ShapeError, match=r"empty batch .*expected N >= 1"):
+        net.forward(x[:0])
+
+
+def test_backward_checks_what_it_is_given(x):
+    fresh = paper_net(32, num_classes=5, width=1 / 16, seed=0)
+    with pytest.raises(ShapeError, match="before any forward: call forward"):
+        fresh.backward(np.ones((2, 5), np.float32))
+    fresh.forward(x)
+    for bad in (np.ones((2, 6), np.float32), np.ones(5, np.float32), np.ones((3, 5), np.float32)):
+        with pytest.raises(ShapeError, match=r"dscores must have the shape \(2, 5\)"):
+            fresh.backward(bad)
+    with pytest.raises(ShapeError, match=r"dscores must be an array \(2, 5\).*got list"):
+        fresh.backward([[1.0] * 5] * 2)
+    assert fresh.backward(np.ones((2, 5), np.float32), param_grads=False).shape == x.shape
+
+
+def _rewrite(src, dst, change):
+    """Copy the .npz src to dst with change(name, bytes) -> bytes applied to every member."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            zout.writestr(item, change(item.filename, zin.read(item.filename)))
+
+
+def _npy(array) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_damaged_network_files_name_the_damage(net, tmp_path):
+    good = net.save(tmp_path / "good.npz")
+    meta = json.loads(str(np.load(good)["__meta__"]))
+    arch = str(np.load(good)["__architecture__"])
+    W = np.load(good)["param/fc8.W"]
+    cases = {
+        "meta_not_json": ("__meta__.npy", _npy(np.array("{not json")), "damaged scratchnet network file"),
+        "meta_no_shape": ("__meta__.npy", _npy(np.array(json.dumps({k: v for k, v in meta.items()
+                                                                    if k != "input_shape"}))),
+                          "damaged scratchnet network file: KeyError: 'input_shape'"),
+        "unknown_arg": ("__architecture__.npy", _npy(np.array(arch.replace('"kernel_size"', '"kernel_sise"', 1))),
+                        "damaged scratchnet network file: TypeError"),
+        "int_params": ("param/fc8.W.npy", _npy(W.astype(np.int32)), "fc8.W has dtype int32, expected float32"),
+        "nan_params": ("param/fc8.W.npy", _npy(np.full_like(W, np.nan)), "fc8.W holds NaN or Inf"),
+        "mixed_dtypes": ("param/fc8.W.npy", _npy(W.astype(np.float64)), "parameters mix dtypes"),
+    }
+    for name, (member, payload, message) in cases.items():
+        bad = tmp_path / f"{name}.npz"
+        _rewrite(good, bad, lambda f, b: payload if f == member else b)
+        with pytest.raises(ValueError, match=message):
+            load_network(bad)
+    load_network(good)                                  # and the untouched file still loads
+
+
+def test_paper_net_arguments_are_checked():
+    for kwargs, message in [(dict(num_classes=0), "num_classes must be an integer >= 1"),
+                            (dict(width=0), "width must be > 0"),
+                            (dict(dtype=np.int32), "dtype must be float32 or float64"),
+                            (dict(input_size="32"), "input_size must be a positive integer")]:
+        with pytest.raises(ValueError, match=message):
+            paper_net(**{"input_size": 32, **kwargs})
+
+
+def test_preprocessing_sizes_are_checked(net):
+    img = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match="crop must be a positive integer"):
+        prepare(net, img, crop=-5)
+    with pytest.raises(ValueError, match="crop size must be positive"):
+        centre_crop(img, 0)
+
+
+# ----------------------------------------------------------------------------- visualisers
+
+def test_classes_must_be_classes(net, x):
+    for bad in (3.7, True, [1.0, 2.0]):
+        with pytest.raises(ValueError, match="integer"):
+            class_gradient(net, x, bad)
+    with pytest.raises(ValueError, match=r"one class for all images or one per image \(2\)"):
+        class_gradient(net, x, [1, 2, 3])
+    with pytest.raises(ValueError, match="unknown class 'gose'.*close matches: 'goose'"):
+        saliency(net, x, "gose")
+    by_name = saliency(net, x, ["lemon", "goose"])                      # names work like indices
+    np.testing.assert_array_equal(by_name.classes, [1, 0])
+    np.testing.assert_array_equal(by_name.maps, saliency(net, x, [1, 0]).maps)
+
+
+def test_saliency_arguments_are_checked(net, x):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        saliency(net, x, batch_size=0)
+    with pytest.raises(ValueError, match=r"expected network input \(N, C, H, W\) as an array, got list"):
+        saliency(net, [x[0]])
+    with pytest.raises(ValueError, match=r"expected image gradients \(N, C, H, W\), got shape \(3, 32, 32\)"):
+        saliency_from_gradient(x[0])
+    photo = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match="resize must be a positive integer"):
+        ten_crop_saliency(net, photo, resize=-10)
+    with pytest.raises(ValueError, match="integer"):
+        ten_crop_saliency(net, photo, class_index=2.9)
+
+
+def test_class_model_settings_are_checked(net):
+    for kwargs, message in [(dict(lr=-2), "lr must be > 0"), (dict(lr=0), "lr must be > 0"),
+                            (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
+                            (dict(steps=2.5), "steps must be an integer"),
+                            (dict(lam=float("nan")), "lam must be a finite number"),
+                            (dict(blur_every=2, blur_sigma=0), "blur_sigma must be > 0")]:
+        with pytest.raises(ValueError, match=message):
+            cm.class_model(net, [0], **{"steps": 1, **kwargs})
+    with pytest.raises(ValueError, match="integer"):
+        cm.class_model(net, 2.7, steps=1)
+    assert cm.class_model(net, ["lemon"], steps=1).classes.tolist() == [1]
+
+
+# ----------------------------------------------------------------------------- localisation
+
+def test_localisation_arguments_are_checked(net):
+    img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    sal = np.random.default_rng(1).random((40, 40))
+    with pytest.raises(ValueError, match="class"):
+        localise_image(net, img, cls=True)
+    with pytest.raises(ValueError, match="max_points an integer >= 1"):
+        segment(img, sal, max_points=0)
+    with pytest.raises(ValueError, match="n_components an integer >= 1"):
+        segment(img, sal, n_components=2.5)
+    from scratchnet.localise import LocRecord
+    from scratchnet.localise.network import network_saliency
+    with pytest.raises(ValueError, match="gt_label an integer class index, got 3.7"):
+        LocRecord(img, 3.7, [(0, 0, 9, 9)], [0, 1, 2, 3, 4], np.zeros((5, 40, 40)))
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        network_saliency(net, [img], batch_size=0)
+
+
+# ----------------------------------------------------------------------------- training
+
+def _data(n, size=32, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n, dtype=np.int64) % classes
+
+
+@pytest.mark.parametrize("val,message", [
+    (_data(4, size=16), "validation images are 16x16, the network expects 32x32"),
+    ((_data(4)[0], np.arange(3)), "validation labels: 3 for 4 images"),
+    ((_data(4)[0],), r"validation data must be a pair \(images, labels\), got tuple of length 1"),
+    ((_data(4)[0].astype(np.float32), _data(4)[1]), r"validation images must be a uint8 array \(N, H, W, 3\)"),
+    ((_data(4)[0], np.array([0.0, 1.0, 2.0, 3.0])), "validation labels must be integer class indices"),
+])
+def test_a_bad_validation_set_is_refused_before_any_training(tmp_path, val, message):
+    net = paper_net(32, num_classes=5, width=1 / 16, seed=0)
+    with pytest.raises(ValueError, match=message):
+        Trainer(net, _data(8), val, tmp_path / "run", TrainConfig(epochs=1, batch_size=4), progress=False)
+    assert not (tmp_path / "run").exists()              # nothing started, nothing written
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lr=0), "lr must be > 0"), (dict(epochs=0), "epochs must be an integer >= 1"),
+    (dict(scale=0), "scale must be > 0"), (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(lr=float("nan")), "lr must be > 0"),
+])
+def test_train_config_values_are_checked(tmp_path, kwargs, message):
+    net = paper_net(32, num_classes=5, width=1 / 16, seed=0)
+    with pytest.raises(ValueError, match=message):
+        Trainer(net, _data(8), None, tmp_path / "run", TrainConfig(**kwargs), progress=False)
+
+
+def test_resume_skips_a_metrics_line_cut_short_by_a_crash(tmp_path, capsys):
+    def trainer(epochs):
+        net = paper_net(32, num_classes=5, width=1 / 16, seed=0)
+        cfg = TrainConfig(epochs=epochs, batch_size=4, log_every=1, prefetch=1)
+        return Trainer(net, _data(8), _data(4, seed=1), tmp_path / "run", cfg, progress=False)
+
+    trainer(1).fit()
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with open(metrics, "a") as fh:
+        fh.write('{"kind": "step", "step": 9, "lo')         # the crash: half a line
+    trainer(2).fit(resume=True)
+    rows = [json.loads(ln) for ln in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
+    assert "dropped 1 unreadable line" in capsys.readouterr().err
