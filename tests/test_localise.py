@@ -409,3 +409,18 @@ def test_without_pymaxflow_only_graphcut_is_missing():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "GraphCut needs PyMaxflow" in r.stdout
+
+
+def test_each_kind_of_map_gets_its_tuned_graph_cut_setting():
+    import argparse
+    from scratchnet.layers import Rule
+    from scratchnet.localise.cli import segment_kwargs
+    from scratchnet.localise.network import TUNED_SEGMENT, tuned_segment_kwargs
+    assert tuned_segment_kwargs(False) == TUNED_SEGMENT["single"]
+    assert tuned_segment_kwargs(False, "guided") == TUNED_SEGMENT["guided"] != TUNED_SEGMENT["single"]
+    assert tuned_segment_kwargs(False, Rule.DECONVNET) == TUNED_SEGMENT["single"]      # not tuned apart
+    assert tuned_segment_kwargs(True, "guided") == TUNED_SEGMENT["ten_crop"]
+    assert tuned_segment_kwargs(False, "guided", pairwise_weight=1.0, fg_quantile=None) == \
+        dict(TUNED_SEGMENT["guided"], pairwise_weight=1.0)
+    args = argparse.Namespace(ten_crop=False, rule="guided", pairwise=None, fg_quantile=0.95, bg_quantile=None)
+    assert segment_kwargs(args) == dict(TUNED_SEGMENT["guided"], fg_quantile=0.95)

@@ -107,7 +107,9 @@ def _segment_args(p):
 
 def _tuned(key):
     from .network import TUNED_SEGMENT
-    return f"{TUNED_SEGMENT['single'][key]:g} single view, {TUNED_SEGMENT['ten_crop'][key]:g} 10-crop"
+    t = TUNED_SEGMENT
+    return (f"{t['single'][key]:g} single view, {t['ten_crop'][key]:g} 10-crop, {t['guided'][key]:g} "
+            f"single-view --rule guided")
 
 
 def _subset_args(p):
@@ -125,8 +127,8 @@ def _cache_args(p):
 def segment_kwargs(args) -> dict:
     """The graph-cut settings: the tuned ones for the kind of map, overridden by the command line."""
     from .network import tuned_segment_kwargs
-    return tuned_segment_kwargs(args.ten_crop, pairwise_weight=args.pairwise, fg_quantile=args.fg_quantile,
-                                bg_quantile=args.bg_quantile)
+    return tuned_segment_kwargs(args.ten_crop, getattr(args, "rule", "gradient"), pairwise_weight=args.pairwise,
+                                fg_quantile=args.fg_quantile, bg_quantile=args.bg_quantile)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -294,7 +296,7 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     if net.num_classes < 5:
         raise ValueError(f"localisation error scores the network's five guesses (ILSVRC top-5); "
                          f"{model_key} has {net.num_classes} classes: expected at least 5")
-    kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop)
+    kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop, rule)
     maps = MapCache(cache_root, net, model_key, ten_crop, rule, ds.root or "data", cache)
     items = [(ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]) for i in indices]
     _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
