@@ -15,7 +15,7 @@ import numpy as np
 @nb.njit(inline="always")
 def _log_densities_into(X, lo, logp, L_inv, offset, const):
     """logp[k, j] = log pi_k + log N(X[lo + j] | k) for the logp.shape[1] pixels from lo on.
-    Component-outer loops so that the pixel loop runs over contiguous memory and vectorises."""
+    Component-outer loops so that the pixel loop writes contiguous memory (X is read with stride 3)."""
     half = X.dtype.type(0.5)
     for k in range(logp.shape[0]):
         a00 = L_inv[k, 0, 0]

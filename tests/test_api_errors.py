@@ -74,12 +74,12 @@ def test_damaged_network_files_name_the_damage(net, tmp_path):
     arch = str(np.load(good)["__architecture__"])
     W = np.load(good)["param/fc8.W"]
     cases = {
-        "meta_not_json": ("__meta__.npy", _npy(np.array("{not json")), "damaged scratchnet network file"),
+        "meta_not_json": ("__meta__.npy", _npy(np.array("{not json")), "cannot be read as a scratchnet network"),
         "meta_no_shape": ("__meta__.npy", _npy(np.array(json.dumps({k: v for k, v in meta.items()
                                                                     if k != "input_shape"}))),
-                          "damaged scratchnet network file: KeyError: 'input_shape'"),
+                          "cannot be read as a scratchnet network.*KeyError: 'input_shape'"),
         "unknown_arg": ("__architecture__.npy", _npy(np.array(arch.replace('"kernel_size"', '"kernel_sise"', 1))),
-                        "damaged scratchnet network file: TypeError"),
+                        "cannot be read as a scratchnet network.*TypeError"),
         "int_params": ("param/fc8.W.npy", _npy(W.astype(np.int32)), "fc8.W has dtype int32, expected float32"),
         "nan_params": ("param/fc8.W.npy", _npy(np.full_like(W, np.nan)), "fc8.W holds NaN or Inf"),
         "mixed_dtypes": ("param/fc8.W.npy", _npy(W.astype(np.float64)), "parameters mix dtypes"),
@@ -92,18 +92,21 @@ def test_damaged_network_files_name_the_damage(net, tmp_path):
     load_network(good)                                  # and the untouched file still loads
 
 
-def test_paper_net_arguments_are_checked():
+def test_paper_net_arguments_are_checked(tmp_path):
     for kwargs, message in [(dict(num_classes=0), "num_classes must be an integer >= 1"),
-                            (dict(width=0), "width must be > 0"),
+                            (dict(width=0), r"width \(it scales every hidden width\) must be > 0"),
                             (dict(dtype=np.int32), "dtype must be float32 or float64"),
-                            (dict(input_size="32"), "input_size must be a positive integer")]:
+                            (dict(input_size="32"), r"input_size \(pixels\) must be an integer >= 1"),
+                            (dict(input_size=True), "input_size"), (dict(dropout=1.0), "dropout")]:
         with pytest.raises(ValueError, match=message):
             paper_net(**{"input_size": 32, **kwargs})
+    # NumPy integers are integers, and the network they build saves (its arch record is JSON)
+    paper_net(np.int64(32), num_classes=np.int32(5), width=1 / 16).save(tmp_path / "np_ints.npz")
 
 
 def test_preprocessing_sizes_are_checked(net):
     img = np.zeros((40, 50, 3), np.uint8)
-    with pytest.raises(ValueError, match="crop must be a positive integer"):
+    with pytest.raises(ValueError, match=r"crop \(pixels\) must be an integer >= 1, got -5"):
         prepare(net, img, crop=-5)
     with pytest.raises(ValueError, match="crop size must be positive"):
         centre_crop(img, 0)
@@ -132,18 +135,18 @@ def test_saliency_arguments_are_checked(net, x):
     with pytest.raises(ValueError, match=r"expected image gradients \(N, C, H, W\), got shape \(3, 32, 32\)"):
         saliency_from_gradient(x[0])
     photo = np.zeros((40, 40, 3), np.uint8)
-    with pytest.raises(ValueError, match="resize must be a positive integer"):
+    with pytest.raises(ValueError, match=r"resize \(the shorter side in pixels\) must be an integer >= 1"):
         ten_crop_saliency(net, photo, resize=-10)
     with pytest.raises(ValueError, match="integer"):
         ten_crop_saliency(net, photo, class_index=2.9)
 
 
 def test_class_model_settings_are_checked(net):
-    for kwargs, message in [(dict(lr=-2), "lr must be > 0"), (dict(lr=0), "lr must be > 0"),
+    for kwargs, message in [(dict(lr=-2), r"lr \(a step up the class score\) must be > 0"), (dict(lr=0), "lr .* must be > 0"),
                             (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
                             (dict(steps=2.5), "steps must be an integer"),
-                            (dict(lam=float("nan")), "lam must be a finite number"),
-                            (dict(blur_every=2, blur_sigma=0), "blur_sigma must be > 0")]:
+                            (dict(lam=float("nan")), "lam must be >= 0, got nan"),
+                            (dict(blur_every=2, blur_sigma=0), r"blur_sigma \(with blur_every set\) must be > 0")]:
         with pytest.raises(ValueError, match=message):
             cm.class_model(net, [0], **{"steps": 1, **kwargs})
     with pytest.raises(ValueError, match="integer"):
@@ -158,9 +161,9 @@ def test_localisation_arguments_are_checked(net):
     sal = np.random.default_rng(1).random((40, 40))
     with pytest.raises(ValueError, match="class"):
         localise_image(net, img, cls=True)
-    with pytest.raises(ValueError, match="max_points an integer >= 1"):
+    with pytest.raises(ValueError, match="max_points must be an integer >= 1"):
         segment(img, sal, max_points=0)
-    with pytest.raises(ValueError, match="n_components an integer >= 1"):
+    with pytest.raises(ValueError, match="n_components must be an integer >= 1"):
         segment(img, sal, n_components=2.5)
     from scratchnet.localise import LocRecord
     from scratchnet.localise.network import network_saliency
@@ -217,3 +220,48 @@ def test_resume_skips_a_metrics_line_cut_short_by_a_crash(tmp_path, capsys):
     rows = [json.loads(ln) for ln in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
     assert "dropped 1 unreadable line" in capsys.readouterr().err
+
+
+def test_classes_named_by_digits_are_found_by_name():
+    """Folders named 0..11 give classes named "0".."11" in sorted order ("0", "1", "10", "11", "2", ...):
+    the name "2" is class 4, not index 2 (the validation labels of `scratchnet train --val` come this way)."""
+    from scratchnet.io.classnames import class_index
+    names = sorted(str(i) for i in range(12))
+    assert class_index("2", names) == names.index("2") == 4
+    assert class_index("10", names) == 2
+    assert class_index(2, names) == 2                      # an int is always an index
+    assert class_index("7", ["cat", "dog", "emu", "fox", "gnu", "hen", "owl", "yak"]) == 7   # no such name
+
+
+def test_empty_classes_are_called_empty(net, x):
+    with pytest.raises(ValueError, match="non-empty list of classes"):
+        cm.class_model(net, [], steps=1)
+    with pytest.raises(ValueError, match=r"one class for all images or one per image \(2\), got shape \(0,\)"):
+        saliency(net, x, [])
+    with pytest.raises(ValueError, match="training data is empty"):
+        Trainer(paper_net(32, num_classes=5, width=1 / 16), (_data(4)[0][:0], []), None, "unused",
+                TrainConfig(epochs=1), progress=False)
+
+
+def test_a_corrupted_member_is_a_network_file_error(net, tmp_path):
+    from scratchnet.models.network import NetworkFileError
+    good = net.save(tmp_path / "good.npz")
+    raw = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as z:                       # flip bytes inside one stored member
+        info = z.getinfo("param/fc8.W.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+    raw[start:start + 8] = bytes(8)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(NetworkFileError, match="bad.npz cannot be read as a scratchnet network"):
+        load_network(bad)
+
+
+def test_backward_after_a_partial_forward_asks_for_a_forward(x):
+    from scratchnet.vis.deconv import backward_from, forward_to
+    fresh = paper_net(32, num_classes=5, width=1 / 16, seed=0)
+    fresh.forward(x)
+    y = forward_to(fresh, x[:1], "conv2")                  # caches now hold one image, up to conv2
+    assert backward_from(fresh, "conv2", np.ones_like(y)).shape == (1, 3, 32, 32)
+    with pytest.raises(ShapeError, match="call forward"):
+        fresh.backward(np.ones((2, 5), np.float32))

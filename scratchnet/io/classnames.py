@@ -82,7 +82,8 @@ def normalise_name(s: str) -> str:
 
 
 def class_index(key, names=None, wnids=None) -> int:
-    """Index of a class given as an int (or digit string), a wnid, or a name.
+    """Index of a class given as an int, a wnid, a name, or a digit string (read as a name when a class
+    has that name, e.g. folders named 0..11, else as an index).
 
     names / wnids default to the ImageNet-1k lists.  Names match ignoring case, underscores
     and repeated spaces ('Toilet_tissue' finds 'toilet tissue').  An unknown key raises
@@ -102,13 +103,13 @@ def class_index(key, names=None, wnids=None) -> int:
             raise IndexError(f"class index {i} is out of range: expected 0..{n - 1}")
         return i
     key = str(key).strip()
-    if key.isdigit():
-        return class_index(int(key), names, wnids)
     if key in wnids:
         return wnids.index(key)
     normed = [normalise_name(s) for s in names]
-    if normalise_name(key) in normed:
+    if normalise_name(key) in normed:    # before digits: classes named "0", "1", "10" (folders) are names
         return normed.index(normalise_name(key))
+    if key.isdigit():
+        return class_index(int(key), names, wnids)
     close = difflib.get_close_matches(normalise_name(key), normed, n=5, cutoff=0.6)
     close += difflib.get_close_matches(key, wnids, n=3, cutoff=0.8)
     hint = f"; close matches: {', '.join(repr(names[normed.index(c)]) if c in normed else repr(c) for c in close)}" \

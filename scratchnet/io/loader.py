@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scratchnet import kernels
+from scratchnet.checks import check_number
 
 
 @dataclass
@@ -96,8 +97,7 @@ class BatchLoader:
         if labels.dtype.kind not in "iu":
             raise ValueError(f"BatchLoader: expected integer class labels, got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
-        if not scale > 0:
-            raise ValueError(f"BatchLoader: scale must be > 0, got {scale!r}")
+        check_number("BatchLoader", "scale", scale, low=0, low_open=True)
         if labels.shape != (len(images),):
             raise ValueError(f"BatchLoader: expected labels ({len(images)},), got {labels.shape}")
         if batch_size < 1:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import is_int
 from .boxes import (centre_box, is_correct, saliency_threshold_box, whole_image_box)
 from .graphcut import DEFAULT_PAIRWISE_WEIGHT, segment
 
@@ -65,7 +66,7 @@ class LocRecord:
             got = f"shape {im.shape}, dtype {im.dtype}" if isinstance(im, np.ndarray) else type(im).__name__
             raise ValueError(f"{who}: expected image (H, W, 3) uint8 RGB, got {got}")
         H, W, _ = im.shape
-        if any(not isinstance(c, (int, np.integer)) or isinstance(c, (bool, np.bool_)) for c in self.top5):
+        if not all(is_int(c) for c in self.top5):
             raise ValueError(f"{who}: expected top5 = 5 integer class indices, got {list(self.top5)}")
         self.top5 = [int(c) for c in self.top5]
         if len(self.top5) != 5 or len(set(self.top5)) != 5:
@@ -77,7 +78,7 @@ class LocRecord:
         if self.saliency_true is not None and np.shape(self.saliency_true) != (H, W):
             raise ValueError(f"{who}: expected saliency_true (H, W) = ({H}, {W}), "
                              f"got {np.shape(self.saliency_true)}")
-        if not isinstance(self.gt_label, (int, np.integer)) or isinstance(self.gt_label, (bool, np.bool_)):
+        if not is_int(self.gt_label):
             raise ValueError(f"{who}: expected gt_label an integer class index, got {self.gt_label!r}")
         self.gt_label = int(self.gt_label)
         self.gt_boxes = [tuple(b) for b in self.gt_boxes]

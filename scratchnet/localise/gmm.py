@@ -68,12 +68,8 @@ class GMM:
     def log_likelihood(self, X: np.ndarray, dtype=np.float32) -> np.ndarray:
         """log p(x_i) for X (n, d) -> (n,), by log-sum-exp over the components."""
         X = _check_points(X, self.means.shape[1])
-        X = X.astype(dtype, copy=False)
-        if X.shape[1] != 3:
-            return _weighted_log_densities(X, self.weights, self.means, self.covariances)[1]
-        L_inv, offset, const = (a.astype(X.dtype) for a in _whitening(self.weights, self.means,
-                                                                        self.covariances))
-        return cpu_localise.gmm_log_likelihood_rgb(np.ascontiguousarray(X), L_inv, offset, const)
+        return _weighted_log_densities(X.astype(dtype, copy=False), self.weights, self.means,
+                                       self.covariances, only_total=True)
 
 
 def fit(X: np.ndarray, n_components: int = 5, *, max_iter: int = 10, tol: float = 1e-3,
@@ -199,20 +195,20 @@ def _whitening(weights, means, covs):
     return L_inv, offset, const
 
 
-def _weighted_log_densities(X, weights, means, covs):
-    """X (n, d) -> (log pi_k + log N(x | mu_k, Sigma_k) as (K, n), log p(x) as (n,)).
+def _weighted_log_densities(X, weights, means, covs, only_total=False):
+    """X (n, d) -> (log pi_k + log N(x | mu_k, Sigma_k) as (K, n), log p(x) as (n,)), or only log p(x)
+    when only_total (the graph cut's unaries: nothing (K, n) is kept).
 
     Through Cholesky factors: y_k = L_k^-1 (x - mu_k) and log N = c_k - ||y_k||^2 / 2, then the
-    log-sum-exp over k.  Colours (d = 3) go through the Numba loop `gmm_log_densities_rgb` in
-    kernels/cpu_localise.py; other d
-    through its plain NumPy twin `_weighted_log_densities_numpy` (also the reference in the tests).
+    log-sum-exp over k.  Colours (d = 3) go through the Numba kernels of kernels/cpu_localise.py;
+    other d through their plain NumPy twin `_weighted_log_densities_numpy` (the reference in the tests).
     """
     if X.shape[1] != 3:
         logp = _weighted_log_densities_numpy(X, weights, means, covs).astype(X.dtype)
-        return logp, _logsumexp(logp)
-    dtype = X.dtype.type
-    L_inv, offset, const = (a.astype(dtype) for a in _whitening(weights, means, covs))
-    return cpu_localise.gmm_log_densities_rgb(np.ascontiguousarray(X), L_inv, offset, const)
+        return _logsumexp(logp) if only_total else (logp, _logsumexp(logp))
+    L_inv, offset, const = (a.astype(X.dtype) for a in _whitening(weights, means, covs))
+    kernel = cpu_localise.gmm_log_likelihood_rgb if only_total else cpu_localise.gmm_log_densities_rgb
+    return kernel(np.ascontiguousarray(X), L_inv, offset, const)
 
 
 def _weighted_log_densities_numpy(X, weights, means, covs) -> np.ndarray:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import check_int
 from . import gmm as _gmm
 from .boxes import largest_component, mask_box, whole_image_box
 
@@ -243,7 +244,7 @@ def _uninformative(s: np.ndarray) -> str | None:
 
 
 def _check_inputs(image, saliency, fg_quantile, bg_quantile, n_components, pairwise_weight,
-                  neighbourhood, iterations, max_points=1, em_iter=0):
+                  neighbourhood, iterations, max_points, em_iter):
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
             or image.dtype != np.uint8:
         got = (f"shape {image.shape}, dtype {image.dtype}" if isinstance(image, np.ndarray)
@@ -266,8 +267,7 @@ def _check_inputs(image, saliency, fg_quantile, bg_quantile, n_components, pairw
                          f"got bg_quantile={bg_quantile}, fg_quantile={fg_quantile}")
     for name, v, low in (("n_components", n_components, 1), ("iterations", iterations, 1),
                          ("max_points", max_points, 1), ("em_iter", em_iter, 0)):
-        if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low):
-            raise ValueError(f"segment: expected {name} an integer >= {low}, got {v!r}")
+        check_int("segment", name, v, low)
     if not (isinstance(pairwise_weight, (int, float, np.number)) and pairwise_weight >= 0):
         raise ValueError(f"segment: expected pairwise_weight >= 0 (a number), got {pairwise_weight!r}")
     if neighbourhood not in _OFFSETS:

@@ -36,9 +36,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_numpy
+from ..checks import check_int
 from ..io.images import resize
 from ..layers import Rule
-from ..vis.display import class_names, prepare_pixels, resolve_class
+from ..vis.display import class_names, prepare_pixels, resolve_class, resolve_classes
 from ..vis.saliency import saliency_from_gradient, ten_crop_boxes
 from ..models.preprocess import _as_list, _check_image as _check_rgb  # one check of photo arrays
 from .graphcut import segment
@@ -96,16 +97,14 @@ def network_saliency(net, images, top=5, extra=None, rule="gradient", ten_crop=F
     rule = Rule.parse(rule)
     images = [_check_image(im, i) for i, im in enumerate(_as_list(images))]
     k_out = net.num_classes
-    extra = [[] for _ in images] if extra is None else [list(np.atleast_1d(e)) for e in extra]
+    extra = [[] for _ in images] if extra is None else [resolve_classes(net, e).reshape(-1).tolist()
+                                                        for e in extra]
     if len(extra) != len(images):
         raise ValueError(f"network_saliency: expected one list of extra classes per photo "
                          f"({len(images)}), got {len(extra)}")
-    for e in extra:
-        _check_classes(e, k_out)
-    if not 0 <= int(top) <= k_out:
+    if not 0 <= check_int("network_saliency", "top", top, 0) <= k_out:
         raise ValueError(f"network_saliency: expected 0 <= top <= {k_out} classes, got {top}")
-    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
-        raise ValueError(f"network_saliency: batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("network_saliency", "batch_size", batch_size, 1)
     if ten_crop:
         return [_ten_crop_one(net, im, int(top), e, rule) for im, e in zip(images, extra)]
     out = []
@@ -208,7 +207,7 @@ def localise_image(net, image_uint8, cls=None, rule="gradient", ten_crop=False, 
     if cls is None:
         top, extra = 1, None
     else:
-        c = _resolve(net, cls)
+        c = resolve_class(net, cls)
         top, extra = 0, [[c]]
     r = network_saliency(net, [image], top=top, extra=extra, rule=rule, ten_crop=ten_crop)[0]
     c, smap = r["classes"][0], r["maps"][0]
@@ -244,20 +243,6 @@ def draw_result(image, mask, box, colour=(0, 255, 80), alpha=0.45, thickness=Non
 
 
 # --------------------------------------------------------------------------------------------- checks
-
-def _resolve(net, cls) -> int:
-    if isinstance(cls, (int, np.integer)) and not isinstance(cls, (bool, np.bool_)):
-        _check_classes([cls], net.num_classes)
-        return int(cls)
-    return resolve_class(net, cls)
-
-
-def _check_classes(classes, k):
-    for c in classes:
-        if not isinstance(c, (int, np.integer)) or isinstance(c, (bool, np.bool_)) or not 0 <= int(c) < k:
-            raise ValueError(f"class index {c!r} out of range: the network has {k} classes, "
-                             f"expected an integer 0..{k - 1}")
-
 
 def _check_image(img, i):
     """An (H, W, 3) uint8 photo large enough to localise in."""

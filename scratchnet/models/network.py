@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,11 @@ class Network(Sequential):
         scores = super().forward(x, train)
         self._scores_shape = tuple(scores.shape)
         return scores
+
+    def forget_forward(self):
+        """Say that the layers' caches no longer hold this network's last forward (a forward through
+        some of its layers only, as vis.deconv.forward_to does): backward then asks for a forward."""
+        self._scores_shape = None
 
     def backward(self, dscores, rule="gradient", param_grads=True, input_grad=True):
         """dscores (N, K), d(objective)/d(scores) for the images of the last forward -> d/d(input)
@@ -214,17 +221,23 @@ def load_network(path) -> Network:
                              f"(no __architecture__/__meta__ entries; found {z.files[:5]}...)")
         try:
             return _network_from_npz(z, path)
-        except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError) as e:
-            if isinstance(e, ValueError) and str(e).startswith(str(path)):
-                raise                                          # already one of the messages below
-            raise ValueError(f"{path} is a damaged scratchnet network file: {type(e).__name__}: {e}") from None
+        except NetworkFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile,
+                zlib.error) as e:
+            raise NetworkFileError(f"{path} cannot be read as a scratchnet network (a damaged file, or one "
+                                   f"written by another version): {type(e).__name__}: {e}") from None
+
+
+class NetworkFileError(ValueError):
+    """A network file that load_network cannot use; the message names the file and what is wrong."""
 
 
 def _network_from_npz(z, path) -> Network:
-    """The body of load_network: z an open scratchnet .npz; errors name the file."""
+    """The body of load_network: z an open scratchnet .npz; its own findings are NetworkFileErrors."""
     meta = json.loads(str(z["__meta__"]))
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise NetworkFileError(f"{path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}")
     body = layer_from_spec(json.loads(str(z["__architecture__"])))
     net = Network(body.layers, input_shape=meta["input_shape"], class_names=meta.get("class_names"),
                   preprocess=meta.get("preprocess"), arch=meta.get("arch"), name=meta.get("name"),
@@ -233,24 +246,24 @@ def _network_from_npz(z, path) -> Network:
     have = {k[len("param/"):] for k in z.files if k.startswith("param/")}
     missing, extra = sorted(set(want) - have), sorted(have - set(want))
     if missing or extra:
-        raise ValueError(f"{path}: parameters do not match the recorded architecture "
+        raise NetworkFileError(f"{path}: parameters do not match the recorded architecture "
                          f"(missing {missing[:5]}, unexpected {extra[:5]})")
     dtypes = set()
     for name, (layer, key) in want.items():
         arr = z["param/" + name]
         if arr.shape != layer.params[key].shape:
-            raise ValueError(f"{path}: parameter {name} has shape {arr.shape}, "
+            raise NetworkFileError(f"{path}: parameter {name} has shape {arr.shape}, "
                              f"the architecture expects {layer.params[key].shape}")
         if arr.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{path}: parameter {name} has dtype {arr.dtype}, expected float32 "
+            raise NetworkFileError(f"{path}: parameter {name} has dtype {arr.dtype}, expected float32 "
                              f"or float64")
         if not np.isfinite(arr).all():
-            raise ValueError(f"{path}: parameter {name} holds NaN or Inf values (saved from a "
+            raise NetworkFileError(f"{path}: parameter {name} holds NaN or Inf values (saved from a "
                              f"diverged run?)")
         dtypes.add(arr.dtype)
         layer.params[key] = arr
     if len(dtypes) > 1:
-        raise ValueError(f"{path}: parameters mix dtypes {sorted(d.name for d in dtypes)}; "
+        raise NetworkFileError(f"{path}: parameters mix dtypes {sorted(d.name for d in dtypes)}; "
                          f"expected one (float32 or float64)")
     for path_, layer in net.named_layers():
         for k in getattr(layer, "stats", {}):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_int, check_number
 from ..layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU
 from .network import Network
 
@@ -33,19 +34,12 @@ from .network import Network
 def paper_net(input_size=224, num_classes=1000, width=1.0, seed=0, dtype=np.float32, dropout=0.5,
               class_names=None) -> Network:
     """Build the paper's network for square ``input_size`` inputs; see the module docstring."""
-    bad = []
-    if not (isinstance(input_size, (int, np.integer)) and input_size >= 1):
-        bad.append(f"input_size must be a positive integer (pixels), got {input_size!r}")
-    if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
-        bad.append(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if not width > 0:
-        bad.append(f"width must be > 0 (it scales every hidden width), got {width!r}")
+    input_size = check_int("paper_net", "input_size (pixels)", input_size, 1)   # plain ints and floats:
+    num_classes = check_int("paper_net", "num_classes", num_classes, 1)         # the arch record is JSON
+    width = check_number("paper_net", "width (it scales every hidden width)", width, low=0, low_open=True)
+    dropout = check_number("paper_net", "dropout", dropout, low=0, high=1, high_open=True)
     if np.dtype(dtype) not in (np.float32, np.float64):
-        bad.append(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
-    if not 0 <= dropout < 1:
-        bad.append(f"dropout must be in [0, 1), got {dropout!r}")
-    if bad:
-        raise ValueError("paper_net: " + "; ".join(bad))
+        raise ValueError(f"paper_net: dtype must be float32 or float64, got {np.dtype(dtype)}")
     if input_size >= 128:
         c1 = dict(kernel_size=7, stride=2, padding=0)
         c2 = dict(kernel_size=5, stride=2, padding=1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module, to_device, to_numpy
+from ..checks import check_int
 from ..io.images import centre_crop, resize, resize_shorter
 
 MODES = ("crop", "stretch", "pixels")
@@ -139,8 +140,8 @@ def prepare(net, images, mode="crop", resize_to="default", crop=None):
     resize_to, crop: override ``net.preprocess["resize"]`` / ``["crop"]`` (crop defaults to the input size)
     """
     for name, v in (("crop", crop), ("resize_to", None if resize_to == "default" else resize_to)):
-        if v is not None and not (isinstance(v, (int, np.integer)) and v >= 1):
-            raise ValueError(f"prepare: {name} must be a positive integer (pixels) or None, got {v!r}")
+        if v is not None:
+            check_int("prepare", f"{name} (pixels)", v, 1)
     size = int(crop or net.preprocess.get("crop") or net.input_shape[1])
     if resize_to == "default":
         resize_to = net.preprocess.get("resize")

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_array_module, to_device, to_numpy
+from ..checks import check_number
 
 DECAYED_KEYS = ("W",)
 
@@ -39,10 +40,10 @@ class SGD:
     """
 
     def __init__(self, net, lr=0.01, momentum=0.9, weight_decay=5e-4):
-        if not lr > 0 or not 0 <= momentum < 1 or not weight_decay >= 0:     # `not >`: NaN fails too
-            raise ValueError(f"SGD: expected lr > 0, 0 <= momentum < 1, weight_decay >= 0; "
-                             f"got lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
-        self.net, self.lr, self.momentum, self.weight_decay = net, float(lr), float(momentum), float(weight_decay)
+        self.net = net
+        self.lr = check_number("SGD", "lr", lr, low=0, low_open=True)
+        self.momentum = check_number("SGD", "momentum", momentum, low=0, high=1, high_open=True)
+        self.weight_decay = check_number("SGD", "weight_decay", weight_decay, low=0)
         self.velocity = {}
 
     def step(self):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import signal
 import sys
 import threading
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_device, to_numpy
+from ..checks import check_int
 from ..io.datasets import mean_image
 from ..io.loader import Augment, BatchLoader
 from ..layers import Conv2d, Linear, softmax_cross_entropy
@@ -124,14 +124,14 @@ def _check_split(what, split, net):
         raise ValueError(f"{what} images must be a uint8 array (N, H, W, 3) of RGB photos, got {got}")
     if tuple(images.shape[1:3]) != (H, W):
         raise ValueError(f"{what} images are {images.shape[1]}x{images.shape[2]}, the network expects {H}x{W}")
+    if len(images) == 0:
+        raise ValueError(f"{what} data is empty: expected at least one image")
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValueError(f"{what} labels must be integer class indices (N,), got shape {labels.shape} "
                          f"dtype {labels.dtype}")
     if len(labels) != len(images):
         raise ValueError(f"{what} labels: {len(labels)} for {len(images)} images")
-    if len(images) == 0:
-        raise ValueError(f"{what} data is empty: expected at least one image")
     K = net.num_classes
     if labels.min() < 0 or labels.max() >= K:
         raise ValueError(f"{what} labels span {labels.min()}..{labels.max()}, the network has {K} classes")
@@ -139,24 +139,11 @@ def _check_split(what, split, net):
 
 
 def _check_config_values(c):
-    """A ValueError for settings that would train nothing or nonsense (the CLI checks its own flags)."""
-    bad = []
-    if not (isinstance(c.epochs, numbers.Integral) and c.epochs >= 1):
-        bad.append(f"epochs must be an integer >= 1, got {c.epochs!r}")
-    for name in ("batch_size", "val_batch_size", "log_every"):
-        v = getattr(c, name)
-        if not (isinstance(v, numbers.Integral) and v >= 1):
-            bad.append(f"{name} must be an integer >= 1, got {v!r}")
-    if not c.lr > 0:
-        bad.append(f"lr must be > 0, got {c.lr!r}")
-    if not c.scale > 0:
-        bad.append(f"scale must be > 0, got {c.scale!r}")
-    if not 0 <= c.momentum < 1:
-        bad.append(f"momentum must be in [0, 1), got {c.momentum!r}")
-    if not c.weight_decay >= 0:
-        bad.append(f"weight_decay must be >= 0, got {c.weight_decay!r}")
-    if bad:
-        raise ValueError("TrainConfig: " + "; ".join(bad))
+    """A ValueError for settings that would train nothing or nonsense, before any work (the CLI checks
+    its own flags; lr, momentum, weight decay and scale are checked by SGD and BatchLoader, which the
+    constructor makes before anything runs)."""
+    for name in ("epochs", "batch_size", "val_batch_size", "log_every", "crop_pad", "jitter", "seed"):
+        check_int("TrainConfig", name, getattr(c, name), 0 if name in ("crop_pad", "jitter", "seed") else 1)
 
 
 class Trainer:

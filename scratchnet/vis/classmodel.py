@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
+from ..checks import check_int, check_number
 from .deconv import backward_from
 from .display import on_net_device, prepare_pixels, resolve_classes, stretch, to_pixels
 
@@ -112,28 +113,20 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                 progress_every=20) -> ClassModel:
     """Gradient ascent of J(I) = S_c(I) - lam ||I/u||^2 from the zero image; see the module docstring.
 
-    classes: class indices (K,); one batch row per class. ``score_layer``: "auto", None (the network's
+    classes: K classes (indices, wnids or names); one batch row per class. ``score_layer``: "auto", None (the network's
     output) or a top-level layer name whose channel c, averaged over space, is the score ascended.
     ``progress``: a stream (e.g. sys.stderr) for a line every ``progress_every`` steps, or None.
     """
     if optimiser not in ("normalised", "plain"):
         raise ValueError(f"optimiser must be 'normalised' or 'plain', got {optimiser!r}")
-    bad = []
     for name, v in (("steps", steps), ("jitter", jitter), ("blur_every", blur_every)):
-        if not (isinstance(v, (int, np.integer)) and v >= 0):
-            bad.append(f"{name} must be an integer >= 0, got {v!r}")
-    if not lr > 0:
-        bad.append(f"lr must be > 0 (a step up the class score), got {lr!r}")
-    if not 0 <= momentum < 1:
-        bad.append(f"momentum must be in [0, 1), got {momentum!r}")
-    if not (lam >= 0 and math.isfinite(lam)):
-        bad.append(f"lam must be a finite number >= 0, got {lam!r}")
-    if blur_every and not blur_sigma > 0:
-        bad.append(f"blur_sigma must be > 0 when blur_every is set, got {blur_sigma!r}")
-    if not 0 <= clip_pct < 100:
-        bad.append(f"clip_pct must be in [0, 100), got {clip_pct!r}")
-    if bad:
-        raise ValueError("class_model: " + "; ".join(bad))
+        check_int("class_model", name, v, 0)
+    check_number("class_model", "lr (a step up the class score)", lr, low=0, low_open=True)
+    check_number("class_model", "momentum", momentum, low=0, high=1, high_open=True)
+    check_number("class_model", "lam", lam, low=0)
+    if blur_every:
+        check_number("class_model", "blur_sigma (with blur_every set)", blur_sigma, low=0, low_open=True)
+    check_number("class_model", "clip_pct", clip_pct, low=0, high=100, high_open=True)
     cls = np.atleast_1d(resolve_classes(net, classes))
     K = net.num_classes
     if cls.ndim != 1 or len(cls) == 0:
@@ -227,6 +220,7 @@ def _forward(net, x, score_at):
     if score_at is None:
         return net.forward(x), None
     net.check_input(x)
+    net.forget_forward()                   # a pass by hand: backward goes through backward_from
     stop, z = layer_index(net, score_at), None
     for i, (_, lay) in enumerate(net.layers):
         x = lay.forward(x, False)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
+from ..checks import check_int
 from ..layers import Rule
 from .display import on_net_device
 
@@ -49,6 +50,7 @@ def layer_index(net, layer) -> int:
 def forward_to(net, x, layer):
     """Run ``net.layers`` up to and including ``layer``: x (N, C, H, W) -> that layer's output."""
     net.check_input(x)
+    net.forget_forward()                   # the caches now hold this partial pass: net.backward must not run
     for _, lay in net.layers[:layer_index(net, layer) + 1]:
         x = lay.forward(x, False)
     return x
@@ -227,8 +229,7 @@ def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
     """The paper's claim, checked: the rule="gradient" reconstruction of a neuron equals the gradient
     of its activation. Compares the engine's reconstruction (the net's own dtype) at ``n_pixels``
     pixels (half the largest, half random) with float64 central differences. x (1, C, H, W)."""
-    if not (isinstance(n_pixels, (int, np.integer)) and n_pixels >= 1):
-        raise ValueError(f"gradient_check: n_pixels must be an integer >= 1, got {n_pixels!r}")
+    check_int("gradient_check", "n_pixels", n_pixels, 1)
     x = to_numpy(x)[:1]
     rec = reconstruct(net, x, layer, "gradient", neuron)
     g = rec.images[0]

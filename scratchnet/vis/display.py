@@ -108,6 +108,8 @@ def resolve_classes(net, classes) -> np.ndarray:
     indices of that shape, each checked against the network's classes (floats and bools refused:
     3.7 is not a class)."""
     a = np.asarray(classes)
+    if a.size == 0:                       # np.asarray([]) is float64: an empty list is not a float
+        return np.zeros(a.shape, np.int64)
     if a.dtype.kind in "iu":
         k = net.num_classes
         if a.size and (a.min() < 0 or a.max() >= k):

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from ..layers import Rule
-from .display import on_net_device, prepare_pixels, resolve_classes
+from ..checks import check_int
+from .display import on_net_device, prepare_pixels, resolve_class, resolve_classes
 
 
 def class_gradient(net, x, classes=None, rule="gradient"):
@@ -91,8 +92,7 @@ def saliency(net, x, classes=None, rule="gradient", batch_size=16) -> Saliency:
     """
     n = _batch_size(x)
     xp = get_array_module(x)
-    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
-        raise ValueError(f"saliency: batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("saliency", "batch_size", batch_size, 1)
     per_image = None if classes is None else resolve_classes(net, classes)
     if per_image is not None and per_image.ndim == 2:
         if per_image.shape[0] != n:
@@ -150,9 +150,8 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
     scores), flipped maps flipped back, and each pixel's map averaged over the crops that cover it.
     """
     from ..io.images import resize_shorter
-    if resize is not None and not (isinstance(resize, (int, np.integer)) and resize >= 1):
-        raise ValueError(f"ten_crop_saliency: resize must be a positive integer (the shorter side in "
-                         f"pixels), got {resize!r}")
+    if resize is not None:
+        check_int("ten_crop_saliency", "resize (the shorter side in pixels)", resize, 1)
     if class_index is not None and np.ndim(class_index) != 0:
         raise ValueError(f"ten_crop_saliency: class_index must be one class, got {class_index!r}")
     img = np.asarray(img)
@@ -170,7 +169,7 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
     if class_index is None:
         class_index = int(to_numpy(net.forward(x)).mean(axis=0).argmax())
     else:
-        class_index = int(resolve_classes(net, class_index).reshape(-1)[0])
+        class_index = resolve_class(net, class_index)
     grad, _, scores = class_gradient(net, x, class_index, rule)
     cm = to_numpy(saliency_from_gradient(grad))
     acc, cnt = np.zeros((H, W), np.float64), np.zeros((H, W), np.float64)
