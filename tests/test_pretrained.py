@@ -151,16 +151,20 @@ def test_squeezenet_saliency_equals_numerical_gradient(shared, photos):
     rng = np.random.default_rng(0)
     # five pixels with the largest gradient and five at random
     flat = np.argsort(-np.abs(grad).ravel())[:5].tolist() + rng.choice(grad.size, 5, replace=False).tolist()
-    h = 1e-3
+    numerical, analytic = _numerical_and_analytic(net, x, k, grad, flat, h=1e-3)
+    np.testing.assert_allclose(numerical, analytic, rtol=0, atol=1e-6 * np.abs(grad).max())
+
+
+def _numerical_and_analytic(net, x, k, grad, flat, h):
+    """Central differences of score k at the flat pixel indices of x (1, C, H, W), all perturbed images
+    in one forward pass, and the same entries of the analytic gradient grad."""
     idx = [np.unravel_index(i, x.shape[1:]) for i in flat]
-    batch = np.repeat(x, 2 * len(idx), axis=0)             # all the perturbed images in one forward pass
+    batch = np.repeat(x, 2 * len(idx), axis=0)
     for j, (c, p, q) in enumerate(idx):
         batch[2 * j, c, p, q] += h
         batch[2 * j + 1, c, p, q] -= h
     s = net.forward(batch)[:, k]
-    numerical = (s[0::2] - s[1::2]) / (2 * h)
-    analytic = np.array([grad[0, c, p, q] for c, p, q in idx])
-    np.testing.assert_allclose(numerical, analytic, rtol=0, atol=1e-6 * np.abs(grad).max())
+    return (s[0::2] - s[1::2]) / (2 * h), np.array([grad[0, c, p, q] for c, p, q in idx])
 
 
 @pytest.mark.parametrize("fold_bn", [True, False])
@@ -178,16 +182,9 @@ def test_efficientnet_gradients_equal_numerical_ones(fold_bn):
     d[0, k] = 1.0
     grad = net.backward(d, param_grads=False)
     flat = np.argsort(-np.abs(grad).ravel())[:4].tolist() + rng.choice(grad.size, 8, replace=False).tolist()
-    idx = [np.unravel_index(i, x.shape[1:]) for i in flat]
     h = 1e-5
-    batch = np.repeat(x, 2 * len(idx), axis=0)
-    for j, (c, p, q) in enumerate(idx):
-        batch[2 * j, c, p, q] += h
-        batch[2 * j + 1, c, p, q] -= h
-    s = net.forward(batch)[:, k]
-    numerical = (s[0::2] - s[1::2]) / (2 * h)
-    analytic = np.array([grad[0, c, p, q] for c, p, q in idx])
-    assert np.count_nonzero(analytic) == len(idx)
+    numerical, analytic = _numerical_and_analytic(net, x, k, grad, flat, h)
+    assert np.count_nonzero(analytic) == len(flat)
     np.testing.assert_allclose(numerical, analytic, rtol=0, atol=1e-6 * np.abs(analytic).max())
 
     dscores = rng.standard_normal(scores.shape)
