@@ -265,3 +265,14 @@ def test_backward_after_a_partial_forward_asks_for_a_forward(x):
     assert backward_from(fresh, "conv2", np.ones_like(y)).shape == (1, 3, 32, 32)
     with pytest.raises(ShapeError, match="call forward"):
         fresh.backward(np.ones((2, 5), np.float32))
+
+
+def test_saving_where_it_cannot_says_where(net, tmp_path):
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError, match="it is a folder; give a file name"):
+        net.save(tmp_path / "adir")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match=r"cannot write .*file/model.npz"):
+        net.save(blocker / "model.npz")                 # a file where the folder should be
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "file"]   # nothing half-written

@@ -449,8 +449,9 @@ def mean_image(cache, chunk: int = 1024) -> np.ndarray:
     Summed in float64 over chunks of `chunk` images, so a memory-mapped cache is read once
     without loading it whole.
     """
-    if cache.ndim != 4 or cache.shape[3] != 3:
-        raise ValueError(f"mean_image: expected images (N, H, W, 3), got shape {cache.shape}")
+    if cache.ndim != 4 or cache.shape[3] != 3 or cache.dtype != np.uint8:
+        raise ValueError(f"mean_image: expected uint8 images (N, H, W, 3), got shape {cache.shape} "
+                         f"dtype {cache.dtype}")
     if len(cache) == 0:
         raise ValueError("mean_image: no images")
     total = np.zeros(cache.shape[1:], dtype=np.float64)

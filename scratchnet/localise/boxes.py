@@ -74,6 +74,8 @@ def centre_box(h: int, w: int, frac: float) -> tuple:
     """The centred box whose sides are `frac` of the image's sides (area frac**2), 0 < frac <= 1."""
     if not 0 < frac <= 1:
         raise ValueError(f"centre_box: expected 0 < frac <= 1, got {frac}")
+    if h < 1 or w < 1:
+        raise ValueError(f"centre_box: expected an image of at least 1x1 pixels, got h={h}, w={w}")
     bw, bh = max(1, round(frac * w)), max(1, round(frac * h))
     x0, y0 = (w - bw) // 2, (h - bh) // 2
     return (x0, y0, x0 + bw - 1, y0 + bh - 1)

@@ -147,8 +147,14 @@ class Network(Sequential):
 def atomic_savez(path, arrays):
     """np.savez to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save to {path}: it is a folder; give a file name, e.g. "
+                                f"{path / 'model.npz'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or e} (in the folder {path.parent})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
