@@ -270,13 +270,13 @@ def section_saliency(page, net, tag, photos, quick, progress):
                  (page.png(f"{tag}/overlay_{i}.png", overlay(pix, np.minimum(sal.maps[i], np.percentile(
                      sal.maps[i], 99.5)), 0.6)), "overlay")]
         shot = dict(title=title, pixels=pix, map=sal.maps[i], cls=c, gt=gt, info=info,
-                    loc_pixels=pix, loc_map=sal.maps[i], loc_gt=gt)
+                    loc_pixels=pix, loc_map=sal.maps[i], loc_gt=gt, loc_ten_crop=False)
         if not quick:       # the paper's 10-crop map of the whole photo; localisation uses it
             _say(progress, f"[{tag}] 10-crop saliency of {title}")
             tc = ten_crop_saliency(net, img, c)
             items.append((page.png(f"{tag}/saliency10_{i}.png", map_image(tc.map)), "10-crop map (whole photo)"))
             sy, sx = tc.pixels.shape[0] / img.shape[0], tc.pixels.shape[1] / img.shape[1]
-            shot.update(loc_pixels=tc.pixels, loc_map=tc.map,
+            shot.update(loc_pixels=tc.pixels, loc_map=tc.map, loc_ten_crop=True,
                         loc_gt=[[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in info["boxes"]]
                         if "boxes" in info else None)
         page.figure(items)
@@ -361,30 +361,47 @@ def section_localisation(page, net, tag, shots, progress):
     page.add("<h3>Weakly supervised localisation (section 3.2)</h3>")
     try:
         from ..localise import iou, segment
+        from ..localise.network import network_saliency, tuned_segment_kwargs
     except Exception as e:            # the localisation package is optional for the page
         page.add(f"<p>Skipped: scratchnet.localise is not available ({html.escape(str(e))}).</p>")
         return {"skipped": str(e)}
-    items, rows = [], []
-    for i, s in enumerate(shots):
-        _say(progress, f"[{tag}] GraphCut on {s['title']}")
-        seg = segment(s["loc_pixels"], s["loc_map"])
+
+    def boxed(s, smap, kw, name, file):
+        seg = segment(s["loc_pixels"], smap, **kw)
         img = draw_box(s["loc_pixels"], seg.box, (255, 40, 40))
         best = None
         for gt in s["loc_gt"] or []:
             img = draw_box(img, gt, (40, 255, 40))
             best = max(best or 0.0, iou(seg.box, [int(round(v)) for v in gt]))
-        mask = (np.stack([seg.component] * 3, -1) * 255).astype(np.uint8)
-        cap = f"{html.escape(s['title'])}: box {list(map(int, seg.box))}"
+        cap = f"{name}: box {list(map(int, seg.box))}"
         if best is not None:
             cap += f", IoU with truth {best:.2f}"
         if seg.fallback:
             cap += f" (fallback: {html.escape(seg.fallback)})"
-        items += [(page.png(f"{tag}/loc_{i}.png", img), cap), (page.png(f"{tag}/locmask_{i}.png", mask), "object")]
-        rows.append(dict(photo=s["title"], box=[int(v) for v in seg.box], iou=best, fallback=seg.fallback))
+        row = dict(box=[int(v) for v in seg.box], iou=best, fallback=seg.fallback)
+        return seg, (page.png(file, img), cap), row
+
+    items, rows = [], []
+    for i, s in enumerate(shots):
+        _say(progress, f"[{tag}] GraphCut on {s['title']}")
+        paper = "10-crop gradient map" if s["loc_ten_crop"] else "gradient map"
+        seg, item, row = boxed(s, s["loc_map"], tuned_segment_kwargs(s["loc_ten_crop"]),
+                               f"{html.escape(s['title'])}, {paper}", f"{tag}/loc_{i}.png")
+        mask = (np.stack([seg.component] * 3, -1) * 255).astype(np.uint8)
+        items += [item, (page.png(f"{tag}/locmask_{i}.png", mask), "object")]
+        # beyond the paper: the single-view guided-backprop map of the same class (README: it localises
+        # better than the 10-crop gradient map with SqueezeNet)
+        guided = network_saliency(net, [s["loc_pixels"]], top=0, extra=[[s["cls"]]], rule="guided")[0]["maps"][0]
+        _, item_g, row_g = boxed(s, guided, tuned_segment_kwargs(False, "guided"), "guided-backprop map",
+                                 f"{tag}/locguided_{i}.png")
+        items.append(item_g)
+        rows.append(dict(photo=s["title"], **row, guided=row_g))
     page.figure(items)
     page.add("<p>Red: the box of the largest connected component of the GraphCut segmentation seeded by "
-             "the saliency map (the 10-crop map of the whole photo, or the single-crop map with --quick); "
-             "green: the ground-truth boxes (ImageNet validation photos).</p>")
+             "the saliency map (the 10-crop map of the whole photo, or the single-crop map with --quick), "
+             "with the graph-cut setting tuned for that kind of map; the third picture seeds it with the "
+             "guided-backpropagation map instead (rule=\"guided\", one view; beyond the paper). Green: the "
+             "ground-truth boxes (ImageNet validation photos).</p>")
     return rows
 
 
