@@ -101,7 +101,7 @@ def test_paper_net_arguments_are_checked(tmp_path):
         with pytest.raises(ValueError, match=message):
             paper_net(**{"input_size": 32, **kwargs})
     # NumPy integers are integers, and the network they build saves (its arch record is JSON)
-    paper_net(np.int64(32), num_classes=np.int32(5), width=1 / 16).save(tmp_path / "np_ints.npz")
+    paper_net(np.int64(32), num_classes=np.int32(5), width=1 / 16, seed=np.int64(3)).save(tmp_path / "np.npz")
 
 
 def test_preprocessing_sizes_are_checked(net):
@@ -202,8 +202,9 @@ def test_a_bad_validation_set_is_refused_before_any_training(tmp_path, val, mess
 ])
 def test_train_config_values_are_checked(tmp_path, kwargs, message):
     net = paper_net(32, num_classes=5, width=1 / 16, seed=0)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match="TrainConfig: " + message):
         Trainer(net, _data(8), None, tmp_path / "run", TrainConfig(**kwargs), progress=False)
+    assert net.mean_image is None and not net.preprocess.get("mean_image")   # the network is untouched
 
 
 def test_resume_skips_a_metrics_line_cut_short_by_a_crash(tmp_path, capsys):
@@ -230,6 +231,10 @@ def test_classes_named_by_digits_are_found_by_name():
     assert class_index("2", names) == names.index("2") == 4
     assert class_index("10", names) == 2
     assert class_index(2, names) == 2                      # an int is always an index
+    from scratchnet.vis.display import resolve_class
+    folders = paper_net(32, num_classes=12, width=1 / 16, class_names=names)
+    assert resolve_class(folders, np.array(3)) == 3        # a 0-d array too
+    assert resolve_class(folders, "3") == names.index("3")
     assert class_index("7", ["cat", "dog", "emu", "fox", "gnu", "hen", "owl", "yak"]) == 7   # no such name
 
 

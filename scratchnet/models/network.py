@@ -206,24 +206,24 @@ def load_network(path) -> Network:
     if not path.exists():
         raise FileNotFoundError(f"no network file at {path}")
     if not path.is_file():
-        raise ValueError(f"{path} is not a scratchnet network: expected an .npz file, got a directory or "
+        raise NetworkFileError(f"{path} is not a scratchnet network: expected an .npz file, got a directory or "
                          f"another non-file")
     try:
         with open(path, "rb") as fh:
             head = fh.read(6)
     except OSError as e:
-        raise ValueError(f"cannot read network file {path}: {e.strerror or e}") from None
+        raise NetworkFileError(f"cannot read network file {path}: {e.strerror or e}") from None
     if not head.startswith(b"PK\x03\x04"):             # every .npz is a zip archive
         what = "a single .npy array" if head == b"\x93NUMPY" else f"a file starting with {head!r}"
-        raise ValueError(f"{path} is not a scratchnet network: expected an .npz archive as Network.save "
+        raise NetworkFileError(f"{path} is not a scratchnet network: expected an .npz archive as Network.save "
                          f"writes (a zip file), got {what}")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise ValueError(f"{path} is not a scratchnet network (.npz expected): {e}") from None
+        raise NetworkFileError(f"{path} is not a scratchnet network (.npz expected): {e}") from None
     with z:
         if "__architecture__" not in z.files or "__meta__" not in z.files:
-            raise ValueError(f"{path} is an .npz but not a scratchnet network file "
+            raise NetworkFileError(f"{path} is an .npz but not a scratchnet network file "
                              f"(no __architecture__/__meta__ entries; found {z.files[:5]}...)")
         try:
             return _network_from_npz(z, path)
@@ -236,7 +236,8 @@ def load_network(path) -> Network:
 
 
 class NetworkFileError(ValueError):
-    """A network file that load_network cannot use; the message names the file and what is wrong."""
+    """A file that load_network cannot use (not an .npz, not a network, damaged, or parameters it refuses);
+    the message names the file and what is wrong. A missing file is a FileNotFoundError."""
 
 
 def _network_from_npz(z, path) -> Network:

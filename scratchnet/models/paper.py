@@ -38,6 +38,7 @@ def paper_net(input_size=224, num_classes=1000, width=1.0, seed=0, dtype=np.floa
     num_classes = check_int("paper_net", "num_classes", num_classes, 1)         # the arch record is JSON
     width = check_number("paper_net", "width (it scales every hidden width)", width, low=0, low_open=True)
     dropout = check_number("paper_net", "dropout", dropout, low=0, high=1, high_open=True)
+    seed = check_int("paper_net", "seed", seed, 0)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"paper_net: dtype must be float32 or float64, got {np.dtype(dtype)}")
     if input_size >= 128:

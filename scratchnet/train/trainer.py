@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_device, to_numpy
-from ..checks import check_int
+from ..checks import check_int, check_number
 from ..io.datasets import mean_image
 from ..io.loader import Augment, BatchLoader
 from ..layers import Conv2d, Linear, softmax_cross_entropy
@@ -139,11 +139,14 @@ def _check_split(what, split, net):
 
 
 def _check_config_values(c):
-    """A ValueError for settings that would train nothing or nonsense, before any work (the CLI checks
-    its own flags; lr, momentum, weight decay and scale are checked by SGD and BatchLoader, which the
-    constructor makes before anything runs)."""
+    """A ValueError for settings that would train nothing or nonsense, before any work (before the mean
+    image is computed or the network touched; the CLI checks its own flags)."""
     for name in ("epochs", "batch_size", "val_batch_size", "log_every", "crop_pad", "jitter", "seed"):
         check_int("TrainConfig", name, getattr(c, name), 0 if name in ("crop_pad", "jitter", "seed") else 1)
+    check_number("TrainConfig", "lr", c.lr, low=0, low_open=True)
+    check_number("TrainConfig", "momentum", c.momentum, low=0, high=1, high_open=True)
+    check_number("TrainConfig", "weight_decay", c.weight_decay, low=0)
+    check_number("TrainConfig", "scale", c.scale, low=0, low_open=True)
 
 
 class Trainer:

@@ -95,6 +95,8 @@ def class_names(net) -> list[str]:
 def resolve_class(net, key) -> int:
     """A class given as an index, a wnid or a name -> its index in the network's outputs."""
     from ..io.classnames import class_index, imagenet_wnids
+    if isinstance(key, np.ndarray) and key.ndim == 0:
+        key = key.item()                  # np.array(3) is the index 3, not a class named "3"
     names = class_names(net)
     wnids = imagenet_wnids() if len(names) == 1000 else None
     try:

@@ -361,7 +361,7 @@ def section_localisation(page, net, tag, shots, progress):
     page.add("<h3>Weakly supervised localisation (section 3.2)</h3>")
     try:
         from ..localise import iou, segment
-        from ..localise.network import network_saliency, tuned_segment_kwargs
+        from ..localise.network import MIN_IMAGE_SIDE, network_saliency, tuned_segment_kwargs
     except Exception as e:            # the localisation package is optional for the page
         page.add(f"<p>Skipped: scratchnet.localise is not available ({html.escape(str(e))}).</p>")
         return {"skipped": str(e)}
@@ -391,10 +391,13 @@ def section_localisation(page, net, tag, shots, progress):
         items += [item, (page.png(f"{tag}/locmask_{i}.png", mask), "object")]
         # beyond the paper: the single-view guided-backprop map of the same class (README: it localises
         # better than the 10-crop gradient map with SqueezeNet)
-        guided = network_saliency(net, [s["loc_pixels"]], top=0, extra=[[s["cls"]]], rule="guided")[0]["maps"][0]
-        _, item_g, row_g = boxed(s, guided, tuned_segment_kwargs(False, "guided"), "guided-backprop map",
-                                 f"{tag}/locguided_{i}.png")
-        items.append(item_g)
+        if min(s["loc_pixels"].shape[:2]) >= MIN_IMAGE_SIDE:
+            guided = network_saliency(net, [s["loc_pixels"]], top=0, extra=[[s["cls"]]], rule="guided")[0]
+            _, item_g, row_g = boxed(s, guided["maps"][0], tuned_segment_kwargs(False, "guided"),
+                                     "guided-backprop map", f"{tag}/locguided_{i}.png")
+            items.append(item_g)
+        else:                             # network_saliency's limit for localisation photos
+            row_g = {"skipped": f"photo smaller than {MIN_IMAGE_SIDE} pixels"}
         rows.append(dict(photo=s["title"], **row, guided=row_g))
     page.figure(items)
     page.add("<p>Red: the box of the largest connected component of the GraphCut segmentation seeded by "
