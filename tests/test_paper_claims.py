@@ -1,5 +1,6 @@
-"""Section 4 of the paper (relation to DeconvNets) as tests: the gradient of a class score w.r.t. the image is what
-`backward(rule="gradient")` returns, and the DeconvNet reconstruction differs from it only at ReLU.
+"""Section 4 of the paper (relation to DeconvNets) as tests: the gradient of a class score w.r.t. the
+image is what `backward(rule="gradient")` returns, and the DeconvNet reconstruction differs from it only
+at ReLU.
 """
 from __future__ import annotations
 
