@@ -12,7 +12,7 @@ import numbers
 
 def is_int(v) -> bool:
     """True for Python and NumPy integers, False for bool, floats, strings and everything else."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)    # np.bool_ is not Integral
 
 
 def check_int(who: str, name: str, v, low: int | None = None) -> int:
@@ -26,8 +26,7 @@ def check_int(who: str, name: str, v, low: int | None = None) -> int:
 def check_number(who: str, name: str, v, *, low=None, high=None, low_open=False, high_open=False) -> float:
     """v as a finite float within [low, high] ((low or high) open when low_open / high_open), or a
     ValueError naming the range; NaN, inf, strings and bools fail."""
-    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and type(v).__name__ != "bool_" \
-        and math.isfinite(v)
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
     if ok and low is not None:
         ok = v > low if low_open else v >= low
     if ok and high is not None:

@@ -66,26 +66,27 @@ def lrn_reference(x, size, alpha, beta, k):
     return x * s ** (-beta), s
 
 
-def lrn_naive(x, size, alpha, beta, k):
-    """Loop over channels, straight from the definition (for tests)."""
+def _lrn_scale_naive(x, size, alpha, k):
+    """s of the module docstring by a loop over channels (for tests): s[c] = k + alpha * window sum."""
     import numpy as np
-    n, c, h, w = x.shape
-    y = np.empty_like(x)
+    c = x.shape[1]
+    s = np.empty_like(x)
     for ci in range(c):
         a, b = max(0, ci - size // 2), min(c, ci + (size - 1) // 2 + 1)
-        s = k + alpha * (x[:, a:b] ** 2).sum(axis=1)
-        y[:, ci] = x[:, ci] / s ** beta
-    return y
+        s[:, ci] = k + alpha * (x[:, a:b] ** 2).sum(axis=1)
+    return s
+
+
+def lrn_naive(x, size, alpha, beta, k):
+    """Loop over channels, straight from the definition (for tests)."""
+    return x / _lrn_scale_naive(x, size, alpha, k) ** beta
 
 
 def lrn_backward_naive(dy, x, size, alpha, beta, k):
     """dx of LRN by a loop over channels, straight from the module docstring's formula (for tests)."""
-    import numpy as np
-    n, c, h, w = x.shape
+    c = x.shape[1]
     lo, hi = size // 2, (size - 1) // 2
-    s = np.empty_like(x)
-    for ci in range(c):
-        s[:, ci] = k + alpha * (x[:, max(0, ci - lo):min(c, ci + hi + 1)] ** 2).sum(axis=1)
+    s = _lrn_scale_naive(x, size, alpha, k)
     t = dy * x * s ** (-beta - 1)                # each channel's term, summed over the windows holding c
     dx = dy * s ** -beta
     for ci in range(c):

@@ -41,6 +41,7 @@ class Network(Sequential):
         self.preprocess = dict(preprocess or {})
         self.mean_image = mean_image            # (C, H, W) float32 for networks trained here
         self.arch = dict(arch or {})            # how the network was built, e.g. {"builder": "paper_net", ...}
+        self._scores_shape = None               # (N, K) of the last forward, for backward's check
 
     # -- checked entry points --------------------------------------------------------------
     def check_input(self, x):
@@ -83,7 +84,7 @@ class Network(Sequential):
         (N, C, H, W) (None when input_grad is False), filling every parameter's gradient unless
         param_grads is False."""
         rule = Rule.parse(rule)
-        want = getattr(self, "_scores_shape", None)
+        want = self._scores_shape
         if want is None:
             raise ShapeError("network backward before any forward: call forward(x) first (backward "
                              "uses what that forward kept)")
@@ -207,7 +208,7 @@ def load_network(path) -> Network:
         raise FileNotFoundError(f"no network file at {path}")
     if not path.is_file():
         raise NetworkFileError(f"{path} is not a scratchnet network: expected an .npz file, got a directory or "
-                         f"another non-file")
+                               f"another non-file")
     try:
         with open(path, "rb") as fh:
             head = fh.read(6)
@@ -216,7 +217,7 @@ def load_network(path) -> Network:
     if not head.startswith(b"PK\x03\x04"):             # every .npz is a zip archive
         what = "a single .npy array" if head == b"\x93NUMPY" else f"a file starting with {head!r}"
         raise NetworkFileError(f"{path} is not a scratchnet network: expected an .npz archive as Network.save "
-                         f"writes (a zip file), got {what}")
+                               f"writes (a zip file), got {what}")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
@@ -224,7 +225,7 @@ def load_network(path) -> Network:
     with z:
         if "__architecture__" not in z.files or "__meta__" not in z.files:
             raise NetworkFileError(f"{path} is an .npz but not a scratchnet network file "
-                             f"(no __architecture__/__meta__ entries; found {z.files[:5]}...)")
+                                   f"(no __architecture__/__meta__ entries; found {z.files[:5]}...)")
         try:
             return _network_from_npz(z, path)
         except NetworkFileError:
@@ -254,24 +255,24 @@ def _network_from_npz(z, path) -> Network:
     missing, extra = sorted(set(want) - have), sorted(have - set(want))
     if missing or extra:
         raise NetworkFileError(f"{path}: parameters do not match the recorded architecture "
-                         f"(missing {missing[:5]}, unexpected {extra[:5]})")
+                               f"(missing {missing[:5]}, unexpected {extra[:5]})")
     dtypes = set()
     for name, (layer, key) in want.items():
         arr = z["param/" + name]
         if arr.shape != layer.params[key].shape:
             raise NetworkFileError(f"{path}: parameter {name} has shape {arr.shape}, "
-                             f"the architecture expects {layer.params[key].shape}")
+                                   f"the architecture expects {layer.params[key].shape}")
         if arr.dtype not in (np.float32, np.float64):
             raise NetworkFileError(f"{path}: parameter {name} has dtype {arr.dtype}, expected float32 "
-                             f"or float64")
+                                   f"or float64")
         if not np.isfinite(arr).all():
             raise NetworkFileError(f"{path}: parameter {name} holds NaN or Inf values (saved from a "
-                             f"diverged run?)")
+                                   f"diverged run?)")
         dtypes.add(arr.dtype)
         layer.params[key] = arr
     if len(dtypes) > 1:
         raise NetworkFileError(f"{path}: parameters mix dtypes {sorted(d.name for d in dtypes)}; "
-                         f"expected one (float32 or float64)")
+                               f"expected one (float32 or float64)")
     for path_, layer in net.named_layers():
         for k in getattr(layer, "stats", {}):
             layer.stats[k] = z[f"stat/{path_}.{k}"]
