@@ -167,9 +167,8 @@ class MapCache:
     saliency code itself."""
 
     def __init__(self, root, net, model, ten_crop, rule, data, enabled=True):
-        self.enabled = enabled
-        self.folder = None
-        if not enabled:                     # no folder: the network is not fingerprinted for nothing
+        self.folder = None                  # None: the cache is off (neither read nor written)
+        if not enabled:                     # and the network is not fingerprinted for nothing
             return
         label = Path(model).stem if Path(model).is_file() else str(model)
         key = f"{label}-{net.fingerprint()[:12]}-{'tencrop' if ten_crop else 'single'}-{rule}"
@@ -179,7 +178,7 @@ class MapCache:
 
     def get(self, stem, shape, need):
         """The cached entry of photo `stem` when it holds maps of every class in `need`, else None."""
-        if not self.enabled:
+        if self.folder is None:
             return None
         f = self.folder / f"{stem}.npz"
         if not f.exists():
@@ -194,7 +193,7 @@ class MapCache:
         return entry if set(need) <= set(entry["classes"]) else None
 
     def put(self, stem, entry):
-        if not self.enabled:
+        if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{stem}.{os.getpid()}.tmp"

@@ -114,7 +114,7 @@ class Network(Sequential):
         return dict(format=FORMAT, input_shape=list(self.input_shape), class_names=self.class_names,
                     class_wnids=self.class_wnids, preprocess=self.preprocess, arch=self.arch, name=self.name)
 
-    def _saved_arrays(self) -> dict:
+    def saved_arrays(self) -> dict:
         """What save writes: the architecture and meta JSON, and every parameter, statistic and the mean
         image as host arrays."""
         arrays = {"__architecture__": np.array(json.dumps(layer_to_spec(self))),
@@ -131,7 +131,7 @@ class Network(Sequential):
     def save(self, path):
         """Write the architecture (JSON) and every parameter to an .npz, atomically (temp file + rename)."""
         path = Path(path)
-        atomic_savez(path, self._saved_arrays())
+        atomic_savez(path, self.saved_arrays())
         return path
 
     def fingerprint(self) -> str:
@@ -139,7 +139,7 @@ class Network(Sequential):
         parameters, statistics, mean image): equal for equal networks, on any device, and changed by any
         change to what the network computes from a photo. Keys caches of its outputs."""
         h = hashlib.sha1()
-        for k, a in sorted(self._saved_arrays().items()):
+        for k, a in sorted(self.saved_arrays().items()):
             h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
             h.update(np.ascontiguousarray(a))               # its bytes (the JSON entries: their UCS-4 text)
         return h.hexdigest()
@@ -201,6 +201,25 @@ def layer_from_spec(d: dict) -> Layer:
     return layer
 
 
+def open_npz(path, kind, writer, error=ValueError):
+    """np.load(path) of an existing file that should be an .npz written by ``writer``; ``error``
+    (naming the file, "not a scratchnet {kind}") when it cannot be read or is not a zip archive,
+    instead of NumPy's advice to unpickle it. The caller closes the result (a with block)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as e:
+        raise error(f"cannot read {kind} file {path}: {e.strerror or e}") from None
+    if not head.startswith(b"PK\x03\x04"):             # every .npz is a zip archive
+        what = "a single .npy array" if head == b"\x93NUMPY" else f"a file starting with {head!r}"
+        raise error(f"{path} is not a scratchnet {kind}: expected an .npz archive as {writer} writes "
+                    f"(a zip file), got {what}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise error(f"{path} is not a scratchnet {kind} (.npz expected): {e}") from None
+
+
 def load_network(path) -> Network:
     """Rebuild a network saved by ``Network.save``; clear errors for files that are not one."""
     path = Path(path)
@@ -209,20 +228,7 @@ def load_network(path) -> Network:
     if not path.is_file():
         raise NetworkFileError(f"{path} is not a scratchnet network: expected an .npz file, got a directory or "
                                f"another non-file")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(6)
-    except OSError as e:
-        raise NetworkFileError(f"cannot read network file {path}: {e.strerror or e}") from None
-    if not head.startswith(b"PK\x03\x04"):             # every .npz is a zip archive
-        what = "a single .npy array" if head == b"\x93NUMPY" else f"a file starting with {head!r}"
-        raise NetworkFileError(f"{path} is not a scratchnet network: expected an .npz archive as Network.save "
-                               f"writes (a zip file), got {what}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise NetworkFileError(f"{path} is not a scratchnet network (.npz expected): {e}") from None
-    with z:
+    with open_npz(path, "network", "Network.save", NetworkFileError) as z:
         if "__architecture__" not in z.files or "__meta__" not in z.files:
             raise NetworkFileError(f"{path} is an .npz but not a scratchnet network file "
                                    f"(no __architecture__/__meta__ entries; found {z.files[:5]}...)")

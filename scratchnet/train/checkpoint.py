@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import get_array_module, to_device, to_numpy
+from ..backend import get_array_module, to_device
 from ..layers import Dropout
-from ..models.network import atomic_savez, layer_to_spec
+from ..models.network import atomic_savez, open_npz
 
 CHECKPOINT_VERSION = 1
 
@@ -41,17 +41,11 @@ def set_dropout_states(net, states):
 
 def save_checkpoint(path, net, optimiser, state: dict):
     """Write net + optimiser + ``state`` (a JSON-able dict) to ``path`` atomically."""
-    meta = net.meta()
     state = dict(state, version=CHECKPOINT_VERSION, dropout=dropout_states(net))
-    arrays = {"__architecture__": np.array(json.dumps(layer_to_spec(net))),
-              "__meta__": np.array(json.dumps(meta)),
-              "__train_state__": np.array(json.dumps(state))}
-    for name, layer, key in net.named_params():
-        arrays["param/" + name] = to_numpy(layer.params[key])
+    arrays = net.saved_arrays()                          # what Network.save writes, and the training state
+    arrays["__train_state__"] = np.array(json.dumps(state))
     for name, v in optimiser.state_arrays().items():
         arrays["velocity/" + name] = v
-    if net.mean_image is not None:
-        arrays["__mean_image__"] = to_numpy(net.mean_image)
     atomic_savez(path, arrays)
     return Path(path)
 
@@ -94,10 +88,7 @@ def _open(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint (.npz expected): {e}") from None
+    z = open_npz(path, "training checkpoint", "the trainer")
     if "__train_state__" not in z.files:
         z.close()
         raise ValueError(f"{path} is not a scratchnet training checkpoint (no __train_state__ entry)")
