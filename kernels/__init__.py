@@ -67,8 +67,16 @@ def maxpool_backward(dy, switches, in_hw, kernel=None, stride=None, pads=None):
     return cpu_pool.maxpool_bwd(np.ascontiguousarray(dy), switches, *in_hw)
 
 
+def _check_lrn_size(size):
+    # backward sums over the channels whose window holds c; that is window(c) itself only when the
+    # window is symmetric, i.e. size is odd (LocalResponseNorm refuses even sizes too)
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"LRN kernels: size must be a positive odd number, got {size}")
+
+
 def lrn_forward(x, size, alpha, beta, k):
-    """Cross-channel LRN: x (N,C,H,W) -> (y, s) with s = k + alpha * window sum of x**2."""
+    """Cross-channel LRN: x (N,C,H,W) -> (y, s) with s = k + alpha * window sum of x**2; size odd."""
+    _check_lrn_size(size)
     if _on_gpu(x):
         return _gpu().lrn_forward(x, size, alpha, beta, k)
     t = x.dtype.type
@@ -76,7 +84,8 @@ def lrn_forward(x, size, alpha, beta, k):
 
 
 def lrn_backward(dy, x, y, s, size, alpha, beta):
-    """dx of LRN from dy and the forward's x, y, s (all N,C,H,W)."""
+    """dx of LRN from dy and the forward's x, y, s (all N,C,H,W); size odd (see _check_lrn_size)."""
+    _check_lrn_size(size)
     if _on_gpu(dy):
         return _gpu().lrn_backward(dy, x, y, s, size, alpha, beta)
     t = dy.dtype.type

@@ -7,12 +7,14 @@
 // __int_as_float, ...) are all that is used.
 //
 // Conventions of every kernel:
-//   * C-contiguous arrays, NCHW activations; flat indices are 64-bit (idx_t): at batch 256 an
-//     im2col buffer has more than 2**31 elements.
+//   * C-contiguous arrays, NCHW activations; flat indices are 64-bit (idx_t): an im2col buffer can
+//     pass 2**31 elements (the paper network's conv1 at 224 px does from batch 1,230 on).
 //   * grid-stride loops (GRID_STRIDE_LOOP), so any grid size is correct; gpu.py launches
 //     blocks of 256 threads.
 //   * each thread owns the outputs it writes (gathers, no atomics), so results do not depend on
-//     thread scheduling: the same inputs give the same bits, run after run.
+//     thread scheduling: the same inputs give the same bits, run after run. (In softmax_xent_fwd_bwd,
+//     whose block works on one row and synchronises, the owner of a loss entry is the block: thread 0
+//     writes NaN, and the label's thread replaces it after a barrier.)
 //   * templates over the element type T (float, double); gpu.py asks NVRTC for both.
 
 #ifndef SCRATCHNET_COMMON_CUH

@@ -3,6 +3,9 @@
     s[c] = k + alpha * sum_{c' = c - size//2 .. c + (size-1)//2} x[c']**2,   y[c] = x[c] * s[c]**-beta
     dx[c] = dy[c] * s[c]**-beta - 2 alpha beta x[c] * sum_{c' in window(c)} dy[c'] y[c'] / s[c']
 
+``size`` is odd (the wrappers in kernels/__init__.py check it): the window is then symmetric, so the
+channels c' whose window holds c, over which the backward sum really runs, are window(c) itself.
+
 The channel window is a running sum (add the channel entering, drop the one leaving), so the cost
 is independent of ``size``. Threads split (image, block of pixels); each owns its outputs, and the
 inner loops run over contiguous pixel rows so they vectorise.
@@ -13,7 +16,8 @@ import math
 import numba as nb
 import numpy as np
 
-_BLOCK = 1024
+_BLOCK = 1024      # pixels a job: enough to vectorise the inner loops, few enough to keep the
+                   # channel rows being summed in cache, and many jobs for the threads even at N = 1
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
@@ -49,7 +53,7 @@ def lrn_fwd(x, size, alpha, beta, k):
                     acc[p] -= row[p] * row[p]
             xr, sr, yr = xf[i, ci, p0:p1], s[i, ci, p0:p1], y[i, ci, p0:p1]
             for p in range(m):
-                sr[p] = k + alpha * max(acc[p], 0)
+                sr[p] = k + alpha * max(acc[p], 0)        # the running sum can round below 0
             if beta == 0.75:       # separate loops: a branch inside would stop vectorisation
                 for p in range(m):
                     q = 1 / math.sqrt(sr[p])

@@ -27,6 +27,8 @@ def relu_bwd(dy, y, rule, upper):
     rule 0 gradient : dx = dy * [0 < y < upper]           (the derivative)
     rule 1 deconvnet: dx = dy * [dy > 0]                  (ignores the forward signal)
     rule 2 guided   : dx = dy * [0 < y < upper] * [dy > 0]
+
+    The code selects rather than multiplies: a blocked unit gives an exact 0 (dy * 0 would keep a NaN).
     """
     g = dy.ravel()
     yy = y.ravel()

@@ -4,6 +4,9 @@
 //   s[c]  = k + alpha * sum_{c' = c - size/2 .. c + (size-1)/2} x[c']**2        y[c] = x[c] * s[c]**-beta
 //   dx[c] = dy[c] * s[c]**-beta - 2 alpha beta x[c] * sum_{c' in window(c)} dy[c'] y[c'] / s[c']
 //
+// size is odd (kernels/__init__.py checks it), so the window is symmetric and the channels whose
+// window holds c, over which the backward sum really runs, are window(c) itself.
+//
 // One thread per (image, pixel) walks the channels with a running window sum (add the channel
 // entering, drop the one leaving), so the cost does not grow with `size`. Neighbouring threads
 // handle neighbouring pixels: every load of a channel row is coalesced.

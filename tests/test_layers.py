@@ -14,8 +14,10 @@ from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, 
                                Linear, LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual, Rule,
                                Sequential, ShapeError, relu_backward_reference, softmax_cross_entropy)
 from scratchnet.layers.conv import col2im_reference, conv2d_naive, im2col_reference, same_padding
-from scratchnet.layers.norm import lrn_backward_naive, lrn_naive, lrn_reference
-from scratchnet.layers.pool import avgpool_naive, maxpool_numpy, maxpool_reference
+from scratchnet.layers.linear import linear_naive
+from scratchnet.layers.loss import softmax_cross_entropy_naive
+from scratchnet.layers.norm import batchnorm_naive, lrn_backward_naive, lrn_naive, lrn_reference
+from scratchnet.layers.pool import avgpool_naive, global_avgpool_naive, maxpool_numpy, maxpool_reference
 
 from gradcheck import check_layer, numerical_grad, rel_error
 
@@ -155,6 +157,32 @@ def test_softmax_cross_entropy_gradient_and_stability():
 # -------------------------------------------------------------------------------------------------
 # fast paths against naive references
 # -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_batchnorm_global_pool_and_loss_equal_naive(dtype):
+    """The array-code layers whose backward the grid checks numerically, against their definitions
+    written as loops (the loss also at scores that overflow a plain exp)."""
+    rng = np.random.default_rng(0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    lin = _init(Linear(7, 5)).astype(dtype)
+    x = rng.standard_normal((3, 7)).astype(dtype)
+    ref = linear_naive(x.astype(np.float64), lin.params["W"].astype(np.float64), lin.params["b"].astype(np.float64))
+    np.testing.assert_allclose(lin.forward(x), ref, rtol=tol, atol=tol)
+    bn = _init(BatchNorm2d(4)).astype(dtype)
+    x4 = rng.standard_normal((2, 4, 3, 5)).astype(dtype)
+    ref = batchnorm_naive(x4.astype(np.float64), *(np.asarray(a, np.float64) for a in (
+        bn.params["gamma"], bn.params["beta"], bn.stats["mean"], bn.stats["var"])), bn.eps)
+    np.testing.assert_allclose(bn.forward(x4), ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(GlobalAvgPool().forward(x4), global_avgpool_naive(x4.astype(np.float64)),
+                               rtol=tol, atol=tol)
+    labels = np.array([0, 3, 4, 1])
+    for scale in (1.0, 1e4):
+        s = (rng.standard_normal((4, 6)) * scale).astype(dtype)
+        loss, d = softmax_cross_entropy(s, labels)
+        loss_ref, d_ref = softmax_cross_entropy_naive(s, labels)
+        assert abs(loss - loss_ref) <= tol * max(1.0, abs(loss_ref))
+        np.testing.assert_allclose(d, d_ref, rtol=tol, atol=tol)
+
+
 CONV_CASES = [
     dict(c=3, o=4, k=3, stride=1, padding=1, groups=1, hw=(7, 6)),
     dict(c=3, o=5, k=7, stride=2, padding=0, groups=1, hw=(15, 15)),
@@ -329,6 +357,16 @@ def test_lrn_kernels_equal_naive(dtype, beta):
         assert dx.dtype == dtype
         ref = lrn_backward_naive(dy64, x64, size, 1e-4, beta, 2.0)
         np.testing.assert_allclose(dx, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_lrn_kernels_refuse_an_even_window():
+    """The backward sums over window(c), which is the set of channels whose window holds c only for
+    odd sizes (size 4 was 24% off the naive backward): the kernels' wrappers refuse even ones."""
+    x = np.ones((1, 6, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="odd"):
+        kernels.lrn_forward(x, 4, 1e-4, 0.75, 2.0)
+    with pytest.raises(ValueError, match="odd"):
+        kernels.lrn_backward(x, x, x, x, 4, 1e-4, 0.75)
 
 
 def test_relu_rules_match_definitions_on_hand_made_inputs():

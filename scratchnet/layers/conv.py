@@ -9,20 +9,25 @@ so the convolution of the batch is ONE GEMM (it stays efficient for small 13x13 
 
     y   = W.reshape(O, -1) @ cols             (O, N*oh*ow), then transposed to (N, O, oh, ow)
 
-Backward is the same algebra transposed, again one GEMM each:
+Backward is the same algebra transposed, again one GEMM each. With dy laid out like y before the
+transpose, (O, N*oh*ow), y = W @ cols gives
 
     dW    = dy @ cols.T                        (O, C*kh*kw)
-    dcols = W.T @ dy                           then col2im scatters the columns back onto the image.
+    dcols = W.T @ dy                           (C*kh*kw, N*oh*ow), then col2im adds the columns back
+                                               onto the image (an input pixel in several windows
+                                               gets the sum of their gradients).
 
 col2im never races: the Numba kernel gives each thread whole (n, c) planes, and the array-code
 reference adds one kernel offset (i, j) at a time. Grouped convolution splits C and O into
 ``groups`` blocks (a batched matmul over groups). Two special cases skip im2col entirely:
-1x1 stride-1 convolution (the image is already the column matrix: one GEMM per image), and
+1x1 stride-1 convolution without padding (the image is already the column matrix: one GEMM per
+image), and
 depthwise convolution (one input and one output channel per group: kh*kw multiply-adds of
 shifted views; on the CPU the Numba kernels of kernels/cpu_depthwise.py, tested against
 ``_depthwise_forward`` / ``_depthwise_backward`` below).
 
-``conv2d_naive`` is the reference: six nested loops, straight from the definition.
+``conv2d_naive`` is the reference, straight from the definition: loops over (n, o, p, q), and for
+each output the sum over (c, i, j) as one product of the receptive field and W[o].
 """
 from __future__ import annotations
 
@@ -67,7 +72,8 @@ def same_padding(h, w, kernel, stride):
     return (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
 
 
-def conv_output_size(h, w, kernel, stride, pads, dilation=(1, 1)):
+def conv_output_size(h, w, kernel, stride, pads):
+    """(oh, ow) of a convolution of an h x w input; pads (top, bottom, left, right)."""
     (kh, kw), (sh, sw) = kernel, stride
     oh = (h + pads[0] + pads[1] - kh) // sh + 1
     ow = (w + pads[2] + pads[3] - kw) // sw + 1
@@ -120,7 +126,8 @@ class Conv2d(Layer):
     """Convolution with stride, zero padding (int, (ph, pw), (t, b, l, r) or TF "same"), groups, bias.
 
     x (N, C, H, W) -> y (N, O, oh, ow);  W (O, C // groups, kh, kw);  b (O,).
-    Keeps for backward: the im2col columns (what dW needs) and the padded input shape.
+    Keeps for backward: the im2col columns (what dW needs) and the padded input shape; on the special
+    paths the padded input (depthwise) or the input itself (1x1, stride 1, no padding).
 
     ``im2col_mode``: "auto" (default), "plain" or "wide". Stride-1 convolutions on the CPU can use
     "wide" columns (kernels/cpu_im2col.py: one contiguous copy per image and kernel offset, the output

@@ -106,3 +106,16 @@ class Dropout(Layer):
         if not input_grad:
             return None
         return dy if self._mask is None else dy * self._mask
+
+
+# ---------------------------------------------------------------------------------------------
+# naive reference (for tests)
+# ---------------------------------------------------------------------------------------------
+def linear_naive(x, W, b=None):
+    """y[n, o] = b[o] + sum_i W[o, i] * x[n, i], one output at a time.  x (N, I), W (O, I), b (O,)."""
+    n, o = x.shape[0], W.shape[0]
+    y = np.zeros((n, o), dtype=np.result_type(x, W))
+    for ni in range(n):
+        for oi in range(o):
+            y[ni, oi] = sum(W[oi, i] * x[ni, i] for i in range(W.shape[1])) + (b[oi] if b is not None else 0)
+    return y

@@ -15,6 +15,7 @@ from scratchnet import kernels
 
 
 def log_softmax(scores):
+    """scores (N, K) -> log softmax (N, K), the row maximum subtracted first so exp cannot overflow."""
     xp = get_array_module(scores)
     z = scores - scores.max(axis=1, keepdims=True)
     return z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
@@ -53,3 +54,22 @@ def _check_labels(labels, k):
     if lo < 0 or hi >= k:
         raise ValueError(f"softmax_cross_entropy: labels must be class indices in [0, {k}), "
                          f"got values in [{lo}, {hi}]")
+
+
+def softmax_cross_entropy_naive(scores, labels):
+    """(loss, dscores) from the definitions, one row at a time, in float64 (for tests):
+    p[k] = exp(s[k]) / sum_j exp(s[j]) (shifted by m = max s: the same p), loss = mean -log p[y]
+    = mean (log sum_j exp(s[j] - m) - (s[y] - m)), dscores[n, k] = (p[k] - [k == y_n]) / N.
+    scores (N, K), labels (N,)."""
+    import numpy as np
+    n, k = scores.shape
+    d = np.zeros((n, k))
+    total = 0.0
+    for i in range(n):
+        m = max(float(v) for v in scores[i])
+        e = [math.exp(float(v) - m) for v in scores[i]]
+        z = math.fsum(e)
+        total += math.log(z) - (float(scores[i, int(labels[i])]) - m)
+        for j in range(k):
+            d[i, j] = (e[j] / z - (j == int(labels[i]))) / n
+    return total / n, d

@@ -10,9 +10,11 @@ to reproduce a Caffe model.) Backward, with the window symmetric so c' in window
 
     dx[c] = dy[c] * s[c]**-beta  -  2 * alpha * beta * x[c] * sum_{c' in window(c)} dy[c'] x[c'] s[c']**(-beta-1)
 
-Shapes: x, y (N, C, H, W). Forward keeps x and s.
+Shapes: x, y (N, C, H, W). Forward keeps x, y and s (y saves recomputing x * s**-beta).
 """
 from __future__ import annotations
+
+import math
 
 from ..backend import get_array_module
 from .base import Layer, check_input
@@ -123,17 +125,28 @@ class BatchNorm2d(Layer):
         check_input(self, x, 4, self.channels)
         xp = get_array_module(x)
         a = self._scale(xp)
-        self._xhat = (x - xp.asarray(self.stats["mean"]).reshape(1, -1, 1, 1))
-        return a.reshape(1, -1, 1, 1) * self._xhat + self.params["beta"].reshape(1, -1, 1, 1)
+        self._centred = (x - xp.asarray(self.stats["mean"]).reshape(1, -1, 1, 1))
+        return a.reshape(1, -1, 1, 1) * self._centred + self.params["beta"].reshape(1, -1, 1, 1)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         xp = get_array_module(dy)
         a = self._scale(xp)
         if param_grads:
             inv = 1 / xp.sqrt(xp.asarray(self.stats["var"]) + self.eps)
-            self.grads["gamma"] = (dy * self._xhat).sum(axis=(0, 2, 3)) * inv
+            # y = gamma * x_hat + beta with x_hat = (x - mean) * inv, so dy/dgamma = x_hat
+            self.grads["gamma"] = (dy * self._centred).sum(axis=(0, 2, 3)) * inv
             self.grads["beta"] = dy.sum(axis=(0, 2, 3))
         return dy * a.reshape(1, -1, 1, 1) if input_grad else None
+
+
+def batchnorm_naive(x, gamma, beta, mean, var, eps):
+    """y[:, c] = gamma[c] * (x[:, c] - mean[c]) / sqrt(var[c] + eps) + beta[c], channel by channel
+    (for tests).  x (N, C, H, W); gamma, beta, mean, var (C,)."""
+    import numpy as np
+    y = np.empty(x.shape, dtype=np.result_type(x, gamma))
+    for c in range(x.shape[1]):
+        y[:, c] = gamma[c] * (x[:, c] - mean[c]) / math.sqrt(var[c] + eps) + beta[c]
+    return y
 
 
 def fold_batchnorm(W, b, gamma, beta, mean, var, eps):

@@ -22,6 +22,8 @@ from scratchnet import kernels
 
 
 def pool_output_size(h, w, kernel, stride, pads, ceil_mode):
+    """(oh, ow) of pooling an h x w input; pads (top, bottom, left, right). Ceil mode rounds the
+    window count up but drops a last window that would start in the bottom/right padding."""
     (kh, kw), (sh, sw) = kernel, stride
     t, b, l, r = pads
 
@@ -169,13 +171,25 @@ def maxpool_reference(x, kernel, stride, pads, ceil_mode):
 
 
 def maxpool_numpy(x, kernel, stride, out_hw):
-    """Vectorised NumPy max pooling without padding (the 'NumPy version' the Numba kernel is benchmarked against)."""
+    """Vectorised NumPy max pooling without padding (the 'NumPy version' the Numba kernel is benchmarked
+    against): x (N, C, H, W) -> (y, k) both (N, C, oh, ow), k the argmax's index within the kh*kw
+    window (not the H*W-plane switch the kernels return)."""
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
     s = x.strides
     v = np.lib.stride_tricks.as_strided(x, (x.shape[0], x.shape[1], oh, ow, kh, kw),
                                         (s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3]))
     v = v.reshape(x.shape[0], x.shape[1], oh, ow, kh * kw)
     return v.max(axis=4), v.argmax(axis=4)
+
+
+def global_avgpool_naive(x):
+    """y[n, c] = sum over (i, j) of x[n, c, i, j] / (H W), pixel by pixel (for tests).  x (N, C, H, W)."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c), dtype=x.dtype)
+    for i in range(h):
+        for j in range(w):
+            y += x[:, :, i, j]
+    return y / (h * w)
 
 
 def avgpool_naive(x, kernel, stride, pads, ceil_mode):

@@ -9,7 +9,8 @@ Everything works on an image (H, W, 3) uint8 RGB and a saliency map (H, W) float
     localise.evaluate([LocRecord(...), ...])         # top-1/top-5/GT-known localisation errors
 
 Modules: gmm (EM), graphcut (seeds, energy, max-flow), boxes (IoU, baselines, connected components),
-evaluate (ILSVRC evaluation, Oxford-pets mask IoU).
+evaluate (ILSVRC evaluation, Oxford-pets mask IoU); network (the network side: saliency maps for
+localisation, localise_image) and cli (`scratchnet localise`, `scratchnet evaluate`).
 """
 from .boxes import (box_area, centre_box, connected_components, iou, is_correct, largest_component,
                     localisation_error, mask_box, saliency_threshold_box, whole_image_box)

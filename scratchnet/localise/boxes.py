@@ -10,8 +10,9 @@ boxes B iff c == g and IoU(b, B_j) >= 0.5 for some j.  Top-k localisation error 
 wrong when none of its k guesses is right.
 
 Connected components use 8-connectivity by default (a pixel touches its diagonal neighbours), matching
-the 8-neighbourhood of the graph cut; `connectivity=4` is available.  Labelling is a two-pass
-union-find compiled with Numba (one pass over the raster, O(H W)).
+the 8-neighbourhood of the graph cut; `connectivity=4` is available.  Labelling is union-find
+compiled with Numba: two passes over the raster (union with the earlier neighbours, then numbering),
+with path compression, so close to linear in H W.
 """
 from __future__ import annotations
 

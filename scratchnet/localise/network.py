@@ -23,8 +23,8 @@ The steps:
   5. segmentation   `localise.segment(image, M)`: colour models from the seeds, graph cut, the largest
                     connected component and its box
 
-Only the forward pass depends on the number of classes asked for once: the maps of k classes cost one
-forward and k backward passes (`network_saliency` batches several photos in each).
+One forward pass serves every class asked for: the maps of k classes cost one forward and k backward
+passes, each backward reusing what the forward kept (`network_saliency` batches several photos in each).
 
 Fallback.  When the map says nothing (constant, e.g. all zero: SqueezeNet's class score passes a ReLU,
 so a class whose score map is zero everywhere has a zero gradient), `segment` returns the whole image

@@ -129,7 +129,8 @@ class Network(Sequential):
         return arrays
 
     def save(self, path):
-        """Write the architecture (JSON) and every parameter to an .npz, atomically (temp file + rename)."""
+        """Write ``saved_arrays()`` (architecture and meta JSON, parameters, BatchNorm statistics, mean
+        image) to an .npz, atomically (temp file + rename)."""
         path = Path(path)
         atomic_savez(path, self.saved_arrays())
         return path

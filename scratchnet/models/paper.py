@@ -14,8 +14,9 @@ Kernel sizes (our choice, documented here because the paper is silent):
   input 224:  conv1 7x7 stride 2           224 -> 109 -> pool 54
               conv2 5x5 stride 2 pad 1      54 ->  26 -> pool 13
               conv3..5 3x3 pad 1            13 ->  13 -> pool 6        full6 sees 6x6x256 (1.49 GFLOP / image)
-  input 64 :  conv1 5x5 stride 2 pad 2      64 ->  32 -> pool 16
-  (and 32)    conv2 5x5 stride 1 pad 2      16 ->  16 -> pool 8
+  input < 128 (sizes for 64):
+              conv1 5x5 stride 2 pad 2      64 ->  32 -> pool 16
+              conv2 5x5 stride 1 pad 2      16 ->  16 -> pool 8
               conv3..5 3x3 pad 1             8 ->   8 -> pool 4        full6 sees 4x4x256 (~0.5 GFLOP / image)
 
 ``width`` scales every hidden width (for cheap tests and CPU training); the class layer keeps

@@ -1,8 +1,8 @@
 """Training checkpoints: one .npz holding everything a run needs to continue exactly.
 
     RUN/checkpoint.npz
-      __architecture__, __meta__, param/<path>, __mean_image__   as in Network.save, so the file
-                                                                 also loads as a network
+      __architecture__, __meta__, param/<path>,                  as in Network.save, so the file
+      stat/<path>.<key> (BatchNorm statistics), __mean_image__   also loads as a network
       velocity/<path>                                            the SGD momentum buffers
       __train_state__   JSON: epoch, batch (batches done in that epoch), step, the running sums of
                         the epoch, the metric history, the config, and each Dropout layer's

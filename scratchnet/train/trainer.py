@@ -61,7 +61,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.01
-    schedule: str = "step"           # "step" (x0.1 at milestones) or "log" (geometric lr -> lr_end)
+    schedule: str = "step"           # "step" (x0.1 at milestones), "log" (geometric lr -> lr_end), "piecewise" 
     milestones: list | None = None   # step: epochs where lr drops; default the last quarter
     lr_end: float | None = None      # log: the last epoch's rate (default lr / 100)
     lr_points: list | None = None    # piecewise: ["1:0.01", "8:0.001", ...] (first epoch counted from 1 : rate)
@@ -95,7 +95,8 @@ def init_network(net, scheme="he", std=0.01, seed=0):
 
 
 def evaluate(net, images, labels, mean, scale, batch_size=256, device="cpu"):
-    """Top-1 / top-5 accuracy and mean loss of ``net`` on uint8 images (N, H, W, 3); no augmentation."""
+    """Top-1 / top-5 accuracy and mean loss of ``net`` on uint8 images (N, H, W, 3) with labels (N,)
+    int; each batch has ``mean`` (3, H, W) subtracted and is divided by ``scale``; no augmentation."""
     loader = BatchLoader(images, labels, batch_size, shuffle=False, mean=mean, scale=scale, prefetch=1)
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     for x, y in loader.epoch_batches(0):

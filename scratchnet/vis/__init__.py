@@ -1,7 +1,7 @@
 """The paper's visualisations (Simonyan, Vedaldi & Zisserman 2013), for any ``Network``.
 
     classmodel  class model visualisation: argmax_I S_c(I) - lam ||I||^2 by gradient ascent (section 2)
-    saliency    image-specific class saliency: max_c |dS_c/dI| (section 3), 10-crop maps
+    saliency    image-specific class saliency: max over colour channels of |dS_c/dI| (section 3), 10-crop maps
     deconv      DeconvNet reconstruction from one neuron, and its relation to the gradient (section 4)
     report      ``scratchnet demo``: an HTML page that reproduces the paper's figures
     display     between photos and the network input space (mean added back, percentile stretch)

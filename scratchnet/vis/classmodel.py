@@ -4,7 +4,7 @@ Find the image that a class scores highest, with an L2 penalty:
 
     I* = argmax_I  J(I),   J(I) = S_c(I) - lam * ||I / u||^2
 
-  * I (K, C, H, W) lives in the network's input space (the preprocessed, mean-subtracted image);
+  * I (M, C, H, W) lives in the network's input space (the preprocessed, mean-subtracted image);
     u is the size of one grey level there (``net.preprocess["scale"]``: 1 for SqueezeNet's Caffe
     pixels, 1/128 for EfficientNet-Lite0), so ||I / u|| is the image norm in grey levels and one
     value of ``lam`` means the same on every network;
@@ -78,12 +78,13 @@ def grey_level(net) -> float:
 class ClassModel:
     """The result of ``class_model``.
 
-    x (K, C, H, W)        the class models in the network's input space
-    classes (K,)          their class indices
-    scores (T+1, K)       S_c at every step (row t: before step t; last row: the final image)
-    objective (T+1, K)    J = S_c - lam ||I/u||^2 at the same images
-    pixels (K, H, W, 3)   RGB grey levels with the mean added back (not clipped)
-    images (K, H, W, 3)   uint8 for display (percentile stretch)
+    x (M, C, H, W)        the class models in the network's input space
+    classes (M,)          their class indices
+    scores (T+1, M)       S_c at every step (row t: before step t; last row: the final image)
+    objective (T+1, M)    J = S - lam ||I/u||^2 at the same images, S the score ascended (S_c,
+                          or the linear score of ``score_layer``)
+    pixels (M, H, W, 3)   RGB grey levels with the mean added back (not clipped)
+    images (M, H, W, 3)   uint8 for display (percentile stretch)
     settings              the parameters used
     """
     x: np.ndarray
@@ -113,7 +114,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                 progress_every=20) -> ClassModel:
     """Gradient ascent of J(I) = S_c(I) - lam ||I/u||^2 from the zero image; see the module docstring.
 
-    classes: K classes (indices, wnids or names); one batch row per class. ``score_layer``: "auto", None (the network's
+    classes: M classes (indices, wnids or names); one batch row per class. ``score_layer``: "auto", None (the network's
     output) or a top-level layer name whose channel c, averaged over space, is the score ascended.
     ``progress``: a stream (e.g. sys.stderr) for a line every ``progress_every`` steps, or None.
     """
@@ -182,7 +183,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
         if blur_every and (t + 1) % blur_every == 0:
             x = gaussian_blur(x, blur_sigma)
         if clip_pct:
-            norm = xp.sqrt((x * x).sum(axis=1, keepdims=True))          # (K, 1, H, W)
+            norm = xp.sqrt((x * x).sum(axis=1, keepdims=True))          # (M, 1, H, W)
             cut = xp.asarray(np.percentile(to_numpy(norm).reshape(len(cls), -1), clip_pct, axis=1))
             x = x * (norm >= cut.reshape(-1, 1, 1, 1))
         if clamp:
@@ -215,7 +216,7 @@ def linear_score_layer(net):
 
 
 def _forward(net, x, score_at):
-    """The network's scores (K, classes) and, when ``score_at`` names a layer, that layer's output."""
+    """The network's scores (M, K classes) and, when ``score_at`` names a layer, that layer's output."""
     from .deconv import layer_index
     if score_at is None:
         return net.forward(x), None
@@ -230,7 +231,7 @@ def _forward(net, x, score_at):
 
 
 def objective_value(net, x, classes, lam, score_layer="auto"):
-    """J(I) = S(I) - lam ||I/u||^2 for images x (K, C, H, W) and classes (K,): the documented objective
+    """J(I) = S(I) - lam ||I/u||^2 for images x (M, C, H, W) and classes (M,): the documented objective
     (S: the class score, or the linear score of ``score_layer``, as in ``class_model``)."""
     u = grey_level(net)
     score_at = linear_score_layer(net) if score_layer == "auto" else score_layer

@@ -1,7 +1,8 @@
 """Subcommands of the paper's visualisations: saliency, classmodel, deconv, compare-rules, demo.
 
-Each writes PNGs (and .npy arrays) into --out, reports progress on stderr, and prints one JSON object
-describing what it computed as the last line of stdout.
+saliency, classmodel and deconv write PNGs and .npy arrays into --out, demo an HTML report;
+compare-rules only prints. Each reports progress on stderr and prints one JSON object describing what
+it computed as the last line of stdout.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def register(sub, ev_sub):
     p.add_argument("--clip-pct", type=float, default=0.0, help="opt-in: zero pixels below this norm percentile")
     p.add_argument("--clamp", action="store_true", help="opt-in: keep pixels within 0..255 grey levels")
     p.add_argument("--regularised", action="store_true",
-                   help=f"use the demo's regularised settings {cm.REGULARISED}")
+                   help=f"use the demo's regularised settings {cm.REGULARISED} (they override those options)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="classmodel-out")
     add_device_arg(p)

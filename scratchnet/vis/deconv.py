@@ -171,7 +171,7 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
 
     x (N, C, H, W); layers: names (default: every top-level layer with a 4-D output). Returns one dict
     per layer: layer, relus (ReLUs below it), neuron, activation, and ||a - b|| / ||b|| for
-    deconvnet vs gradient, guided vs gradient and guided vs deconvnet (summed over the batch).
+    deconvnet vs gradient, guided vs gradient and guided vs deconvnet (norms taken over the whole batch array).
     With no ReLU below a layer the three are identical; the differences grow with depth.
     """
     x = on_net_device(net, x)

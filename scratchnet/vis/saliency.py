@@ -3,7 +3,7 @@
 The class score S_c is, near an image I0, roughly linear: S_c(I) ~ w^T I + b with
 
     w = dS_c / dI  at I0                      (N, C, H, W): one backward pass, weights fixed
-    M[i, j] = max_c |w[c, i, j]|              (N, H, W): the saliency map
+    M[i, j] = max_k |w[k, i, j]|              (N, H, W): the saliency map, k over the colour channels
 
 Scores are the *unnormalised* class scores (before softmax), as in the paper. The same map under
 ``rule="deconvnet"`` or ``"guided"`` replaces w by the DeconvNet / guided-backprop reconstruction
@@ -145,7 +145,7 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
     """The saliency map averaged over 10 crops (4 corners + centre, and their flips).
 
     img (H, W, 3) uint8 RGB. The photo is resized so that its shorter side is ``resize`` (default
-    ``net.preprocess["resize"]``, else the input size + 1/8), the 10 crops of the network's input size
+    ``net.preprocess["resize"]``, else the input size x 8/7: 224 -> 256), the 10 crops of the network's input size
     are taken, their maps computed in one batch (class: given, or the top-1 of the mean of the 10 crops'
     scores), flipped maps flipped back, and each pixel's map averaged over the crops that cover it.
     """
