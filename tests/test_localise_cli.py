@@ -63,12 +63,20 @@ def test_single_view_maps_are_the_vis_saliency_maps_of_the_stretched_photo(net):
 
 
 def test_batched_photos_equal_one_at_a_time(net):
+    """By default a photo's maps are a function of the photo alone, to the bit, whatever else is in the
+    call and whichever classes are asked for besides; in a batch they agree to rounding."""
     imgs = [photo(16, 16, s) for s in range(3)]
-    together = locnet.network_saliency(net, imgs, top=2, extra=[[0], [], [4]], batch_size=3)
-    for img, e, t in zip(imgs, ([0], [], [4]), together):
+    extra = ([0], [], [4])
+    together = locnet.network_saliency(net, imgs, top=2, extra=extra, batch_size=3)
+    default = locnet.network_saliency(net, imgs, top=2, extra=extra)
+    for img, e, t, d in zip(imgs, extra, together, default):
         alone = locnet.network_saliency(net, [img], top=2, extra=[e])[0]
-        assert alone["classes"] == t["classes"]
+        assert alone["classes"] == t["classes"] == d["classes"]
         np.testing.assert_allclose(alone["maps"], t["maps"], rtol=1e-5, atol=1e-8)
+        np.testing.assert_array_equal(alone["maps"], d["maps"])
+        np.testing.assert_array_equal(alone["scores"], d["scores"])
+        one = locnet.network_saliency(net, [img], top=0, extra=[[d["classes"][-1]]])[0]
+        np.testing.assert_array_equal(one["maps"][0], d["maps"][-1])
 
 
 def test_ten_crop_map_is_the_vis_ten_crop_map(net):
@@ -200,6 +208,25 @@ def test_evaluate_localisation_on_five_photos(shared, tmp_path, capsys):
     assert "0 computed, 5 from the cache" in err
     assert again["methods"]["graphcut"] == res["methods"]["graphcut"]
     assert "fraction_chosen_on_these_records" not in again["methods"]["centre_box"]
+
+
+def test_a_cache_filled_by_another_subset_gives_the_same_results(shared, tmp_path, capsys):
+    """The map cache holds one photo's maps computed alone, so a run reading maps that an earlier run
+    of another subset left gives, photo by photo, what a run from an empty cache gives. A batched run
+    (--batch-size > 1: maps that depend on their batch neighbours) leaves the cache alone."""
+    data = shared / "data" / "imagenet-val-dev"
+    base = ["evaluate", "localisation", "--model", "squeezenet1_0", "--data", str(data),
+            "--centre-fraction", "0.8", "--threshold-fraction", "0.05"]
+    cold, _ = run_cli(base + ["--limit", "4", "--no-cache", "--details", str(tmp_path / "cold.jsonl")], capsys)
+    _, err = run_cli(base + ["--limit", "2", "--offset", "2", "--batch-size", "2",
+                             "--cache", str(tmp_path / "cache")], capsys)
+    assert "the map cache is off" in err and not (tmp_path / "cache").exists()
+    run_cli(base + ["--limit", "3", "--offset", "1", "--cache", str(tmp_path / "cache")], capsys)
+    warm, err = run_cli(base + ["--limit", "4", "--cache", str(tmp_path / "cache"),
+                                "--details", str(tmp_path / "warm.jsonl")], capsys)
+    assert "1 computed, 3 from the cache" in err
+    assert warm["methods"] == cold["methods"]
+    assert (tmp_path / "warm.jsonl").read_text() == (tmp_path / "cold.jsonl").read_text()
 
 
 def test_maps_of_all_five_guesses_give_the_same_errors_as_the_true_class_map(shared, tmp_path, capsys):

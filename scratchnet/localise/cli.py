@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2      # 2: single-view maps one photo a pass (they were computed 8 at a time)
 DEFAULT_MODEL = "squeezenet1_0"
 
 
@@ -115,7 +115,10 @@ def _tuned(key):
 def _subset_args(p):
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N photos (sorted by name)")
     p.add_argument("--offset", type=nonnegative_int, default=0, help="skip the first K photos (default 0)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="photos per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=1,
+                   help="photos per forward pass of single-view maps (default 1: each photo's maps then depend "
+                        "on that photo alone, as the map cache assumes; a larger batch, quicker on a GPU, "
+                        "changes a map with its batch neighbours through rounding, and is not cached)")
 
 
 def _cache_args(p):
@@ -205,11 +208,20 @@ class MapCache:
 
 def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
     """Saliency entries for items = [(stem, image, extra classes)], through the cache, with progress.
-    Yields (index, entry) in order."""
+    Yields (index, entry) in order.
+
+    The cache is read and written only with batch_size 1 (or 10-crop maps, one photo a batch anyway): a
+    map computed in a batch differs from the same photo's map computed alone, in the last bits and, where
+    a value sits near a ReLU kink or a max-pooling tie, by more, so a cache filled by a batched run would
+    make a later run's results depend on how the earlier one was batched."""
     from .network import network_saliency
+    if batch_size > 1 and not ten_crop and cache.folder is not None:
+        _say(f"--batch-size {batch_size}: maps depend on their batch neighbours, so the map cache is off")
+        cache = MapCache(None, net, "", ten_crop, rule, "", enabled=False)
     t0, done = time.perf_counter(), 0
-    for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
+    step = max(8, batch_size)                         # photos between progress lines
+    for s in range(0, len(items), step):
+        chunk = items[s:s + step]
         entries, todo = [], []
         for i, (stem, img, extra) in enumerate(chunk):
             e = cache.get(stem, img.shape[:2], extra)
@@ -284,7 +296,7 @@ def boxes_dataset(path):
 
 
 def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cache=True, ten_crop=False,
-                       rule="gradient", segment_kw=None, batch_size=8, all_maps=False, centre_fraction=None,
+                       rule="gradient", segment_kw=None, batch_size=1, all_maps=False, centre_fraction=None,
                        threshold_fraction=None, details=False):
     """Top-1/top-5/GT-known localisation errors of GraphCut and the baselines on photos ``indices`` of ``ds``
     (a data set with boxes), ``targets[i]`` being photo i's class in the network's outputs.

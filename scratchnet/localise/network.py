@@ -80,7 +80,7 @@ def tuned_segment_kwargs(ten_crop: bool, rule="gradient", **overrides) -> dict:
 # --------------------------------------------------------------------------------------------- saliency
 
 def network_saliency(net, images, top=5, extra=None, rule="gradient", ten_crop=False,
-                     batch_size=8) -> list[dict]:
+                     batch_size=1) -> list[dict]:
     """Class scores and saliency maps of photos, the maps on each photo's own pixel grid.
 
     images     : a list of (H_i, W_i, 3) uint8 RGB photos (sizes may differ), or one (N, H, W, 3) array
@@ -90,6 +90,12 @@ def network_saliency(net, images, top=5, extra=None, rule="gradient", ten_crop=F
                  not repeated
     rule       : backward rule through ReLU ("gradient" is the paper's saliency)
     ten_crop   : the paper's 10-crop average instead of one stretched view
+    batch_size : photos per forward pass of the single view. With 1 (the default) a photo's maps are a
+                 function of the photo alone. In a larger batch BLAS sums each photo's products in
+                 another order, so its maps change in the last bits with its batch neighbours, and by
+                 more where a value sits near a ReLU kink or a max-pooling tie (one photo's map moved
+                 by 5% of its maximum at some pixels, and graph-cut boxes changed, between batches of
+                 8 and 7); batches pay on a GPU, hardly on the CPU. 10-crop maps are one photo a batch.
 
     Returns per photo {"scores": (K,) float32 (10-crop: the mean over crops), "classes": list of ints
     (the top first, best first, then the extra ones), "maps": (len(classes), H_i, W_i) float32}.

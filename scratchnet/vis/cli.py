@@ -27,7 +27,9 @@ def register(sub, ev_sub):
                    help="target class: index, wnid or name (default: each image's top-1)")
     p.add_argument("--rule", default="gradient", choices=RULES + ["all"], help="ReLU backward rule")
     p.add_argument("--ten-crop", action="store_true", help="average the maps of 10 crops (4 corners + centre, flipped)")
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="(photo, class) pairs per pass (default 16; 1 makes each map depend on its photo "
+                        "alone, not also on its batch neighbours through rounding)")
     p.add_argument("--out", default="saliency-out", help="output folder (default %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=cmd_saliency)

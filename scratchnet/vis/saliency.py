@@ -89,6 +89,8 @@ def saliency(net, x, classes=None, rule="gradient", batch_size=16) -> Saliency:
     x (N, C, H, W); classes: None (top-1 of each image), an int, (N,) ints, or (N, k) ints (k maps
     per image). The (image, class) pairs are processed ``batch_size`` at a time; x may be on the host
     for a network on the GPU (each batch is moved there). The results are NumPy arrays.
+    A map computed in a batch agrees with the same map computed alone (batch_size=1) to rounding, and
+    by more where a value sits near a ReLU kink or a max-pooling tie: BLAS sums in another order.
     """
     n = _batch_size(x)
     xp = get_array_module(x)
