@@ -248,3 +248,9 @@ def test_prefetch_thread_stops_when_the_loop_breaks_or_fails(rng):
         list(loader.epoch_batches(1))
     assert not loader._thread.is_alive()
     assert not [t for t in threading.enumerate() if t.name.startswith("BatchLoader-prefetch")]
+
+
+def test_crop_offsets_cover_every_shift_from_0_to_2_pad():
+    for pad in (1, 2, 4):
+        oy, ox, _ = Augment(pad=pad).draw(4000, np.random.default_rng(0))
+        assert set(oy.tolist()) == set(range(2 * pad + 1)) == set(ox.tolist())

@@ -428,3 +428,35 @@ def test_bad_inputs_name_the_layer_and_what_it_expected():
         MaxPool2d(3, 2, name="pool1").forward(np.zeros((1, 1, 2, 2), np.float32))
     with pytest.raises(ShapeError, match=r"fc: expected input \(N, 8\)"):
         Linear(8, 2, name="fc").forward(np.zeros((1, 7), np.float32))
+
+
+def test_dropout_scales_kept_units_by_one_over_keep_probability():
+    p = 0.3
+    d = Dropout(p, seed=0)
+    x = np.ones((400, 50))
+    y = d.forward(x, train=True)
+    kept = y != 0
+    assert abs(kept.mean() - (1 - p)) < 0.01
+    np.testing.assert_allclose(y[kept], 1 / (1 - p))
+    assert abs(y.mean() - 1.0) < 0.02                   # E[y] = x: inverted dropout
+    np.testing.assert_array_equal(d.backward(np.ones_like(x)), y)
+    np.testing.assert_array_equal(d.forward(x, train=False), x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_ties_route_to_the_first_maximum_in_row_order(dtype):
+    """On a tie the switch is the first maximum of the window in row order (the CUDA kernel keeps the
+    same rule, so both devices send the gradient to the same input)."""
+    x = np.zeros((1, 1, 4, 4), dtype)
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = x[0, 0, 1, 1] = 5      # window (0, 0): three tied maxima
+    x[0, 0, 2:, 2:] = 1                                   # window (1, 1): all four tied
+    pool = MaxPool2d(2, 2)
+    y = pool.forward(x)
+    dx = pool.backward(np.ones_like(y))
+    expect = np.zeros_like(x)
+    expect[0, 0, 0, 1] = expect[0, 0, 2, 2] = 1           # first in row order
+    expect[0, 0, 0, 2] = expect[0, 0, 2, 0] = 1           # all-zero windows: their first element
+    np.testing.assert_array_equal(dx, expect)
+    ys, switches = maxpool_reference(x, (2, 2), (2, 2), (0, 0, 0, 0), False)
+    np.testing.assert_array_equal(y, ys)
+    np.testing.assert_array_equal(pool._cache, switches)

@@ -424,3 +424,37 @@ def test_each_kind_of_map_gets_its_tuned_graph_cut_setting():
         dict(TUNED_SEGMENT["guided"], pairwise_weight=1.0)
     args = argparse.Namespace(ten_crop=False, rule="guided", pairwise=None, fg_quantile=0.95, bg_quantile=None)
     assert segment_kwargs(args) == dict(TUNED_SEGMENT["guided"], fg_quantile=0.95)
+
+
+def test_segment_seeds_are_the_top_5_and_bottom_30_percent_by_default():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    sal = np.arange(400, dtype=np.float64).reshape(20, 20)            # 400 distinct values
+    seg = localise.segment(img, sal)
+    assert seg.fg_seeds.sum() == 20 and seg.fg_seeds.ravel()[380:].all()   # the 5% largest
+    assert seg.bg_seeds.sum() == 120 and seg.bg_seeds.ravel()[:120].all()  # the 30% smallest
+
+
+def test_foreground_seeds_are_strictly_above_the_quantile_when_that_is_possible():
+    sal = np.zeros((20, 20))
+    sal.flat[:40] = 1.0                     # 90% zeros, 8% ones, 2% twos: the 95% quantile is 1
+    sal.flat[:8] = 2.0
+    fg, bg = graphcut.seeds_from_saliency(sal)
+    np.testing.assert_array_equal(fg, sal == 2)
+    np.testing.assert_array_equal(bg, sal == 0)
+
+
+def test_gt_known_uses_saliency_true_even_when_the_true_class_is_guessed():
+    rng = np.random.default_rng(0)
+    H = W = 40
+    img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    obj = np.zeros((H, W), bool)
+    obj[15:35, 10:30] = True
+    wrong = np.zeros((H, W), np.float32)
+    wrong[:5, :5] = 1.0                                              # points at the wrong corner
+    maps = np.stack([wrong] + [rng.random((H, W)).astype(np.float32) for _ in range(4)])
+    r = LocRecord(img, 7, [boxes.mask_box(obj)], [7, 1, 2, 3, 4], maps, saliency_true=obj.astype(np.float32))
+    res = localise.evaluate([r], methods=("saliency_threshold",), threshold_fraction=0.5)
+    m = res["methods"]["saliency_threshold"]
+    assert m["top5_loc_error"] == 1.0          # the predicted-class map gives the wrong box
+    assert m["gt_known_loc_error"] == 0.0      # the true-class map (saliency_true) gives the right one

@@ -247,3 +247,16 @@ def test_evaluate_segmentation_on_three_pets(shared, tmp_path, capsys):
     for m in ("graphcut", "saliency_threshold", "whole_image"):
         assert 0 <= res["methods"][m]["mean_iou"] <= 1
     assert res["methods"]["saliency_threshold"]["fraction_chosen_on_these_images"] is True
+
+
+def test_localisation_record_lists_the_five_guesses_best_first():
+    from types import SimpleNamespace
+    from scratchnet.localise.cli import _record
+    scores = np.array([0.1, 0.9, 0.3, 0.8, 0.2, 0.7, 0.05])
+    top = [1, 3, 5, 2, 4]
+    entry = {"scores": scores, "classes": top, "maps": [np.full((6, 6), k, np.float32) for k in range(5)]}
+    img = np.zeros((6, 6, 3), np.uint8)
+    rec = _record(SimpleNamespace(boxes=[[(0, 0, 5, 5)]]), 0, "x", img, 1, entry)
+    assert rec.top5 == top
+    for j in range(5):
+        np.testing.assert_array_equal(rec.saliency[j], j)

@@ -338,3 +338,19 @@ def test_paper_net_pytorch_twin_computes_the_same_three_things(size, width, monk
     assert len(ours) == len(theirs) == 16
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b.reshape(a.shape), rtol=0, atol=1e-12 * np.abs(a).max())
+
+
+def test_load_checkpoint_restores_the_mean_image(tmp_path):
+    from scratchnet.layers import Flatten, Linear
+    from scratchnet.models.network import Network
+    from scratchnet.train.checkpoint import load_checkpoint, save_checkpoint
+    from scratchnet.train.sgd import SGD
+
+    def make():
+        return Network([("flat", Flatten()), ("fc", Linear(12, 2))], input_shape=(3, 2, 2))
+    a = make()
+    a.mean_image = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    save_checkpoint(tmp_path / "c.npz", a, SGD(a), dict(epoch=1, batch=0, step=3))
+    b = make()
+    load_checkpoint(tmp_path / "c.npz", b, SGD(b))
+    np.testing.assert_array_equal(b.mean_image, a.mean_image)

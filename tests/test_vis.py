@@ -456,3 +456,15 @@ def test_demo_of_a_network_trained_on_tiny_imagenet_uses_its_val_photos_and_boxe
     loc = m["localisation_error"]
     assert loc["images"] == 12 and set(loc["methods"]) >= {"graphcut", "whole_image", "centre_box"}
     assert "Localisation error on 12 Tiny-ImageNet" in Path(out["index"]).read_text()
+
+
+def test_ten_crop_map_averages_each_pixel_over_the_crops_covering_it(monkeypatch):
+    from scratchnet.vis import saliency as sal_mod
+
+    def constant_gradient(net, x, classes=None, rule="gradient"):
+        return np.ones(x.shape, np.float32), np.full(len(x), 1), np.zeros((len(x), 5), np.float32)
+
+    monkeypatch.setattr(sal_mod, "class_gradient", constant_gradient)
+    img = (np.random.default_rng(2).random((12, 14, 3)) * 255).astype(np.uint8)
+    r = sal_mod.ten_crop_saliency(tiny_net(dtype=np.float32), img, 1, resize=12)
+    np.testing.assert_array_equal(r.map, 1.0)      # the mean of ones, however many crops cover a pixel
