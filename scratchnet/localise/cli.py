@@ -11,7 +11,8 @@ Saliency maps are cached (one .npz per photo under --cache, default $SCRATCHNET_
 localise/<model>-<fingerprint>-<single|tencrop>-<rule>/<data folder>-<path hash>/), so that a second run
 with other segmentation settings does not run the network again. The fingerprint is a digest of the
 network's layers, preprocessing and weights: a network changed under the same name or file gets fresh
-maps, never stale ones (see MapCache for what is not covered).  --no-cache turns the cache off.
+maps, never stale ones (see MapCache for what is not covered).  --no-cache turns the cache off, and so
+does --batch-size above 1 for single-view maps (a map computed in a batch depends on its neighbours).
 
 What `evaluate localisation` computes per photo.  The network sees the 227x227 photo stretched to its
 input size (EfficientNet: 224x224), or the paper's 10 crops (--ten-crop); its top-5 classes are the
@@ -33,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 2      # 2: single-view maps one photo a pass (they were computed 8 at a time)
+CACHE_VERSION = 2      # 2: single-view maps one photo a pass (they were 8 at a time); one number for
+                       # every folder, so 10-crop maps (unchanged) are recomputed too
 DEFAULT_MODEL = "squeezenet1_0"
 
 
@@ -118,7 +120,8 @@ def _subset_args(p):
     p.add_argument("--batch-size", type=positive_int, default=1,
                    help="photos per forward pass of single-view maps (default 1: each photo's maps then depend "
                         "on that photo alone, as the map cache assumes; a larger batch, quicker on a GPU, "
-                        "changes a map with its batch neighbours through rounding, and is not cached)")
+                        "changes a map with its batch neighbours through rounding, and is not cached; "
+                        "10-crop maps are one photo a batch whatever this says)")
 
 
 def _cache_args(p):
@@ -219,7 +222,8 @@ def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
         _say(f"--batch-size {batch_size}: maps depend on their batch neighbours, so the map cache is off")
         cache = MapCache(None, net, "", ten_crop, rule, "", enabled=False)
     t0, done = time.perf_counter(), 0
-    step = max(8, batch_size)                         # photos between progress lines
+    step = batch_size * max(1, -(-8 // batch_size))   # photos between progress lines: a whole number
+                                                      # of batches, about 8 photos
     for s in range(0, len(items), step):
         chunk = items[s:s + step]
         entries, todo = [], []
@@ -346,7 +350,7 @@ def cmd_evaluate_localisation(args):
         _say(f"  {m:20s} top-1 loc {r['top1_loc_error']:.3f}  top-5 loc {r['top5_loc_error']:.3f}  "
              f"GT-known {r['gt_known_loc_error']:.3f}")
     res.update({"command": "evaluate localisation", "model": args.model, "data": str(args.data),
-                "offset": args.offset, "ten_crop": args.ten_crop, "rule": args.rule,
+                "offset": args.offset, "batch_size": args.batch_size, "ten_crop": args.ten_crop, "rule": args.rule,
                 "all_maps": args.all_maps, "segment": kw})
     _emit(res)
 
@@ -410,7 +414,8 @@ def cmd_evaluate_segmentation(args):
     names = net.class_names or []
     common = np.bincount(classes, minlength=net.num_classes).argsort()[::-1][:5]
     res = {"command": "evaluate segmentation", "model": args.model, "data": str(args.data), "images": len(pets),
-           "offset": args.offset, "ten_crop": args.ten_crop, "rule": args.rule, "segment": kw,
+           "offset": args.offset, "batch_size": args.batch_size, "ten_crop": args.ten_crop, "rule": args.rule,
+           "segment": kw,
            "methods": {
                "graphcut": {"mean_iou": float(np.mean(iou["graphcut"])),
                             "mean_iou_largest_component": float(np.mean(iou["graphcut_component"])),

@@ -24,7 +24,8 @@ The steps:
                     connected component and its box
 
 One forward pass serves every class asked for: the maps of k classes cost one forward and k backward
-passes, each backward reusing what the forward kept (`network_saliency` batches several photos in each).
+passes, each backward reusing what the forward kept (`network_saliency` takes one photo a pass by
+default, or `batch_size` photos).
 
 Fallback.  When the map says nothing (constant, e.g. all zero: SqueezeNet's class score passes a ReLU,
 so a class whose score map is zero everywhere has a zero gradient), `segment` returns the whole image
@@ -55,7 +56,9 @@ MIN_IMAGE_SIDE = 16   # pixels; smaller photos give the colour models too few se
 #: strength, with the paper's seed quantiles. (The single-view weight was re-tuned when the map
 #: cache became keyed by the network's fingerprint: the earlier 0.25 had been chosen on stale maps.)
 #: "guided": single-view maps of guided backpropagation (rule="guided", beyond the paper), chosen by
-#: the sum of both networks' errors (weights 10 and 30 tied; 10 cuts faster). Those maps are sparse
+#: the sum of both networks' errors (weights 10 and 30 tied; 10 cuts faster). (All three were chosen
+#: on maps computed 8 photos a batch, before CACHE_VERSION 2 made them one photo a pass; the figures
+#: were re-measured on the new maps, the settings not re-tuned.) Those maps are sparse
 #: and sharp: the top 10% seeds the object and the smoothness term can be strong.
 TUNED_SEGMENT = {"single": {"pairwise_weight": 3.0, "fg_quantile": 0.80, "bg_quantile": 0.30},
                  "ten_crop": {"pairwise_weight": 30.0, "fg_quantile": 0.95, "bg_quantile": 0.30},
@@ -95,7 +98,8 @@ def network_saliency(net, images, top=5, extra=None, rule="gradient", ten_crop=F
                  another order, so its maps change in the last bits with its batch neighbours, and by
                  more where a value sits near a ReLU kink or a max-pooling tie (one photo's map moved
                  by 5% of its maximum at some pixels, and graph-cut boxes changed, between batches of
-                 8 and 7); batches pay on a GPU, hardly on the CPU. 10-crop maps are one photo a batch.
+                 8 and 7); batches pay on a GPU; on the CPU one photo a pass was 0-20% slower than
+                 8 (SqueezeNet, single view). 10-crop maps are one photo a batch.
 
     Returns per photo {"scores": (K,) float32 (10-crop: the mean over crops), "classes": list of ints
     (the top first, best first, then the extra ones), "maps": (len(classes), H_i, W_i) float32}.

@@ -61,7 +61,8 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.01
-    schedule: str = "step"           # "step" (x0.1 at milestones), "log" (geometric lr -> lr_end), "piecewise" 
+    schedule: str = "step"           # "step" (x0.1 at milestones), "log" (geometric lr -> lr_end),
+                                     # "piecewise" (lr_points)
     milestones: list | None = None   # step: epochs where lr drops; default the last quarter
     lr_end: float | None = None      # log: the last epoch's rate (default lr / 100)
     lr_points: list | None = None    # piecewise: ["1:0.01", "8:0.001", ...] (first epoch counted from 1 : rate)
