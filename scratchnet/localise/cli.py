@@ -133,7 +133,7 @@ def _cache_args(p):
 def segment_kwargs(args) -> dict:
     """The graph-cut settings: the tuned ones for the kind of map, overridden by the command line."""
     from .network import tuned_segment_kwargs
-    return tuned_segment_kwargs(args.ten_crop, getattr(args, "rule", "gradient"), pairwise_weight=args.pairwise,
+    return tuned_segment_kwargs(args.ten_crop, args.rule, pairwise_weight=args.pairwise,
                                 fg_quantile=args.fg_quantile, bg_quantile=args.bg_quantile)
 
 
@@ -170,10 +170,14 @@ class MapCache:
     (its name and a hash of its resolved path, so that two folders of one name keep apart). Within it a
     photo is found by its file stem and checked by its size, not its content: a photo replaced by
     another of the same size needs --no-cache or a fresh --cache. CACHE_VERSION covers changes to the
-    saliency code itself."""
+    saliency code itself. Single-view maps computed batch_size > 1 photos a pass are not cached (they
+    depend on their batch neighbours): the cache is then off, said once on stderr."""
 
-    def __init__(self, root, net, model, ten_crop, rule, data, enabled=True):
+    def __init__(self, root, net, model, ten_crop, rule, data, enabled=True, batch_size=1):
         self.folder = None                  # None: the cache is off (neither read nor written)
+        if enabled and batch_size > 1 and not ten_crop:
+            _say(f"--batch-size {batch_size}: maps depend on their batch neighbours, so the map cache is off")
+            enabled = False
         if not enabled:                     # and the network is not fingerprinted for nothing
             return
         label = Path(model).stem if Path(model).is_file() else str(model)
@@ -213,14 +217,11 @@ def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
     """Saliency entries for items = [(stem, image, extra classes)], through the cache, with progress.
     Yields (index, entry) in order.
 
-    The cache is read and written only with batch_size 1 (or 10-crop maps, one photo a batch anyway): a
+    MapCache is off for single-view maps with batch_size > 1 (10-crop maps are one photo a batch anyway): a
     map computed in a batch differs from the same photo's map computed alone, in the last bits and, where
     a value sits near a ReLU kink or a max-pooling tie, by more, so a cache filled by a batched run would
     make a later run's results depend on how the earlier one was batched."""
     from .network import network_saliency
-    if batch_size > 1 and not ten_crop and cache.folder is not None:
-        _say(f"--batch-size {batch_size}: maps depend on their batch neighbours, so the map cache is off")
-        cache = MapCache(None, net, "", ten_crop, rule, "", enabled=False)
     t0, done = time.perf_counter(), 0
     step = batch_size * max(1, -(-8 // batch_size))   # photos between progress lines: a whole number
                                                       # of batches, about 8 photos
@@ -312,7 +313,7 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
         raise ValueError(f"localisation error scores the network's five guesses (ILSVRC top-5); "
                          f"{model_key} has {net.num_classes} classes: expected at least 5")
     kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop, rule)
-    maps = MapCache(cache_root, net, model_key, ten_crop, rule, ds.root or "data", cache)
+    maps = MapCache(cache_root, net, model_key, ten_crop, rule, ds.root or "data", cache, batch_size)
     items = [(ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]) for i in indices]
     _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
          f"{'10-crop' if ten_crop else 'single view'}, rule {rule}")
@@ -387,7 +388,8 @@ def cmd_evaluate_segmentation(args):
     pets = [pets[i] for i in idx]
     net = _load_net(args)
     kw = segment_kwargs(args)
-    cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, args.data, not args.no_cache)
+    cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, args.data, not args.no_cache,
+                     args.batch_size)
     items = [(p.name, p.image, []) for p in pets]
     fracs = [float(f) for f in THRESHOLD_FRACTIONS] if args.threshold_fraction is None \
         else [float(args.threshold_fraction)]

@@ -143,8 +143,9 @@ def _check_split(what, split, net):
 def _check_config_values(c):
     """A ValueError for settings that would train nothing or nonsense, before any work (before the mean
     image is computed or the network touched; the CLI checks its own flags)."""
-    for name in ("epochs", "batch_size", "val_batch_size", "log_every", "crop_pad", "jitter", "seed"):
-        check_int("TrainConfig", name, getattr(c, name), 0 if name in ("crop_pad", "jitter", "seed") else 1)
+    for name, low in (("epochs", 1), ("batch_size", 1), ("val_batch_size", 1), ("log_every", 1),
+                      ("crop_pad", 0), ("jitter", 0), ("seed", 0)):
+        check_int("TrainConfig", name, getattr(c, name), low)
     check_number("TrainConfig", "lr", c.lr, low=0, low_open=True)
     check_number("TrainConfig", "momentum", c.momentum, low=0, high=1, high_open=True)
     check_number("TrainConfig", "weight_decay", c.weight_decay, low=0)

@@ -56,7 +56,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from ..checks import check_int, check_number
-from .deconv import backward_from
+from .deconv import backward_from, forward_to, layer_index
 from .display import on_net_device, prepare_pixels, resolve_classes, stretch, to_pixels
 
 #: defaults chosen by looking at SqueezeNet and EfficientNet-Lite0 class models (module docstring)
@@ -220,17 +220,13 @@ def linear_score_layer(net):
 
 def _forward(net, x, score_at):
     """The network's scores (M, K classes) and, when ``score_at`` names a layer, that layer's output."""
-    from .deconv import layer_index
     if score_at is None:
         return net.forward(x), None
-    net.check_input(x)
-    net.forget_forward()                   # a pass by hand: backward goes through backward_from
-    stop, z = layer_index(net, score_at), None
-    for i, (_, lay) in enumerate(net.layers):
-        x = lay.forward(x, False)
-        if i == stop:
-            z = x
-    return x, z
+    z = forward_to(net, x, score_at)       # a pass by hand: backward goes through backward_from
+    out = z
+    for _, lay in net.layers[layer_index(net, score_at) + 1:]:
+        out = lay.forward(out, False)
+    return out, z
 
 
 def objective_value(net, x, classes, lam, score_layer="auto"):

@@ -114,7 +114,7 @@ def resolve_classes(net, classes) -> np.ndarray:
         return np.zeros(a.shape, np.int64)
     if a.dtype.kind in "iu":
         k = net.num_classes
-        if a.size and (a.min() < 0 or a.max() >= k):
+        if a.min() < 0 or a.max() >= k:
             raise ValueError(f"class index out of range: the network has {k} classes, expected indices "
                              f"0..{k - 1}, got {a.tolist()}")
         return a.astype(np.int64)

@@ -37,7 +37,7 @@ def class_gradient(net, x, classes=None, rule="gradient"):
     cls = None if classes is None else _per_image(resolve_classes(net, classes), _batch_size(x))
     xp = get_array_module(x)
     scores = net.forward(x)
-    n, k = scores.shape
+    n = scores.shape[0]
     if cls is None:
         cls = to_numpy(scores.argmax(axis=1)).astype(np.int64)
     onehot = xp.zeros_like(scores)
