@@ -7,6 +7,7 @@ only assembles them:
     scratchnet.vis.cli        saliency, classmodel, deconv, compare-rules, demo
     scratchnet.localise.cli   localise, evaluate localisation, evaluate segmentation
     scratchnet.train.cli      train
+    scratchnet.gradcheck      gradcheck
 
 (The benchmarks are scripts in bench/, not commands.)
 
@@ -23,7 +24,7 @@ import sys
 
 #: modules that provide ``register(subparsers, evaluate_subparsers)``
 COMMAND_MODULES = ["scratchnet.models.cli", "scratchnet.vis.cli", "scratchnet.localise.cli",
-                   "scratchnet.train.cli"]
+                   "scratchnet.train.cli", "scratchnet.gradcheck"]
 
 
 def json_default(o):

@@ -468,3 +468,14 @@ def test_every_cupy_name_reached_exists_in_real_cupy(real_cupy):
     print(f"{len(hostcupy.USED)} CuPy names reached, all in CuPy {cupy.__version__}: {sorted(hostcupy.USED)}")
     assert not missing, f"used on device arrays, absent from CuPy {cupy.__version__}: {missing}"
     assert {"cupy.matmul", "ndarray.reshape"} <= set(hostcupy.USED), sorted(hostcupy.USED)  # the record is live
+
+
+def test_gradcheck_on_the_device(host_gpu, capsys):
+    """`scratchnet gradcheck --device gpu`: the backward kernels of kernels/*.cu (emulated here), in
+    double, against central differences: the whole layer grid and the paper network."""
+    from scratchnet.gradcheck import LAYER_GRID
+    out = run(["gradcheck", "--device", "gpu", "--pixels", "8", "--entries", "2"], capsys)
+    assert out["device"] == "gpu" and out["failed"] == [] and out["network"]["ok"]
+    assert len(out["layers"]) == len(LAYER_GRID)
+    assert {"relu_bwd", "maxpool_bwd_gather", "avgpool_bwd_gather", "lrn_bwd", "col2im_gather"} <= set(
+        host_gpu.launches), host_gpu.launches

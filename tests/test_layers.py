@@ -1,6 +1,6 @@
 """Every layer against central differences (float64), and every fast path against its naive twin.
 
-A new layer joins the grid by adding one line to GRID.
+A new layer joins the gradient-check grid by adding one line to LAYER_GRID in scratchnet/gradcheck.py.
 """
 from __future__ import annotations
 
@@ -10,133 +10,27 @@ import numpy as np
 import pytest
 
 from scratchnet import kernels
-from scratchnet.layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool,
-                               Linear, LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Residual, Rule,
-                               Sequential, ShapeError, relu_backward_reference, softmax_cross_entropy)
+from scratchnet.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Linear,
+                               LocalResponseNorm, MaxPool2d, ReLU, ReLU6, Rule, ShapeError,
+                               relu_backward_reference, softmax_cross_entropy)
 from scratchnet.layers.conv import col2im_reference, conv2d_naive, im2col_reference, same_padding
 from scratchnet.layers.linear import linear_naive
 from scratchnet.layers.loss import softmax_cross_entropy_naive
 from scratchnet.layers.norm import batchnorm_naive, lrn_backward_naive, lrn_naive, lrn_reference
 from scratchnet.layers.pool import avgpool_naive, global_avgpool_naive, maxpool_numpy, maxpool_reference
 
-from gradcheck import check_layer, numerical_grad, rel_error
+from scratchnet.gradcheck import (LAYER_GRID, TOLERANCE, check_grid_entry, numerical_grad, randomise_params,
+                                  rel_error)
+
+_init = randomise_params
 
 
-def _init(layer, seed=0):
-    rng = np.random.default_rng(seed)
-    for _, lay, key in layer.named_params():
-        lay.params[key] = rng.standard_normal(lay.params[key].shape).astype(np.float64) * 0.5
-    if isinstance(layer, BatchNorm2d):
-        layer.stats = dict(mean=rng.standard_normal(layer.channels), var=rng.random(layer.channels) + 0.5)
-    return layer
-
-
-def off_kinks(x, kinks=(0.0,), margin=0.05):
-    """Move values within `margin` of a kink (ReLU's 0, ReLU6's 6) away from it."""
-    for k in kinks:
-        near = np.abs(x - k) < margin
-        x[near] = k + np.sign(x[near] - k + 1e-12) * margin
-    return x
-
-
-def distinct(shape, rng):
-    """Values spaced >= 0.01 apart in random order: no pooling ties, even under +-eps."""
-    n = int(np.prod(shape))
-    return (rng.permutation(n).reshape(shape) * 0.01 - n * 0.005).astype(np.float64)
-
-
-def with_mode(conv, mode):
-    """The same Conv2d, forced to plain or wide im2col columns (see Conv2d.im2col_mode)."""
-    conv.im2col_mode = mode
-    return conv
-
-
-def conv_relu(c, o, k, p):
-    return Sequential([("conv", Conv2d(c, o, k, padding=p)), ("relu", ReLU())])
-
-
-#: (id, layer factory, input shape, input kind)
-GRID = [
-    ("conv3x3", lambda: Conv2d(3, 4, 3, padding=1), (2, 3, 6, 6), "normal"),
-    ("conv3x3_wide", lambda: with_mode(Conv2d(3, 4, 3, padding=1), "wide"), (2, 3, 6, 5), "normal"),
-    ("conv3x3_plain", lambda: with_mode(Conv2d(3, 4, 3, padding=1), "plain"), (2, 3, 6, 5), "normal"),
-    ("conv_groups_k5_wide", lambda: with_mode(Conv2d(4, 6, 5, padding=(2, 1, 0, 3), groups=2), "wide"), (2, 4, 6, 5),
-     "normal"),
-    ("conv_stride2", lambda: Conv2d(3, 4, 3, stride=2), (2, 3, 7, 7), "normal"),
-    ("conv_pad_asym", lambda: Conv2d(3, 2, 3, stride=2, padding=(0, 1, 1, 2)), (2, 3, 6, 5), "normal"),
-    ("conv_same_s2", lambda: Conv2d(3, 4, 3, stride=2, padding="same"), (2, 3, 6, 6), "normal"),
-    ("conv_same_k5", lambda: Conv2d(2, 3, 5, stride=2, padding="same"), (1, 2, 7, 8), "normal"),
-    ("conv_groups2", lambda: Conv2d(4, 6, 3, padding=1, groups=2), (2, 4, 5, 5), "normal"),
-    ("conv_depthwise", lambda: Conv2d(4, 4, 3, stride=2, padding="same", groups=4), (2, 4, 6, 6), "normal"),
-    ("conv_depthwise_k5", lambda: Conv2d(3, 3, 5, padding=2, groups=3), (1, 3, 6, 6), "normal"),
-    ("conv1x1", lambda: Conv2d(4, 3, 1), (2, 4, 4, 4), "normal"),
-    ("conv_rect_nobias", lambda: Conv2d(2, 3, (2, 3), stride=(1, 2), bias=False), (2, 2, 5, 6), "normal"),
-    ("conv_groups2_plain", lambda: with_mode(Conv2d(4, 6, 3, stride=2, padding=1, groups=2), "plain"), (2, 4, 6, 5),
-     "normal"),
-    ("conv1x1_groups2", lambda: Conv2d(4, 6, 1, groups=2), (2, 4, 3, 4), "normal"),
-    ("conv1x1_stride2", lambda: Conv2d(3, 4, 1, stride=2), (2, 3, 5, 6), "normal"),
-    ("conv_depthwise_rect", lambda: Conv2d(3, 3, (3, 5), stride=(2, 1), padding=(1, 1, 2, 2), groups=3),
-     (1, 3, 7, 6), "normal"),
-    ("conv_depthwise_x2", lambda: Conv2d(3, 6, 3, padding=1, groups=3), (2, 3, 5, 5), "normal"),
-    ("relu", lambda: ReLU(), (2, 3, 4, 4), "relu"),
-    ("relu6", lambda: ReLU6(), (2, 3, 4, 4), "relu6"),
-    ("maxpool3s2_ceil", lambda: MaxPool2d(3, 2, ceil_mode=True), (2, 2, 8, 8), "distinct"),
-    ("maxpool2s2_floor", lambda: MaxPool2d(2, 2), (2, 2, 7, 7), "distinct"),
-    ("maxpool3s2_pad1", lambda: MaxPool2d(3, 2, padding=1), (1, 2, 7, 6), "distinct"),
-    ("maxpool3s1", lambda: MaxPool2d(3, 1), (1, 2, 5, 5), "distinct"),
-    ("maxpool_rect_asym", lambda: MaxPool2d((2, 3), (1, 2), padding=(0, 1, 1, 0)), (1, 2, 6, 7), "distinct"),
-    ("maxpool2s2_ceil_pad1", lambda: MaxPool2d(2, 2, 1, ceil_mode=True), (1, 2, 5, 5), "distinct"),
-    ("avgpool2s2", lambda: AvgPool2d(2, 2), (2, 2, 6, 6), "normal"),
-    ("avgpool3s2_ceil_pad", lambda: AvgPool2d(3, 2, padding=1, ceil_mode=True), (1, 2, 6, 6), "normal"),
-    ("avgpool3s2_floor_pad", lambda: AvgPool2d(3, 2, padding=1), (1, 2, 7, 6), "normal"),
-    ("avgpool3s2_ceil", lambda: AvgPool2d(3, 2, ceil_mode=True), (1, 2, 6, 6), "normal"),
-    ("avgpool_rect_asym", lambda: AvgPool2d((2, 3), (2, 1), padding=(1, 0, 0, 1)), (1, 2, 5, 6), "normal"),
-    ("global_avgpool", lambda: GlobalAvgPool(), (2, 3, 4, 5), "normal"),
-    ("lrn5", lambda: LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0), (2, 7, 3, 3), "wide"),
-    ("lrn3_beta_half", lambda: LocalResponseNorm(3, alpha=5e-2, beta=0.5, k=1.0), (1, 4, 3, 3), "wide"),
-    ("lrn1", lambda: LocalResponseNorm(1, alpha=1e-1, beta=0.75, k=2.0), (1, 4, 3, 3), "wide"),
-    ("lrn7_wider_than_channels", lambda: LocalResponseNorm(7, alpha=5e-2, beta=0.6, k=1.5), (1, 5, 3, 3), "wide"),
-    ("batchnorm", lambda: BatchNorm2d(3), (2, 3, 3, 3), "normal"),
-    ("linear", lambda: Linear(6, 4), (3, 6), "normal"),
-    ("linear_nobias", lambda: Linear(6, 4, bias=False), (3, 6), "normal"),
-    ("flatten_linear", lambda: Sequential([Flatten(), Linear(12, 3)]), (2, 3, 2, 2), "normal"),
-    ("dropout_train", lambda: Dropout(0.5, seed=3), (4, 5), "dropout"),
-    ("dropout_p03_train", lambda: Dropout(0.3, seed=3), (4, 5), "dropout"),
-    ("fire_concat", lambda: Sequential([("squeeze", conv_relu(4, 2, 1, 0)), ("expand", Concat(
-        [("e1", conv_relu(2, 3, 1, 0)), ("e3", conv_relu(2, 3, 3, 1))]))]), (2, 4, 5, 5), "normal"),
-    ("residual_identity", lambda: Residual(Sequential([conv_relu(3, 3, 3, 1), Conv2d(3, 3, 1)])),
-     (2, 3, 4, 4), "normal"),
-    ("residual_projection", lambda: Residual(conv_relu(2, 4, 3, 1), Conv2d(2, 4, 1)), (2, 2, 4, 4), "normal"),
-    ("mbconv", lambda: Residual(Sequential([Conv2d(3, 6, 1), ReLU6(), Conv2d(6, 6, 3, padding="same", groups=6),
-                                            ReLU6(), Conv2d(6, 3, 1)])), (1, 3, 5, 5), "normal"),
-    ("conv_pool_lrn_chain", lambda: Sequential([conv_relu(3, 5, 3, 1), LocalResponseNorm(5, 1e-2, 0.75, 2.0),
-                                                MaxPool2d(3, 2, ceil_mode=True)]), (1, 3, 6, 6), "normal"),
-]
-
-
-def make_input(kind, shape, rng):
-    if kind == "distinct":
-        return distinct(shape, rng)
-    if kind == "relu":
-        return off_kinks(rng.standard_normal(shape))
-    if kind == "relu6":
-        return off_kinks(rng.uniform(-3, 9, shape), kinks=(0.0, 6.0))
-    if kind == "wide":
-        return rng.standard_normal(shape) * 3
-    return rng.standard_normal(shape)
-
-
-@pytest.mark.parametrize("name,factory,shape,kind", GRID, ids=[g[0] for g in GRID])
+# The grid itself (every layer and configuration, with inputs kept off ReLU kinks and pooling ties)
+# lives in scratchnet/gradcheck.py, so that `scratchnet gradcheck` runs the very same checks.
+@pytest.mark.parametrize("name,factory,shape,kind", LAYER_GRID, ids=[g[0] for g in LAYER_GRID])
 def test_gradient_check(name, factory, shape, kind):
-    rng = np.random.default_rng(0)
-    layer = _init(factory())
-    x = make_input(kind, shape, rng)
-    reset = None
-    if isinstance(layer, Dropout):
-        def reset():
-            layer.rng = np.random.default_rng(3)
-    errs = check_layer(layer, x, train=kind == "dropout", reset=reset)
-    bad = {k: v for k, v in errs.items() if v > 1e-6}
+    errs = check_grid_entry(name, factory, shape, kind)
+    bad = {k: v for k, v in errs.items() if v > TOLERANCE}
     assert not bad, f"{name}: relative errors {bad}"
 
 

@@ -10,7 +10,7 @@ import pytest
 from scratchnet.layers import (Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU, Rule)
 from scratchnet.models import load_network, paper_net
 
-from gradcheck import numerical_grad, rel_error
+from scratchnet.gradcheck import numerical_grad, rel_error
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,123 @@
+"""scratchnet.gradcheck and `scratchnet gradcheck`: the checks catch planted mistakes, pass correct
+code, and leave out the central differences that straddle a ReLU kink or a pooling switch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scratchnet.cli import main
+from scratchnet.gradcheck import (LAYER_GRID, TOLERANCE, check_layer, check_network, randomise_params,
+                                  select_grid)
+from scratchnet.layers import Flatten, Linear, ReLU
+from scratchnet.models import Network, paper_net
+
+from clirun import run_cli
+
+
+class _DoubledDx(Linear):
+    """A Linear whose backward returns twice the input gradient (a planted mistake)."""
+
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        dx = super().backward(dy, rule, param_grads, input_grad)
+        return None if dx is None else 2 * dx
+
+
+def test_check_layer_catches_a_wrong_input_gradient_and_passes_the_right_one():
+    x = np.random.default_rng(0).standard_normal((3, 6))
+    good = check_layer(randomise_params(Linear(6, 4)), x)
+    assert max(good.values()) < TOLERANCE
+    bad = check_layer(randomise_params(_DoubledDx(6, 4)), x)
+    assert bad["x"] > 0.4 and bad["W"] < TOLERANCE        # only dx is wrong, and it is named
+
+
+def test_check_layer_refuses_float32_and_an_all_zero_gradient():
+    with pytest.raises(TypeError, match="float64"):
+        check_layer(Linear(6, 4), np.zeros((3, 6), np.float32))
+    with pytest.raises(ValueError, match="all zero"):
+        check_layer(ReLU(), -np.ones((2, 3)))           # every unit off: dx == 0 would prove nothing
+
+
+def test_select_grid():
+    assert [g[0] for g in select_grid(["lrn"])] == [g[0] for g in LAYER_GRID if "lrn" in g[0]]
+    assert len(select_grid(None)) == len(LAYER_GRID) >= 47
+    with pytest.raises(ValueError, match="the names are: conv3x3"):
+        select_grid(["no-such-layer"])
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    return paper_net(input_size=32, num_classes=5, width=1 / 16, seed=1, dtype=np.float64)
+
+
+def test_check_network_passes_the_paper_network_and_catches_planted_mistakes(small_net, monkeypatch):
+    res = check_network(small_net, cls=2, pixels=8, entries=2)
+    assert res["worst"] < TOLERANCE and res["checked"] >= 30
+    assert set(res["params"]) == {name for name, _, _ in small_net.named_params()}
+
+    # the image gradient 1% off at one layer
+    conv2 = type(small_net["conv2"])
+    real = conv2.backward
+
+    def off(self, dy, *a, **k):
+        dx = real(self, dy, *a, **k)
+        return dx * 1.01 if dx is not None and self.name == "conv2" else dx
+    monkeypatch.setattr(conv2, "backward", off)
+    res = check_network(small_net, cls=2, pixels=8, entries=0)
+    assert 5e-3 < res["image"] < 2e-2 and res["worst"] == res["image"]
+    monkeypatch.undo()
+
+    # one parameter's gradient wrong (a bias gradient of the wrong sign)
+    lin = type(small_net["fc7"])
+    real_lin = lin.backward
+
+    def flip_bias(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        dx = real_lin(self, dy, rule, param_grads, input_grad)
+        if param_grads and self.name == "fc7":
+            self.grads["b"] = -self.grads["b"]
+        return dx
+    monkeypatch.setattr(lin, "backward", flip_bias)
+    res = check_network(small_net, cls=2, pixels=4, entries=2)
+    assert res["params"]["fc7.b"] > 1 and res["params"]["fc6.b"] < TOLERANCE
+
+
+def test_check_network_leaves_out_differences_across_a_kink():
+    """Unit 0's pre-activation is exactly 0: a central difference in x[0] or in its bias straddles the
+    ReLU kink (at eps and at eps / 100), so it is left out and counted, not compared."""
+    net = Network([("flat", Flatten()), ("fc1", Linear(2, 2)), ("relu", ReLU()), ("fc2", Linear(2, 1))],
+                  input_shape=(1, 1, 2))
+    net["fc1"].params["W"] = np.eye(2)
+    net["fc1"].params["b"] = np.zeros(2)
+    net["fc2"].params["W"] = np.array([[1.0, 2.0]])
+    x = np.array([0.0, 1.0]).reshape(1, 1, 1, 2)
+    res = check_network(net, x=x, pixels=2, entries=4, eps_image=1e-4)
+    assert res["kinks"]["image"] == 1 and res["image"] < 1e-9          # x[1] compared, x[0] left out
+    assert res["kinks"]["fc1.b"] == 1                                   # b[0] straddles the kink
+    assert res["kinks"]["fc1.W"] == 1 and res["params"]["fc1.W"] < 1e-9  # W[0, 1] (times x[1] = 1) straddles it
+    assert res["worst"] < 1e-9
+
+
+def test_check_network_class_out_of_range(small_net):
+    with pytest.raises(ValueError, match="class index 5 is out of range: the network has 5 classes"):
+        check_network(small_net, cls=5)
+
+
+def test_gradcheck_command(capsys):
+    out, _ = run_cli(["gradcheck", "--only", "lrn1", "relu6", "--pixels", "4", "--entries", "1"], capsys)
+    assert [r["name"] for r in out["layers"]] == ["relu6", "lrn1"]
+    assert all(r["ok"] for r in out["layers"]) and out["network"]["ok"] and out["failed"] == []
+
+    # a bound nothing meets: exit 1, the failures named
+    assert main(["gradcheck", "--only", "relu6", "--no-network", "--tol", "1e-30"]) == 1
+    o, err = capsys.readouterr()
+    assert "FAIL" in o and "failed: relu6" in err
+    assert json.loads(o.strip().splitlines()[-1])["failed"] == ["relu6"]
+
+    assert main(["gradcheck", "--only", "nothing-like-this"]) == 2
+    assert "the names are" in capsys.readouterr().err
+
+    # a class the network does not have: refused before any check runs
+    assert main(["gradcheck", "--class", "5"]) == 2
+    o, err = capsys.readouterr()
+    assert "--class 5 is out of range: the network has 5 classes (0..4)" in err and "conv3x3" not in o
