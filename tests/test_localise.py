@@ -157,8 +157,13 @@ def test_bad_parameters_raise_a_clear_value_error(rng):
         localise.segment(img, sal, fg_quantile=0.2, bg_quantile=0.5)
     with pytest.raises(ValueError, match="neighbourhood 4 or 8"):
         localise.segment(img, sal, neighbourhood=6)
-    with pytest.raises(ValueError, match="pairwise_weight >= 0"):
-        localise.segment(img, sal, pairwise_weight=-1)
+    for bad in (-1, float("inf"), float("nan"), 1e39, True):
+        # (an infinite weight, or one past float32, made max-flow run forever)
+        with pytest.raises(ValueError, match=r"pairwise_weight must be in \[0, 1e\+12\]"):
+            localise.segment(img, sal, pairwise_weight=bad)
+    assert localise.segment(img, sal, pairwise_weight=1e12).ok
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        localise.segment(img, sal, seed=-1)
 
 
 def test_few_seeds_reduce_the_number_of_components(rng):

@@ -110,6 +110,11 @@ def test_localise_image_bad_input_is_a_clear_error(net):
         locnet.localise_image(net, photo(12, 10))
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         locnet.localise_image(net, np.zeros((20, 20, 3), np.float32))
+    # an infinite pairwise weight (max-flow never ended on it) is refused before any map is computed
+    with pytest.raises(ValueError, match=r"pairwise_weight must be in \[0, 1e\+12\], got inf"):
+        locnet.tuned_segment_kwargs(False, pairwise_weight=float("inf"))
+    with pytest.raises(ValueError, match="pairwise_weight must be in"):
+        locnet.localise_image(net, photo(20, 20), pairwise_weight=float("inf"))
 
 
 def test_zero_saliency_falls_back_to_the_whole_image():

@@ -47,13 +47,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..checks import check_int
+from ..checks import check_int, check_number
 from . import gmm as _gmm
 from .boxes import largest_component, mask_box, whole_image_box
 
 MIN_SIDE = 4                    # smallest image side accepted (pixels)
 MIN_POINTS_PER_COMPONENT = 10   # seed pixels per GMM component, below which K is reduced
 DEFAULT_PAIRWISE_WEIGHT = 10.0  # gamma; see the module docstring for how it was chosen
+MAX_PAIRWISE_WEIGHT = 1e12      # the largest gamma accepted (finite in float32 sums, and far past any change)
 
 # neighbour offsets (dy, dx) whose edges are added once each (symmetric): right, down, and diagonals
 _OFFSETS = {4: ((0, 1), (1, 0)), 8: ((0, 1), (1, 0), (1, 1), (1, -1))}
@@ -97,7 +98,7 @@ def segment(image: np.ndarray, saliency: np.ndarray, fg_quantile: float = 0.95,
     on real photos and did not change the mask IoU on the pets proxy, for ~15% of the time).
     """
     _check_inputs(image, saliency, fg_quantile, bg_quantile, n_components, pairwise_weight,
-                  neighbourhood, iterations, max_points, em_iter)
+                  neighbourhood, iterations, max_points, em_iter, seed)
     H, W = saliency.shape
     t0 = time.perf_counter()
     s = np.asarray(saliency)
@@ -244,7 +245,7 @@ def _uninformative(s: np.ndarray) -> str | None:
 
 
 def _check_inputs(image, saliency, fg_quantile, bg_quantile, n_components, pairwise_weight,
-                  neighbourhood, iterations, max_points, em_iter):
+                  neighbourhood, iterations, max_points, em_iter, seed=0):
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
             or image.dtype != np.uint8:
         got = (f"shape {image.shape}, dtype {image.dtype}" if isinstance(image, np.ndarray)
@@ -262,13 +263,23 @@ def _check_inputs(image, saliency, fg_quantile, bg_quantile, n_components, pairw
     if saliency.dtype == np.bool_ or not (np.issubdtype(saliency.dtype, np.floating)
                                           or np.issubdtype(saliency.dtype, np.integer)):
         raise ValueError(f"segment: expected a real-valued saliency map (float), got dtype {saliency.dtype}")
+    check_segment_params(fg_quantile, bg_quantile, n_components, pairwise_weight, neighbourhood, iterations,
+                         max_points, em_iter, seed)
+
+
+def check_segment_params(fg_quantile=0.95, bg_quantile=0.30, n_components=5,
+                         pairwise_weight=DEFAULT_PAIRWISE_WEIGHT, neighbourhood=8, iterations=1,
+                         max_points=2000, em_iter=5, seed=0):
+    """segment's settings checked on their own (the commands check them before computing any map):
+    a ValueError that names the setting and what it must be."""
     if not 0 < bg_quantile < fg_quantile < 1:
         raise ValueError("segment: expected 0 < bg_quantile < fg_quantile < 1, "
                          f"got bg_quantile={bg_quantile}, fg_quantile={fg_quantile}")
     for name, v, low in (("n_components", n_components, 1), ("iterations", iterations, 1),
-                         ("max_points", max_points, 1), ("em_iter", em_iter, 0)):
+                         ("max_points", max_points, 1), ("em_iter", em_iter, 0), ("seed", seed, 0)):
         check_int("segment", name, v, low)
-    if not (isinstance(pairwise_weight, (int, float, np.number)) and pairwise_weight >= 0):
-        raise ValueError(f"segment: expected pairwise_weight >= 0 (a number), got {pairwise_weight!r}")
+    # finite and bounded: an infinite weight (or one that overflows float32) makes every edge's capacity
+    # infinite, and max-flow then never ends; beyond ~1e6 every weight gives the same cut anyway
+    check_number("segment", "pairwise_weight", pairwise_weight, low=0, high=MAX_PAIRWISE_WEIGHT)
     if neighbourhood not in _OFFSETS:
         raise ValueError(f"segment: expected neighbourhood 4 or 8, got {neighbourhood}")

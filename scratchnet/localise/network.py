@@ -43,7 +43,7 @@ from ..layers import Rule
 from ..vis.display import class_names, prepare_pixels, resolve_class, resolve_classes
 from ..vis.saliency import saliency_from_gradient, ten_crop_boxes
 from ..models.preprocess import _as_list, _check_image as _check_rgb  # one check of photo arrays
-from .graphcut import segment
+from .graphcut import check_segment_params, segment
 
 MIN_IMAGE_SIDE = 16   # pixels; smaller photos give the colour models too few seed pixels to fit
 
@@ -74,9 +74,11 @@ def tuned_kind(ten_crop: bool, rule="gradient") -> str:
 
 
 def tuned_segment_kwargs(ten_crop: bool, rule="gradient", **overrides) -> dict:
-    """The `segment` keyword arguments for maps of this kind: TUNED_SEGMENT, updated by overrides."""
+    """The `segment` keyword arguments for maps of this kind: TUNED_SEGMENT, updated by overrides
+    (checked here, so that a bad setting is refused before any map is computed)."""
     kw = dict(TUNED_SEGMENT[tuned_kind(ten_crop, rule)])
     kw.update({k: v for k, v in overrides.items() if v is not None})
+    check_segment_params(**kw)
     return kw
 
 
@@ -213,6 +215,7 @@ def localise_image(net, image_uint8, cls=None, rule="gradient", ten_crop=False, 
     "top5": [(class, name, score), ...], "fallback": None, or why the whole image was returned}.
     """
     image = _check_image(image_uint8, 0)
+    kw = tuned_segment_kwargs(ten_crop, rule, **segment_kwargs)         # checked before any work
     names = class_names(net)
     if cls is None:
         top, extra = 1, None
@@ -221,7 +224,7 @@ def localise_image(net, image_uint8, cls=None, rule="gradient", ten_crop=False, 
         top, extra = 0, [[c]]
     r = network_saliency(net, [image], top=top, extra=extra, rule=rule, ten_crop=ten_crop)[0]
     c, smap = r["classes"][0], r["maps"][0]
-    seg = segment(image, smap, **tuned_segment_kwargs(ten_crop, rule, **segment_kwargs))
+    seg = segment(image, smap, **kw)
     top5 = [int(i) for i in np.argsort(-r["scores"], kind="stable")[:5]]
     return {"mask": seg.mask, "component": seg.component, "box": tuple(int(v) for v in seg.box),
             "class": int(c), "class_name": names[c], "score": float(r["scores"][c]), "saliency": smap,
