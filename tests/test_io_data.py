@@ -56,6 +56,24 @@ def test_resize_crop_and_png_round_trip(tmp_path, rng):
     assert np.asarray(Image.open(tmp_path / "f.png")).tolist()[2][3] == 255
 
 
+def test_a_thin_strip_is_cropped_without_its_whole_enlargement(rng, monkeypatch):
+    """A 1 x 8000 strip, shorter side to 256, would be 256 x 2,048,000 pixels (5 GB) to keep 224 x 224:
+    past LARGE_RESIZE pixels only the source region under the crop is resampled."""
+    from scratchnet.io import images
+    from scratchnet.models.preprocess import fit_image
+    for shape in [(40, 60, 3), (300, 450, 3), (500, 375, 3), (20, 900, 3), (900, 20, 3)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        full = centre_crop(resize_shorter(img, 256), 224)
+        assert np.array_equal(images.resize_shorter_centre_crop(img, 256, 224), full)   # below the bound: same bits
+        monkeypatch.setattr(images, "LARGE_RESIZE", 1000)                               # every one past it
+        boxed = images.resize_shorter_centre_crop(img, 256, 224)
+        monkeypatch.undo()
+        assert boxed.shape == (224, 224, 3) and np.abs(boxed.astype(int) - full).max() <= 1
+    strip = rng.integers(0, 256, (1, 8000, 3), dtype=np.uint8)
+    assert fit_image(strip, 224, resize_to=256).shape == (224, 224, 3)
+    assert fit_image(strip.transpose(1, 0, 2), 224).shape == (224, 224, 3)   # no resize_to: enlarged to 224
+
+
 def test_heatmap_is_dark_to_bright_and_overlay_blends():
     ramp = np.linspace(0, 1, 50)[None].repeat(4, axis=0)
     colours = heatmap(ramp)

@@ -124,6 +124,9 @@ def test_ten_crop_map_of_flipped_photo_is_flipped_map():
     assert a.map.shape == (12, 14) and a.crop_maps.shape == (10, 8, 8)
     np.testing.assert_allclose(b.map, a.map[:, ::-1], rtol=1e-5, atol=1e-7)
     assert (a.map > 0).all()      # every pixel is covered by some crop
+    # a photo whose resized map would pass LARGE_RESIZE pixels (5 GB for a 1 x 8000 strip): a clear error
+    with pytest.raises(ValueError, match=r"a 8000x1 photo is too elongated for the 10-crop map: .* 2048000 long"):
+        ten_crop_saliency(net, np.zeros((1, 8000, 3), np.uint8), 1, resize=256)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..progress import Progress
 from .classnames import class_index, imagenet_class_names, imagenet_wnids
-from .images import ImageReadError, centre_crop, load_image, resize_shorter
+from .images import ImageReadError, load_image, resize_shorter_centre_crop
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -335,7 +335,7 @@ def decode_one(path, size: int) -> np.ndarray:
     """Decode one file to (size, size, 3) uint8: shorter side resized to size, then centre crop."""
     img = load_image(path)
     if img.shape[:2] != (size, size):
-        img = centre_crop(resize_shorter(img, size), size)
+        img = resize_shorter_centre_crop(img, size, size)
     return img
 
 

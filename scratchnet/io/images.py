@@ -90,6 +90,27 @@ def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
     return resize(img, (h, w))
 
 
+#: the most pixels an intermediate resize may have before resize_shorter_centre_crop takes the central
+#: window straight from the source: a 1 x 8000 strip, its shorter side taken to 256, would be 256 x
+#: 2,048,000 pixels (5 GB of memory) to keep 224 x 224 of them
+LARGE_RESIZE = 1 << 23
+
+
+def resize_shorter_centre_crop(img: np.ndarray, shorter: int, crop: int) -> np.ndarray:
+    """centre_crop(resize_shorter(img, shorter), crop) for uint8 photos, without the whole resized
+    image when it would pass LARGE_RESIZE pixels: then PIL resamples only the source region (a float
+    box) that maps onto the crop. Photos of ordinary shapes take the first path, bit for bit; the box
+    path gives the same pixels or ones a grey level apart (PIL's rounding). (H, W, 3) -> (crop, crop, 3)."""
+    H, W = img.shape[:2]
+    h, w = (shorter, max(1, round(W * shorter / H))) if H <= W else (max(1, round(H * shorter / W)), shorter)
+    if h * w <= LARGE_RESIZE or crop > min(h, w) or img.dtype != np.uint8:
+        return centre_crop(resize_shorter(img, shorter), crop)
+    y0, x0 = (h - crop) // 2, (w - crop) // 2
+    sy, sx = H / h, W / w
+    box = (x0 * sx, y0 * sy, (x0 + crop) * sx, (y0 + crop) * sy)
+    return np.asarray(_pil(img).resize((crop, crop), Image.BILINEAR, box=box))
+
+
 def centre_crop(img: np.ndarray, size) -> np.ndarray:
     """The central (h, w) window; size is an int (square) or (h, w).  (H, W, ...) -> (h, w, ...)."""
     h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))

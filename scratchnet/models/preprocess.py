@@ -31,7 +31,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_device, to_numpy
 from ..checks import check_int
-from ..io.images import centre_crop, resize, resize_shorter
+from ..io.images import centre_crop, resize, resize_shorter, resize_shorter_centre_crop
 
 MODES = ("crop", "stretch", "pixels")
 
@@ -124,10 +124,12 @@ def fit_image(img, size, resize_to=None, mode="crop"):
         return resize(img, (size, size))
     if mode != "crop":
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if resize_to and int(resize_to) >= size:             # the usual case: one resize, then the crop
+        return resize_shorter_centre_crop(img, int(resize_to), size)
     if resize_to:
         img = resize_shorter(img, int(resize_to))
     if min(img.shape[:2]) < size:
-        img = resize_shorter(img, size)
+        return resize_shorter_centre_crop(img, size, size)
     return centre_crop(img, size)
 
 
