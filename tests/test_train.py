@@ -196,6 +196,14 @@ def test_nan_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "model.npz").exists()
 
 
+def test_divergence_from_weight_decay_names_it(tmp_path):
+    net = paper_net(32, num_classes=3, width=0.0625, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.01, weight_decay=1e40, seed=3, prefetch=1)
+    t = Trainer(net, synthetic(), synthetic(24, seed=1), tmp_path / "run", cfg, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"smaller --lr or a smaller --weight-decay \(lr x weight decay = 1e\+38"):
+        t.fit()
+
+
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
     t = small_trainer(tmp_path / "run", epochs=1)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

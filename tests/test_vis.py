@@ -6,6 +6,7 @@ gradient only at ReLU, and class-model ascent increases the documented objective
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -291,11 +292,17 @@ def test_class_model_linear_score_for_relu_gap_heads():
     assert r.objective[-1, 0] > r.objective[0, 0]       # it moved, although S_c stayed at 0
 
 
-def test_class_model_errors(net):
+def test_class_model_errors(net, live_net):
     with pytest.raises(ValueError, match=r"expected indices 0\.\.4, got \[5\]"):
         cm.class_model(net, [5], steps=1)
     with pytest.raises(ValueError, match="optimiser"):
         cm.class_model(net, [0], steps=1, optimiser="adam")
+    # each plain step scales the image by 1 - lr 2 lam / u^2: past -1 it can only blow up
+    with pytest.raises(ValueError, match=r"plain ascent would diverge: lr \* 2 \* lam / u\^2 = 20 .* below 2"):
+        cm.class_model(net, [0], steps=1, optimiser="plain", lam=10 * cm.grey_level(net) ** 2, lr=1.0)
+    # an ascent that overflows says so (it used to be refused as a network input with NaN or Inf)
+    with pytest.raises(ValueError, match=r"the ascent diverged at step \d of 3 \(the image is no longer finite"):
+        cm.class_model(copy.deepcopy(live_net).astype(np.float32), [0], steps=3, lr=1e45)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -309,7 +309,13 @@ class Trainer:
         raise TrainingDiverged(
             f"training diverged: the loss became {loss} at step {st['step'] + 1} (epoch {epoch + 1}, batch "
             f"{st['batch'] + 1}) with learning rate {self.optimiser.lr:g}; the last good checkpoint is kept: "
-            f"{where}. Try a smaller --lr.")
+            f"{where}. Try a smaller --lr" + self._decay_hint() + ".")
+
+    def _decay_hint(self):
+        """Weight decay shrinks every weight by lr * weight_decay a step: near 1 or more, it alone diverges."""
+        opt = self.optimiser
+        shrink = opt.lr * opt.weight_decay
+        return f" or a smaller --weight-decay (lr x weight decay = {shrink:g} a step)" if shrink >= 0.1 else ""
 
     # -- helpers ---------------------------------------------------------------------------
     def _save(self):
