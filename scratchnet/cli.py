@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 
 #: modules that provide ``register(subparsers, evaluate_subparsers)``
@@ -34,9 +35,24 @@ def json_default(o):
     return str(o)
 
 
+def strict_json(o):
+    """o with every NaN or infinite float (Python or NumPy, in dicts, lists, tuples and arrays) as None:
+    JSON has no such numbers, and strict parsers refuse the Infinity / NaN that json.dumps writes."""
+    if isinstance(o, dict):
+        return {k: strict_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [strict_json(v) for v in o]
+    if hasattr(o, "tolist") and not isinstance(o, (str, bytes)):        # NumPy/CuPy scalars and arrays
+        return strict_json(o.tolist())
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
 def emit_json(obj):
-    """Print the one JSON object that ends a command's standard output."""
-    print(json.dumps(obj, default=json_default), flush=True)
+    """Print the one JSON object that ends a command's standard output (strict JSON: no NaN or Infinity,
+    which become null)."""
+    print(json.dumps(strict_json(obj), default=json_default, allow_nan=False), flush=True)
 
 
 def add_model_arg(p, default=None):

@@ -9,13 +9,13 @@ Each prints one JSON object as the last line of stdout; progress goes to stderr.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import numpy as np
 
 from ..backend import to_numpy
+from ..cli import emit_json
 from ..io.classnames import normalise_name
 from ..progress import Progress
 
@@ -90,7 +90,7 @@ def cmd_classify(args):
         results.append(dict(image=str(path), top=[dict(rank=r, index=int(c), name=_class_name(net, c),
                                                        prob=float(probs[c]), score=float(scores[c]))
                                                   for r, c in enumerate(top, 1)]))
-    print(json.dumps(dict(command="classify", model=str(args.model), results=results)))
+    emit_json(dict(command="classify", model=str(args.model), results=results))
     return 0
 
 
@@ -193,7 +193,7 @@ def cmd_evaluate(args):
                   flip=args.flip, images=done, top1=top1 / done, top5=top5 / done,
                   seconds=round(time.time() - t0, 2),
                   matched_by=how, unmatched_images=len(ds) - len(keep), skipped_unreadable=skipped)
-    print(json.dumps(result))
+    emit_json(result)
     return 0
 
 
@@ -241,7 +241,7 @@ def cmd_info(args):
         print(f"{r['path']:<40}{r['type']:<16}{str(tuple(r['out_shape'])):<20}{r['params']:>10}{r['gflop']:>9.4f}")
     params, gflop = sum(r["params"] for r in rows), sum(r["gflop"] for r in rows)
     print(f"{'total':<76}{params:>10}{gflop:>9.3f}")
-    print(json.dumps(dict(command="info", model=str(args.model), input_shape=list(shape),
-                          num_classes=net.num_classes, params=params, gflop=gflop,
-                          preprocess=net.preprocess, layers=rows)))
+    emit_json(dict(command="info", model=str(args.model), input_shape=list(shape),
+                   num_classes=net.num_classes, params=params, gflop=gflop,
+                   preprocess=net.preprocess, layers=rows))
     return 0

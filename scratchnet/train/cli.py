@@ -9,13 +9,13 @@ The last line of stdout is a JSON summary; progress goes to stderr.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from ..cli import emit_json
 from ..io.datasets import decode_cache, image_folder, open_dataset, tiny_imagenet
 
 
@@ -155,5 +155,5 @@ def run_train(args):
                                     init=args.init, init_std=args.init_std, dropout=args.dropout))
     trainer = Trainer(net, train, val, args.out, config, device=device)
     summary = trainer.fit(resume=args.resume)
-    print(json.dumps(summary))
+    emit_json(summary)
     return 0

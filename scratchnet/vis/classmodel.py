@@ -137,11 +137,6 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
         raise ValueError(f"classes must be a non-empty list of classes (indices 0..{K - 1}, wnids or "
                          f"names), got {np.asarray(classes).tolist()}")
     u = grey_level(net)
-    if optimiser == "plain" and lr * 2 * lam / u ** 2 >= 2:
-        # each plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): past -1 it
-        # grows without bound, and the ascent ends in overflow
-        raise ValueError(f"class_model: the plain ascent would diverge: lr * 2 * lam / u^2 = {lr * 2 * lam / u ** 2:.3g} "
-                         f"(u = {u:.3g}, one grey level) must be below 2; lower lr or lam")
     score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
     rng = np.random.default_rng(seed)
     x = on_net_device(net, np.zeros((len(cls),) + tuple(net.input_shape), net.dtype()))
@@ -197,8 +192,14 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
         if clamp:
             x = xp.minimum(xp.maximum(x, lo), hi)
         if not bool(xp.isfinite(x).all()):
+            # a plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): below -1
+            # it grows without bound
+            shrink = lr * 2 * lam / u ** 2
+            why = (f": a plain step scales the image by 1 - lr * 2 * lam / u^2 = {1 - shrink:.3g}, which must stay "
+                   f"above -1 (u = {u:.3g}, one grey level); lower lr or lam"
+                   if optimiser == "plain" and shrink >= 2 else "; lower lr")
             raise ValueError(f"class_model: the ascent diverged at step {t + 1} of {steps} (the image is no "
-                             f"longer finite; the scores before it: {s.tolist()}); lower lr")
+                             f"longer finite; the scores before it: {s.tolist()}){why}")
     x_np = to_numpy(x)
     pixels = to_pixels(net, x_np)
     settings = dict(steps=steps, lr=lr, lam=lam, optimiser=optimiser, momentum=momentum, jitter=jitter,
@@ -241,11 +242,6 @@ def objective_value(net, x, classes, lam, score_layer="auto"):
     """J(I) = S(I) - lam ||I/u||^2 for images x (M, C, H, W) and classes (M,): the documented objective
     (S: the class score, or the linear score of ``score_layer``, as in ``class_model``)."""
     u = grey_level(net)
-    if optimiser == "plain" and lr * 2 * lam / u ** 2 >= 2:
-        # each plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): past -1 it
-        # grows without bound, and the ascent ends in overflow
-        raise ValueError(f"class_model: the plain ascent would diverge: lr * 2 * lam / u^2 = {lr * 2 * lam / u ** 2:.3g} "
-                         f"(u = {u:.3g}, one grey level) must be below 2; lower lr or lam")
     score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
     x = on_net_device(net, x)
     out, z = _forward(net, x, score_at)

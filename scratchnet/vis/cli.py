@@ -236,8 +236,14 @@ def cmd_compare_rules(args):
     check_layer = args.check_layer or layers[len(layers) // 2]
     _say(f"float64 central differences at {args.check_pixels} pixels, layer {check_layer}")
     chk = gradient_check(net, x, check_layer, _neuron(args.neuron), args.check_pixels)
-    _say(f"gradient reconstruction vs numerical gradient: max error {chk['max_error_rel_to_max_grad']:.2e} "
-         f"of the largest entry")
+    left_out = f" ({chk['kinks']} of {len(chk['pixels'])} pixels left out: their +-eps passes straddle a ReLU kink " \
+               "or a pooling switch)" if chk["kinks"] else ""
+    if chk["informative"]:
+        _say(f"gradient reconstruction vs numerical gradient: max error {chk['max_error_rel_to_max_grad']:.2e} "
+             f"of the largest entry{left_out}")
+    else:
+        _say("gradient reconstruction vs numerical gradient: nothing to compare: the gradient is zero throughout, "
+             f"or every checked pixel sits at a kink{left_out}; try another image, --neuron or --check-layer")
     try:
         ref = reference_check(net, x, check_layer, _neuron(args.neuron))
         _say(f"engine vs the independent backward pass (max error / max entry): {ref}")

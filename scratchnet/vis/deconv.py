@@ -201,12 +201,16 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
 # ---------------------------------------------------------------------------------------------
 # independent check 1: central differences in float64
 # ---------------------------------------------------------------------------------------------
-def numerical_gradient(net, x, layer, neuron, pixels, eps=None):
+def numerical_gradient(net, x, layer, neuron, pixels, eps=None, kinks=None):
     """d a / d x at the given pixels by float64 central differences, on a float64 copy of the net.
 
     x (1, C, H, W); neuron: index tuple into the layer output of that image; pixels: list of
-    (c, i, j). eps defaults to 1e-2 grey levels. Returns (len(pixels),) float64.
+    (c, i, j). eps defaults to 1e-2 grey levels. Returns (len(pixels),) float64. ``kinks``: a list
+    that, when given, receives for each pixel whether its two passes (x +- eps) switched some ReLU or
+    max-pooling window differently (the difference then straddles a point without a derivative, e.g.
+    an input exactly at a ReLU's 0: the engine's gradient there is 0 by convention).
     """
+    from ..gradcheck import _branches
     from .classmodel import grey_level
     net64 = copy.deepcopy(net).to("cpu").astype(np.float64)
     x64 = to_numpy(x).astype(np.float64)
@@ -214,35 +218,51 @@ def numerical_gradient(net, x, layer, neuron, pixels, eps=None):
     idx = (0,) + tuple(neuron)
 
     def f(v):
-        return float(forward_to(net64, v, layer)[idx])
+        return float(forward_to(net64, v, layer)[idx]), _branches(net64)
 
     out = []
     for c, i, j in pixels:
         xp_, xm = x64.copy(), x64.copy()
         xp_[0, c, i, j] += eps
         xm[0, c, i, j] -= eps
-        out.append((f(xp_) - f(xm)) / (2 * eps))
+        (fp, bp), (fm, bm) = f(xp_), f(xm)
+        out.append((fp - fm) / (2 * eps))
+        if kinks is not None:
+            kinks.append(not all(np.array_equal(a, b) for a, b in zip(bp, bm)))
     return np.array(out)
 
 
 def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
     """The paper's claim, checked: the rule="gradient" reconstruction of a neuron equals the gradient
     of its activation. Compares the engine's reconstruction (the net's own dtype) at ``n_pixels``
-    pixels (half the largest, half random) with float64 central differences. x (1, C, H, W)."""
+    pixels (half the largest, half random) with float64 central differences. x (1, C, H, W).
+
+    ``max_error_rel_to_max_grad``: the largest |engine - numerical| over the pixels compared,
+    relative to the largest |entry| of either (the engine's whole map, or the numerical values);
+    pixels whose central difference straddles a ReLU kink or a pooling switch are left out
+    (``kinks`` counts them). None, with ``informative`` False, when nothing is left to compare or
+    when both sides are zero throughout (a dead neuron, or an image sitting on every ReLU's kink:
+    agreement of zeros shows nothing)."""
     check_int("gradient_check", "n_pixels", n_pixels, 1)
     x = to_numpy(x)[:1]
     rec = reconstruct(net, x, layer, "gradient", neuron)
     g = rec.images[0]
+    if n_pixels > g.size:
+        raise ValueError(f"gradient_check: n_pixels must be at most the image's {g.size} entries, got {n_pixels}")
     rng = np.random.default_rng(seed)
     flat = np.argsort(np.abs(g).ravel())[::-1][:n_pixels // 2].tolist()
     flat += rng.choice(g.size, n_pixels - len(flat), replace=False).tolist()
     pixels = [tuple(int(v) for v in np.unravel_index(k, g.shape)) for k in flat]
-    num = numerical_gradient(net, x, layer, rec.neurons[0], pixels)
+    kinks = []
+    num = numerical_gradient(net, x, layer, rec.neurons[0], pixels, kinks=kinks)
     ana = np.array([g[p] for p in pixels], np.float64)
-    scale = max(np.abs(g).max(), 1e-30)
+    keep = ~np.array(kinks, bool)
+    scale = max(float(np.abs(g).max()), float(np.abs(num[keep]).max(initial=0.0)))
+    informative = bool(keep.any()) and scale > 0
+    err = float(np.abs(ana[keep] - num[keep]).max() / scale) if informative else None
     return dict(layer=rec.layer, neuron=list(rec.neurons[0]), pixels=[list(p) for p in pixels],
-                engine=ana.tolist(), numerical=num.tolist(),
-                max_error_rel_to_max_grad=float(np.abs(ana - num).max() / scale))
+                engine=ana.tolist(), numerical=num.tolist(), kinks=int((~keep).sum()), informative=informative,
+                max_error_rel_to_max_grad=err)
 
 
 # ---------------------------------------------------------------------------------------------
