@@ -322,6 +322,11 @@ def test_bad_inputs_name_the_layer_and_what_it_expected():
         MaxPool2d(3, 2, name="pool1").forward(np.zeros((1, 1, 2, 2), np.float32))
     with pytest.raises(ShapeError, match=r"fc: expected input \(N, 8\)"):
         Linear(8, 2, name="fc").forward(np.zeros((1, 7), np.float32))
+    # padding past half the window gives windows wholly in the padding (a max of nothing: -inf)
+    with pytest.raises(ValueError, match=r"MaxPool2d: padding \(1, 1, 1, 1\) .* at most half the 1x1 window"):
+        MaxPool2d(1, padding=1)
+    with pytest.raises(ValueError, match=r"at most half the 2x2 window \(1 rows, 1 columns\)"):
+        AvgPool2d(2, 1, padding=2)
 
 
 def test_dropout_scales_kept_units_by_one_over_keep_probability():

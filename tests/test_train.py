@@ -81,12 +81,26 @@ def test_schedules():
         make_schedule("piecewise", 0.01, 5, points=["2:0.01"])
     with pytest.raises(ValueError, match="EPOCH:LR"):
         make_schedule("piecewise", 0.01, 5, points=["1=0.01"])
+    # a setting of another schedule is refused, not ignored; milestones are drops within the run
+    with pytest.raises(ValueError, match="--lr-points belongs to --schedule piecewise, but the schedule is 'step'"):
+        make_schedule("step", 0.01, 5, points=["1:0.5"])
+    with pytest.raises(ValueError, match="--milestones belongs to --schedule step"):
+        make_schedule("log", 0.01, 5, milestones=[3])
+    with pytest.raises(ValueError, match="--lr-end belongs to --schedule log"):
+        make_schedule("step", 0.01, 5, lr1=1e-4)
+    for bad in ([0], [-3], [5]):
+        with pytest.raises(ValueError, match=r"each must be within 1\.\.4 for 5 epochs"):
+            make_schedule("step", 0.01, 5, milestones=bad)
 
 
 def test_gaussian_init_option():
     net = init_network(paper_net(32, 4, width=0.0625), "gaussian", std=0.02, seed=1)
     W = net["conv3"].params["W"]
     assert abs(W.std() - 0.02) < 0.004 and not net["conv3"].params["b"].any()
+    with pytest.raises(ValueError, match="std .* must be > 0, got 0"):      # all-zero weights learn nothing
+        init_network(net, "gaussian", std=0)
+    with pytest.raises(ValueError, match="input_size 14 is too small .* the smallest that fits is 15"):
+        paper_net(14, 4, width=0.0625)
 
 
 # ----------------------------------------------------------------------------- the loop, on synthetic data
@@ -200,7 +214,8 @@ def test_divergence_from_weight_decay_names_it(tmp_path):
     net = paper_net(32, num_classes=3, width=0.0625, seed=0)
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.01, weight_decay=1e40, seed=3, prefetch=1)
     t = Trainer(net, synthetic(), synthetic(24, seed=1), tmp_path / "run", cfg, progress=False)
-    with pytest.raises(TrainingDiverged, match=r"smaller --lr or a smaller --weight-decay \(lr x weight decay = 1e\+38"):
+    with np.errstate(all="ignore"), pytest.raises(
+            TrainingDiverged, match=r"smaller --lr or a smaller --weight-decay \(lr x weight decay = 1e\+38"):
         t.fit()
 
 
@@ -252,6 +267,26 @@ def test_a_trained_network_records_its_class_wnids_and_names(tmp_path, capsys):
     assert net.class_wnids == ["n01443537", "n07749582"]
     from scratchnet.models.cli import network_wnids
     assert network_wnids(net) == net.class_wnids
+
+
+def test_settings_are_refused_before_decoding_and_classes_k_keeps_k_of_a_val_folder(tmp_path, capsys):
+    for split in ("data", "val"):
+        for c, colour in (("cats", (200, 0, 0)), ("dogs", (0, 200, 0)), ("owls", (0, 0, 200))):
+            for i in range(3):
+                write_jpeg(tmp_path / split / c / f"{i}.jpg", colour)
+    base = ["train", "--data", str(tmp_path / "data"), "--input-size", "32", "--width", "0.0625", "--epochs", "2",
+            "--batch-size", "4", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    assert cli_main(base + ["--lr-points", "1:0.5"]) == 2         # (without --schedule piecewise it was ignored)
+    assert "--lr-points belongs to --schedule piecewise" in capsys.readouterr().err
+    assert cli_main(base + ["--milestones", "0"]) == 2
+    assert "within 1..1 for 2 epochs" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()                       # refused before any image was decoded
+    # --classes 2 with a validation folder of 3 classes: the third is left out, with a note
+    assert cli_main(base + ["--classes", "2", "--val", str(tmp_path / "val")]) == 0
+    out, err = capsys.readouterr()
+    assert "leaving out 1 class folder(s)" in err and "owls" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["epochs"] == 2
 
 
 def test_missing_class_folder_gives_a_clear_error(tmp_path, capsys):

@@ -322,6 +322,8 @@ def test_class_model_errors(net, live_net):
         cm.class_model(net, [5], steps=1)
     with pytest.raises(ValueError, match="optimiser"):
         cm.class_model(net, [0], steps=1, optimiser="adam")
+    with pytest.warns(UserWarning, match="gradient at the zero image is exactly 0"):   # tiny_net: all off there
+        cm.class_model(net, [0], steps=1)
     # each plain step scales the image by 1 - lr 2 lam / u^2: below -1 it can only blow up, and the error says so
     f32 = copy.deepcopy(live_net).astype(np.float32)
     plain = r"diverged at step \d+ of 100 .* scales the image by 1 - lr \* 2 \* lam / u\^2 = -19, which must stay above -1"
@@ -426,7 +428,8 @@ def test_cli_bad_counts_and_failed_commands_leave_nothing_behind(tiny_path, phot
         assert e.value.code == 2 and msg in capsys.readouterr().err, argv
     for argv, msg in [(["deconv", str(photo), "--layer", "nolayer"], "no top-level layer named 'nolayer'"),
                       (["saliency", str(tiny_path)], "cannot read image"),
-                      (["classmodel", "--class", "zebra"], "unknown class 'zebra'")]:
+                      (["classmodel", "--class", "zebra"], "unknown class 'zebra'"),
+                      (["classmodel", "--class", "goose", "0"], "names the same class more than once: goose")]:
         assert main(argv + ["--model", str(tiny_path), "--out", str(tmp_path / "never")]) == 2, argv
         assert msg in capsys.readouterr().err, argv
     assert not (tmp_path / "never").exists()
@@ -471,6 +474,7 @@ def test_squeezenet_saliency_falls_on_the_object(shared):
 
 
 @pytest.mark.shared
+@pytest.mark.filterwarnings("ignore:class_model. the class score.s gradient at the zero image")   # an untrained toy
 def test_demo_of_a_network_trained_on_tiny_imagenet_uses_its_val_photos_and_boxes(shared, tmp_path, capsys):
     """A network with a mean image and Tiny-ImageNet's classes: the demo shows val photos of its class-model
     classes and measures the localisation error on val boxes (an untrained network here: the page's

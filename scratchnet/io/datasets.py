@@ -196,15 +196,17 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool = False) -> Dataset:
+def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool = False,
+                 skip_unknown: bool = False) -> Dataset:
     """root/<class>/<image> as a Dataset (no boxes).
 
     Without class_names: one class per sub-folder, labels in sorted folder order.
     With class_names (and optionally class_wnids; class_names="imagenet" means both ImageNet-1k
     lists in the standard order): each folder is
     a wnid or a name from those lists (case and '_' vs ' ' ignored) and labels are its index
-    in the list.  An unknown folder name is an error listing close matches; a listed class
-    with no folder is an error unless allow_missing=True (a folder holding some classes).
+    in the list.  An unknown folder name is an error listing close matches, unless skip_unknown=True
+    (a folder holding more classes than wanted: the others are left out, with a note on stderr); a
+    listed class with no folder is an error unless allow_missing=True (a folder holding some classes).
     """
     root = Path(root)
     if not root.is_dir():
@@ -223,12 +225,18 @@ def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool =
         wnids = list(class_wnids) if class_wnids is not None else [""] * len(names)
         if len(names) != len(wnids):
             raise ValueError(f"image_folder: {len(names)} class names but {len(wnids)} wnids")
-        label_of = {}
+        label_of, skipped = {}, []
         for f in folders:
             try:
                 label_of[f] = class_index(f.name, names, wnids)
             except KeyError as e:
-                raise ValueError(f"image_folder: class folder {f} is not a class in the given list: {e}") from None
+                if not skip_unknown:
+                    raise ValueError(f"image_folder: class folder {f} is not a class in the given list: {e}") from None
+                skipped.append(f.name)
+        if skipped:
+            print(f"image_folder: leaving out {len(skipped)} class folder(s) of {root} outside the {len(names)} "
+                  f"classes wanted ({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''})", file=sys.stderr)
+            folders = [f for f in folders if f in label_of]
         missing = sorted(set(range(len(names))) - set(label_of.values()))
         if missing and not allow_missing:
             shown = ", ".join(repr(names[i]) for i in missing[:5])

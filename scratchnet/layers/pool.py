@@ -46,6 +46,12 @@ class _Pool2d(Layer):
         if self.padding == "same":
             raise ValueError("pooling layers take explicit padding, not 'same'")
         self.ceil_mode = bool(ceil_mode)
+        t, b, l, r = self.padding
+        (kh, kw) = self.kernel
+        if max(t, b) > kh // 2 or max(l, r) > kw // 2:
+            # (as in PyTorch) wider padding gives windows that lie wholly in it: a max of nothing
+            raise ValueError(f"{type(self).__name__}: padding {self.padding} (top, bottom, left, right) must be at "
+                             f"most half the {kh}x{kw} window ({kh // 2} rows, {kw // 2} columns)")
         self._cache = None
 
     def spec(self):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_int, check_number
-from ..layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU
+from ..layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU, ShapeError
 from .network import Network
 
 
@@ -71,7 +71,12 @@ def paper_net(input_size=224, num_classes=1000, width=1.0, seed=0, dtype=np.floa
     ]
     # features into full6: follow the shapes through the convolutional stack
     probe = Network(layers, input_shape=(3, input_size, input_size))
-    feat = probe.output_shape((1, 3, input_size, input_size))[1]
+    try:
+        feat = probe.output_shape((1, 3, input_size, input_size))[1]
+    except ShapeError as e:
+        smallest = next(n for n in range(input_size + 1, 129) if _fits(probe, n))
+        raise ShapeError(f"paper_net: input_size {input_size} is too small for its convolutions and poolings "
+                         f"({e}); the smallest that fits is {smallest}") from None
     layers += [
         ("drop6", Dropout(dropout, seed=seed + 6)), ("fc6", Linear(feat, F)), ("relu6", ReLU()),
         ("drop7", Dropout(dropout, seed=seed + 7)), ("fc7", Linear(F, F)), ("relu7", ReLU()),
@@ -91,6 +96,14 @@ def paper_net(input_size=224, num_classes=1000, width=1.0, seed=0, dtype=np.floa
     if dtype != np.float32:
         net.astype(dtype)
     return net
+
+
+def _fits(net, n):
+    try:
+        net.output_shape((1, 3, n, n))
+        return True
+    except ShapeError:
+        return False
 
 
 def flops_per_layer(net, input_shape):

@@ -89,7 +89,8 @@ def load_training_data(train_path, val_path=None, classes=None, per_class=None, 
         elif vp.name in ("train", "val") and _is_tiny_root(vp.parent):
             val = tiny_imagenet(vp.parent, vp.name, classes=ds.class_wnids)
         else:
-            val = image_folder(vp, class_names=ds.class_names, class_wnids=ds.class_wnids, allow_missing=True)
+            val = image_folder(vp, class_names=ds.class_names, class_wnids=ds.class_wnids, allow_missing=True,
+                               skip_unknown=classes is not None)        # --classes K keeps the first K
     elif _is_tiny_root(train_path):
         val = tiny_imagenet(train_path, "val", classes=ds.class_wnids)
     return ds, val
@@ -124,7 +125,7 @@ def decode(ds, size, cache, skip_bad):
 
 def run_train(args):
     from ..models import paper_net
-    from .trainer import TrainConfig, Trainer, init_network
+    from .trainer import TrainConfig, Trainer, check_config, init_network
 
     device = args.device                # 'cpu' or 'gpu', resolved by scratchnet.cli.main
     train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class, args.val_from_train)
@@ -132,19 +133,17 @@ def run_train(args):
           f"{len(val_ds) if val_ds is not None else 'no'} validation images", file=sys.stderr)
     if val_ds is None:
         print("train: warning: no validation set (pass --val); val top-1 will not be measured", file=sys.stderr)
-    try:
-        train = decode(train_ds, args.input_size, args.cache, args.skip_bad_images)
-        val = decode(val_ds, args.input_size, args.cache, args.skip_bad_images) if val_ds is not None else None
-    except Exception as e:
-        if type(e).__name__ == "ImageReadError":
-            raise ValueError(f"{e} (pass --skip-bad-images to train without such files)") from None
-        raise
+    elif len(val_ds) == 0:                  # found now, not after the training images are decoded
+        where = (f"--val-from-train {args.val_from_train} leaves no training image of any class for it"
+                 if args.val_from_train is not None
+                 else f"{args.val or args.data} holds none of the {train_ds.num_classes} classes' images")
+        raise ValueError(f"the validation set is empty: {where}")
+    # the network and the settings first: a mistake in them is refused before minutes of decoding
     net = paper_net(args.input_size, num_classes=train_ds.num_classes, width=args.width, seed=args.seed,
                     dropout=args.dropout, class_names=train_ds.class_names)
     net.class_wnids = list(train_ds.class_wnids) if all(train_ds.class_wnids) else None
     if args.init != "he":
         init_network(net, args.init, args.init_std, args.seed)
-    net.to(device)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                          milestones=args.milestones, lr_end=args.lr_end, lr_points=args.lr_points,
                          momentum=args.momentum,
@@ -153,6 +152,15 @@ def run_train(args):
                          extra=dict(data=str(args.data), val=args.val, arch=args.arch, input_size=args.input_size,
                                     width=args.width, classes=args.classes, per_class=args.per_class,
                                     init=args.init, init_std=args.init_std, dropout=args.dropout))
+    check_config(config)
+    try:
+        train = decode(train_ds, args.input_size, args.cache, args.skip_bad_images)
+        val = decode(val_ds, args.input_size, args.cache, args.skip_bad_images) if val_ds is not None else None
+    except Exception as e:
+        if type(e).__name__ == "ImageReadError":
+            raise ValueError(f"{e} (pass --skip-bad-images to train without such files)") from None
+        raise
+    net.to(device)
     trainer = Trainer(net, train, val, args.out, config, device=device)
     summary = trainer.fit(resume=args.resume)
     emit_json(summary)

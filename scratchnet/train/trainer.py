@@ -84,6 +84,8 @@ def init_network(net, scheme="he", std=0.01, seed=0):
     paper_net already does); 'gaussian' = N(0, std^2) everywhere.  Biases zero."""
     if scheme not in ("he", "gaussian"):
         raise ValueError(f"init scheme must be 'he' or 'gaussian', got {scheme!r}")
+    if scheme == "gaussian":                     # std 0: all-zero weights, whose gradients are all zero too
+        check_number("init_network", "std (of the gaussian initialisation)", std, low=0, low_open=True)
     rng = np.random.default_rng(seed)
     layers = [(p, l) for p, l in net.named_layers() if isinstance(l, (Conv2d, Linear))]
     for i, (_, layer) in enumerate(layers):
@@ -140,7 +142,7 @@ def _check_split(what, split, net):
     return images, labels
 
 
-def _check_config_values(c):
+def check_config(c):
     """A ValueError for settings that would train nothing or nonsense, before any work (before the mean
     image is computed or the network touched; the CLI checks its own flags)."""
     for name, low in (("epochs", 1), ("batch_size", 1), ("val_batch_size", 1), ("log_every", 1),
@@ -150,6 +152,7 @@ def _check_config_values(c):
     check_number("TrainConfig", "momentum", c.momentum, low=0, high=1, high_open=True)
     check_number("TrainConfig", "weight_decay", c.weight_decay, low=0)
     check_number("TrainConfig", "scale", c.scale, low=0, low_open=True)
+    make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones, c.lr_points)    # its own checks
 
 
 class Trainer:
@@ -159,7 +162,7 @@ class Trainer:
                  callbacks=(), progress=True):
         self.net, self.config, self.device = net, config or TrainConfig(), device
         c = self.config
-        _check_config_values(c)
+        check_config(c)
         # both splits are checked here, before any work: a bad validation set found after the first
         # epoch would cost that epoch
         self.train_images, self.train_labels = _check_split("training", train, net)

@@ -169,6 +169,9 @@ def cmd_classmodel(args):
     net = _load(args)
     names = class_names(net)
     idx = [resolve_class(net, c) for c in args.cls]
+    twice = sorted({names[c] for c in idx if idx.count(c) > 1})
+    if twice:                     # one PNG per class: a second copy would overwrite the first
+        raise ValueError(f"--class names the same class more than once: {', '.join(twice)}")
     settings = dict(steps=args.steps, lr=args.lr, lam=args.lam, optimiser=args.optimiser, momentum=args.momentum,
                     jitter=args.jitter, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
                     clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed)
