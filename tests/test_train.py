@@ -289,6 +289,14 @@ def test_settings_are_refused_before_decoding_and_classes_k_keeps_k_of_a_val_fol
     assert summary["epochs"] == 2
 
 
+def test_one_class_trains_but_says_it_learns_nothing(tmp_path, capsys):
+    for i in range(3):
+        write_jpeg(tmp_path / "data" / "cats" / f"{i}.jpg", (200, 0, 0))
+    assert cli_main(["train", "--data", str(tmp_path / "data"), "--input-size", "32", "--width", "0.0625",
+                     "--epochs", "1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]) == 0
+    assert "one class only" in capsys.readouterr().err
+
+
 def test_missing_class_folder_gives_a_clear_error(tmp_path, capsys):
     root = tmp_path / "tiny"
     root.mkdir()

@@ -138,6 +138,9 @@ def run_train(args):
                  if args.val_from_train is not None
                  else f"{args.val or args.data} holds none of the {train_ds.num_classes} classes' images")
         raise ValueError(f"the validation set is empty: {where}")
+    if train_ds.num_classes == 1:
+        print("train: warning: one class only: its softmax is 1 for any input, so the loss is 0 and nothing is "
+              "learnt", file=sys.stderr)
     # the network and the settings first: a mistake in them is refused before minutes of decoding
     net = paper_net(args.input_size, num_classes=train_ds.num_classes, width=args.width, seed=args.seed,
                     dropout=args.dropout, class_names=train_ds.class_names)
