@@ -456,6 +456,17 @@ def test_the_cupy_backend_itself_on_emulated_raw_modules(emulator_lib, monkeypat
         gpu.use_backend(old)
 
 
+def test_gradcheck_on_the_device(host_gpu, capsys):
+    """`scratchnet gradcheck --device gpu`: the backward kernels of kernels/*.cu (emulated here), in
+    double, against central differences: the whole layer grid and the paper network."""
+    from scratchnet.gradcheck import LAYER_GRID
+    out = run(["gradcheck", "--device", "gpu", "--pixels", "8", "--entries", "2"], capsys)
+    assert out["device"] == "gpu" and out["failed"] == [] and out["network"]["ok"]
+    assert len(out["layers"]) == len(LAYER_GRID)
+    assert {"relu_bwd", "maxpool_bwd_gather", "avgpool_bwd_gather", "lrn_bwd", "col2im_gather"} <= set(
+        host_gpu.launches), host_gpu.launches
+
+
 def test_every_cupy_name_reached_exists_in_real_cupy(real_cupy):
     """hostcupy forwards any NumPy name, so a NumPy-only function or array method would pass the tests
     above and fail on a GPU. Every name they reached (recorded in hostcupy.USED; this test runs after
@@ -469,13 +480,3 @@ def test_every_cupy_name_reached_exists_in_real_cupy(real_cupy):
     assert not missing, f"used on device arrays, absent from CuPy {cupy.__version__}: {missing}"
     assert {"cupy.matmul", "ndarray.reshape"} <= set(hostcupy.USED), sorted(hostcupy.USED)  # the record is live
 
-
-def test_gradcheck_on_the_device(host_gpu, capsys):
-    """`scratchnet gradcheck --device gpu`: the backward kernels of kernels/*.cu (emulated here), in
-    double, against central differences: the whole layer grid and the paper network."""
-    from scratchnet.gradcheck import LAYER_GRID
-    out = run(["gradcheck", "--device", "gpu", "--pixels", "8", "--entries", "2"], capsys)
-    assert out["device"] == "gpu" and out["failed"] == [] and out["network"]["ok"]
-    assert len(out["layers"]) == len(LAYER_GRID)
-    assert {"relu_bwd", "maxpool_bwd_gather", "avgpool_bwd_gather", "lrn_bwd", "col2im_gather"} <= set(
-        host_gpu.launches), host_gpu.launches
