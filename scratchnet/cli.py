@@ -11,7 +11,9 @@ only assembles them:
 
 (The benchmarks are scripts in bench/, not commands.)
 
-Commands that compute results print them as one JSON object on the last line of stdout.
+Commands that compute results print them as one JSON object on the last line of stdout, and the
+JSON files they write are strict JSON too: a NaN or an infinity (an undefined ratio, an empty set's
+mean) is written as null.
 Every command takes ``--device cpu|gpu`` (default: $SCRATCHNET_DEVICE or cpu), resolved once in
 ``main``: ``gpu`` without CuPy or a GPU runs on the CPU with a message.
 """
@@ -49,10 +51,16 @@ def strict_json(o):
     return o
 
 
+def dumps_strict(obj, **kw) -> str:
+    """json.dumps for what the commands print and write: NaN and infinities as null (``strict_json``),
+    NumPy values as Python ones (``json_default``)."""
+    return json.dumps(strict_json(obj), default=json_default, allow_nan=False, **kw)
+
+
 def emit_json(obj):
     """Print the one JSON object that ends a command's standard output (strict JSON: no NaN or Infinity,
     which become null)."""
-    print(json.dumps(strict_json(obj), default=json_default, allow_nan=False), flush=True)
+    print(dumps_strict(obj), flush=True)
 
 
 def add_model_arg(p, default=None):

@@ -98,6 +98,20 @@ def test_check_network_leaves_out_differences_across_a_kink():
     assert res["worst"] < 1e-9
 
 
+def test_check_network_does_not_count_zeros_agreeing_as_a_pass():
+    """Both hidden units off: every gradient but fc2.b's is zero throughout, and zeros matched by zeros
+    show nothing: those errors are None (not 0.0), and the worst is fc2.b's."""
+    net = Network([("flat", Flatten()), ("fc1", Linear(2, 2)), ("relu", ReLU()), ("fc2", Linear(2, 1))],
+                  input_shape=(1, 1, 2))
+    net["fc1"].params["W"] = np.eye(2)
+    net["fc1"].params["b"] = -np.ones(2)
+    net["fc2"].params["W"] = np.array([[1.0, 2.0]])
+    res = check_network(net, x=np.full((1, 1, 1, 2), 0.5), pixels=2, entries=2)
+    assert res["image"] is None
+    assert res["params"]["fc1.W"] is None and res["params"]["fc1.b"] is None and res["params"]["fc2.W"] is None
+    assert res["params"]["fc2.b"] < 1e-9 and res["worst"] == res["params"]["fc2.b"]
+
+
 def test_check_network_class_out_of_range(small_net):
     with pytest.raises(ValueError, match="class index 5 is out of range: the network has 5 classes"):
         check_network(small_net, cls=5)

@@ -82,11 +82,11 @@ def test_schedules():
     with pytest.raises(ValueError, match="EPOCH:LR"):
         make_schedule("piecewise", 0.01, 5, points=["1=0.01"])
     # a setting of another schedule is refused, not ignored; milestones are drops within the run
-    with pytest.raises(ValueError, match="--lr-points belongs to --schedule piecewise, but the schedule is 'step'"):
+    with pytest.raises(ValueError, match=r"lr_points \(--lr-points\) belongs to the piecewise schedule \(--schedule piecewise\), but the schedule is 'step'"):
         make_schedule("step", 0.01, 5, points=["1:0.5"])
-    with pytest.raises(ValueError, match="--milestones belongs to --schedule step"):
+    with pytest.raises(ValueError, match=r"milestones \(--milestones\) belongs to the step schedule"):
         make_schedule("log", 0.01, 5, milestones=[3])
-    with pytest.raises(ValueError, match="--lr-end belongs to --schedule log"):
+    with pytest.raises(ValueError, match=r"lr_end \(--lr-end\) belongs to the log schedule"):
         make_schedule("step", 0.01, 5, lr1=1e-4)
     for bad in ([0], [-3], [5]):
         with pytest.raises(ValueError, match=r"each must be within 1\.\.4 for 5 epochs"):
@@ -277,7 +277,7 @@ def test_settings_are_refused_before_decoding_and_classes_k_keeps_k_of_a_val_fol
     base = ["train", "--data", str(tmp_path / "data"), "--input-size", "32", "--width", "0.0625", "--epochs", "2",
             "--batch-size", "4", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
     assert cli_main(base + ["--lr-points", "1:0.5"]) == 2         # (without --schedule piecewise it was ignored)
-    assert "--lr-points belongs to --schedule piecewise" in capsys.readouterr().err
+    assert "(--lr-points) belongs to the piecewise schedule" in capsys.readouterr().err
     assert cli_main(base + ["--milestones", "0"]) == 2
     assert "within 1..1 for 2 epochs" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()                       # refused before any image was decoded
@@ -287,6 +287,11 @@ def test_settings_are_refused_before_decoding_and_classes_k_keeps_k_of_a_val_fol
     assert "leaving out 1 class folder(s)" in err and "owls" in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["epochs"] == 2
+    # a validation folder with none of the classes kept
+    other = tmp_path / "elsewhere" / "bats"
+    write_jpeg(other / "0.jpg", (9, 9, 9))
+    assert cli_main(base + ["--classes", "1", "--val", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "r2")]) == 2
+    assert "has a folder for none of the 1 classes wanted ('cats')" in capsys.readouterr().err
 
 
 def test_one_class_trains_but_says_it_learns_nothing(tmp_path, capsys):
@@ -334,6 +339,15 @@ def test_short_run_on_tiny_imagenet_beats_chance(shared, tmp_path):
 
 
 EPOCHS = 3
+
+
+@pytest.mark.shared
+def test_an_empty_validation_split_is_refused_before_decoding(shared, tmp_path, capsys):
+    root = shared / "data" / "tiny-imagenet-200"
+    assert cli_main(["train", "--data", str(root), "--classes", "2", "--val-from-train", "300", "--input-size", "32",
+                     "--width", "0.0625", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]) == 2
+    assert "the validation set is empty: --val-from-train 300 leaves no training image" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.shared

@@ -237,6 +237,9 @@ def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool =
             print(f"image_folder: leaving out {len(skipped)} class folder(s) of {root} outside the {len(names)} "
                   f"classes wanted ({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''})", file=sys.stderr)
             folders = [f for f in folders if f in label_of]
+            if not folders:
+                raise ValueError(f"image_folder: {root} has a folder for none of the {len(names)} classes wanted "
+                                 f"({', '.join(map(repr, names[:5]))}{', ...' if len(names) > 5 else ''})")
         missing = sorted(set(range(len(names))) - set(label_of.values()))
         if missing and not allow_missing:
             shown = ", ".join(repr(names[i]) for i in missing[:5])

@@ -80,14 +80,14 @@ def resize(img: np.ndarray, size) -> np.ndarray:
     return out[..., 0] if img.ndim == 2 else out
 
 
+def shorter_side_size(H: int, W: int, size: int) -> tuple:
+    """(h, w): an H x W image resized, aspect ratio kept, so that its shorter side is ``size``."""
+    return (size, max(1, round(W * size / H))) if H <= W else (max(1, round(H * size / W)), size)
+
+
 def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
     """Resize keeping the aspect ratio so that the shorter side is `size`.  (H, W, ...) -> (h, w, ...)."""
-    H, W = img.shape[:2]
-    if H <= W:
-        h, w = size, max(1, round(W * size / H))
-    else:
-        h, w = max(1, round(H * size / W)), size
-    return resize(img, (h, w))
+    return resize(img, shorter_side_size(*img.shape[:2], size))
 
 
 #: the most pixels an intermediate resize may have before resize_shorter_centre_crop takes the central
@@ -102,7 +102,7 @@ def resize_shorter_centre_crop(img: np.ndarray, shorter: int, crop: int) -> np.n
     box) that maps onto the crop. Photos of ordinary shapes take the first path, bit for bit; the box
     path gives the same pixels or ones a grey level apart (PIL's rounding). (H, W, 3) -> (crop, crop, 3)."""
     H, W = img.shape[:2]
-    h, w = (shorter, max(1, round(W * shorter / H))) if H <= W else (max(1, round(H * shorter / W)), shorter)
+    h, w = shorter_side_size(H, W, shorter)
     if h * w <= LARGE_RESIZE or crop > min(h, w) or img.dtype != np.uint8:
         return centre_crop(resize_shorter(img, shorter), crop)
     y0, x0 = (h - crop) // 2, (w - crop) // 2

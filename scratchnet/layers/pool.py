@@ -46,12 +46,6 @@ class _Pool2d(Layer):
         if self.padding == "same":
             raise ValueError("pooling layers take explicit padding, not 'same'")
         self.ceil_mode = bool(ceil_mode)
-        t, b, l, r = self.padding
-        (kh, kw) = self.kernel
-        if max(t, b) > kh // 2 or max(l, r) > kw // 2:
-            # (as in PyTorch) wider padding gives windows that lie wholly in it: a max of nothing
-            raise ValueError(f"{type(self).__name__}: padding {self.padding} (top, bottom, left, right) must be at "
-                             f"most half the {kh}x{kw} window ({kh // 2} rows, {kw // 2} columns)")
         self._cache = None
 
     def spec(self):
@@ -69,6 +63,15 @@ class _Pool2d(Layer):
 
 class MaxPool2d(_Pool2d):
     """Max pooling; keeps the switches (int32, N x C x oh x ow) for backward."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, name=None):
+        super().__init__(kernel_size, stride, padding, ceil_mode, name)
+        (t, b, l, r), (kh, kw) = self.padding, self.kernel
+        if max(t, b) >= kh or max(l, r) >= kw:
+            # a window could then lie wholly in the padding: a max over nothing (-inf, and a switch that
+            # points at no input)
+            raise ValueError(f"MaxPool2d: padding {self.padding} (top, bottom, left, right) must be smaller than "
+                             f"the {kh}x{kw} window (at most {kh - 1} rows, {kw - 1} columns)")
 
     def forward(self, x, train=False):
         check_input(self, x, 4)

@@ -26,7 +26,6 @@ the same by construction.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -143,7 +142,7 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-from ..cli import emit_json as _emit, json_default as _json_default, nonnegative_int, positive_int  # noqa: E402
+from ..cli import dumps_strict, emit_json as _emit, nonnegative_int, positive_int  # noqa: E402
 
 
 def _load_net(args):
@@ -279,7 +278,7 @@ def cmd_localise(args):
                "mask_fraction": float(r["mask"].mean()), "fallback": r["fallback"],
                "ten_crop": args.ten_crop, "rule": args.rule, "segment": kw,
                "files": {k: str(v) for k, v in files.items()}}
-        files["json"].write_text(json.dumps(res, indent=1, default=_json_default) + "\n", encoding="utf-8")
+        files["json"].write_text(dumps_strict(res, indent=1) + "\n", encoding="utf-8")
         _say(f"  {r['class_name']} (class {r['class']}, score {r['score']:.2f}): box {r['box']}"
              + (f"  [whole image: {r['fallback']}]" if r["fallback"] else ""))
         results.append(res)
@@ -375,7 +374,7 @@ def _write_details(path, per_image, records, names):
         for p, r in zip(per_image, records):
             p = dict(p, gt_label=r.gt_label, gt_name=names[r.gt_label], gt_boxes=r.gt_boxes,
                      top5=r.top5, top5_names=[names[c] for c in r.top5])
-            fh.write(json.dumps(p, default=_json_default) + "\n")
+            fh.write(dumps_strict(p) + "\n")
     _say(f"wrote per-photo details to {path}")
 
 

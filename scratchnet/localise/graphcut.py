@@ -42,6 +42,7 @@ ValueError that names what was expected.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -263,15 +264,24 @@ def _check_inputs(image, saliency, fg_quantile, bg_quantile, n_components, pairw
     if saliency.dtype == np.bool_ or not (np.issubdtype(saliency.dtype, np.floating)
                                           or np.issubdtype(saliency.dtype, np.integer)):
         raise ValueError(f"segment: expected a real-valued saliency map (float), got dtype {saliency.dtype}")
-    check_segment_params(fg_quantile, bg_quantile, n_components, pairwise_weight, neighbourhood, iterations,
-                         max_points, em_iter, seed)
+    _check_params(fg_quantile, bg_quantile, n_components, pairwise_weight, neighbourhood, iterations,
+                  max_points, em_iter, seed)
 
 
-def check_segment_params(fg_quantile=0.95, bg_quantile=0.30, n_components=5,
-                         pairwise_weight=DEFAULT_PAIRWISE_WEIGHT, neighbourhood=8, iterations=1,
-                         max_points=2000, em_iter=5, seed=0):
-    """segment's settings checked on their own (the commands check them before computing any map):
-    a ValueError that names the setting and what it must be."""
+def check_segment_params(**settings):
+    """segment's keyword settings checked on their own, those not given taking segment's defaults (the
+    commands check them before computing any map): a ValueError that names the setting and what it
+    must be, or a TypeError for a name segment does not take."""
+    defaults = {k: p.default for k, p in inspect.signature(segment).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise TypeError(f"segment takes no setting {', '.join(unknown)}; its settings are {', '.join(defaults)}")
+    _check_params(**dict(defaults, **settings))
+
+
+def _check_params(fg_quantile, bg_quantile, n_components, pairwise_weight, neighbourhood, iterations, max_points,
+                  em_iter, seed):
     if not 0 < bg_quantile < fg_quantile < 1:
         raise ValueError("segment: expected 0 < bg_quantile < fg_quantile < 1, "
                          f"got bg_quantile={bg_quantile}, fg_quantile={fg_quantile}")

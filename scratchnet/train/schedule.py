@@ -74,16 +74,17 @@ def make_schedule(kind, lr0, epochs, lr1=None, milestones=None, points=None):
     """'step', 'log' (lr1 defaults to lr0 / 100) or 'piecewise' (``points``). A setting that belongs to
     another kind is an error (it would be ignored without a word), and so is a milestone outside
     1..epochs-1 (epochs count from 0: a drop at 0 or before is no drop, one at epochs or later never comes)."""
-    given = [(k, flag) for k, v, flag in (("step", milestones, "--milestones"), ("log", lr1, "--lr-end"),
-                                          ("piecewise", points, "--lr-points")) if v is not None and k != kind]
+    given = [(k, flag) for k, v, flag in (("step", milestones, "milestones (--milestones)"),
+                                          ("log", lr1, "lr_end (--lr-end)"),
+                                          ("piecewise", points, "lr_points (--lr-points)")) if v is not None and k != kind]
     if given:
         owner, flag = given[0]
-        raise ValueError(f"{flag} belongs to --schedule {owner}, but the schedule is {kind!r}")
+        raise ValueError(f"{flag} belongs to the {owner} schedule (--schedule {owner}), but the schedule is {kind!r}")
     if kind == "step" and milestones:
         bad = [m for m in milestones if not 1 <= int(m) <= epochs - 1]
         if bad:
-            raise ValueError(f"--milestones are the epochs (counted from 0) from which the rate drops x0.1, so each "
-                             f"must be within 1..{epochs - 1} for {epochs} epochs; got {bad}")
+            raise ValueError(f"milestones (--milestones) are the epochs (counted from 0) from which the rate drops "
+                             f"x0.1, so each must be within 1..{epochs - 1} for {epochs} epochs; got {bad}")
     if kind == "piecewise":
         if not points:
             raise ValueError("the piecewise schedule needs its points (--lr-points 1:0.01 8:0.001 ...)")

@@ -143,8 +143,8 @@ def _check_split(what, split, net):
 
 
 def check_config(c):
-    """A ValueError for settings that would train nothing or nonsense, before any work (before the mean
-    image is computed or the network touched; the CLI checks its own flags)."""
+    """A ValueError for settings that would train nothing or nonsense, before any work: the Trainer calls
+    it first, and `scratchnet train` before it decodes any image (argparse checks the flags' types)."""
     for name, low in (("epochs", 1), ("batch_size", 1), ("val_batch_size", 1), ("log_every", 1),
                       ("crop_pad", 0), ("jitter", 0), ("seed", 0)):
         check_int("TrainConfig", name, getattr(c, name), low)
@@ -203,7 +203,7 @@ class Trainer:
                 raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path} to continue from")
             self.state = load_checkpoint(self.checkpoint_path, self.net, self.optimiser)
             self._saved_at = (self.state["epoch"], self.state["batch"], self.state["step"])
-            self._check_config(self.state.get("config", {}))
+            self._warn_config_changes(self.state.get("config", {}))
             self._trim_metrics(self.state["step"])
             print(f"train: resumed from {self.checkpoint_path} at epoch {self.state['epoch']} batch "
                   f"{self.state['batch']} (step {self.state['step']})", file=sys.stderr)
@@ -352,7 +352,7 @@ class Trainer:
         tmp.write_text("".join(ln + "\n" for ln in keep))
         tmp.replace(self.metrics_path)
 
-    def _check_config(self, saved):
+    def _warn_config_changes(self, saved):
         now = asdict(self.config)
         diff = {k: (saved.get(k), now[k]) for k in now if k != "extra" and saved.get(k) != now[k]}
         if diff:

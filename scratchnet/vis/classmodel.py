@@ -50,7 +50,7 @@ mapping would show a grey square.
 from __future__ import annotations
 
 import math
-import warnings
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,9 +176,9 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
             dz[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
             g = backward_from(net, score_at, dz, "gradient")
         if t == 0 and not bool(xp.any(g)):
-            warnings.warn("class_model: the class score's gradient at the zero image is exactly 0, so the ascent "
-                          "cannot leave it (every unit on the way is off there, e.g. a network with zero biases); "
-                          "the class models will stay blank", stacklevel=2)
+            print("class_model: warning: the class score's gradient at the zero image is exactly 0, so the "
+                  "ascent cannot leave it (every unit on the way is off there, e.g. a network with zero biases); "
+                  "the class models will stay blank", file=sys.stderr)
         if dy or dx:
             g = xp.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
         g = g - (2 * lam / u ** 2) * x

@@ -6,7 +6,6 @@ it computed as the last line of stdout.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -103,7 +102,7 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-from ..cli import emit_json as _emit  # noqa: E402
+from ..cli import dumps_strict, emit_json as _emit  # noqa: E402
 
 
 def _load(args):
@@ -187,7 +186,7 @@ def cmd_classmodel(args):
         pngs.append(str(save_png(out / f"classmodel_{c}_{safe}.png", r.images[k])))
     np.save(out / "classmodels_input_space.npy", r.x)
     hist = dict(classes=idx, scores=r.scores.tolist(), objective=r.objective.tolist(), settings=r.settings)
-    (out / "history.json").write_text(json.dumps(hist), encoding="utf-8")
+    (out / "history.json").write_text(dumps_strict(hist), encoding="utf-8")
     _emit(dict(command="classmodel", model=args.model, out=str(out), classes=idx, class_names=[names[c] for c in idx],
                initial_scores=r.scores[0].tolist(), final_scores=r.scores[-1].tolist(),
                final_objective=r.objective[-1].tolist(), pngs=pngs, history=str(out / "history.json"),

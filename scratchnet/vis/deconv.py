@@ -210,7 +210,7 @@ def numerical_gradient(net, x, layer, neuron, pixels, eps=None, kinks=None):
     max-pooling window differently (the difference then straddles a point without a derivative, e.g.
     an input exactly at a ReLU's 0: the engine's gradient there is 0 by convention).
     """
-    from ..gradcheck import _branches
+    from ..gradcheck import branch_pattern
     from .classmodel import grey_level
     net64 = copy.deepcopy(net).to("cpu").astype(np.float64)
     x64 = to_numpy(x).astype(np.float64)
@@ -218,7 +218,7 @@ def numerical_gradient(net, x, layer, neuron, pixels, eps=None, kinks=None):
     idx = (0,) + tuple(neuron)
 
     def f(v):
-        return float(forward_to(net64, v, layer)[idx]), _branches(net64)
+        return float(forward_to(net64, v, layer)[idx]), branch_pattern(net64)
 
     out = []
     for c, i, j in pixels:

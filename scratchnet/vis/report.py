@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_numpy
-from ..cli import json_default
+from ..cli import dumps_strict
 from ..io.classnames import normalise_name
 from ..io.images import overlay, resize, save_png
 from . import classmodel as cm
@@ -495,5 +495,5 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
     summary["seconds"] = time.time() - t_all
     summary["index"] = str(page.write("scratchnet demo"))
     summary["images"] = len(page.images)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=json_default), encoding="utf-8")
+    (out / "summary.json").write_text(dumps_strict(summary, indent=1), encoding="utf-8")
     return summary

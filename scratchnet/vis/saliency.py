@@ -151,7 +151,7 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
     are taken, their maps computed in one batch (class: given, or the top-1 of the mean of the 10 crops'
     scores), flipped maps flipped back, and each pixel's map averaged over the crops that cover it.
     """
-    from ..io.images import LARGE_RESIZE, resize_shorter
+    from ..io.images import LARGE_RESIZE, resize_shorter, shorter_side_size
     if resize is not None:
         check_int("ten_crop_saliency", "resize (the shorter side in pixels)", resize, 1)
     if class_index is not None and np.ndim(class_index) != 0:
@@ -162,12 +162,11 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
     h, w = net.input_shape[1:]
     side = resize or int(net.preprocess.get("resize", round(max(h, w) * 8 / 7)))
     side = max(int(side), h, w)
-    rh, rw = img.shape[:2]
-    long = round(side * max(rh, rw) / min(rh, rw))
-    if side * long > LARGE_RESIZE:                   # the map covers every pixel of the resized photo
-        raise ValueError(f"ten_crop_saliency: a {rw}x{rh} photo is too elongated for the 10-crop map: with its "
-                         f"shorter side at {side} pixels it would be {long} long; the single-view map works "
-                         "for any shape")
+    rh, rw = shorter_side_size(*img.shape[:2], side)
+    if rh * rw > LARGE_RESIZE:                       # the map covers every pixel of the resized photo
+        raise ValueError(f"ten_crop_saliency: a {img.shape[1]}x{img.shape[0]} photo is too elongated for the 10-crop "
+                         f"map: with its shorter side at {side} pixels it would be {max(rh, rw)} long; the "
+                         "single-view map works for any shape")
     pix = resize_shorter(img, side)
     H, W = pix.shape[:2]
     boxes = ten_crop_boxes(H, W, h, w)
