@@ -74,9 +74,9 @@ def make_schedule(kind, lr0, epochs, lr1=None, milestones=None, points=None):
     """'step', 'log' (lr1 defaults to lr0 / 100) or 'piecewise' (``points``). A setting that belongs to
     another kind is an error (it would be ignored without a word), and so is a milestone outside
     1..epochs-1 (epochs count from 0: a drop at 0 or before is no drop, one at epochs or later never comes)."""
-    given = [(k, flag) for k, v, flag in (("step", milestones, "milestones (--milestones)"),
-                                          ("log", lr1, "lr_end (--lr-end)"),
-                                          ("piecewise", points, "lr_points (--lr-points)")) if v is not None and k != kind]
+    owned = (("step", milestones, "milestones (--milestones)"), ("log", lr1, "lr_end (--lr-end)"),
+             ("piecewise", points, "lr_points (--lr-points)"))
+    given = [(k, flag) for k, v, flag in owned if v is not None and k != kind]
     if given:
         owner, flag = given[0]
         raise ValueError(f"{flag} belongs to the {owner} schedule (--schedule {owner}), but the schedule is {kind!r}")
