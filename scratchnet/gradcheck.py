@@ -281,6 +281,8 @@ def check_network(net, cls=0, pixels=16, entries=4, seed=0, x=None, eps_image=No
     pixels = check_int("check_network", "pixels", pixels, 1)
     entries = check_int("check_network", "entries", entries, 0)
     net64 = copy.deepcopy(net).to(device).astype(np.float64)
+    for _, layer, key in net64.named_params():   # contiguous, so that reshape(-1) below is a view of each
+        layer.params[key] = get_array_module(layer.params[key]).ascontiguousarray(layer.params[key])
     k = net64.num_classes
     cls = check_int("check_network", "cls (a class index)", cls, 0)
     if cls >= k:
@@ -315,8 +317,6 @@ def check_network(net, cls=0, pixels=16, entries=4, seed=0, x=None, eps_image=No
         return None
 
     def compare(arr, grad, n, d, eps):
-        if not arr.flags.c_contiguous:          # else reshape copies, and the passes would not see the change
-            raise ValueError("check_network: the network's parameters and input must be C-contiguous")
         flat_arr, flat_grad = arr.reshape(-1), to_numpy(grad).reshape(-1)   # arr: a view, changed in place
         ana, num = [], []
         for f in _picks(flat_grad, n, rng):

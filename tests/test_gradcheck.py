@@ -112,6 +112,18 @@ def test_check_network_does_not_count_zeros_agreeing_as_a_pass():
     assert res["params"]["fc2.b"] < 1e-9 and res["worst"] == res["params"]["fc2.b"]
 
 
+def test_check_network_of_a_fortran_ordered_parameter():
+    """The check perturbs parameters through flat views; its own copy of the network is made contiguous
+    first, or the perturbations would land in a copy and every difference would be 0."""
+    net = Network([("flat", Flatten()), ("fc1", Linear(3, 2)), ("relu", ReLU()), ("fc2", Linear(2, 2))],
+                  input_shape=(1, 1, 3))
+    net["fc1"].params["W"] = np.asfortranarray(np.random.default_rng(0).standard_normal((2, 3)))
+    net["fc1"].params["b"] = np.ones(2)
+    net["fc2"].params["W"] = np.array([[1.0, -2.0], [0.5, 3.0]])
+    res = check_network(net, pixels=3, entries=6)
+    assert res["params"]["fc1.W"] < 1e-9 and res["worst"] < 1e-9
+
+
 def test_check_network_class_out_of_range(small_net):
     with pytest.raises(ValueError, match="class index 5 is out of range: the network has 5 classes"):
         check_network(small_net, cls=5)

@@ -74,6 +74,22 @@ def test_a_thin_strip_is_cropped_without_its_whole_enlargement(rng, monkeypatch)
     assert fit_image(strip.transpose(1, 0, 2), 224).shape == (224, 224, 3)   # no resize_to: enlarged to 224
 
 
+def test_fit_image_modes(rng):
+    from scratchnet.models.preprocess import fit_image
+    img = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    assert fit_image(img[:24, :24], 24, mode="pixels") is not None
+    with pytest.raises(ValueError, match="expected a 24x24 image \\(mode 'pixels'\\), got 50x30"):
+        fit_image(img, 24, mode="pixels")
+    assert np.array_equal(fit_image(img, 24, mode="stretch"), resize(img, (24, 24)))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fit_image(img, 24, mode="squash")
+    # crop: shorter side to resize_to, then the centre; a resize_to below the crop is enlarged again
+    assert np.array_equal(fit_image(img, 24, resize_to=28), centre_crop(resize_shorter(img, 28), 24))
+    small = fit_image(img, 24, resize_to=12)
+    assert np.array_equal(small, centre_crop(resize_shorter(resize_shorter(img, 12), 24), 24))
+    assert np.array_equal(fit_image(img, 24), centre_crop(img, 24))          # no resize_to: just the centre
+
+
 def test_heatmap_is_dark_to_bright_and_overlay_blends():
     ramp = np.linspace(0, 1, 50)[None].repeat(4, axis=0)
     colours = heatmap(ramp)

@@ -164,6 +164,10 @@ def test_bad_parameters_raise_a_clear_value_error(rng):
     assert localise.segment(img, sal, pairwise_weight=1e12).ok
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         localise.segment(img, sal, seed=-1)
+    from scratchnet.localise.graphcut import check_segment_params
+    check_segment_params(pairwise_weight=3.0)                       # the rest: segment's own defaults
+    with pytest.raises(TypeError, match="segment takes no setting pairwise"):
+        check_segment_params(pairwise=3.0)
 
 
 def test_few_seeds_reduce_the_number_of_components(rng):

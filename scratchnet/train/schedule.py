@@ -24,9 +24,6 @@ class StepSchedule:
     def __call__(self, epoch):
         return self.lr0 * self.gamma ** sum(epoch >= m for m in self.milestones)
 
-    def describe(self):
-        return dict(kind="step", lr0=self.lr0, milestones=self.milestones, gamma=self.gamma)
-
 
 class LogSchedule:
     def __init__(self, lr0, lr1, epochs):
@@ -39,9 +36,6 @@ class LogSchedule:
             return self.lr0
         t = min(max(epoch, 0), self.epochs - 1) / (self.epochs - 1)
         return self.lr0 * (self.lr1 / self.lr0) ** t
-
-    def describe(self):
-        return dict(kind="log", lr0=self.lr0, lr1=self.lr1)
 
 
 class PiecewiseSchedule:
@@ -57,9 +51,6 @@ class PiecewiseSchedule:
 
     def __call__(self, epoch):
         return [v for e, v in self.points.items() if e <= epoch + 1][-1]
-
-    def describe(self):
-        return dict(kind="piecewise", points={str(e): v for e, v in self.points.items()})
 
 
 def _parse_point(text):
