@@ -467,3 +467,20 @@ def test_gt_known_uses_saliency_true_even_when_the_true_class_is_guessed():
     m = res["methods"]["saliency_threshold"]
     assert m["top5_loc_error"] == 1.0          # the predicted-class map gives the wrong box
     assert m["gt_known_loc_error"] == 0.0      # the true-class map (saliency_true) gives the right one
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: boxes.box_area((0, 0, 3)), r"box: expected \(x0, y0, x1, y1\), got \(0, 0, 3\)"),
+    (lambda: boxes.box_area((5, 0, 3, 3)), "expected x0 <= x1 and y0 <= y1"),
+    (lambda: boxes.whole_image_box(0, 5), "whole_image_box: expected h, w >= 1, got h=0, w=5"),
+    (lambda: boxes.centre_box(10, 10, 0), r"centre_box: expected 0 < frac <= 1, got 0"),
+    (lambda: boxes.centre_box(0, 10, 0.5), "centre_box: expected an image of at least 1x1 pixels"),
+    (lambda: boxes.saliency_threshold_box(np.zeros(5), 0.5), r"expected a saliency map \(H, W\), got shape \(5,\)"),
+    (lambda: boxes.saliency_threshold_box(np.zeros((4, 4)), 1.5), "expected 0 < frac <= 1, got 1.5"),
+    (lambda: boxes.connected_components(np.zeros((2, 2, 2), bool)), r"expected a mask \(H, W\)"),
+    (lambda: boxes.connected_components(np.zeros((2, 2), bool), 6), "connectivity must be 4 or 8, got 6"),
+])
+def test_box_helpers_say_what_they_expected(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+    assert boxes.mask_box(np.zeros((3, 3), bool)) is None          # an empty mask has no box
