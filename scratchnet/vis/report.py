@@ -342,7 +342,8 @@ def section_rules(page, net, tag, shots, quick, progress):
              f"neuron {chk['neuron']}: engine vs float64 central differences at {len(chk['pixels'])} pixels: "
              + (f"max error {chk['max_error_rel_to_max_grad']:.2e} of the largest gradient entry"
                 if chk["informative"] else "nothing to compare (a zero gradient, or every pixel at a kink)")
-             + (f" ({chk['kinks']} pixels left out at a kink)" if chk["kinks"] else "") + ". "
+             + (f" ({chk['kinks']} pixel{'s' if chk['kinks'] > 1 else ''} left out at a kink)" if chk["kinks"] else "")
+             + ". "
              f"Engine vs an independent backward pass written from the definitions (hand-written "
              f"transposed convolutions, max-pool switches, ReLU masks; float64): "
              f"{html.escape(json.dumps(ref))} (max error relative to the largest entry, per rule).</p>")
