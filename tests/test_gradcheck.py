@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from scratchnet.cli import main
-from scratchnet.gradcheck import (LAYER_GRID, TOLERANCE, check_layer, check_network, randomise_params,
-                                  select_grid)
-from scratchnet.layers import Flatten, Linear, ReLU
+from scratchnet.gradcheck import (LAYER_GRID, TOLERANCE, _picks, check_grid_entry, check_layer, check_network,
+                                  make_input, randomise_params, rel_error, select_grid)
+from scratchnet.layers import Dropout, Flatten, Linear, MaxPool2d, ReLU, ReLU6
 from scratchnet.models import Network, paper_net
 
 from clirun import run_cli
@@ -82,14 +82,19 @@ def test_check_network_passes_the_paper_network_and_catches_planted_mistakes(sma
     assert res["params"]["fc7.b"] > 1 and res["params"]["fc6.b"] < TOLERANCE
 
 
-def test_check_network_leaves_out_differences_across_a_kink():
-    """Unit 0's pre-activation is exactly 0: a central difference in x[0] or in its bias straddles the
-    ReLU kink (at eps and at eps / 100), so it is left out and counted, not compared."""
-    net = Network([("flat", Flatten()), ("fc1", Linear(2, 2)), ("relu", ReLU()), ("fc2", Linear(2, 1))],
+def _kink_net(act=ReLU):
+    net = Network([("flat", Flatten()), ("fc1", Linear(2, 2)), ("relu", act()), ("fc2", Linear(2, 1))],
                   input_shape=(1, 1, 2))
     net["fc1"].params["W"] = np.eye(2)
     net["fc1"].params["b"] = np.zeros(2)
     net["fc2"].params["W"] = np.array([[1.0, 2.0]])
+    return net
+
+
+def test_check_network_leaves_out_differences_across_a_kink():
+    """Unit 0's pre-activation is exactly 0: a central difference in x[0] or in its bias straddles the
+    ReLU kink (at eps and at eps / 100), so it is left out and counted, not compared."""
+    net = _kink_net()
     x = np.array([0.0, 1.0]).reshape(1, 1, 1, 2)
     res = check_network(net, x=x, pixels=2, entries=4, eps_image=1e-4)
     assert res["kinks"]["image"] == 1 and res["image"] < 1e-9          # x[1] compared, x[0] left out
@@ -101,11 +106,8 @@ def test_check_network_leaves_out_differences_across_a_kink():
 def test_check_network_does_not_count_zeros_agreeing_as_a_pass():
     """Both hidden units off: every gradient but fc2.b's is zero throughout, and zeros matched by zeros
     show nothing: those errors are None (not 0.0), and the worst is fc2.b's."""
-    net = Network([("flat", Flatten()), ("fc1", Linear(2, 2)), ("relu", ReLU()), ("fc2", Linear(2, 1))],
-                  input_shape=(1, 1, 2))
-    net["fc1"].params["W"] = np.eye(2)
+    net = _kink_net()
     net["fc1"].params["b"] = -np.ones(2)
-    net["fc2"].params["W"] = np.array([[1.0, 2.0]])
     res = check_network(net, x=np.full((1, 1, 1, 2), 0.5), pixels=2, entries=2)
     assert res["image"] is None
     assert res["params"]["fc1.W"] is None and res["params"]["fc1.b"] is None and res["params"]["fc2.W"] is None
@@ -147,3 +149,78 @@ def test_gradcheck_command(capsys):
     assert main(["gradcheck", "--class", "5"]) == 2
     o, err = capsys.readouterr()
     assert "--class 5 is out of range: the network has 5 classes (0..4)" in err and "conv3x3" not in o
+
+
+# ------------------------------------------------------------------ from a mutation audit of this module
+def test_a_kink_within_eps_but_not_eps_over_100_is_retried_and_compared():
+    # x[0] = 5e-5: +-1e-4 straddles ReLU's 0, +-1e-6 does not -> compared after the retry, not left out
+    res = check_network(_kink_net(), x=np.array([5e-5, 1.0]).reshape(1, 1, 1, 2), pixels=2, entries=0,
+                        eps_image=1e-4)
+    assert res["kinks"]["image"] == 0 and res["image"] < 1e-9
+
+
+def test_half_the_picks_rounded_up_are_the_largest():
+    assert list(_picks(np.array([0.0, 0.0, 5.0, 0.0]), 1, np.random.default_rng(0))) == [2]
+    assert list(_picks(np.arange(6.0), 3, np.random.default_rng(0))[:2]) == [5, 4]
+
+
+def test_relu6_upper_kink_is_left_out():
+    res = check_network(_kink_net(ReLU6), x=np.array([6.0, 1.0]).reshape(1, 1, 1, 2), pixels=2, entries=0,
+                        eps_image=1e-4)
+    assert res["kinks"]["image"] == 1 and res["image"] < 1e-9
+
+
+def test_a_max_pool_tie_is_left_out():
+    net = Network([("pool", MaxPool2d((1, 2))), ("flat", Flatten()), ("fc", Linear(1, 1))], input_shape=(1, 1, 2))
+    net["fc"].params["W"] = np.array([[1.5]])
+    res = check_network(net, x=np.ones((1, 1, 1, 2)), pixels=2, entries=0, eps_image=1e-4)
+    assert res["kinks"]["image"] == 2 and res["image"] is None
+
+
+def test_nothing_compared_is_worst_none_and_the_command_fails(monkeypatch, capsys):
+    net = _kink_net()
+    net["fc1"].params["b"] = -np.ones(2)            # both hidden units off: all zeros
+    assert check_network(net, x=np.full((1, 1, 1, 2), 0.5), pixels=2, entries=0)["worst"] is None
+    import scratchnet.gradcheck as gc
+    monkeypatch.setattr(gc, "check_network", lambda *a, **k: dict(
+        image=None, params={}, worst=None, kinks={"image": 4}, checked=0, forwards=16))
+    assert main(["gradcheck", "--no-layers", "--pixels", "4", "--entries", "0"]) == 1
+    assert "failed: network" in capsys.readouterr().err
+
+
+def test_a_failing_parameter_is_named(monkeypatch, capsys):
+    real = Linear.backward
+
+    def flip_bias(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        dx = real(self, dy, rule, param_grads, input_grad)
+        if param_grads and self.name == "fc7":
+            self.grads["b"] = -self.grads["b"]
+        return dx
+    monkeypatch.setattr(Linear, "backward", flip_bias)
+    assert main(["gradcheck", "--no-layers", "--pixels", "2", "--entries", "1"]) == 1
+    assert "    fc7.b: " in capsys.readouterr().out
+
+
+def test_rel_error_is_relative_to_the_larger_side():
+    assert rel_error(np.array([2.0]), np.array([1.0])) == 0.5
+    assert rel_error(np.array([1.0]), np.array([2.0])) == 0.5
+
+
+def test_relu6_inputs_keep_off_6():
+    x = make_input("relu6", (2000,), np.random.default_rng(0))
+    assert np.abs(x).min() >= 0.05 - 1e-12 and np.abs(x - 6).min() >= 0.05 - 1e-12
+
+
+class _MaskForgotten(Dropout):
+    def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        return dy                                    # a planted mistake: the mask not applied
+
+
+def test_dropout_entries_run_in_training_mode():
+    assert check_grid_entry("bad", lambda: _MaskForgotten(0.5, seed=3), (4, 5), "dropout")["x"] > 0.1
+
+
+@pytest.mark.parametrize("tol", ["0", "nan"])
+def test_tol_must_be_positive(tol, capsys):
+    assert main(["gradcheck", "--only", "relu6", "--no-network", "--tol", tol]) == 2
+    assert "--tol must be a positive number" in capsys.readouterr().err

@@ -74,6 +74,22 @@ def test_a_thin_strip_is_cropped_without_its_whole_enlargement(rng, monkeypatch)
     assert fit_image(strip.transpose(1, 0, 2), 224).shape == (224, 224, 3)   # no resize_to: enlarged to 224
 
 
+def test_fit_image_never_makes_a_thin_strip_s_whole_enlargement(monkeypatch):
+    from scratchnet.io import images
+    from scratchnet.models import preprocess
+
+    def boom(*a, **k):
+        raise AssertionError("the whole enlarged image was made")
+    strip = np.random.default_rng(0).integers(0, 256, (1, 8000, 3), dtype=np.uint8)
+    monkeypatch.setattr(preprocess, "resize_shorter", boom)
+    assert preprocess.fit_image(strip, 224, resize_to=224).shape == (224, 224, 3)       # resize_to == size
+    assert preprocess.fit_image(strip.transpose(1, 0, 2), 224).shape == (224, 224, 3)   # enlarged to 224
+    monkeypatch.undo()
+    monkeypatch.setattr(images, "LARGE_RESIZE", 1000)                    # the box path keeps centre_crop's check
+    with pytest.raises(ValueError, match="larger than the image"):
+        images.resize_shorter_centre_crop(np.zeros((20, 900, 3), np.uint8), 100, 224)
+
+
 def test_fit_image_modes(rng):
     from scratchnet.models.preprocess import fit_image
     img = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)

@@ -325,6 +325,8 @@ def test_bad_inputs_name_the_layer_and_what_it_expected():
         MaxPool2d(1, padding=1)
     with pytest.raises(ValueError, match=r"smaller than the 2x2 window \(at most 1 rows, 1 columns\)"):
         MaxPool2d(2, 1, padding=(0, 0, 2, 0))
+    with pytest.raises(ValueError, match=r"smaller than the 2x3 window \(at most 1 rows, 2 columns\)"):
+        MaxPool2d((2, 3), padding=(2, 0, 0, 0))
     y = MaxPool2d(3, 1, padding=2).forward(np.ones((1, 1, 4, 4), np.float32))      # it used to load: still does
     assert np.isfinite(y).all()
     assert np.isfinite(AvgPool2d(3, padding=2).forward(np.ones((1, 1, 4, 4), np.float32))).all()

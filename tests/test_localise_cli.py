@@ -117,6 +117,14 @@ def test_localise_image_bad_input_is_a_clear_error(net):
         locnet.localise_image(net, photo(20, 20), pairwise_weight=float("inf"))
 
 
+def test_segment_settings_are_checked_before_any_map(net, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a map was computed")
+    monkeypatch.setattr(locnet, "network_saliency", boom)
+    with pytest.raises(ValueError, match="pairwise_weight must be in"):
+        locnet.localise_image(net, photo(20, 20), pairwise_weight=float("inf"))
+
+
 def test_zero_saliency_falls_back_to_the_whole_image():
     net = tiny_net()
     net["fc"].params["W"][:] = 0          # scores no longer depend on the photo: dS/dI = 0 everywhere

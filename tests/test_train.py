@@ -82,7 +82,8 @@ def test_schedules():
     with pytest.raises(ValueError, match="EPOCH:LR"):
         make_schedule("piecewise", 0.01, 5, points=["1=0.01"])
     # a setting of another schedule is refused, not ignored; milestones are drops within the run
-    with pytest.raises(ValueError, match=r"lr_points \(--lr-points\) belongs to the piecewise schedule \(--schedule piecewise\), but the schedule is 'step'"):
+    with pytest.raises(ValueError, match=r"lr_points \(--lr-points\) belongs to the piecewise schedule "
+                                         r"\(--schedule piecewise\), but the schedule is 'step'"):
         make_schedule("step", 0.01, 5, points=["1:0.5"])
     with pytest.raises(ValueError, match=r"milestones \(--milestones\) belongs to the step schedule"):
         make_schedule("log", 0.01, 5, milestones=[3])
@@ -217,6 +218,15 @@ def test_divergence_from_weight_decay_names_it(tmp_path):
     with np.errstate(all="ignore"), pytest.raises(
             TrainingDiverged, match=r"smaller --lr or a smaller --weight-decay \(lr x weight decay = 1e\+38"):
         t.fit()
+
+
+def test_the_weight_decay_hint_starts_at_lr_times_decay_0_1():
+    import types
+
+    def hint(lr, wd):
+        return Trainer._decay_hint(types.SimpleNamespace(optimiser=types.SimpleNamespace(lr=lr, weight_decay=wd)))
+    assert "lr x weight decay = 0.5 a step" in hint(0.5, 1.0) and "= 0.1 a step" in hint(0.1, 1.0)
+    assert hint(0.01, 5.0) == ""
 
 
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):

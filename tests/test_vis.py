@@ -189,10 +189,55 @@ def test_gradient_check_at_the_kinks_says_it_shows_nothing():
     x = np.zeros((1, 3, 32, 32), np.float32)
     chk = deconv.gradient_check(net, x, "fc8", n_pixels=6)
     assert chk["kinks"] == 6 and not chk["informative"] and chk["max_error_rel_to_max_grad"] is None
-    with pytest.raises(ValueError, match="n_pixels must be at most the image's 3072 entries"):
-        deconv.gradient_check(net, x, "fc8", n_pixels=5000)
+    with pytest.raises(ValueError, match="n_pixels must be at most the image's 3072 entries, got 3073"):
+        deconv.gradient_check(net, x, "fc8", n_pixels=3073)
     table = deconv.compare_rules(net, x, ["relu1"])
     assert table[0]["deconvnet_vs_gradient"] == float("inf")    # ||deconvnet - 0|| / ||0||
+
+
+def _kink_net():
+    """x -> fc1 (identity) -> ReLU -> fc2 (1, 2): at x = (0, 1) unit 0 sits exactly on its kink."""
+    net = Network([("flat", Flatten()), ("fc1", Linear(2, 2)), ("relu", ReLU()), ("fc2", Linear(2, 1))],
+                  input_shape=(1, 1, 2))
+    net["fc1"].params["W"], net["fc1"].params["b"] = np.eye(2), np.zeros(2)
+    net["fc2"].params["W"], net["fc2"].params["b"] = np.array([[1.0, 2.0]]), np.zeros(1)
+    return net
+
+
+def test_gradient_check_compares_distinct_pixels_and_leaves_the_kink_out():
+    chk = deconv.gradient_check(_kink_net(), np.array([0.0, 1.0]).reshape(1, 1, 1, 2), "fc2", n_pixels=2)
+    assert sorted(chk["pixels"]) == [[0, 0, 0], [0, 0, 1]]          # both pixels, neither twice
+    assert chk["kinks"] == 1 and chk["informative"] and chk["max_error_rel_to_max_grad"] < 1e-9
+
+
+def test_gradient_check_scale_and_a_dead_neuron(monkeypatch):
+    from scratchnet.models import paper_net
+    # a dead neuron off every kink: zeros on both sides show nothing
+    net = paper_net(32, num_classes=7, width=0.0625, seed=3)
+    net["conv1"].params["b"][:] = -1e3
+    chk = deconv.gradient_check(net, np.zeros((1, 3, 32, 32), np.float32), "fc8", n_pixels=4)
+    assert chk["kinks"] == 0 and not chk["informative"] and chk["max_error_rel_to_max_grad"] is None
+    # an engine map of zeros against a real slope is an error of 1 (relative to the numerical side)
+    real = deconv.reconstruct
+
+    def zeroed(*a, **k):
+        r = real(*a, **k)
+        r.images[...] = 0
+        return r
+    monkeypatch.setattr(deconv, "reconstruct", zeroed)
+    chk = deconv.gradient_check(_kink_net(), np.array([0.5, 1.0]).reshape(1, 1, 1, 2), "fc2", n_pixels=2)
+    assert chk["informative"] and chk["max_error_rel_to_max_grad"] == pytest.approx(1.0)
+
+
+def test_ten_crop_refusal_starts_just_past_large_resize(monkeypatch):
+    from scratchnet.io import images
+    net = tiny_net(dtype=np.float32)
+    img = (np.random.default_rng(2).random((12, 14, 3)) * 255).astype(np.uint8)
+    monkeypatch.setattr(images, "LARGE_RESIZE", 12 * 14 - 1)
+    with pytest.raises(ValueError, match="too elongated"):
+        ten_crop_saliency(net, img, 1, resize=12)
+    monkeypatch.setattr(images, "LARGE_RESIZE", 12 * 14)
+    assert ten_crop_saliency(net, img, 1, resize=12).map.shape == (12, 14)
 
 
 def test_command_json_is_strict(capsys):
@@ -327,12 +372,15 @@ def test_class_model_errors(net, live_net, capsys):
     assert "class_model: warning: the class score's gradient at the zero image is exactly 0" in capsys.readouterr().err
     # each plain step scales the image by 1 - lr 2 lam / u^2: below -1 it can only blow up, and the error says so
     f32 = copy.deepcopy(live_net).astype(np.float32)
-    plain = r"diverged at step \d+ of 100 .* scales the image by 1 - lr \* 2 \* lam / u\^2 = -19, which must stay above -1"
+    plain = r"diverged at step \d+ of 100 .* scales the image by 1 - lr \* 2 \* lam / u\^2 = -19, which must stay above"
     with np.errstate(all="ignore"), pytest.raises(ValueError, match=plain):
         cm.class_model(f32, [0], steps=100, optimiser="plain", lam=10 * cm.grey_level(f32) ** 2, lr=1.0)
-    # an ascent that overflows says so (it used to be refused as a network input with NaN or Inf)
-    with np.errstate(all="ignore"), pytest.raises(ValueError, match=r"ascent diverged at step \d of 3 \(the image is"):
+    # an ascent that overflows says so (it used to be refused as a network input with NaN or Inf); with the
+    # normalised optimiser there is no plain-step explanation
+    overflow = r"ascent diverged at step \d of 3 \(the image is"
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match=overflow) as e:
         cm.class_model(copy.deepcopy(live_net).astype(np.float32), [0], steps=3, lr=1e45)
+    assert "a plain step" not in str(e.value) and str(e.value).endswith("; lower lr")
 
 
 # ---------------------------------------------------------------------------------------------

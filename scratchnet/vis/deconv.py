@@ -251,7 +251,8 @@ def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
         raise ValueError(f"gradient_check: n_pixels must be at most the image's {g.size} entries, got {n_pixels}")
     rng = np.random.default_rng(seed)
     flat = np.argsort(np.abs(g).ravel())[::-1][:n_pixels // 2].tolist()
-    flat += rng.choice(g.size, n_pixels - len(flat), replace=False).tolist()
+    rest = np.setdiff1d(np.arange(g.size), flat)                  # distinct pixels: none checked twice
+    flat += rng.choice(rest, n_pixels - len(flat), replace=False).tolist()
     pixels = [tuple(int(v) for v in np.unravel_index(k, g.shape)) for k in flat]
     kinks = []
     num = numerical_gradient(net, x, layer, rec.neurons[0], pixels, kinks=kinks)
