@@ -12,7 +12,8 @@ For each batch size, in float32, on one GPU:
   * our per-layer forward and backward times, and GFLOP/s of the convolutions and fully connected
     layers against this GPU's measured SGEMM rate (cupy.matmul of two 8192x8192 float32 matrices);
   * each convolution taken apart (padding, im2col, GEMM, copy to NCHW, dW GEMM whole and split over
-    slices of N*P, dcols GEMM, col2im): where the time goes, for the next optimisation.
+    slices of N*P, dcols GEMM, col2im): where the time goes, for the next optimisation;
+  * the host's share of a training step: its dropout masks, drawn by NumPy on the CPU.
 Times come from CUDA events around each call after warm-up calls, the median of --repeats.
 Before timing, our forward scores are compared with PyTorch's (relative error, printed).
 --tf32 lets both libraries use TF32 tensor cores for float32 GEMMs and convolutions.
@@ -26,6 +27,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 
@@ -183,6 +185,7 @@ def main(argv=None):
             t = ours_time(fn)
             row["scratchnet"][name] = dict(ms=t * 1e3, img_s=batch / t)
             log(f"batch {batch}: scratchnet {name:<10} {t * 1e3:8.1f} ms  {batch / t:8.0f} img/s")
+        row["host_dropout_masks_ms"] = host_mask_ms(net, batch, args.size)
         cp.get_default_memory_pool().free_all_blocks()
 
         if tnet is not None:
@@ -233,6 +236,10 @@ def main(argv=None):
         for name, v in row["scratchnet"].items():
             tt = row["torch"].get(name)
             print(f"{b:>6} {name:<11}{v['img_s']:12.0f}" + (f"{tt['img_s']:13.0f}{v['ms'] / tt['ms']:17.2f}" if tt else ""))
+    for b, row in result["batches"].items():
+        print(f"host, batch {b}: the training step's dropout masks take {row['host_dropout_masks_ms']:.1f} ms of "
+              f"NumPy on the CPU, of a {row['scratchnet']['train_step']['ms']:.1f} ms step (hidden while the GPU "
+              f"has queued work)")
     print(f"\nper layer, batch {batch}:")
     print(f"{'layer':<9}{'fwd ms':>9}{'bwd ms':>9}{'fwd GFLOP/s':>13}{'of SGEMM':>10}{'bwd GFLOP/s':>13}{'of SGEMM':>10}")
     for r in layers:
@@ -262,6 +269,27 @@ def main(argv=None):
                   f"+ {r['dW_split_reorder_cols_ms']:.2f} ms to reorder the columns")
     print(json.dumps(result))
     return 0
+
+
+def host_mask_ms(net, batch, size, repeats=5):
+    """Median host time (ms) of drawing a training step's dropout masks as Dropout does (NumPy on the CPU,
+    then a copy to the GPU that CuPy makes asynchronously), for this network's shapes at this batch; a
+    generator of its own, so the network's masks are not disturbed. If it nears the step's GPU time,
+    the GPU waits for the host."""
+    from scratchnet.layers import Dropout
+    shapes, shape = [], (batch, 3, size, size)
+    for _, layer in net.layers:
+        if isinstance(layer, Dropout) and layer.p > 0:
+            shapes.append((shape, layer.p))
+        shape = layer.output_shape(shape)
+    rng = np.random.default_rng(0)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s, p in shapes:
+            _ = rng.random(s, dtype=np.float32) >= p
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
 
 
 #: a convolution's parts as conv_parts times them (Conv2d's order), the GEMMs among them, and the

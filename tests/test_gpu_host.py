@@ -290,6 +290,7 @@ def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["batches"]["2"]["scratchnet"]) == {"forward", "train_step", "saliency"}
+    assert result["batches"]["2"]["host_dropout_masks_ms"] > 0          # paper_net's two masks, drawn on the host
     assert any("fwd_gflops" in r for r in result["layers"])
     assert [r["layer"] for r in result["conv_parts"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert all(r["fwd_parts_ms"] > 0 and r["bwd_parts_ms"] > 0 and "dW_split_ms" in r for r in result["conv_parts"])
