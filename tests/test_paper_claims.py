@@ -114,7 +114,7 @@ def _reconstruct_by_hand(net, x, dscores, relu_rule):
         acts.append(layer.forward(acts[-1]))
     d = dscores
     for i in range(len(net.layers) - 1, -1, -1):
-        layer, inp, out = net.layers[i][1], acts[i], acts[i + 1]
+        layer, inp = net.layers[i][1], acts[i]
         if isinstance(layer, Conv2d):
             d = _transpose_conv(d, layer, inp.shape)
         elif isinstance(layer, Linear):
