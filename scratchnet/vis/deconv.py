@@ -201,14 +201,14 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
 # ---------------------------------------------------------------------------------------------
 # independent check 1: central differences in float64
 # ---------------------------------------------------------------------------------------------
-def numerical_gradient(net, x, layer, neuron, pixels, eps=None, kinks=None):
+def numerical_gradient(net, x, layer, neuron, pixels, eps=None, return_kinks=False):
     """d a / d x at the given pixels by float64 central differences, on a float64 copy of the net.
 
     x (1, C, H, W); neuron: index tuple into the layer output of that image; pixels: list of
-    (c, i, j). eps defaults to 1e-2 grey levels. Returns (len(pixels),) float64. ``kinks``: a list
-    that, when given, receives for each pixel whether its two passes (x +- eps) switched some ReLU or
+    (c, i, j). eps defaults to 1e-2 grey levels. Returns (len(pixels),) float64; with return_kinks,
+    also a (len(pixels),) bool array: whether each pixel's two passes (x +- eps) switched some ReLU or
     max-pooling window differently (the difference then straddles a point without a derivative, e.g.
-    an input exactly at a ReLU's 0: the engine's gradient there is 0 by convention).
+    an input exactly at a ReLU's 0, where the engine's gradient is 0 by convention).
     """
     from ..gradcheck import branch_pattern
     from .classmodel import grey_level
@@ -220,16 +220,15 @@ def numerical_gradient(net, x, layer, neuron, pixels, eps=None, kinks=None):
     def f(v):
         return float(forward_to(net64, v, layer)[idx]), branch_pattern(net64)
 
-    out = []
+    out, kinks = [], []
     for c, i, j in pixels:
         xp_, xm = x64.copy(), x64.copy()
         xp_[0, c, i, j] += eps
         xm[0, c, i, j] -= eps
         (fp, bp), (fm, bm) = f(xp_), f(xm)
         out.append((fp - fm) / (2 * eps))
-        if kinks is not None:
-            kinks.append(not all(np.array_equal(a, b) for a, b in zip(bp, bm)))
-    return np.array(out)
+        kinks.append(not all(np.array_equal(a, b) for a, b in zip(bp, bm)))
+    return (np.array(out), np.array(kinks, bool)) if return_kinks else np.array(out)
 
 
 def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
@@ -254,10 +253,9 @@ def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
     rest = np.setdiff1d(np.arange(g.size), flat)                  # distinct pixels: none checked twice
     flat += rng.choice(rest, n_pixels - len(flat), replace=False).tolist()
     pixels = [tuple(int(v) for v in np.unravel_index(k, g.shape)) for k in flat]
-    kinks = []
-    num = numerical_gradient(net, x, layer, rec.neurons[0], pixels, kinks=kinks)
+    num, kinks = numerical_gradient(net, x, layer, rec.neurons[0], pixels, return_kinks=True)
     ana = np.array([g[p] for p in pixels], np.float64)
-    keep = ~np.array(kinks, bool)
+    keep = ~kinks
     scale = max(float(np.abs(g).max()), float(np.abs(num[keep]).max(initial=0.0)))
     informative = bool(keep.any()) and scale > 0
     err = float(np.abs(ana[keep] - num[keep]).max() / scale) if informative else None
