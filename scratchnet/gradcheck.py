@@ -312,7 +312,7 @@ def check_network(net, cls=0, pixels=16, entries=4, seed=0, x=None, eps_image=No
                 sigs.append(branch_pattern(net64))
                 forwards += 1
             arr[i] = old
-            if all(bool(xp.array_equal(a, b)) for a, b in zip(*sigs)):
+            if same_branches(*sigs):
                 return (vals[0] - vals[1]) / (2 * e)
         return None
 
@@ -377,6 +377,12 @@ def branch_pattern(net):
         elif isinstance(layer, MaxPool2d) and layer._cache is not None:
             out.append(layer._cache.copy())          # the switches (NumPy or CuPy)
     return out
+
+
+def same_branches(p, q):
+    """Whether two ``branch_pattern``s are equal: the two passes took the same linear pieces."""
+    xp = get_array_module(*p[:1]) if p else np
+    return len(p) == len(q) and all(bool(xp.array_equal(a, b)) for a, b in zip(p, q))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,18 @@ def test_select_grid():
         select_grid(["no-such-layer"])
 
 
+def flip_fc7_bias_gradient(monkeypatch):
+    """A planted mistake: the layer named fc7 returns its bias gradient with the wrong sign."""
+    real = Linear.backward
+
+    def flipped(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        dx = real(self, dy, rule, param_grads, input_grad)
+        if param_grads and self.name == "fc7":
+            self.grads["b"] = -self.grads["b"]
+        return dx
+    monkeypatch.setattr(Linear, "backward", flipped)
+
+
 @pytest.fixture(scope="module")
 def small_net():
     return paper_net(input_size=32, num_classes=5, width=1 / 16, seed=1, dtype=np.float64)
@@ -69,15 +81,7 @@ def test_check_network_passes_the_paper_network_and_catches_planted_mistakes(sma
     monkeypatch.undo()
 
     # one parameter's gradient wrong (a bias gradient of the wrong sign)
-    lin = type(small_net["fc7"])
-    real_lin = lin.backward
-
-    def flip_bias(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        dx = real_lin(self, dy, rule, param_grads, input_grad)
-        if param_grads and self.name == "fc7":
-            self.grads["b"] = -self.grads["b"]
-        return dx
-    monkeypatch.setattr(lin, "backward", flip_bias)
+    flip_fc7_bias_gradient(monkeypatch)
     res = check_network(small_net, cls=2, pixels=4, entries=2)
     assert res["params"]["fc7.b"] > 1 and res["params"]["fc6.b"] < TOLERANCE
 
@@ -189,14 +193,7 @@ def test_nothing_compared_is_worst_none_and_the_command_fails(monkeypatch, capsy
 
 
 def test_a_failing_parameter_is_named(monkeypatch, capsys):
-    real = Linear.backward
-
-    def flip_bias(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        dx = real(self, dy, rule, param_grads, input_grad)
-        if param_grads and self.name == "fc7":
-            self.grads["b"] = -self.grads["b"]
-        return dx
-    monkeypatch.setattr(Linear, "backward", flip_bias)
+    flip_fc7_bias_gradient(monkeypatch)
     assert main(["gradcheck", "--no-layers", "--pixels", "2", "--entries", "1"]) == 1
     assert "    fc7.b: " in capsys.readouterr().out
 

@@ -29,6 +29,11 @@ from ..layers.base import Layer
 FORMAT = "scratchnet-network/1"
 
 
+class NonFiniteInputError(ValueError):
+    """The network was given an input holding NaN or Inf (callers that made the input, such as class
+    models, can catch it and say why)."""
+
+
 class Network(Sequential):
     """A classifier: Sequential layers + input shape, class names, preprocessing, mean image."""
 
@@ -65,7 +70,7 @@ class Network(Sequential):
                              f"network is on the {there}: move one of them, e.g. "
                              f"scratchnet.backend.to_device(x, {there!r}) or net.to({here!r})")
         if not bool(xp.isfinite(x).all()):
-            raise ValueError("network input contains NaN or Inf values")
+            raise NonFiniteInputError("network input contains NaN or Inf values")
         self.output_shape(tuple(x.shape))      # raises ShapeError naming the first layer that does not fit
 
     def forward(self, x, train=False):

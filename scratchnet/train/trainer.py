@@ -144,7 +144,8 @@ def _check_split(what, split, net):
 
 def check_config(c):
     """A ValueError for settings that would train nothing or nonsense, before any work: the Trainer calls
-    it first, and `scratchnet train` before it decodes any image (argparse checks the flags' types)."""
+    it first, and `scratchnet train` before it decodes any image (argparse checks the flags' types).
+    Returns the learning-rate schedule the settings make."""
     for name, low in (("epochs", 1), ("batch_size", 1), ("val_batch_size", 1), ("log_every", 1),
                       ("crop_pad", 0), ("jitter", 0), ("seed", 0)):
         check_int("TrainConfig", name, getattr(c, name), low)
@@ -152,7 +153,7 @@ def check_config(c):
     check_number("TrainConfig", "momentum", c.momentum, low=0, high=1, high_open=True)
     check_number("TrainConfig", "weight_decay", c.weight_decay, low=0)
     check_number("TrainConfig", "scale", c.scale, low=0, low_open=True)
-    make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones, c.lr_points)    # its own checks
+    return make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones, c.lr_points)    # its own checks
 
 
 class Trainer:
@@ -162,7 +163,7 @@ class Trainer:
                  callbacks=(), progress=True):
         self.net, self.config, self.device = net, config or TrainConfig(), device
         c = self.config
-        check_config(c)
+        self.schedule = check_config(c)
         # both splits are checked here, before any work: a bad validation set found after the first
         # epoch would cost that epoch
         self.train_images, self.train_labels = _check_split("training", train, net)
@@ -178,7 +179,6 @@ class Trainer:
         self.loader = BatchLoader(self.train_images, self.train_labels, c.batch_size, shuffle=True, seed=c.seed,
                                   augment=augment, mean=self.mean, scale=c.scale, prefetch=c.prefetch)
         self.optimiser = SGD(net, c.lr, c.momentum, c.weight_decay)
-        self.schedule = make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones, c.lr_points)
         self.state = dict(epoch=0, batch=0, step=0, seconds=0.0, images=0,
                           sums=dict(loss=0.0, correct=0, seen=0), history=[])
         self._stop_requested = False

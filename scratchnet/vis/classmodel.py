@@ -57,6 +57,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from ..checks import check_int, check_number
+from ..models.network import NonFiniteInputError
 from .deconv import backward_from, forward_to, layer_index
 from .display import on_net_device, prepare_pixels, resolve_classes, stretch, to_pixels
 
@@ -159,7 +160,19 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     for t in range(steps + 1):
         dy, dx = (rng.integers(-jitter, jitter + 1, 2) if jitter and t < steps else (0, 0))
         xj = xp.roll(x, (int(dy), int(dx)), axis=(2, 3)) if (dy or dx) else x
-        out, z = _forward(net, xj, score_at)
+        try:
+            out, z = _forward(net, xj, score_at)
+        except NonFiniteInputError:
+            if t == 0:
+                raise
+            # a plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): below -1
+            # it grows without bound
+            shrink = lr * 2 * lam / u ** 2
+            why = (f": a plain step scales the image by 1 - lr * 2 * lam / u^2 = {1 - shrink:.3g}, which must stay "
+                   f"above -1 (u = {u:.3g}, one grey level); lower lr or lam"
+                   if optimiser == "plain" and shrink >= 2 else "; lower lr")
+            raise ValueError(f"class_model: the ascent diverged at step {t} of {steps} (the image is no "
+                             f"longer finite; the scores before it: {scores[-1].tolist()}){why}") from None
         s = to_numpy(out[rows, cols])
         ascended = s if z is None else to_numpy(z[rows, cols].mean(axis=(1, 2)))
         scores.append(s)
@@ -196,15 +209,6 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
             x = x * (norm >= cut.reshape(-1, 1, 1, 1))
         if clamp:
             x = xp.minimum(xp.maximum(x, lo), hi)
-        if not bool(xp.isfinite(x).all()):
-            # a plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): below -1
-            # it grows without bound
-            shrink = lr * 2 * lam / u ** 2
-            why = (f": a plain step scales the image by 1 - lr * 2 * lam / u^2 = {1 - shrink:.3g}, which must stay "
-                   f"above -1 (u = {u:.3g}, one grey level); lower lr or lam"
-                   if optimiser == "plain" and shrink >= 2 else "; lower lr")
-            raise ValueError(f"class_model: the ascent diverged at step {t + 1} of {steps} (the image is no "
-                             f"longer finite; the scores before it: {s.tolist()}){why}")
     x_np = to_numpy(x)
     pixels = to_pixels(net, x_np)
     settings = dict(steps=steps, lr=lr, lam=lam, optimiser=optimiser, momentum=momentum, jitter=jitter,

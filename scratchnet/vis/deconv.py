@@ -210,7 +210,7 @@ def numerical_gradient(net, x, layer, neuron, pixels, eps=None, return_kinks=Fal
     max-pooling window differently (the difference then straddles a point without a derivative, e.g.
     an input exactly at a ReLU's 0, where the engine's gradient is 0 by convention).
     """
-    from ..gradcheck import branch_pattern
+    from ..gradcheck import branch_pattern, same_branches
     from .classmodel import grey_level
     net64 = copy.deepcopy(net).to("cpu").astype(np.float64)
     x64 = to_numpy(x).astype(np.float64)
@@ -227,7 +227,7 @@ def numerical_gradient(net, x, layer, neuron, pixels, eps=None, return_kinks=Fal
         xm[0, c, i, j] -= eps
         (fp, bp), (fm, bm) = f(xp_), f(xm)
         out.append((fp - fm) / (2 * eps))
-        kinks.append(not all(np.array_equal(a, b) for a, b in zip(bp, bm)))
+        kinks.append(not same_branches(bp, bm))
     return (np.array(out), np.array(kinks, bool)) if return_kinks else np.array(out)
 
 
