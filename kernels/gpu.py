@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 
 #: threads per block of every launch (softmax_xent_fwd_bwd's reduction assumes a power of two <= 256)
 THREADS = 256
+assert THREADS <= 256 and THREADS & (THREADS - 1) == 0, "loss.cu's red[XENT_THREADS = 256] and its halving reduction"
 #: the most blocks one launch asks for; kernels use grid-stride loops, so any count is correct
 MAX_BLOCKS = 65536
 #: NVRTC options of every module (tests/test_cuda_compile.py compiles with the same ones)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import secrets
 import subprocess
@@ -57,8 +58,13 @@ class Cuda:
     def __init__(self):
         import cupy
         self.cp = cupy
-        if gpu._tf32_choice:                # TF32 left on by an earlier caller in this process
+        # float32 tolerances are not TF32's: off whatever an earlier caller in this process chose, and
+        # whatever CUPY_TF32 says (CuPy reads it at its first float32 GEMM unless told otherwise)
+        try:
             gpu.set_tf32(False)
+        except RuntimeError:                # a CuPy without the switches: only the environment can say
+            if os.environ.get("CUPY_TF32", "0") != "0":
+                raise
 
     def put(self, a):
         return self.cp.asarray(a)

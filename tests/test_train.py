@@ -332,9 +332,13 @@ EASY_CLASSES = ["n07749582", "n01443537", "n09428293", "n01641577", "n02132136"]
 
 @pytest.mark.slow
 def test_short_run_on_tiny_imagenet_beats_chance(shared, tmp_path):
-    """5 classes x 200 images at 32 pixels, a narrow network, 3 epochs at a constant lr: val top-1
-    at least 2.5 x chance (20%).  Measured: 41, 54, 60% after epochs 1-3 (OPENBLAS_NUM_THREADS=1,
-    65-105 s on a busy 2-core machine); a broken trainer stays near 20% (250 val images: +-2.5%)."""
+    """5 classes x 200 images at 32 pixels, a narrow network, 8 epochs at a constant lr: val top-1
+    at least 2.25 x chance (20%); a broken trainer stays near 20% (250 val images: +-2.5%).
+
+    Eight epochs, not three: float32 training drifts apart between CPUs (OpenBLAS picks its kernels
+    by the processor), and a short run's last epoch can land anywhere its early oscillation allows.
+    After 3 epochs, seeds 0-5 ranged 38-61% on one machine (seed 0: 60% on the machine that wrote
+    the first version of this test, 48% on an AMD EPYC); after 8, 57-73% (seed 0: 63%), 4 s each."""
     from scratchnet.io.datasets import decode_cache, tiny_imagenet
     root = shared / "data" / "tiny-imagenet-200"
     train_ds = tiny_imagenet(root, "train", classes=EASY_CLASSES, per_class=200)
@@ -342,13 +346,10 @@ def test_short_run_on_tiny_imagenet_beats_chance(shared, tmp_path):
     train_x, kept = decode_cache(train_ds, 32, tmp_path / "cache", progress=False)
     val_x, vkept = decode_cache(val_ds, 32, tmp_path / "cache", progress=False)
     net = paper_net(32, num_classes=5, width=0.25, seed=0)
-    cfg = TrainConfig(epochs=EPOCHS, batch_size=32, lr=0.01, milestones=[], seed=0)
+    cfg = TrainConfig(epochs=8, batch_size=32, lr=0.01, milestones=[], seed=0)
     summary = Trainer(net, (train_x, train_ds.labels[kept]), (val_x, val_ds.labels[vkept]), tmp_path / "run",
                       cfg, progress=False).fit()
-    assert summary["val_top1"] >= 2.5 * 0.2, summary
-
-
-EPOCHS = 3
+    assert summary["val_top1"] >= 2.25 * 0.2, summary
 
 
 @pytest.mark.shared
