@@ -1,8 +1,10 @@
 """Hand-written kernels, installed as ``scratchnet.kernels``.
 
-The functions below are the only place where the CPU and GPU paths part: NumPy arrays go
-to the Numba kernels in ``cpu_*.py``, CuPy arrays to the CUDA C kernels (``*.cu``) loaded by
-``gpu.py``. Layer code calls these and never asks which device it is on.
+The functions below are where the CPU and GPU paths part: NumPy arrays go to the Numba kernels
+in ``cpu_*.py``, CuPy arrays to the CUDA C kernels (``*.cu``) loaded by ``gpu.py``. Layer code
+calls these; three places ask which device they are on, because only one device has a kernel for
+them: AvgPool2d and the loss (one fused CUDA kernel each; NumPy on the CPU), through ``on_gpu``,
+and Conv2d's "wide" im2col (a Numba kernel, CPU only).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The one place that knows NumPy and CuPy both exist.
 
 Layer code is written once against an array module ``xp`` obtained from the
-data (``xp = get_array_module(x)``); only the kernels in ``scratchnet.kernels``
-differ between the CPU (Numba) and the GPU (CUDA C through CuPy).
+data (``xp = get_array_module(x)``); the kernels in ``scratchnet.kernels`` differ
+between the CPU (Numba) and the GPU (CUDA C through CuPy), and a layer asks which
+device it is on only where one device has a kernel the other lacks (see there).
 """
 from __future__ import annotations
 

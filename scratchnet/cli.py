@@ -91,6 +91,17 @@ def _int_at_least(text: str, low: int) -> int:
     return v
 
 
+def unit_fraction(text: str) -> float:
+    """argparse type of a fraction of an image's side or of a map's maximum: a number in (0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {v:g}")
+    return v
+
+
 def add_device_arg(p):
     p.add_argument("--device", default=None, choices=["cpu", "gpu"],
                    help="where to compute (default: $SCRATCHNET_DEVICE, else cpu)")

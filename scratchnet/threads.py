@@ -11,7 +11,7 @@ than with 1. Letting idle workers sleep at once fixes it:
     OMP_WAIT_POLICY=passive     Numba's OpenMP workers sleep instead of spinning
 
 Measured with bench/bench_threads.py (the three settings interleaved, each in a fresh process):
-see its docstring and the README for the figures.
+the README ("Threads") has the figures.
 
 Both variables are read once, when the library loads: OpenBLAS at ``import numpy``, OpenMP at
 Numba's first parallel kernel. ``import scratchnet`` sets them (``setdefault``: a value you set

@@ -231,6 +231,8 @@ def test_classes_named_by_digits_are_found_by_name():
     assert class_index("2", names) == names.index("2") == 4
     assert class_index("10", names) == 2
     assert class_index(2, names) == 2                      # an int is always an index
+    with pytest.raises(IndexError, match=r"class index -1 is out of range: expected 0\.\.11"):
+        class_index("-1", names)
     from scratchnet.vis.display import resolve_class
     folders = paper_net(32, num_classes=12, width=1 / 16, class_names=names)
     assert resolve_class(folders, np.array(3)) == 3        # a 0-d array too

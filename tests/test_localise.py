@@ -354,6 +354,12 @@ def test_evaluate_counts_top1_top5_and_gt_known(rng):
     assert res["methods"]["whole_image"]["gt_known_images"] == 4         # class-free: every image
     assert res["methods"]["centre_box"]["fraction"] == 0.6
     assert set(res["methods"]) == set(localise.METHODS)
+    fracs = sorted(boxes.box_area(r.gt_boxes[0]) / r.image[..., 0].size for r in (r1, r2, r3, r4))
+    assert res["largest_true_box_fraction_median"] == (fracs[1] + fracs[2]) / 2
+    obj_box = r1.gt_boxes[0]
+    r1.gt_boxes = [(0, 0, 1, 1), obj_box, (0, 0, 0, 0)]                       # the largest box counts
+    assert localise.evaluate([r1], methods=("whole_image",))["largest_true_box_fraction_median"] == \
+        boxes.box_area(obj_box) / r1.image[..., 0].size > 4 / r1.image[..., 0].size
 
 
 def test_choose_fractions_finds_the_fixed_size_that_fits_all_images(rng):

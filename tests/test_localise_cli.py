@@ -125,6 +125,19 @@ def test_segment_settings_are_checked_before_any_map(net, monkeypatch):
         locnet.localise_image(net, photo(20, 20), pairwise_weight=float("inf"))
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["localisation", "--centre-fraction", "1.5"], "--centre-fraction: expected a number in (0, 1], got 1.5"),
+    (["localisation", "--threshold-fraction", "0"], "--threshold-fraction: expected a number in (0, 1], got 0"),
+    (["segmentation", "--threshold-fraction", "-1"], "--threshold-fraction: expected a number in (0, 1], got -1"),
+    (["segmentation", "--threshold-fraction", "x"], "--threshold-fraction: expected a number in (0, 1], got 'x'")])
+def test_baseline_fractions_are_refused_by_the_parser(argv, message, tmp_path, capsys):
+    """Refused before any map is computed (a whole evaluation's worth, before), naming the option."""
+    from scratchnet.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", *argv, "--data", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_zero_saliency_falls_back_to_the_whole_image():
     net = tiny_net()
     net["fc"].params["W"][:] = 0          # scores no longer depend on the photo: dS/dI = 0 everywhere

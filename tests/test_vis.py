@@ -128,6 +128,10 @@ def test_ten_crop_map_of_flipped_photo_is_flipped_map():
     # a photo whose resized map would pass LARGE_RESIZE pixels (5 GB for a 1 x 8000 strip): a clear error
     with pytest.raises(ValueError, match=r"a 8000x1 photo is too elongated for the 10-crop map: .* 2048000 long"):
         ten_crop_saliency(net, np.zeros((1, 8000, 3), np.uint8), 1, resize=256)
+    # preprocess "resize": None means "no resize" there (preprocess.py); the 10 crops then take 8/7 of
+    # the input side, as for a network that names none
+    net.preprocess["resize"] = None
+    assert ten_crop_saliency(net, img, 1).map.shape == (9, 10)      # input 8: shorter side round(64 / 7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +475,9 @@ def test_cli_bad_counts_and_failed_commands_leave_nothing_behind(tiny_path, phot
     for argv, msg in [(["saliency", str(photo), "--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
                       (["classmodel", "--class", "goose", "--steps", "-3"], "--steps: expected an integer >= 0, got -3"),
                       (["classmodel", "--class", "goose", "--jitter", "x"], "--jitter: expected an integer >= 0, got 'x'"),
-                      (["demo", "--loc-photos", "0"], "--loc-photos: expected an integer >= 1, got 0")]:
+                      (["demo", "--loc-photos", "0"], "--loc-photos: expected an integer >= 1, got 0"),
+                      (["deconv", str(photo), "--layer", "dw", "--neuron", "foo"],
+                       "--neuron: expected 'max', a channel index or c,i,j, got 'foo'")]:
         with pytest.raises(SystemExit) as e:
             main(argv + ["--model", str(tiny_path), "--out", str(tmp_path / "never")])
         assert e.value.code == 2 and msg in capsys.readouterr().err, argv
@@ -481,6 +487,11 @@ def test_cli_bad_counts_and_failed_commands_leave_nothing_behind(tiny_path, phot
                       (["classmodel", "--class", "goose", "0"], "names the same class more than once: goose")]:
         assert main(argv + ["--model", str(tiny_path), "--out", str(tmp_path / "never")]) == 2, argv
         assert msg in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as e:
+        main(["compare-rules", str(photo), "--model", str(tiny_path), "--neuron", "1,2"])
+    assert e.value.code == 2 and "--neuron: expected 'max', a channel index or c,i,j, got '1,2'" in capsys.readouterr().err
+    assert main(["compare-rules", str(photo), "--model", str(tiny_path), "--check-pixels", "100000"]) == 2
+    assert "--check-pixels: expected at most the image's 768 entries (3x16x16), got 100000" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
 
 

@@ -75,7 +75,7 @@ class Dropout(Layer):
     """Inverted dropout: in training y = x * m / (1 - p), m ~ Bernoulli(1 - p); identity at test time.
 
     The mask comes from the layer's own seeded NumPy generator (moved to the array's device), so a
-    run is reproducible and a checkpoint can save and restore ``rng_state``."""
+    run is reproducible and a checkpoint can save and restore ``rng.bit_generator.state``."""
 
     def __init__(self, p=0.5, seed=0, name=None):
         super().__init__(name)

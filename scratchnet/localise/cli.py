@@ -60,10 +60,10 @@ def register(sub, ev_sub):
                    "boxes.csv), or Tiny-ImageNet (its root = its val split, or its val/ or train/ folder)")
     _subset_args(p)
     _segment_args(p)
-    p.add_argument("--centre-fraction", type=float, default=None,
+    p.add_argument("--centre-fraction", type=unit_fraction, default=None,
                    help="side of the centred box as a fraction of the image's (default: the best on "
                         "these photos, reported as chosen on them)")
-    p.add_argument("--threshold-fraction", type=float, default=None,
+    p.add_argument("--threshold-fraction", type=unit_fraction, default=None,
                    help="saliency-threshold baseline: box of the largest component of map >= F * max "
                         "(default: the best F on these photos, reported as chosen on them)")
     p.add_argument("--all-maps", action="store_true",
@@ -82,7 +82,7 @@ def register(sub, ev_sub):
     p.add_argument("--data", required=True, help="oxford-pets-dev folder (images/ and trimaps/)")
     _subset_args(p)
     _segment_args(p)
-    p.add_argument("--threshold-fraction", type=float, default=None,
+    p.add_argument("--threshold-fraction", type=unit_fraction, default=None,
                    help="thresholded-saliency mask: map >= F * max (default: the best F on these photos, "
                         "reported as chosen on them)")
     _cache_args(p)
@@ -142,7 +142,7 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-from ..cli import dumps_strict, emit_json as _emit, nonnegative_int, positive_int  # noqa: E402
+from ..cli import dumps_strict, emit_json as _emit, nonnegative_int, positive_int, unit_fraction  # noqa: E402
 
 
 def _load_net(args):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import is_int
-from .boxes import (centre_box, is_correct, saliency_threshold_box, whole_image_box)
+from .boxes import (box_area, centre_box, is_correct, saliency_threshold_box, whole_image_box)
 from .graphcut import DEFAULT_PAIRWISE_WEIGHT, segment
 
 METHODS = ("graphcut", "whole_image", "centre_box", "saliency_threshold")
@@ -95,8 +95,8 @@ def evaluate(records, methods=METHODS, pairwise_weight: float = DEFAULT_PAIRWISE
     pairwise_weight and segment_kwargs go to `graphcut.segment`.  centre_fraction and
     threshold_fraction left as None are chosen on these same records by `choose_fractions`
     (the "best fixed size" / "threshold chosen on the dev photos" baselines) and reported.
-    Returns {"images", "top1_cls_error", "top5_cls_error", "methods": {name: {...}}}, plus
-    "per_image" (boxes and verdicts) when details is True.
+    Returns {"images", "top1_cls_error", "top5_cls_error", "largest_true_box_fraction_median",
+    "methods": {name: {...}}}, plus "per_image" (boxes and verdicts) when details is True.
     """
     records = list(records)
     if not records:
@@ -122,6 +122,8 @@ def evaluate(records, methods=METHODS, pairwise_weight: float = DEFAULT_PAIRWISE
     out = {"images": len(records),
            "top1_cls_error": _mean_error(p["top1_cls"] for p in per_image),
            "top5_cls_error": _mean_error(p["top5_cls"] for p in per_image),
+           # how much of a photo the object takes (what the centred box of a fixed size bets on)
+           "largest_true_box_fraction_median": _largest_box_fraction_median(records),
            "methods": {}}
     for m in methods:
         known = [p[m]["gt_known"] for p in per_image if p[m]["gt_known"] is not None]
@@ -138,6 +140,13 @@ def evaluate(records, methods=METHODS, pairwise_weight: float = DEFAULT_PAIRWISE
     if details:
         out["per_image"] = per_image
     return out
+
+
+def _largest_box_fraction_median(records):
+    """Median over the records of (area of the largest true box) / (image area); None without boxes."""
+    fracs = [max(box_area(b) for b in r.gt_boxes) / (r.image.shape[0] * r.image.shape[1])
+             for r in records if len(r.gt_boxes)]
+    return float(np.median(fracs)) if fracs else None
 
 
 def choose_fractions(records, which=("centre_box", "saliency_threshold"),

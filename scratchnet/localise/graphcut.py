@@ -21,8 +21,10 @@ Given an image (H, W, 3) uint8 RGB and a saliency map (H, W):
   object     the largest 8-connected component of the foreground and its bounding box
              (`boxes.largest_component`, `boxes.mask_box`).
 
-pairwise_weight (gamma) is the one knob to tune on real saliency maps (`evaluate(records,
-pairwise_weight=...)`).  The default 10 comes from a proxy: on 80 Oxford-IIIT pet photos with a
+pairwise_weight (gamma) and the seed quantiles are the knobs to tune on real saliency maps
+(`evaluate(records, pairwise_weight=..., segment_kwargs=dict(fg_quantile=...))`, the commands' --pairwise,
+--fg-quantile and --bg-quantile; localise.network.TUNED_SEGMENT holds the values tuned for each
+kind of map).  The default gamma 10 comes from a proxy: on 80 Oxford-IIIT pet photos with a
 synthetic saliency blob on part of the pet, the mean mask IoU against the trimap was flat for gamma in
 1..10 (0.65) and fell beyond (0.62 at 30, 0.59 at 50, GrabCut's value, which assumes a user box
 rather than sparse seeds); a larger gamma also makes the max-flow slower.

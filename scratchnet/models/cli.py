@@ -98,8 +98,9 @@ def cmd_classify(args):
 # evaluate classification
 # ---------------------------------------------------------------------------------------------
 def network_wnids(net):
-    """The network's class wnids (list of K) when known: recorded in ``net.arch["class_wnids"]``, or the
-    ImageNet-1k order for a 1000-class network named with the ImageNet class names; else None."""
+    """The network's class wnids (list of K) when known: ``net.class_wnids`` (saved with the network), an
+    older file's ``net.arch["class_wnids"]``, or the ImageNet-1k order for a 1000-class network named
+    with the ImageNet class names; else None."""
     wnids = getattr(net, "class_wnids", None) or net.arch.get("class_wnids")
     if wnids:
         return list(wnids)
@@ -155,11 +156,7 @@ def cmd_evaluate(args):
     net = _load(args)
     ds = open_dataset(args.data)
     keep, targets, how = matched_images(net, ds, "evaluate", str(args.data))
-    idx = keep
-    if args.limit is not None:
-        idx = idx[:max(0, args.limit)]
-    if len(idx) == 0:
-        raise ValueError("no images to evaluate (--limit 0?)")
+    idx = keep if args.limit is None else keep[:args.limit]        # --limit >= 1, and keep is not empty
 
     progress = Progress()                   # redrawn on a terminal, a line every 30 s in a log
     t0 = time.time()

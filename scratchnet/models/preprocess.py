@@ -61,7 +61,7 @@ def _as_list(images):
 def _check_image(img, i):
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image {i}: expected an RGB image (H, W, 3) uint8 (as from scratchnet.io.load_image), "
+        raise ValueError(f"image {i}: expected an RGB image (H, W, 3) uint8 (as from scratchnet.io.images.load_image), "
                          f"got {img.dtype} array of shape {img.shape}")
     return img
 

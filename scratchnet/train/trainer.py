@@ -99,7 +99,7 @@ def init_network(net, scheme="he", std=0.01, seed=0):
 
 def evaluate(net, images, labels, mean, scale, batch_size=256, device="cpu"):
     """Top-1 / top-5 accuracy and mean loss of ``net`` on uint8 images (N, H, W, 3) with labels (N,)
-    int; each batch has ``mean`` (3, H, W) subtracted and is divided by ``scale``; no augmentation."""
+    int; each batch has ``mean`` (3, H, W) subtracted and is multiplied by ``scale``; no augmentation."""
     loader = BatchLoader(images, labels, batch_size, shuffle=False, mean=mean, scale=scale, prefetch=1)
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     for x, y in loader.epoch_batches(0):

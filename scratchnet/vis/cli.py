@@ -6,6 +6,7 @@ it computed as the last line of stdout.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def register(sub, ev_sub):
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layer", required=True, help="top-level layer name (see `scratchnet info`)")
     p.add_argument("--rule", default="all", choices=RULES + ["all"])
-    p.add_argument("--neuron", default="max",
+    p.add_argument("--neuron", type=_neuron, default="max",
                    help="'max' (strongest activation), a channel index, or c,i,j")
     p.add_argument("--mode", default="neuron", choices=["neuron", "map"],
                    help="seed one neuron (1) or its whole feature map (its activations)")
@@ -72,7 +73,8 @@ def register(sub, ev_sub):
     p.add_argument("image", metavar="IMAGE")
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layers", nargs="+", default=None, help="layers (default: every layer with a 4-D output)")
-    p.add_argument("--neuron", default="max")
+    p.add_argument("--neuron", type=_neuron, default="max",
+                   help="'max' (strongest activation), a channel index, or c,i,j")
     p.add_argument("--check-layer", default=None,
                    help="layer for the float64 numerical gradient check (default: the middle one)")
     p.add_argument("--check-pixels", type=positive_int, default=8)
@@ -117,9 +119,15 @@ def _read(path):
 
 
 def _neuron(s):
+    """argparse type of --neuron: 'max', a channel index, or c,i,j."""
     if s == "max":
         return "max"
-    parts = [int(v) for v in str(s).split(",")]
+    try:
+        parts = [int(v) for v in str(s).split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected 'max', a channel index or c,i,j, got {s!r}")
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
@@ -204,7 +212,7 @@ def cmd_deconv(args):
     recs = []
     for rule in (RULES if args.rule == "all" else [args.rule]):
         _say(f"reconstruction from {args.layer} ({rule})")
-        recs.append((rule, reconstruct(net, x, args.layer, rule, _neuron(args.neuron), args.mode)))
+        recs.append((rule, reconstruct(net, x, args.layer, rule, args.neuron, args.mode)))
     out = Path(args.out)                    # made once all is computed: a bad --layer leaves no empty folder
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
@@ -228,16 +236,19 @@ def cmd_compare_rules(args):
     from .report import _layers_4d
     net = _load(args)
     x, _ = prepare_image(net, _read(args.image))
+    if args.check_pixels > x[0].size:                  # before the comparison, not after it
+        raise ValueError(f"--check-pixels: expected at most the image's {x[0].size} entries "
+                         f"({'x'.join(map(str, x.shape[1:]))}), got {args.check_pixels}")
     layers = args.layers or _layers_4d(net)
     _say(f"comparing the three rules at {len(layers)} layers")
-    table = compare_rules(net, x, layers, _neuron(args.neuron))
+    table = compare_rules(net, x, layers, args.neuron)
     _say(f"{'layer':24s} {'ReLUs':>5s} {'deconv/grad':>12s} {'guided/grad':>12s} {'guided/deconv':>14s}")
     for t in table:
         _say(f"{t['layer']:24s} {t['relus']:5d} {t['deconvnet_vs_gradient']:12.3g} "
              f"{t['guided_vs_gradient']:12.3g} {t['guided_vs_deconvnet']:14.3g}")
     check_layer = args.check_layer or layers[len(layers) // 2]
     _say(f"float64 central differences at {args.check_pixels} pixels, layer {check_layer}")
-    chk = gradient_check(net, x, check_layer, _neuron(args.neuron), args.check_pixels)
+    chk = gradient_check(net, x, check_layer, args.neuron, args.check_pixels)
     left_out = f" ({chk['kinks']} of {len(chk['pixels'])} pixels left out: their +-eps passes straddle a ReLU kink " \
                "or a pooling switch)" if chk["kinks"] else ""
     if chk["informative"]:
@@ -247,7 +258,7 @@ def cmd_compare_rules(args):
         _say("gradient reconstruction vs numerical gradient: nothing to compare: the gradient is zero throughout, "
              f"or every checked pixel sits at a kink{left_out}; try another image, --neuron or --check-layer")
     try:
-        ref = reference_check(net, x, check_layer, _neuron(args.neuron))
+        ref = reference_check(net, x, check_layer, args.neuron)
         _say(f"engine vs the independent backward pass (max error / max entry): {ref}")
     except NotImplementedError as e:
         ref = {"skipped": str(e)}
