@@ -76,11 +76,21 @@ def check_layer(layer, x, train=False, reset=None, seed=1):
     if getattr(x, "dtype", None) != np.float64:
         raise TypeError(f"check_layer: central differences need float64 inputs, got {getattr(x, 'dtype', type(x))} "
                         "(and the layer in float64: layer.astype(np.float64))")
+    single = [f"{name} ({lay.params[key].dtype})" for name, lay, key in layer.named_params()
+              if lay.params[key].dtype != np.float64]
+    if single:          # float32 central differences are round-off: a 1e-2 "error" of a correct backward
+        raise TypeError(f"check_layer: central differences need the layer in float64, got {', '.join(single)} "
+                        "(layer.astype(np.float64))")
     xp = get_array_module(x)
     reset = reset or (lambda: None)
     rng = np.random.default_rng(seed)
     reset()
     y = layer.forward(x, train)
+    reset()
+    if not bool(xp.array_equal(layer.forward(x, train), y)):    # the cache backward uses: this forward's
+        raise ValueError("check_layer: two forward passes of the same input differ (dropout in training "
+                         "mode?), so central differences would measure the noise; pass reset=, a function "
+                         "that restores the randomness before each forward")
     dy = xp.asarray(rng.standard_normal(tuple(y.shape)))
     dx = layer.backward(dy, "gradient", True, True)
 

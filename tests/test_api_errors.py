@@ -237,6 +237,12 @@ def test_classes_named_by_digits_are_found_by_name():
     folders = paper_net(32, num_classes=12, width=1 / 16, class_names=names)
     assert resolve_class(folders, np.array(3)) == 3        # a 0-d array too
     assert resolve_class(folders, "3") == names.index("3")
+    # a network trained here knows its classes' wnids (scratchnet train saves them): a wnid names a class
+    tiny = paper_net(32, num_classes=3, width=1 / 16, class_names=["cat", "cup", "fox"])
+    tiny.class_wnids = ["n02124075", "n04067472", "n04540053"]
+    assert resolve_class(tiny, "n04067472") == 1 and resolve_class(tiny, "fox") == 2
+    with pytest.raises(ValueError, match="unknown class 'n01443537'"):
+        resolve_class(tiny, "n01443537")
     assert class_index("7", ["cat", "dog", "emu", "fox", "gnu", "hen", "owl", "yak"]) == 7   # no such name
 
 
@@ -283,3 +289,58 @@ def test_saving_where_it_cannot_says_where(net, tmp_path):
     with pytest.raises(OSError, match=r"cannot write .*file/model.npz"):
         net.save(blocker / "model.npz")                 # a file where the folder should be
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "file"]   # nothing half-written
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda L: L.Conv2d(3, 4, 0), "Conv2d: kernel_size must be an integer >= 1 or a pair of them, got 0"),
+    (lambda L: L.Conv2d(3, 4, 2.5), "Conv2d: kernel_size must be an integer >= 1 or a pair of them, got 2.5"),
+    (lambda L: L.Conv2d(3, 4, (3, 3, 3)), r"Conv2d: kernel_size .* got \(3, 3, 3\)"),
+    (lambda L: L.Conv2d(3, 4, 3, stride=0), "Conv2d: stride must be an integer >= 1"),
+    (lambda L: L.Conv2d(3, 4, 3, padding=-1), r"Conv2d: padding must be an integer >= 0, .* got -1"),
+    (lambda L: L.Conv2d(3, -4, 3), "Conv2d: out_channels must be an integer >= 1, got -4"),
+    (lambda L: L.Conv2d(3, 4, 3, groups=0), "Conv2d: groups must be an integer >= 1, got 0"),
+    (lambda L: L.MaxPool2d(0), "MaxPool2d: kernel_size must be an integer >= 1"),
+    (lambda L: L.MaxPool2d(2, stride=0), "MaxPool2d: stride must be an integer >= 1"),
+    (lambda L: L.AvgPool2d(2, padding=(1, 2, 3)), r"AvgPool2d: padding must be .* got \(1, 2, 3\)"),
+    (lambda L: L.Linear(6, -4), "Linear: out_features must be an integer >= 1, got -4"),
+    (lambda L: L.LocalResponseNorm(5.0), "LocalResponseNorm: size must be a positive odd integer, got 5.0"),
+    (lambda L: L.BatchNorm2d(0), "BatchNorm2d: channels must be an integer >= 1, got 0")])
+def test_layer_settings_are_checked_when_the_layer_is_made(make, message):
+    """Not at the first forward, as a reshape or a ZeroDivisionError from inside NumPy."""
+    from scratchnet import layers
+    with pytest.raises(ValueError, match=message):
+        make(layers)
+
+
+def test_a_layer_asked_for_backward_before_forward_says_so():
+    from scratchnet import layers as L
+    dy4, dy2 = np.ones((1, 2, 2, 2), np.float32), np.ones((1, 2), np.float32)
+    for layer, dy in [(L.ReLU(), dy4), (L.Conv2d(2, 2, 1), dy4), (L.MaxPool2d(2), dy4), (L.AvgPool2d(2), dy4),
+                      (L.LocalResponseNorm(), dy4), (L.BatchNorm2d(2), dy4), (L.Flatten(), dy2),
+                      (L.GlobalAvgPool(), dy2), (L.Linear(2, 2), dy2)]:
+        with pytest.raises(ShapeError, match=f"{type(layer).__name__}: backward before forward: call forward"):
+            layer.backward(dy)
+
+
+def test_a_network_with_a_layer_of_your_own_says_how_to_load_it(tmp_path, monkeypatch):
+    from scratchnet.layers import LAYER_TYPES, Flatten, Layer, Linear
+    from scratchnet.models import Network
+    from scratchnet.models.network import NetworkFileError
+
+    class Twice(Layer):
+        def forward(self, x, train=False):
+            return 2 * x
+
+        def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+            return 2 * dy
+
+        def output_shape(self, in_shape):
+            return tuple(in_shape)
+
+    net = Network([("twice", Twice()), ("flat", Flatten()), ("fc", Linear(12, 3))], input_shape=(3, 2, 2))
+    net.save(tmp_path / "n.npz")
+    with pytest.raises(NetworkFileError, match=r"unknown layer type 'Twice'.*LAYER_TYPES\['Twice'\] = Twice"):
+        load_network(tmp_path / "n.npz")
+    monkeypatch.setitem(LAYER_TYPES, "Twice", Twice)
+    x = np.ones((1, 3, 2, 2), np.float32)
+    assert np.array_equal(load_network(tmp_path / "n.npz").forward(x), net.forward(x))

@@ -35,6 +35,12 @@ def test_check_layer_catches_a_wrong_input_gradient_and_passes_the_right_one():
 def test_check_layer_refuses_float32_and_an_all_zero_gradient():
     with pytest.raises(TypeError, match="float64"):
         check_layer(Linear(6, 4), np.zeros((3, 6), np.float32))
+    single = randomise_params(Linear(6, 4)).astype(np.float32)          # float64 input, float32 layer:
+    with pytest.raises(TypeError, match=r"need the layer in float64, got W \(float32\), b \(float32\)"):
+        check_layer(single, np.ones((3, 6)))                            # its "errors" would be round-off
+    from scratchnet.layers import Dropout
+    with pytest.raises(ValueError, match="two forward passes of the same input differ .* pass reset="):
+        check_layer(Dropout(0.5), np.ones((4, 5)), train=True)         # each forward draws a new mask
     with pytest.raises(ValueError, match="all zero"):
         check_layer(ReLU(), -np.ones((2, 3)))           # every unit off: dx == 0 would prove nothing
 

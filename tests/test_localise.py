@@ -354,6 +354,13 @@ def test_evaluate_counts_top1_top5_and_gt_known(rng):
     assert res["methods"]["whole_image"]["gt_known_images"] == 4         # class-free: every image
     assert res["methods"]["centre_box"]["fraction"] == 0.6
     assert set(res["methods"]) == set(localise.METHODS)
+    # the weight may come in segment_kwargs (as tuned_segment_kwargs gives it), not in both at odds
+    assert localise.evaluate([r1], methods=("graphcut",), segment_kwargs=dict(pairwise_weight=3.0, fg_quantile=0.8))[
+        "methods"]["graphcut"]["pairwise_weight"] == 3.0
+    with pytest.raises(ValueError, match=r"two pairwise weights, pairwise_weight=10 and .*=3.0; give one"):
+        localise.evaluate([r1], pairwise_weight=10, segment_kwargs=dict(pairwise_weight=3.0))
+    with pytest.raises(ValueError, match="expected 0 < bg_quantile < fg_quantile < 1"):
+        localise.evaluate([r1], segment_kwargs=dict(fg_quantile=0.2))
     fracs = sorted(boxes.box_area(r.gt_boxes[0]) / r.image[..., 0].size for r in (r1, r2, r3, r4))
     assert res["largest_true_box_fraction_median"] == (fracs[1] + fracs[2]) / 2
     obj_box = r1.gt_boxes[0]

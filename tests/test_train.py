@@ -216,7 +216,7 @@ def test_divergence_from_weight_decay_names_it(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.01, weight_decay=1e40, seed=3, prefetch=1)
     t = Trainer(net, synthetic(), synthetic(24, seed=1), tmp_path / "run", cfg, progress=False)
     with np.errstate(all="ignore"), pytest.raises(
-            TrainingDiverged, match=r"smaller --lr or a smaller --weight-decay \(lr x weight decay = 1e\+38"):
+            TrainingDiverged, match=r"smaller learning rate \(--lr\) or a smaller weight decay \(--weight-decay; lr x weight decay = 1e\+38"):
         t.fit()
 
 

@@ -461,6 +461,21 @@ def test_cli_saliency_classmodel_deconv_compare(tiny_path, photo, tmp_path, caps
     assert out["gradient_check"]["max_error_rel_to_max_grad"] < 1e-3
 
 
+def test_cli_says_when_a_map_is_zero_everywhere(photo, tmp_path, capsys):
+    """Under the DeconvNet rule a class whose weights into the last ReLU are all negative sends nothing
+    back (the rule rectifies the returning signal): a warning, not a silently black PNG."""
+    net = tiny_net(dtype=np.float32, size=16)
+    net["fc"].params["W"][2] = -np.abs(net["fc"].params["W"][2]) - 0.1
+    net.class_names = ["goose", "ostrich", "cup", "lemon", "limousine"]
+    net.save(tmp_path / "neg.npz")
+    argv = ["saliency", str(photo), "--model", str(tmp_path / "neg.npz"), "--class", "cup", "--out", str(tmp_path / "s")]
+    out, err = clirun.run_cli(argv + ["--rule", "deconvnet"], capsys)
+    assert "warning: the deconvnet map of" in err and "zero everywhere: no signal of class 'cup'" in err
+    assert not np.load(out["results"][0]["map_npy"]).any()
+    out, err = clirun.run_cli(argv + ["--rule", "gradient"], capsys)      # the gradient goes through
+    assert "zero everywhere" not in err and np.load(out["results"][0]["map_npy"]).any()
+
+
 def test_cli_unknown_class_is_one_clear_line(tiny_path, photo, tmp_path, capsys):
     from scratchnet.cli import main
     assert main(["saliency", str(photo), "--model", str(tiny_path), "--class", "zebra",

@@ -136,7 +136,9 @@ def to_uint8(array) -> np.ndarray:
 
 
 def save_png(path, array) -> Path:
-    """Write (H, W) or (H, W, 3|4) as a PNG; uint8, bool, or float in [0, 1].  Creates parent folders."""
+    """Write (H, W) or (H, W, 3|4) as a PNG; uint8, bool, or float in [0, 1].  Creates parent folders.
+    Floats outside [0, 1] are clipped: scale a raw saliency map or class-model image first (e.g.
+    ``scratchnet.vis.display.stretch``, or ``m / m.max()``), or it saves as black and white."""
     path = Path(path)
     a = to_uint8(array)
     if a.ndim == 3 and a.shape[2] == 1:

@@ -38,7 +38,7 @@ class ReLU(Layer):
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         if not input_grad:
             return None
-        return kernels.relu_backward(dy, self._y, Rule.parse(rule).code, self.upper)
+        return kernels.relu_backward(dy, self.saved(self._y), Rule.parse(rule).code, self.upper)
 
 
 class ReLU6(ReLU):

@@ -10,6 +10,10 @@ A layer is a small object with
       - ``param_grads=False`` skips weight gradients (saliency needs only d/d(image));
       - ``input_grad=False`` lets the first layer skip d/d(input) (training never needs it).
   * ``spec()``: the constructor arguments as JSON-able values, so a saved file rebuilds the layer.
+  * parameters start at zero (a network built by hand outputs zeros): ``init_params(rng)`` on a
+    layer (He, or ``scheme="gaussian", std=...``), ``scratchnet.train.init_network`` on a whole
+    network, or weights loaded from a file.
+  * ``backward`` before any ``forward`` is a ShapeError that says so (``saved``).
 
 Containers (``Sequential``, ``Concat``, ``Residual`` in ``blocks.py``) are layers whose
 ``children()`` are layers; parameters are named by their path, e.g. ``"conv1.W"``.
@@ -133,6 +137,13 @@ class Layer:
 
     def label(self) -> str:
         return self.name or type(self).__name__
+
+    def saved(self, kept):
+        """What forward kept for backward, or a ShapeError when backward comes before any forward."""
+        if kept is None:
+            raise ShapeError(f"{self.label()}: backward before forward: call forward(x) first (backward uses "
+                             "what forward kept)")
+        return kept
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items())

@@ -36,6 +36,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from ..checks import check_int, is_int
 from .base import Layer, ShapeError, check_input
 from scratchnet import kernels
 
@@ -43,25 +44,27 @@ from scratchnet import kernels
 # ---------------------------------------------------------------------------------------------
 # padding and output size
 # ---------------------------------------------------------------------------------------------
-def _pair(v):
-    return (v, v) if isinstance(v, (int, np.integer)) else tuple(int(a) for a in v)
+def _pair(v, who="", what="size", low=1):
+    """int | (h, w) -> (h, w), each an integer >= low, or a ValueError naming ``who`` and ``what``."""
+    pair = (v, v) if is_int(v) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    if len(pair) != 2 or not all(is_int(a) and a >= low for a in pair):
+        raise ValueError(f"{who}: {what} must be an integer >= {low} or a pair of them, got {v!r}")
+    return tuple(int(a) for a in pair)
 
 
-def normalise_padding(padding):
-    """int | (ph, pw) | (top, bottom, left, right) | "same" -> 4-tuple or "same"."""
+def normalise_padding(padding, who="padding"):
+    """int | (ph, pw) | (top, bottom, left, right) | "same" -> 4-tuple of integers >= 0, or "same"."""
     if isinstance(padding, str):
         if padding.lower() != "same":
-            raise ValueError(f"padding must be an int, a tuple or 'same', got {padding!r}")
+            raise ValueError(f"{who}: padding must be an int, a tuple or 'same', got {padding!r}")
         return "same"
-    if isinstance(padding, (int, np.integer)):
-        p = int(padding)
-        return (p, p, p, p)
-    padding = tuple(int(p) for p in padding)
-    if len(padding) == 2:
-        return (padding[0], padding[0], padding[1], padding[1])
-    if len(padding) == 4:
-        return padding
-    raise ValueError(f"padding must be int, (ph, pw) or (top, bottom, left, right), got {padding!r}")
+    pads = (padding,) * 4 if is_int(padding) else tuple(padding) if isinstance(padding, (tuple, list)) else ()
+    if len(pads) == 2:
+        pads = (pads[0], pads[0], pads[1], pads[1])
+    if len(pads) != 4 or not all(is_int(p) and p >= 0 for p in pads):
+        raise ValueError(f"{who}: padding must be an integer >= 0, (ph, pw), (top, bottom, left, right) "
+                         f"or 'same', got {padding!r}")
+    return tuple(int(p) for p in pads)
 
 
 def same_padding(h, w, kernel, stride):
@@ -125,8 +128,8 @@ def col2im_reference(cols, padded_shape, kernel, stride, out_hw):
 class Conv2d(Layer):
     """Convolution with stride, zero padding (int, (ph, pw), (t, b, l, r) or TF "same"), groups, bias.
 
-    x (N, C, H, W) -> y (N, O, oh, ow);  W (O, C // groups, kh, kw);  b (O,).
-    Keeps for backward: the im2col columns (what dW needs) and the padded input shape; on the special
+    x (N, C, H, W) -> y (N, O, oh, ow);  W (O, C // groups, kh, kw);  b (O,), all zero until
+    ``init_params(rng)`` or a load. Keeps for backward: the im2col columns (what dW needs) and the padded input shape; on the special
     paths the padded input (depthwise) or the input itself (1x1, stride 1, no padding).
 
     ``im2col_mode``: "auto" (default), "plain" or "wide". Stride-1 convolutions on the CPU can use
@@ -140,12 +143,14 @@ class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
                  bias=True, name=None, dtype=np.float32):
         super().__init__(name)
+        for what, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            check_int("Conv2d", what, v, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
                              f"must both be divisible by groups ({groups})")
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding = normalise_padding(padding)
+        self.kernel, self.stride = _pair(kernel_size, "Conv2d", "kernel_size"), _pair(stride, "Conv2d", "stride")
+        self.padding = normalise_padding(padding, "Conv2d")
         self.has_bias = bool(bias)
         kh, kw = self.kernel
         self.params["W"] = np.zeros((out_channels, in_channels // groups, kh, kw), dtype)
@@ -232,13 +237,13 @@ class Conv2d(Layer):
         return self.kernel == (1, 1) and self.stride == (1, 1)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        kind = self.saved(self._cache)[0]
         xp = get_array_module(dy)
         n, o, oh, ow = dy.shape
         W, g = self.params["W"], self.groups
         Wg = W.reshape(g, o // g, -1)                                          # (G, O/G, K/G)
         if param_grads and self.has_bias:
             self.grads["b"] = dy.sum(axis=(0, 2, 3))
-        kind = self._cache[0]
         if kind == "depthwise":
             _, xpad, pads = self._cache
             dW, dxpad = kernels.depthwise_backward(dy, xpad, W, self.stride, param_grads, input_grad)

@@ -10,15 +10,19 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from ..checks import check_int
 from .base import Layer, ShapeError, check_input
 
 
 class Linear(Layer):
-    """y = x @ W.T + b.  x (N, in_features), W (out_features, in_features). Keeps x for dW."""
+    """y = x @ W.T + b.  x (N, in_features), W (out_features, in_features), b (out_features,), all zero
+    until ``init_params(rng)`` or a load. Keeps x for dW."""
 
     def __init__(self, in_features, out_features, bias=True, name=None, dtype=np.float32):
         super().__init__(name)
-        self.in_features, self.out_features, self.has_bias = int(in_features), int(out_features), bool(bias)
+        self.in_features = check_int("Linear", "in_features", in_features, 1)
+        self.out_features = check_int("Linear", "out_features", out_features, 1)
+        self.has_bias = bool(bias)
         self.params["W"] = np.zeros((out_features, in_features), dtype)
         if bias:
             self.params["b"] = np.zeros((out_features,), dtype)
@@ -27,6 +31,7 @@ class Linear(Layer):
         return dict(in_features=self.in_features, out_features=self.out_features, bias=self.has_bias)
 
     def init_params(self, rng, scheme="he", std=None):
+        """He (sqrt(2 / in_features)) or Gaussian(std) weights, zero bias."""
         W = self.params["W"]
         s = std if scheme == "gaussian" else math.sqrt(2.0 / self.in_features)
         self.params["W"] = (rng.standard_normal(W.shape) * s).astype(W.dtype)
@@ -51,7 +56,7 @@ class Linear(Layer):
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         if param_grads:
-            self.grads["W"] = dy.T @ self._x
+            self.grads["W"] = dy.T @ self.saved(getattr(self, "_x", None))
             if self.has_bias:
                 self.grads["b"] = dy.sum(axis=0)
         return dy @ self.params["W"] if input_grad else None
@@ -68,7 +73,7 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        return dy.reshape(self._shape) if input_grad else None
+        return dy.reshape(self.saved(getattr(self, "_shape", None))) if input_grad else None
 
 
 class Dropout(Layer):

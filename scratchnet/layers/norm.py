@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 from ..backend import get_array_module
+from ..checks import check_int, is_int
 from .base import Layer, check_input
 from scratchnet import kernels
 
@@ -38,8 +39,8 @@ class LocalResponseNorm(Layer):
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, name=None):
         super().__init__(name)
-        if size < 1 or size % 2 == 0:
-            raise ValueError(f"LocalResponseNorm: size must be a positive odd number, got {size}")
+        if not is_int(size) or size < 1 or size % 2 == 0:
+            raise ValueError(f"LocalResponseNorm: size must be a positive odd integer, got {size!r}")
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
         self._cache = None
 
@@ -58,7 +59,7 @@ class LocalResponseNorm(Layer):
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         if not input_grad:
             return None
-        x, y, s = self._cache
+        x, y, s = self.saved(self._cache)
         return kernels.lrn_backward(dy, x, y, s, self.size, self.alpha, self.beta)
 
 
@@ -108,7 +109,7 @@ class BatchNorm2d(Layer):
     def __init__(self, channels, eps=1e-5, name=None):
         super().__init__(name)
         import numpy as np
-        self.channels, self.eps = int(channels), float(eps)
+        self.channels, self.eps = check_int("BatchNorm2d", "channels", channels, 1), float(eps)
         self.params.update(gamma=np.ones(channels, np.float32), beta=np.zeros(channels, np.float32))
         self.stats = dict(mean=np.zeros(channels, np.float32), var=np.ones(channels, np.float32))
 
@@ -134,7 +135,7 @@ class BatchNorm2d(Layer):
         if param_grads:
             inv = 1 / xp.sqrt(xp.asarray(self.stats["var"]) + self.eps)
             # y = gamma * x_hat + beta with x_hat = (x - mean) * inv, so dy/dgamma = x_hat
-            self.grads["gamma"] = (dy * self._centred).sum(axis=(0, 2, 3)) * inv
+            self.grads["gamma"] = (dy * self.saved(getattr(self, "_centred", None))).sum(axis=(0, 2, 3)) * inv
             self.grads["beta"] = dy.sum(axis=(0, 2, 3))
         return dy * a.reshape(1, -1, 1, 1) if input_grad else None
 

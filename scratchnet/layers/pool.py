@@ -40,9 +40,10 @@ def pool_output_size(h, w, kernel, stride, pads, ceil_mode):
 class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, name=None):
         super().__init__(name)
-        self.kernel = _pair(kernel_size)
-        self.stride = _pair(stride if stride is not None else kernel_size)
-        self.padding = normalise_padding(padding)
+        who = type(self).__name__
+        self.kernel = _pair(kernel_size, who, "kernel_size")
+        self.stride = _pair(stride if stride is not None else kernel_size, who, "stride")
+        self.padding = normalise_padding(padding, who)
         if self.padding == "same":
             raise ValueError("pooling layers take explicit padding, not 'same'")
         self.ceil_mode = bool(ceil_mode)
@@ -83,7 +84,8 @@ class MaxPool2d(_Pool2d):
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         if not input_grad:
             return None
-        return kernels.maxpool_backward(dy, self._cache, self._in_hw, self.kernel, self.stride, self.padding)
+        return kernels.maxpool_backward(dy, self.saved(self._cache), self._in_hw, self.kernel, self.stride,
+                                        self.padding)
 
 
 class AvgPool2d(_Pool2d):
@@ -124,7 +126,7 @@ class AvgPool2d(_Pool2d):
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         if not input_grad:
             return None
-        if self._cache[0] == "gpu":
+        if self.saved(self._cache)[0] == "gpu":
             return kernels.avgpool_backward(dy, self._cache[1], self.kernel, self.stride, self.padding)
         xp = get_array_module(dy)
         shape, pads, div = self._cache
@@ -154,7 +156,7 @@ class GlobalAvgPool(Layer):
         if not input_grad:
             return None
         xp = get_array_module(dy)
-        n, c, h, w = self._shape
+        n, c, h, w = self.saved(getattr(self, "_shape", None))
         return xp.broadcast_to((dy / (h * w))[:, :, None, None], self._shape).copy()
 
 

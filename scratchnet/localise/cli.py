@@ -324,9 +324,8 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     t_net = time.perf_counter() - t_net
     _say(f"segmenting and scoring (graph cut {kw})")
     t_seg = time.perf_counter()
-    res = evaluate(records, pairwise_weight=kw["pairwise_weight"],
-                   centre_fraction=centre_fraction, threshold_fraction=threshold_fraction,
-                   segment_kwargs={k: v for k, v in kw.items() if k != "pairwise_weight"}, details=details)
+    res = evaluate(records, centre_fraction=centre_fraction, threshold_fraction=threshold_fraction,
+                   segment_kwargs=kw, details=details)
     res["seconds"] = {"network": round(t_net, 1), "segmentation_and_scoring": round(time.perf_counter() - t_seg, 1)}
     return res, records
 

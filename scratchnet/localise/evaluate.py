@@ -30,7 +30,7 @@ import numpy as np
 
 from ..checks import is_int
 from .boxes import (box_area, centre_box, is_correct, saliency_threshold_box, whole_image_box)
-from .graphcut import DEFAULT_PAIRWISE_WEIGHT, segment
+from .graphcut import DEFAULT_PAIRWISE_WEIGHT, check_segment_params, segment
 
 METHODS = ("graphcut", "whole_image", "centre_box", "saliency_threshold")
 CENTRE_FRACTIONS = tuple(np.round(np.arange(0.30, 1.001, 0.05), 2))
@@ -87,12 +87,14 @@ class LocRecord:
                              f"got {self.gt_boxes}")
 
 
-def evaluate(records, methods=METHODS, pairwise_weight: float = DEFAULT_PAIRWISE_WEIGHT,
+def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
              centre_fraction: float | None = None, threshold_fraction: float | None = None,
              segment_kwargs: dict | None = None, details: bool = False) -> dict:
     """Localisation and classification errors of each method over records (a list of LocRecord).
 
-    pairwise_weight and segment_kwargs go to `graphcut.segment`.  centre_fraction and
+    pairwise_weight and segment_kwargs go to `graphcut.segment` (the weight may come in either; None in
+    both: segment's default, the paper's settings; the commands pass `network.tuned_segment_kwargs`,
+    tuned per kind of map).  centre_fraction and
     threshold_fraction left as None are chosen on these same records by `choose_fractions`
     (the "best fixed size" / "threshold chosen on the dev photos" baselines) and reported.
     Returns {"images", "top1_cls_error", "top5_cls_error", "largest_true_box_fraction_median",
@@ -104,6 +106,14 @@ def evaluate(records, methods=METHODS, pairwise_weight: float = DEFAULT_PAIRWISE
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"evaluate: unknown method(s) {unknown}; expected some of {METHODS}")
+    segment_kwargs = dict(segment_kwargs or {})
+    if pairwise_weight is not None and segment_kwargs.get("pairwise_weight", pairwise_weight) != pairwise_weight:
+        raise ValueError(f"evaluate: two pairwise weights, pairwise_weight={pairwise_weight} and "
+                         f"segment_kwargs['pairwise_weight']={segment_kwargs['pairwise_weight']}; give one")
+    if pairwise_weight is None:
+        pairwise_weight = segment_kwargs.get("pairwise_weight", DEFAULT_PAIRWISE_WEIGHT)
+    segment_kwargs["pairwise_weight"] = pairwise_weight
+    check_segment_params(**segment_kwargs)
     chosen = {}
     if "centre_box" in methods and centre_fraction is None:
         centre_fraction = choose_fractions(records, which=("centre_box",))["centre_box"]
@@ -115,7 +125,6 @@ def evaluate(records, methods=METHODS, pairwise_weight: float = DEFAULT_PAIRWISE
               "whole_image": {},
               "centre_box": {"fraction": centre_fraction},
               "saliency_threshold": {"fraction": threshold_fraction}}
-    segment_kwargs = dict(segment_kwargs or {}, pairwise_weight=pairwise_weight)
 
     per_image = [_judge_image(r, methods, centre_fraction, threshold_fraction, segment_kwargs)
                  for r in records]

@@ -191,7 +191,9 @@ def layer_from_spec(d: dict) -> Layer:
     from ..layers import Concat, Residual
     kind = d.get("type")
     if kind not in LAYER_TYPES:
-        raise ValueError(f"unknown layer type {kind!r} in saved architecture; known: {sorted(LAYER_TYPES)}")
+        raise ValueError(f"unknown layer type {kind!r} in saved architecture; known: {sorted(LAYER_TYPES)} "
+                         f"(a layer class of your own: scratchnet.layers.LAYER_TYPES[{kind!r}] = {kind} "
+                         "before loading)")
     cls = LAYER_TYPES[kind]
     kids = [(n, layer_from_spec(c)) for n, c in d.get("children", [])]
     if cls is Sequential:

@@ -157,7 +157,11 @@ def check_config(c):
 
 
 class Trainer:
-    """SGD training of ``net`` on (images, labels); see the module docstring."""
+    """SGD training of ``net`` on (images, labels); see the module docstring.
+
+    The labels are indices; the saved network knows its classes by name only if told: set
+    ``net.class_names`` (and ``net.class_wnids``, for wnid lookups) before training, as
+    ``scratchnet train`` does from the data set's folders."""
 
     def __init__(self, net, train, val, out, config: TrainConfig | None = None, device="cpu",
                  callbacks=(), progress=True):
@@ -200,7 +204,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             if not self.checkpoint_path.is_file():
-                raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path} to continue from")
+                raise FileNotFoundError(f"resume: no checkpoint at {self.checkpoint_path} to continue from")
             self.state = load_checkpoint(self.checkpoint_path, self.net, self.optimiser)
             self._saved_at = (self.state["epoch"], self.state["batch"], self.state["step"])
             self._warn_config_changes(self.state.get("config", {}))
@@ -209,8 +213,8 @@ class Trainer:
                   f"{self.state['batch']} (step {self.state['step']})", file=sys.stderr)
         else:
             if self.checkpoint_path.is_file():
-                raise ValueError(f"{self.out} already holds a checkpoint; pass --resume to continue that run "
-                                 f"or choose another --out")
+                raise ValueError(f"{self.out} already holds a checkpoint; continue that run (fit(resume=True), "
+                                 "--resume on the command line) or choose another output folder (out, --out)")
             if self.metrics_path.exists():
                 self.metrics_path.unlink()
         (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
@@ -312,13 +316,14 @@ class Trainer:
         raise TrainingDiverged(
             f"training diverged: the loss became {loss} at step {st['step'] + 1} (epoch {epoch + 1}, batch "
             f"{st['batch'] + 1}) with learning rate {self.optimiser.lr:g}; the last good checkpoint is kept: "
-            f"{where}. Try a smaller --lr" + self._decay_hint() + ".")
+            f"{where}. Try a smaller learning rate (--lr)" + self._decay_hint() + ".")
 
     def _decay_hint(self):
         """Weight decay shrinks every weight by lr * weight_decay a step: near 1 or more, it alone diverges."""
         opt = self.optimiser
         shrink = opt.lr * opt.weight_decay
-        return f" or a smaller --weight-decay (lr x weight decay = {shrink:g} a step)" if shrink >= 0.1 else ""
+        return (f" or a smaller weight decay (--weight-decay; lr x weight decay = {shrink:g} a step)"
+                if shrink >= 0.1 else "")
 
     # -- helpers ---------------------------------------------------------------------------
     def _save(self):

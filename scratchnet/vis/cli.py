@@ -160,6 +160,9 @@ def cmd_saliency(args):
                      for i, ((path, _), (_, pix)) in enumerate(zip(photos, fitted))]
         for path, pix, smap, c, score in items:
             stem = f"{path.stem}_{rule}"
+            if not np.any(smap):            # a blank PNG would look like a bug in the drawing
+                _say(f"warning: the {rule} map of {path} is zero everywhere: no signal of class {names[c]!r} "
+                     f"reaches the image under this rule (some ReLU on the way back lets none through)")
             files = sal.save_saliency(out, stem, pix, smap)
             save_png(out / f"{path.stem}_input.png", pix)
             np.save(out / f"{stem}_map.npy", np.asarray(smap, np.float32))
