@@ -132,6 +132,8 @@ def test_ten_crop_map_of_flipped_photo_is_flipped_map():
     # the input side, as for a network that names none
     net.preprocess["resize"] = None
     assert ten_crop_saliency(net, img, 1).map.shape == (9, 10)      # input 8: shorter side round(64 / 7)
+    with pytest.warns(UserWarning, match="5 crops coincide .* e.g. 9, for 10 different crops"):
+        ten_crop_saliency(net, img[:12, :12], 1, resize=8)             # square at the input size: no room
 
 
 # ---------------------------------------------------------------------------------------------

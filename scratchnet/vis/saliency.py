@@ -14,6 +14,7 @@ centre crop and their horizontal flips, each mapped back onto the (resized) phot
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,10 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
         raise ValueError(f"ten_crop_saliency: a {img.shape[1]}x{img.shape[0]} photo is too elongated for the 10-crop "
                          f"map: with its shorter side at {side} pixels it would be {max(rh, rw)} long; the "
                          "single-view map works for any shape")
+    if (rh, rw) == (h, w):
+        warnings.warn(f"ten_crop_saliency: the photo resized to {rw}x{rh} is the network's input size, so the "
+                      f"5 crops coincide and the map averages one view and its mirror (pass resize= larger "
+                      f"than {min(h, w)}, e.g. {round(min(h, w) * 8 / 7)}, for 10 different crops)", stacklevel=2)
     pix = resize_shorter(img, side)
     H, W = pix.shape[:2]
     boxes = ten_crop_boxes(H, W, h, w)
