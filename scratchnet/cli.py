@@ -24,6 +24,7 @@ import importlib
 import json
 import math
 import sys
+import warnings
 
 #: modules that provide ``register(subparsers, evaluate_subparsers)``
 COMMAND_MODULES = ["scratchnet.models.cli", "scratchnet.vis.cli", "scratchnet.localise.cli",
@@ -139,7 +140,15 @@ def main(argv=None):
             print(f"scratchnet {args.command}: error: {e} (from $SCRATCHNET_DEVICE)", file=sys.stderr)
             return 2
     try:
-        return args.func(args) or 0
+        with warnings.catch_warnings():       # a library warning as one line, like the commands' own,
+            shown = set()                     # and once: not again for each of 10,000 photos
+
+            def one_line(message, *_, **__):
+                if str(message) not in shown:
+                    shown.add(str(message))
+                    print(f"scratchnet {args.command}: warning: {message}", file=sys.stderr)
+            warnings.showwarning = one_line
+            return args.func(args) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -478,6 +478,19 @@ def test_cli_says_when_a_map_is_zero_everywhere(photo, tmp_path, capsys):
     assert "zero everywhere" not in err and np.load(out["results"][0]["map_npy"]).any()
 
 
+def test_cli_prints_a_library_warning_once_as_one_line(tiny_path, tmp_path, capsys):
+    from scratchnet.io.images import save_png
+    from scratchnet.models import load_network
+    net = load_network(tiny_path)
+    net.preprocess["resize"] = 16                      # as a 16-pixel network trained here would have it
+    net.save(tmp_path / "t16.npz")
+    square = save_png(tmp_path / "sq.png", np.full((16, 16, 3), 128, np.uint8))
+    _, err = clirun.run_cli(["saliency", square, square, "--model", tmp_path / "t16.npz", "--ten-crop",
+                             "--out", tmp_path / "s"], capsys)
+    assert err.count("warning") == 1 and "scratchnet saliency: warning: ten_crop_saliency: " in err
+    assert "UserWarning" not in err
+
+
 def test_cli_unknown_class_is_one_clear_line(tiny_path, photo, tmp_path, capsys):
     from scratchnet.cli import main
     assert main(["saliency", str(photo), "--model", str(tiny_path), "--class", "zebra",
