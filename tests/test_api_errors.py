@@ -233,6 +233,8 @@ def test_classes_named_by_digits_are_found_by_name():
     assert class_index(2, names) == 2                      # an int is always an index
     with pytest.raises(IndexError, match=r"class index -1 is out of range: expected 0\.\.11"):
         class_index("-1", names)
+    with pytest.raises(KeyError, match="unknown class '--1'"):
+        class_index("--1", names)
     from scratchnet.vis.display import resolve_class
     folders = paper_net(32, num_classes=12, width=1 / 16, class_names=names)
     assert resolve_class(folders, np.array(3)) == 3        # a 0-d array too
@@ -243,6 +245,12 @@ def test_classes_named_by_digits_are_found_by_name():
     assert resolve_class(tiny, "n04067472") == 1 and resolve_class(tiny, "fox") == 2
     with pytest.raises(ValueError, match="unknown class 'n01443537'"):
         resolve_class(tiny, "n01443537")
+    tiny.class_wnids = None
+    tiny.arch["class_wnids"] = ["n02124075", "n04067472", "n04540053"]     # where an older file kept them
+    assert resolve_class(tiny, "n04540053") == 2
+    tiny.class_wnids = ["n1", "n2", "n3", "n4"]                             # not one a class: not used
+    with pytest.raises(ValueError, match="unknown class 'n4'"):
+        resolve_class(tiny, "n4")
     assert class_index("7", ["cat", "dog", "emu", "fox", "gnu", "hen", "owl", "yak"]) == 7   # no such name
 
 
@@ -302,6 +310,7 @@ def test_saving_where_it_cannot_says_where(net, tmp_path):
     (lambda L: L.MaxPool2d(0), "MaxPool2d: kernel_size must be an integer >= 1"),
     (lambda L: L.MaxPool2d(2, stride=0), "MaxPool2d: stride must be an integer >= 1"),
     (lambda L: L.AvgPool2d(2, padding=(1, 2, 3)), r"AvgPool2d: padding must be .* got \(1, 2, 3\)"),
+    (lambda L: L.MaxPool2d(3, padding="same"), r"MaxPool2d: .* got 'same' \(pooling takes explicit padding\)"),
     (lambda L: L.Linear(6, -4), "Linear: out_features must be an integer >= 1, got -4"),
     (lambda L: L.LocalResponseNorm(5.0), "LocalResponseNorm: size must be a positive odd integer, got 5.0"),
     (lambda L: L.BatchNorm2d(0), "BatchNorm2d: channels must be an integer >= 1, got 0")])
@@ -312,12 +321,19 @@ def test_layer_settings_are_checked_when_the_layer_is_made(make, message):
         make(layers)
 
 
+def test_layer_sizes_may_be_ints_numpy_ints_tuples_lists_or_1d_arrays():
+    from scratchnet.layers import Conv2d, MaxPool2d
+    for k in (3, np.int64(3), (3, 3), [3, 3], np.array([3, 3])):
+        assert Conv2d(2, 2, k, padding=np.array([1, 1])).kernel == (3, 3) == MaxPool2d(k).kernel
+
+
 def test_a_layer_asked_for_backward_before_forward_says_so():
     from scratchnet import layers as L
     dy4, dy2 = np.ones((1, 2, 2, 2), np.float32), np.ones((1, 2), np.float32)
     for layer, dy in [(L.ReLU(), dy4), (L.Conv2d(2, 2, 1), dy4), (L.MaxPool2d(2), dy4), (L.AvgPool2d(2), dy4),
                       (L.LocalResponseNorm(), dy4), (L.BatchNorm2d(2), dy4), (L.Flatten(), dy2),
-                      (L.GlobalAvgPool(), dy2), (L.Linear(2, 2), dy2)]:
+                      (L.GlobalAvgPool(), dy2), (L.Linear(2, 2), dy2),
+                      (L.Concat([("a", L.ReLU()), ("b", L.ReLU())]), dy4)]:
         with pytest.raises(ShapeError, match=f"{type(layer).__name__}: backward before forward: call forward"):
             layer.backward(dy)
 

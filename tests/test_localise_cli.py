@@ -88,6 +88,11 @@ def test_ten_crop_map_is_the_vis_ten_crop_map(net):
     ref = ten_crop_saliency(net, img, r["classes"][0])
     np.testing.assert_allclose(r["maps"][0], ref.map, rtol=1e-5, atol=1e-8)
     assert r["scores"][r["classes"][0]] == pytest.approx(ref.score, rel=1e-5)
+    import copy
+    at_input = copy.deepcopy(net)
+    at_input.preprocess["resize"] = at_input.input_shape[1]     # as the networks trained here record it
+    with pytest.warns(UserWarning, match="10-crop localisation maps: .* the 5 crops coincide"):
+        locnet.network_saliency(at_input, [img], top=1, ten_crop=True)
 
 
 def test_localise_image_returns_box_in_photo_coordinates(net):

@@ -132,7 +132,7 @@ def test_ten_crop_map_of_flipped_photo_is_flipped_map():
     # the input side, as for a network that names none
     net.preprocess["resize"] = None
     assert ten_crop_saliency(net, img, 1).map.shape == (9, 10)      # input 8: shorter side round(64 / 7)
-    with pytest.warns(UserWarning, match="5 crops coincide .* e.g. 9, for 10 different crops"):
+    with pytest.warns(UserWarning, match=r"5 crops coincide .* e\.g\. 9: .* scratchnet saliency --resize 9"):
         ten_crop_saliency(net, img[:12, :12], 1, resize=8)             # square at the input size: no room
 
 
@@ -489,6 +489,9 @@ def test_cli_prints_a_library_warning_once_as_one_line(tiny_path, tmp_path, caps
                              "--out", tmp_path / "s"], capsys)
     assert err.count("warning") == 1 and "scratchnet saliency: warning: ten_crop_saliency: " in err
     assert "UserWarning" not in err
+    _, err = clirun.run_cli(["saliency", square, "--model", tmp_path / "t16.npz", "--ten-crop", "--resize", "18",
+                             "--out", tmp_path / "s"], capsys)        # what the warning advises: no warning
+    assert "warning" not in err
 
 
 def test_cli_unknown_class_is_one_clear_line(tiny_path, photo, tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def class_index(key, names=None, wnids=None) -> int:
     normed = [normalise_name(s) for s in names]
     if normalise_name(key) in normed:    # before digits: classes named "0", "1", "10" (folders) are names
         return normed.index(normalise_name(key))
-    if key.lstrip("-").isdigit():                # "-1" too: out of range, said as such
+    if re.fullmatch(r"-?[0-9]+", key):           # "-1" too: out of range, said as such
         return class_index(int(key), names, wnids)
     close = difflib.get_close_matches(normalise_name(key), normed, n=5, cutoff=0.6)
     close += difflib.get_close_matches(key, wnids, n=3, cutoff=0.8)

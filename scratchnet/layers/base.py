@@ -13,7 +13,8 @@ A layer is a small object with
   * parameters start at zero (a network built by hand outputs zeros): ``init_params(rng)`` on a
     layer (He, or ``scheme="gaussian", std=...``), ``scratchnet.train.init_network`` on a whole
     network, or weights loaded from a file.
-  * ``backward`` before any ``forward`` is a ShapeError that says so (``saved``).
+  * ``backward`` before any ``forward`` is a ShapeError that says so (``saved``); Dropout, whose
+    test-mode backward is the identity, passes dy through.
 
 Containers (``Sequential``, ``Concat``, ``Residual`` in ``blocks.py``) are layers whose
 ``children()`` are layers; parameters are named by their path, e.g. ``"conv1.W"``.

@@ -91,7 +91,7 @@ class Concat(Layer):
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         dx, start = None, 0
-        for (_, b), size in zip(self.branches, self._sizes):
+        for (_, b), size in zip(self.branches, self.saved(getattr(self, "_sizes", None))):
             d = b.backward(dy[:, start:start + size], rule, param_grads, input_grad)
             start += size
             if input_grad:

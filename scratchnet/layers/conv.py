@@ -44,26 +44,34 @@ from scratchnet import kernels
 # ---------------------------------------------------------------------------------------------
 # padding and output size
 # ---------------------------------------------------------------------------------------------
+def _seq(v) -> tuple:
+    """A tuple, list or 1-D array as a tuple of its items; () for anything else."""
+    if isinstance(v, np.ndarray):
+        return tuple(v.tolist()) if v.ndim == 1 else ()
+    return tuple(v) if isinstance(v, (tuple, list)) else ()
+
+
 def _pair(v, who="", what="size", low=1):
     """int | (h, w) -> (h, w), each an integer >= low, or a ValueError naming ``who`` and ``what``."""
-    pair = (v, v) if is_int(v) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    pair = (v, v) if is_int(v) else _seq(v)
     if len(pair) != 2 or not all(is_int(a) and a >= low for a in pair):
         raise ValueError(f"{who}: {what} must be an integer >= {low} or a pair of them, got {v!r}")
     return tuple(int(a) for a in pair)
 
 
-def normalise_padding(padding, who="padding"):
-    """int | (ph, pw) | (top, bottom, left, right) | "same" -> 4-tuple of integers >= 0, or "same"."""
-    if isinstance(padding, str):
-        if padding.lower() != "same":
-            raise ValueError(f"{who}: padding must be an int, a tuple or 'same', got {padding!r}")
+def normalise_padding(padding, who="padding", allow_same=True):
+    """int | (ph, pw) | (top, bottom, left, right) | "same" (where allowed) -> 4-tuple of integers >= 0,
+    or "same"; else a ValueError naming ``who`` and what it takes."""
+    same = isinstance(padding, str) and padding.lower() == "same"
+    if same and allow_same:
         return "same"
-    pads = (padding,) * 4 if is_int(padding) else tuple(padding) if isinstance(padding, (tuple, list)) else ()
+    pads = (padding,) * 4 if is_int(padding) else _seq(padding)
     if len(pads) == 2:
         pads = (pads[0], pads[0], pads[1], pads[1])
     if len(pads) != 4 or not all(is_int(p) and p >= 0 for p in pads):
-        raise ValueError(f"{who}: padding must be an integer >= 0, (ph, pw), (top, bottom, left, right) "
-                         f"or 'same', got {padding!r}")
+        takes = "an integer >= 0, (ph, pw) or (top, bottom, left, right)" + (" or 'same'" if allow_same else "")
+        raise ValueError(f"{who}: padding must be {takes}, got {padding!r}"
+                         + ("" if allow_same or not same else " (pooling takes explicit padding)"))
     return tuple(int(p) for p in pads)
 
 

@@ -43,9 +43,7 @@ class _Pool2d(Layer):
         who = type(self).__name__
         self.kernel = _pair(kernel_size, who, "kernel_size")
         self.stride = _pair(stride if stride is not None else kernel_size, who, "stride")
-        self.padding = normalise_padding(padding, who)
-        if self.padding == "same":
-            raise ValueError("pooling layers take explicit padding, not 'same'")
+        self.padding = normalise_padding(padding, who, allow_same=False)
         self.ceil_mode = bool(ceil_mode)
         self._cache = None
 

@@ -93,8 +93,8 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
     """Localisation and classification errors of each method over records (a list of LocRecord).
 
     pairwise_weight and segment_kwargs go to `graphcut.segment` (the weight may come in either; None in
-    both: segment's default, the paper's settings; the commands pass `network.tuned_segment_kwargs`,
-    tuned per kind of map).  centre_fraction and
+    both: segment's defaults, the paper's 95%/30% seed quantiles and gamma 10; the commands pass
+    `network.tuned_segment_kwargs`, tuned per kind of map).  centre_fraction and
     threshold_fraction left as None are chosen on these same records by `choose_fractions`
     (the "best fixed size" / "threshold chosen on the dev photos" baselines) and reported.
     Returns {"images", "top1_cls_error", "top5_cls_error", "largest_true_box_fraction_median",

@@ -41,7 +41,7 @@ from ..checks import check_int
 from ..io.images import resize
 from ..layers import Rule
 from ..vis.display import class_names, prepare_pixels, resolve_class, resolve_classes
-from ..vis.saliency import saliency_from_gradient, ten_crop_boxes
+from ..vis.saliency import saliency_from_gradient, ten_crop_boxes, warn_if_crops_coincide
 from ..models.preprocess import _as_list, _check_image as _check_rgb  # one check of photo arrays
 from .graphcut import check_segment_params, segment
 
@@ -153,6 +153,7 @@ def _ten_crop_one(net, image, top, extra, rule):
     h, w = net.input_shape[1:]
     side = int(net.preprocess.get("resize") or round(max(h, w) * 8 / 7))
     R = max(side, h, w)
+    warn_if_crops_coincide("10-crop localisation maps", (R, R), (h, w))
     pix = resize(image, (R, R))
     boxes = ten_crop_boxes(R, R, h, w)
     crops = [pix[y:y + h, x:x + w] for y, x in boxes]

@@ -24,8 +24,8 @@ The pad 1 of conv_final is in the prototxt: the 1x1 convolution sees a zero ring
 its 15x15 output is ReLU(bias), and the global average includes it. Caffe pools in ceil mode.
 
 Every layer is fully convolutional up to the global average, so the network accepts any input of at
-least 21x21 (below that, the last ceil-mode pool gets less than its 3x3 window); the saliency tests use
-small inputs.
+least 21x21 (below that, the last ceil-mode pool gets a 1x1 input, too small for even one of its 3x3,
+stride-2 windows); the saliency tests use small inputs.
 """
 from __future__ import annotations
 

@@ -27,6 +27,9 @@ def register(sub, ev_sub):
                    help="target class: index, wnid or name (default: each image's top-1)")
     p.add_argument("--rule", default="gradient", choices=RULES + ["all"], help="ReLU backward rule")
     p.add_argument("--ten-crop", action="store_true", help="average the maps of 10 crops (4 corners + centre, flipped)")
+    p.add_argument("--resize", type=positive_int, default=None, metavar="SIDE",
+                   help="--ten-crop: the photo's shorter side before cropping (default: the network's "
+                        "preprocess resize, else 8/7 of its input size)")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="(photo, class) pairs per pass (default 16; 1 makes each map depend on its photo "
                         "alone, not also on its batch neighbours through rounding)")
@@ -149,7 +152,7 @@ def cmd_saliency(args):
             items = []
             for path, img in photos:
                 _say(f"10-crop saliency ({rule}) of {path}")
-                r = sal.ten_crop_saliency(net, img, target, rule)
+                r = sal.ten_crop_saliency(net, img, target, rule, args.resize)
                 items.append((path, r.pixels, r.map, r.class_index, r.score))
         else:
             fitted = [prepare_image(net, img) for _, img in photos]

@@ -98,7 +98,9 @@ def resolve_class(net, key) -> int:
     if isinstance(key, np.ndarray) and key.ndim == 0:
         key = key.item()                  # np.array(3) is the index 3, not a class named "3"
     names = class_names(net)
-    wnids = getattr(net, "class_wnids", None) or (imagenet_wnids() if len(names) == 1000 else None)
+    wnids = getattr(net, "class_wnids", None) or (getattr(net, "arch", None) or {}).get("class_wnids")
+    if not wnids or len(wnids) != len(names):      # the network's own (an older file: in arch), if they fit
+        wnids = imagenet_wnids() if len(names) == 1000 else None
     try:
         return class_index(key, names, wnids)
     except (KeyError, IndexError) as e:

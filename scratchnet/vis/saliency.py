@@ -133,6 +133,18 @@ def ten_crop_boxes(H, W, h, w):
     return [(0, 0), (0, W - w), (H - h, 0), (H - h, W - w), ((H - h) // 2, (W - w) // 2)]
 
 
+def warn_if_crops_coincide(who, resized, crop):
+    """A warning when the photo, resized to ``resized`` (H, W), is the crop size (h, w): the 5 crops are
+    then one view, and the "10-crop" map averages it and its mirror (a square photo and a network whose
+    preprocess ``resize`` is its input size, as for the networks ``scratchnet train`` makes)."""
+    if tuple(resized) == tuple(crop):
+        side = round(min(crop) * 8 / 7)
+        warnings.warn(f"{who}: the photo resized to {resized[1]}x{resized[0]} is the network's input size, so "
+                      f"the 5 crops coincide and the map averages one view and its mirror; a larger resize "
+                      f"gives 10 different crops, e.g. {side}: net.preprocess['resize'] = {side}, "
+                      f"ten_crop_saliency(..., resize={side}) or scratchnet saliency --resize {side}", stacklevel=3)
+
+
 @dataclass
 class TenCropSaliency:
     """map (H, W) on ``pixels`` (the photo resized so its shorter side is ``resize``); class_index;
@@ -168,10 +180,7 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
         raise ValueError(f"ten_crop_saliency: a {img.shape[1]}x{img.shape[0]} photo is too elongated for the 10-crop "
                          f"map: with its shorter side at {side} pixels it would be {max(rh, rw)} long; the "
                          "single-view map works for any shape")
-    if (rh, rw) == (h, w):
-        warnings.warn(f"ten_crop_saliency: the photo resized to {rw}x{rh} is the network's input size, so the "
-                      f"5 crops coincide and the map averages one view and its mirror (pass resize= larger "
-                      f"than {min(h, w)}, e.g. {round(min(h, w) * 8 / 7)}, for 10 different crops)", stacklevel=2)
+    warn_if_crops_coincide("ten_crop_saliency", (rh, rw), (h, w))
     pix = resize_shorter(img, side)
     H, W = pix.shape[:2]
     boxes = ten_crop_boxes(H, W, h, w)
