@@ -360,3 +360,19 @@ def test_a_network_with_a_layer_of_your_own_says_how_to_load_it(tmp_path, monkey
     monkeypatch.setitem(LAYER_TYPES, "Twice", Twice)
     x = np.ones((1, 3, 2, 2), np.float32)
     assert np.array_equal(load_network(tmp_path / "n.npz").forward(x), net.forward(x))
+
+
+def test_a_network_file_asking_for_absurd_sizes_or_nesting_is_a_network_file_error(net, tmp_path):
+    """Not a raw MemoryError or RecursionError (found by a hostile-file audit)."""
+    from scratchnet.models.network import NetworkFileError
+    net.save(tmp_path / "n.npz")
+    z = dict(np.load(tmp_path / "n.npz"))
+    arch = json.loads(str(z["__architecture__"]))
+    fc = next(c for _, c in arch["children"] if c["type"] == "Linear")
+    fc["args"].update(in_features=10 ** 9, out_features=10 ** 9)                  # 3.5 EiB of weights
+    np.savez(tmp_path / "huge.npz", **dict(z, __architecture__=np.array(json.dumps(arch))))
+    with pytest.raises(NetworkFileError, match="huge.npz cannot be read .* MemoryError"):
+        load_network(tmp_path / "huge.npz")
+    np.savez(tmp_path / "deep.npz", **dict(z, __meta__=np.array("[" * 100_000)))
+    with pytest.raises(NetworkFileError, match="deep.npz cannot be read .* RecursionError"):
+        load_network(tmp_path / "deep.npz")

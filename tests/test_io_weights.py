@@ -282,6 +282,43 @@ def test_a_storage_shorter_than_declared_is_refused(tmp_path):
         load_torch_state_dict(path)
 
 
+def test_hostile_files_are_refused_before_they_cost_memory(tmp_path):
+    """Files of a few hundred bytes that asked for gigabytes: a memo index (the unpickler grows its
+    memo to it), a stride-0 tensor of 2e8 elements over one stored float, a compressed storage, one
+    tensor named 1000 times; and a magic number no error message could print."""
+    P = pickle
+    memo = P.PROTO + b"\x02" + P.EMPTY_DICT + P.LONG_BINPUT + struct.pack("<I", 2 ** 27) + P.STOP
+    with pytest.raises(TorchFileFormatError, match="memo index 134217728 after 3 opcodes"):
+        load_torch_state_dict(_write_zip(tmp_path / "memo.pt", memo))
+    expanded = {"w": ("FloatStorage", "0", 1, 0, (200_000_000,), (0,))}
+    with pytest.raises(TorchFileFormatError, match="200000000 elements from a storage of 1, more than 1024 times"):
+        load_torch_state_dict(_write_zip(tmp_path / "exp.pt", _torch_pickle(expanded),
+                                         storages={"0": np.zeros(1, np.float32)}))
+    path = _write_zip(tmp_path / "ok.pt", _torch_pickle(TENSORS))
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "deflated.pt", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(TorchFileFormatError, match="is compressed; torch.save stores every member uncompressed"):
+        load_torch_state_dict(tmp_path / "deflated.pt")
+    same = {f"k{i}": ("FloatStorage", "0", 5, 0, (5,), (1,)) for i in range(1100)}    # 5,500 elements of 5
+    with pytest.raises(TorchFileFormatError, match="its tensors hold 5500 elements, more than 1024 times the 5"):
+        load_torch_state_dict(_write_zip(tmp_path / "same.pt", _torch_pickle(same),
+                                         storages={"0": np.zeros(5, np.float32)}))
+    big = P.PROTO + b"\x02" + P.LONG1 + bytes([255]) + b"\x01" * 255 + P.STOP   # a 610-digit int
+    path = tmp_path / "magic.pt"
+    path.write_bytes(big)
+    with pytest.raises(TorchFileFormatError, match=r"expected the legacy magic number 0x1950a86a20f9469cfc6c, got \d+\.\.\.\d+"):
+        load_torch_state_dict(path)
+
+
+def test_a_legacy_view_outside_its_storage_is_refused(tmp_path):
+    pkl = _torch_pickle(TENSORS, legacy=True)
+    assert load_torch_state_dict(_write_legacy(tmp_path / "ok.pt", pkl))          # the hand-built file is good
+    bad = {"w": ("FloatStorage", "0", -1, 0, (3,), (1,))}                         # a negative element count
+    with pytest.raises(TorchFileFormatError, match="storage '0' declared with -1 elements"):
+        load_torch_state_dict(_write_legacy(tmp_path / "neg.pt", _torch_pickle(bad, legacy=True)))
+
+
 class _Evil:
     def __init__(self, func, arg):
         self.func, self.arg = func, arg

@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import operator
 import pickle
+import pickletools
+import reprlib
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +43,8 @@ import numpy as np
 __all__ = ["TorchFileFormatError", "UnsafePickleError", "load_torch_state_dict", "restricted_loads"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+#: an expanded tensor (stride 0) may repeat its storage's elements at most this many times over
+MAX_EXPANSION = 1024
 LEGACY_PROTOCOL = 1001
 
 # storage class name -> NumPy dtype of one element (little-endian). BFloat16 is read as its raw uint16
@@ -51,7 +56,7 @@ STORAGE_DTYPES = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """The pickle names a global that a state dict does not need (it was refused, not called)."""
 
 
@@ -117,11 +122,15 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         size, stride = tuple(map(operator.index, size)), tuple(map(operator.index, stride))
         storage_offset = operator.index(storage_offset)
     except TypeError:
-        raise TorchFileFormatError(f"tensor on storage {storage.key!r}: size {size!r}, stride {stride!r} and "
-                                   f"offset {storage_offset!r} should be integers") from None
-    if len(size) != len(stride) or min(size + stride + (storage_offset,)) < 0:
-        raise TorchFileFormatError(f"tensor on storage {storage.key!r}: bad size {size} / stride {stride} / "
-                                   f"offset {storage_offset}")
+        raise TorchFileFormatError(f"tensor on storage {storage.key!r}: size {_show(size)}, stride {_show(stride)} "
+                                   f"and offset {_show(storage_offset)} should be integers") from None
+    if len(size) != len(stride) or len(size) > 64 or min(size + stride + (storage_offset,)) < 0:
+        raise TorchFileFormatError(f"tensor on storage {storage.key!r}: bad size / stride / offset "
+                                   f"({len(size)} and {len(stride)} dimensions)")
+    if 0 not in size and math.prod(size) > MAX_EXPANSION * max(storage.numel, 1):
+        # stride 0 repeats elements (torch's expand), and the copy made here would then have no bound
+        raise TorchFileFormatError(f"tensor on storage {storage.key!r}: {math.prod(size)} elements from a storage "
+                                   f"of {storage.numel}, more than {MAX_EXPANSION} times as many")
     return _TensorRef(storage, storage_offset, size, stride)
 
 
@@ -153,6 +162,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file, persistent_load=None):
         super().__init__(file)
+        self._file = file
         self._persistent = persistent_load
 
     def find_class(self, module, name):
@@ -167,7 +177,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if self._persistent is None:
-            raise TorchFileFormatError(f"unexpected persistent id {pid!r} (no storages in this context)")
+            raise TorchFileFormatError(f"unexpected persistent id {_show(pid)} (no storages in this context)")
         return self._persistent(pid)
 
 
@@ -176,36 +186,72 @@ def restricted_loads(data: bytes, persistent_load=None):
     return _RestrictedUnpickler(io.BytesIO(data), persistent_load).load()
 
 
+def _prescan(file, what: str, label: str):
+    """Walk the next pickle's opcodes without running them (pickletools), then rewind: a memo index
+    beyond what the pickle has stored is refused (the unpickler would grow its memo table to it: 9 bytes
+    can ask for gigabytes)."""
+    start, ops = file.tell(), 0
+    try:
+        for op, arg, _ in pickletools.genops(file):
+            ops += 1
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and int(arg) > ops:
+                raise TorchFileFormatError(f"{label}: cannot read {what}: memo index {int(arg)} after {ops} "
+                                           "opcodes (a damaged or hostile pickle)")
+    except TorchFileFormatError:
+        raise
+    except Exception as e:                   # truncated, unknown opcode, a length past the end, ...
+        raise TorchFileFormatError(f"{label}: cannot read {what}: {type(e).__name__}: {reprlib.repr(str(e))}") from None
+    file.seek(start)
+
+
 def _load_pickle(unpickler: _RestrictedUnpickler, what: str, label: str):
+    _prescan(unpickler._file, what, label)
     try:
         return unpickler.load()
     except (UnsafePickleError, TorchFileFormatError):
         raise
     except Exception as e:  # EOFError, UnpicklingError, TypeError from a malformed REDUCE, ...
-        raise TorchFileFormatError(f"{label}: cannot read {what}: {type(e).__name__}: {e}") from None
+        raise TorchFileFormatError(f"{label}: cannot read {what}: {type(e).__name__}: {_show(str(e))}") from None
 
 
 def _storage_dtype(obj, pid) -> np.dtype:
     if not isinstance(obj, _StorageType) or obj.name not in STORAGE_DTYPES:
-        raise TorchFileFormatError(f"persistent id {pid!r}: expected a torch.*Storage type")
+        raise TorchFileFormatError(f"persistent id {_show(pid)}: expected a torch.*Storage type")
     return np.dtype(STORAGE_DTYPES[obj.name])
 
 
+def _show(x) -> str:
+    """A bounded repr of something the file built, for an error message (reprlib cuts long and deep
+    values; a value even that cannot show, e.g. a 5,000-digit int, is named by its type)."""
+    try:
+        return reprlib.repr(x)
+    except Exception:
+        return f"<a {type(x).__name__}>"
+
+
 def _text(x) -> str:
-    return x.decode("ascii") if isinstance(x, bytes) else str(x)
+    return x.decode("ascii", errors="backslashreplace") if isinstance(x, bytes) else str(x)
 
 
 def _check_persistent_id(pid, length: int, label: str):
     if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
         kind = pid[0] if isinstance(pid, tuple) and pid else pid
         raise TorchFileFormatError(
-            f"{label}: persistent id of kind {kind!r}; only tensor storages are supported (was a whole "
+            f"{label}: persistent id of kind {_show(kind)}; only tensor storages are supported (was a whole "
             f"nn.Module pickled? save model.state_dict() instead)")
     if len(pid) != length:
-        raise TorchFileFormatError(f"{label}: storage persistent id {pid!r}: expected {length} fields")
+        raise TorchFileFormatError(f"{label}: storage persistent id {_show(pid)}: expected {length} fields")
 
 
 # ----------------------------------------------------------------------------------------- formats
+
+def _check_stored(info: zipfile.ZipInfo, label: str):
+    """torch.save stores its members uncompressed; a compressed one (gigabytes of zeros in a few MB)
+    is refused before it is inflated."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise TorchFileFormatError(f"{label}: {info.filename} is compressed; torch.save stores every member "
+                                   "uncompressed (a damaged or hostile file)")
+
 
 def _load_zip(path: Path):
     label = str(path)
@@ -228,18 +274,20 @@ def _load_zip(path: Path):
             if key not in storages:
                 member = f"{prefix}data/{key}"
                 try:
-                    raw = zf.read(member)
+                    info = zf.getinfo(member)
                 except KeyError:
                     raise TorchFileFormatError(f"{label}: storage {key!r} has no member {member}") from None
-                if len(raw) != numel * dtype.itemsize:
+                if info.file_size != numel * dtype.itemsize:     # checked before anything is read
                     raise TorchFileFormatError(
-                        f"{label}: {member} holds {len(raw)} bytes, expected {numel} x {dtype.itemsize}-byte "
+                        f"{label}: {member} holds {info.file_size} bytes, expected {numel} x {dtype.itemsize}-byte "
                         f"{stype.name} elements = {numel * dtype.itemsize}")
-                storages[key] = np.frombuffer(raw, dtype=dtype)
+                _check_stored(info, label)
+                storages[key] = np.frombuffer(zf.read(member), dtype=dtype)
             if storages[key].dtype != dtype:
                 raise TorchFileFormatError(f"{label}: storage {key!r} used as both {storages[key].dtype} and {dtype}")
             return _StorageRef(key, stype.name, 0, numel)
 
+        _check_stored(zf.getinfo(pkl[0]), label)
         unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), persistent_load)
         return _load_pickle(unpickler, pkl[0], label), storages
 
@@ -249,13 +297,13 @@ def _load_legacy(path: Path, buf: bytes):
     f = io.BytesIO(buf)
     magic = _load_pickle(_RestrictedUnpickler(f), "the magic number", label)
     if magic != LEGACY_MAGIC:
-        raise TorchFileFormatError(f"{label}: expected the legacy magic number {LEGACY_MAGIC:#x}, got {magic!r}")
+        raise TorchFileFormatError(f"{label}: expected the legacy magic number {LEGACY_MAGIC:#x}, got {_show(magic)}")
     version = _load_pickle(_RestrictedUnpickler(f), "the protocol version", label)
     if version != LEGACY_PROTOCOL:
-        raise TorchFileFormatError(f"{label}: expected legacy protocol version {LEGACY_PROTOCOL}, got {version!r}")
+        raise TorchFileFormatError(f"{label}: expected legacy protocol version {LEGACY_PROTOCOL}, got {_show(version)}")
     sys_info = _load_pickle(_RestrictedUnpickler(f), "the sys_info dict", label)
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
-        raise TorchFileFormatError(f"{label}: only little-endian files are supported (sys_info {sys_info!r})")
+        raise TorchFileFormatError(f"{label}: only little-endian files are supported (sys_info {_show(sys_info)})")
 
     declared: dict[str, tuple[np.dtype, int]] = {}  # storage key -> (dtype, numel) from the pickle
 
@@ -263,18 +311,24 @@ def _load_legacy(path: Path, buf: bytes):
         _check_persistent_id(pid, 6, label)
         _, stype, key, _location, numel, view = pid
         dtype, key, numel = _storage_dtype(stype, pid), _text(key), operator.index(numel)
+        if numel < 0:
+            raise TorchFileFormatError(f"{label}: storage {key!r} declared with {numel} elements")
         if declared.setdefault(key, (dtype, numel)) != (dtype, numel):
             raise TorchFileFormatError(
                 f"{label}: storage {key!r} declared as both {declared[key]} and {(dtype, numel)}")
         if view is None:
             return _StorageRef(key, stype.name, 0, numel)
         _view_key, view_offset, view_numel = view  # a slice of storage `key`
-        return _StorageRef(key, stype.name, operator.index(view_offset), operator.index(view_numel))
+        view_offset, view_numel = operator.index(view_offset), operator.index(view_numel)
+        if not (0 <= view_offset and 0 <= view_numel and view_offset + view_numel <= numel):
+            raise TorchFileFormatError(f"{label}: a view of elements [{view_offset}, {view_offset + view_numel}) "
+                                       f"of storage {key!r}, which has {numel}")
+        return _StorageRef(key, stype.name, view_offset, view_numel)
 
     obj = _load_pickle(_RestrictedUnpickler(f, persistent_load), "the object pickle", label)
     keys = _load_pickle(_RestrictedUnpickler(f), "the list of storage keys", label)
     if not isinstance(keys, list):
-        raise TorchFileFormatError(f"{label}: expected the list of storage keys after the object, got {keys!r}")
+        raise TorchFileFormatError(f"{label}: expected the list of storage keys after the object, got {_show(keys)}")
 
     storages: dict[str, np.ndarray] = {}
     offset = f.tell()
@@ -298,15 +352,24 @@ def _load_legacy(path: Path, buf: bytes):
     return obj, storages
 
 
-def _resolve(obj, storages: dict[str, np.ndarray]):
-    """Replace every _TensorRef in nested dicts/lists/tuples by its NumPy array."""
-    if isinstance(obj, _TensorRef):
-        return obj.to_numpy(storages)
-    if isinstance(obj, dict):
-        return {k: _resolve(v, storages) for k, v in obj.items()}
-    if type(obj) in (list, tuple):
-        return type(obj)(_resolve(v, storages) for v in obj)
-    return obj
+def _resolve(state: dict, storages: dict[str, np.ndarray], label: str) -> dict:
+    """name -> NumPy array for a dict of tensor references; anything else in it is refused before any
+    tensor is copied. A reference that appears under several names is copied once (a pickle can point
+    at one object many times: copying at each would have no bound)."""
+    for key, value in state.items():
+        if not isinstance(value, _TensorRef):
+            raise TorchFileFormatError(f"{label}: expected a dict of tensors; {_show(key)} holds a "
+                                       f"{type(value).__name__}")
+    done: dict[int, np.ndarray] = {}
+    stored = sum(a.size for a in storages.values())
+    wanted = sum(math.prod(ref.size) for ref in {id(r): r for r in state.values()}.values())
+    if wanted > MAX_EXPANSION * max(stored, 1):       # many tensors over the same stored bytes
+        raise TorchFileFormatError(f"{label}: its tensors hold {wanted} elements, more than {MAX_EXPANSION} times "
+                                   f"the {stored} stored")
+    for ref in state.values():
+        if id(ref) not in done:
+            done[id(ref)] = ref.to_numpy(storages)
+    return {key: done[id(ref)] for key, ref in state.items()}
 
 
 def load_torch_state_dict(path) -> dict[str, np.ndarray]:
@@ -328,18 +391,12 @@ def load_torch_state_dict(path) -> dict[str, np.ndarray]:
                 f"number {LEGACY_MAGIC:#x}; the file starts with {buf[:8]!r}")
         obj, storages = _load_legacy(path, buf)
 
-    try:
-        state = _resolve(obj, storages)
-    except RecursionError:
-        raise TorchFileFormatError(f"{path}: the pickled object nests too deeply (or contains itself)") from None
-    if isinstance(state, dict):
+    state = obj
+    if isinstance(state, dict):                    # a checkpoint {"state_dict": {...}, "epoch": ...}
         for wrapper in ("state_dict", "model"):
             if isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
                 break
     if not isinstance(state, dict):
         raise TorchFileFormatError(f"{path}: expected a dict of tensors (a state dict), got {type(state).__name__}")
-    for key, value in state.items():
-        if not isinstance(value, np.ndarray):
-            raise TorchFileFormatError(f"{path}: expected a dict of tensors; {key!r} holds a {type(value).__name__}")
-    return dict(state)
+    return _resolve(state, storages, str(path))

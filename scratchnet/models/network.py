@@ -245,7 +245,7 @@ def load_network(path) -> Network:
         except NetworkFileError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile,
-                zlib.error) as e:
+                zlib.error, MemoryError, OverflowError, RecursionError) as e:   # the last three: absurd sizes, nesting
             raise NetworkFileError(f"{path} cannot be read as a scratchnet network (a damaged file, or one "
                                    f"written by another version): {type(e).__name__}: {e}") from None
 
