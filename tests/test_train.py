@@ -69,6 +69,9 @@ def test_sgd_without_gradients_says_what_to_do():
 def test_schedules():
     s = StepSchedule(0.01, epochs=20)                   # x0.1 for the last quarter
     assert [s(e) for e in (0, 14)] == [0.01, 0.01] and math.isclose(s(15), 0.001) and math.isclose(s(19), 0.001)
+    for epochs, lrs in ((2, [0.01, 0.001]), (3, [0.01, 0.01, 0.001]), (4, [0.01] * 3 + [0.001]), (1, [0.01])):
+        s = StepSchedule(0.01, epochs=epochs)          # at least the last epoch is lowered (3 epochs: not 0)
+        assert np.allclose([s(e) for e in range(epochs)], lrs), epochs
     s = StepSchedule(1.0, epochs=10, milestones=[3, 6])
     assert [round(s(e), 6) for e in (0, 3, 6, 9)] == [1.0, 0.1, 0.01, 0.01]
     g = LogSchedule(1e-2, 1e-4, epochs=3)
@@ -157,6 +160,10 @@ def test_resume_equals_uninterrupted(tmp_path):
         first.fit()
     assert read_state(tmp_path / "b" / "checkpoint.npz")["step"] == 4
     assert not np.array_equal(params(first.net)["fc8.W"], params(straight.net)["fc8.W"])
+    other = small_trainer(tmp_path / "b")
+    other.config.batch_size = 8           # mid-epoch: batch 1 of 16 images is not batch 1 of 8
+    with pytest.raises(ValueError, match="middle of epoch 2, after batch 1 of 16 images: a batch size of 8 would"):
+        other.fit(resume=True)
     resumed = small_trainer(tmp_path / "b")
     summary = resumed.fit(resume=True)
 
@@ -237,6 +244,26 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="already holds a checkpoint"):
         small_trainer(tmp_path / "run", epochs=1).fit()
+
+
+
+def test_the_command_line_refuses_a_run_folder_before_decoding(tmp_path, capsys, monkeypatch):
+    import scratchnet.train.cli as tcli
+
+    def no_decoding(*a, **k):
+        raise AssertionError("images were decoded")
+    monkeypatch.setattr(tcli, "decode", no_decoding)
+    for c, colour in (("cats", (200, 0, 0)), ("dogs", (0, 200, 0))):
+        for i in range(4):
+            write_jpeg(tmp_path / "data" / c / f"{i}.jpg", colour)
+    args = ["train", "--data", str(tmp_path / "data"), "--input-size", "32", "--width", "0.0625", "--epochs", "1",
+            "--out", str(tmp_path / "run")]
+    assert cli_main(args + ["--resume"]) == 2
+    assert "resume: no checkpoint at" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.npz").write_bytes(b"")
+    assert cli_main(args) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- data errors via the CLI

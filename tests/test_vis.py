@@ -494,6 +494,18 @@ def test_cli_prints_a_library_warning_once_as_one_line(tiny_path, tmp_path, caps
     assert "warning" not in err
 
 
+def test_cli_saliency_of_two_photos_with_one_name_keeps_both(tiny_path, photo, tmp_path, capsys):
+    import shutil
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(photo, tmp_path / d / "x.png")
+    out, _ = clirun.run_cli(["saliency", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "--model", tiny_path,
+                             "--out", tmp_path / "s"], capsys)
+    pngs = [r["map_png"] for r in out["results"]]
+    assert [Path(p).name for p in pngs] == ["x_gradient_map.png", "x_2_gradient_map.png"]
+    assert all(Path(p).exists() for p in pngs)
+
+
 def test_cli_unknown_class_is_one_clear_line(tiny_path, photo, tmp_path, capsys):
     from scratchnet.cli import main
     assert main(["saliency", str(photo), "--model", str(tiny_path), "--class", "zebra",

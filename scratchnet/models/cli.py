@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -38,8 +39,8 @@ def register(sub, ev_sub):
     p = ev_sub.add_parser("classification", help="top-1 / top-5 accuracy on a labelled image folder")
     add_model_arg(p)
     p.add_argument("--data", required=True,
-                   help="imagenet-val-dev (images/ + boxes.csv), Tiny-ImageNet (root, train/ or val/) or an "
-                        "ImageFolder (<root>/<class wnid or name>/<image>)")
+                   help="imagenet-val-dev (images/ + boxes.csv), Tiny-ImageNet (its root = its val split, or "
+                        "its train/ or val/ folder) or an ImageFolder (<root>/<class wnid or name>/<image>)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)
@@ -154,7 +155,12 @@ def cmd_evaluate(args):
     from ..io.images import ImageReadError, load_image
     from .preprocess import prepare
     net = _load(args)
-    ds = open_dataset(args.data)
+    p = Path(args.data)
+    if (p / "wnids.txt").is_file() and (p / "val").is_dir():     # a Tiny-ImageNet root: its held-out split,
+        from ..io.datasets import tiny_imagenet                   # as train and evaluate localisation take it
+        ds = tiny_imagenet(p, "val")
+    else:
+        ds = open_dataset(p)
     keep, targets, how = matched_images(net, ds, "evaluate", str(args.data))
     idx = keep if args.limit is None else keep[:args.limit]        # --limit >= 1, and keep is not empty
 

@@ -37,8 +37,8 @@ def register(sub, ev_sub):
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
     p.add_argument("--lr-end", type=float, help="--schedule log: the last epoch's rate (default lr/100)")
     p.add_argument("--schedule", default="step", choices=["step", "log", "piecewise"],
-                   help="step: x0.1 for the last quarter (or at --milestones); log: geometric lr -> lr-end; "
-                        "piecewise: the rates of --lr-points")
+                   help="step: x0.1 for the last quarter, at least the last epoch (or at --milestones); "
+                        "log: geometric lr -> lr-end; piecewise: the rates of --lr-points")
     p.add_argument("--milestones", type=int, nargs="*",
                    help="--schedule step: lr x0.1 from each of these epochs on, counted from 0 (35: epochs 36.. "
                         "as printed)")
@@ -125,7 +125,7 @@ def decode(ds, size, cache, skip_bad):
 
 def run_train(args):
     from ..models import paper_net
-    from .trainer import TrainConfig, Trainer, check_config, init_network
+    from .trainer import TrainConfig, Trainer, check_config, check_run_folder, init_network
 
     device = args.device                # 'cpu' or 'gpu', resolved by scratchnet.cli.main
     train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class, args.val_from_train)
@@ -156,6 +156,7 @@ def run_train(args):
                                     width=args.width, classes=args.classes, per_class=args.per_class,
                                     init=args.init, init_std=args.init_std, dropout=args.dropout))
     check_config(config)
+    check_run_folder(args.out, config, args.resume)
     try:
         train = decode(train_ds, args.input_size, args.cache, args.skip_bad_images)
         val = decode(val_ds, args.input_size, args.cache, args.skip_bad_images) if val_ds is not None else None

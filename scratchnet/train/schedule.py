@@ -17,7 +17,8 @@ class StepSchedule:
         if lr0 <= 0:
             raise ValueError(f"StepSchedule: lr0 must be > 0, got {lr0}")
         if milestones is None:
-            milestones = [math.ceil(0.75 * epochs)] if epochs > 1 else []
+            # the last quarter, and at least the last epoch (ceil(0.75 * 3) = 3 would never come)
+            milestones = [min(math.ceil(0.75 * epochs), epochs - 1)] if epochs > 1 else []
         self.lr0, self.epochs, self.gamma = float(lr0), int(epochs), float(gamma)
         self.milestones = sorted(int(m) for m in milestones)
 

@@ -46,7 +46,7 @@ from ..io.datasets import mean_image
 from ..io.loader import Augment, BatchLoader
 from ..layers import Conv2d, Linear, softmax_cross_entropy
 from ..progress import Progress
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_state, save_checkpoint
 from .schedule import make_schedule
 from .sgd import SGD
 
@@ -156,6 +156,28 @@ def check_config(c):
     return make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones, c.lr_points)    # its own checks
 
 
+def check_run_folder(out, config: TrainConfig, resume: bool):
+    """What fit(resume) would refuse about the run folder ``out``, checked on its own (the command line
+    calls this before decoding any image): no checkpoint to resume, a checkpoint a new run would
+    overwrite, or a batch size changed in the middle of an epoch (the checkpoint counts batches, so the
+    rest of that epoch would skip or repeat images)."""
+    path = Path(out) / "checkpoint.npz"
+    if not resume:
+        if path.is_file():
+            raise ValueError(f"{out} already holds a checkpoint; continue that run (--resume; fit(resume=True)) "
+                             "or choose another output folder")
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {path} to continue from")
+    state = read_state(path)
+    saved = state.get("config", {}).get("batch_size")
+    if state.get("batch", 0) > 0 and saved is not None and saved != config.batch_size:
+        raise ValueError(f"{path} was saved in the middle of epoch {state['epoch'] + 1}, after batch "
+                         f"{state['batch']} of {saved} images: a batch size of {config.batch_size} would skip or "
+                         f"repeat images of that epoch; resume with batch size {saved} (a new one is fine from "
+                         "an epoch's start)")
+
+
 class Trainer:
     """SGD training of ``net`` on (images, labels); see the module docstring.
 
@@ -201,10 +223,9 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
     def fit(self, resume=False):
         """Train to config.epochs; returns the summary dict (also the CLI's JSON line)."""
+        check_run_folder(self.out, self.config, resume)
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
-            if not self.checkpoint_path.is_file():
-                raise FileNotFoundError(f"resume: no checkpoint at {self.checkpoint_path} to continue from")
             self.state = load_checkpoint(self.checkpoint_path, self.net, self.optimiser)
             self._saved_at = (self.state["epoch"], self.state["batch"], self.state["step"])
             self._warn_config_changes(self.state.get("config", {}))
@@ -212,9 +233,6 @@ class Trainer:
             print(f"train: resumed from {self.checkpoint_path} at epoch {self.state['epoch']} batch "
                   f"{self.state['batch']} (step {self.state['step']})", file=sys.stderr)
         else:
-            if self.checkpoint_path.is_file():
-                raise ValueError(f"{self.out} already holds a checkpoint; continue that run (fit(resume=True), "
-                                 "--resume on the command line) or choose another output folder (out, --out)")
             if self.metrics_path.exists():
                 self.metrics_path.unlink()
         (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
@@ -360,6 +378,9 @@ class Trainer:
     def _warn_config_changes(self, saved):
         now = asdict(self.config)
         diff = {k: (saved.get(k), now[k]) for k in now if k != "extra" and saved.get(k) != now[k]}
+        old_extra, new_extra = saved.get("extra") or {}, now.get("extra") or {}
+        diff.update({k: (old_extra.get(k), new_extra.get(k)) for k in set(old_extra) | set(new_extra)
+                     if old_extra.get(k) != new_extra.get(k)})      # the data, its classes, dropout, ...
         if diff:
             print(f"train: warning: resuming with settings that differ from the checkpoint's "
                   f"(saved, now): {diff}", file=sys.stderr)

@@ -144,35 +144,49 @@ def cmd_saliency(args):
     target = None if args.cls is None else resolve_class(net, args.cls)
     rules = RULES if args.rule == "all" else [args.rule]
     photos = [(Path(p), _read(p)) for p in args.images]
+    stems = _unique_stems([p for p, _ in photos])     # a/x.jpg and b/x.jpg: x and x_2, not one overwritten
     out = Path(args.out)                    # made once the photos are read: a bad one leaves no empty folder
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for rule in rules:
         if args.ten_crop:
             items = []
-            for path, img in photos:
+            for (path, img), name in zip(photos, stems):
                 _say(f"10-crop saliency ({rule}) of {path}")
                 r = sal.ten_crop_saliency(net, img, target, rule, args.resize)
-                items.append((path, r.pixels, r.map, r.class_index, r.score))
+                items.append((path, name, r.pixels, r.map, r.class_index, r.score))
         else:
             fitted = [prepare_image(net, img) for _, img in photos]
             x = np.concatenate([to_numpy(f[0]) for f in fitted])
             _say(f"saliency ({rule}) of {len(x)} images")
             r = sal.saliency(net, x, target, rule, args.batch_size)
-            items = [(path, pix, r.maps[i], int(r.classes[i]), float(r.scores[i]))
-                     for i, ((path, _), (_, pix)) in enumerate(zip(photos, fitted))]
-        for path, pix, smap, c, score in items:
-            stem = f"{path.stem}_{rule}"
+            items = [(path, name, pix, r.maps[i], int(r.classes[i]), float(r.scores[i]))
+                     for i, ((path, _), name, (_, pix)) in enumerate(zip(photos, stems, fitted))]
+        for path, name, pix, smap, c, score in items:
+            stem = f"{name}_{rule}"
             if not np.any(smap):            # a blank PNG would look like a bug in the drawing
                 _say(f"warning: the {rule} map of {path} is zero everywhere: no signal of class {names[c]!r} "
                      f"reaches the image under this rule (some ReLU on the way back lets none through)")
             files = sal.save_saliency(out, stem, pix, smap)
-            save_png(out / f"{path.stem}_input.png", pix)
+            save_png(out / f"{name}_input.png", pix)
             np.save(out / f"{stem}_map.npy", np.asarray(smap, np.float32))
             results.append(dict(image=str(path), rule=rule, ten_crop=args.ten_crop, class_index=c,
                                 class_name=names[c], score=score, map_png=files["map"], overlay_png=files["overlay"],
                                 map_npy=str(out / f"{stem}_map.npy"), map_shape=list(np.shape(smap))))
     _emit(dict(command="saliency", model=args.model, out=str(out), results=results))
+
+
+def _unique_stems(paths):
+    """File stems, with _2, _3, ... added to a stem taken before (outputs are named by stem)."""
+    used, out = set(), []
+    for p in paths:
+        name, i = p.stem, 1
+        while name in used:
+            i += 1
+            name = f"{p.stem}_{i}"
+        used.add(name)
+        out.append(name)
+    return out
 
 
 def cmd_classmodel(args):
