@@ -176,6 +176,32 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
 
 
+def test_an_interrupt_inside_a_step_resumes_as_if_uninterrupted(tmp_path):
+    """A second Ctrl-C lands anywhere: here inside step 5's forward, after drop6 has drawn its mask.
+    The checkpoint holds the dropout generators as they were before that step, so step 5 draws the
+    same masks again on resume."""
+    straight = small_trainer(tmp_path / "a")
+    straight.fit()
+    cut = small_trainer(tmp_path / "b")
+    drop7, calls = cut.net["drop7"], []
+    real = drop7.forward
+
+    def forward(x, train=False):
+        calls.append(train)
+        if calls.count(True) == 5:
+            raise KeyboardInterrupt
+        return real(x, train)
+    drop7.forward = forward
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    assert read_state(tmp_path / "b" / "checkpoint.npz")["step"] == 4
+    resumed = small_trainer(tmp_path / "b")
+    resumed.fit(resume=True)
+    a, b = params(straight.net), params(resumed.net)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_ctrl_c_leaves_a_loadable_checkpoint(tmp_path):
     t = small_trainer(tmp_path / "run", epochs=3, callbacks=[stop_at(2)])
     with pytest.raises(KeyboardInterrupt):

@@ -46,7 +46,7 @@ from ..io.datasets import mean_image
 from ..io.loader import Augment, BatchLoader
 from ..layers import Conv2d, Linear, softmax_cross_entropy
 from ..progress import Progress
-from .checkpoint import load_checkpoint, read_state, save_checkpoint
+from .checkpoint import dropout_states, load_checkpoint, read_state, save_checkpoint, set_dropout_states
 from .schedule import make_schedule
 from .sgd import SGD
 
@@ -210,6 +210,7 @@ class Trainer:
         self._stop_requested = False
         self._saved_at = None               # (epoch, batch, step) of the checkpoint on disk
         self._consistent = True             # False only while optimiser.step() is changing parameters
+        self._step_dropout = None           # the dropout generators' states at the start of the step in flight
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -242,6 +243,8 @@ class Trainer:
             self._run()
         except KeyboardInterrupt:
             if self._consistent:
+                if self._step_dropout is not None:      # stopped inside a step's forward or backward: its
+                    set_dropout_states(self.net, self._step_dropout)   # masks are drawn again on resume
                 self._save()
                 print(f"\ntrain: interrupted; checkpoint of step {self.state['step']} (epoch {self.state['epoch']}, "
                       f"batch {self.state['batch']}) written to {self.checkpoint_path}; continue with --resume",
@@ -266,6 +269,7 @@ class Trainer:
             window = []
             for x, y in self.loader.epoch_batches(epoch, start=st["batch"]):
                 t0 = time.time()
+                self._step_dropout = dropout_states(net)      # before this step draws its masks
                 scores = net.forward(to_device(x, self.device), train=True)
                 labels = to_device(y, self.device)
                 loss, dscores = softmax_cross_entropy(scores, labels)
@@ -285,7 +289,7 @@ class Trainer:
                 st["step"] += 1
                 st["images"] += len(y)
                 st["seconds"] += time.time() - t0
-                self._consistent = True
+                self._consistent, self._step_dropout = True, None
                 window.append(loss)
                 if st["step"] % c.log_every == 0:
                     self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
