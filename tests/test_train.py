@@ -78,6 +78,10 @@ def test_schedules():
     assert np.allclose([g(0), g(1), g(2)], [1e-2, 1e-3, 1e-4])
     with pytest.raises(ValueError, match="'step', 'log' or 'piecewise'"):
         make_schedule("cosine", 0.1, 5)
+    with pytest.raises(ValueError, match=r"each must be within 1\.\.4 for 4 epochs; got \[9\]"):
+        make_schedule("piecewise", 0.01, 4, points=["1:0.01", "9:0.001"])           # would never come
+    with pytest.raises(ValueError, match="epoch 1 is given more than one rate"):
+        make_schedule("piecewise", 0.01, 4, points=["1:0.01", "1:0.02"])
     p = make_schedule("piecewise", 0.01, 12, points=["1:0.01", "8:0.001", "10:0.01", "12:0.001"])
     assert [p(e) for e in range(12)] == [0.01] * 7 + [0.001] * 2 + [0.01] * 2 + [0.001]   # epochs 1..12
     with pytest.raises(ValueError, match="first point must be epoch 1"):
@@ -286,6 +290,8 @@ def test_the_command_line_refuses_a_run_folder_before_decoding(tmp_path, capsys,
             "--out", str(tmp_path / "run")]
     assert cli_main(args + ["--resume"]) == 2
     assert "resume: no checkpoint at" in capsys.readouterr().err
+    assert cli_main(args + ["--init-std", "0.5"]) == 2                   # he takes no std: not ignored
+    assert "--init-std belongs to --init gaussian" in capsys.readouterr().err
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoint.npz").write_bytes(b"")
     assert cli_main(args) == 2

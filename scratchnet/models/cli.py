@@ -239,11 +239,12 @@ def cmd_info(args):
     shape = net.input_shape if args.size is None else (net.input_shape[0], args.size, args.size)
     rows = describe(net, shape)
     print(f"{net.name or args.model}: input {shape}, {net.num_classes} classes")
-    print(f"{'layer':<40}{'type':<16}{'output':<20}{'params':>10}{'GFLOP':>9}")
+    tw = max([len("type")] + [len(r["type"]) for r in rows]) + 2      # LocalResponseNorm: 17 letters
+    print(f"{'layer':<40}{'type':<{tw}}{'output':<20}{'params':>10}{'GFLOP':>9}")
     for r in rows:
-        print(f"{r['path']:<40}{r['type']:<16}{str(tuple(r['out_shape'])):<20}{r['params']:>10}{r['gflop']:>9.4f}")
+        print(f"{r['path']:<40}{r['type']:<{tw}}{str(tuple(r['out_shape'])):<20}{r['params']:>10}{r['gflop']:>9.4f}")
     params, gflop = sum(r["params"] for r in rows), sum(r["gflop"] for r in rows)
-    print(f"{'total':<76}{params:>10}{gflop:>9.3f}")
+    print(f"{'total':<{60 + tw}}{params:>10}{gflop:>9.3f}")
     emit_json(dict(command="info", model=str(args.model), input_shape=list(shape),
                    num_classes=net.num_classes, params=params, gflop=gflop,
                    preprocess=net.preprocess, layers=rows))

@@ -49,7 +49,7 @@ def register(sub, ev_sub):
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights only, not biases (default 5e-4)")
     p.add_argument("--init", default="he", choices=["he", "gaussian"],
                    help="he: N(0, 2/fan_in), last layer N(0, 0.01^2) (default); gaussian: N(0, init-std^2)")
-    p.add_argument("--init-std", type=float, default=0.01)
+    p.add_argument("--init-std", type=float, default=None, help="--init gaussian: the weights' std (default 0.01)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout before fc6 and fc7 (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-crop", action="store_true", help="no random crops (default: reflect-pad 4, crop)")
@@ -145,8 +145,11 @@ def run_train(args):
     net = paper_net(args.input_size, num_classes=train_ds.num_classes, width=args.width, seed=args.seed,
                     dropout=args.dropout, class_names=train_ds.class_names)
     net.class_wnids = list(train_ds.class_wnids) if all(train_ds.class_wnids) else None
+    if args.init_std is not None and args.init != "gaussian":
+        raise ValueError("--init-std belongs to --init gaussian (he initialisation takes its std from fan-in)")
+    init_std = 0.01 if args.init_std is None else args.init_std
     if args.init != "he":
-        init_network(net, args.init, args.init_std, args.seed)
+        init_network(net, args.init, init_std, args.seed)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                          milestones=args.milestones, lr_end=args.lr_end, lr_points=args.lr_points,
                          momentum=args.momentum,
@@ -154,7 +157,7 @@ def run_train(args):
                          flip=not args.no_flip, jitter=args.jitter, scale=args.scale,
                          extra=dict(data=str(args.data), val=args.val, arch=args.arch, input_size=args.input_size,
                                     width=args.width, classes=args.classes, per_class=args.per_class,
-                                    init=args.init, init_std=args.init_std, dropout=args.dropout))
+                                    init=args.init, init_std=init_std, dropout=args.dropout))
     check_config(config)
     check_run_folder(args.out, config, args.resume)
     try:

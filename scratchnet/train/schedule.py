@@ -43,7 +43,11 @@ class PiecewiseSchedule:
     def __init__(self, points):
         """points: {first epoch (counted from 1): lr} or "E:LR" strings; must start at epoch 1."""
         if not isinstance(points, dict):
-            points = dict(_parse_point(p) for p in points)
+            parsed = [_parse_point(p) for p in points]
+            twice = sorted({e for e, _ in parsed if [q for q, _ in parsed].count(e) > 1})
+            if twice:
+                raise ValueError(f"piecewise schedule: epoch {twice[0]} is given more than one rate")
+            points = dict(parsed)
         self.points = {int(e): float(v) for e, v in sorted(points.items())}
         if not self.points or min(self.points) != 1:
             raise ValueError(f"piecewise schedule: the first point must be epoch 1, got {sorted(self.points)}")
@@ -80,7 +84,12 @@ def make_schedule(kind, lr0, epochs, lr1=None, milestones=None, points=None):
     if kind == "piecewise":
         if not points:
             raise ValueError("the piecewise schedule needs its points (--lr-points 1:0.01 8:0.001 ...)")
-        return PiecewiseSchedule(points)
+        schedule = PiecewiseSchedule(points)
+        late = [e for e in schedule.points if e > epochs]
+        if late:
+            raise ValueError(f"lr_points (--lr-points) are the epochs (counted from 1) from which a rate holds, so "
+                             f"each must be within 1..{epochs} for {epochs} epochs; got {late}")
+        return schedule
     if kind == "step":
         return StepSchedule(lr0, epochs, milestones)
     if kind == "log":
