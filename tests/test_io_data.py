@@ -210,6 +210,10 @@ def test_decode_cache_round_trip_skips_or_raises_on_a_corrupt_file(tmp_path, cap
     assert not list((tmp_path / "cache2").glob("*.npy"))
     with pytest.raises(ImageReadError, match="2.png"):                 # a cache made by "skip"
         decode_cache(ds, 16, tmp_path / "cache", on_error="raise")
+    import shutil                                                       # the bad file mended, same name:
+    shutil.copy(tmp_path / "data/b/1.png", tmp_path / "data/b/2.png")  # decoded again, not the old cache
+    images, kept = decode_cache(ds, 16, tmp_path / "cache", on_error="raise")
+    assert kept.tolist() == list(range(8)) and np.array_equal(images[6], images[5])
 
 
 def test_mean_image_equals_brute_force_mean(rng):

@@ -351,10 +351,17 @@ def decode_one(path, size: int) -> np.ndarray:
 
 
 def cache_path(dataset: Dataset, size: int, cache_dir) -> Path:
-    """Where decode_cache stores `dataset` at `size`: <cache_dir>/<root name>-<size>px-<N>-<hash>.npy."""
+    """Where decode_cache stores `dataset` at `size`: <cache_dir>/<root name>-<size>px-<N>-<hash>.npy,
+    the hash over each file's path, size and modification time (a file replaced under the same name is
+    decoded again)."""
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|".encode())
     for p in dataset.paths:
-        h.update(os.path.abspath(p).encode() + b"\n")
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}|{st.st_mtime_ns}"
+        except OSError:                     # decoding names it as unreadable
+            stamp = "missing"
+        h.update(f"{os.path.abspath(p)}|{stamp}\n".encode())
     stem = Path(dataset.root).name or "dataset"
     return Path(cache_dir) / f"{stem}-{size}px-{len(dataset)}-{h.hexdigest()[:16]}.npy"
 
@@ -366,8 +373,8 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
     Returns (images, kept): images is an np.memmap (M, size, size, 3) uint8, RGB, read-only;
     kept is (M,) int64, the dataset indices of its rows (all N unless files were skipped),
     so labels are dataset.labels[kept].
-    The file is keyed by a hash of (paths, size) and written under a temporary name, then
-    renamed, so a crashed run never leaves a half-written cache.  Unreadable files are named
+    The file is keyed by a hash of (paths, file sizes and times, size) and written under a temporary
+    name, then renamed, so a crashed run never leaves a half-written cache.  Unreadable files are named
     on stderr and skipped (on_error="skip") or raise ImageReadError (on_error="raise").
     Decoding uses `workers` threads (PIL releases the GIL); a progress line goes to stderr.
     """
