@@ -265,6 +265,11 @@ def test_the_weight_decay_hint_starts_at_lr_times_decay_0_1():
     assert "lr x weight decay = 0.5 a step" in hint(0.5, 1.0) and "= 0.1 a step" in hint(0.1, 1.0)
     assert hint(0.01, 5.0) == ""
 
+    def init_hint(extra):
+        return Trainer._init_hint(types.SimpleNamespace(config=types.SimpleNamespace(extra=extra)))
+    assert "a smaller initial std (--init-std 1 with --init gaussian)" in init_hint({"init": "gaussian", "init_std": 1.0})
+    assert init_hint({"init": "he", "init_std": 0.01}) == init_hint({}) == ""
+
 
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
     t = small_trainer(tmp_path / "run", epochs=1)

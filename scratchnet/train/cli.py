@@ -155,6 +155,9 @@ def run_train(args):
                          momentum=args.momentum,
                          weight_decay=args.weight_decay, seed=args.seed, crop_pad=0 if args.no_crop else 4,
                          flip=not args.no_flip, jitter=args.jitter, scale=args.scale,
+                         # validation batches of 256 at 64 pixels, fewer for larger inputs (6.5 GB at 256
+                         # pixels otherwise), never fewer than the training batch
+                         val_batch_size=max(args.batch_size, min(256, 256 * 64 * 64 // args.input_size ** 2)),
                          extra=dict(data=str(args.data), val=args.val, arch=args.arch, input_size=args.input_size,
                                     width=args.width, classes=args.classes, per_class=args.per_class,
                                     init=args.init, init_std=init_std, dropout=args.dropout))

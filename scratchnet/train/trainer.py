@@ -338,7 +338,14 @@ class Trainer:
         raise TrainingDiverged(
             f"training diverged: the loss became {loss} at step {st['step'] + 1} (epoch {epoch + 1}, batch "
             f"{st['batch'] + 1}) with learning rate {self.optimiser.lr:g}; the last good checkpoint is kept: "
-            f"{where}. Try a smaller learning rate (--lr)" + self._decay_hint() + ".")
+            f"{where}. Try a smaller learning rate (--lr)" + self._decay_hint() + self._init_hint() + ".")
+
+    def _init_hint(self):
+        """Gaussian weights of a large std make the first scores huge: the loss overflows at once."""
+        extra = self.config.extra or {}
+        std = extra.get("init_std")
+        return (f", or a smaller initial std (--init-std {std:g} with --init gaussian)"
+                if extra.get("init") == "gaussian" and std is not None and std > 0.01 else "")
 
     def _decay_hint(self):
         """Weight decay shrinks every weight by lr * weight_decay a step: near 1 or more, it alone diverges."""
