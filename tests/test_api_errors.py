@@ -376,3 +376,7 @@ def test_a_network_file_asking_for_absurd_sizes_or_nesting_is_a_network_file_err
     np.savez(tmp_path / "deep.npz", **dict(z, __meta__=np.array("[" * 100_000)))
     with pytest.raises(NetworkFileError, match="deep.npz cannot be read .* RecursionError"):
         load_network(tmp_path / "deep.npz")
+    np.savez(tmp_path / "mean.npz", **dict(z, __mean_image__=np.array(["x"])))   # found at load, not forward
+    with pytest.raises(NetworkFileError, match=r"__mean_image__ must be a finite float array of shape \(3,\) "
+                                               r"\+ \(H, W\), got <U1 \(1,\)"):
+        load_network(tmp_path / "mean.npz")

@@ -288,8 +288,19 @@ def _network_from_npz(z, path) -> Network:
         raise NetworkFileError(f"{path}: parameters mix dtypes {sorted(d.name for d in dtypes)}; "
                                f"expected one (float32 or float64)")
     for path_, layer in net.named_layers():
-        for k in getattr(layer, "stats", {}):
-            layer.stats[k] = z[f"stat/{path_}.{k}"]
+        for k, now in getattr(layer, "stats", {}).items():
+            layer.stats[k] = _checked_array(z, f"stat/{path_}.{k}", np.shape(now), path)
     if "__mean_image__" in z.files:
-        net.mean_image = z["__mean_image__"]
+        net.mean_image = _checked_array(z, "__mean_image__", (net.input_shape[0],), path, trailing_ok=True)
     return net
+
+
+def _checked_array(z, name, shape, path, trailing_ok=False):
+    """z[name] if it is a finite float array of ``shape`` (``trailing_ok``: of that leading shape, any
+    trailing ones: a mean image is (C,) or (C, H, W)), else a NetworkFileError saying what was expected."""
+    arr = z[name]
+    fits = arr.shape[:len(shape)] == tuple(shape) if trailing_ok else arr.shape == tuple(shape)
+    if not fits or arr.dtype.kind != "f" or not np.isfinite(arr).all():
+        raise NetworkFileError(f"{path}: {name} must be a finite float array of shape {tuple(shape)}"
+                               f"{' + (H, W)' if trailing_ok else ''}, got {arr.dtype} {arr.shape}")
+    return arr
