@@ -206,6 +206,30 @@ def test_an_interrupt_inside_a_step_resumes_as_if_uninterrupted(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
+    """Stopped at step 5 (log every 2 steps: the window then holds step 5's loss), by SIGTERM as
+    `timeout` sends it: every metrics row but the timings equals the uninterrupted run's."""
+    import os
+    import signal
+
+    def sigterm_at(step):
+        def cb(trainer, info):
+            if info["step"] == step:
+                os.kill(os.getpid(), signal.SIGTERM)       # handled: the step ends, then a checkpoint
+        return cb
+    small_trainer(tmp_path / "a").fit()
+    with pytest.raises(KeyboardInterrupt):
+        small_trainer(tmp_path / "b", callbacks=[sigterm_at(5)]).fit()
+    assert read_state(tmp_path / "b" / "checkpoint.npz")["step"] == 5
+    small_trainer(tmp_path / "b").fit(resume=True)
+
+    def rows(run):
+        timing = ("seconds", "wall_seconds", "images_per_s", "epoch_images_per_s")
+        return [{k: v for k, v in json.loads(ln).items() if k not in timing}
+                for ln in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert rows("b") == rows("a") and any(r["kind"] == "step" and r["step"] == 6 for r in rows("a"))
+
+
 def test_ctrl_c_leaves_a_loadable_checkpoint(tmp_path):
     t = small_trainer(tmp_path / "run", epochs=3, callbacks=[stop_at(2)])
     with pytest.raises(KeyboardInterrupt):

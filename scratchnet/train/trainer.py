@@ -19,7 +19,7 @@ What the run writes under ``out``:
                      {"kind": "epoch", ...} after each epoch (train loss/top-1, val loss/top-1/top-5)
     curves.png       the training curves (redrawn each epoch)
     checkpoint.npz   the state after the last completed epoch, or after the last completed step
-                     when the run was interrupted (Ctrl-C); see checkpoint.py
+                     when the run was interrupted (Ctrl-C, SIGTERM); see checkpoint.py
     model.npz        the final network (Network.save), loadable with scratchnet.models.load
     config.json      the run's configuration
 
@@ -266,7 +266,10 @@ class Trainer:
             opt.lr = self.schedule(epoch)
             t_epoch = time.time()
             self._epoch_start = (st["images"], st["seconds"])   # the rate shown is this epoch's, since (re)start
-            window = []
+            # the losses since the last logged step, kept by a checkpoint so that a resumed run logs the
+            # same averages as one that never stopped
+            window = st.get("window", []) if st["batch"] else []
+            st["window"] = window
             for x, y in self.loader.epoch_batches(epoch, start=st["batch"]):
                 t0 = time.time()
                 self._step_dropout = dropout_states(net)      # before this step draws its masks
@@ -290,11 +293,11 @@ class Trainer:
                 st["images"] += len(y)
                 st["seconds"] += time.time() - t0
                 self._consistent, self._step_dropout = True, None
-                window.append(loss)
+                window.append(float(loss))
                 if st["step"] % c.log_every == 0:
                     self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
                                    lr=opt.lr, loss=float(np.mean(window))))
-                    window = []
+                    window.clear()
                 ips = (st["images"] - self._epoch_start[0]) / max(st["seconds"] - self._epoch_start[1], 1e-9)
                 self.progress.update(
                     f"epoch {epoch + 1}/{c.epochs} {st['batch']}/{steps_per_epoch} loss {s['loss'] / s['seen']:.3f} "
@@ -397,20 +400,28 @@ class Trainer:
                   f"(saved, now): {diff}", file=sys.stderr)
 
     def _install_sigint(self):
-        """First Ctrl-C: finish the current step, then stop with a checkpoint; second: stop at once."""
+        """First Ctrl-C (or SIGTERM, as `timeout` and `kill` send): finish the current step, then stop
+        with a checkpoint; a second: stop at once."""
         self._stop_requested = False
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = signal.getsignal(signal.SIGINT)
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in signals}
 
         def handler(signum, frame):
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            print("\ntrain: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+            print(f"\ntrain: {signal.Signals(signum).name}: stopping after this step (again to stop at once)",
+                  file=sys.stderr)
 
-        signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
+        for s in signals:
+            signal.signal(s, handler)
+
+        def restore():
+            for s, h in previous.items():
+                signal.signal(s, h)
+        return restore
 
     def summary(self, model_path):
         st = self.state
