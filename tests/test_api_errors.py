@@ -380,3 +380,15 @@ def test_a_network_file_asking_for_absurd_sizes_or_nesting_is_a_network_file_err
     with pytest.raises(NetworkFileError, match=r"__mean_image__ must be a finite float array of shape \(3,\) "
                                                r"\+ \(H, W\), got <U1 \(1,\)"):
         load_network(tmp_path / "mean.npz")
+
+
+def test_layer_names_that_would_collide_in_parameter_paths_are_refused():
+    """"x.0" beside a child "x" holding "0": both parameters would be "x.0.W"; a save kept one, a load
+    filled one and left the other at zero (found by an audit)."""
+    from scratchnet.layers import Concat, ReLU, Sequential
+    with pytest.raises(ValueError, match="Sequential: a layer name must be a non-empty string without '.', got 'x.0'"):
+        Sequential([("x.0", ReLU())])
+    with pytest.raises(ValueError, match="Concat: duplicate layer name 'b'"):
+        Concat([("b", ReLU()), ("b", ReLU())])
+    with pytest.raises(ValueError, match="duplicate layer name 'a'"):
+        Sequential([("a", ReLU()), ("a", ReLU())])

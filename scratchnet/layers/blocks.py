@@ -14,6 +14,17 @@ from ..backend import get_array_module
 from .base import Layer, ShapeError
 
 
+def _child_name(name, taken, who):
+    """A child's name: a non-empty string without '.', not taken yet. Parameter paths join names with
+    '.', so "x.0" beside a child "x" holding a "0" would name two parameters "x.0.W" alike (a save
+    would keep one of them, a load fill one and leave the other at zero)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"{who}: a layer name must be a non-empty string without '.', got {name!r}")
+    if name in taken:
+        raise ValueError(f"{who}: duplicate layer name {name!r}")
+    return name
+
+
 class Sequential(Layer):
     """A chain of named layers. ``Sequential([("conv1", Conv2d(...)), ("relu1", ReLU())])`` or a plain list."""
 
@@ -25,8 +36,7 @@ class Sequential(Layer):
             self.add(lname, layer)
 
     def add(self, name: str, layer: Layer):
-        if any(n == name for n, _ in self.layers):
-            raise ValueError(f"duplicate layer name {name!r}")
+        _child_name(name, {n for n, _ in self.layers}, type(self).__name__)
         if layer.name is None:
             layer.name = name
         self.layers.append((name, layer))
@@ -70,6 +80,7 @@ class Concat(Layer):
         self.branches: list[tuple[str, Layer]] = []
         for i, item in enumerate(branches):
             bname, b = item if isinstance(item, tuple) else (str(i), item)
+            _child_name(bname, {n for n, _ in self.branches}, "Concat")
             if b.name is None:
                 b.name = bname
             self.branches.append((bname, b))
