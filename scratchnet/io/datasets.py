@@ -307,10 +307,11 @@ def imagenet_val_dev(root) -> Dataset:
 
 # ----------------------------------------------------------------------------- detection
 
-def open_dataset(path, **kw) -> Dataset:
+def open_dataset(path, root_split="train", **kw) -> Dataset:
     """Read a data set, detecting its layout from the folder's contents:
 
-      Tiny-ImageNet root (wnids.txt + train/)        -> tiny_imagenet(path, "train", **kw)
+      Tiny-ImageNet root (wnids.txt + train/)        -> tiny_imagenet(path, root_split, **kw) (training
+                                                        reads a root as "train", evaluation as "val")
       Tiny-ImageNet train/ or val/ folder            -> tiny_imagenet(path.parent, split, **kw)
       imagenet-val-dev (boxes.csv + images/)         -> imagenet_val_dev(path)
       ImageFolder (class sub-folders of images)      -> image_folder(path, **kw)
@@ -318,8 +319,8 @@ def open_dataset(path, **kw) -> Dataset:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"open_dataset: no folder {p}")
-    if (p / "wnids.txt").is_file() and (p / "train").is_dir():
-        return tiny_imagenet(p, "train", **kw)
+    if (p / "wnids.txt").is_file() and (p / root_split).is_dir():
+        return tiny_imagenet(p, root_split, **kw)
     if p.name in ("train", "val") and (p.parent / "wnids.txt").is_file():
         return tiny_imagenet(p.parent, p.name, **kw)
     if (p / "boxes.csv").is_file() and (p / "images").is_dir():

@@ -162,7 +162,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file, persistent_load=None):
         super().__init__(file)
-        self._file = file
         self._persistent = persistent_load
 
     def find_class(self, module, name):
@@ -183,7 +182,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_loads(data: bytes, persistent_load=None):
     """pickle.loads with the restricted ``find_class`` (raises UnsafePickleError for any other global)."""
-    return _RestrictedUnpickler(io.BytesIO(data), persistent_load).load()
+    file = io.BytesIO(data)
+    _prescan(file, "the pickle", "restricted_loads")
+    return _RestrictedUnpickler(file, persistent_load).load()
 
 
 def _prescan(file, what: str, label: str):
@@ -200,14 +201,16 @@ def _prescan(file, what: str, label: str):
     except TorchFileFormatError:
         raise
     except Exception as e:                   # truncated, unknown opcode, a length past the end, ...
-        raise TorchFileFormatError(f"{label}: cannot read {what}: {type(e).__name__}: {reprlib.repr(str(e))}") from None
+        raise TorchFileFormatError(f"{label}: cannot read {what}: {type(e).__name__}: {_show(str(e))}") from None
     file.seek(start)
 
 
-def _load_pickle(unpickler: _RestrictedUnpickler, what: str, label: str):
-    _prescan(unpickler._file, what, label)
+def _load_pickle(file, what: str, label: str, persistent_load=None):
+    """The next pickle in ``file``, scanned (``_prescan``) and then unpickled with the restricted
+    ``find_class``; any failure but a refused global is a TorchFileFormatError naming ``what``."""
+    _prescan(file, what, label)
     try:
-        return unpickler.load()
+        return _RestrictedUnpickler(file, persistent_load).load()
     except (UnsafePickleError, TorchFileFormatError):
         raise
     except Exception as e:  # EOFError, UnpicklingError, TypeError from a malformed REDUCE, ...
@@ -288,20 +291,19 @@ def _load_zip(path: Path):
             return _StorageRef(key, stype.name, 0, numel)
 
         _check_stored(zf.getinfo(pkl[0]), label)
-        unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), persistent_load)
-        return _load_pickle(unpickler, pkl[0], label), storages
+        return _load_pickle(io.BytesIO(zf.read(pkl[0])), pkl[0], label, persistent_load), storages
 
 
 def _load_legacy(path: Path, buf: bytes):
     label = str(path)
     f = io.BytesIO(buf)
-    magic = _load_pickle(_RestrictedUnpickler(f), "the magic number", label)
+    magic = _load_pickle(f, "the magic number", label)
     if magic != LEGACY_MAGIC:
         raise TorchFileFormatError(f"{label}: expected the legacy magic number {LEGACY_MAGIC:#x}, got {_show(magic)}")
-    version = _load_pickle(_RestrictedUnpickler(f), "the protocol version", label)
+    version = _load_pickle(f, "the protocol version", label)
     if version != LEGACY_PROTOCOL:
         raise TorchFileFormatError(f"{label}: expected legacy protocol version {LEGACY_PROTOCOL}, got {_show(version)}")
-    sys_info = _load_pickle(_RestrictedUnpickler(f), "the sys_info dict", label)
+    sys_info = _load_pickle(f, "the sys_info dict", label)
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
         raise TorchFileFormatError(f"{label}: only little-endian files are supported (sys_info {_show(sys_info)})")
 
@@ -325,8 +327,8 @@ def _load_legacy(path: Path, buf: bytes):
                                        f"of storage {key!r}, which has {numel}")
         return _StorageRef(key, stype.name, view_offset, view_numel)
 
-    obj = _load_pickle(_RestrictedUnpickler(f, persistent_load), "the object pickle", label)
-    keys = _load_pickle(_RestrictedUnpickler(f), "the list of storage keys", label)
+    obj = _load_pickle(f, "the object pickle", label, persistent_load)
+    keys = _load_pickle(f, "the list of storage keys", label)
     if not isinstance(keys, list):
         raise TorchFileFormatError(f"{label}: expected the list of storage keys after the object, got {_show(keys)}")
 
@@ -360,16 +362,14 @@ def _resolve(state: dict, storages: dict[str, np.ndarray], label: str) -> dict:
         if not isinstance(value, _TensorRef):
             raise TorchFileFormatError(f"{label}: expected a dict of tensors; {_show(key)} holds a "
                                        f"{type(value).__name__}")
-    done: dict[int, np.ndarray] = {}
+    distinct = {id(ref): ref for ref in state.values()}
     stored = sum(a.size for a in storages.values())
-    wanted = sum(math.prod(ref.size) for ref in {id(r): r for r in state.values()}.values())
+    wanted = sum(math.prod(ref.size) for ref in distinct.values())
     if wanted > MAX_EXPANSION * max(stored, 1):       # many tensors over the same stored bytes
         raise TorchFileFormatError(f"{label}: its tensors hold {wanted} elements, more than {MAX_EXPANSION} times "
                                    f"the {stored} stored")
-    for ref in state.values():
-        if id(ref) not in done:
-            done[id(ref)] = ref.to_numpy(storages)
-    return {key: done[id(ref)] for key, ref in state.items()}
+    arrays = {i: ref.to_numpy(storages) for i, ref in distinct.items()}
+    return {key: arrays[id(ref)] for key, ref in state.items()}
 
 
 def load_torch_state_dict(path) -> dict[str, np.ndarray]:

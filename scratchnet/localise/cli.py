@@ -290,9 +290,9 @@ def cmd_localise(args):
 def boxes_dataset(path):
     """A data set with boxes: imagenet-val-dev, or Tiny-ImageNet (its root means its val split; its val/ or
     train/ folder that split)."""
-    from ..io.datasets import open_dataset, tiny_imagenet
+    from ..io.datasets import open_dataset
     p = Path(path)
-    ds = tiny_imagenet(p, "val") if (p / "wnids.txt").is_file() and (p / "val").is_dir() else open_dataset(p)
+    ds = open_dataset(p, root_split="val")
     if ds.boxes is None:
         raise ValueError(f"{p} has no boxes: localisation is scored on imagenet-val-dev (images/ + boxes.csv) "
                          f"or on Tiny-ImageNet (val/val_annotations.txt, train/<wnid>/<wnid>_boxes.txt)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from ..backend import to_numpy
 from ..cli import emit_json
 from ..io.classnames import normalise_name
 from ..progress import Progress
+from ..vis.display import network_wnids
 
 MODE_HELP = ("how a photo becomes the network input: 'crop' resizes the shorter side to the network's "
              "preprocess['resize'] and takes the centre crop (the standard evaluation); 'stretch' resizes "
@@ -98,19 +98,6 @@ def cmd_classify(args):
 # ---------------------------------------------------------------------------------------------
 # evaluate classification
 # ---------------------------------------------------------------------------------------------
-def network_wnids(net):
-    """The network's class wnids (list of K) when known: ``net.class_wnids`` (saved with the network), an
-    older file's ``net.arch["class_wnids"]``, or the ImageNet-1k order for a 1000-class network named
-    with the ImageNet class names; else None."""
-    wnids = getattr(net, "class_wnids", None) or net.arch.get("class_wnids")
-    if wnids:
-        return list(wnids)
-    from ..io.classnames import imagenet_class_names, imagenet_wnids
-    if net.num_classes == 1000 and (net.class_names is None or list(net.class_names) == imagenet_class_names()):
-        return imagenet_wnids()
-    return None
-
-
 def label_map(net, dataset):
     """For each data-set class, the network's class index (or -1 when the network has no such class).
 
@@ -155,12 +142,7 @@ def cmd_evaluate(args):
     from ..io.images import ImageReadError, load_image
     from .preprocess import prepare
     net = _load(args)
-    p = Path(args.data)
-    if (p / "wnids.txt").is_file() and (p / "val").is_dir():     # a Tiny-ImageNet root: its held-out split,
-        from ..io.datasets import tiny_imagenet                   # as train and evaluate localisation take it
-        ds = tiny_imagenet(p, "val")
-    else:
-        ds = open_dataset(p)
+    ds = open_dataset(args.data, root_split="val")      # a Tiny-ImageNet root: its held-out split
     keep, targets, how = matched_images(net, ds, "evaluate", str(args.data))
     idx = keep if args.limit is None else keep[:args.limit]        # --limit >= 1, and keep is not empty
 

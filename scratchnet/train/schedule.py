@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import collections
 import math
 
 
@@ -44,10 +45,10 @@ class PiecewiseSchedule:
         """points: {first epoch (counted from 1): lr} or "E:LR" strings; must start at epoch 1."""
         if not isinstance(points, dict):
             parsed = [_parse_point(p) for p in points]
-            twice = sorted({e for e, _ in parsed if [q for q, _ in parsed].count(e) > 1})
-            if twice:
-                raise ValueError(f"piecewise schedule: epoch {twice[0]} is given more than one rate")
             points = dict(parsed)
+            if len(points) < len(parsed):
+                twice = min(e for e, n in collections.Counter(e for e, _ in parsed).items() if n > 1)
+                raise ValueError(f"piecewise schedule: epoch {twice} is given more than one rate")
         self.points = {int(e): float(v) for e, v in sorted(points.items())}
         if not self.points or min(self.points) != 1:
             raise ValueError(f"piecewise schedule: the first point must be epoch 1, got {sorted(self.points)}")

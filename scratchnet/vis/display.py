@@ -92,15 +92,26 @@ def class_names(net) -> list[str]:
     return [f"class {i}" for i in range(k)]
 
 
+def network_wnids(net):
+    """The network's class wnids (list of K) when known: ``net.class_wnids`` (saved with the network) or
+    an older file's ``net.arch["class_wnids"]``, if one a class; the ImageNet-1k order for a 1000-class
+    network named with the ImageNet class names; else None."""
+    wnids = getattr(net, "class_wnids", None) or (getattr(net, "arch", None) or {}).get("class_wnids")
+    if wnids and len(wnids) == net.num_classes:
+        return list(wnids)
+    from ..io.classnames import imagenet_class_names, imagenet_wnids
+    if net.num_classes == 1000 and (net.class_names is None or list(net.class_names) == imagenet_class_names()):
+        return imagenet_wnids()
+    return None
+
+
 def resolve_class(net, key) -> int:
     """A class given as an index, a wnid or a name -> its index in the network's outputs."""
     from ..io.classnames import class_index, imagenet_wnids
     if isinstance(key, np.ndarray) and key.ndim == 0:
         key = key.item()                  # np.array(3) is the index 3, not a class named "3"
     names = class_names(net)
-    wnids = getattr(net, "class_wnids", None) or (getattr(net, "arch", None) or {}).get("class_wnids")
-    if not wnids or len(wnids) != len(names):      # the network's own (an older file: in arch), if they fit
-        wnids = imagenet_wnids() if len(names) == 1000 else None
+    wnids = network_wnids(net) or (imagenet_wnids() if len(names) == 1000 else None)
     try:
         return class_index(key, names, wnids)
     except (KeyError, IndexError) as e:
