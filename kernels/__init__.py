@@ -42,11 +42,18 @@ def relu_forward(x, upper=math.inf):
 
 
 def relu_backward(dy, y, rule_code: int, upper=math.inf):
-    """dx from dy and the forward output y under rule 0 gradient / 1 deconvnet / 2 guided."""
+    """dx from dy and the forward output y under rule 0 gradient / 1 deconvnet / 2 guided; one
+    kernel per rule (relu_bwd_gradient, relu_bwd_deconvnet, relu_bwd_guided)."""
+    rule_code = _rule_code(rule_code)
     if _on_gpu(dy):
         return _gpu().relu_backward(dy, y, rule_code, upper)
-    return cpu_relu.relu_bwd(np.ascontiguousarray(dy), np.ascontiguousarray(y), int(rule_code),
-                             dy.dtype.type(upper))
+    return cpu_relu.RELU_BWD[rule_code](np.ascontiguousarray(dy), np.ascontiguousarray(y), dy.dtype.type(upper))
+
+
+def _rule_code(code) -> int:
+    if isinstance(code, bool) or code not in (0, 1, 2):
+        raise ValueError(f"relu_backward: rule code must be 0 (gradient), 1 (deconvnet) or 2 (guided), got {code!r}")
+    return int(code)
 
 
 def maxpool_forward(x, kernel, stride, pads, out_hw):

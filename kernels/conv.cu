@@ -6,30 +6,37 @@
 // so y = W (O, C*kh*kw) @ cols (C*kh*kw, N*oh*ow) convolves the whole batch at once.
 // xpad (N, C, hp, wp) is the already padded input.
 
-// xpad -> cols; one thread per element of cols (rows written contiguously).
+// xpad -> cols; one thread per (channel, column): its kh*kw rows, walked with pointer steps.
+// The index arithmetic (one 64-bit and three 32-bit divisions) is paid once per kh*kw elements;
+// consecutive threads take consecutive columns, so every write of a warp is one contiguous run.
 template <typename T>
 __global__ void im2col(const T* __restrict__ xpad, T* __restrict__ cols, const idx_t total,
                        const int n, const int c, const int hp, const int wp, const int kh,
                        const int kw, const int sh, const int sw, const int oh, const int ow) {
     const idx_t np = (idx_t)n * oh * ow;                  // columns: one per (image, output pixel)
-    GRID_STRIDE_LOOP(e, total) {
-        // one 64-bit division, the rest in 32 bits (gpu.py checks n*oh*ow and c*kh*kw < 2**31):
-        // 64-bit integer division is a long software sequence on the GPU
-        const int row = (int)(e / np);
-        int col = (int)(e - (idx_t)row * np);
+    GRID_STRIDE_LOOP(t, total) {                          // total = c * np
+        // 64-bit integer division is a long software sequence on the GPU: one, the rest in 32 bits
+        // (gpu.py checks n*oh*ow and c*kh*kw < 2**31)
+        const int ch = (int)(t / np);
+        const int col = (int)(t - (idx_t)ch * np);
         const int q = col % ow;
-        col /= ow;
-        const int p = col % oh;
-        const int img = col / oh;
-        const int j = row % kw;
-        const int i = (row / kw) % kh;
-        const int ch = row / (kh * kw);
-        cols[e] = xpad[(((idx_t)img * c + ch) * hp + i + p * sh) * wp + j + q * sw];
+        const int pq = col / ow;
+        const int p = pq % oh;
+        const int img = pq / oh;
+        const T* src = xpad + (((idx_t)img * c + ch) * hp + p * sh) * wp + q * sw;
+        T* dst = cols + (idx_t)ch * kh * kw * np + col;    // row (ch*kh + i)*kw + j, this column
+        for (int i = 0; i < kh; ++i, src += wp) {
+            for (int j = 0; j < kw; ++j, dst += np) {
+                *dst = src[j];
+            }
+        }
     }
 }
 
 // cols -> dxpad (N, C, hp, wp); one thread per element of dxpad: the sum of every column entry
-// that im2col copied from this element, offsets (i, j) in increasing order as in the CPU code.
+// that im2col copied from this element. Only the windows that cover the element are visited:
+// output rows p = first_window(py) .. min(py / sh, oh - 1), offset i = py - p*sh (and the same for
+// columns), taken with p falling so that the offsets (i, j) rise, the CPU code's order of summation.
 template <typename T>
 __global__ void col2im_gather(const T* __restrict__ cols, T* __restrict__ dxpad, const idx_t total,
                               const int n, const int c, const int hp, const int wp, const int kh,
@@ -41,17 +48,15 @@ __global__ void col2im_gather(const T* __restrict__ cols, T* __restrict__ dxpad,
         const int px = pix % wp, py = pix / wp;
         const int ch = plane % c;
         const idx_t img = plane / c;
+        const int p_lo = first_window(py, kh, sh), p_hi = min(py / sh, oh - 1);
+        const int q_lo = first_window(px, kw, sw), q_hi = min(px / sw, ow - 1);
+        const T* base = cols + (idx_t)ch * kh * kw * np + img * oh * ow;
         T acc = T(0);
-        for (int i = 0; i < kh && i <= py; ++i) {             // offset i comes from output row (py - i) / sh
-            if ((py - i) % sh) continue;
-            const int p = (py - i) / sh;
-            if (p >= oh) continue;
-            for (int j = 0; j < kw && j <= px; ++j) {
-                if ((px - j) % sw) continue;
-                const int q = (px - j) / sw;
-                if (q >= ow) continue;
-                const idx_t row = ((idx_t)ch * kh + i) * kw + j;
-                acc += cols[row * np + (img * oh + p) * ow + q];
+        for (int p = p_hi; p >= p_lo; --p) {
+            const int i = py - p * sh;
+            for (int q = q_hi; q >= q_lo; --q) {
+                const int j = px - q * sw;
+                acc += base[(idx_t)(i * kw + j) * np + p * ow + q];
             }
         }
         dxpad[e] = acc;

@@ -4,7 +4,9 @@ Forward records, for every output, the flat index (within its H*W input plane) o
 winning input: the "switch" of Zeiler & Fergus. Backward routes each output gradient to its
 switch. Windows overlap (3x3 stride 2), so two outputs can route to the same input; each
 (n, c) plane is handled by one thread, serially, so there are no races between threads.
-Padding counts as -inf (never wins).
+Padding counts as -inf (never wins). NaN never wins either (``v > best`` is false for it): a window
+of NaNs gives -inf and switch 0. Network inputs are checked finite, so a NaN here can only come
+from an overflow inside the network.
 """
 import numba as nb
 import numpy as np

@@ -8,7 +8,8 @@ prepended and a float and a double instantiation of each template asked for by n
 (``name_expressions=["relu_fwd<float>", "relu_fwd<double>", ...]``).
 
     file     kernels (the names a profiler shows)                       CPU twin
-    relu.cu  relu_fwd, relu_bwd (rule 0 gradient, 1 deconvnet, 2 guided)  cpu_relu.py
+    relu.cu  relu_fwd, relu_bwd_gradient, relu_bwd_deconvnet,          cpu_relu.py
+             relu_bwd_guided (one kernel per rule)
     pool.cu  maxpool_fwd, maxpool_bwd_gather,                           cpu_pool.py,
              avgpool_fwd, avgpool_bwd_gather                            AvgPool2d (layers/pool.py)
     lrn.cu   lrn_fwd, lrn_bwd                                           cpu_lrn.py
@@ -54,7 +55,7 @@ NVRTC_OPTIONS = ("-std=c++17",)
 
 #: source file -> the kernel templates it defines
 KERNELS = {
-    "relu.cu": ("relu_fwd", "relu_bwd"),
+    "relu.cu": ("relu_fwd", "relu_bwd_gradient", "relu_bwd_deconvnet", "relu_bwd_guided"),
     "pool.cu": ("maxpool_fwd", "maxpool_bwd_gather", "avgpool_fwd", "avgpool_bwd_gather"),
     "lrn.cu": ("lrn_fwd", "lrn_bwd"),
     "conv.cu": ("im2col", "col2im_gather"),
@@ -210,16 +211,19 @@ def relu_forward(x, upper):
     return y
 
 
+#: the backward kernel of each rule code
+RELU_BWD = ("relu_bwd_gradient", "relu_bwd_deconvnet", "relu_bwd_guided")
+
+
 def relu_backward(dy, y, rule_code, upper):
     """dx under rule 0 gradient / 1 deconvnet / 2 guided, from dy and the forward output y."""
-    if int(rule_code) not in (0, 1, 2):
+    if isinstance(rule_code, bool) or rule_code not in (0, 1, 2):
         raise ValueError(f"relu_backward: rule code must be 0 (gradient), 1 (deconvnet) or 2 (guided), "
-                         f"got {rule_code}")
+                         f"got {rule_code!r}")
     dy = _float_array(dy, "relu_backward")
     y = _like(y, dy, "relu_backward", "the forward output y")
     dx = _out(dy.shape, dy.dtype)
-    _launch("relu_bwd", dy.dtype, dy.size,
-            (dy, y, dx, _i32(rule_code), dy.dtype.type(upper), _i64(dy.size)))
+    _launch(RELU_BWD[int(rule_code)], dy.dtype, dy.size, (dy, y, dx, dy.dtype.type(upper), _i64(dy.size)))
     return dx
 
 
@@ -322,8 +326,9 @@ def im2col(xpad, kernel, stride, out_hw):
                          f"do not fit a {hp}x{wp} padded input")
     _i32(c * kh * kw), _i32(n * oh * ow)          # the kernel's row/column arithmetic is 32-bit
     cols = _out((c * kh * kw, n * oh * ow), xpad.dtype)
-    _launch("im2col", xpad.dtype, cols.size,
-            (xpad, cols, _i64(cols.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))
+    work = c * n * oh * ow                         # one thread per (channel, column): kh*kw rows each
+    _launch("im2col", xpad.dtype, work,
+            (xpad, cols, _i64(work), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))
     return cols
 
 

@@ -1,4 +1,4 @@
-// ReLU and ReLU6, forward and backward, with the backward rule as a kernel argument.
+// ReLU and ReLU6, forward and backward: one backward kernel per rule (picked by the rule argument).
 // (compiled after common.cuh; twin of cpu_relu.py, same semantics bit for bit)
 //
 //   forward : y = min(max(x, 0), upper)          upper = +inf (ReLU) or 6 (ReLU6); NaN propagates
@@ -7,7 +7,6 @@
 //             rule 2 guided   : dx = dy * [0 < y < upper] * [dy > 0]
 // Backward reads the forward *output* y: [x > 0] == [y > 0] and [0 < x < 6] == [0 < y < 6].
 // A blocked unit gives an exact 0 (not dy * 0, which would keep a NaN).
-// The rule is the same for every thread of a launch, so the branch on it never diverges.
 
 template <typename T>
 __global__ void relu_fwd(const T* __restrict__ x, T* __restrict__ y, const T upper, const idx_t n) {
@@ -18,23 +17,31 @@ __global__ void relu_fwd(const T* __restrict__ x, T* __restrict__ y, const T upp
     }
 }
 
+// One kernel per rule, so that a profile names the rule that ran; the three share one signature
+// (relu_bwd_deconvnet does not read y) and gpu.py picks the kernel from the rule code.
 template <typename T>
-__global__ void relu_bwd(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx,
-                         const int rule, const T upper, const idx_t n) {
-    if (rule == 1) {                       // deconvnet: the sign of the signal coming back
-        GRID_STRIDE_LOOP(i, n) {
-            const T g = dy[i];
-            dx[i] = g > T(0) ? g : T(0);
-        }
-    } else if (rule == 2) {                // guided: both conditions
-        GRID_STRIDE_LOOP(i, n) {
-            const T g = dy[i], v = y[i];
-            dx[i] = (v > T(0) && v < upper && g > T(0)) ? g : T(0);
-        }
-    } else {                               // gradient: the derivative
-        GRID_STRIDE_LOOP(i, n) {
-            const T v = y[i];
-            dx[i] = (v > T(0) && v < upper) ? dy[i] : T(0);
-        }
+__global__ void relu_bwd_gradient(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx,
+                                  const T upper, const idx_t n) {
+    GRID_STRIDE_LOOP(i, n) {               // the derivative: the sign of the layer input
+        const T v = y[i];
+        dx[i] = (v > T(0) && v < upper) ? dy[i] : T(0);
+    }
+}
+
+template <typename T>
+__global__ void relu_bwd_deconvnet(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx,
+                                   const T upper, const idx_t n) {
+    GRID_STRIDE_LOOP(i, n) {               // the sign of the signal coming back
+        const T g = dy[i];
+        dx[i] = g > T(0) ? g : T(0);
+    }
+}
+
+template <typename T>
+__global__ void relu_bwd_guided(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx,
+                                const T upper, const idx_t n) {
+    GRID_STRIDE_LOOP(i, n) {               // both conditions
+        const T g = dy[i], v = y[i];
+        dx[i] = (v > T(0) && v < upper && g > T(0)) ? g : T(0);
     }
 }

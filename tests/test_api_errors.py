@@ -334,8 +334,9 @@ def test_a_layer_asked_for_backward_before_forward_says_so():
                       (L.LocalResponseNorm(), dy4), (L.BatchNorm2d(2), dy4), (L.Flatten(), dy2),
                       (L.GlobalAvgPool(), dy2), (L.Linear(2, 2), dy2),
                       (L.Concat([("a", L.ReLU()), ("b", L.ReLU())]), dy4)]:
-        with pytest.raises(ShapeError, match=f"{type(layer).__name__}: backward before forward: call forward"):
-            layer.backward(dy)
+        for param_grads in (True, False):           # also when only the input gradient is asked for
+            with pytest.raises(ShapeError, match=f"{type(layer).__name__}: backward before forward: call forward"):
+                layer.backward(dy, param_grads=param_grads)
 
 
 def test_a_network_with_a_layer_of_your_own_says_how_to_load_it(tmp_path, monkeypatch):

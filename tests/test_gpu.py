@@ -270,7 +270,7 @@ def test_relu_rules_are_bit_identical_to_cpu(dev, fresh, dtype):
                 y_d = kernels.relu_forward(dev.put(x), upper)
                 dx_d = kernels.relu_backward(dev.put(dy), y_d, code, upper)
             np.testing.assert_array_equal(dev.get(y_d), y, err_msg=f"relu_fwd upper={upper} {fresh.where}")
-            np.testing.assert_array_equal(dev.get(dx_d), dx, err_msg=f"relu_bwd rule {code} upper={upper} {fresh.where}")
+            np.testing.assert_array_equal(dev.get(dx_d), dx, err_msg=f"{gpu.RELU_BWD[code]} upper={upper} {fresh.where}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -291,6 +291,16 @@ def test_maxpool_switches_and_im2col_are_bit_identical_to_cpu(dev, fresh, dtype)
     for got, want, what in ((y_d, y, "maxpool y"), (sw_d, sw, "switches"), (dx_d, dx, "maxpool dx"),
                             (cols_d, cols, "im2col"), (back_d, back, "col2im")):
         np.testing.assert_array_equal(dev.get(got), want, err_msg=f"{what} on {dev.name} {fresh.where}")
+    # windows smaller than the stride (pixels no window covers: col2im gives them 0) and ones that
+    # overlap three deep (7 wide, stride 2), with columns past the last window
+    for kernel, stride, out_hw in (((2, 1), (3, 2), (4, 5)), ((7, 3), (2, 2), (3, 4))):
+        cols = kernels.im2col(x, kernel, stride, out_hw)
+        back = kernels.col2im(cols, x.shape, kernel, stride, out_hw)
+        with dev.active():
+            cols_d = kernels.im2col(dev.put(x), kernel, stride, out_hw)
+            back_d = kernels.col2im(cols_d, x.shape, kernel, stride, out_hw)
+        np.testing.assert_array_equal(dev.get(cols_d), cols, err_msg=f"im2col {kernel} {stride} {fresh.where}")
+        np.testing.assert_array_equal(dev.get(back_d), back, err_msg=f"col2im {kernel} {stride} {fresh.where}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,8 +527,9 @@ def test_backward_is_deterministic(dev, fresh):
 
 
 def _every_kernel_kind(emu, seed, dtype):
-    """Every layer kind forward and backward (guided rule), the loss and the fused SGD update on the
-    emulated device, from inputs drawn with ``seed``; their outputs, as NumPy arrays."""
+    """Every layer kind forward and backward (guided rule; ReLU and ReLU6 under all three rules, each
+    its own kernel), the loss and the fused SGD update on the emulated device, from inputs drawn with
+    ``seed``; their outputs, as NumPy arrays."""
     out = []
     with emu.active():
         extra = {"relu": (ReLU, (2, 3, 5, 7)), "relu6": (ReLU6, (2, 3, 5, 7))}
@@ -529,8 +540,11 @@ def _every_kernel_kind(emu, seed, dtype):
                 lay.params[key] = rng.standard_normal(lay.params[key].shape).astype(dtype)
             x = (rng.standard_normal(shape) * 4).astype(dtype)
             y = layer.forward(x, False)
-            out += [y, layer.backward(rng.standard_normal(y.shape).astype(dtype), "guided", True, True)]
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            out += [y, layer.backward(dy, "guided", True, True)]
             out += list(layer.grads.values())
+            if name in extra:
+                out += [layer.backward(dy, rule, True, True) for rule in ("gradient", "deconvnet")]
         scores = rng.standard_normal((5, 7)).astype(dtype)
         out += list(softmax_cross_entropy(scores, rng.integers(0, 7, 5)))
         w, g, v = (rng.standard_normal(300).astype(dtype) for _ in range(3))

@@ -114,7 +114,7 @@ def test_train_on_the_device_equals_train_on_the_cpu_and_resumes_exactly(folder,
     cpu = run(common + train_args(2) + ["--device", "cpu", "--out", str(tmp_path / "cpu")], capsys)
     assert not host_gpu.launches
     dev = run(common + train_args(2) + ["--device", "gpu", "--out", str(tmp_path / "gpu")], capsys)
-    assert {"im2col", "col2im_gather", "relu_fwd", "relu_bwd", "maxpool_fwd", "maxpool_bwd_gather", "lrn_fwd",
+    assert {"im2col", "col2im_gather", "relu_fwd", "relu_bwd_gradient", "maxpool_fwd", "maxpool_bwd_gather", "lrn_fwd",
             "lrn_bwd", "softmax_xent_fwd_bwd", "sgd_momentum_update"} <= set(host_gpu.launches), host_gpu.launches
     assert cpu["steps"] == dev["steps"] == 10
     assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-4)
@@ -464,7 +464,7 @@ def test_gradcheck_on_the_device(host_gpu, capsys):
     out = run(["gradcheck", "--device", "gpu", "--pixels", "8", "--entries", "2"], capsys)
     assert out["device"] == "gpu" and out["failed"] == [] and out["network"]["ok"]
     assert len(out["layers"]) == len(LAYER_GRID)
-    assert {"relu_bwd", "maxpool_bwd_gather", "avgpool_bwd_gather", "lrn_bwd", "col2im_gather"} <= set(
+    assert {"relu_bwd_gradient", "maxpool_bwd_gather", "avgpool_bwd_gather", "lrn_bwd", "col2im_gather"} <= set(
         host_gpu.launches), host_gpu.launches
 
 
@@ -481,3 +481,19 @@ def test_every_cupy_name_reached_exists_in_real_cupy(real_cupy):
     assert not missing, f"used on device arrays, absent from CuPy {cupy.__version__}: {missing}"
     assert {"cupy.matmul", "ndarray.reshape"} <= set(hostcupy.USED), sorted(hostcupy.USED)  # the record is live
 
+
+
+def test_each_relu_rule_launches_its_own_named_kernel(host_gpu):
+    """A profile names the rule that ran: rule code k launches gpu.RELU_BWD[k] and nothing else,
+    and gives the CPU's bits."""
+    from scratchnet import kernels
+    rng = np.random.default_rng()
+    x, dy = rng.standard_normal((2, 50)), rng.standard_normal((2, 50))
+    y = kernels.relu_forward(x, 6.0)
+    y_d = kernels.relu_forward(hostcupy.asarray(x), 6.0)
+    for code, name in enumerate(gpu.RELU_BWD):
+        before = dict(host_gpu.launches)
+        dx_d = kernels.relu_backward(hostcupy.asarray(dy), y_d, code, 6.0)
+        ran = {k: v - before.get(k, 0) for k, v in host_gpu.launches.items() if v != before.get(k, 0)}
+        assert ran == {name: 1}, (code, ran)
+        np.testing.assert_array_equal(dx_d.get(), kernels.relu_backward(dy, y, code, 6.0))

@@ -252,7 +252,7 @@ def test_lrn_kernels_equal_naive(dtype, beta):
 
 def test_lrn_kernels_refuse_an_even_window():
     """The backward sums over window(c), which is the set of channels whose window holds c only for
-    odd sizes (size 4 was 24% off the naive backward): the kernels' wrappers refuse even ones."""
+    odd sizes (with size 4 the backward is 24% off the naive one): the kernels' wrappers refuse even ones."""
     x = np.ones((1, 6, 2, 2), np.float32)
     with pytest.raises(ValueError, match="odd"):
         kernels.lrn_forward(x, 4, 1e-4, 0.75, 2.0)
@@ -300,6 +300,9 @@ def test_unknown_rule_is_a_clear_error():
     relu.forward(np.ones((2, 2)))
     with pytest.raises(ValueError, match="gradient.*deconvnet.*guided"):
         relu.backward(np.ones((2, 2)), "zeiler")
+    for code in (3, -1, True, "1", None):           # the kernels' own entry takes codes 0, 1, 2 only
+        with pytest.raises(ValueError, match="rule code must be 0"):
+            kernels.relu_backward(np.ones(2), np.ones(2), code)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -7,8 +7,17 @@ This is the only place where backpropagation, the DeconvNet and guided backpropa
     deconvnet : dx = dy * [dy > 0]            (the sign of the signal coming back; x ignored)
     guided    : dx = dy * [x > 0] * [dy > 0]  ReLU6: dy * [0 < x < 6] * [dy > 0]
 
-Forward keeps its output y (the next layer holds it anyway): [x > 0] == [y > 0], and
-[0 < x < 6] == [0 < y < 6], so no extra mask is stored.
+Forward keeps its output y, since [x > 0] == [y > 0] and [0 < x < 6] == [0 < y < 6]. When the next
+layer keeps its input (LRN, Linear) that is the same array and costs nothing; before a padded conv, a
+max-pool or dropout, y is a float where a 1-byte mask would do, kept so that one kernel signature
+serves CPU and GPU and forward writes one array, not two.
+
+The masks compose per ReLU: at each ReLU the guided mask is the product of the other two, but the
+guided map of a whole network is not the gradient map times the DeconvNet one (the signals reaching
+the lower ReLUs already differ).
+
+Each rule is its own kernel (relu_bwd_gradient, relu_bwd_deconvnet, relu_bwd_guided, on CPU and GPU),
+so a profile says which rule ran; the rule still travels as an argument down to the choice of kernel.
 """
 from __future__ import annotations
 

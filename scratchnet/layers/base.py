@@ -2,7 +2,10 @@
 
 A layer is a small object with
   * ``params``: dict name -> array (e.g. ``{"W": (O, C/groups, kh, kw), "b": (O,)}``)
-  * ``grads`` : dict name -> array of the same shapes, filled by ``backward``
+  * ``grads`` : dict name -> array of the same shapes, *overwritten* (not accumulated, unlike
+                PyTorch) by each ``backward`` with ``param_grads=True``; a ``param_grads=False``
+                backward leaves them as they were. ``zero_grads`` removes them, so an optimiser
+                step without a backward fails loudly instead of reusing old gradients
   * ``forward(x, train=False) -> y``; keeps the minimum that backward needs
   * ``backward(dy, rule="gradient", param_grads=True, input_grad=True) -> dx | None``
       - ``rule`` is the ReLU backward rule ("gradient", "deconvnet", "guided"); it travels as an

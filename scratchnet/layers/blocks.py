@@ -77,6 +77,7 @@ class Concat(Layer):
 
     def __init__(self, branches, name=None):
         super().__init__(name)
+        self._sizes = None           # each branch's output channels, from forward
         self.branches: list[tuple[str, Layer]] = []
         for i, item in enumerate(branches):
             bname, b = item if isinstance(item, tuple) else (str(i), item)
@@ -102,7 +103,7 @@ class Concat(Layer):
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         dx, start = None, 0
-        for (_, b), size in zip(self.branches, self.saved(getattr(self, "_sizes", None))):
+        for (_, b), size in zip(self.branches, self.saved(self._sizes)):
             d = b.backward(dy[:, start:start + size], rule, param_grads, input_grad)
             start += size
             if input_grad:

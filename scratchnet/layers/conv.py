@@ -137,8 +137,11 @@ class Conv2d(Layer):
     """Convolution with stride, zero padding (int, (ph, pw), (t, b, l, r) or TF "same"), groups, bias.
 
     x (N, C, H, W) -> y (N, O, oh, ow);  W (O, C // groups, kh, kw);  b (O,), all zero until
-    ``init_params(rng)`` or a load. Keeps for backward: the im2col columns (what dW needs) and the padded input shape; on the special
-    paths the padded input (depthwise) or the input itself (1x1, stride 1, no padding).
+    ``init_params(rng)`` or a load. Keeps for backward: the im2col columns (what dW needs) and the padded
+    input shape; on the special paths the padded input (depthwise) or the input itself (1x1, stride 1,
+    no padding). The columns are kept even when backward will not ask for dW (saliency): forward cannot
+    know, and recomputing them costs a second im2col per layer per step, while keeping them costs
+    memory only, kh*kw/(sh*sw) times the input's (12x at the paper network's conv1).
 
     ``im2col_mode``: "auto" (default), "plain" or "wide". Stride-1 convolutions on the CPU can use
     "wide" columns (kernels/cpu_im2col.py: one contiguous copy per image and kernel offset, the output
@@ -312,6 +315,7 @@ def _grouped_matmul(a, b, trans_a=False, trans_b=False):
 
 
 def _unpad(xpad, pads):
+    """(N, C, Hp, Wp) -> the (N, C, H, W) view inside pads (top, bottom, left, right): pad_nchw undone."""
     t, b, l, r = pads
     h, w = xpad.shape[2], xpad.shape[3]
     return xpad[:, :, t:h - b, l:w - r]
@@ -331,6 +335,12 @@ def _depthwise_forward(xpad, W, stride, out_hw):
 
 
 def _depthwise_backward(dy, xpad, W, stride, param_grads, input_grad):
+    """dy (N, C, oh, ow), xpad (N, C, Hp, Wp), W (C, 1, kh, kw) -> (dW or None, dxpad or None):
+
+        dW[c, 0, i, j]                    = sum over n, p, q of dy[n, c, p, q] * xpad[n, c, p*sh + i, q*sw + j]
+        dxpad[n, c, p*sh + i, q*sw + j]  += W[c, 0, i, j] * dy[n, c, p, q]
+
+    (the reference twin of kernels/cpu_depthwise.py, offset by offset)."""
     xp = get_array_module(dy)
     sh, sw = stride
     n, c, oh, ow = dy.shape

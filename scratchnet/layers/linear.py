@@ -18,6 +18,8 @@ class Linear(Layer):
     """y = x @ W.T + b.  x (N, in_features), W (out_features, in_features), b (out_features,), all zero
     until ``init_params(rng)`` or a load. Keeps x for dW."""
 
+    _x = None            # forward's input, for dW
+
     def __init__(self, in_features, out_features, bias=True, name=None, dtype=np.float32):
         super().__init__(name)
         self.in_features = check_int("Linear", "in_features", in_features, 1)
@@ -55,8 +57,9 @@ class Linear(Layer):
         return y
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        x = self.saved(self._x)
         if param_grads:
-            self.grads["W"] = dy.T @ self.saved(getattr(self, "_x", None))
+            self.grads["W"] = dy.T @ x
             if self.has_bias:
                 self.grads["b"] = dy.sum(axis=0)
         return dy @ self.params["W"] if input_grad else None
@@ -64,6 +67,8 @@ class Linear(Layer):
 
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W)."""
+
+    _shape = None        # forward's input shape
 
     def output_shape(self, in_shape):
         return (in_shape[0], int(np.prod(in_shape[1:])))
@@ -73,7 +78,7 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        return dy.reshape(self.saved(getattr(self, "_shape", None))) if input_grad else None
+        return dy.reshape(self.saved(self._shape)) if input_grad else None
 
 
 class Dropout(Layer):

@@ -5,8 +5,8 @@ LRN, Krizhevsky et al. (2012), section 3.3:
     s[c]  = k + alpha * sum_{c' in window(c)} x[c']**2      window: `size` channels centred on c
     y[c]  = x[c] / s[c]**beta
 
-(Krizhevsky's alpha multiplies the sum directly; Caffe divides alpha by `size` — pass alpha/size
-to reproduce a Caffe model.) Backward, with the window symmetric so c' in window(c) <=> c in window(c'):
+(Krizhevsky's alpha multiplies the sum directly; Caffe and PyTorch's nn.LocalResponseNorm divide
+alpha by `size` — pass alpha/size to reproduce their models.) Backward, with the window symmetric so c' in window(c) <=> c in window(c'):
 
     dx[c] = dy[c] * s[c]**-beta  -  2 * alpha * beta * x[c] * sum_{c' in window(c)} dy[c'] x[c'] s[c']**(-beta-1)
 
@@ -112,6 +112,7 @@ class BatchNorm2d(Layer):
         self.channels, self.eps = check_int("BatchNorm2d", "channels", channels, 1), float(eps)
         self.params.update(gamma=np.ones(channels, np.float32), beta=np.zeros(channels, np.float32))
         self.stats = dict(mean=np.zeros(channels, np.float32), var=np.ones(channels, np.float32))
+        self._centred = None         # x - mean, kept only for dgamma
 
     def spec(self):
         return dict(channels=self.channels, eps=self.eps)
@@ -130,12 +131,14 @@ class BatchNorm2d(Layer):
         return a.reshape(1, -1, 1, 1) * self._centred + self.params["beta"].reshape(1, -1, 1, 1)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        centred = self.saved(self._centred)
         xp = get_array_module(dy)
         a = self._scale(xp)
         if param_grads:
             inv = 1 / xp.sqrt(xp.asarray(self.stats["var"]) + self.eps)
-            # y = gamma * x_hat + beta with x_hat = (x - mean) * inv, so dy/dgamma = x_hat
-            self.grads["gamma"] = (dy * self.saved(getattr(self, "_centred", None))).sum(axis=(0, 2, 3)) * inv
+            # y = gamma * x_hat + beta with x_hat = (x - mean) * inv: dy/dgamma = x_hat, so
+            # dL/dgamma = sum over N, H, W of dL/dy * x_hat
+            self.grads["gamma"] = (dy * centred).sum(axis=(0, 2, 3)) * inv
             self.grads["beta"] = dy.sum(axis=(0, 2, 3))
         return dy * a.reshape(1, -1, 1, 1) if input_grad else None
 

@@ -8,6 +8,10 @@ Shapes: x (N, C, H, W) -> y (N, C, oh, ow).
 Max pooling records the *switches*: for each output, the flat index of the winning input in its
 H*W plane. Backward sends each output gradient to its switch; this is also exactly what the
 DeconvNet does at a pooling layer, so the rules differ only at ReLU.
+
+Ties: the first maximum in row-major window order wins, on CPU and GPU alike. At a tie the max is
+not differentiable: a central difference gives 1/k to each of k tied inputs where backward gives
+everything to the first, so gradient checks move their inputs off ties (gradcheck.make_input).
 """
 from __future__ import annotations
 
@@ -113,6 +117,8 @@ class AvgPool2d(_Pool2d):
         return y / div
 
     def _divisor(self, h, w, oh, ow, xp, dtype):
+        """(oh, ow): each window's size inside the padded input (padding counts, the extra ceil-mode
+        zeros past it do not), PyTorch's count_include_pad=True."""
         (kh, kw), (sh, sw) = self.kernel, self.stride
         t, b, l, r = self.padding
         ys = np.arange(oh) * sh
@@ -142,6 +148,8 @@ class AvgPool2d(_Pool2d):
 class GlobalAvgPool(Layer):
     """Mean over H and W: (N, C, H, W) -> (N, C)."""
 
+    _shape = None        # forward's input shape
+
     def output_shape(self, in_shape):
         return tuple(in_shape[:2])
 
@@ -154,7 +162,7 @@ class GlobalAvgPool(Layer):
         if not input_grad:
             return None
         xp = get_array_module(dy)
-        n, c, h, w = self.saved(getattr(self, "_shape", None))
+        n, c, h, w = self.saved(self._shape)
         return xp.broadcast_to((dy / (h * w))[:, :, None, None], self._shape).copy()
 
 

@@ -7,7 +7,9 @@ The rest follows Krizhevsky et al. / Zeiler & Fergus, the networks the paper bui
   * ReLU after every hidden layer;
   * local response normalisation (size 5, alpha 1e-4, beta 0.75, k 2) after the ReLUs of conv1 and conv2;
   * 3x3 stride-2 max pooling, ceil mode, after conv1, conv2 and conv5;
-  * dropout 0.5 before full6 and full7.
+  * dropout 0.5 on the inputs of full6 and full7 (torchvision's AlexNet placement; Krizhevsky and
+    Caffe drop the outputs of full6 and full7 instead: either way two dropout layers among the
+    three fully connected ones).
 
 Kernel sizes (our choice, documented here because the paper is silent):
 

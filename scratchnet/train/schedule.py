@@ -68,7 +68,9 @@ def _parse_point(text):
 
 
 def make_schedule(kind, lr0, epochs, lr1=None, milestones=None, points=None):
-    """'step', 'log' (lr1 defaults to lr0 / 100) or 'piecewise' (``points``). A setting that belongs to
+    """'step', 'log' (lr1 defaults to lr0 / 100) or 'piecewise' (``points``). Mind the two counts:
+    a step milestone m counts from 0 (the rate drops from epoch m on, 0-based: milestone 6 of 8 epochs
+    leaves the last two), a piecewise point E:LR from 1, as printed (LR from the E-th epoch on). A setting that belongs to
     another kind is an error (it would be ignored without a word), and so is a milestone outside
     1..epochs-1 (epochs count from 0: a drop at 0 or before is no drop, one at epochs or later never comes)."""
     owned = (("step", milestones, "milestones (--milestones)"), ("log", lr1, "lr_end (--lr-end)"),

@@ -84,7 +84,9 @@ class ClassModel:
     classes (M,)          their class indices
     scores (T+1, M)       S_c at every step (row t: before step t; last row: the final image)
     objective (T+1, M)    J = S - lam ||I/u||^2 at the same images, S the score ascended (S_c,
-                          or the linear score of ``score_layer``)
+                          or the linear score of ``score_layer``); with ``jitter``, S (in both) is
+                          measured at the shifted image the step's gradient was taken at (the
+                          last row, after the last step, at the unshifted image)
     pixels (M, H, W, 3)   RGB grey levels with the mean added back (not clipped)
     images (M, H, W, 3)   uint8 for display (percentile stretch)
     settings              the parameters used

@@ -9,7 +9,13 @@ that neuron (or its feature map) and zero everything else, and send it back to t
 
 Simonyan et al. observe that the first two are exactly the gradient's steps, so the DeconvNet is
 the gradient except at ReLU — and with ``rule="gradient"`` the reconstruction *is* the gradient of
-the neuron's activation with respect to the image. This module
+the neuron's activation with respect to the image. LRN (and batch norm) has no DeconvNet rule of its
+own in either paper; every rule backpropagates its exact Jacobian, so "differs only at ReLU" holds
+by construction. The rules agree on any layer with no ReLU below it, and also at relu1 itself: the
+seed is the positive activation of a unit that is on, so it passes all three masks, and below it
+there is no other ReLU. They part from the first ReLU the signal crosses on its way down (at norm1
+only slightly: LRN's cross-channel terms are negative and turn a few dy at relu1 negative).
+This module
 
   * ``forward_to`` / ``backward_from``: run the network's ``layers`` up to a named layer, and back;
   * ``reconstruct``: the reconstruction of the strongest neuron (or a chosen one) under any rule;
