@@ -189,6 +189,8 @@ LAYER_GRID = [
     ("conv1x1_stride2", lambda: Conv2d(3, 4, 1, stride=2), (2, 3, 5, 6), "normal"),
     ("conv_depthwise_rect", lambda: Conv2d(3, 3, (3, 5), stride=(2, 1), padding=(1, 1, 2, 2), groups=3),
      (1, 3, 7, 6), "normal"),
+    ("conv_depthwise_rect_s12", lambda: Conv2d(3, 3, (3, 2), stride=(1, 2), padding=(1, 0, 1, 1), groups=3),
+     (1, 3, 5, 7), "normal"),
     ("conv_depthwise_x2", lambda: Conv2d(3, 6, 3, padding=1, groups=3), (2, 3, 5, 5), "normal"),
     ("relu", lambda: ReLU(), (2, 3, 4, 4), "relu"),
     ("relu6", lambda: ReLU6(), (2, 3, 4, 4), "relu6"),

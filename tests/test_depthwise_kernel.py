@@ -9,25 +9,28 @@ from scratchnet.kernels import cpu_depthwise
 from scratchnet.layers import Conv2d
 from scratchnet.layers.conv import _depthwise_backward, _depthwise_forward, conv2d_naive
 
-CASES = [  # (N, C, Hp, Wp, k, stride)
-    (2, 3, 9, 9, 3, 1), (2, 4, 12, 11, 5, 2), (1, 5, 8, 10, 3, 2), (3, 2, 7, 7, 5, 1)]
+CASES = [  # (N, C, Hp, Wp, (kh, kw), (sh, sw)); the kernels branch on sw == 1, so both strides vary
+    (2, 3, 9, 9, (3, 3), (1, 1)), (2, 4, 12, 11, (5, 5), (2, 2)), (1, 5, 8, 10, (3, 3), (2, 2)),
+    (3, 2, 7, 7, (5, 5), (1, 1)), (2, 3, 9, 11, (3, 3), (1, 2)), (2, 3, 11, 13, (3, 5), (2, 3)),
+    (1, 2, 10, 9, (5, 3), (3, 1))]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n, c, hp, wp, k, s", CASES)
 def test_depthwise_kernels_match_the_array_code(n, c, hp, wp, k, s, dtype):
     rng = np.random.default_rng(0)
+    (kh, kw), (sh, sw) = k, s
     xpad = rng.standard_normal((n, c, hp, wp)).astype(dtype)
-    W = rng.standard_normal((c, 1, k, k)).astype(dtype)
-    oh, ow = (hp - k) // s + 1, (wp - k) // s + 1
-    y = cpu_depthwise.dw_fwd(xpad, W, s, s, oh, ow)
-    np.testing.assert_array_equal(y, _depthwise_forward(xpad, W, (s, s), (oh, ow)))   # same order of adds
-    np.testing.assert_allclose(y, conv2d_naive(xpad, W, None, (s, s), groups=c), rtol=1e-5, atol=1e-5)
+    W = rng.standard_normal((c, 1, kh, kw)).astype(dtype)
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    y = cpu_depthwise.dw_fwd(xpad, W, sh, sw, oh, ow)
+    np.testing.assert_array_equal(y, _depthwise_forward(xpad, W, s, (oh, ow)))   # same order of adds
+    np.testing.assert_allclose(y, conv2d_naive(xpad, W, None, s, groups=c), rtol=1e-5, atol=1e-5)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dW_ref, dx_ref = _depthwise_backward(dy, xpad, W, (s, s), True, True)
-    np.testing.assert_array_equal(cpu_depthwise.dw_bwd_input(dy, W, s, s, hp, wp), dx_ref)
+    dW_ref, dx_ref = _depthwise_backward(dy, xpad, W, s, True, True)
+    np.testing.assert_array_equal(cpu_depthwise.dw_bwd_input(dy, W, sh, sw, hp, wp), dx_ref)
     tol = 1e-4 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(cpu_depthwise.dw_bwd_weight(dy, xpad, k, k, s, s), dW_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(cpu_depthwise.dw_bwd_weight(dy, xpad, kh, kw, sh, sw), dW_ref, rtol=tol, atol=tol)
 
 
 def test_conv2d_depthwise_layer_uses_the_kernel_and_agrees_with_naive():

@@ -301,8 +301,12 @@ def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
 def torch_as_cuda(monkeypatch):
     """PyTorch on the CPU dressed as CUDA (is_available, .cuda(), device="cuda", events, synchronize):
     enough for bench_gpu.py's PyTorch half to run here. Imported before host_gpu puts the stand-in in
-    sys.modules["cupy"] (torch's import looks at an installed CuPy's cupyx)."""
+    sys.modules["cupy"] (torch's import looks at an installed CuPy's cupyx), and so is the part that
+    torch.optim imports on first use (torch._dynamo, whose custom ops call inspect.getmodule, which
+    touches every module in sys.modules: a cupyx left half-loaded by an earlier test would then import
+    the stand-in as its cupy and fail)."""
     torch = pytest.importorskip("torch")
+    import torch._dynamo  # noqa: F401
 
     class Event(hostcupy._Event):        # the stand-in's host-clock event, with torch's elapsed_time
         def elapsed_time(self, end):

@@ -16,7 +16,7 @@ from scratchnet.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, GlobalAv
 from scratchnet.layers.conv import col2im_reference, conv2d_naive, im2col_reference, same_padding
 from scratchnet.layers.linear import linear_naive
 from scratchnet.layers.loss import softmax_cross_entropy_naive
-from scratchnet.layers.norm import batchnorm_naive, lrn_backward_naive, lrn_naive, lrn_reference
+from scratchnet.layers.norm import batchnorm_naive, fold_batchnorm, lrn_backward_naive, lrn_naive, lrn_reference
 from scratchnet.layers.pool import avgpool_naive, global_avgpool_naive, maxpool_numpy, maxpool_reference
 
 from scratchnet.gradcheck import (LAYER_GRID, TOLERANCE, check_grid_entry, numerical_grad, randomise_params,
@@ -364,3 +364,16 @@ def test_maxpool_ties_route_to_the_first_maximum_in_row_order(dtype):
     ys, switches = maxpool_reference(x, (2, 2), (2, 2), (0, 0, 0, 0), False)
     np.testing.assert_array_equal(y, ys)
     np.testing.assert_array_equal(pool._cache, switches)
+
+
+def test_fold_batchnorm_into_a_convolution_with_a_bias():
+    """conv(x; W', b') = BN(conv(x; W, b)) for the folded W', b', a bias included (EfficientNet's convs
+    have none, so its test cannot tell b' = (b - mean) a + beta from b - mean a + beta)."""
+    rng = np.random.default_rng(5)
+    W, b, x = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4), rng.standard_normal((2, 3, 6, 6))
+    gamma, beta, mean = rng.standard_normal(4), rng.standard_normal(4), rng.standard_normal(4)
+    var = rng.random(4) + 0.5
+    W2, b2 = fold_batchnorm(W, b, gamma, beta, mean, var, 1e-5)
+    np.testing.assert_allclose(conv2d_naive(x, W2, b2, (1, 1), (1, 1, 1, 1)),
+                               batchnorm_naive(conv2d_naive(x, W, b, (1, 1), (1, 1, 1, 1)), gamma, beta, mean, var, 1e-5),
+                               rtol=1e-12, atol=1e-12)

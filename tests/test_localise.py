@@ -110,6 +110,20 @@ def test_min_cut_is_the_exact_minimum_energy(rng, neighbourhood):
     assert energy(got) == pytest.approx(energy(best), abs=1e-6)
 
 
+def test_hard_seeds_hold_against_every_edge_around_them():
+    """A seed's terminal capacity must outweigh all the pairwise weights around it, counted at both
+    ends of each edge: a lone foreground seed in a uniform image, ringed by background seeds, pays 8
+    cut edges to stay foreground and is kept there all the same (half the edges would flip it)."""
+    pytest.importorskip("maxflow")
+    z = np.full((5, 5, 3), 0.5, np.float32)
+    pairwise = graphcut.pairwise_weights(z, gamma=10.0, neighbourhood=8)
+    fg, bg = np.zeros((5, 5), bool), np.ones((5, 5), bool)
+    fg[2, 2], bg[1:4, 1:4] = True, False
+    zero = np.zeros((5, 5))
+    mask = graphcut.min_cut(zero, zero, pairwise, fg, bg)
+    assert mask[fg].all() and not mask[bg].any()
+
+
 def test_pairwise_weights_follow_the_contrast_sensitive_potts_formula(rng):
     z = rng.random((5, 6, 3)).astype(np.float32)
     pw = dict(graphcut.pairwise_weights(z, gamma=7.0, neighbourhood=8))

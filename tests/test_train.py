@@ -69,7 +69,8 @@ def test_sgd_without_gradients_says_what_to_do():
 def test_schedules():
     s = StepSchedule(0.01, epochs=20)                   # x0.1 for the last quarter
     assert [s(e) for e in (0, 14)] == [0.01, 0.01] and math.isclose(s(15), 0.001) and math.isclose(s(19), 0.001)
-    for epochs, lrs in ((2, [0.01, 0.001]), (3, [0.01, 0.01, 0.001]), (4, [0.01] * 3 + [0.001]), (1, [0.01])):
+    for epochs, lrs in ((2, [0.01, 0.001]), (3, [0.01, 0.01, 0.001]), (4, [0.01] * 3 + [0.001]), (1, [0.01]),
+                        (5, [0.01] * 4 + [0.001]), (10, [0.01] * 8 + [0.001] * 2)):   # ceil(0.75 E): 4, 8
         s = StepSchedule(0.01, epochs=epochs)          # at least the last epoch is lowered (3 epochs: not 0)
         assert np.allclose([s(e) for e in range(epochs)], lrs), epochs
     s = StepSchedule(1.0, epochs=10, milestones=[3, 6])
@@ -518,3 +519,20 @@ def test_load_checkpoint_restores_the_mean_image(tmp_path):
     b = make()
     load_checkpoint(tmp_path / "c.npz", b, SGD(b))
     np.testing.assert_array_equal(b.mean_image, a.mean_image)
+
+
+def test_he_initialisation_scales_by_the_fan_in():
+    """init_network('he'): hidden weights N(0, 2 / fan_in), fan_in = C/groups * kh * kw for a
+    convolution and in_features for a linear layer; the class layer N(0, 0.01^2); biases zero."""
+    from scratchnet.layers import Conv2d, Flatten, Linear, ReLU
+    from scratchnet.models import Network
+    from scratchnet.train import init_network
+    net = Network([("c1", Conv2d(16, 64, 5)), ("r1", ReLU()), ("c2", Conv2d(64, 64, 3, groups=4)), ("r2", ReLU()),
+                   ("f", Flatten()), ("fc", Linear(64 * 4 * 4, 300)), ("r3", ReLU()), ("out", Linear(300, 10))],
+                  input_shape=(16, 10, 10))
+    init_network(net, "he", seed=0)
+    for name, fan_in in (("c1", 16 * 25), ("c2", 16 * 9), ("fc", 64 * 16), ("out", None)):
+        W = net[name].params["W"]
+        want = 0.01 if fan_in is None else math.sqrt(2 / fan_in)
+        assert np.std(W) == pytest.approx(want, rel=0.05), name
+        assert not net[name].params["b"].any()

@@ -117,6 +117,29 @@ def test_saliency_rejects_bad_class(net, x):
         saliency(net, x, 7)
 
 
+def test_ten_crop_class_is_the_top_of_the_mean_of_the_ten_crops_scores():
+    """With no class given, the 10-crop map is of the top-1 class of the 10 crops' mean scores (not of
+    any single crop's), and its score is that mean. The photo is chosen so that the centre crop and
+    the first corner crop disagree with the mean, so a shortcut through one crop fails here."""
+    from scratchnet.io.images import resize_shorter
+    from scratchnet.models.preprocess import prepare_pixels
+    from scratchnet.vis.saliency import ten_crop_boxes
+    net = tiny_net()
+    for seed in range(200):
+        img = (np.random.default_rng(seed).random((12, 14, 3)) * 255).astype(np.uint8)
+        pix = resize_shorter(img, 12)
+        crops = [pix[y:y + 8, x:x + 8] for y, x in ten_crop_boxes(*pix.shape[:2], 8, 8)]
+        scores = net.forward(prepare_pixels(net, np.stack(crops + [c[:, ::-1] for c in crops])))
+        top = scores.mean(axis=0).argmax()
+        if scores[0].argmax() != top and scores[4].argmax() != top:
+            break
+    else:
+        pytest.fail("no photo found whose crops disagree with their mean")
+    r = ten_crop_saliency(net, img, resize=12)
+    assert r.class_index == top
+    assert r.score == pytest.approx(scores[:, top].mean(), rel=1e-12)
+
+
 def test_ten_crop_map_of_flipped_photo_is_flipped_map():
     net = tiny_net(dtype=np.float32)
     img = (np.random.default_rng(2).random((12, 14, 3)) * 255).astype(np.uint8)
@@ -366,6 +389,41 @@ def test_class_model_linear_score_for_relu_gap_heads():
     assert r.settings["score_layer"] == "conv_final" and r.settings["seed"] == 3
     json.dumps(r.settings)
     assert r.objective[-1, 0] > r.objective[0, 0]       # it moved, although S_c stayed at 0
+    # the step is the gradient of the documented objective, mean_ij z_c (seed 1/(H W) on channel c):
+    # one plain step from the zero image against central differences of objective_value there
+    lr, eps = 1e-3, 1e-6
+    one = cm.class_model(net, [0], steps=1, lr=lr, lam=0.0, optimiser="plain")
+    x0 = np.zeros((1, 3, 6, 6))
+    num = np.zeros_like(x0)
+    for idx in np.ndindex(x0.shape):
+        bump = np.zeros_like(x0)
+        bump[idx] = eps
+        num[idx] = (cm.objective_value(net, x0 + bump, [0], 0.0)[0]
+                    - cm.objective_value(net, x0 - bump, [0], 0.0)[0]) / (2 * eps)
+    assert np.abs(num).max() > 1e-3
+    np.testing.assert_allclose(one.x, lr * num, rtol=1e-6, atol=1e-12)
+
+
+def test_class_model_normalised_step_moves_lr_grey_levels(live_net):
+    """The normalised optimiser's step is lr grey levels (RMS over the image), whatever the network's
+    input scale: u = 1/64 here, so lr = 2 moves the image by 2/64 in input units."""
+    r = cm.class_model(live_net, [1, 3], steps=1, lr=2.0, lam=0.0, momentum=0.0)
+    rms = np.sqrt((r.x ** 2).mean(axis=(1, 2, 3)))
+    np.testing.assert_allclose(rms / cm.grey_level(live_net), [2.0, 2.0], rtol=1e-9)
+    assert cm.grey_level(live_net) == 1 / 64
+
+
+def test_class_model_jitter_takes_the_gradient_at_the_shifted_image_and_shifts_it_back(live_net):
+    """With jitter the gradient is taken at the image rolled by (dy, dx) and rolled back by (-dy, -dx)
+    before the step: from the zero image (which rolls to itself) one plain step is the unjittered step
+    rolled back. (dy, dx) is the first draw of default_rng(seed), as class_model takes it.)"""
+    seed = next(s for s in range(100) if np.all(np.random.default_rng(s).integers(-3, 4, 2) != 0))
+    dy, dx = np.random.default_rng(seed).integers(-3, 4, 2)
+    kw = dict(steps=1, lr=1.0, lam=0.0, optimiser="plain")
+    plain = cm.class_model(live_net, [2], **kw)
+    jittered = cm.class_model(live_net, [2], jitter=3, seed=seed, **kw)
+    np.testing.assert_array_equal(jittered.x, np.roll(plain.x, (-dy, -dx), axis=(2, 3)))
+    assert not np.array_equal(jittered.x, np.roll(plain.x, (dy, dx), axis=(2, 3)))
 
 
 def test_class_model_errors(net, live_net, capsys):
