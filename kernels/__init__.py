@@ -9,6 +9,7 @@ and Conv2d's "wide" im2col (a Numba kernel, CPU only).
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -51,9 +52,14 @@ def relu_backward(dy, y, rule_code: int, upper=math.inf):
 
 
 def _rule_code(code) -> int:
-    if isinstance(code, bool) or code not in (0, 1, 2):
+    """code as a plain int 0, 1 or 2 (an integer type: not a bool, a float or a string), else a ValueError."""
+    try:
+        ok = not isinstance(code, (bool, np.bool_)) and operator.index(code) in (0, 1, 2)
+    except TypeError:
+        ok = False
+    if not ok:
         raise ValueError(f"relu_backward: rule code must be 0 (gradient), 1 (deconvnet) or 2 (guided), got {code!r}")
-    return int(code)
+    return operator.index(code)
 
 
 def maxpool_forward(x, kernel, stride, pads, out_hw):

@@ -7,8 +7,9 @@
 // xpad (N, C, hp, wp) is the already padded input.
 
 // xpad -> cols; one thread per (channel, column): its kh*kw rows, walked with pointer steps.
-// The index arithmetic (one 64-bit and three 32-bit divisions) is paid once per kh*kw elements;
-// consecutive threads take consecutive columns, so every write of a warp is one contiguous run.
+// The index arithmetic (one 64-bit and two 32-bit divisions) is paid once per kh*kw elements;
+// consecutive threads take consecutive columns, so a warp's writes to a row are one contiguous run
+// (two, for a warp that straddles the end of a channel).
 template <typename T>
 __global__ void im2col(const T* __restrict__ xpad, T* __restrict__ cols, const idx_t total,
                        const int n, const int c, const int hp, const int wp, const int kh,
@@ -16,7 +17,7 @@ __global__ void im2col(const T* __restrict__ xpad, T* __restrict__ cols, const i
     const idx_t np = (idx_t)n * oh * ow;                  // columns: one per (image, output pixel)
     GRID_STRIDE_LOOP(t, total) {                          // total = c * np
         // 64-bit integer division is a long software sequence on the GPU: one, the rest in 32 bits
-        // (gpu.py checks n*oh*ow and c*kh*kw < 2**31)
+        // (gpu.py checks n*oh*ow < 2**31; row offsets are 64-bit)
         const int ch = (int)(t / np);
         const int col = (int)(t - (idx_t)ch * np);
         const int q = col % ow;

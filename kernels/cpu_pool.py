@@ -5,8 +5,8 @@ winning input: the "switch" of Zeiler & Fergus. Backward routes each output grad
 switch. Windows overlap (3x3 stride 2), so two outputs can route to the same input; each
 (n, c) plane is handled by one thread, serially, so there are no races between threads.
 Padding counts as -inf (never wins). NaN never wins either (``v > best`` is false for it): a window
-of NaNs gives -inf and switch 0. Network inputs are checked finite, so a NaN here can only come
-from an overflow inside the network.
+of NaNs gives -inf, its switch at the window's first element inside the input. (Network inputs are
+checked finite; a NaN reaches a pooling layer from an overflow or from NaN parameters.)
 """
 import numba as nb
 import numpy as np

@@ -217,13 +217,12 @@ RELU_BWD = ("relu_bwd_gradient", "relu_bwd_deconvnet", "relu_bwd_guided")
 
 def relu_backward(dy, y, rule_code, upper):
     """dx under rule 0 gradient / 1 deconvnet / 2 guided, from dy and the forward output y."""
-    if isinstance(rule_code, bool) or rule_code not in (0, 1, 2):
-        raise ValueError(f"relu_backward: rule code must be 0 (gradient), 1 (deconvnet) or 2 (guided), "
-                         f"got {rule_code!r}")
+    from . import _rule_code
+    rule_code = _rule_code(rule_code)
     dy = _float_array(dy, "relu_backward")
     y = _like(y, dy, "relu_backward", "the forward output y")
     dx = _out(dy.shape, dy.dtype)
-    _launch(RELU_BWD[int(rule_code)], dy.dtype, dy.size, (dy, y, dx, dy.dtype.type(upper), _i64(dy.size)))
+    _launch(RELU_BWD[rule_code], dy.dtype, dy.size, (dy, y, dx, dy.dtype.type(upper), _i64(dy.size)))
     return dx
 
 
@@ -324,7 +323,7 @@ def im2col(xpad, kernel, stride, out_hw):
     if (oh - 1) * sh + kh > hp or (ow - 1) * sw + kw > wp:
         raise ValueError(f"im2col: {oh}x{ow} outputs of a {kh}x{kw} window, stride {sh}x{sw}, "
                          f"do not fit a {hp}x{wp} padded input")
-    _i32(c * kh * kw), _i32(n * oh * ow)          # the kernel's row/column arithmetic is 32-bit
+    _i32(n * oh * ow)                              # the kernel's column arithmetic is 32-bit
     cols = _out((c * kh * kw, n * oh * ow), xpad.dtype)
     work = c * n * oh * ow                         # one thread per (channel, column): kh*kw rows each
     _launch("im2col", xpad.dtype, work,
@@ -340,7 +339,10 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     if tuple(cols.shape) != (c * kh * kw, n * oh * ow):
         raise ValueError(f"col2im: expected cols of shape {(c * kh * kw, n * oh * ow)} for {padded_shape}, "
                          f"got {tuple(cols.shape)}")
-    _i32(n * c), _i32(hp * wp)                     # the kernel's plane and pixel arithmetic is 32-bit
+    if (oh - 1) * sh + kh > hp or (ow - 1) * sw + kw > wp:
+        raise ValueError(f"col2im: {oh}x{ow} outputs of a {kh}x{kw} window, stride {sh}x{sw}, "
+                         f"do not fit a {hp}x{wp} padded input")
+    _i32(n * c), _i32(hp * wp), _i32(n * oh * ow)  # the kernel's plane, pixel and column arithmetic is 32-bit
     dxpad = _out((n, c, hp, wp), cols.dtype)
     _launch("col2im_gather", cols.dtype, dxpad.size,
             (cols, dxpad, _i64(dxpad.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))

@@ -11,7 +11,8 @@
 
 // x (NC, h, w) -> y, switches (NC, oh, ow); one thread per output.
 // Padding never wins (best starts at -inf), nor does NaN (v > best is false: a window of NaNs gives
-// -inf, switch 0, as on the CPU); the first maximum in row-major order wins ties;
+// -inf, its switch at the window's first element inside the input, as on the CPU); the first
+// maximum in row-major order wins ties;
 // the switch is the flat index yy*w + xx of the winner in its h*w input plane.
 template <typename T>
 __global__ void maxpool_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ switches,

@@ -291,14 +291,18 @@ def test_maxpool_switches_and_im2col_are_bit_identical_to_cpu(dev, fresh, dtype)
     for got, want, what in ((y_d, y, "maxpool y"), (sw_d, sw, "switches"), (dx_d, dx, "maxpool dx"),
                             (cols_d, cols, "im2col"), (back_d, back, "col2im")):
         np.testing.assert_array_equal(dev.get(got), want, err_msg=f"{what} on {dev.name} {fresh.where}")
-    # windows smaller than the stride (pixels no window covers: col2im gives them 0) and ones that
-    # overlap three deep (7 wide, stride 2), with columns past the last window
-    for kernel, stride, out_hw in (((2, 1), (3, 2), (4, 5)), ((7, 3), (2, 2), (3, 4))):
+    # col2im sums what reaches each pixel in the CPU's order: a column matrix of its own, with values
+    # of very different sizes, so that another order of the same adds rounds differently. Geometries:
+    # windows smaller than the stride (pixels no window covers get 0), windows overlapping three deep
+    # (7 wide, stride 2), and fewer outputs than fit (pixels past the last window)
+    for kernel, stride, out_hw in (((3, 2), (2, 1), (5, 8)), ((2, 1), (3, 2), (4, 5)), ((7, 3), (2, 2), (3, 4)),
+                                   ((7, 3), (2, 2), (2, 3)), ((5, 5), (1, 1), (6, 4))):
         cols = kernels.im2col(x, kernel, stride, out_hw)
-        back = kernels.col2im(cols, x.shape, kernel, stride, out_hw)
+        dcols = fresh.normal(cols.shape, dtype) * np.exp(fresh.normal(cols.shape, dtype) * 4).astype(dtype)
+        back = kernels.col2im(dcols, x.shape, kernel, stride, out_hw)
         with dev.active():
             cols_d = kernels.im2col(dev.put(x), kernel, stride, out_hw)
-            back_d = kernels.col2im(cols_d, x.shape, kernel, stride, out_hw)
+            back_d = kernels.col2im(dev.put(dcols), x.shape, kernel, stride, out_hw)
         np.testing.assert_array_equal(dev.get(cols_d), cols, err_msg=f"im2col {kernel} {stride} {fresh.where}")
         np.testing.assert_array_equal(dev.get(back_d), back, err_msg=f"col2im {kernel} {stride} {fresh.where}")
 
@@ -857,3 +861,15 @@ def test_the_kernels_dispatch_rule_recognises_real_cupy_arrays(real_cupy):
     "cupy" (no CuPy import needed on the CPU path): true of the real cupy.ndarray, not of NumPy's."""
     assert real_cupy.ndarray.__module__.startswith("cupy"), real_cupy.ndarray.__module__
     assert not kernels.on_gpu(np.zeros(1))
+
+
+def test_im2col_and_col2im_refuse_a_geometry_that_does_not_fit(dev):
+    """Windows reaching past the padded input would read and sum outside it: both wrappers refuse them
+    before a launch, naming the geometry."""
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    with dev.active():
+        with pytest.raises(ValueError, match=r"im2col: 3x2 outputs of a 3x3 window, stride 2x2, do not fit a 5x5"):
+            kernels.im2col(dev.put(x), (3, 3), (2, 2), (3, 2))
+        cols = dev.put(np.zeros((2 * 9, 3 * 2), np.float32))
+        with pytest.raises(ValueError, match=r"col2im: 3x2 outputs of a 3x3 window, stride 2x2, do not fit a 5x5"):
+            kernels.col2im(cols, x.shape, (3, 3), (2, 2), (3, 2))

@@ -300,7 +300,7 @@ def test_unknown_rule_is_a_clear_error():
     relu.forward(np.ones((2, 2)))
     with pytest.raises(ValueError, match="gradient.*deconvnet.*guided"):
         relu.backward(np.ones((2, 2)), "zeiler")
-    for code in (3, -1, True, "1", None):           # the kernels' own entry takes codes 0, 1, 2 only
+    for code in (3, -1, True, np.True_, 1.0, np.float64(2.0), "1", None):           # the kernels' own entry takes codes 0, 1, 2 only
         with pytest.raises(ValueError, match="rule code must be 0"):
             kernels.relu_backward(np.ones(2), np.ones(2), code)
 

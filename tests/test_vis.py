@@ -118,9 +118,9 @@ def test_saliency_rejects_bad_class(net, x):
 
 
 def test_ten_crop_class_is_the_top_of_the_mean_of_the_ten_crops_scores():
-    """With no class given, the 10-crop map is of the top-1 class of the 10 crops' mean scores (not of
-    any single crop's), and its score is that mean. The photo is chosen so that the centre crop and
-    the first corner crop disagree with the mean, so a shortcut through one crop fails here."""
+    """With no class given, the 10-crop map is of the top-1 class of the 10 crops' mean scores, and its
+    score is that mean. The photo is chosen so that the centre crop and the first corner crop disagree
+    with the mean: taking the class from either of those instead fails here."""
     from scratchnet.io.images import resize_shorter
     from scratchnet.models.preprocess import prepare_pixels
     from scratchnet.vis.saliency import ten_crop_boxes
