@@ -34,7 +34,7 @@ def register(sub, ev_sub):
                    help="Tiny-ImageNet: validate on training images START.. of each class and train on images "
                         "0..START-1 (e.g. --classes 10 --val-from-train 250: train 0-249, val 250-299)")
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
+    p.add_argument("--lr", type=float, help="initial learning rate of the step and log schedules (default 0.01)")
     p.add_argument("--lr-end", type=float, help="--schedule log: the last epoch's rate (default lr/100)")
     p.add_argument("--schedule", default="step", choices=["step", "log", "piecewise"],
                    help="step: x0.1 for the last quarter, at least the last epoch (or at --milestones); "
@@ -148,9 +148,13 @@ def run_train(args):
     if args.init_std is not None and args.init != "gaussian":
         raise ValueError("--init-std belongs to --init gaussian (he initialisation takes its std from fan-in)")
     init_std = 0.01 if args.init_std is None else args.init_std
+    if args.lr is not None and args.schedule == "piecewise":     # it would be ignored without a word
+        raise ValueError("--lr belongs to the step and log schedules; the piecewise schedule's rates, the first "
+                         "included, are its --lr-points (1:LR ...)")
+    lr = 0.01 if args.lr is None else args.lr
     if args.init != "he":
         init_network(net, args.init, init_std, args.seed)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, schedule=args.schedule,
                          milestones=args.milestones, lr_end=args.lr_end, lr_points=args.lr_points,
                          momentum=args.momentum,
                          weight_decay=args.weight_decay, seed=args.seed, crop_pad=0 if args.no_crop else 4,
