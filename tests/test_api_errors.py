@@ -393,3 +393,56 @@ def test_layer_names_that_would_collide_in_parameter_paths_are_refused():
         Concat([("b", ReLU()), ("b", ReLU())])
     with pytest.raises(ValueError, match="duplicate layer name 'a'"):
         Sequential([("a", ReLU()), ("a", ReLU())])
+
+
+def test_half_precision_parameters_are_refused(net, tmp_path):
+    from scratchnet.models.network import NetworkFileError
+    good = net.save(tmp_path / "good.npz")
+    one = tmp_path / "one_half.npz"                        # one parameter float16, the others float32
+    _rewrite(good, one, lambda f, b: _npy(np.load(good)["param/fc8.W"].astype(np.float16))
+             if f == "param/fc8.W.npy" else b)
+    with pytest.raises(NetworkFileError, match="fc8.W has dtype float16, expected float32 or float64"):
+        load_network(one)
+    every = tmp_path / "all_half.npz"                      # all float16: no mix to catch it either
+    with np.load(good) as z:
+        halves = {k + ".npy": _npy(z[k].astype(np.float16)) for k in z.files if k.startswith("param/")}
+    assert len(halves) > 1
+    _rewrite(good, every, lambda f, b: halves.get(f, b))
+    with pytest.raises(NetworkFileError, match="has dtype float16, expected float32 or float64"):
+        load_network(every)
+
+
+def test_save_writes_its_temporary_file_beside_the_target(net, tmp_path, monkeypatch):
+    """The temporary file is renamed onto the target: in another folder (another file system) the
+    rename would fail or not be atomic."""
+    import os
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        renames.append((os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "sub" / "m.npz"
+    assert net.save(target) == target
+    monkeypatch.undo()
+    assert len(renames) == 1
+    src, dst = renames[0]
+    assert os.path.dirname(os.path.abspath(src)) == str(target.parent)
+    assert os.path.basename(src) != "m.npz" and os.path.abspath(dst) == str(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.npz"]     # no temporary left behind
+    load_network(target)
+
+
+def test_a_saved_network_file_has_the_usual_permissions(net, tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        net.save(tmp_path / "m.npz")
+        os.umask(0o027)
+        net.save(tmp_path / "g.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o644      # not mkstemp's 0600
+    assert stat.S_IMODE((tmp_path / "g.npz").stat().st_mode) == 0o640

@@ -873,3 +873,20 @@ def test_im2col_and_col2im_refuse_a_geometry_that_does_not_fit(dev):
         cols = dev.put(np.zeros((2 * 9, 3 * 2), np.float32))
         with pytest.raises(ValueError, match=r"col2im: 3x2 outputs of a 3x3 window, stride 2x2, do not fit a 5x5"):
             kernels.col2im(cols, x.shape, (3, 3), (2, 2), (3, 2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("make", [lambda: AvgPool2d(3, 2, padding=(0, 2, 1, 0)),
+                                  lambda: MaxPool2d(3, 2, padding=(0, 2, 1, 0))], ids=["avgpool", "maxpool"])
+def test_pooling_with_four_different_pads_equals_cpu(dev, fresh, make, dtype):
+    """pads (top, bottom, left, right) = (0, 2, 1, 0): top != left and bottom != left, so a wrapper that
+    hands the kernel its pads in another order (e.g. top, left, bottom, right) gives other windows."""
+    compare_layer(dev, fresh, make(), (2, 3, 7, 8), dtype)
+
+
+def test_i32_arguments_take_exactly_the_32_bit_range():
+    assert gpu._i32(2 ** 31 - 1) == 2 ** 31 - 1 and gpu._i32(2 ** 31 - 1).dtype == np.int32
+    assert gpu._i32(-2 ** 31) == -2 ** 31
+    for v in (2 ** 31, 2 ** 32 - 1, -2 ** 31 - 1):
+        with pytest.raises(OverflowError, match=f"value {v} does not fit the kernels' 32-bit int arguments"):
+            gpu._i32(v)

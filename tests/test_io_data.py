@@ -308,3 +308,132 @@ def test_crop_offsets_cover_every_shift_from_0_to_2_pad():
     for pad in (1, 2, 4):
         oy, ox, _ = Augment(pad=pad).draw(4000, np.random.default_rng(0))
         assert set(oy.tolist()) == set(range(2 * pad + 1)) == set(ox.tolist())
+
+
+# ----------------------------------------------------------------------------- rounding, readers, seeds
+
+def test_a_16_bit_grey_image_is_rounded_to_8_bits(tmp_path):
+    """65535 -> 255 by v / 65535 * 255, rounded to the nearest level (not truncated)."""
+    values = np.array([[0, 25900, 65535], [257, 385, 32768]], dtype=np.uint16)
+    # 25900 -> 100.78 -> 101; 385 -> 1.498 -> 1; 32768 -> 127.50 -> 128
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")                                  # really a 16-bit file
+    img = load_image(tmp_path / "deep.png")
+    assert img.shape == (2, 3, 3) and img.dtype == np.uint8
+    assert img[..., 0].tolist() == [[0, 101, 255], [1, 1, 128]]
+    assert np.array_equal(img[..., 0], img[..., 2])
+
+
+def test_float_maps_are_rounded_not_truncated_to_8_bits(tmp_path):
+    from scratchnet.io.images import to_uint8
+    f = np.array([[0.0, 0.999, 0.5], [0.3, 1.5, -0.2]])
+    expected = [[0, 255, 128], [77, 255, 0]]                           # 254.7 -> 255, 127.5 -> 128, 76.5 -> 77
+    assert to_uint8(f).tolist() == expected
+    save_png(tmp_path / "f.png", f)
+    assert np.asarray(Image.open(tmp_path / "f.png")).tolist() == expected
+    save_png(tmp_path / "f3.png", np.full((2, 2, 3), 0.999, np.float32))
+    assert np.all(np.asarray(Image.open(tmp_path / "f3.png")) == 255)
+
+
+def _tiny_tree(root, wnids, train_box, val_box, words=None, per_class=2):
+    """A miniature Tiny-ImageNet: wnids.txt, words.txt, train/<w>/<w>_boxes.txt, val/val_annotations.txt
+    (no image files: the reader lists paths without opening them). Every box is train_box / val_box."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    if words is not None:
+        (root / "words.txt").write_text("".join(f"{w}\t{t}\n" for w, t in words.items()))
+    for w in wnids:
+        (root / "train" / w / "images").mkdir(parents=True)
+        (root / "train" / w / f"{w}_boxes.txt").write_text(
+            "".join(f"{w}_{i}.JPEG\t" + "\t".join(map(str, train_box)) + "\n" for i in range(per_class)))
+    (root / "val" / "images").mkdir(parents=True)
+    lines = [f"val_{k * len(wnids) + j}.JPEG\t{w}\t" + "\t".join(map(str, val_box))
+             for k in range(per_class) for j, w in enumerate(wnids)]
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+WN3 = ["n00000010", "n00000020", "n00000030"]
+
+
+def test_tiny_imagenet_labels_follow_the_chosen_class_list(tmp_path):
+    root = _tiny_tree(tmp_path / "tiny", WN3, (1, 2, 30, 40), (3, 4, 50, 60))
+    w0, w1, w2 = WN3
+    for split in ("train", "val"):
+        ds = tiny_imagenet(root, split, classes=[w2, w0])
+        assert ds.class_wnids == [w2, w0] and ds.num_classes == 2
+        assert sorted(ds.labels.tolist()) == [0, 0, 1, 1]
+    train = tiny_imagenet(root, "train", classes=[w2, w0])
+    assert [p.name for p, y in zip(train.paths, train.labels) if y == 0] == [f"{w2}_0.JPEG", f"{w2}_1.JPEG"]
+    val = tiny_imagenet(root, "val", classes=[w2, w0])                 # val_<k*3+j>: j = 0 is w0, 2 is w2
+    assert {p.name: int(y) for p, y in zip(val.paths, val.labels)} == {
+        "val_0.JPEG": 1, "val_2.JPEG": 0, "val_3.JPEG": 1, "val_5.JPEG": 0}
+    assert tiny_imagenet(root, "train", classes=[w1]).labels.tolist() == [0, 0]
+
+
+def test_tiny_imagenet_class_names_are_the_first_name_in_words_txt(tmp_path):
+    words = {"n00000010": "goldfish, Carassius auratus", "n00000020": "tree frog, tree-frog",
+             "n00000099": "unused, not a class"}
+    root = _tiny_tree(tmp_path / "tiny", WN3, (1, 2, 30, 40), (3, 4, 50, 60), words=words)
+    ds = tiny_imagenet(root, "train")
+    assert ds.class_names == ["goldfish", "tree frog", "n00000030"]     # no words.txt line: the wnid
+    assert tiny_imagenet(root, "val", classes=["n00000020"]).class_names == ["tree frog"]
+
+
+def test_tiny_imagenet_boxes_are_x0_y0_x1_y1_in_both_splits(tmp_path):
+    root = _tiny_tree(tmp_path / "tiny", WN3, (1, 2, 30, 40), (3, 4, 50, 60))
+    train, val = tiny_imagenet(root, "train"), tiny_imagenet(root, "val")
+    assert len(train) == len(val) == 6
+    for ds, box in ((train, [1, 2, 30, 40]), (val, [3, 4, 50, 60])):
+        for b in ds.boxes:
+            assert b.dtype == np.float32 and b.tolist() == [box]
+
+
+def test_imagenet_val_dev_reads_the_box_columns_and_sorts_by_file(tmp_path):
+    wnids = imagenet_wnids()
+    rows = [["file", "label", "wnid", "orig_width", "orig_height", "x0", "y0", "x1", "y1"],
+            ["b.JPEG", "999", wnids[999], "500", "375", "11", "12", "13", "14"],
+            ["b.JPEG", "999", wnids[999], "500", "375", "21", "22", "23", "24"],
+            ["a.JPEG", "0", wnids[0], "640", "480", "1.5", "2.5", "30.5", "40.5"]]
+    (tmp_path / "images").mkdir()
+    with open(tmp_path / "boxes.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    ds = imagenet_val_dev(tmp_path)
+    assert [p.name for p in ds.paths] == ["a.JPEG", "b.JPEG"]
+    assert ds.paths[0] == tmp_path / "images" / "a.JPEG"
+    assert ds.labels.tolist() == [0, 999]
+    assert ds.boxes[0].dtype == np.float32
+    assert ds.boxes[0].tolist() == [[1.5, 2.5, 30.5, 40.5]]
+    assert ds.boxes[1].tolist() == [[11, 12, 13, 14], [21, 22, 23, 24]]
+    assert open_dataset(tmp_path).paths == ds.paths
+
+
+def test_augmentation_differs_from_epoch_to_epoch_without_shuffling(rng):
+    images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    loader = BatchLoader(images, np.arange(16) % 4, batch_size=16, shuffle=False, seed=3,
+                         augment=Augment(pad=2, flip=True), prefetch=0)
+    (x0, y0), = loader.epoch_batches(0)
+    (x1, y1), = loader.epoch_batches(1)
+    (x0b, _), = loader.epoch_batches(0)
+    assert np.array_equal(y0, y1)                                     # the same images, in the same order
+    assert np.array_equal(x0, x0b)                                    # each epoch is reproducible ...
+    assert not np.array_equal(x0, x1)                                 # ... and draws new crops and flips
+    ref0, ref1 = loader.make_batch_reference(0, 0, np.arange(16)), loader.make_batch_reference(1, 0, np.arange(16))
+    assert not np.array_equal(ref0[0], ref1[0])
+    jit = BatchLoader(images, np.arange(16) % 4, batch_size=16, shuffle=False, seed=3,
+                      augment=Augment(jitter=4), prefetch=0)
+    assert not np.array_equal(next(jit.epoch_batches(0))[0], next(jit.epoch_batches(1))[0])
+
+
+def test_jitter_rectangles_reach_every_row_and_column():
+    for H, W, jitter in ((8, 8, 3), (8, 8, 8), (6, 9, 2), (5, 5, 1)):
+        mask = Augment(jitter=jitter).jitter_mask(3000, H, W, np.random.default_rng(0))
+        assert mask.shape == (3000, H, W)
+        assert np.all(mask.any(axis=(0, 2))), (H, W, jitter)          # every row, the last included
+        assert np.all(mask.any(axis=(0, 1))), (H, W, jitter)          # every column, the last included
+        heights, widths = mask.any(axis=2).sum(axis=1), mask.any(axis=1).sum(axis=1)
+        assert set(heights.tolist()) == set(range(1, min(jitter, H) + 1))
+        assert set(widths.tolist()) == set(range(1, min(jitter, W) + 1))
+    full = Augment(jitter=8).jitter_mask(4000, 8, 8, np.random.default_rng(1))
+    assert full.all(axis=(1, 2)).any()                                 # an 8x8 rectangle covers the image

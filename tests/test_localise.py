@@ -511,3 +511,42 @@ def test_box_helpers_say_what_they_expected(call, message):
     with pytest.raises(ValueError, match=message):
         call()
     assert boxes.mask_box(np.zeros((3, 3), bool)) is None          # an empty mask has no box
+
+
+def test_centre_box_rounds_the_side_and_centres_it_with_the_spare_pixel_after():
+    # side round(frac * n) (0.37 * 10 = 3.7 -> 4, not 3), first pixel (n - side) // 2, inclusive corners
+    assert boxes.centre_box(10, 10, 0.37) == (3, 3, 6, 6)
+    assert boxes.centre_box(10, 10, 0.3) == (3, 3, 5, 5)          # 7 spare pixels: 3 before, 4 after
+    assert boxes.centre_box(10, 20, 0.37) == (6, 3, 12, 6)        # sides 7 wide (20 * .37 = 7.4), 4 high
+    assert boxes.centre_box(1, 1, 0.1) == (0, 0, 0, 0)            # at least one pixel
+
+
+def test_threshold_fraction_one_keeps_the_maximum_itself():
+    sal = np.zeros((6, 7))
+    sal[4, 2] = 0.5
+    assert boxes.saliency_threshold_box(sal, 1.0) == (2, 4, 2, 4)    # map >= 1.0 * max: that one pixel
+    sal[1, 5] = 0.5                                                  # two maxima, one pixel each: the first
+    assert boxes.saliency_threshold_box(sal, 1.0) == (5, 1, 5, 1)
+
+
+def test_choose_fractions_takes_the_first_of_tied_fractions(rng):
+    """Every fraction gives the same error (the true class is never guessed): the first candidate wins,
+    whatever the order of the list."""
+    img = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    records = [LocRecord(img, 9, [(2, 2, 8, 7)], [0, 1, 2, 3, 4], rng.random((5, 10, 12)).astype(np.float32))
+               for _ in range(2)]
+    best = localise.choose_fractions(records, centre_fractions=(0.6, 0.4, 0.8), threshold_fractions=(0.3, 0.1, 0.5))
+    assert best["sweep"]["centre_box"] == [(0.6, 1.0), (0.4, 1.0), (0.8, 1.0)]
+    assert best["sweep"]["saliency_threshold"] == [(0.3, 1.0), (0.1, 1.0), (0.5, 1.0)]
+    assert best["centre_box"] == 0.6 and best["saliency_threshold"] == 0.3
+
+
+def test_tuned_segment_settings_are_the_documented_ones():
+    """The numbers the module docstring gives: single view seeds from the top 20% and weight 3, 10-crop
+    the paper's 95% / 30% at weight 30, single-view guided maps 90% / 30% at weight 10 (README)."""
+    from scratchnet.localise.network import tuned_segment_kwargs
+    assert tuned_segment_kwargs(False) == {"pairwise_weight": 3.0, "fg_quantile": 0.80, "bg_quantile": 0.30}
+    assert tuned_segment_kwargs(True) == {"pairwise_weight": 30.0, "fg_quantile": 0.95, "bg_quantile": 0.30}
+    assert tuned_segment_kwargs(True, "deconvnet") == tuned_segment_kwargs(True)
+    assert tuned_segment_kwargs(False, "guided") == {"pairwise_weight": 10.0, "fg_quantile": 0.90,
+                                                     "bg_quantile": 0.30}

@@ -298,3 +298,33 @@ def test_localisation_record_lists_the_five_guesses_best_first():
     assert rec.top5 == top
     for j, c in enumerate(top):
         np.testing.assert_array_equal(rec.saliency[j], c)     # guess j's row holds guess j's map
+
+
+def test_an_extra_class_already_in_the_top_is_not_repeated(net):
+    img = photo(16, 16)
+    first = locnet.network_saliency(net, [img], top=5)[0]
+    top1, fifth = first["classes"][0], first["classes"][4]
+    r = locnet.network_saliency(net, [img], top=5, extra=[[top1, fifth]])[0]
+    assert r["classes"] == first["classes"] and sorted(r["classes"]) == list(range(5))
+    assert r["maps"].shape == (5, 16, 16)
+    np.testing.assert_array_equal(r["maps"], first["maps"])
+    r = locnet.network_saliency(net, [img], top=2, extra=[[top1, fifth, fifth]])[0]
+    assert r["classes"] == first["classes"][:2] + [fifth] and len(r["maps"]) == 3
+
+
+@pytest.mark.parametrize("argv", [["localise", "a.jpg"],
+                                  ["evaluate", "localisation", "--data", "d"],
+                                  ["evaluate", "segmentation", "--data", "d"]])
+def test_segment_settings_from_the_command_line(argv):
+    """Without options: the gradient rule (the paper's saliency) and its single-view tuned settings;
+    each of --pairwise, --fg-quantile and --bg-quantile reaches the graph cut."""
+    from scratchnet.cli import build_parser
+    from scratchnet.localise.cli import segment_kwargs
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    assert args.rule == "gradient" and not args.ten_crop
+    assert segment_kwargs(args) == locnet.TUNED_SEGMENT["single"]
+    args = parser.parse_args(argv + ["--bg-quantile", "0.1"])
+    assert segment_kwargs(args) == dict(locnet.TUNED_SEGMENT["single"], bg_quantile=0.1)
+    args = parser.parse_args(argv + ["--ten-crop", "--pairwise", "5", "--fg-quantile", "0.9", "--bg-quantile", "0.2"])
+    assert segment_kwargs(args) == {"pairwise_weight": 5.0, "fg_quantile": 0.9, "bg_quantile": 0.2}

@@ -336,3 +336,49 @@ def test_cli_info_counts_parameters(capsys):
     out, _ = run_cli(["info", "--model", "efficientnet_lite0"], capsys)
     assert out["params"] == 4_631_000                  # EfficientNet-Lite0: 4.6 M parameters (BN folded)
     assert 0.7 < out["gflop"] < 0.85                   # ~0.39 G multiply-adds at 224 x 224
+
+
+def test_squeezenet_pools_in_ceil_mode():
+    """The docstring's sizes: at 224 px ceil mode gives 109 -> 54 -> 27 -> 13 (floor: 54 -> 26 -> 12), and
+    the network takes inputs down to 21x21 (20 px leaves the last pool a 1x1 input)."""
+    from scratchnet.layers import ShapeError
+    net = squeezenet1_0(pretrained=False)
+    shape, after = (1, 3, 224, 224), {}
+    for name, layer in net.children():
+        shape = after[name] = layer.output_shape(shape)
+    assert [after[p][2:] for p in ("conv1", "pool1", "pool4", "pool8")] == [(109, 109), (54, 54), (27, 27), (13, 13)]
+    assert after["pool_final"] == (1, 1000)
+    assert net.forward(np.zeros((1, 3, 21, 21), np.float32)).shape == (1, 1000)
+    with pytest.raises(ShapeError):
+        net.output_shape((1, 3, 20, 20))
+
+
+def test_prepare_takes_the_crop_the_network_says():
+    """preprocess["crop"] (here smaller than the input size of a fully convolutional network) is the side
+    of the centre crop, after the shorter side is resized to preprocess["resize"]."""
+    from scratchnet.io.images import resize_shorter_centre_crop
+    from scratchnet.layers import Conv2d, GlobalAvgPool
+    net = Network([("conv", Conv2d(3, 2, 1)), ("gap", GlobalAvgPool())], input_shape=(3, 16, 16),
+                  preprocess={"resize": 14, "crop": 12, "mean": [100.0, 110.0, 120.0]})
+    img = np.random.default_rng(4).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    x = prepare(net, img)
+    assert x.shape == (1, 3, 12, 12)
+    np.testing.assert_array_equal(x, prepare_pixels(net, resize_shorter_centre_crop(img, 14, 12)))
+    assert prepare(net, img, crop=10).shape == (1, 3, 10, 10)                # the argument still wins
+
+
+def test_to_display_rounds_back_to_the_pixels_of_a_float_mean_image():
+    """With a mean image of arbitrary floats, x * std + mean lands a rounding error either side of the
+    integer pixel: to_display rounds to the nearest, so it gives back every pixel."""
+    rng = np.random.default_rng(6)
+    mean = (rng.random((3, 8, 8)) * 255).astype(np.float32)
+    net = Network([], input_shape=(3, 8, 8), mean_image=mean,
+                  preprocess={"mean_image": True, "std": [57.1, 61.3, 49.7], "scale": 0.7})
+    img = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_display(net, prepare_pixels(net, img)), img)
+
+
+def test_classify_lists_the_top_5_by_default():
+    from scratchnet.cli import build_parser
+    assert build_parser().parse_args(["classify", "a.jpg", "--model", "m"]).topk == 5
+    assert build_parser().parse_args(["classify", "a.jpg", "--model", "m", "--topk", "2"]).topk == 2

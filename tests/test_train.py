@@ -538,3 +538,178 @@ def test_he_initialisation_scales_by_the_fan_in():
         want = 0.01 if fan_in is None else math.sqrt(2 / fan_in)
         assert np.std(W) == pytest.approx(want, rel=0.05), name
         assert not net[name].params["b"].any()
+
+
+# ----------------------------------------------------------------------------- evaluate, epoch sums, resume, checkpoints
+
+def tiny_net(size=4, classes=3, seed=0):
+    """Flatten + Linear on size x size images: a network the Trainer runs in milliseconds."""
+    from scratchnet.layers import Flatten
+    lin = Linear(3 * size * size, classes)
+    lin.init_params(np.random.default_rng(seed), "gaussian", std=0.01)
+    return Network([("flat", Flatten()), ("fc", lin)], input_shape=(3, size, size))
+
+
+def tiny_trainer(out, epochs=2, batch_size=4, n=10, callbacks=(), log_every=1):
+    """n synthetic 4x4 images of 3 colour classes, no augmentation, no validation split."""
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, seed=2, crop_pad=0, flip=False,
+                      log_every=log_every, prefetch=0)
+    return Trainer(tiny_net(), synthetic(n, size=4), None, out, cfg, callbacks=callbacks, progress=False)
+
+
+def metric_rows(out):
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_evaluate_matches_one_forward_of_all_images_with_a_partial_last_batch():
+    """5 images in batches of 2, 2, 1: top-1 is the argmax (the first of tied maxima, as the training
+    loop's train_top1 counts it), top-5 the five best, and the loss the mean over images (not over
+    batches). Image i is the unit vector e_i, so its scores are column i of W. Row 0 ties classes 2
+    and 3 at the top, row 1 has no tie: in neither is column 0 of an argpartition necessarily the
+    argmax (NumPy's SIMD and introselect partitions differ on which one fails)."""
+    from scratchnet.layers import Flatten, softmax_cross_entropy
+    from scratchnet.train.trainer import evaluate
+    scores = np.array([[2, 0, 3, 3, 1, 2, 2],        # label 2: the first maximum -> top-1
+                       [1, 5, 3, 4, 2, 6, 0],        # label 5: the maximum -> top-1
+                       [0, 1, 2, 3, 4, 5, 6],        # label 4: third best -> top-5 only
+                       [6, 5, 4, 3, 2, 1, 0],        # label 6: worst -> neither
+                       [9, 0, 8, 1, 7, 2, 3]], np.float32)   # label 1: worst by far (the big loss)
+    labels = np.array([2, 5, 4, 6, 1])
+    lin = Linear(6, 7)
+    lin.params["W"] = np.zeros((7, 6), np.float32)
+    lin.params["W"][:, :5] = scores.T
+    lin.params["b"] = np.zeros(7, np.float32)
+    net = Network([("flat", Flatten()), ("fc", lin)], input_shape=(3, 1, 2))
+    images = np.zeros((5, 1, 2, 3), np.uint8)          # (N, H, W, C); feature c*2 + w of CHW
+    for i in range(5):
+        images[i, 0, i % 2, i // 2] = 1
+    mean = np.zeros((3, 1, 2), np.float32)
+
+    x = images.transpose(0, 3, 1, 2).astype(np.float32)
+    s = net.forward(x)
+    np.testing.assert_array_equal(s, scores)
+    want_loss, _ = softmax_cross_entropy(s, labels)
+    top5 = np.argsort(-s, axis=1, kind="stable")[:, :5]
+    want = dict(loss=want_loss, top1=float(np.mean(s.argmax(axis=1) == labels)),
+                top5=float(np.mean((top5 == labels[:, None]).any(axis=1))))
+    assert (want["top1"], want["top5"]) == (2 / 5, 3 / 5)
+
+    got = evaluate(net, images, labels, mean, 1.0, batch_size=2)
+    assert got["top1"] == want["top1"] and got["top5"] == want["top5"]
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    assert evaluate(net, images, labels, mean, 1.0, batch_size=5) == pytest.approx(got, rel=1e-6)
+
+
+def test_epoch_train_loss_is_the_image_weighted_mean_of_that_epoch_only(tmp_path):
+    """10 images in batches of 4, 4, 2: each epoch row's train_loss is sum(loss_i * B_i) / 10 over
+    that epoch's steps (the sums start again at each epoch)."""
+    steps = []
+
+    def record(trainer, info):
+        seen = trainer.state["images"] - sum(b for _, _, b in steps)
+        steps.append((info["epoch"], info["loss"], seen))
+    t = tiny_trainer(tmp_path / "run", epochs=2, callbacks=[record])
+    t.fit()
+    assert [b for _, _, b in steps] == [4, 4, 2, 4, 4, 2]
+    losses = [loss for _, loss, _ in steps]
+    assert len(set(losses)) == 6                          # the weighting is seen
+    rows = [r for r in metric_rows(tmp_path / "run") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        want = sum(loss * b for e, loss, b in steps if e == r["epoch"] - 1) / 10
+        assert r["train_loss"] == pytest.approx(want, rel=1e-12), r
+
+
+def test_resuming_after_a_finished_epoch_keeps_its_metrics_lines(tmp_path):
+    """The checkpoint of epoch 1 is at step 3: the lines of step 3 (its step row and the epoch row)
+    are kept by the resumed run, and nothing is written twice."""
+    tiny_trainer(tmp_path / "run", epochs=1).fit()
+    assert [(r["kind"], r["step"]) for r in metric_rows(tmp_path / "run")] == \
+        [("step", 1), ("step", 2), ("step", 3), ("epoch", 3)]
+    tiny_trainer(tmp_path / "run", epochs=2).fit(resume=True)
+    rows = metric_rows(tmp_path / "run")
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
+    assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_fresh_run_replaces_a_stale_metrics_file(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"kind": "stale", "step": 0}) + "\n")
+    tiny_trainer(out, epochs=1).fit()
+    rows = metric_rows(out)
+    assert [r["kind"] for r in rows] == ["step", "step", "step", "epoch"]
+
+
+def test_the_batch_size_may_change_at_an_epoch_boundary_but_not_mid_epoch(tmp_path):
+    from scratchnet.train.checkpoint import save_checkpoint
+    from scratchnet.train.trainer import check_run_folder
+    out = tmp_path / "run"
+    tiny_trainer(out, epochs=1, batch_size=4).fit()
+    check_run_folder(out, TrainConfig(batch_size=8), resume=True)          # epoch 1 done: batch 0
+    summary = tiny_trainer(out, epochs=2, batch_size=8).fit(resume=True)
+    assert summary["steps"] == 3 + 2                                        # epoch 2: batches of 8, 2
+
+    net = tiny_net()                                                       # a checkpoint mid-epoch 2
+    save_checkpoint(tmp_path / "mid" / "checkpoint.npz", net, SGD(net),
+                    dict(epoch=1, batch=1, step=4, config=dict(batch_size=4)))
+    check_run_folder(tmp_path / "mid", TrainConfig(batch_size=4), resume=True)
+    with pytest.raises(ValueError, match="middle of epoch 2, after batch 1 of 4 images: a batch size of 8"):
+        check_run_folder(tmp_path / "mid", TrainConfig(batch_size=8), resume=True)
+
+
+def test_load_checkpoint_refuses_another_format_version(tmp_path):
+    from scratchnet.train.checkpoint import load_checkpoint, save_checkpoint
+    net = tiny_net()
+    path = save_checkpoint(tmp_path / "c.npz", net, SGD(net), dict(epoch=1, batch=0, step=3))
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    state = json.loads(str(arrays["__train_state__"]))
+    assert state["version"] == 1
+    arrays["__train_state__"] = np.array(json.dumps(dict(state, version=99)))
+    np.savez(path, **arrays)
+    other = tiny_net(seed=1)
+    with pytest.raises(ValueError, match="checkpoint version 99, expected 1"):
+        load_checkpoint(path, other, SGD(other))
+
+
+def test_load_checkpoint_casts_to_the_networks_dtype(tmp_path):
+    """A float32 run's checkpoint loaded into a float64 network: parameters and momentum become float64."""
+    from scratchnet.train.checkpoint import load_checkpoint, save_checkpoint
+    a = tiny_net()
+    opt = SGD(a, lr=0.1, momentum=0.9)
+    a["fc"].grads.update(W=np.ones_like(a["fc"].params["W"]), b=np.ones_like(a["fc"].params["b"]))
+    opt.step()
+    save_checkpoint(tmp_path / "c.npz", a, opt, dict(epoch=0, batch=1, step=1))
+    b = tiny_net(seed=1).astype(np.float64)
+    opt_b = SGD(b, lr=0.1, momentum=0.9)
+    load_checkpoint(tmp_path / "c.npz", b, opt_b)
+    for name, layer, key in b.named_params():
+        assert layer.params[key].dtype == np.float64, name
+        np.testing.assert_array_equal(layer.params[key], params(a)[name])
+        assert opt_b.velocity[name].dtype == np.float64, name
+        np.testing.assert_array_equal(opt_b.velocity[name], opt.velocity[name])
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The writer fails half-way (here np.savez writes garbage to its file, then raises): the
+    checkpoint already at the path still loads, and no temporary file is left behind."""
+    from scratchnet.train.checkpoint import load_checkpoint, save_checkpoint
+    net = tiny_net()
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, net, SGD(net), dict(epoch=1, batch=0, step=3))
+
+    def broken_savez(file, *args, **kwds):
+        with open(file, "wb") as f:
+            f.write(b"half a zip file")
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", broken_savez)
+    changed = tiny_net(seed=1)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, changed, SGD(changed), dict(epoch=2, batch=0, step=6))
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
+    other = tiny_net(seed=2)
+    assert load_checkpoint(path, other, SGD(other))["step"] == 3
+    for k, v in params(net).items():
+        np.testing.assert_array_equal(params(other)[k], v)

@@ -671,3 +671,18 @@ def test_ten_crop_map_averages_each_pixel_over_the_crops_covering_it(monkeypatch
     img = (np.random.default_rng(2).random((12, 14, 3)) * 255).astype(np.uint8)
     r = sal_mod.ten_crop_saliency(tiny_net(dtype=np.float32), img, 1, resize=12)
     np.testing.assert_array_equal(r.map, 1.0)      # the mean of ones, however many crops cover a pixel
+
+
+def test_network_wnids_are_imagenet_only_for_imagenet_names_and_own_wnids_only_one_a_class():
+    from scratchnet.io.classnames import imagenet_class_names, imagenet_wnids
+    head = [("gap", GlobalAvgPool())]
+    names = [f"thing {i}" for i in range(1000)]
+    assert display.network_wnids(Network(head, input_shape=(1000, 4, 4), class_names=names)) is None
+    assert display.network_wnids(Network(head, input_shape=(1000, 4, 4))) == imagenet_wnids()
+    assert display.network_wnids(Network(head, input_shape=(1000, 4, 4),
+                                         class_names=imagenet_class_names())) == imagenet_wnids()
+    own = ["n01440764", "n01443537", "n01484850"]
+    assert display.network_wnids(Network(head, input_shape=(3, 4, 4), class_wnids=own)) == own
+    assert display.network_wnids(Network(head, input_shape=(5, 4, 4), class_wnids=own)) is None   # 3 for 5
+    assert display.network_wnids(Network(head, input_shape=(5, 4, 4), arch={"class_wnids": own})) is None
+    assert display.network_wnids(Network(head, input_shape=(3, 4, 4), arch={"class_wnids": own})) == own

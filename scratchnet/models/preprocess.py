@@ -18,7 +18,7 @@ For example SqueezeNet: {"resize": 256, "crop": 227, "channel_order": "BGR", "me
 "mean": [127, 127, 127], "scale": 1/128}.
 
     prepare(net, images)         photos of any size -> x (N, C, H, W) float32: resize the shorter side,
-                                 centre crop (mode="crop"), or stretch to the input size (mode="stretch")
+                                 centre crop (mode="crop"), or stretch to the crop size (mode="stretch")
     prepare_pixels(net, images)  photos already at the network's size: normalisation only
     to_display(net, x)           the inverse of the normalisation: x (N, C, H, W) -> (N, H, W, 3) uint8 RGB,
                                  for showing network-space images such as class models
@@ -137,9 +137,10 @@ def prepare(net, images, mode="crop", resize_to="default", crop=None):
     """Photos of any size -> x (N, C, H, W) float32 for ``net`` (see the module docstring).
 
     images   : (H, W, 3) uint8, (N, H, W, 3) uint8 or a list of (H, W, 3) uint8 arrays, RGB
-    mode     : "crop" (resize shorter side + centre crop), "stretch" (resize to the input size) or
-               "pixels" (already the input size)
-    resize_to, crop: override ``net.preprocess["resize"]`` / ``["crop"]`` (crop defaults to the input size)
+    mode     : "crop" (resize shorter side + centre crop), "stretch" (resize to crop x crop) or
+               "pixels" (already crop x crop)
+    resize_to, crop: override ``net.preprocess["resize"]`` / ``["crop"]``; the crop defaults to the input
+               size, which it is for every built-in and trained network
     """
     for name, v in (("crop", crop), ("resize_to", None if resize_to == "default" else resize_to)):
         if v is not None:
