@@ -446,3 +446,17 @@ def test_a_saved_network_file_has_the_usual_permissions(net, tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o644      # not mkstemp's 0600
     assert stat.S_IMODE((tmp_path / "g.npz").stat().st_mode) == 0o640
+
+
+def test_one_notion_of_an_integer():
+    """scratchnet.checks: Python and NumPy integers are integers; bools, floats and strings are not
+    (True is not a batch size, 3.0 is not a class index)."""
+    from scratchnet.checks import check_int, is_int
+    assert all(is_int(v) for v in (0, 3, -2, np.int64(5), np.uint8(7)))
+    assert not any(is_int(v) for v in (True, False, np.True_, 3.0, np.float32(2), "3", None))
+    assert check_int("f", "n", np.int32(4), 1) == 4 and type(check_int("f", "n", np.int32(4))) is int
+    for bad in (True, 2.0, "2"):
+        with pytest.raises(ValueError, match=r"f: n must be an integer >= 1, got"):
+            check_int("f", "n", bad, 1)
+    with pytest.raises(ValueError, match=r"f: n must be an integer >= 1, got 0"):
+        check_int("f", "n", 0, 1)

@@ -145,6 +145,9 @@ def test_gradcheck_command(capsys):
     out, _ = run_cli(["gradcheck", "--only", "lrn1", "relu6", "--pixels", "4", "--entries", "1"], capsys)
     assert [r["name"] for r in out["layers"]] == ["relu6", "lrn1"]
     assert all(r["ok"] for r in out["layers"]) and out["network"]["ok"] and out["failed"] == []
+    net = out["network"]                                     # the options reach the network check
+    assert (net["pixels"], net["entries"]) == (4, 1)
+    assert net["checked"] == 4 + len(net["params"]) * 1 - sum(net["kinks"].values())
 
     # a bound nothing meets: exit 1, the failures named
     assert main(["gradcheck", "--only", "relu6", "--no-network", "--tol", "1e-30"]) == 1

@@ -421,3 +421,104 @@ def test_hand_built_zip_is_what_torch_reads(tmp_path):
     path = _write_zip(tmp_path / "sd.pt", _torch_pickle(TENSORS))
     ref = torch.load(path, map_location="cpu", weights_only=True)
     _assert_state_dict_equal({k: np.array(v.numpy(), order="C") for k, v in ref.items()}, EXPECTED)
+
+
+# ------------------------------------------------------------------------------- bounds, views, dtypes
+def test_a_tensor_reaching_one_element_past_its_storage_is_refused(tmp_path):
+    edge = {"w": ("FloatStorage", "0", 20, 4, (16,), (1,))}                  # elements 4..19: the last one
+    got = load_torch_state_dict(_write_zip(tmp_path / "edge.pt", _torch_pickle(edge)))
+    np.testing.assert_array_equal(got["w"], STORAGES["0"][4:])
+    past = {"w": ("FloatStorage", "0", 20, 5, (4, 4), (4, 1))}               # elements 5..20: one too many
+    with pytest.raises(TorchFileFormatError, match="reaches element 20 of storage '0', which holds 20"):
+        load_torch_state_dict(_write_zip(tmp_path / "past.pt", _torch_pickle(past)))
+
+
+def _legacy_view_pickle(tensors, view):
+    """A legacy pickle whose (one) storage persistent id carries view metadata (key, offset, numel)."""
+    P = pickle
+    key, offset, numel = view
+    raw = key.encode()
+    meta = (P.MARK + P.BINUNICODE + struct.pack("<I", len(raw)) + raw + P.BININT + struct.pack("<i", offset)
+            + P.BININT + struct.pack("<i", numel) + P.TUPLE)
+    pkl = _torch_pickle(tensors, legacy=True)
+    assert pkl.count(P.NONE + P.TUPLE + P.BINPERSID) == 1
+    return pkl.replace(P.NONE + P.TUPLE + P.BINPERSID, meta + P.TUPLE + P.BINPERSID)
+
+
+def test_a_legacy_storage_view_is_a_window_of_its_storage(tmp_path):
+    storages = {"0": STORAGES["0"]}
+    inside = {"w": ("FloatStorage", "0", 20, 1, (2, 2), (1, 2))}            # elements 1..4 of the view [6, 12)
+    got = load_torch_state_dict(_write_legacy(tmp_path / "v.pt", _legacy_view_pickle(inside, ("0", 6, 6)), storages))
+    np.testing.assert_array_equal(got["w"], np.array([[7, 9], [8, 10]], np.float32))
+    beyond = {"w": ("FloatStorage", "0", 20, 0, (7,), (1,))}                # 7 elements of a 6-element view
+    with pytest.raises(TorchFileFormatError, match="reaches element 6 of storage '0', which holds 6"):
+        load_torch_state_dict(_write_legacy(tmp_path / "b.pt", _legacy_view_pickle(beyond, ("0", 6, 6)), storages))
+    with pytest.raises(TorchFileFormatError, match=r"a view of elements \[15, 25\) of storage '0', which has 20"):
+        load_torch_state_dict(_write_legacy(tmp_path / "o.pt", _legacy_view_pickle(inside, ("0", 15, 10)), storages))
+
+
+def test_a_zip_storage_longer_than_declared_or_big_endian_is_refused(tmp_path):
+    longer = {**STORAGES, "0": np.zeros(25, np.float32)}
+    with pytest.raises(TorchFileFormatError, match="data/0 holds 100 bytes, expected 20"):
+        load_torch_state_dict(_write_zip(tmp_path / "long.pt", _torch_pickle(TENSORS), storages=longer))
+    path = _write_zip(tmp_path / "ok.pt", _torch_pickle(TENSORS))
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "big.pt", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, b"big" if info.filename.endswith("byteorder") else src.read(info))
+    with pytest.raises(TorchFileFormatError, match="only little-endian files are supported"):
+        load_torch_state_dict(tmp_path / "big.pt")
+
+
+def test_legacy_element_count_char_storage_and_missing_byte_order_are_checked(tmp_path):
+    storages = {"0": np.arange(20, dtype=np.float32)[:19]}                   # 19 stored, 20 declared
+    tensors = {"w2": ("FloatStorage", "0", 20, 0, (19,), (1,))}
+    with pytest.raises(TorchFileFormatError, match="element count 19, but the pickle declared 20"):
+        load_torch_state_dict(_write_legacy(tmp_path / "n.pt", _torch_pickle(tensors, legacy=True), storages))
+    chars = {"c": ("CharStorage", "0", 4, 0, (4,), (1,))}                   # int8: signed
+    want = np.array([-128, -1, 0, 127], np.int8)
+    got = load_torch_state_dict(_write_zip(tmp_path / "c.pt", _torch_pickle(chars), storages={"0": want}))
+    assert got["c"].dtype == np.int8
+    np.testing.assert_array_equal(got["c"], want)
+    pkl = _torch_pickle(TENSORS, legacy=True)
+    head = b"".join(pickle.dumps(v, protocol=2) for v in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001}))
+    tail = b"".join(struct.pack("<q", a.size) + a.tobytes() for a in STORAGES.values())
+    (tmp_path / "nobo.pt").write_bytes(head + pkl + pickle.dumps(list(STORAGES), protocol=2) + tail)
+    with pytest.raises(TorchFileFormatError, match="only little-endian files are supported"):
+        load_torch_state_dict(tmp_path / "nobo.pt")
+
+
+def test_exactly_256_distinct_values_and_non_finite_codebook_or_bias_are_refused(tmp_path):
+    layers = {name: (np.zeros(shape, np.float32), np.zeros(shape[0], np.float32))
+              for name, _, shape in SQUEEZENET_LAYERS}
+    W = layers["conv1"][0].reshape(-1)
+    W[:255] = np.arange(1, 256, dtype=np.float32)                    # 255 distinct non-zero values: fine
+    write_squeezenet_net(tmp_path / "ok.net", layers)
+    np.testing.assert_array_equal(read_squeezenet_net(tmp_path / "ok.net")["conv1"][0].reshape(-1)[:256],
+                                  np.append(np.arange(1, 256, dtype=np.float32), 0))
+    W[255] = 256.0                                                    # one more: the codebook is full
+    with pytest.raises(ValueError, match="conv1: 256 distinct non-zero weights.*at most 255"):
+        write_squeezenet_net(tmp_path / "x.net", layers)
+    W[255] = 0.0
+    good = (tmp_path / "ok.net").read_bytes()
+    at = sq.HEADER_BYTES                                                # conv1's codebook, then its 96 biases
+    for offset, what in [(at + 4 * 7, "the codebook at byte offset"), (at + 1024 + 4 * 5, "non-finite bias")]:
+        for bad in (np.nan, np.inf):
+            buf = bytearray(good)
+            buf[offset:offset + 4] = np.float32(bad).tobytes()
+            (tmp_path / "bad.net").write_bytes(bytes(buf))
+            with pytest.raises(SqueezeNetFormatError, match=f"layer conv1: .*{what}"):
+                read_squeezenet_net(tmp_path / "bad.net")
+
+
+def test_one_storage_read_as_two_dtypes_and_globals_beyond_the_allow_list_are_refused(tmp_path):
+    from scratchnet.io import torch_pickle
+    two = {"a": ("FloatStorage", "0", 20, 0, (20,), (1,)), "b": ("IntStorage", "0", 20, 0, (20,), (1,))}
+    with pytest.raises(TorchFileFormatError, match="storage '0' used as both float32 and int32"):
+        load_torch_state_dict(_write_zip(tmp_path / "two.pt", _torch_pickle(two)))
+    assert set(torch_pickle.ALLOWED_GLOBALS) == (
+        {("torch._utils", f) for f in ("_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state")}
+        | {("collections", "OrderedDict"), ("torch.storage", "UntypedStorage")}
+        | {("torch", s) for s in torch_pickle.STORAGE_DTYPES})
+    for module, name in [("builtins", "dict"), ("builtins", "getattr"), ("torch", "load"), ("collections", "deque")]:
+        with pytest.raises(UnsafePickleError, match=f"refused to load the global {module}.{name}"):
+            restricted_loads(pickle.GLOBAL + f"{module}\n{name}\n".encode() + pickle.STOP)

@@ -550,3 +550,78 @@ def test_tuned_segment_settings_are_the_documented_ones():
     assert tuned_segment_kwargs(True, "deconvnet") == tuned_segment_kwargs(True)
     assert tuned_segment_kwargs(False, "guided") == {"pairwise_weight": 10.0, "fg_quantile": 0.90,
                                                      "bg_quantile": 0.30}
+
+
+def test_em_covariance_prior_is_reg_variance_times_n_over_k_divided_by_nk():
+    X = np.repeat([[0.5, 0.2, 0.1], [0.9, 0.9, 0.9]], [300, 100], axis=0)    # flat: S_k = 0
+    model = gmm.fit(X, 5, reg_variance=1e-4)
+    b = 1e-4 * 400 / 2                                                     # n = 400, K = 2 after k-means
+    Nk = model.weights * 400
+    np.testing.assert_allclose(model.covariances, (b / Nk)[:, None, None] * np.eye(3), rtol=1e-6, atol=1e-12)
+
+
+def test_kmeans_plus_plus_seeding_finds_a_small_far_cluster():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 0.05, (500, 3)), rng.normal(1, 0.05, (500, 3)), 100 + rng.normal(0, 0.05, (5, 3))])
+    truth = np.repeat([0, 1, 2], [500, 500, 5])
+    for seed in range(5):
+        labels = gmm._kmeans(X, 3, 1, np.random.default_rng(seed))
+        assert len(set(zip(labels.tolist(), truth.tolist()))) == 3, seed     # one label per true cluster
+
+
+def test_logsumexp_does_not_overflow_and_em_subsamples_at_random():
+    np.testing.assert_allclose(gmm._logsumexp(np.array([[1000.0, -1000.0], [1000.0, -1000.0]])),
+                               [1000 + np.log(2), -1000 + np.log(2)])
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0.2, 0.01, (100, 3)), rng.normal(0.8, 0.01, (900, 3))])   # sorted by cluster
+    model = gmm.fit(X, 2, max_points=100)
+    assert sorted(np.round(model.means[:, 0], 1)) == [0.2, 0.8]
+
+
+def test_unaries_kernel_equals_the_e_step_kernel_bit_for_bit_in_float32(rng):
+    X, _ = three_clusters(rng)
+    model = gmm.fit(X, 3)
+    x = rng.random((2 * cpu_localise.BLOCK + 37, 3)).astype(np.float32)
+    e_step = gmm._weighted_log_densities(x, model.weights, model.means, model.covariances)[1]
+    unaries = model.log_likelihood(x)
+    assert unaries.dtype == e_step.dtype == np.float32
+    np.testing.assert_array_equal(unaries, e_step)
+
+
+def test_later_iterations_refit_the_colour_models_on_the_last_cut(monkeypatch):
+    """iterations=2: the second round's colour models are fitted on the first cut's foreground and
+    background, not on the seeds again (GrabCut's alternation)."""
+    pytest.importorskip("maxflow")
+    rng = np.random.default_rng(3)
+    img = (rng.random((24, 24, 3)) * 60).astype(np.uint8)
+    img[6:18, 6:18] += 150                                     # a bright square on a dark ground
+    sal = np.zeros((24, 24))
+    sal[9:15, 9:15] = 1.0 + rng.random((6, 6))                 # saliency on the square's middle only
+    sal += rng.random((24, 24)) * 0.01
+    fitted = []
+    fit = graphcut._fit_colours
+
+    def recording(colours, *a):
+        fitted.append(len(colours))
+        return fit(colours, *a)
+    monkeypatch.setattr(graphcut, "_fit_colours", recording)
+    first = graphcut.segment(img, sal, iterations=1)
+    fitted.clear()
+    graphcut.segment(img, sal, iterations=2)
+    fg_seeds, bg_seeds = first.fg_seeds.sum(), first.bg_seeds.sum()
+    assert fitted[:2] == [fg_seeds, bg_seeds]
+    assert fitted[2:] == [first.mask.sum(), (~first.mask).sum()] != [fg_seeds, bg_seeds]
+
+
+def test_the_box_is_of_the_largest_8_connected_piece(monkeypatch):
+    """Two 3x3 blocks touching at a corner are one 8-connected piece of 18 pixels, larger than a
+    separate 12-pixel block: the box is theirs (with 4-connectivity the 12-pixel block would win)."""
+    mask = np.zeros((12, 12), bool)
+    mask[0:3, 0:3] = mask[3:6, 3:6] = True
+    mask[8:12, 8:11] = True
+    monkeypatch.setattr(graphcut, "min_cut", lambda *a: mask.copy())
+    monkeypatch.setattr(graphcut, "_fit_colours", lambda colours, *a: (gmm.fit(colours[:50], 1), 1))
+    rng = np.random.default_rng(0)
+    seg = graphcut.segment((rng.random((12, 12, 3)) * 255).astype(np.uint8), rng.random((12, 12)))
+    assert seg.box == (0, 0, 5, 5)
+    np.testing.assert_array_equal(seg.component, mask & (np.arange(12)[:, None] < 6))

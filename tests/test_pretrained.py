@@ -382,3 +382,30 @@ def test_classify_lists_the_top_5_by_default():
     from scratchnet.cli import build_parser
     assert build_parser().parse_args(["classify", "a.jpg", "--model", "m"]).topk == 5
     assert build_parser().parse_args(["classify", "a.jpg", "--model", "m", "--topk", "2"]).topk == 2
+
+
+def test_evaluate_flip_averages_in_the_mirror_images_scores_and_info_takes_a_size(tmp_path, capsys):
+    """A network that tells left from right: class 0 = red on the left, class 1 = (more strongly) red on
+    the right. A photo red on its left is class 0, but averaged with its mirror it scores as class 1."""
+    from PIL import Image
+
+    from scratchnet.layers import Flatten, Linear
+    W = np.zeros((2, 3, 8, 8), np.float32)
+    W[0, 0, :, :4], W[1, 0, :, 4:] = 1.0, 1.5
+    fc = Linear(3 * 8 * 8, 2)
+    fc.params["W"], fc.params["b"] = W.reshape(2, -1), np.zeros(2, np.float32)
+    net = Network([("flat", Flatten()), ("fc", fc)], input_shape=(3, 8, 8), class_names=["left", "right"],
+                  preprocess={"crop": 8, "mean": [0.0, 0.0, 0.0]}, arch={"class_wnids": ["n01440764", "n01443537"]})
+    path = net.save(tmp_path / "lr.npz")
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[:, :4, 0] = 255
+    (tmp_path / "data" / "n01440764").mkdir(parents=True)
+    Image.fromarray(img).save(tmp_path / "data" / "n01440764" / "a.png")
+    out, _ = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data"], capsys)
+    assert out["top1"] == 1.0 and out["flip"] is False
+    out, _ = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data", "--flip"], capsys)
+    assert out["top1"] == 0.0 and out["top5"] == 1.0 and out["flip"] is True
+    from scratchnet.layers import Conv2d, GlobalAvgPool
+    conv_net = Network([("conv", Conv2d(3, 2, 1)), ("gap", GlobalAvgPool())], input_shape=(3, 8, 8))
+    out, _ = run_cli(["info", "--model", conv_net.save(tmp_path / "c.npz"), "--size", "12"], capsys)
+    assert out["input_shape"] == [3, 12, 12] and out["layers"][0]["out_shape"][-2:] == [12, 12]

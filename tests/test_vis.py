@@ -686,3 +686,228 @@ def test_network_wnids_are_imagenet_only_for_imagenet_names_and_own_wnids_only_o
     assert display.network_wnids(Network(head, input_shape=(5, 4, 4), class_wnids=own)) is None   # 3 for 5
     assert display.network_wnids(Network(head, input_shape=(5, 4, 4), arch={"class_wnids": own})) is None
     assert display.network_wnids(Network(head, input_shape=(3, 4, 4), arch={"class_wnids": own})) == own
+
+
+# ---------------------------------------------------------------------------------------------
+# deconv: neuron choice, seeds, the per-layer table and the independent backward pass
+# ---------------------------------------------------------------------------------------------
+def test_layer_index_takes_negative_indices_and_refuses_beyond(net, x):
+    n = len(net.layers)
+    assert deconv.layer_index(net, -1) == n - 1 and deconv.layer_index(net, -n) == 0
+    assert deconv.layer_index(net, np.int64(2)) == 2
+    for bad in (n, -n - 1):
+        with pytest.raises(ValueError, match="out of range"):
+            deconv.layer_index(net, bad)
+    np.testing.assert_array_equal(deconv.forward_to(net, x[:1], -1), net.forward(x[:1]))
+
+
+def test_pick_neuron_channel_and_index_tuple_forms():
+    act = np.zeros((2, 2, 3, 3))
+    act[0, 1, 2, 1], act[0, 1, 0, 0], act[0, 0, 1, 1] = 5.0, -4.0, 9.0    # channel 1's max and min
+    act[1, 1, 1, 2], act[1, 1, 2, 2] = 3.0, -2.0
+    assert deconv.pick_neuron(act, 1) == [(1, 2, 1), (1, 1, 2)]            # the strongest of that channel
+    assert deconv.pick_neuron(act, np.int64(0))[0] == (0, 1, 1)
+    assert deconv.pick_neuron(act, (1, 0, 2)) == [(1, 0, 2), (1, 0, 2)]    # the same index for every image
+    for bad in [(1, 2), (1, 2, 0, 0), (-1, 0, 0), (0, 3, 0), (2, 0, 0)]:
+        with pytest.raises(ValueError, match="does not fit"):
+            deconv.pick_neuron(act, bad)
+    for bad in (2, -1):
+        with pytest.raises(ValueError, match="out of range"):
+            deconv.pick_neuron(act, bad)
+
+
+def test_map_seed_is_the_feature_map_and_reaches_the_backward_pass(net, x):
+    """mode="map": the seed is channel c's activations (not ones), and reconstruct / compare_rules use it."""
+    x2 = x[:2]
+    act = deconv.forward_to(net, x2, "relu2")
+    neurons = deconv.pick_neuron(act)
+    seed = deconv.neuron_seed(act, neurons, "map")
+    for n, (c, _, _) in enumerate(neurons):
+        np.testing.assert_array_equal(seed[n, c], act[n, c])
+        assert not np.delete(seed[n], c, axis=0).any()
+    one = deconv.neuron_seed(act, neurons)
+    assert one.sum() == 2 and all(one[(n,) + idx] == 1 for n, idx in enumerate(neurons))
+    want = {}
+    for rule in Rule:
+        want[rule.value] = deconv.reference_backward(net, x2, "relu2", seed, rule)
+        rec = deconv.reconstruct(net, x2, "relu2", rule, mode="map")
+        assert rec.mode == "map" and rec.rule == rule.value and rec.neurons == neurons
+        np.testing.assert_allclose(rec.images, want[rule.value], rtol=1e-10, atol=1e-12)
+    (row,) = deconv.compare_rules(net, x2, ["relu2"], mode="map")
+    rd = deconv.relative_difference
+    assert row["deconvnet_vs_gradient"] == pytest.approx(rd(want["deconvnet"], want["gradient"]), rel=1e-9)
+    assert row["guided_vs_gradient"] == pytest.approx(rd(want["guided"], want["gradient"]), rel=1e-9)
+    assert row["guided_vs_deconvnet"] == pytest.approx(rd(want["guided"], want["deconvnet"]), rel=1e-9)
+    assert len({row["deconvnet_vs_gradient"], row["guided_vs_gradient"], row["guided_vs_deconvnet"]}) == 3
+
+
+def test_reconstruct_and_compare_rules_report_each_images_own_neuron(net, x):
+    x3 = x[:3]
+    act = deconv.forward_to(net, x3, "dw")
+    rec = deconv.reconstruct(net, x3, "dw", neuron=1)
+    want = [act[(n,) + idx] for n, idx in enumerate(rec.neurons)]
+    assert len(set(want)) == 3
+    np.testing.assert_array_equal(rec.activations, want)
+    (row,) = deconv.compare_rules(net, x3, ["dw"], neuron=1)
+    assert row["neuron"] == [list(i) for i in rec.neurons] and row["activation"] == [float(v) for v in want]
+    assert row["relus"] == 4 == deconv.count_relus(net, "dw")       # relu1, fire's two, the block's
+
+
+def test_relative_difference_is_relative_to_the_second_argument():
+    assert deconv.relative_difference([1.0, 0.0], [0.0, 2.0]) == pytest.approx(np.sqrt(5) / 2)
+    assert deconv.relative_difference([0.0, 2.0], [1.0, 0.0]) == pytest.approx(np.sqrt(5))
+    assert deconv.relative_difference([0.0], [0.0]) == 0.0
+
+
+def test_compare_rules_default_layers_are_those_with_a_4d_output(net, x):
+    table = deconv.compare_rules(net, x[:1])
+    assert [t["layer"] for t in table] == ["conv1", "relu1", "pool1", "fire", "dw", "conv2", "relu2"]
+    assert [t["relus"] for t in table] == [0, 1, 1, 3, 4, 4, 5]
+
+
+def test_gradient_check_compares_the_largest_entries_first(net, x):
+    chk = deconv.gradient_check(net, x[:1], "relu2", n_pixels=6)
+    g = deconv.reconstruct(net, x[:1], "relu2").images[0]
+    top3 = [list(np.unravel_index(k, g.shape)) for k in np.argsort(np.abs(g).ravel())[::-1][:3]]
+    assert chk["pixels"][:3] == top3
+
+
+def _pool_net(padding=0, relu6=False):
+    return Network([("act", ReLU6() if relu6 else ReLU()), ("pool", MaxPool2d(3, 2, padding=padding))],
+                   input_shape=(1, 6, 6))
+
+
+def _engine_and_reference(net, x1, layer, seed):
+    out = {}
+    for rule in Rule:
+        deconv.forward_to(net, x1, layer)
+        out[rule.value] = (deconv.backward_from(net, layer, seed, rule),
+                           deconv.reference_backward(net, x1, layer, seed, rule))
+    return out
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_reference_backward_max_pool_switches_with_ties_and_padding(padding):
+    """The reference finds its own switches: the first maximum of a window wins (a flat image ties
+    every window), and with padding a switch indexes the unpadded plane."""
+    net = _pool_net(padding)
+    for x1 in [np.ones((1, 1, 6, 6)), np.random.default_rng(6).standard_normal((1, 1, 6, 6))]:
+        act = deconv.forward_to(net, x1, "pool")
+        seed = np.ones_like(act)
+        for rule, (ours, ref) in _engine_and_reference(net, x1, "pool", seed).items():
+            assert ours.any()
+            np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12, err_msg=rule)
+    x1 = np.ones((1, 1, 6, 6))                          # flat: each window's first entry is its switch
+    ref = deconv.reference_backward(net, x1, "pool", np.ones((1, 1) + deconv.forward_to(net, x1, "pool").shape[2:]))
+    assert ref[0, 0, 0, 0] >= 1 and ref[0, 0, -1, -1] == 0
+
+
+def test_reference_backward_relu6_is_closed_above_six():
+    net = _pool_net(relu6=True)
+    x1 = 3 + 4 * np.random.default_rng(7).standard_normal((1, 1, 6, 6))    # below 0, inside, above 6
+    assert (x1 > 6).any() and (x1 < 0).any()
+    seed = np.random.default_rng(8).standard_normal((1, 1, 6, 6))
+    for rule, (ours, ref) in _engine_and_reference(net, x1, "act", seed).items():
+        np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-14, err_msg=rule)
+        if rule != "deconvnet":                             # the DeconvNet rule looks at dy only
+            assert not ref[0, 0][x1[0, 0] > 6].any()
+
+
+def test_reference_backward_batch_norm_uses_its_eps():
+    from scratchnet.layers import BatchNorm2d
+    net = Network([("bn", BatchNorm2d(2, eps=0.5)), ("act", ReLU())], input_shape=(2, 3, 3))
+    net["bn"].params.update(gamma=np.array([1.5, -2.0]), beta=np.array([0.1, 0.2]))
+    net["bn"].stats.update(mean=np.array([0.3, -0.2]), var=np.array([0.25, 1.0]))
+    x1 = np.random.default_rng(9).standard_normal((1, 2, 3, 3))
+    seed = np.random.default_rng(10).standard_normal((1, 2, 3, 3))
+    for rule, (ours, ref) in _engine_and_reference(net, x1, "act", seed).items():
+        np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-14, err_msg=rule)
+    scale = np.array([1.5, -2.0]) / np.sqrt(np.array([0.25, 1.0]) + 0.5)
+    deconv.forward_to(net, x1, "act")
+    np.testing.assert_allclose(deconv.reference_backward(net, x1, "act", seed, "deconvnet"),
+                               seed * (seed > 0) * scale.reshape(1, 2, 1, 1), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# saliency: several classes per image, a (1,) class, the rule, the pictures
+# ---------------------------------------------------------------------------------------------
+def test_saliency_with_k_classes_per_image_reports_each_pairs_map_and_score(net, x):
+    x3 = x[:3]
+    classes = np.array([[0, 3], [4, 1], [2, 2]])
+    s = saliency(net, x3, classes, "guided", batch_size=4)
+    assert s.maps.shape == (3, 2, 8, 8) and s.classes.tolist() == classes.tolist() and s.rule == "guided"
+    scores = net.forward(x3)
+    for n in range(3):
+        for j in range(2):
+            g, _, _ = class_gradient(net, x3[n:n + 1], int(classes[n, j]), "guided")
+            np.testing.assert_allclose(s.maps[n, j], np.abs(g[0]).max(axis=0), rtol=1e-9, atol=1e-12)
+            assert s.scores[n, j] == pytest.approx(scores[n, classes[n, j]], rel=1e-12)
+    one = saliency(net, x3, np.array([3]), batch_size=2)         # a (1,) array: that class for every image
+    assert one.classes.tolist() == [3, 3, 3] and one.rule == "gradient"
+    np.testing.assert_allclose(one.scores, scores[:, 3], rtol=1e-12)
+    g, cls, _ = class_gradient(net, x3, np.array([3]))
+    assert cls.tolist() == [3, 3, 3]
+
+
+def test_map_image_saturates_at_the_percentile():
+    from scratchnet.vis.saliency import map_image
+    m = np.arange(100, dtype=np.float64).reshape(10, 10)
+    img = map_image(m, pct=50)
+    top = img.reshape(-1, 3)[99]
+    assert (img[m >= 49.5] == top).all()                          # at or above the 50th percentile: full scale
+    assert not (img[m < 45] == top).all(axis=-1).any()
+    assert (map_image(m) != map_image(m, pct=50)).any()
+
+
+def test_signed_image_stretches_by_the_magnitude_percentile():
+    from scratchnet.vis.report import signed_image
+    g = -np.linspace(0, 1, 48).reshape(3, 4, 4)                  # all negative: the stretch uses |g|
+    img = signed_image(g, pct=100)
+    assert img.shape == (4, 4, 3) and img[0, 0, 0] == 128 and img[-1, -1, 2] == 0
+    assert 60 <= signed_image(np.full((3, 2, 2), -0.5) * [[[1]], [[2]], [[1]]], pct=100)[0, 0, 0] <= 68
+
+
+def test_ten_crop_resize_below_the_input_size_is_raised_to_it():
+    net = tiny_net(dtype=np.float32)
+    img = (np.random.default_rng(2).random((12, 14, 3)) * 255).astype(np.uint8)
+    small = ten_crop_saliency(net, img, 1, resize=4)
+    same = ten_crop_saliency(net, img, 1, resize=8)
+    assert small.map.shape == same.map.shape == (8, 9)
+    np.testing.assert_array_equal(small.map, same.map)
+
+
+def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_path, photo, tmp_path, capsys,
+                                                                           monkeypatch):
+    from scratchnet.io.images import load_image
+    from scratchnet.models import load_network
+    from scratchnet.vis import saliency as sal_module
+    out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "2", "--lr", "0.5",
+                   "--lam", "0.01", "--optimiser", "plain", "--momentum", "0.5", "--jitter", "1", "--seed", "3",
+                   "--out", str(tmp_path / "c")], capsys)
+    s = out["settings"]
+    assert (s["steps"], s["lr"], s["lam"], s["optimiser"], s["momentum"], s["jitter"], s["seed"]) == \
+        (2, 0.5, 0.01, "plain", 0.5, 1, 3)
+    out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "1", "--regularised",
+                   "--out", str(tmp_path / "r")], capsys)
+    assert all(out["settings"][k] == v for k, v in cm.REGULARISED.items())
+    out = run_cli(["deconv", str(photo), "--model", str(tiny_path), "--layer", "dw", "--rule", "guided",
+                   "--neuron", "1,0,2", "--mode", "map", "--out", str(tmp_path / "d")], capsys)
+    (r,) = out["results"]
+    assert out["mode"] == "map" and r["rule"] == "guided" and r["neuron"] == [1, 0, 2]
+    net = load_network(tiny_path)
+    x, _ = display.prepare_image(net, load_image(photo))
+    want = deconv.reconstruct(net, x, "dw", "guided", (1, 0, 2), "map")
+    np.testing.assert_allclose(np.load(r["npy"]), want.images[0], rtol=1e-6, atol=1e-7)
+    assert r["activation"] == pytest.approx(float(want.activations[0]))
+    out = run_cli(["compare-rules", str(photo), "--model", str(tiny_path), "--layers", "conv1", "dw", "--neuron", "2",
+                   "--check-layer", "conv1", "--check-pixels", "5"], capsys)
+    assert [t["layer"] for t in out["layers"]] == ["conv1", "dw"] and all(n[0] == 2 for t in out["layers"]
+                                                                         for n in t["neuron"])
+    assert out["gradient_check"]["layer"] == "conv1" and len(out["gradient_check"]["pixels"]) == 5
+    assert out["gradient_check"]["neuron"][0] == 2
+    seen = []
+    real = sal_module.saliency
+    monkeypatch.setattr(sal_module, "saliency", lambda *a, **k: seen.append(a[4:] or k) or real(*a, **k))
+    run_cli(["saliency", str(photo), str(photo), "--model", str(tiny_path), "--batch-size", "1",
+             "--out", str(tmp_path / "s")], capsys)
+    assert seen == [(1,)]
