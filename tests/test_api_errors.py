@@ -460,3 +460,26 @@ def test_one_notion_of_an_integer():
             check_int("f", "n", bad, 1)
     with pytest.raises(ValueError, match=r"f: n must be an integer >= 1, got 0"):
         check_int("f", "n", 0, 1)
+
+
+def test_a_number_is_finite_and_in_its_range():
+    """scratchnet.checks.check_number: NaN and the infinities are refused like out-of-range values,
+    open and closed bounds as asked."""
+    from scratchnet.checks import check_number
+    assert check_number("f", "x", 0.5, low=0, high=1) == 0.5 and check_number("f", "x", 0, low=0) == 0.0
+    for bad in (float("nan"), float("inf"), -float("inf"), np.float64("nan"), True, "1"):
+        with pytest.raises(ValueError, match="f: x must be"):
+            check_number("f", "x", bad)
+    with pytest.raises(ValueError, match="f: x must be"):
+        check_number("f", "x", 0, low=0, low_open=True)
+    with pytest.raises(ValueError, match="f: x must be"):
+        check_number("f", "x", 1, high=1, high_open=True)
+
+
+def test_the_device_variable_is_read_without_regard_to_case(monkeypatch):
+    from scratchnet.backend import default_device
+    for value, want in (("GPU", "gpu"), ("Cpu", "cpu"), ("", "cpu")):
+        monkeypatch.setenv("SCRATCHNET_DEVICE", value)
+        assert default_device() == want
+    monkeypatch.delenv("SCRATCHNET_DEVICE")
+    assert default_device() == "cpu"

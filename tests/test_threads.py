@@ -31,3 +31,11 @@ def test_defaults_can_be_switched_off():
 
 def test_applied_says_when_numpy_came_first():
     assert run({}, "import numpy; " + CODE)[2] is False
+
+
+def test_numpy_first_spoils_only_the_openblas_setting():
+    """NumPy loaded before scratchnet: OpenBLAS has read its settings already, but Numba's OpenMP pool
+    (which reads OMP_WAIT_POLICY) has not started, so that one still takes effect."""
+    code = ("import numpy, json, scratchnet; a = scratchnet.threads.applied(); "
+            "print(json.dumps([a['OPENBLAS_THREAD_TIMEOUT'][1], a['OMP_WAIT_POLICY'][1]]))")
+    assert run({}, code) == [False, True]
