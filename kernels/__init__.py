@@ -53,13 +53,13 @@ def relu_backward(dy, y, rule_code: int, upper=math.inf):
 
 def _rule_code(code) -> int:
     """code as a plain int 0, 1 or 2 (an integer type: not a bool, a float or a string), else a ValueError."""
-    try:
-        ok = not isinstance(code, (bool, np.bool_)) and operator.index(code) in (0, 1, 2)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"relu_backward: rule code must be 0 (gradient), 1 (deconvnet) or 2 (guided), got {code!r}")
-    return operator.index(code)
+    if not isinstance(code, (bool, np.bool_)):
+        try:
+            if operator.index(code) in (0, 1, 2):
+                return operator.index(code)
+        except TypeError:
+            pass
+    raise ValueError(f"relu_backward: rule code must be 0 (gradient), 1 (deconvnet) or 2 (guided), got {code!r}")
 
 
 def maxpool_forward(x, kernel, stride, pads, out_hw):

@@ -216,9 +216,8 @@ RELU_BWD = ("relu_bwd_gradient", "relu_bwd_deconvnet", "relu_bwd_guided")
 
 
 def relu_backward(dy, y, rule_code, upper):
-    """dx under rule 0 gradient / 1 deconvnet / 2 guided, from dy and the forward output y."""
-    from . import _rule_code
-    rule_code = _rule_code(rule_code)
+    """dx under rule 0 gradient / 1 deconvnet / 2 guided (an int, checked by kernels.relu_backward),
+    from dy and the forward output y."""
     dy = _float_array(dy, "relu_backward")
     y = _like(y, dy, "relu_backward", "the forward output y")
     dx = _out(dy.shape, dy.dtype)
@@ -315,14 +314,21 @@ def lrn_backward(dy, x, y, s, size, alpha, beta):
 # ---------------------------------------------------------------------------------------------
 # convolution: im2col / col2im (the GEMMs are cupy.matmul, i.e. cuBLAS)
 # ---------------------------------------------------------------------------------------------
+def _check_fit(who, padded_hw, kernel, stride, out_hw):
+    """A ValueError when out_hw windows of ``kernel`` at ``stride`` reach past the padded input: the
+    kernels would read (im2col) or sum (col2im) outside it."""
+    (hp, wp), (kh, kw), (sh, sw), (oh, ow) = padded_hw, kernel, stride, out_hw
+    if (oh - 1) * sh + kh > hp or (ow - 1) * sw + kw > wp:
+        raise ValueError(f"{who}: {oh}x{ow} outputs of a {kh}x{kw} window, stride {sh}x{sw}, "
+                         f"do not fit a {hp}x{wp} padded input")
+
+
 def im2col(xpad, kernel, stride, out_hw):
     """xpad (N,C,Hp,Wp) -> cols (C*kh*kw, N*oh*ow); cols[(c*kh+i)*kw+j, (n*oh+p)*ow+q] = xpad[n,c,i+p*sh,j+q*sw]."""
     xpad = _nchw(_float_array(xpad, "im2col"), "im2col")
     n, c, hp, wp = xpad.shape
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
-    if (oh - 1) * sh + kh > hp or (ow - 1) * sw + kw > wp:
-        raise ValueError(f"im2col: {oh}x{ow} outputs of a {kh}x{kw} window, stride {sh}x{sw}, "
-                         f"do not fit a {hp}x{wp} padded input")
+    _check_fit("im2col", (hp, wp), kernel, stride, out_hw)
     _i32(n * oh * ow)                              # the kernel's column arithmetic is 32-bit
     cols = _out((c * kh * kw, n * oh * ow), xpad.dtype)
     work = c * n * oh * ow                         # one thread per (channel, column): kh*kw rows each
@@ -339,9 +345,7 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     if tuple(cols.shape) != (c * kh * kw, n * oh * ow):
         raise ValueError(f"col2im: expected cols of shape {(c * kh * kw, n * oh * ow)} for {padded_shape}, "
                          f"got {tuple(cols.shape)}")
-    if (oh - 1) * sh + kh > hp or (ow - 1) * sw + kw > wp:
-        raise ValueError(f"col2im: {oh}x{ow} outputs of a {kh}x{kw} window, stride {sh}x{sw}, "
-                         f"do not fit a {hp}x{wp} padded input")
+    _check_fit("col2im", (hp, wp), kernel, stride, out_hw)
     _i32(n * c), _i32(hp * wp), _i32(n * oh * ow)  # the kernel's plane, pixel and column arithmetic is 32-bit
     dxpad = _out((n, c, hp, wp), cols.dtype)
     _launch("col2im_gather", cols.dtype, dxpad.size,

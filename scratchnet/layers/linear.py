@@ -18,10 +18,9 @@ class Linear(Layer):
     """y = x @ W.T + b.  x (N, in_features), W (out_features, in_features), b (out_features,), all zero
     until ``init_params(rng)`` or a load. Keeps x for dW."""
 
-    _x = None            # forward's input, for dW
-
     def __init__(self, in_features, out_features, bias=True, name=None, dtype=np.float32):
         super().__init__(name)
+        self._x = None           # forward's input, for dW
         self.in_features = check_int("Linear", "in_features", in_features, 1)
         self.out_features = check_int("Linear", "out_features", out_features, 1)
         self.has_bias = bool(bias)
