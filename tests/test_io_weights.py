@@ -226,19 +226,20 @@ EXPECTED = {
 }
 
 
-def _write_zip(path, pkl: bytes, storages=STORAGES, archive="archive"):
+def _write_zip(path, pkl: bytes, storages=STORAGES, archive="archive", byteorder="little"):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(f"{archive}/data.pkl", pkl)
-        zf.writestr(f"{archive}/byteorder", "little")
+        zf.writestr(f"{archive}/byteorder", byteorder)
         zf.writestr(f"{archive}/version", "3\n")
         for key, array in storages.items():
             zf.writestr(f"{archive}/data/{key}", array.astype(array.dtype.newbyteorder("<")).tobytes())
     return path
 
 
-def _write_legacy(path, pkl: bytes, storages=STORAGES):
-    head = b"".join(pickle.dumps(x, protocol=2) for x in (
-        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
+def _write_legacy(path, pkl: bytes, storages=STORAGES, sys_info=None):
+    if sys_info is None:
+        sys_info = {"protocol_version": 1001, "little_endian": True}
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (0x1950A86A20F9469CFC6C, 1001, sys_info))
     tail = b"".join(struct.pack("<q", a.size) + a.tobytes() for a in storages.values())
     path.write_bytes(head + pkl + pickle.dumps(list(storages), protocol=2) + tail)
     return path
@@ -461,12 +462,8 @@ def test_a_zip_storage_longer_than_declared_or_big_endian_is_refused(tmp_path):
     longer = {**STORAGES, "0": np.zeros(25, np.float32)}
     with pytest.raises(TorchFileFormatError, match="data/0 holds 100 bytes, expected 20"):
         load_torch_state_dict(_write_zip(tmp_path / "long.pt", _torch_pickle(TENSORS), storages=longer))
-    path = _write_zip(tmp_path / "ok.pt", _torch_pickle(TENSORS))
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "big.pt", "w") as dst:
-        for info in src.infolist():
-            dst.writestr(info.filename, b"big" if info.filename.endswith("byteorder") else src.read(info))
     with pytest.raises(TorchFileFormatError, match="only little-endian files are supported"):
-        load_torch_state_dict(tmp_path / "big.pt")
+        load_torch_state_dict(_write_zip(tmp_path / "big.pt", _torch_pickle(TENSORS), byteorder="big"))
 
 
 def test_legacy_element_count_char_storage_and_missing_byte_order_are_checked(tmp_path):
@@ -479,12 +476,10 @@ def test_legacy_element_count_char_storage_and_missing_byte_order_are_checked(tm
     got = load_torch_state_dict(_write_zip(tmp_path / "c.pt", _torch_pickle(chars), storages={"0": want}))
     assert got["c"].dtype == np.int8
     np.testing.assert_array_equal(got["c"], want)
-    pkl = _torch_pickle(TENSORS, legacy=True)
-    head = b"".join(pickle.dumps(v, protocol=2) for v in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001}))
-    tail = b"".join(struct.pack("<q", a.size) + a.tobytes() for a in STORAGES.values())
-    (tmp_path / "nobo.pt").write_bytes(head + pkl + pickle.dumps(list(STORAGES), protocol=2) + tail)
+    no_byte_order = _write_legacy(tmp_path / "nobo.pt", _torch_pickle(TENSORS, legacy=True),
+                                  sys_info={"protocol_version": 1001})
     with pytest.raises(TorchFileFormatError, match="only little-endian files are supported"):
-        load_torch_state_dict(tmp_path / "nobo.pt")
+        load_torch_state_dict(no_byte_order)
 
 
 def test_exactly_256_distinct_values_and_non_finite_codebook_or_bias_are_refused(tmp_path):

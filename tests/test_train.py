@@ -140,6 +140,11 @@ def params(net):
     return {name: np.array(layer.params[key]) for name, layer, key in net.named_params()}
 
 
+def metric_rows(out):
+    """The rows of a run folder's metrics.jsonl, as dicts."""
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_mean_image_is_the_per_pixel_training_mean(tmp_path):
     t = small_trainer(tmp_path / "run", epochs=1)
     images = t.train_images
@@ -177,7 +182,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    rows = [json.loads(ln) for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path / "b")
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
 
 
@@ -226,8 +231,7 @@ def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
 
     def rows(run):
         timing = ("seconds", "wall_seconds", "images_per_s", "epoch_images_per_s")
-        return [{k: v for k, v in json.loads(ln).items() if k not in timing}
-                for ln in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in timing} for r in metric_rows(tmp_path / run)]
     assert rows("b") == rows("a") and any(r["kind"] == "step" and r["step"] == 6 for r in rows("a"))
 
 
@@ -360,7 +364,7 @@ def test_a_trained_network_records_its_class_wnids_and_names(tmp_path, capsys):
                      "--epochs", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
                      "--schedule", "piecewise", "--lr-points", "1:0.003", "--out", str(tmp_path / "run")]) == 0
     capsys.readouterr()
-    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path / "run")
     assert {r["lr"] for r in rows if "lr" in r} == {0.003}
     net = load(tmp_path / "run" / "model.npz")
     assert net.class_wnids == ["n01443537", "n07749582"]
@@ -555,10 +559,6 @@ def tiny_trainer(out, epochs=2, batch_size=4, n=10, callbacks=(), log_every=1):
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, seed=2, crop_pad=0, flip=False,
                       log_every=log_every, prefetch=0)
     return Trainer(tiny_net(), synthetic(n, size=4), None, out, cfg, callbacks=callbacks, progress=False)
-
-
-def metric_rows(out):
-    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_evaluate_matches_one_forward_of_all_images_with_a_partial_last_batch():
