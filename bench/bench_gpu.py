@@ -11,8 +11,9 @@ For each batch size, in float32, on one GPU:
     and our time over theirs;
   * our per-layer forward and backward times, and GFLOP/s of the convolutions and fully connected
     layers against this GPU's measured SGEMM rate (cupy.matmul of two 8192x8192 float32 matrices);
-  * each convolution taken apart (padding, im2col, GEMM, copy to NCHW, dW GEMM whole and split over
-    slices of N*P, dcols GEMM, col2im): where the time goes, for the next optimisation;
+  * each convolution taken apart (padding, im2col, GEMM, copy to NCHW, dW GEMM, dcols GEMM, col2im):
+    where the time goes, for the next optimisation; and the dW GEMM summed in S = 1, 8, 32, 128 slices
+    of N*P (kernels/gpu.py's weight_grad, whose rule dw_split picks S for the engine);
   * the host's share of a training step: its dropout masks, drawn by NumPy on the CPU.
 Times come from CUDA events around each call after warm-up calls, the median of --repeats.
 Before timing, our forward scores are compared with PyTorch's (relative error, printed).
@@ -262,11 +263,13 @@ def main(argv=None):
             line += f"{r[p + '_ms']:9.2f}" + (f"{r[p + '_of_sgemm']:5.0%}" if p in GEMM_PARTS else "")
         line += f"{r['bwd_parts_ms']:8.2f}{measured[r['layer']]['bwd_ms']:8.2f}"
         print(line)
-    print("dW split over S slices of N*P (contiguous operands; reordering the columns for it is extra):")
+    print("dW summed in S slices of N*P (kernels/gpu.py weight_grad: one strided-batched GEMM reading the slices in "
+          "place, then a sum; S=1 is one GEMM), ms, and in brackets the largest difference from S=1 over dW's largest "
+          "magnitude for a random dy; the engine's S (dw_split) is marked *; if another S is clearly faster, "
+          "dw_split's constants are what to change:")
     for r in result["conv_parts"]:
-        if "dW_split_ms" in r:
-            print(f"  {r['layer']:<7} dW {r['dW_ms']:8.2f} ms whole, {r['dW_split_ms']:8.2f} ms as S={r['dW_split_S']} "
-                  f"+ {r['dW_split_reorder_cols_ms']:.2f} ms to reorder the columns")
+        print(f"  {r['layer']:<7}" + "".join(f"  S={S}{'*' if S == r['dW_S'] else ' '} {ms:7.2f} "
+                                             f"({r['dW_by_S_rel_diff'][S]:.0e})" for S, ms in r["dW_by_S_ms"].items()))
     print(json.dumps(result))
     return 0
 
@@ -305,9 +308,9 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
     Conv2d runs them: forward = padding, im2col, GEMM, copy to NCHW, bias; backward (weights and input)
     = bias gradient, dy to (O, N*P) rows, dW GEMM, dcols GEMM, col2im, unpadding. Milliseconds, GEMM
     rates as shares of the SGEMM rate, and the sums beside the layer's measured forward and backward.
-    Also the dW GEMM split over S slices of its long N*P dimension and summed (more thread blocks for a
-    small O x K result): CuPy's batched matmul copies strided operands to contiguous ones first, so the
-    split is timed on contiguous slices, with that reordering copy timed on its own."""
+    The dW part is the engine's (kernels.weight_grad: S = dw_split slices); dW_by_S_ms times it at other
+    S too (S = 1: one cupy.matmul)."""
+    from scratchnet.kernels import gpu
     from scratchnet.layers.conv import _unpad, pad_nchw
     rows = []
     for i, (name, layer) in enumerate(net.layers):
@@ -340,7 +343,15 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
         r["bias_ms"] = ours_time(add_bias) * 1e3
         r["db_ms"] = ours_time(lambda: dy.sum(axis=(0, 2, 3))) * 1e3
         r["dy_rows_ms"] = ours_time(lambda: cp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2))) * 1e3
-        r["dW_ms"] = ours_time(lambda: cp.matmul(dy2, cols.T)) * 1e3
+        r["dW_ms"] = ours_time(lambda: kernels.weight_grad(dy2, cols)) * 1e3
+        r["dW_S"] = gpu.dw_split(o, k, np_)
+        r["dW_by_S_ms"] = {S: ours_time(lambda: gpu.weight_grad(dy2, cols, S)) * 1e3
+                           for S in sorted({1, 8, 32, 128, r["dW_S"]})}
+        dy_r = cp.random.default_rng(0).standard_normal(dy2.shape, dtype=dy2.dtype)   # dy = 1 hides swapped rows
+        dW_1 = gpu.weight_grad(dy_r, cols, 1)
+        r["dW_by_S_rel_diff"] = {S: float(cp.abs(gpu.weight_grad(dy_r, cols, S) - dW_1).max() / cp.abs(dW_1).max())
+                                 for S in r["dW_by_S_ms"]}
+        dy_r = dW_1 = None
         r["dcols_ms"] = ours_time(lambda: cp.matmul(W2.T, dy2)) * 1e3
         r["col2im_ms"] = ours_time(lambda: kernels.col2im(dcols, xpad.shape, layer.kernel, layer.stride, (oh, ow))) * 1e3
         r["unpad_ms"] = ours_time(lambda: _unpad(dxpad, pads)) * 1e3
@@ -349,20 +360,8 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
         r["fwd_parts_ms"] = sum(r[f"{p}_ms"] for p in FWD_PARTS)
         r["input_grad"] = i > 0            # as in the per-layer timing: the first layer has no input gradient
         r["bwd_parts_ms"] = sum(r[f"{p}_ms"] for p in BWD_PARTS if r["input_grad"] or p not in INPUT_GRAD_PARTS)
-        best, a3, b3 = None, None, None
-        for S in (8, 32, 128):
-            if np_ % S:
-                continue
-            a3 = cp.ascontiguousarray(dy2.reshape(o, S, np_ // S).transpose(1, 0, 2))      # (S, O, NP/S)
-            b3 = cp.ascontiguousarray(cols.reshape(k, S, np_ // S).transpose(1, 2, 0))     # (S, NP/S, K)
-            t = ours_time(lambda: cp.matmul(a3, b3).sum(axis=0)) * 1e3
-            if best is None or t < best[1]:
-                copy = ours_time(lambda: cp.ascontiguousarray(cols.reshape(k, S, np_ // S).transpose(1, 2, 0))) * 1e3
-                best = (S, t, copy)
-        if best:
-            r["dW_split_S"], r["dW_split_ms"], r["dW_split_reorder_cols_ms"] = best
         rows.append(r)
-        xpad = cols = y2 = y = dy = dy2 = dcols = dxpad = a3 = b3 = None   # ~9 GB at conv1, batch 256
+        xpad = cols = y2 = y = dy = dy2 = dcols = dxpad = None   # ~9 GB at conv1, batch 256
         cp.get_default_memory_pool().free_all_blocks()
     return rows
 

@@ -123,6 +123,15 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     return cpu_im2col.col2im(np.ascontiguousarray(cols), *padded_shape, kh, kw, sh, sw, oh, ow)
 
 
+def weight_grad(dy2, cols):
+    """dW = dy2 @ cols.T: dy2 (O, L), cols (K, L) -> (O, K), a convolution's weight gradient summed over
+    L = N*oh*ow columns. One BLAS GEMM on the CPU; on the GPU a long sum with a small result is cut
+    into slices, one strided-batched GEMM (gpu.weight_grad)."""
+    if _on_gpu(dy2):
+        return _gpu().weight_grad(dy2, cols)
+    return np.matmul(dy2, cols.T)
+
+
 def im2col_wide(xpad, kernel, out_h):
     """Stride 1 only, CPU only: xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*Wp), each piece one copy of
     oh*Wp values (the output is computed on the padded width; columns q >= ow are junk)."""

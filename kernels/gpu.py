@@ -13,7 +13,8 @@ prepended and a float and a double instantiation of each template asked for by n
     pool.cu  maxpool_fwd, maxpool_bwd_gather,                           cpu_pool.py,
              avgpool_fwd, avgpool_bwd_gather                            AvgPool2d (layers/pool.py)
     lrn.cu   lrn_fwd, lrn_bwd                                           cpu_lrn.py
-    conv.cu  im2col, col2im_gather (the GEMMs are cuBLAS: cupy.matmul)  cpu_im2col.py
+    conv.cu  im2col, col2im_gather (the GEMMs are cuBLAS: cupy.matmul,  cpu_im2col.py
+             and weight_grad's strided-batched GEMM)
     loss.cu  softmax_xent_fwd_bwd                                       layers/loss.py
     sgd.cu   sgd_momentum_update                                        train/sgd.py
 
@@ -26,7 +27,7 @@ Switches for debugging and speed:
   * ``set_tf32(True)``, or ``SCRATCHNET_TF32=1`` in the environment: float32 GEMMs on the tensor
     cores in TF32 (about 1e-3 relative error instead of 1e-6). Off by default; a call of set_tf32
     overrides the environment. (CuPy's own ``CUPY_TF32=1`` reaches only 2-D matmuls; the
-    convolutions' batched matmuls need set_tf32.)
+    convolutions' batched matmuls and weight_grad's strided-batched GEMM need set_tf32.)
 
 CuPy compiles every kernel with ``-ftz=true``: float32 denormals count as zero in the kernels (a
 ReLU passes a positive denormal as 0, a max-pool window ranks it as 0), where the CPU keeps them.
@@ -107,6 +108,17 @@ class CupyBackend:
             k = self._kernels[key] = mod.get_function(f"{name}<{C_TYPES[dtype]}>")
         return k
 
+    def gemm_strided_batched(self, transa, transb, m, n, k, a, lda, stride_a, b, ldb, stride_b, c, ldc, stride_c,
+                             batch):
+        """cuBLAS's C_i = op(A_i) op(B_i) for i < batch (alpha 1, beta 0), column-major as cuBLAS has it:
+        A_i starts stride_a elements after A_{i-1} (likewise B, C); a, b, c are contiguous arrays of one
+        float dtype whose first elements are A_0, B_0, C_0. op is the transpose where trans* is 1."""
+        cublas = self.xp.cuda.cublas
+        gemm = cublas.sgemmStridedBatched if c.dtype == np.float32 else cublas.dgemmStridedBatched
+        one, zero = np.ones(1, c.dtype), np.zeros(1, c.dtype)     # host scalars (CuPy's handle: host pointer mode)
+        gemm(self.xp.cuda.get_cublas_handle(), transa, transb, m, n, k, one.ctypes.data,
+             a.data.ptr, lda, stride_a, b.data.ptr, ldb, stride_b, zero.ctypes.data, c.data.ptr, ldc, stride_c, batch)
+
 
 _backend = None
 
@@ -120,7 +132,8 @@ def backend():
 
 
 def use_backend(b):
-    """Install backend ``b`` (an object with ``xp`` and ``kernel(name, dtype)``); returns the previous one."""
+    """Install backend ``b`` (an object with ``xp``, ``kernel(name, dtype)`` and ``gemm_strided_batched``, as
+    CupyBackend); returns the previous one."""
     global _backend
     old, _backend = _backend, b
     return old
@@ -312,7 +325,7 @@ def lrn_backward(dy, x, y, s, size, alpha, beta):
 
 
 # ---------------------------------------------------------------------------------------------
-# convolution: im2col / col2im (the GEMMs are cupy.matmul, i.e. cuBLAS)
+# convolution: im2col / col2im, and the weight gradient's GEMM (the others are cupy.matmul: cuBLAS)
 # ---------------------------------------------------------------------------------------------
 def _check_fit(who, padded_hw, kernel, stride, out_hw):
     """A ValueError when out_hw windows of ``kernel`` at ``stride`` reach past the padded input: the
@@ -351,6 +364,61 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     _launch("col2im_gather", cols.dtype, dxpad.size,
             (cols, dxpad, _i64(dxpad.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))
     return dxpad
+
+
+#: dW's split rule (``dw_split``): cuBLAS's output tile edge assumed, the most tiles a result may have
+#: to be split, the thread blocks aimed at, the shortest reduction worth splitting, the shortest slice
+DW_TILE, DW_MAX_TILES, DW_BLOCKS, DW_MIN_L, DW_MIN_SLICE = 128, 8, 256, 2 ** 16, 8192
+#: weight_grad's slices are a multiple of this many columns long (128 bytes of float32) where they can be
+SLICE_ALIGN = 32
+
+
+def dw_split(o, k, l):
+    """How many slices ``weight_grad`` cuts the reduction of an (O, L) @ (L, K) product into: 1 (one GEMM)
+    unless the O x K result is at most DW_MAX_TILES cuBLAS tiles and L is at least DW_MIN_L long; then
+    enough slices for about DW_BLOCKS thread blocks, none shorter than DW_MIN_SLICE. The paper's conv1
+    at batch 256 and 224 px (O=64, K=147, L=3,041,536: 2 tiles) gets 128 slices; its conv2-conv5 (26
+    tiles and more) and every Linear layer get 1."""
+    tiles = max(1, -(-o // DW_TILE) * -(-k // DW_TILE))
+    if tiles > DW_MAX_TILES or l < DW_MIN_L:
+        return 1
+    return max(1, min(DW_BLOCKS // tiles, l // DW_MIN_SLICE))
+
+
+def weight_grad(dy2, cols, split=None):
+    """dW = dy2 @ cols.T for dy2 (O, L) and cols (K, L) -> (O, K): a convolution's weight gradient,
+    L = N*oh*ow summed over.
+
+    One GEMM with a small result and a long sum (conv1: 64 x 147 outputs, each a sum over 3 million
+    columns) gives the GPU a few thread blocks, each walking all of L, unless cuBLAS splits the sum
+    itself. So where ``dw_split`` says so (or ``split`` > 1 asks), the sum is cut into S slices of
+    ls columns, L // S rounded down to a multiple of SLICE_ALIGN (so every slice starts 128-byte
+    aligned, as cuBLAS's vectorised kernels want, when L // S allows): ONE strided-batched cuBLAS GEMM
+    computes the S partial (O, K) products, reading every slice where it lies (the leading dimension of
+    both operands stays L: no copy), and their sum over S is dW; the last L - S * ls columns, if any,
+    add one small GEMM. Deterministic: S and ls depend only on the shapes. (CuPy's batched matmul would
+    copy the strided slices first: the whole im2col buffer.) TF32 follows set_tf32, as for the
+    convolutions' batched matmuls (CUPY_TF32 alone does not reach it)."""
+    xp = backend().xp
+    if dy2.ndim != 2 or cols.ndim != 2 or dy2.shape[1] != cols.shape[1] or dy2.dtype != cols.dtype:
+        raise ValueError(f"weight_grad: expected dy2 (O, L) and cols (K, L) of one dtype, got "
+                         f"{tuple(dy2.shape)} {dy2.dtype} and {tuple(cols.shape)} {cols.dtype}")
+    (o, l), k = dy2.shape, cols.shape[0]
+    s = dw_split(o, k, l) if split is None else int(split)
+    if s <= 1 or l < s:
+        return xp.matmul(dy2, cols.T)
+    dy2, cols = _float_array(dy2, "weight_grad"), _float_array(cols, "weight_grad")
+    ls = l // s if l // s < SLICE_ALIGN else l // s // SLICE_ALIGN * SLICE_ALIGN
+    part = _out((s, o, k), dy2.dtype)
+    # cuBLAS is column-major: the row-major (O, K) result is a column-major (K, O) matrix, = op(A) op(B)
+    # with A = a slice of cols seen column-major as (ls, K), leading dimension L, transposed (op T),
+    # and B = the same slice of dy2 seen column-major as (ls, O), leading dimension L, as it is (op N)
+    backend().gemm_strided_batched(1, 0, *map(_i32, (k, o, ls)), cols, _i32(l), ls, dy2, _i32(l), ls,
+                                   part, _i32(k), o * k, _i32(s))
+    dW = part.sum(axis=0)
+    if s * ls < l:
+        dW += xp.matmul(dy2[:, s * ls:], cols[:, s * ls:].T)
+    return dW
 
 
 # ---------------------------------------------------------------------------------------------

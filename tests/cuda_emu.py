@@ -8,7 +8,9 @@ Two flavours of array:
   * ``EmuBackend(lib)``: NumPy arrays (tests/test_gpu.py sends them down the GPU path itself);
   * ``EmuBackend(lib, hostcupy)``: tests/hostcupy.py's stand-in device arrays, so that the whole of
     scratchnet (trainer, CLI, visualisers) runs its ``--device gpu`` code with kernels from .cu files.
-Every output buffer sits between guard bands checked after each launch.
+Every output buffer sits between guard bands checked after each launch. cuBLAS's strided-batched
+GEMM (``gpu.weight_grad``) runs as ``gemm_strided_batched`` below: its documented column-major
+definition in NumPy, every element it touches checked to lie inside its buffer.
 """
 from __future__ import annotations
 
@@ -182,3 +184,56 @@ class EmuBackend:
 
     def kernel(self, name, dtype):
         return EmuKernel(self.lib, self.xp, f"{name}<{gpu.C_TYPES[np.dtype(dtype)]}>", self.launches)
+
+    def gemm_strided_batched(self, transa, transb, m, n, k, a, lda, stride_a, b, ldb, stride_b, c, ldc, stride_c,
+                             batch):
+        """gpu.CupyBackend's cuBLAS call, run by ``gemm_strided_batched`` on the arrays' buffers."""
+        bufs = []
+        for name, x in (("a", a), ("b", b), ("c", c)):
+            x = getattr(x, "_a", x)             # a hostcupy array's NumPy buffer
+            if not (isinstance(x, np.ndarray) and x.flags.c_contiguous and x.dtype == getattr(c, "dtype")):
+                raise AssertionError(f"gemm_strided_batched: {name} must be a contiguous {c.dtype} array")
+            bufs.append(x.reshape(-1))
+        self.launches["cublas_gemm_strided_batched"] += 1
+        gemm_strided_batched(transa, transb, m, n, k, bufs[0], lda, stride_a, bufs[1], ldb, stride_b,
+                             bufs[2], ldc, stride_c, batch)
+        self.xp.check_guards("cublas gemm_strided_batched")
+
+
+def gemm_strided_batched(transa, transb, m, n, k, a, lda, stride_a, b, ldb, stride_b, c, ldc, stride_c, batch):
+    """cublas<t>gemmStridedBatched with alpha 1 and beta 0, on flat (1-D) host buffers a, b, c, from its
+    documented column-major definition: for i < batch,
+
+        C_i = op(A_i) @ op(B_i)        op(A_i) m x k, op(B_i) k x n, C_i m x n
+
+    where X_i is the column-major matrix starting stride_x elements after X_{i-1}, element (r, q) at
+    x[i*stride_x + r + q*ldx], and op transposes it when trans_x is 1 (A_i is then stored k x m). An
+    element outside its buffer, a leading dimension shorter than a column, or results that overlap
+    (cuBLAS's CUBLAS_STATUS_INVALID_VALUE, or memory a GPU would read or write wrongly) raise."""
+    if transa not in (0, 1) or transb not in (0, 1):
+        raise AssertionError(f"gemm_strided_batched: trans must be 0 (CUBLAS_OP_N) or 1 (CUBLAS_OP_T), "
+                             f"got {transa}, {transb}")
+    for name, buf in (("A", a), ("B", b), ("C", c)):
+        if buf.ndim != 1:
+            raise AssertionError(f"gemm_strided_batched: {name} must be a flat buffer, got shape {buf.shape}")
+    shape_a = (m, k) if transa == 0 else (k, m)
+    shape_b = (k, n) if transb == 0 else (n, k)
+    for name, (rows, _), ld in (("A", shape_a, lda), ("B", shape_b, ldb), ("C", (m, n), ldc)):
+        if ld < max(1, rows):
+            raise AssertionError(f"gemm_strided_batched: ld{name.lower()} {ld} < {rows} rows")
+    if batch > 1 and stride_c < ldc * (n - 1) + m:
+        raise AssertionError(f"gemm_strided_batched: results overlap (stride_c {stride_c}, ldc {ldc}, {m}x{n})")
+
+    def matrix(buf, offset, rows, cols, ld, name):
+        last = offset + (rows - 1) + (cols - 1) * ld
+        if offset < 0 or last >= buf.size:
+            raise AssertionError(f"gemm_strided_batched: {name} reaches elements {offset}..{last} of a buffer "
+                                 f"of {buf.size}")
+        item = buf.itemsize
+        return np.lib.stride_tricks.as_strided(buf[offset:], shape=(rows, cols), strides=(item, ld * item))
+
+    for i in range(batch):
+        A = matrix(a, i * stride_a, *shape_a, lda, f"A_{i}")
+        B = matrix(b, i * stride_b, *shape_b, ldb, f"B_{i}")
+        C = matrix(c, i * stride_c, m, n, ldc, f"C_{i}")
+        C[...] = (A if transa == 0 else A.T) @ (B if transb == 0 else B.T)

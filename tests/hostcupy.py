@@ -26,6 +26,7 @@ What it cannot show: anything about CuPy itself (NVRTC, launches, cuBLAS, stream
 from __future__ import annotations
 
 import collections
+import ctypes
 import sys
 import time
 import types
@@ -121,6 +122,13 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
     strides = property(lambda self: self._a.strides)
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: ndarray(self._a.T))
+    @property
+    def data(self):
+        """CuPy's device memory (``a.data.ptr``), here the host address of the first element; the bytes
+        from there to the end of the array are noted, so the cuBLAS stand-in can refuse to reach past them."""
+        ptr = self._a.ctypes.data
+        _REACH[ptr] = max(_REACH.get(ptr, 0), self._a.nbytes if self._a.flags.c_contiguous else 0)
+        return types.SimpleNamespace(ptr=ptr)
 
     def __len__(self):
         return len(self._a)
@@ -332,10 +340,55 @@ def get_default_memory_pool():
     return _pool
 
 
+#: device pointer handed out by ``ndarray.data`` -> the bytes of its (contiguous) array from there
+_REACH = {}
+
+
+def _gemm_strided_batched(ctype, t):
+    """cuBLAS's <t>gemmStridedBatched as CuPy 14 wraps it (host pointers to alpha and beta, device
+    pointers to the matrices), on host addresses: tests/cuda_emu.py's column-major reference does the
+    work on buffers spanning what the arguments address, each checked to lie inside the array whose
+    ``data.ptr`` it is. Integer arguments are checked as the Cython wrapper converts them (int: 32
+    bits; long long: 64). alpha 1 and beta 0 only."""
+    import operator
+
+    def gemm(handle, transa, transb, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c,
+             batch):
+        import cuda_emu
+        USED[f"cupy.cuda.cublas.{t}gemmStridedBatched"] += 1
+        for name, v, bits in (("transa", transa, 32), ("transb", transb, 32), ("m", m, 32), ("n", n, 32),
+                              ("k", k, 32), ("lda", lda, 32), ("strideA", stride_a, 64), ("ldb", ldb, 32),
+                              ("strideB", stride_b, 64), ("ldc", ldc, 32), ("strideC", stride_c, 64),
+                              ("batchCount", batch, 32)):
+            if not -2 ** (bits - 1) <= operator.index(v) < 2 ** (bits - 1):    # TypeError for a float
+                raise OverflowError(f"gemmStridedBatched: {name} = {v} does not fit a {bits}-bit integer")
+        if (ctype.from_address(alpha).value, ctype.from_address(beta).value) != (1, 0):
+            raise NotImplementedError("hostcupy's gemmStridedBatched: alpha 1 and beta 0 only")
+
+        def buf(ptr, rows, cols, ld, stride):
+            extent = (batch - 1) * stride + (cols - 1) * ld + rows
+            if extent * ctypes.sizeof(ctype) > _REACH.get(ptr, 0):
+                raise AssertionError(f"gemmStridedBatched reaches {extent} elements from a pointer to "
+                                     f"{_REACH.get(ptr, 0) // ctypes.sizeof(ctype)} (or not a device array's)")
+            return np.ctypeslib.as_array((ctype * extent).from_address(ptr))
+        cuda_emu.gemm_strided_batched(
+            transa, transb, m, n, k,
+            buf(a, *((m, k) if transa == 0 else (k, m)), lda, stride_a), lda, stride_a,
+            buf(b, *((k, n) if transb == 0 else (n, k)), ldb, stride_b), ldb, stride_b,
+            buf(c, m, n, ldc, stride_c), ldc, stride_c, batch)
+    return gemm
+
+
+def _cublas():
+    return types.SimpleNamespace(setMathMode=None, sgemmStridedBatched=_gemm_strided_batched(ctypes.c_float, "s"),
+                                 dgemmStridedBatched=_gemm_strided_batched(ctypes.c_double, "d"))
+
+
 cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms,
+                             get_cublas_handle=lambda: 0,
                              # the libraries scratchnet.backend.gpu_problem checks (no CUDA behind them here)
                              nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)),
-                             cublas=types.SimpleNamespace(setMathMode=None))
+                             cublas=_cublas())
 __version__ = "0.0-host"
 _core = None        # CuPy's private helpers (gpu_problem's look at the CUDA headers): none here
 

@@ -312,6 +312,139 @@ def test_maxpool_switches_and_im2col_are_bit_identical_to_cpu(dev, fresh, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
+# the weight gradient's GEMM, summed in slices
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("split", [1, 2, 8, 1003, None], ids=["whole", "S2", "S8_tail3", "S_L", "rule"])
+def test_weight_grad_is_dy_times_cols_transposed(dev, fresh, split, dtype):
+    """gpu.weight_grad's strided-batched GEMM over S slices (1003 columns: S = 2 gives slices of 480
+    and a tail of 43, S = 8 slices of 96 and a tail of 235, S = L slices of one column) equals
+    dy2 @ cols.T on the CPU; O and K differ, so a swapped dimension cannot pass. Then again with dy2 a
+    strided view and cols in Fortran order, which weight_grad must not hand to cuBLAS as they are."""
+    dy2, cols = fresh.normal((5, 1003), dtype), fresh.normal((7, 1003), dtype)
+    with dev.active():
+        dW = dev.get(gpu.weight_grad(dev.put(dy2), dev.put(cols), split))
+        wide = dev.put(np.repeat(dy2, 2, axis=1))[:, ::2]                   # (5, 1003), every other column
+        dW_views = dev.get(gpu.weight_grad(wide, dev.put(cols.T.copy()).T, split))     # cols: a transposed view
+    assert_close(dW, dy2 @ cols.T, dtype, f"weight_grad S={split} on {dev.name} {fresh.where}")
+    assert_close(dW_views, dy2 @ cols.T, dtype, f"weight_grad S={split} of views on {dev.name} {fresh.where}")
+    if dev.name == "emulated":
+        assert dev.backend.launches["cublas_gemm_strided_batched"] == (2 if split and split > 1 else 0)
+
+
+def test_weight_grad_slices_start_aligned_and_cover_every_column():
+    """The slices weight_grad asks cuBLAS for: a multiple of SLICE_ALIGN columns long once L // S
+    allows (each slice then starts 128-byte aligned), S of them and a tail covering the L columns;
+    the paper's conv1 shape with L = 8 * 109 * 109 (what dw_split cuts into 11 slices)."""
+    calls = []
+
+    class Recording:
+        xp = np
+
+        def gemm_strided_batched(self, transa, transb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, batch):
+            calls.append(dict(m=m, n=n, k=k, lda=lda, sa=sa, ldb=ldb, sb=sb, ldc=ldc, sc=sc, batch=batch))
+            c[...] = 0
+
+    o, k, l = 64, 147, 8 * 109 * 109
+    old = gpu.use_backend(Recording())
+    try:
+        for split in (None, 7, 100, l // 20):
+            calls.clear()
+            gpu.weight_grad(np.zeros((o, l), np.float32), np.zeros((k, l), np.float32), split)
+            (c,) = calls
+            s = gpu.dw_split(o, k, l) if split is None else split
+            assert (c["batch"], c["m"], c["n"], c["ldc"], c["sc"]) == (s, k, o, k, o * k)
+            assert c["lda"] == c["ldb"] == l and c["sa"] == c["sb"] == c["k"]
+            ls = c["k"]
+            assert ls % gpu.SLICE_ALIGN == 0 if l // s >= gpu.SLICE_ALIGN else ls == l // s, (split, ls)
+            assert s * ls <= l < s * ls + s * gpu.SLICE_ALIGN, (split, ls)
+    finally:
+        gpu.use_backend(old)
+    assert gpu.dw_split(o, k, l) == 11
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_conv_summing_dw_in_slices_equals_cpu(dev, fresh, dtype, monkeypatch):
+    """A convolution whose dW the split rule sends through the sliced GEMM (forced: test sizes are
+    below the rule's) still equals the CPU layer, forward and every gradient; N*oh*ow = 3*5*7 = 105
+    columns in 8 slices of 13 and a tail of 1."""
+    monkeypatch.setattr(gpu, "dw_split", lambda o, k, l: 8)
+    compare_layer(dev, fresh, Conv2d(3, 4, (3, 2), (2, 1), (1, 0, 1, 1)), (3, 3, 9, 5), dtype)
+    if dev.name == "emulated":
+        assert dev.backend.launches["cublas_gemm_strided_batched"] == 1
+
+
+def test_dw_split_rule_splits_only_a_small_result_over_a_long_sum():
+    """The paper's conv1 at batch 256, 224 px splits its 3M columns into 128 slices (2 cuBLAS tiles x
+    128 = 256 thread blocks); its conv2-conv5 and the 64-pixel conv1 at batch 8 do not; each slice
+    keeps at least DW_MIN_SLICE columns."""
+    assert gpu.dw_split(64, 147, 256 * 109 * 109) == 128
+    assert gpu.dw_split(64, 75, 256 * 32 * 32) == 32                   # 64-px conv1, batch 256: 1 tile
+    for o, k, l in [(256, 1600, 256 * 26 * 26), (256, 2304, 256 * 13 * 13), (64, 75, 8 * 32 * 32),
+                    (1000, 4096, 256)]:
+        assert gpu.dw_split(o, k, l) == 1, (o, k, l)
+    for l in range(gpu.DW_MIN_L, 40 * gpu.DW_MIN_L, 9973):
+        assert l // gpu.dw_split(64, 147, l) >= gpu.DW_MIN_SLICE
+
+
+def test_cublas_stand_in_is_the_column_major_definition():
+    """tests/cuda_emu.py's gemm_strided_batched (what the emulated device runs for cuBLAS) against the
+    definition written out element by element, all four transposes, padded leading dimensions and
+    batch strides; then the out-of-bounds reads it must refuse."""
+    from cuda_emu import gemm_strided_batched
+    rng = np.random.default_rng(7)
+    m, n, k, batch = 3, 4, 5, 3
+    for ta in (0, 1):
+        for tb in (0, 1):
+            ra, rb = (m, k)[ta], (k, n)[tb]                        # rows of the stored A, B
+            lda, ldb, ldc = ra + 2, rb + 1, m + 3
+            sa, sb, sc = lda * (k, m)[ta] + 4, ldb * (n, k)[tb] + 1, ldc * n + 2
+            a, b = rng.normal(size=sa * batch), rng.normal(size=sb * batch)
+            c = np.full(sc * batch, np.nan)
+            gemm_strided_batched(ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, batch)
+            for i in range(batch):
+                for r in range(m):
+                    for q in range(n):
+                        want = sum((a[i * sa + r * lda + t] if ta else a[i * sa + r + t * lda]) *
+                                   (b[i * sb + t + q * ldb] if not tb else b[i * sb + q + t * ldb]) for t in range(k))
+                        assert c[i * sc + r + q * ldc] == pytest.approx(want, rel=1e-12), (ta, tb, i, r, q)
+    a, b, c = np.zeros(m * k * 2), np.zeros(k * n * 2), np.zeros(m * n * 2)
+    with pytest.raises(AssertionError, match="reaches elements"):          # a third A past the buffer
+        gemm_strided_batched(0, 0, m, n, k, a, m, m * k, b, k, k * n, np.zeros(m * n * 3), m, m * n, 3)
+    with pytest.raises(AssertionError, match="lda 2 < 3"):
+        gemm_strided_batched(0, 0, m, n, k, a, 2, m * k, b, k, k * n, c, m, m * n, 2)
+    with pytest.raises(AssertionError, match="results overlap"):
+        gemm_strided_batched(0, 0, m, n, k, a, m, m * k, b, k, k * n, c, m, m * n - 1, 2)
+
+
+def test_cupy_backends_cublas_call_on_the_cupy_stand_in():
+    """CupyBackend.gemm_strided_batched, the one call into cuBLAS that is not CuPy's matmul, given
+    tests/hostcupy.py for CuPy: its arguments, in the order and types of CuPy 14's
+    cupy.cuda.cublas.sgemmStridedBatched / dgemmStridedBatched (host pointers to alpha and beta,
+    device pointers to the matrices, ints that fit the wrapper's C types), do weight_grad's sliced
+    product, reading only inside the arrays whose pointers they are (a stride that reaches one element
+    past its array is refused)."""
+    be = gpu.CupyBackend.__new__(gpu.CupyBackend)            # without __init__: no real CuPy needed
+    be.xp = hostcupy
+    old = gpu.use_backend(be)
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(3)
+            dy2, cols = rng.normal(size=(6, 4099)).astype(dtype), rng.normal(size=(11, 4099)).astype(dtype)
+            got = gpu.weight_grad(hostcupy.asarray(dy2), hostcupy.asarray(cols), 16).get()
+            assert_close(got, dy2 @ cols.T, dtype, "weight_grad through the CuPy backend's cuBLAS call")
+        a, c = hostcupy.zeros((4, 6), np.float32), hostcupy.zeros((2, 3, 3), np.float32)
+        be.gemm_strided_batched(1, 0, 3, 3, 3, a, 6, 3, a, 6, 3, c, 3, 9, 2)     # 2 slices of 3 columns: inside
+        be.gemm_strided_batched(1, 0, 3, 3, 3, a, 6, 9, a, 6, 3, c, 3, 9, 2)     # A_1 ends at a's last element
+        with pytest.raises(AssertionError, match="reaches"):                    # one element past it
+            be.gemm_strided_batched(1, 0, 3, 3, 3, a, 6, 10, a, 6, 3, c, 3, 9, 2)
+        with pytest.raises(OverflowError, match="lda"):
+            be.gemm_strided_batched(1, 0, 3, 3, 3, a, 2 ** 31, 3, a, 6, 3, c, 3, 9, 2)
+    finally:
+        gpu.use_backend(old)
+
+
+# ---------------------------------------------------------------------------------------------
 # loss and optimiser
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])

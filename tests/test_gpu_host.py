@@ -293,8 +293,11 @@ def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
     assert result["batches"]["2"]["host_dropout_masks_ms"] > 0          # paper_net's two masks, drawn on the host
     assert any("fwd_gflops" in r for r in result["layers"])
     assert [r["layer"] for r in result["conv_parts"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    assert all(r["fwd_parts_ms"] > 0 and r["bwd_parts_ms"] > 0 and "dW_split_ms" in r for r in result["conv_parts"])
-    assert {"im2col", "col2im_gather", "sgd_momentum_update", "softmax_xent_fwd_bwd"} <= set(host_gpu.launches)
+    assert all(r["fwd_parts_ms"] > 0 and r["bwd_parts_ms"] > 0 for r in result["conv_parts"])
+    assert all(set(r["dW_by_S_ms"]) == {"1", "8", "32", "128", str(r["dW_S"])} for r in result["conv_parts"])
+    assert all(max(r["dW_by_S_rel_diff"].values()) < 1e-5 for r in result["conv_parts"])
+    assert {"im2col", "col2im_gather", "sgd_momentum_update", "softmax_xent_fwd_bwd",
+            "cublas_gemm_strided_batched"} <= set(host_gpu.launches)
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ so the convolution of the batch is ONE GEMM (it stays efficient for small 13x13 
 Backward is the same algebra transposed, again one GEMM each. With dy laid out like y before the
 transpose, (O, N*oh*ow), y = W @ cols gives
 
-    dW    = dy @ cols.T                        (O, C*kh*kw)
+    dW    = dy @ cols.T                        (O, C*kh*kw); on the GPU a small dW over a long N*oh*ow
+                                               (conv1) is summed in slices, kernels.weight_grad
     dcols = W.T @ dy                           (C*kh*kw, N*oh*ow), then col2im adds the columns back
                                                onto the image (an input pixel in several windows
                                                gets the sum of their gradients).
@@ -284,8 +285,9 @@ class Conv2d(Layer):
             return _unpad(dxpad, pads)
         dy2 = xp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2)).reshape(g, o // g, n * oh * ow)
         colsg = cols.reshape(g, -1, n * oh * ow)                               # (G, K/G, N*P)
-        if param_grads:
-            self.grads["W"] = _grouped_matmul(dy2, colsg, trans_b=True).reshape(W.shape)   # one GEMM per group
+        if param_grads:                                                        # one GEMM per group
+            dW = kernels.weight_grad(dy2[0], cols) if g == 1 else _grouped_matmul(dy2, colsg, trans_b=True)
+            self.grads["W"] = dW.reshape(W.shape)
         if not input_grad:
             return None
         dcols = _grouped_matmul(Wg, dy2, trans_a=True)                          # (G, K/G, N*P)
