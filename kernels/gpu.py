@@ -367,7 +367,8 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
 
 
 #: dW's split rule (``dw_split``): cuBLAS's output tile edge assumed, the most tiles a result may have
-#: to be split, the thread blocks aimed at, the shortest reduction worth splitting, the shortest slice
+#: to be split (0: never split), the thread blocks aimed at, the shortest reduction worth splitting, the
+#: shortest slice. Guesses, not yet measured on a GPU: bench/bench_gpu.py prints dW's time at other S.
 DW_TILE, DW_MAX_TILES, DW_BLOCKS, DW_MIN_L, DW_MIN_SLICE = 128, 8, 256, 2 ** 16, 8192
 #: weight_grad's slices are a multiple of this many columns long (128 bytes of float32) where they can be
 SLICE_ALIGN = 32
