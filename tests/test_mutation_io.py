@@ -13,26 +13,7 @@ from scratchnet.io.datasets import image_folder, imagenet_val_dev, tiny_imagenet
 from scratchnet.io.images import load_image, resize
 from scratchnet.io.loader import Augment, BatchLoader
 
-
-def _tiny_tree(root, wnids, train_box, val_box, words=None, per_class=2):
-    """A miniature Tiny-ImageNet (as in test_io_data.py): wnids.txt, words.txt, train/<w>/<w>_boxes.txt,
-    val/val_annotations.txt, no image files."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    if words is not None:
-        (root / "words.txt").write_text("".join(f"{w}\t{t}\n" for w, t in words.items()))
-    for w in wnids:
-        (root / "train" / w / "images").mkdir(parents=True)
-        (root / "train" / w / f"{w}_boxes.txt").write_text(
-            "".join(f"{w}_{i}.JPEG\t" + "\t".join(map(str, train_box)) + "\n" for i in range(per_class)))
-    (root / "val" / "images").mkdir(parents=True)
-    lines = [f"val_{k * len(wnids) + j}.JPEG\t{w}\t" + "\t".join(map(str, val_box))
-             for k in range(per_class) for j, w in enumerate(wnids)]
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
-WN3 = ["n00000010", "n00000020", "n00000030"]
+from test_io_data import WN3, _make_folder, _tiny_tree   # the miniature data sets of the data tests
 
 
 # ----------------------------------------------------------------------------- tiny_imagenet
@@ -60,14 +41,6 @@ def test_tiny_imagenet_val_per_class_and_start_pick_the_kth_images(tmp_path):
 
 
 # ----------------------------------------------------------------------------- image_folder, imagenet-val-dev
-
-def _make_folder(root, classes, per_class=2, size=(12, 10)):
-    rng = np.random.default_rng(1)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(root / c / f"{i}.png")
-
 
 def test_image_folder_wnids_are_only_folder_names_that_are_wnids(tmp_path):
     _make_folder(tmp_path, ["n01440764", "n0144076400", "cat", "n1234567x"])
