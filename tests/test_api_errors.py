@@ -448,6 +448,19 @@ def test_a_saved_network_file_has_the_usual_permissions(net, tmp_path):
     assert stat.S_IMODE((tmp_path / "g.npz").stat().st_mode) == 0o640
 
 
+def test_saving_never_touches_the_process_umask(net, tmp_path, monkeypatch):
+    """Reading the umask means setting it (os.umask), which would change it for every other thread
+    for a moment; the temporary file is created with mode 0666 and the kernel applies the umask."""
+    import os
+
+    def no_umask(mask):
+        raise AssertionError("atomic_savez called os.umask")
+    monkeypatch.setattr(os, "umask", no_umask)
+    net.save(tmp_path / "m.npz")
+    monkeypatch.undo()
+    load_network(tmp_path / "m.npz")
+
+
 def test_one_notion_of_an_integer():
     """scratchnet.checks: Python and NumPy integers are integers; bools, floats and strings are not
     (True is not a batch size, 3.0 is not a class index)."""

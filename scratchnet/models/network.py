@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 import zlib
 from pathlib import Path
@@ -152,27 +152,41 @@ class Network(Sequential):
 
 
 def atomic_savez(path, arrays):
-    """np.savez to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """np.savez to a temporary file in the same folder, then rename: a crash never leaves half a file.
+
+    The temporary is created with O_EXCL and mode 0666, so the kernel applies the process's umask
+    (0644 under the usual 022), as for any file the user writes; tempfile.mkstemp would make it 0600,
+    and reading the umask means setting it, which is not safe beside other threads."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot save to {path}: it is a folder; give a file name, e.g. "
                                 f"{path / 'model.npz'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+        fd, tmp = _create_exclusive(path.parent, prefix=path.name + ".", suffix=".tmp.npz")
     except OSError as e:
         raise OSError(f"cannot write {path}: {e.strerror or e} (in the folder {path.parent})") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the file the usual permissions
     try:
-        np.savez(tmp, **arrays)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _create_exclusive(folder, prefix, suffix, attempts=100):
+    """(fd, path) of a new file in ``folder`` named prefix + random + suffix, opened for writing
+    with O_EXCL (never an existing file) and mode 0666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(attempts):
+        name = os.path.join(folder, prefix + secrets.token_hex(4) + suffix)
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder} after {attempts} tries")
 
 
 def layer_to_spec(layer: Layer) -> dict:
