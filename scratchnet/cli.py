@@ -140,6 +140,7 @@ def main(argv=None):
             print(f"scratchnet {args.command}: error: {e} (from $SCRATCHNET_DEVICE)", file=sys.stderr)
             return 2
     try:
+        check_output_paths(args)              # before any work: a bad --out must not cost a long run
         with warnings.catch_warnings():       # a library warning as one line, like the commands' own,
             shown = set()                     # and once: not again for each of 10,000 photos
 
@@ -155,6 +156,45 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:   # user errors: one clear line, no traceback
         print(f"scratchnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:                  # the system refused a file operation (permissions, a full disk)
+        what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        print(f"scratchnet {args.command}: error: {what}", file=sys.stderr)
+        return 2
+
+
+#: the options that name a folder a command writes into (created if missing), and one file
+FOLDER_OPTIONS, FILE_OPTIONS = ("out", "cache"), ("details",)
+
+
+def check_output_paths(args):
+    """A ValueError naming the option unless each output folder in ``args`` is a folder or can be made
+    one, and each output file's folder exists and is writable: checked before a command starts, so a
+    typo is not found after an hour's work."""
+    import os
+    from pathlib import Path
+    for name in FOLDER_OPTIONS + FILE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is None or (name == "cache" and getattr(args, "no_cache", False)):
+            continue
+        flag, path = "--" + name, Path(value)
+        if name in FOLDER_OPTIONS:
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"{flag} {value} is a file; expected a folder (one that does not exist yet "
+                                 "is created)")
+            folder = path
+        else:
+            if path.is_dir():
+                raise ValueError(f"{flag} {value} is a folder; expected a file name")
+            folder = path.parent
+        here = folder
+        while not here.exists():               # the nearest part of the path that exists
+            here = here.parent
+        if not here.is_dir():
+            raise ValueError(f"{flag} {value}: {here} is a file, so {folder} cannot be a folder")
+        if here != folder and name in FILE_OPTIONS:
+            raise ValueError(f"{flag} {value}: the folder {folder} does not exist")
+        if not os.access(here, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {value}: cannot write in {here} (permission denied)")
 
 
 if __name__ == "__main__":

@@ -102,8 +102,12 @@ def check_layer(layer, x, train=False, reset=None, seed=1):
     analytic.update({name: lay.grads[key] for name, lay, key in layer.named_params()})
     zero = [name for name, g in analytic.items() if not bool(xp.any(g))]
     if zero:
+        unset = [name for name, lay, key in layer.named_params() if not bool(xp.any(lay.params[key]))]
+        hint = (f"; the parameters {unset} are all zero (layers start at zero): give them values first, e.g. "
+                "scratchnet.gradcheck.randomise_params(layer)" if unset else
+                "; choose an input (and dy) that reaches it")
         raise ValueError(f"check_layer: the analytic gradient of {zero} is all zero, so the check would "
-                         "prove nothing; choose an input (and dy) that reaches it")
+                         f"prove nothing{hint}")
     errs = {"x": rel_error(dx, numerical_grad(loss, x))}
     for name, lay, key in layer.named_params():
         errs[name] = rel_error(analytic[name], numerical_grad(loss, lay.params[key]))

@@ -496,3 +496,80 @@ def test_the_device_variable_is_read_without_regard_to_case(monkeypatch):
         assert default_device() == want
     monkeypatch.delenv("SCRATCHNET_DEVICE")
     assert default_device() == "cpu"
+
+
+# -- a layer's backward checks dy before any kernel reads it ----------------------------------------
+def _grid_layer(name):
+    from scratchnet.gradcheck import LAYER_GRID, make_input, randomise_params
+    factory, shape, kind = next((f, s, k) for n, f, s, k in LAYER_GRID if n == name)
+    layer = randomise_params(factory()).astype(np.float32)
+    x = make_input(kind, shape, np.random.default_rng(0)).astype(np.float32)
+    return layer, x
+
+
+@pytest.mark.parametrize("name", [n for n, *_ in __import__("scratchnet.gradcheck").gradcheck.LAYER_GRID])
+def test_every_layer_refuses_a_dy_unlike_its_output(name):
+    """A dy larger than forward's output once made the Numba ReLU loop read past its arrays (garbage
+    that changed from run to run) and the max-pool backward segfault; a smaller one was taken
+    silently or failed inside NumPy. Every layer configuration of the gradient-check grid now says
+    what it expected, for a larger, a smaller and a wrongly typed dy, with param_grads and
+    input_grad either way."""
+    layer, x = _grid_layer(name)
+    y = layer.forward(x, train=name.startswith("dropout"))
+    good = np.ones_like(y)
+    bigger = np.ones(tuple(d + 3 for d in y.shape), np.float32)
+    smaller = np.ones(y.shape[:-1] + (max(y.shape[-1] - 1, 0),), np.float32)
+    for dy in (bigger, smaller, good.reshape(-1), good.astype(np.float64)):
+        for pg, ig in ((True, True), (False, True), (True, False)):
+            with pytest.raises(ShapeError, match=r"dy must have the (shape|dtype) .* of forward's output, got"):
+                layer.backward(dy, "gradient", param_grads=pg, input_grad=ig)
+    with pytest.raises(ShapeError, match="dy must be an array"):
+        layer.backward(good.tolist())
+    dx = layer.backward(good)                  # the right dy still works after all those refusals
+    assert dx.shape == x.shape and dx.dtype == np.float32
+
+
+def test_relu_backward_with_a_larger_dy_no_longer_reads_past_its_arrays():
+    """The case that returned run-to-run garbage: every input negative, so any dx must be zero."""
+    from scratchnet.layers import ReLU
+    r = ReLU()
+    r.forward(-np.ones((1, 3, 4, 4), np.float32))
+    with pytest.raises(ShapeError, match=r"ReLU: dy must have the shape \(1, 3, 4, 4\) of forward's output, "
+                                         r"got \(1, 3, 512, 512\)"):
+        r.backward(np.ones((1, 3, 512, 512), np.float32), "gradient")
+    assert not r.backward(np.ones((1, 3, 4, 4), np.float32)).any()
+
+
+def test_concat_refuses_a_dy_with_extra_channels():
+    """Its branches would each check their own slice and never see channels past the last one."""
+    layer, x = _grid_layer("fire_concat")
+    y = layer.forward(x)
+    expand = layer["expand"]
+    with pytest.raises(ShapeError, match="expand: dy must have the shape"):
+        layer.backward(np.ones((y.shape[0], y.shape[1] + 2) + y.shape[2:], np.float32))
+    assert expand.backward(np.ones_like(y)).shape == (x.shape[0], 2) + x.shape[2:]
+
+
+def test_a_network_casts_dscores_to_its_scores_dtype(net):
+    """A float64 (or integer) one-hot on a float32 network gives the float32 gradient, as a float32 one
+    does, instead of a dtype the layers' kernels do not expect; a complex one is refused."""
+    x = np.random.default_rng(3).standard_normal((2,) + net.input_shape).astype(np.float32)
+    scores = net.forward(x)
+    onehot = np.zeros(scores.shape, np.float32)
+    onehot[:, 1] = 1
+    want = net.backward(onehot, param_grads=False)
+    for d in (onehot.astype(np.float64), onehot.astype(np.int64), onehot.astype(bool)):
+        net.forward(x)
+        got = net.backward(d, param_grads=False)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    net.forward(x)
+    with pytest.raises(ShapeError, match="dscores must be a real array"):
+        net.backward(onehot.astype(np.complex64))
+
+
+def test_a_wrong_image_size_names_the_size_the_network_was_built_for():
+    """It used to surface at fc6 as a feature count ((N, 1024) expected, (2, 256) got)."""
+    net = paper_net(input_size=64, num_classes=10, width=0.125)
+    with pytest.raises(ShapeError, match=r"network input is 32x32 but this network was built for 64x64 images"):
+        net.forward(np.zeros((2, 3, 32, 32), np.float32))

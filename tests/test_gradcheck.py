@@ -10,7 +10,7 @@ import pytest
 from scratchnet.cli import main
 from scratchnet.gradcheck import (LAYER_GRID, TOLERANCE, _picks, check_grid_entry, check_layer, check_network,
                                   make_input, randomise_params, rel_error, select_grid)
-from scratchnet.layers import Dropout, Flatten, Linear, MaxPool2d, ReLU, ReLU6
+from scratchnet.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, ReLU6
 from scratchnet.models import Network, paper_net
 
 from clirun import run_cli
@@ -43,6 +43,9 @@ def test_check_layer_refuses_float32_and_an_all_zero_gradient():
         check_layer(Dropout(0.5), np.ones((4, 5)), train=True)         # each forward draws a new mask
     with pytest.raises(ValueError, match="all zero"):
         check_layer(ReLU(), -np.ones((2, 3)))           # every unit off: dx == 0 would prove nothing
+    with pytest.raises(ValueError, match=r"the parameters \['W', 'b'\] are all zero \(layers start at zero\): "
+                                         r"give them values first, e.g. scratchnet.gradcheck.randomise_params"):
+        check_layer(Conv2d(3, 4, 3).astype(np.float64), np.random.default_rng(0).standard_normal((2, 3, 5, 5)))
 
 
 def test_select_grid():

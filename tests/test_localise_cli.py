@@ -220,6 +220,25 @@ def test_localise_command_bad_class_is_one_clear_line(shared, tmp_path, capsys):
     assert not (tmp_path / "out").exists()                     # nothing written, not even an empty folder
 
 
+def test_localise_command_reads_every_photo_first_and_keeps_same_named_ones_apart(tmp_path, capsys):
+    """A bad photo at the end of the list used to stop the command after the others' files were
+    written, with no JSON; and a/x.png, b/x.png wrote x's files twice. Like `saliency`, it now
+    reads every photo before any work, and names the second x_2."""
+    from scratchnet.cli import main
+    from scratchnet.io.images import save_png
+    model = tiny_net().save(tmp_path / "tiny.npz")
+    a = save_png(tmp_path / "a" / "x.png", photo(20, 24, seed=1))
+    b = save_png(tmp_path / "b" / "x.png", photo(18, 16, seed=2))
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a picture")
+    out = tmp_path / "out"
+    assert main(["localise", str(a), str(b), str(bad), "--model", str(model), "--out", str(out)]) == 2
+    assert "bad.png" in capsys.readouterr().err and not out.exists()
+    res, _ = run_cli(["localise", str(a), str(b), "--model", str(model), "--out", str(out)], capsys)
+    assert [Path(r["files"]["json"]).name for r in res["results"]] == ["x.json", "x_2.json"]
+    assert [json.loads(Path(r["files"]["json"]).read_text())["image"] for r in res["results"]] == [str(a), str(b)]
+
+
 def test_evaluate_localisation_on_five_photos(shared, tmp_path, capsys):
     data = shared / "data" / "imagenet-val-dev"
     argv = ["evaluate", "localisation", "--model", "squeezenet1_0", "--data", str(data), "--limit", "5",

@@ -612,6 +612,32 @@ def test_demo_runs_end_to_end_on_a_tiny_network(tiny_path, tmp_path, capsys):
     assert m["rules"]["gradient_check"]["max_error_rel_to_max_grad"] < 1e-3
 
 
+def test_demo_loads_every_network_before_any_work(tiny_path, tmp_path, capsys):
+    """A typo in the second network's name was found only after the first network's whole section
+    (about 7 minutes for EfficientNet): it is now refused before the first picture."""
+    from scratchnet.cli import main
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tiny_path), "nosuch_net", "--quick", "--out", str(out)]) == 2
+    assert "nosuch_net" in capsys.readouterr().err
+    assert not list(out.rglob("*.png")) and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("cmd", [["saliency", "--out"], ["localise", "--out"], ["classmodel", "--class", "0", "--out"],
+                                 ["demo", "--quick", "--out"], ["deconv", "--layer", "dw", "--out"]])
+def test_an_output_folder_that_is_a_file_is_refused_in_one_line(cmd, tiny_path, photo, tmp_path, capsys):
+    """It used to be a FileExistsError traceback from mkdir, after the work (the file is left alone)."""
+    from scratchnet.cli import main
+    f = tmp_path / "afile.png"
+    f.write_bytes(b"mine")
+    images = [str(photo)] if cmd[0] in ("saliency", "localise", "deconv") else []
+    assert main(cmd + [str(f), "--model", str(tiny_path)] + images) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {f} is a file; expected a folder" in err, err
+    assert f.read_bytes() == b"mine"
+    assert main(cmd + [str(f / "sub"), "--model", str(tiny_path)] + images) == 2
+    assert f"--out {f / 'sub'}: {f} is a file, so {f / 'sub'} cannot be a folder" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # a real network on real photos (needs ../shared)
 # ---------------------------------------------------------------------------------------------

@@ -42,12 +42,13 @@ class ReLU(Layer):
     def forward(self, x, train=False):
         check_input(self, x)
         self._y = kernels.relu_forward(x, self.upper)
-        return self._y
+        return self.kept_output(self._y)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        self.check_dy(dy)
         if not input_grad:
             return None
-        return kernels.relu_backward(dy, self.saved(self._y), Rule.parse(rule).code, self.upper)
+        return kernels.relu_backward(dy, self._y, Rule.parse(rule).code, self.upper)
 
 
 class ReLU6(ReLU):

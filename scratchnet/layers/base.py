@@ -18,6 +18,9 @@ A layer is a small object with
     network, or weights loaded from a file.
   * ``backward`` before any ``forward`` is a ShapeError that says so (``saved``); Dropout, whose
     test-mode backward is the identity, passes dy through.
+  * a layer that computes remembers its output's shape and dtype (``kept_output``, nothing else), and
+    its backward refuses a dy that does not match (``check_dy``) before any kernel reads it: a Numba
+    loop over a dy larger than what forward kept would read past its arrays.
 
 Containers (``Sequential``, ``Concat``, ``Residual`` in ``blocks.py``) are layers whose
 ``children()`` are layers; parameters are named by their path, e.g. ``"conv1.W"``.
@@ -76,6 +79,31 @@ class Layer:
 
     def backward(self, dy, rule="gradient", param_grads: bool = True, input_grad: bool = True):
         raise NotImplementedError
+
+    _out = None      # (shape, dtype, "cpu" | "gpu") of the last forward's output, for check_dy
+
+    def kept_output(self, y):
+        """Remember y's shape, dtype and device for backward's check of dy; returns y."""
+        self._out = (tuple(y.shape), y.dtype, "cpu" if get_array_module(y) is np else "gpu")
+        return y
+
+    def check_dy(self, dy):
+        """dy if it is an array of the last forward output's shape and dtype on its device, else a
+        ShapeError that says what was expected (a backward before any forward says that instead)."""
+        shape, dtype, where = self.saved(self._out)
+        if not hasattr(dy, "shape") or not hasattr(dy, "dtype"):
+            raise ShapeError(f"{self.label()}: dy must be an array of shape {shape} like forward's output, "
+                             f"got {type(dy).__name__}")
+        if tuple(dy.shape) != shape:
+            raise ShapeError(f"{self.label()}: dy must have the shape {shape} of forward's output, "
+                             f"got {tuple(dy.shape)}")
+        if dy.dtype != dtype:
+            raise ShapeError(f"{self.label()}: dy must have the dtype {dtype} of forward's output, "
+                             f"got {dy.dtype}")
+        if ("cpu" if get_array_module(dy) is np else "gpu") != where:
+            raise ShapeError(f"{self.label()}: dy must be on the {where} like forward's output, "
+                             f"got {type(dy).__module__}.{type(dy).__name__}")
+        return dy
 
     # -- structure ----------------------------------------------------------------------
     def spec(self) -> dict:

@@ -99,11 +99,12 @@ class Concat(Layer):
         xp = get_array_module(x)
         ys = [b.forward(x, train) for _, b in self.branches]
         self._sizes = [y.shape[1] for y in ys]
-        return xp.concatenate(ys, axis=1)
+        return self.kept_output(xp.concatenate(ys, axis=1))
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        self.check_dy(dy)
         dx, start = None, 0
-        for (_, b), size in zip(self.branches, self.saved(self._sizes)):
+        for (_, b), size in zip(self.branches, self._sizes):
             d = b.backward(dy[:, start:start + size], rule, param_grads, input_grad)
             start += size
             if input_grad:

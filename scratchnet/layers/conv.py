@@ -237,7 +237,7 @@ class Conv2d(Layer):
         y = y.reshape(n, o, oh, ow)
         if self.has_bias:
             y += self.params["b"].reshape(1, o, 1, 1)
-        return y
+        return self.kept_output(y)
 
     def _use_wide(self, x, pads, o, ow):
         if self.stride != (1, 1) or self.im2col_mode == "plain" or get_array_module(x) is not np:
@@ -249,7 +249,8 @@ class Conv2d(Layer):
         return self.kernel == (1, 1) and self.stride == (1, 1)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        kind = self.saved(self._cache)[0]
+        self.check_dy(dy)
+        kind = self._cache[0]
         xp = get_array_module(dy)
         n, o, oh, ow = dy.shape
         W, g = self.params["W"], self.groups

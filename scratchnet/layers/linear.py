@@ -53,10 +53,11 @@ class Linear(Layer):
         y = x @ self.params["W"].T
         if self.has_bias:
             y += self.params["b"]
-        return y
+        return self.kept_output(y)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        x = self.saved(self._x)
+        self.check_dy(dy)
+        x = self._x
         if param_grads:
             self.grads["W"] = dy.T @ x
             if self.has_bias:
@@ -74,10 +75,11 @@ class Flatten(Layer):
 
     def forward(self, x, train=False):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return self.kept_output(x.reshape(x.shape[0], -1))
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        return dy.reshape(self.saved(self._shape)) if input_grad else None
+        self.check_dy(dy)
+        return dy.reshape(self._shape) if input_grad else None
 
 
 class Dropout(Layer):
@@ -103,15 +105,16 @@ class Dropout(Layer):
     def forward(self, x, train=False):
         if not train or self.p == 0:
             self._mask = None
-            return x
+            return self.kept_output(x)
         xp = get_array_module(x)
         keep = self.rng.random(x.shape, dtype=np.float32) >= self.p      # on the host: seeded, portable
         mask = xp.asarray(keep).astype(x.dtype)       # one byte a value crosses to a GPU, not four
         mask /= x.dtype.type(1 - self.p)
         self._mask = mask
-        return x * self._mask
+        return self.kept_output(x * self._mask)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        self.check_dy(dy)
         if not input_grad:
             return None
         return dy if self._mask is None else dy * self._mask

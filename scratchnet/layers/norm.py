@@ -54,12 +54,13 @@ class LocalResponseNorm(Layer):
         check_input(self, x, 4)
         y, s = kernels.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
         self._cache = (x, y, s)
-        return y
+        return self.kept_output(y)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        self.check_dy(dy)
         if not input_grad:
             return None
-        x, y, s = self.saved(self._cache)
+        x, y, s = self._cache
         return kernels.lrn_backward(dy, x, y, s, self.size, self.alpha, self.beta)
 
 
@@ -128,10 +129,11 @@ class BatchNorm2d(Layer):
         xp = get_array_module(x)
         a = self._scale(xp)
         self._centred = (x - xp.asarray(self.stats["mean"]).reshape(1, -1, 1, 1))
-        return a.reshape(1, -1, 1, 1) * self._centred + self.params["beta"].reshape(1, -1, 1, 1)
+        return self.kept_output(a.reshape(1, -1, 1, 1) * self._centred + self.params["beta"].reshape(1, -1, 1, 1))
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        centred = self.saved(self._centred)
+        self.check_dy(dy)
+        centred = self._centred
         xp = get_array_module(dy)
         a = self._scale(xp)
         if param_grads:

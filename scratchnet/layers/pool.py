@@ -81,12 +81,13 @@ class MaxPool2d(_Pool2d):
         _, _, oh, ow = self.output_shape(x.shape)
         y, self._cache = kernels.maxpool_forward(x, self.kernel, self.stride, self.padding, (oh, ow))
         self._in_hw = x.shape[2:]
-        return y
+        return self.kept_output(y)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        self.check_dy(dy)
         if not input_grad:
             return None
-        return kernels.maxpool_backward(dy, self.saved(self._cache), self._in_hw, self.kernel, self.stride,
+        return kernels.maxpool_backward(dy, self._cache, self._in_hw, self.kernel, self.stride,
                                         self.padding)
 
 
@@ -101,7 +102,7 @@ class AvgPool2d(_Pool2d):
         _, _, oh, ow = self.output_shape(x.shape)
         if kernels.on_gpu(x):       # one CUDA kernel each way (kernels/pool.cu), same sums as below
             self._cache = ("gpu", x.shape[2:])
-            return kernels.avgpool_forward(x, self.kernel, self.stride, self.padding, (oh, ow))
+            return self.kept_output(kernels.avgpool_forward(x, self.kernel, self.stride, self.padding, (oh, ow)))
         (kh, kw), (sh, sw) = self.kernel, self.stride
         t, b, l, r = self.padding
         # extra bottom/right zeros so ceil-mode windows fit; they are excluded from the divisor
@@ -114,7 +115,7 @@ class AvgPool2d(_Pool2d):
                 y += xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
         div = self._divisor(h, w, oh, ow, xp, x.dtype)
         self._cache = (x.shape, (t, hp - h - t, l, wp - w - l), div)
-        return y / div
+        return self.kept_output(y / div)
 
     def _divisor(self, h, w, oh, ow, xp, dtype):
         """(oh, ow): each window's size inside the padded input (padding counts, the extra ceil-mode
@@ -128,9 +129,10 @@ class AvgPool2d(_Pool2d):
         return xp.asarray((ch[:, None] * cw[None, :]).astype(dtype))
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        self.check_dy(dy)
         if not input_grad:
             return None
-        if self.saved(self._cache)[0] == "gpu":
+        if self._cache[0] == "gpu":
             return kernels.avgpool_backward(dy, self._cache[1], self.kernel, self.stride, self.padding)
         xp = get_array_module(dy)
         shape, pads, div = self._cache
@@ -156,13 +158,14 @@ class GlobalAvgPool(Layer):
     def forward(self, x, train=False):
         check_input(self, x, 4)
         self._shape = x.shape
-        return x.mean(axis=(2, 3))
+        return self.kept_output(x.mean(axis=(2, 3)))
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        self.check_dy(dy)
         if not input_grad:
             return None
         xp = get_array_module(dy)
-        n, c, h, w = self.saved(self._shape)
+        n, c, h, w = self._shape
         return xp.broadcast_to((dy / (h * w))[:, :, None, None], self._shape).copy()
 
 

@@ -259,12 +259,12 @@ def cmd_localise(args):
     kw = segment_kwargs(args)
     out = Path(args.out)
     results = []
-    for path in map(Path, args.images):
-        img = load_image(path)
+    from ..vis.cli import _unique_stems
+    photos = [(path, load_image(path)) for path in map(Path, args.images)]   # a bad last photo: found now
+    for (path, img), stem in zip(photos, _unique_stems([p for p, _ in photos])):  # a/x.jpg, b/x.jpg: x, x_2
         _say(f"localising in {path} ({img.shape[1]}x{img.shape[0]})")
         r = localise_image(net, img, args.cls, rule=args.rule, ten_crop=args.ten_crop, **kw)
         out.mkdir(parents=True, exist_ok=True)  # after a result: a bad photo or class leaves no empty folder
-        stem = path.stem
         files = {"overlay": out / f"{stem}_localised.png", "mask": out / f"{stem}_mask.png",
                  "saliency": out / f"{stem}_saliency.png", "json": out / f"{stem}.json"}
         save_png(files["overlay"], draw_result(img, r["component"], r["box"]))   # the object and its box

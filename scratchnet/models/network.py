@@ -71,12 +71,20 @@ class Network(Sequential):
                              f"scratchnet.backend.to_device(x, {there!r}) or net.to({here!r})")
         if not bool(xp.isfinite(x).all()):
             raise NonFiniteInputError("network input contains NaN or Inf values")
-        self.output_shape(tuple(x.shape))      # raises ShapeError naming the first layer that does not fit
+        try:
+            self.output_shape(tuple(x.shape))  # raises ShapeError naming the first layer that does not fit
+        except ShapeError as e:
+            h, w = self.input_shape[1:]
+            if tuple(x.shape[2:]) == (h, w):
+                raise
+            raise ShapeError(f"network input is {x.shape[2]}x{x.shape[3]} but this network was built for "
+                             f"{h}x{w} images (input shape {tuple(x.shape)}); resize them, e.g. with "
+                             f"scratchnet.models.preprocess.prepare ({e})") from None
 
     def forward(self, x, train=False):
         self.check_input(x)
         scores = super().forward(x, train)
-        self._scores_shape = tuple(scores.shape)
+        self._scores_shape, self._scores_dtype = tuple(scores.shape), scores.dtype
         return scores
 
     def forget_forward(self):
@@ -99,6 +107,10 @@ class Network(Sequential):
         if tuple(dscores.shape) != want:
             raise ShapeError(f"dscores must have the shape {want} of the last forward's scores "
                              f"(N images, K classes), got {tuple(dscores.shape)}")
+        if dscores.dtype.kind not in "fiub":
+            raise ShapeError(f"dscores must be a real array like the scores, got dtype {dscores.dtype}")
+        if dscores.dtype != self._scores_dtype:     # a float64 or integer one-hot on a float32 network
+            dscores = dscores.astype(self._scores_dtype)
         return super().backward(dscores, rule, param_grads, input_grad)
 
     @property

@@ -472,10 +472,12 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
              "forward and backward passes.</p>")
     summary = dict(out=str(out), quick=quick, models={})
     t_all = time.time()
-    for i, name in enumerate(models):
-        t0 = time.time()
+    nets = []
+    for name in models:                 # all of them first: a typo in the second is found before any work
         _say(progress, f"loading {name}")
-        net = load(name, device=device)
+        nets.append(load(name, device=device))
+    for i, (name, net) in enumerate(zip(models, nets)):
+        t0 = time.time()
         tag = f"m{i}_{Path(str(name)).stem}"
         page.add(f"<h2>{html.escape(str(net.name or name))}</h2><p>input {net.input_shape}, "
                  f"{net.num_classes} classes, preprocessing <code>{html.escape(json.dumps(net.preprocess))}</code></p>")
