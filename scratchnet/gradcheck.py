@@ -455,6 +455,8 @@ def cmd_gradcheck(args):
 
     if not args.tol > 0:
         raise ValueError(f"--tol must be a positive number, got {args.tol}")
+    if args.no_layers and args.no_network:
+        raise ValueError("--no-layers and --no-network together leave nothing to check")
     layers = [] if args.no_layers else select_grid(args.only)
     net = None if args.no_network else _network_for_check(args.model)     # bad names and classes: before any work
     if net is not None and args.cls >= net.num_classes:

@@ -160,6 +160,8 @@ def test_gradcheck_command(capsys):
 
     assert main(["gradcheck", "--only", "nothing-like-this"]) == 2
     assert "the names are" in capsys.readouterr().err
+    assert main(["gradcheck", "--no-layers", "--no-network"]) == 2          # 0 of 0 checks is not a pass
+    assert "--no-layers and --no-network together leave nothing to check" in capsys.readouterr().err
 
     # a class the network does not have: refused before any check runs
     assert main(["gradcheck", "--class", "5"]) == 2

@@ -353,6 +353,7 @@ def test_corrupt_image_gives_a_clear_error(tmp_path, capsys):
     assert cli_main(args + ["--skip-bad-images"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["epochs"] == 1 and summary["model"].endswith("model.npz")
+    assert summary["command"] == "train"                      # like every other command's JSON
 
 
 def test_a_trained_network_records_its_class_wnids_and_names(tmp_path, capsys):

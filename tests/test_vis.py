@@ -157,6 +157,18 @@ def test_ten_crop_map_of_flipped_photo_is_flipped_map():
     assert ten_crop_saliency(net, img, 1).map.shape == (9, 10)      # input 8: shorter side round(64 / 7)
     with pytest.warns(UserWarning, match=r"5 crops coincide .* e\.g\. 9: .* scratchnet saliency --resize 9"):
         ten_crop_saliency(net, img[:12, :12], 1, resize=8)             # square at the input size: no room
+    # a resize below the input size used to be raised to it without a word (--resize 100 for a
+    # 227-pixel network gave 227); it is now refused, and --resize without --ten-crop is too
+    with pytest.raises(ValueError, match=r"resize must be at least 8, the side of the network's 8x8 input .* got 7"):
+        ten_crop_saliency(net, img, 1, resize=7)
+
+
+def test_saliency_command_refuses_resize_without_ten_crop(tiny_path, photo, tmp_path, capsys):
+    from scratchnet.cli import main
+    assert main(["saliency", str(photo), "--model", str(tiny_path), "--resize", "20",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--resize sets the photo's size before the ten crops: it needs --ten-crop" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +445,16 @@ def test_class_model_errors(net, live_net, capsys):
         cm.class_model(net, [0], steps=1, optimiser="adam")
     capsys.readouterr()
     cm.class_model(net, [0], steps=1)                    # tiny_net: every unit is off at the zero image
-    assert "class_model: warning: the class score's gradient at the zero image is exactly 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "class_model: warning: the class score's gradient at the zero image is exactly 0" in err
+    assert "start_noise=10 (scratchnet classmodel --start-noise 10)" in err
+    # the way out, beyond the paper: a seeded noise start, from which the ascent climbs
+    a = cm.class_model(net, [0, 1], steps=5, start_noise=10, seed=4)
+    assert "warning" not in capsys.readouterr().err
+    assert a.scores[-1].min() > a.scores[0].max() and a.settings["start_noise"] == 10
+    np.testing.assert_array_equal(cm.class_model(net, [0, 1], steps=5, start_noise=10, seed=4).x, a.x)
+    with pytest.raises(ValueError, match="start_noise"):
+        cm.class_model(net, [0], steps=1, start_noise=-1)
     # each plain step scales the image by 1 - lr 2 lam / u^2: below -1 it can only blow up, and the error says so
     f32 = copy.deepcopy(live_net).astype(np.float32)
     plain = r"diverged at step \d+ of 100 .* scales the image by 1 - lr \* 2 \* lam / u\^2 = -19, which must stay above"
@@ -596,6 +617,17 @@ def test_cli_bad_counts_and_failed_commands_leave_nothing_behind(tiny_path, phot
     assert main(["compare-rules", str(photo), "--model", str(tiny_path), "--check-pixels", "100000"]) == 2
     assert "--check-pixels: expected at most the image's 768 entries (3x16x16), got 100000" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+    assert main(["compare-rules", "--model", str(tiny_path), "--layers", "fire", str(photo)]) == 2
+    assert (f"IMAGE is missing: the photo to compare the rules on ({str(photo)!r} was taken as a layer: --layers "
+            "takes every word after it, so put IMAGE before --layers or end the list with --)") in capsys.readouterr().err
+    assert main(["compare-rules", str(photo), "--model", str(tiny_path), "--neuron", "500"]) == 2
+    assert "channel 500 out of range: the layer" in capsys.readouterr().err
+    assert main(["deconv", str(photo), "--model", str(tiny_path), "--layer", "dw", "--neuron", "500",
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "channel 500 out of range: the layer dw has 6 channels (0..5)" in capsys.readouterr().err
+    assert main(["deconv", str(photo), "--model", str(tiny_path), "--layer", "dw", "--neuron", "1,9,9",
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "neuron index (1, 9, 9) does not fit the output of shape (6, 8, 8) of the layer dw" in capsys.readouterr().err
 
 
 def test_demo_runs_end_to_end_on_a_tiny_network(tiny_path, tmp_path, capsys):
@@ -893,15 +925,6 @@ def test_signed_image_stretches_by_the_magnitude_percentile():
     assert 60 <= signed_image(np.full((3, 2, 2), -0.5) * [[[1]], [[2]], [[1]]], pct=100)[0, 0, 0] <= 68
 
 
-def test_ten_crop_resize_below_the_input_size_is_raised_to_it():
-    net = tiny_net(dtype=np.float32)
-    img = (np.random.default_rng(2).random((12, 14, 3)) * 255).astype(np.uint8)
-    small = ten_crop_saliency(net, img, 1, resize=4)
-    same = ten_crop_saliency(net, img, 1, resize=8)
-    assert small.map.shape == same.map.shape == (8, 9)
-    np.testing.assert_array_equal(small.map, same.map)
-
-
 def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_path, photo, tmp_path, capsys,
                                                                            monkeypatch):
     from scratchnet.io.images import load_image
@@ -909,10 +932,10 @@ def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_
     from scratchnet.vis import saliency as sal_module
     out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "2", "--lr", "0.5",
                    "--lam", "0.01", "--optimiser", "plain", "--momentum", "0.5", "--jitter", "1", "--seed", "3",
-                   "--out", str(tmp_path / "c")], capsys)
+                   "--start-noise", "2.5", "--out", str(tmp_path / "c")], capsys)
     s = out["settings"]
-    assert (s["steps"], s["lr"], s["lam"], s["optimiser"], s["momentum"], s["jitter"], s["seed"]) == \
-        (2, 0.5, 0.01, "plain", 0.5, 1, 3)
+    assert (s["steps"], s["lr"], s["lam"], s["optimiser"], s["momentum"], s["jitter"], s["seed"], s["start_noise"]) == \
+        (2, 0.5, 0.01, "plain", 0.5, 1, 3, 2.5)
     out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "1", "--regularised",
                    "--out", str(tmp_path / "r")], capsys)
     assert all(out["settings"][k] == v for k, v in cm.REGULARISED.items())

@@ -177,5 +177,5 @@ def run_train(args):
     net.to(device)
     trainer = Trainer(net, train, val, args.out, config, device=device)
     summary = trainer.fit(resume=args.resume)
-    emit_json(summary)
+    emit_json({"command": "train", **summary})
     return 0

@@ -11,7 +11,9 @@ Find the image that a class scores highest, with an L2 penalty:
   * S_c is the *unnormalised* class score (not the softmax: that could rise by lowering the others);
   * the weights are fixed; dS_c/dI is one ``net.backward(onehot, rule="gradient", param_grads=False)``;
   * the ascent starts from the zero image (the mean image, once the mean is added back) and runs for
-    all requested classes at once, one class per batch row.
+    all requested classes at once, one class per batch row. Beyond the paper, ``start_noise`` starts it
+    from seeded Gaussian noise of that many grey levels (rms) instead: for a network whose units are all
+    off at the zero image, where the gradient is exactly 0 and the paper's ascent cannot start.
 
 Optimiser (``optimiser=``):
     "normalised" (default):  v <- mu v + g / rms(g);   I <- I + lr * u * v
@@ -115,7 +117,7 @@ def gaussian_blur(x, sigma):
 def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DEFAULTS["lam"],
                 optimiser=DEFAULTS["optimiser"], momentum=DEFAULTS["momentum"], jitter=0, blur_every=0,
                 blur_sigma=0.5, clip_pct=0.0, clamp=False, score_layer="auto", seed=0, progress=None,
-                progress_every=20) -> ClassModel:
+                progress_every=20, start_noise=0.0) -> ClassModel:
     """Gradient ascent of J(I) = S_c(I) - lam ||I/u||^2 from the zero image; see the module docstring.
 
     classes: M classes (indices, wnids or names); one batch row per class. ``score_layer``: "auto", None (the network's
@@ -135,6 +137,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     if blur_every:
         check_number("class_model", "blur_sigma (with blur_every set)", blur_sigma, low=0, low_open=True)
     check_number("class_model", "clip_pct", clip_pct, low=0, high=100, high_open=True)
+    check_number("class_model", "start_noise (grey levels rms)", start_noise, low=0)
     cls = np.atleast_1d(resolve_classes(net, classes))
     K = net.num_classes
     if cls.ndim != 1 or len(cls) == 0:
@@ -143,7 +146,9 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     u = grey_level(net)
     score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
     rng = np.random.default_rng(seed)
-    x = on_net_device(net, np.zeros((len(cls),) + tuple(net.input_shape), net.dtype()))
+    shape = (len(cls),) + tuple(net.input_shape)
+    start = (rng.standard_normal(shape) * (start_noise * u) if start_noise else np.zeros(shape))
+    x = on_net_device(net, start.astype(net.dtype()))
     xp = get_array_module(x)
     rows, cols = xp.arange(len(cls)), xp.asarray(cls)
     onehot = xp.zeros((len(cls), K), x.dtype)
@@ -191,9 +196,13 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
             dz[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
             g = backward_from(net, score_at, dz, "gradient")
         if t == 0 and not bool(xp.any(g)):
-            print("class_model: warning: the class score's gradient at the zero image is exactly 0, so the "
+            where = "the start image" if start_noise else "the zero image"
+            print(f"class_model: warning: the class score's gradient at {where} is exactly 0, so the "
                   "ascent cannot leave it (every unit on the way is off there, e.g. a network with zero biases); "
-                  "the class models will stay blank", file=sys.stderr)
+                  "the class models will stay blank" + ("" if start_noise else
+                                                        "; start from noise instead: start_noise=10 "
+                                                        "(scratchnet classmodel --start-noise 10)"),
+                  file=sys.stderr)
         if dy or dx:
             g = xp.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
         g = g - (2 * lam / u ** 2) * x
@@ -215,7 +224,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     pixels = to_pixels(net, x_np)
     settings = dict(steps=steps, lr=lr, lam=lam, optimiser=optimiser, momentum=momentum, jitter=jitter,
                     blur_every=blur_every, blur_sigma=blur_sigma, clip_pct=clip_pct, clamp=clamp,
-                    score_layer=score_at, seed=seed,
+                    score_layer=score_at, seed=seed, start_noise=start_noise,
                     grey_level=u, display="per-image 1st..99th percentile stretch, mean added back")
     return ClassModel(x_np, cls, np.array(scores), np.array(objective), pixels,
                       stretch(pixels, 1, 99), settings)

@@ -42,20 +42,28 @@ def register(sub, ev_sub):
     p.add_argument("--class", dest="cls", nargs="+", required=True, metavar="C",
                    help="classes: indices, wnids or names (quote names with spaces)")
     d = cm.DEFAULTS
-    p.add_argument("--steps", type=nonnegative_int, default=d["steps"])
+    p.add_argument("--steps", type=nonnegative_int, default=d["steps"],
+                   help="gradient-ascent steps from the zero image (default %(default)s; 0 writes the start)")
     p.add_argument("--lr", type=float, default=d["lr"], help="step: grey levels (rms) per step, 'normalised'")
     p.add_argument("--lam", type=float, default=d["lam"], help="L2 weight, per grey level squared")
-    p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"])
-    p.add_argument("--momentum", type=float, default=d["momentum"])
+    p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"],
+                   help="'plain': x += lr * gradient, the paper's ascent; 'normalised': each step scaled to "
+                        "an rms of lr grey levels (default %(default)s)")
+    p.add_argument("--momentum", type=float, default=d["momentum"], help="momentum of the ascent (default %(default)s)")
     p.add_argument("--jitter", type=nonnegative_int, default=0, help="opt-in: random roll of up to J pixels each step")
     p.add_argument("--blur-every", type=nonnegative_int, default=0, help="opt-in: Gaussian blur every K steps")
-    p.add_argument("--blur-sigma", type=float, default=0.5)
+    p.add_argument("--blur-sigma", type=float, default=0.5, help="with --blur-every: the blur's sigma in pixels "
+                                                                 "(default %(default)s)")
     p.add_argument("--clip-pct", type=float, default=0.0, help="opt-in: zero pixels below this norm percentile")
     p.add_argument("--clamp", action="store_true", help="opt-in: keep pixels within 0..255 grey levels")
     p.add_argument("--regularised", action="store_true",
                    help=f"use the demo's regularised settings {cm.REGULARISED} (they override those options)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="classmodel-out")
+    p.add_argument("--start-noise", type=float, default=0.0, metavar="GREY",
+                   help="opt-in: start from Gaussian noise of GREY grey levels (rms) instead of the paper's "
+                        "zero image (for a network whose gradient there is exactly 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --jitter's rolls and --start-noise "
+                                                       "(default %(default)s)")
+    p.add_argument("--out", default="classmodel-out", help="output folder (default %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=cmd_classmodel)
 
@@ -63,17 +71,18 @@ def register(sub, ev_sub):
     p.add_argument("image", metavar="IMAGE")
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layer", required=True, help="top-level layer name (see `scratchnet info`)")
-    p.add_argument("--rule", default="all", choices=RULES + ["all"])
+    p.add_argument("--rule", default="all", choices=RULES + ["all"],
+                   help="ReLU backward rule of the reconstruction (default %(default)s: one image per rule)")
     p.add_argument("--neuron", type=_neuron, default="max",
                    help="'max' (strongest activation), a channel index, or c,i,j")
     p.add_argument("--mode", default="neuron", choices=["neuron", "map"],
                    help="seed one neuron (1) or its whole feature map (its activations)")
-    p.add_argument("--out", default="deconv-out")
+    p.add_argument("--out", default="deconv-out", help="output folder (default %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=cmd_deconv)
 
     p = sub.add_parser("compare-rules", help="gradient vs DeconvNet vs guided, layer by layer, and the gradient check")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE", nargs="?")      # checked in cmd_compare_rules: --layers may take it
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layers", nargs="+", default=None, help="layers (default: every layer with a 4-D output)")
     p.add_argument("--neuron", type=_neuron, default="max",
@@ -88,7 +97,7 @@ def register(sub, ev_sub):
     p.add_argument("--model", nargs="+", default=None,
                    help="network names or .npz paths (default: efficientnet_lite0, and squeezenet1_0 "
                         "when its weights are found)")
-    p.add_argument("--out", default="scratchnet-demo")
+    p.add_argument("--out", default="scratchnet-demo", help="output folder (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer steps, classes and photos (for CI)")
     p.add_argument("--photos", nargs="+", default=None, help="photos to use instead of the built-in ones")
     p.add_argument("--classes", nargs="+", default=None,
@@ -139,6 +148,9 @@ def cmd_saliency(args):
     from ..io.images import save_png
     from . import saliency as sal
     from .display import class_names, prepare_image, resolve_class
+    if args.resize is not None and not args.ten_crop:
+        raise ValueError("--resize sets the photo's size before the ten crops: it needs --ten-crop (a single "
+                         "view is the network's own preprocessing)")
     net = _load(args)
     names = class_names(net)
     target = None if args.cls is None else resolve_class(net, args.cls)
@@ -201,7 +213,7 @@ def cmd_classmodel(args):
         raise ValueError(f"--class names the same class more than once: {', '.join(twice)}")
     settings = dict(steps=args.steps, lr=args.lr, lam=args.lam, optimiser=args.optimiser, momentum=args.momentum,
                     jitter=args.jitter, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
-                    clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed)
+                    clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed, start_noise=args.start_noise)
     if args.regularised:
         settings.update(cm.REGULARISED)
     _say(f"class models for {[names[i] for i in idx]}")
@@ -254,6 +266,10 @@ def cmd_compare_rules(args):
     from .deconv import compare_rules, gradient_check, reference_check
     from .display import prepare_image
     from .report import _layers_4d
+    if args.image is None:
+        hint = (f" ({args.layers[-1]!r} was taken as a layer: --layers takes every word after it, so put IMAGE "
+                "before --layers or end the list with --)" if args.layers else "")
+        raise ValueError(f"IMAGE is missing: the photo to compare the rules on{hint}")
     net = _load(args)
     x, _ = prepare_image(net, _read(args.image))
     if args.check_pixels > x[0].size:                  # before the comparison, not after it

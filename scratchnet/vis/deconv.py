@@ -88,7 +88,7 @@ def saturation(net, layer) -> float:
     return clip(net.layers[layer_index(net, layer)][1])
 
 
-def pick_neuron(act, neuron="max", upper=float("inf")):
+def pick_neuron(act, neuron="max", upper=float("inf"), layer=None):
     """The neuron of each image to reconstruct, as index tuples into act[n] (a (c, i, j) or (f,)).
 
     act (N, C, H, W) or (N, F). neuron: "max" (the strongest activation below ``upper``), an int
@@ -105,13 +105,15 @@ def pick_neuron(act, neuron="max", upper=float("inf")):
             out.append(tuple(int(v) for v in np.unravel_index(a[n].argmax(), a[n].shape)))
         elif isinstance(neuron, (int, np.integer)):
             if not 0 <= neuron < a.shape[1]:
-                raise ValueError(f"channel {neuron} out of range: the layer has {a.shape[1]} channels")
+                raise ValueError(f"channel {neuron} out of range: the layer{f' {layer}' if layer else ''} has "
+                                 f"{a.shape[1]} channels (0..{a.shape[1] - 1})")
             m = a[n, int(neuron)]
             out.append((int(neuron),) + tuple(int(v) for v in np.unravel_index(m.argmax(), m.shape)))
         else:
             idx = tuple(int(v) for v in neuron)
             if len(idx) != a.ndim - 1 or any(not 0 <= i < s for i, s in zip(idx, a.shape[1:])):
-                raise ValueError(f"neuron index {idx} does not fit a layer output of shape {a.shape[1:]}")
+                raise ValueError(f"neuron index {idx} does not fit the output of shape {a.shape[1:]} of the "
+                                 f"layer{f' {layer}' if layer else ''}")
             out.append(idx)
     return out
 
@@ -147,7 +149,7 @@ def reconstruct(net, x, layer, rule="gradient", neuron="max", mode="neuron") -> 
     """Reconstruct the input from one neuron (or feature map) of ``layer``; see the module docstring."""
     x = on_net_device(net, x)
     act = forward_to(net, x, layer)
-    neurons = pick_neuron(act, neuron, saturation(net, layer))
+    neurons = pick_neuron(act, neuron, saturation(net, layer), layer)
     a = to_numpy(act)
     vals = np.array([a[(n,) + idx] for n, idx in enumerate(neurons)])
     rec = backward_from(net, layer, neuron_seed(act, neurons, mode), rule)
@@ -191,7 +193,7 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
     out = []
     for name in layers:
         act = forward_to(net, x, name)
-        neurons = pick_neuron(act, neuron, saturation(net, name))
+        neurons = pick_neuron(act, neuron, saturation(net, name), name)
         seed = neuron_seed(act, neurons, mode)
         rec = {r.value: to_numpy(backward_from(net, name, seed, r)) for r in Rule}
         a = to_numpy(act)
@@ -303,7 +305,7 @@ def reference_check(net, x, layer, neuron="max") -> dict:
     a network with a layer the reference does not know."""
     x = on_net_device(net, to_numpy(x)[:1])
     act = forward_to(net, x, layer)
-    seed = neuron_seed(act, pick_neuron(act, neuron, saturation(net, layer)))
+    seed = neuron_seed(act, pick_neuron(act, neuron, saturation(net, layer), layer))
     want = {r.value: reference_backward(net, x, layer, seed, r) for r in Rule}
     out = {}
     for r in Rule:

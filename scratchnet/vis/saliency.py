@@ -173,6 +173,9 @@ def ten_crop_saliency(net, img, class_index=None, rule="gradient", resize=None) 
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"expected an RGB photo (H, W, 3) uint8, got {img.dtype} {img.shape}")
     h, w = net.input_shape[1:]
+    if resize is not None and resize < max(h, w):
+        raise ValueError(f"ten_crop_saliency: resize must be at least {max(h, w)}, the side of the network's "
+                         f"{h}x{w} input (the crops are cut from the resized photo), got {resize}")
     side = resize or int(net.preprocess.get("resize") or round(max(h, w) * 8 / 7))
     side = max(int(side), h, w)
     rh, rw = shorter_side_size(*img.shape[:2], side)
