@@ -573,3 +573,13 @@ def test_a_wrong_image_size_names_the_size_the_network_was_built_for():
     net = paper_net(input_size=64, num_classes=10, width=0.125)
     with pytest.raises(ShapeError, match=r"network input is 32x32 but this network was built for 64x64 images"):
         net.forward(np.zeros((2, 3, 32, 32), np.float32))
+
+
+def test_every_command_that_takes_a_network_has_a_default_one():
+    """classify and info used to require --model while the other commands defaulted to a network that
+    pip brings; evaluate classification still asks (a measurement should name what it measures)."""
+    from scratchnet.cli import build_parser
+    p = build_parser()
+    assert p.parse_args(["info"]).model == "efficientnet_lite0"
+    assert p.parse_args(["classify", "x.jpg"]).model == "efficientnet_lite0"
+    assert p.parse_args(["saliency", "x.jpg"]).model == "efficientnet_lite0"

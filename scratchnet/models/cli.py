@@ -30,7 +30,7 @@ def register(sub, ev_sub):
 
     p = sub.add_parser("classify", help="top-k classes of photos (softmax probabilities and raw scores)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    add_model_arg(p)
+    add_model_arg(p, "efficientnet_lite0")      # as saliency, classmodel and demo: its weights come with pip
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to list (default 5)")
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)
     add_device_arg(p)
@@ -50,7 +50,7 @@ def register(sub, ev_sub):
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="layers, output shapes, parameter counts and GFLOP of a network")
-    add_model_arg(p)
+    add_model_arg(p, "efficientnet_lite0")
     p.add_argument("--size", type=positive_int, default=None, help="input side in pixels (default: the network's)")
     add_device_arg(p)
     p.set_defaults(func=cmd_info)
