@@ -249,6 +249,8 @@ def open_npz(path, kind, writer, error=ValueError):
         raise error(f"{path} is not a scratchnet {kind}: expected an .npz archive as {writer} writes "
                     f"(a zip file), got {what}")
     try:
+        with zipfile.ZipFile(path):             # np.load would leave its file open on a damaged archive
+            pass
         return np.load(path, allow_pickle=False)
     except Exception as e:
         raise error(f"{path} is not a scratchnet {kind} (.npz expected): {e}") from None
