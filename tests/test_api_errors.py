@@ -333,7 +333,7 @@ def test_a_layer_asked_for_backward_before_forward_says_so():
     for layer, dy in [(L.ReLU(), dy4), (L.Conv2d(2, 2, 1), dy4), (L.MaxPool2d(2), dy4), (L.AvgPool2d(2), dy4),
                       (L.LocalResponseNorm(), dy4), (L.BatchNorm2d(2), dy4), (L.Flatten(), dy2),
                       (L.GlobalAvgPool(), dy2), (L.Linear(2, 2), dy2),
-                      (L.Concat([("a", L.ReLU()), ("b", L.ReLU())]), dy4)]:
+                      (L.Concat([("a", L.ReLU()), ("b", L.ReLU())]), dy4), (L.Dropout(0.5), dy2)]:
         for param_grads in (True, False):           # also when only the input gradient is asked for
             with pytest.raises(ShapeError, match=f"{type(layer).__name__}: backward before forward: call forward"):
                 layer.backward(dy, param_grads=param_grads)

@@ -16,8 +16,7 @@ A layer is a small object with
   * parameters start at zero (a network built by hand outputs zeros): ``init_params(rng)`` on a
     layer (He, or ``scheme="gaussian", std=...``), ``scratchnet.train.init_network`` on a whole
     network, or weights loaded from a file.
-  * ``backward`` before any ``forward`` is a ShapeError that says so (``saved``); Dropout, whose
-    test-mode backward is the identity, passes dy through.
+  * ``backward`` before any ``forward`` is a ShapeError that says so (``saved``).
   * a layer that computes remembers its output's shape and dtype (``kept_output``, nothing else), and
     its backward refuses a dy that does not match (``check_dy``) before any kernel reads it: a Numba
     loop over a dy larger than what forward kept would read past its arrays.
