@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import warnings
+from pathlib import Path
 
 #: modules that provide ``register(subparsers, evaluate_subparsers)``
 COMMAND_MODULES = ["scratchnet.models.cli", "scratchnet.vis.cli", "scratchnet.localise.cli",
@@ -156,10 +157,32 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:   # user errors: one clear line, no traceback
         print(f"scratchnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:               # stdout closed early (`scratchnet info | head`): nothing to say
+        import os
+        try:                              # and nothing at exit either, when Python flushes stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):      # a stdout with no file behind it
+            pass
+        return 1
     except OSError as e:                  # the system refused a file operation (permissions, a full disk)
         what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         print(f"scratchnet {args.command}: error: {what}", file=sys.stderr)
         return 2
+
+
+def unique_stems(paths):
+    """File stems, with _2, _3, ... added to a stem taken before, ignoring case (X.jpg and x.png are one
+    file name on macOS and Windows): outputs are named by stem."""
+    used, out = set(), []
+    for p in paths:
+        stem = Path(p).stem
+        name, i = stem, 1
+        while name.casefold() in used:
+            i += 1
+            name = f"{stem}_{i}"
+        used.add(name.casefold())
+        out.append(name)
+    return out
 
 
 #: the options that name a folder a command writes into (created if missing), and one file
@@ -169,9 +192,8 @@ FOLDER_OPTIONS, FILE_OPTIONS = ("out", "cache"), ("details",)
 def check_output_paths(args):
     """A ValueError naming the option unless each output folder in ``args`` is a folder or can be made
     one, and each output file's folder exists and is writable: checked before a command starts, so a
-    typo is not found after an hour's work."""
+    typo is not found after an hour's work. A cache may be read-only (one filled before is only read)."""
     import os
-    from pathlib import Path
     for name in FOLDER_OPTIONS + FILE_OPTIONS:
         value = getattr(args, name, None)
         if value is None or (name == "cache" and getattr(args, "no_cache", False)):
@@ -185,6 +207,8 @@ def check_output_paths(args):
         else:
             if path.is_dir():
                 raise ValueError(f"{flag} {value} is a folder; expected a file name")
+            if path.exists() and not os.access(path, os.W_OK):
+                raise ValueError(f"{flag} {value}: cannot write the file (permission denied)")
             folder = path.parent
         here = folder
         while not here.exists():               # the nearest part of the path that exists
@@ -193,7 +217,7 @@ def check_output_paths(args):
             raise ValueError(f"{flag} {value}: {here} is a file, so {folder} cannot be a folder")
         if here != folder and name in FILE_OPTIONS:
             raise ValueError(f"{flag} {value}: the folder {folder} does not exist")
-        if not os.access(here, os.W_OK | os.X_OK):
+        if name != "cache" and not os.access(here, os.W_OK | os.X_OK):
             raise ValueError(f"{flag} {value}: cannot write in {here} (permission denied)")
 
 

@@ -104,7 +104,7 @@ def check_layer(layer, x, train=False, reset=None, seed=1):
     if zero:
         unset = [name for name, lay, key in layer.named_params() if not bool(xp.any(lay.params[key]))]
         hint = (f"; the parameters {unset} are all zero (layers start at zero): give them values first, e.g. "
-                "scratchnet.gradcheck.randomise_params(layer)" if unset else
+                "scratchnet.gradcheck.randomise_params(layer)" if unset and "x" in zero else
                 "; choose an input (and dy) that reaches it")
         raise ValueError(f"check_layer: the analytic gradient of {zero} is all zero, so the check would "
                          f"prove nothing{hint}")

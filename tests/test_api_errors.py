@@ -583,3 +583,83 @@ def test_every_command_that_takes_a_network_has_a_default_one():
     assert p.parse_args(["info"]).model == "efficientnet_lite0"
     assert p.parse_args(["classify", "x.jpg"]).model == "efficientnet_lite0"
     assert p.parse_args(["saliency", "x.jpg"]).model == "efficientnet_lite0"
+
+
+def test_backward_from_takes_a_seed_of_another_dtype_like_network_backward(net):
+    """Network.backward casts dscores to the scores' dtype; backward_from (a pass from a middle layer,
+    for DeconvNet reconstructions) does the same with its seed, rather than a layer refusing it."""
+    from scratchnet.vis.deconv import backward_from, forward_to
+    x = np.random.default_rng(5).standard_normal((1,) + net.input_shape).astype(np.float32)
+    name = net.layers[2][0]
+    a = forward_to(net, x, name)
+    want = backward_from(net, name, np.ones_like(a))
+    forward_to(net, x, name)
+    got = backward_from(net, name, np.ones(a.shape))                      # float64 ones
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_network_moved_or_cast_after_its_forward_asks_for_a_new_forward(net):
+    """What forward kept has the old dtype (or device): backward after astype/to says to run forward
+    again, instead of a layer in the middle finding a dy of the wrong dtype."""
+    import copy
+    x = np.random.default_rng(5).standard_normal((1,) + net.input_shape).astype(np.float32)
+    n64 = copy.deepcopy(net)
+    s = n64.forward(x)
+    n64.astype(np.float64)
+    with pytest.raises(ShapeError, match="network backward before any forward"):
+        n64.backward(np.ones(s.shape))
+    layer = n64.layers[0][1]
+    with pytest.raises(ShapeError, match="backward before forward"):
+        layer.backward(np.ones((1,) + layer.output_shape((1,) + net.input_shape)[1:]))
+    n64.forward(x.astype(np.float64))
+    assert n64.backward(np.ones(s.shape)).dtype == np.float64
+
+
+def test_check_layer_blames_zero_parameters_only_when_they_are_the_reason():
+    from scratchnet.gradcheck import check_layer, randomise_params
+    from scratchnet.layers import Conv2d
+    conv = randomise_params(Conv2d(3, 4, 3))
+    conv.params["b"][:] = 0
+    with pytest.raises(ValueError, match=r"all zero, so the check would prove nothing; choose an input"):
+        check_layer(conv, np.zeros((2, 3, 5, 5)))               # W's gradient is 0 because x is
+
+
+def test_output_stems_are_unique_ignoring_case():
+    """X.jpg and x.png would be one file name on macOS and Windows."""
+    from scratchnet.cli import unique_stems
+    assert unique_stems(["a/x.jpg", "b/x.jpg", "X.png", "c/x_2.png", "y.png"]) == ["x", "x_2", "X_3", "x_2_2", "y"]
+
+
+def test_a_read_only_cache_folder_is_accepted_and_a_read_only_details_file_is_not(tmp_path, monkeypatch):
+    """A cache filled before may sit on a read-only mount (it is only read); a --details file that
+    cannot be written would fail only after the whole evaluation."""
+    import argparse
+    import os
+    from scratchnet.cli import check_output_paths
+    cache, details = tmp_path / "cache", tmp_path / "d.jsonl"
+    cache.mkdir()
+    details.write_text("")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) in (str(cache), str(details)) else real(p, mode))
+    check_output_paths(argparse.Namespace(cache=str(cache)))
+    with pytest.raises(ValueError, match=r"--details .*d\.jsonl: cannot write the file \(permission denied\)"):
+        check_output_paths(argparse.Namespace(details=str(details)))
+    with pytest.raises(ValueError, match=r"--out .*cache: cannot write in .*cache \(permission denied\)"):
+        check_output_paths(argparse.Namespace(out=str(cache)))
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path, monkeypatch, capsys):
+    """`scratchnet info | head -1` used to end in a BrokenPipeError traceback; the pipe is stood in for
+    by a stdout whose reader has gone (an OS pipe would take the whole output into its buffer)."""
+    import io
+    import sys
+    from scratchnet.cli import main
+    path = paper_net(input_size=32, num_classes=4, width=0.125).save(tmp_path / "n.npz")
+
+    class Gone(io.TextIOBase):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert main(["info", "--model", str(path)]) == 1
+    assert capsys.readouterr().err == ""

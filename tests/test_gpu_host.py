@@ -378,6 +378,27 @@ def test_network_and_input_on_different_devices_is_a_clear_error(host_gpu):
         net.forward(hostcupy.asarray(x))
 
 
+
+def test_dscores_and_dy_on_the_wrong_device_are_named(host_gpu):
+    """dscores on the host for a pass on the device is named as such (not as fc8's dy); a layer's own
+    dy on the wrong device too; and a network moved after its forward asks for a new forward."""
+    from scratchnet.layers import ReLU, ShapeError
+    from scratchnet.models import paper_net
+    net = paper_net(32, num_classes=3, width=0.125, seed=0).to("gpu")
+    s = net.forward(hostcupy.asarray(np.ones((1, 3, 32, 32), np.float32)))
+    with pytest.raises(ShapeError, match=r"dscores is on the cpu but the last forward's scores are on the gpu: "
+                                         r"move it, e.g. scratchnet.backend.to_device\(dscores, 'gpu'\)"):
+        net.backward(np.ones(s.shape, np.float32))
+    assert type(net.backward(hostcupy.ones(s.shape, np.float32))) is type(s)
+    relu = ReLU()
+    relu.forward(hostcupy.asarray(np.ones((2, 3), np.float32)))
+    with pytest.raises(ShapeError, match="ReLU: dy must be on the gpu like forward's output"):
+        relu.backward(np.ones((2, 3), np.float32))
+    net.to("cpu")
+    with pytest.raises(ShapeError, match="network backward before any forward"):
+        net.backward(np.ones(s.shape, np.float32))
+
+
 # ---------------------------------------------------------------------------------------------
 # the pretrained ImageNet networks (EfficientNet-Lite0 comes with pip; SqueezeNet from ../shared)
 # ---------------------------------------------------------------------------------------------

@@ -142,6 +142,7 @@ class Layer:
             for k in list(layer.grads):
                 layer.grads[k] = to_device(layer.grads[k], device)
             layer._moved(device)
+            layer._out = None               # what forward kept is on the old device: forward again
         return self
 
     def device(self) -> str | None:
@@ -164,6 +165,7 @@ class Layer:
             for k in list(stats or {}):
                 stats[k] = stats[k].astype(dtype)
             layer.grads.clear()
+            layer._out = None               # what forward kept has the old dtype: forward again
         return self
 
     def label(self) -> str:

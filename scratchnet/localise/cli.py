@@ -259,9 +259,12 @@ def cmd_localise(args):
     kw = segment_kwargs(args)
     out = Path(args.out)
     results = []
-    from ..vis.cli import _unique_stems
-    photos = [(path, load_image(path)) for path in map(Path, args.images)]   # a bad last photo: found now
-    for (path, img), stem in zip(photos, _unique_stems([p for p, _ in photos])):  # a/x.jpg, b/x.jpg: x, x_2
+    from ..cli import unique_stems
+    paths = list(map(Path, args.images))
+    for path in paths:                  # each read once now (and let go): a bad last photo stops no work
+        load_image(path)
+    for path, stem in zip(paths, unique_stems(paths)):                # a/x.jpg, b/x.jpg: x, x_2
+        img = load_image(path)
         _say(f"localising in {path} ({img.shape[1]}x{img.shape[0]})")
         r = localise_image(net, img, args.cls, rule=args.rule, ten_crop=args.ten_crop, **kw)
         out.mkdir(parents=True, exist_ok=True)  # after a result: a bad photo or class leaves no empty folder

@@ -47,6 +47,7 @@ class Network(Sequential):
         self.mean_image = mean_image            # (C, H, W) float32 for networks trained here
         self.arch = dict(arch or {})            # how the network was built, e.g. {"builder": "paper_net", ...}
         self._scores_shape = None               # (N, K) of the last forward, for backward's check
+        self._scores_dtype = self._scores_device = None     # and its dtype and "cpu" / "gpu"
 
     # -- checked entry points --------------------------------------------------------------
     def check_input(self, x):
@@ -85,7 +86,18 @@ class Network(Sequential):
         self.check_input(x)
         scores = super().forward(x, train)
         self._scores_shape, self._scores_dtype = tuple(scores.shape), scores.dtype
+        self._scores_device = "cpu" if get_array_module(scores) is np else "gpu"
         return scores
+
+    def to(self, device: str):
+        super().to(device)
+        self.forget_forward()
+        return self
+
+    def astype(self, dtype):
+        super().astype(dtype)
+        self.forget_forward()
+        return self
 
     def forget_forward(self):
         """Say that the layers' caches no longer hold this network's last forward (a forward through
@@ -109,6 +121,11 @@ class Network(Sequential):
                              f"(N images, K classes), got {tuple(dscores.shape)}")
         if dscores.dtype.kind not in "fiub":
             raise ShapeError(f"dscores must be a real array like the scores, got dtype {dscores.dtype}")
+        here = "cpu" if get_array_module(dscores) is np else "gpu"
+        if here != self._scores_device:
+            raise ShapeError(f"dscores is on the {here} but the last forward's scores are on the "
+                             f"{self._scores_device}: move it, e.g. scratchnet.backend.to_device(dscores, "
+                             f"{self._scores_device!r})")
         if dscores.dtype != self._scores_dtype:     # a float64 or integer one-hot on a float32 network
             dscores = dscores.astype(self._scores_dtype)
         return super().backward(dscores, rule, param_grads, input_grad)

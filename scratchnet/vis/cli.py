@@ -43,7 +43,7 @@ def register(sub, ev_sub):
                    help="classes: indices, wnids or names (quote names with spaces)")
     d = cm.DEFAULTS
     p.add_argument("--steps", type=nonnegative_int, default=d["steps"],
-                   help="gradient-ascent steps from the zero image (default %(default)s; 0 writes the start)")
+                   help="gradient-ascent steps (default %(default)s; 0 writes the start image)")
     p.add_argument("--lr", type=float, default=d["lr"], help="step: grey levels (rms) per step, 'normalised'")
     p.add_argument("--lam", type=float, default=d["lam"], help="L2 weight, per grey level squared")
     p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"],
@@ -116,7 +116,7 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-from ..cli import dumps_strict, emit_json as _emit  # noqa: E402
+from ..cli import dumps_strict, emit_json as _emit, unique_stems  # noqa: E402
 
 
 def _load(args):
@@ -152,11 +152,14 @@ def cmd_saliency(args):
         raise ValueError("--resize sets the photo's size before the ten crops: it needs --ten-crop (a single "
                          "view is the network's own preprocessing)")
     net = _load(args)
+    if args.resize is not None and args.resize < max(net.input_shape[1:]):     # before --out is made
+        raise ValueError(f"--resize must be at least {max(net.input_shape[1:])}, the side of the network's "
+                         f"input (the ten crops are cut from the resized photo), got {args.resize}")
     names = class_names(net)
     target = None if args.cls is None else resolve_class(net, args.cls)
     rules = RULES if args.rule == "all" else [args.rule]
     photos = [(Path(p), _read(p)) for p in args.images]
-    stems = _unique_stems([p for p, _ in photos])     # a/x.jpg and b/x.jpg: x and x_2, not one overwritten
+    stems = unique_stems([p for p, _ in photos])     # a/x.jpg and b/x.jpg: x and x_2, not one overwritten
     out = Path(args.out)                    # made once the photos are read: a bad one leaves no empty folder
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -186,19 +189,6 @@ def cmd_saliency(args):
                                 class_name=names[c], score=score, map_png=files["map"], overlay_png=files["overlay"],
                                 map_npy=str(out / f"{stem}_map.npy"), map_shape=list(np.shape(smap))))
     _emit(dict(command="saliency", model=args.model, out=str(out), results=results))
-
-
-def _unique_stems(paths):
-    """File stems, with _2, _3, ... added to a stem taken before (outputs are named by stem)."""
-    used, out = set(), []
-    for p in paths:
-        name, i = p.stem, 1
-        while name in used:
-            i += 1
-            name = f"{p.stem}_{i}"
-        used.add(name)
-        out.append(name)
-    return out
 
 
 def cmd_classmodel(args):

@@ -66,7 +66,11 @@ def backward_from(net, layer, dy, rule="gradient"):
     """Send dy (the shape of ``layer``'s output) back to the image through ``net.layers`` up to
     ``layer`` (after ``forward_to``), under a ReLU rule. Returns (N, C, H, W); weights untouched."""
     rule = Rule.parse(rule)
-    for _, lay in reversed(net.layers[:layer_index(net, layer) + 1]):
+    layers = net.layers[:layer_index(net, layer) + 1]
+    kept = layers[-1][1]._out                   # (shape, dtype, device) of that layer's last output
+    if kept is not None and hasattr(dy, "dtype") and dy.dtype != kept[1] and dy.dtype.kind in "fiub":
+        dy = dy.astype(kept[1])                 # a float64 seed on a float32 network, as Network.backward
+    for _, lay in reversed(layers):
         dy = lay.backward(dy, rule, False, True)
     return dy
 

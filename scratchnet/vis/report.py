@@ -459,7 +459,6 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
     from ..io.images import load_image
     from ..models import load
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     models = list(models) if models else available_models()
     if photos:
         shots = [(Path(p).stem, load_image(p), {"source": str(p)}) for p in photos]
@@ -476,8 +475,10 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
     for name in models:                 # all of them first: a typo in the second is found before any work
         _say(progress, f"loading {name}")
         nets.append(load(name, device=device))
-    for i, (name, net) in enumerate(zip(models, nets)):
+    out.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(models):
         t0 = time.time()
+        net, nets[i] = nets[i], None    # each network (and what its passes keep) let go after its section
         tag = f"m{i}_{Path(str(name)).stem}"
         page.add(f"<h2>{html.escape(str(net.name or name))}</h2><p>input {net.input_shape}, "
                  f"{net.num_classes} classes, preprocessing <code>{html.escape(json.dumps(net.preprocess))}</code></p>")
