@@ -717,3 +717,73 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint(tmp_path, monk
     assert load_checkpoint(path, other, SGD(other))["step"] == 3
     for k, v in params(net).items():
         np.testing.assert_array_equal(params(other)[k], v)
+
+
+# ----------------------------------------------------------------------------- --resume through the CLI
+
+def _folder(root, classes, n=4):
+    for k, c in enumerate(classes):
+        for i in range(n):
+            write_jpeg(root / c / f"{i}.jpg", (40 * k + 20, 200 - 40 * k, 10 * i))
+    return root
+
+
+def _run_config(run):
+    return json.loads((run / "config.json").read_text())
+
+
+def test_resume_continues_with_the_runs_own_settings_and_data(tmp_path, capsys):
+    """Options left out of a --resume (--data included) keep the run's saved values, not the parser's
+    defaults (a run started at --lr 0.02 went on at 0.01); one given overrides and is reported."""
+    data, run = _folder(tmp_path / "data", ["cats", "dogs"]), tmp_path / "run"
+    first = ["train", "--data", str(data), "--input-size", "32", "--width", "0.0625", "--epochs", "2",
+             "--batch-size", "4", "--lr", "0.02", "--momentum", "0.5", "--no-flip", "--schedule", "step",
+             "--milestones", "1", "--cache", str(tmp_path / "cache"), "--out", str(run)]
+    assert cli_main(first) == 0
+    capsys.readouterr()
+    assert cli_main(["train", "--out", str(run), "--resume", "--epochs", "3", "--cache", str(tmp_path / "cache")]) == 0
+    out, err = capsys.readouterr()
+    c = _run_config(run)
+    assert (c["lr"], c["momentum"], c["flip"], c["batch_size"], c["milestones"], c["epochs"]) == (0.02, 0.5, False, 4, [1], 3)
+    assert c["extra"]["data"] == str(data) and c["extra"]["width"] == 0.0625 and c["extra"]["input_size"] == 32
+    assert "differ from the checkpoint's (saved, now): {'epochs': (2, 3)}" in err
+    assert json.loads(out.strip().splitlines()[-1])["epochs"] == 3
+    assert cli_main(["train", "--out", str(run), "--resume", "--cache", str(tmp_path / "cache")]) == 0
+    assert "the run already has its 3 epochs (--epochs 3); nothing to train" in capsys.readouterr().err
+    assert cli_main(["train", "--out", str(tmp_path / "new")]) == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
+def test_resume_on_other_classes_is_refused(tmp_path, capsys):
+    """Its output units would be renamed and trained on as other classes."""
+    run = tmp_path / "run"
+    base = ["--input-size", "32", "--width", "0.0625", "--epochs", "1", "--batch-size", "4",
+            "--cache", str(tmp_path / "cache"), "--out", str(run)]
+    assert cli_main(["train", "--data", str(_folder(tmp_path / "a", ["cats", "dogs"]))] + base) == 0
+    capsys.readouterr()
+    b = _folder(tmp_path / "b", ["frogs", "owls"])
+    assert cli_main(["train", "--data", str(b), "--resume", "--epochs", "2"] + base[6:]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on other classes than these (2 classes then, 2 now; not now: ['cats', 'dogs']; " \
+           "new: ['frogs', 'owls'])" in err
+    c = _folder(tmp_path / "c", ["dogs", "cats"])            # ImageFolder sorts: cats, dogs again
+    assert cli_main(["train", "--data", str(c), "--resume", "--epochs", "2"] + base[6:]) == 0
+
+
+def test_an_interrupted_train_command_still_ends_stdout_with_its_json(tmp_path, capsys, monkeypatch):
+    import scratchnet.train.trainer as tr
+    real = tr.Trainer.__init__
+
+    def with_stop(self, *a, **kw):
+        real(self, *a, **kw)
+        self.callbacks.append(stop_at(2))
+    monkeypatch.setattr(tr.Trainer, "__init__", with_stop)
+    run = tmp_path / "run"
+    assert cli_main(["train", "--data", str(_folder(tmp_path / "data", ["cats", "dogs"])), "--input-size", "32",
+                     "--width", "0.0625", "--epochs", "2", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
+                     "--out", str(run)]) == 130
+    out, err = capsys.readouterr()
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["command"] == "train" and s["interrupted"] is True and s["steps"] == 2
+    assert s["model"] == s["checkpoint"] == str(run / "checkpoint.npz")
+    assert "checkpoint at step 2, epoch 1 after 2 of its batches written to" in err

@@ -56,6 +56,12 @@ def read_state(path) -> dict:
         return json.loads(str(z["__train_state__"]))
 
 
+def read_meta(path) -> dict:
+    """Just the network's meta JSON of a checkpoint (class names and wnids, input shape, ...)."""
+    with _open(path) as z:
+        return json.loads(str(z["__meta__"]))
+
+
 def load_checkpoint(path, net, optimiser) -> dict:
     """Restore parameters, momentum, mean image and dropout generators into ``net`` / ``optimiser``
     (which must have the checkpoint's architecture); returns the training state dict.

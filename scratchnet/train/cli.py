@@ -6,6 +6,10 @@
 TRAIN and VAL are each a Tiny-ImageNet root, one of its train/ or val/ folders, or an ImageFolder
 root (<root>/<class>/<image>).  Without --val, a Tiny-ImageNet root is validated on its val split.
 The last line of stdout is a JSON summary; progress goes to stderr.
+
+--resume continues the run in --out with the settings it was started (or last resumed) with, --data
+included; an option given with --resume overrides its saved value (each change is printed), and
+other classes than the run's are refused.
 """
 from __future__ import annotations
 
@@ -23,40 +27,43 @@ def register(sub, ev_sub):
     from ..cli import add_device_arg, nonnegative_int, positive_int
     p = sub.add_parser("train", help="train a network from scratch with SGD (checkpoints, --resume)",
                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, metavar="TRAIN", help="training images (see above)")
+    p.add_argument("--data", metavar="TRAIN", help="training images (see above; required unless --resume)")
     p.add_argument("--val", metavar="VAL", help="validation images (default: a Tiny-ImageNet root's val split)")
-    p.add_argument("--arch", default="paper", choices=["paper"], help="network: the paper's (default)")
-    p.add_argument("--input-size", type=positive_int, default=64, help="square input size in pixels (default 64)")
-    p.add_argument("--width", type=float, default=1.0, help="scale of every hidden width (default 1.0)")
+    # the defaults of the options below are in OPTION_DEFAULTS: None here means "not given", so that
+    # --resume can take the run's saved value instead
+    p.add_argument("--arch", choices=["paper"], help="network: the paper's (default)")
+    p.add_argument("--input-size", type=positive_int, help="square input size in pixels (default 64)")
+    p.add_argument("--width", type=float, help="scale of every hidden width (default 1.0)")
     p.add_argument("--classes", type=positive_int, help="use only the first K classes")
     p.add_argument("--per-class", type=positive_int, help="use only the first N training images of each class")
     p.add_argument("--val-from-train", type=positive_int, metavar="START",
                    help="Tiny-ImageNet: validate on training images START.. of each class and train on images "
                         "0..START-1 (e.g. --classes 10 --val-from-train 250: train 0-249, val 250-299)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, help="images per SGD step (default 128)")
     p.add_argument("--lr", type=float, help="initial learning rate of the step and log schedules (default 0.01)")
     p.add_argument("--lr-end", type=float, help="--schedule log: the last epoch's rate (default lr/100)")
-    p.add_argument("--schedule", default="step", choices=["step", "log", "piecewise"],
-                   help="step: x0.1 for the last quarter, at least the last epoch (or at --milestones); "
+    p.add_argument("--schedule", choices=["step", "log", "piecewise"],
+                   help="step (default): x0.1 for the last quarter, at least the last epoch (or at --milestones); "
                         "log: geometric lr -> lr-end; piecewise: the rates of --lr-points")
     p.add_argument("--milestones", type=int, nargs="*",
                    help="--schedule step: lr x0.1 from each of these epochs on, counted from 0 (35: epochs 36.. "
                         "as printed)")
     p.add_argument("--lr-points", nargs="+", metavar="EPOCH:LR",
                    help="--schedule piecewise: rate LR from printed epoch EPOCH on, e.g. 1:0.01 8:0.001 10:0.01")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights only, not biases (default 5e-4)")
-    p.add_argument("--init", default="he", choices=["he", "gaussian"],
+    p.add_argument("--epochs", type=positive_int, help="epochs of the whole run, resumed ones included (default 20)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, help="on weights only, not biases (default 5e-4)")
+    p.add_argument("--init", choices=["he", "gaussian"],
                    help="he: N(0, 2/fan_in), last layer N(0, 0.01^2) (default); gaussian: N(0, init-std^2)")
     p.add_argument("--init-std", type=float, default=None, help="--init gaussian: the weights' std (default 0.01)")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout before fc6 and fc7 (default 0.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-crop", action="store_true", help="no random crops (default: reflect-pad 4, crop)")
-    p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    p.add_argument("--jitter", type=nonnegative_int, default=0, metavar="P",
+    p.add_argument("--dropout", type=float, help="dropout before fc6 and fc7 (default 0.5)")
+    p.add_argument("--seed", type=int, help="seed of the initial weights, the shuffles, the augmentation and "
+                                            "dropout (default 0)")
+    p.add_argument("--no-crop", action="store_true", default=None, help="no random crops (default: reflect-pad 4, crop)")
+    p.add_argument("--no-flip", action="store_true", default=None, help="no random horizontal flips")
+    p.add_argument("--jitter", type=nonnegative_int, metavar="P",
                    help="zero a random rectangle of up to PxP pixels in each image (default 0 = off)")
-    p.add_argument("--scale", type=float, default=1 / 64, help="input = (image - mean image) * scale (default 1/64)")
+    p.add_argument("--scale", type=float, help="input = (image - mean image) * scale (default 1/64)")
     p.add_argument("--cache", default=os.environ.get("SCRATCHNET_CACHE", "cache"),
                    help="folder for decoded-image caches (default $SCRATCHNET_CACHE or ./cache)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable image files (named on stderr)")
@@ -123,10 +130,60 @@ def decode(ds, size, cache, skip_bad):
     return images, ds.labels[kept]
 
 
+#: the train options whose parser default is None ("not given"), and their defaults for a new run
+OPTION_DEFAULTS = dict(arch="paper", input_size=64, width=1.0, batch_size=128, schedule="step", epochs=20,
+                       momentum=0.9, weight_decay=5e-4, init="he", dropout=0.5, seed=0, no_crop=False,
+                       no_flip=False, jitter=0, scale=1 / 64)
+
+
+def saved_options(out) -> dict:
+    """The options a run in ``out`` was started (or last resumed) with, from its checkpoint's config,
+    under the command line's names; {} when there is no checkpoint."""
+    from .checkpoint import read_state
+    path = Path(out) / "checkpoint.npz"
+    if not path.is_file():
+        return {}
+    c = read_state(path).get("config") or {}
+    extra = c.get("extra") or {}
+    opts = {k: c[k] for k in ("epochs", "batch_size", "lr", "schedule", "milestones", "lr_end", "lr_points",
+                              "momentum", "weight_decay", "seed", "jitter", "scale") if k in c}
+    if "crop_pad" in c:
+        opts["no_crop"] = c["crop_pad"] == 0
+    if "flip" in c:
+        opts["no_flip"] = not c["flip"]
+    opts.update({k: extra[k] for k in ("data", "val", "arch", "input_size", "width", "classes", "per_class",
+                                       "val_from_train", "init", "init_std", "dropout") if k in extra})
+    return opts
+
+
+def settle_options(args):
+    """Fill the options not given: from the run's checkpoint with --resume, else their defaults. The
+    rate options follow the schedule: a saved --lr is taken only for the step and log schedules,
+    --milestones / --lr-end / --lr-points only for the schedule they were saved with (and --init-std
+    only for a gaussian --init)."""
+    saved = saved_options(args.out) if args.resume else {}
+    given = {k for k in vars(args) if getattr(args, k) is not None}
+    for k, default in OPTION_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, saved.get(k, default))
+    same_schedule = args.schedule == saved.get("schedule")
+    for k, takes in (("data", True), ("val", "val_from_train" not in given), ("classes", True),
+                     ("per_class", True), ("val_from_train", "val" not in given),
+                     ("lr", args.schedule != "piecewise"),
+                     ("milestones", same_schedule), ("lr_end", same_schedule), ("lr_points", same_schedule),
+                     ("init_std", args.init == "gaussian" and saved.get("init") == "gaussian")):
+        if getattr(args, k, None) is None and takes and saved.get(k) is not None:
+            setattr(args, k, saved[k])
+    if args.data is None:
+        raise ValueError("--data is required (the training images; with --resume it comes from the run's "
+                         "checkpoint)")
+
+
 def run_train(args):
     from ..models import paper_net
     from .trainer import TrainConfig, Trainer, check_config, check_run_folder, init_network
 
+    settle_options(args)
     device = args.device                # 'cpu' or 'gpu', resolved by scratchnet.cli.main
     train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class, args.val_from_train)
     print(f"train: {len(train_ds)} training images, {train_ds.num_classes} classes; "
@@ -164,9 +221,10 @@ def run_train(args):
                          val_batch_size=max(args.batch_size, min(256, 256 * 64 * 64 // args.input_size ** 2)),
                          extra=dict(data=str(args.data), val=args.val, arch=args.arch, input_size=args.input_size,
                                     width=args.width, classes=args.classes, per_class=args.per_class,
-                                    init=args.init, init_std=init_std, dropout=args.dropout))
+                                    val_from_train=args.val_from_train, init=args.init, init_std=init_std,
+                                    dropout=args.dropout))
     check_config(config)
-    check_run_folder(args.out, config, args.resume)
+    check_run_folder(args.out, config, args.resume, net.class_names)
     try:
         train = decode(train_ds, args.input_size, args.cache, args.skip_bad_images)
         val = decode(val_ds, args.input_size, args.cache, args.skip_bad_images) if val_ds is not None else None
@@ -176,6 +234,12 @@ def run_train(args):
         raise
     net.to(device)
     trainer = Trainer(net, train, val, args.out, config, device=device)
-    summary = trainer.fit(resume=args.resume)
+    try:
+        summary = trainer.fit(resume=args.resume)
+    except KeyboardInterrupt:           # stopped with a checkpoint (which loads as a network too)
+        done = trainer.checkpoint_path.is_file() and getattr(trainer, "_consistent", False)
+        emit_json({"command": "train", "interrupted": True, "checkpoint": str(trainer.checkpoint_path),
+                   **(trainer.summary(trainer.checkpoint_path) if done else {})})
+        raise
     emit_json({"command": "train", **summary})
     return 0

@@ -46,7 +46,7 @@ from ..io.datasets import mean_image
 from ..io.loader import Augment, BatchLoader
 from ..layers import Conv2d, Linear, softmax_cross_entropy
 from ..progress import Progress
-from .checkpoint import dropout_states, load_checkpoint, read_state, save_checkpoint, set_dropout_states
+from .checkpoint import dropout_states, load_checkpoint, read_meta, read_state, save_checkpoint, set_dropout_states
 from .schedule import make_schedule
 from .sgd import SGD
 
@@ -156,11 +156,12 @@ def check_config(c):
     return make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones, c.lr_points)    # its own checks
 
 
-def check_run_folder(out, config: TrainConfig, resume: bool):
+def check_run_folder(out, config: TrainConfig, resume: bool, class_names=None):
     """What fit(resume) would refuse about the run folder ``out``, checked on its own (the command line
     calls this before decoding any image): no checkpoint to resume, a checkpoint a new run would
-    overwrite, or a batch size changed in the middle of an epoch (the checkpoint counts batches, so the
-    rest of that epoch would skip or repeat images)."""
+    overwrite, a batch size changed in the middle of an epoch (the checkpoint counts batches, so the
+    rest of that epoch would skip or repeat images), or other classes than the checkpoint's (each
+    output unit would be trained on as another class)."""
     path = Path(out) / "checkpoint.npz"
     if not resume:
         if path.is_file():
@@ -170,6 +171,14 @@ def check_run_folder(out, config: TrainConfig, resume: bool):
     if not path.is_file():
         raise FileNotFoundError(f"resume: no checkpoint at {path} to continue from")
     state = read_state(path)
+    had = read_meta(path).get("class_names")
+    if class_names is not None and had is not None and list(had) != list(class_names):
+        gone = [c for c in had if c not in class_names]
+        new = [c for c in class_names if c not in had]
+        what = (f"{len(had)} classes then, {len(class_names)} now" + (f"; not now: {gone[:3]}" if gone else "")
+                + (f"; new: {new[:3]}" if new else "") + ("" if gone or new else "; the same, in another order"))
+        raise ValueError(f"{path} was trained on other classes than these ({what}): its output units would "
+                         "be trained on as other classes; resume with the run's data, or start a new run")
     saved = state.get("config", {}).get("batch_size")
     if state.get("batch", 0) > 0 and saved is not None and saved != config.batch_size:
         raise ValueError(f"{path} was saved in the middle of epoch {state['epoch'] + 1}, after batch "
@@ -224,15 +233,17 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
     def fit(self, resume=False):
         """Train to config.epochs; returns the summary dict (also the CLI's JSON line)."""
-        check_run_folder(self.out, self.config, resume)
+        check_run_folder(self.out, self.config, resume, self.net.class_names)
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.state = load_checkpoint(self.checkpoint_path, self.net, self.optimiser)
             self._saved_at = (self.state["epoch"], self.state["batch"], self.state["step"])
             self._warn_config_changes(self.state.get("config", {}))
             self._trim_metrics(self.state["step"])
-            print(f"train: resumed from {self.checkpoint_path} at epoch {self.state['epoch']} batch "
-                  f"{self.state['batch']} (step {self.state['step']})", file=sys.stderr)
+            print(f"train: resumed from {self.checkpoint_path} at {_position(self.state)}", file=sys.stderr)
+            if self.state["epoch"] >= self.config.epochs:
+                print(f"train: the run already has its {self.state['epoch']} epochs (--epochs "
+                      f"{self.config.epochs}); nothing to train: give a larger --epochs to go on", file=sys.stderr)
         else:
             if self.metrics_path.exists():
                 self.metrics_path.unlink()
@@ -246,9 +257,8 @@ class Trainer:
                 if self._step_dropout is not None:      # stopped inside a step's forward or backward: its
                     set_dropout_states(self.net, self._step_dropout)   # masks are drawn again on resume
                 self._save()
-                print(f"\ntrain: interrupted; checkpoint of step {self.state['step']} (epoch {self.state['epoch']}, "
-                      f"batch {self.state['batch']}) written to {self.checkpoint_path}; continue with --resume",
-                      file=sys.stderr)
+                print(f"\ntrain: interrupted; checkpoint at {_position(self.state)} written to "
+                      f"{self.checkpoint_path}; continue with --resume", file=sys.stderr)
             else:
                 print(f"\ntrain: interrupted during a parameter update; {self.checkpoint_path} keeps the "
                       f"previous checkpoint", file=sys.stderr)
@@ -430,6 +440,13 @@ class Trainer:
                     train_loss=last.get("train_loss"), seconds=round(st["seconds"], 1),
                     images_per_s=round(st["images"] / max(st["seconds"], 1e-9), 1), model=str(model_path),
                     out=str(self.out))
+
+
+def _position(state):
+    """Where a run stands, in the progress lines' numbering (epochs from 1)."""
+    e, b, s = state["epoch"], state["batch"], state["step"]
+    return (f"step {s}, epoch {e + 1} after {b} of its batches" if b else
+            f"step {s}, the start of epoch {e + 1}")
 
 
 def _eta(seconds):
