@@ -68,12 +68,17 @@ def per_layer(net, x, repeats):
 
 
 def main():
+    from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--batch", type=positive_int, default=8, help="images per pass (default %(default)s)")
+    ap.add_argument("--size", type=positive_int, default=224,
+                    help="input side in pixels (at least 15 for the paper's network; default %(default)s)")
+    ap.add_argument("--repeats", type=positive_int, default=5,
+                    help="timed runs of each pass, the median reported, after one warm-up (default %(default)s; "
+                         "3 or more: one run is noisy)")
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count(),
+                    help="threads for both engines (default: the CPU count, %(default)s)")
+    ap.add_argument("--no-torch", action="store_true", help="time scratchnet alone (no PyTorch peer)")
     args = ap.parse_args()
 
     import numba
@@ -152,4 +157,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
+        sys.exit(f"bench_cpu.py: error: {e}")

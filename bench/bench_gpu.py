@@ -83,14 +83,15 @@ def decays(key):
 
 
 def main(argv=None):
+    from scratchnet.cli import nonnegative_int, positive_int     # counts: clear refusals below 1 (0)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", type=int, nargs="+", default=[128, 256])
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batches", type=positive_int, nargs="+", default=[128, 256])
+    ap.add_argument("--size", type=positive_int, default=224)
+    ap.add_argument("--repeats", type=positive_int, default=10)
+    ap.add_argument("--warmup", type=nonnegative_int, default=3)
     ap.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (both libraries)")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--sgemm-n", type=int, default=8192, help="size of the SGEMM that measures the peak")
+    ap.add_argument("--sgemm-n", type=positive_int, default=8192, help="size of the SGEMM that measures the peak")
     args = ap.parse_args(argv)
 
     problem = backend.gpu_problem()
@@ -367,4 +368,7 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
+        sys.exit(f"bench_gpu.py: error: {e}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import scratchnet  # noqa: F401  first: its thread settings must precede NumPy's OpenBLAS (scratchnet/threads.py)
@@ -46,8 +47,9 @@ def step(conv, x, dy, param_grads):
 
 
 def main(argv=None):
+    from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=positive_int, default=5)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
@@ -81,4 +83,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
+        sys.exit(f"bench_im2col.py: error: {e}")

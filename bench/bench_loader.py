@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import scratchnet  # noqa: F401  first: thread settings before NumPy (scratchnet/threads.py)
@@ -24,12 +25,13 @@ from timing import alternating, median_ratio
 
 
 def main(argv=None):
+    from scratchnet.cli import nonnegative_int, positive_int     # counts: clear refusals below 1 (0)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--pad", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--size", type=positive_int, default=64)
+    ap.add_argument("--batch", type=positive_int, default=128)
+    ap.add_argument("--pad", type=nonnegative_int, default=4)
+    ap.add_argument("--repeats", type=positive_int, default=7)
+    ap.add_argument("--images", type=positive_int, default=10000)
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
@@ -61,4 +63,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
+        sys.exit(f"bench_loader.py: error: {e}")

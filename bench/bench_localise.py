@@ -66,8 +66,9 @@ def opencv_grabcut(cv2, image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
 
 
 def main(argv=None):
+    from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=100, help="number of photos (default 100; 650 available)")
+    ap.add_argument("--n", type=positive_int, default=100, help="number of photos (default 100; 650 available)")
     ap.add_argument("--pairwise-weight", type=float, default=DEFAULT_PAIRWISE_WEIGHT)
     ap.add_argument("--no-opencv", action="store_true", help="skip the OpenCV peer")
     args = ap.parse_args(argv)
@@ -140,4 +141,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
+        sys.exit(f"bench_localise.py: error: {e}")

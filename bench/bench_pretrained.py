@@ -122,11 +122,12 @@ def per_layer_times(net, x, tnet=None):
 
 
 def main(argv=None):
+    from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["squeezenet1_0", "efficientnet_lite0"])
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="threads for both engines (default: Numba's)")
+    ap.add_argument("--batches", nargs="+", type=positive_int, default=[1, 16])
+    ap.add_argument("--repeats", type=positive_int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=None, help="threads for both engines (default: Numba's)")
     ap.add_argument("--layers", action="store_true", help="also time each layer kind at the largest batch")
     args = ap.parse_args(argv)
 
@@ -187,4 +188,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
+        sys.exit(f"bench_pretrained.py: error: {e}")

@@ -56,9 +56,10 @@ def build(name):
 
 
 def main(argv=None):
+    from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=positive_int, default=16)
+    ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--models", nargs="+", default=["squeezenet1_0", "paper_net224"])
     args = ap.parse_args(argv)
     if torch is None:
@@ -105,4 +106,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
+        sys.exit(f"bench_saliency.py: error: {e}")

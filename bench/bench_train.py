@@ -73,12 +73,13 @@ def profile_layers(net, x, y):
 
 
 def main(argv=None):
+    from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.5])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (ours: OPENBLAS_NUM_THREADS)")
-    ap.add_argument("--classes", type=int, default=200)
+    ap.add_argument("--batch", type=positive_int, default=128)
+    ap.add_argument("--steps", type=positive_int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads (ours: OPENBLAS_NUM_THREADS)")
+    ap.add_argument("--classes", type=positive_int, default=200)
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
@@ -124,4 +125,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
+        sys.exit(f"bench_train.py: error: {e}")

@@ -23,6 +23,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -130,9 +131,27 @@ def build_parser():
     return parser
 
 
+def import_plugins(names=None):
+    """Import the modules named in ``names`` (default $SCRATCHNET_IMPORT, comma-separated), e.g. one
+    that registers a layer class of your own in scratchnet.layers.LAYER_TYPES, so that every command
+    can load networks that use it. A module that cannot be imported is a ValueError naming it."""
+    names = os.environ.get("SCRATCHNET_IMPORT", "") if names is None else names
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"$SCRATCHNET_IMPORT names the module {name!r}, which cannot be imported: {e} "
+                             "(is its folder on PYTHONPATH?)") from None
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        import_plugins()
+    except ValueError as e:
+        print(f"scratchnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
     if hasattr(args, "device"):         # --device, else $SCRATCHNET_DEVICE, else cpu; gpu without one: cpu
         from .backend import resolve_device
         try:
@@ -158,7 +177,6 @@ def main(argv=None):
         print(f"scratchnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:               # stdout closed early (`scratchnet info | head`): nothing to say
-        import os
         try:                              # and nothing at exit either, when Python flushes stdout
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):      # a stdout with no file behind it
@@ -193,7 +211,6 @@ def check_output_paths(args):
     """A ValueError naming the option unless each output folder in ``args`` is a folder or can be made
     one, and each output file's folder exists and is writable: checked before a command starts, so a
     typo is not found after an hour's work. A cache may be read-only (one filled before is only read)."""
-    import os
     for name in FOLDER_OPTIONS + FILE_OPTIONS:
         value = getattr(args, name, None)
         if value is None or (name == "cache" and getattr(args, "no_cache", False)):

@@ -99,7 +99,13 @@ def check_layer(layer, x, train=False, reset=None, seed=1):
         return float((layer.forward(x, train) * dy).sum())
 
     analytic = {"x": dx}
-    analytic.update({name: lay.grads[key] for name, lay, key in layer.named_params()})
+    analytic.update({name: lay.grads.get(key) for name, lay, key in layer.named_params()})
+    want = {"x": x, **{name: lay.params[key] for name, lay, key in layer.named_params()}}
+    for name, g in analytic.items():          # a wrong shape would broadcast in the comparison
+        if g is None or tuple(g.shape) != tuple(want[name].shape):
+            what = "no gradient" if g is None else f"a gradient of shape {tuple(g.shape)}"
+            raise ValueError(f"check_layer: backward gave {what} for {name}, expected the shape "
+                             f"{tuple(want[name].shape)} of {name}")
     zero = [name for name, g in analytic.items() if not bool(xp.any(g))]
     if zero:
         unset = [name for name, lay, key in layer.named_params() if not bool(xp.any(lay.params[key]))]

@@ -363,6 +363,45 @@ def test_a_network_with_a_layer_of_your_own_says_how_to_load_it(tmp_path, monkey
     assert np.array_equal(load_network(tmp_path / "n.npz").forward(x), net.forward(x))
 
 
+def test_the_command_line_loads_a_layer_of_your_own_named_in_scratchnet_import(tmp_path, monkeypatch, capsys):
+    """A module named in $SCRATCHNET_IMPORT is imported before the command runs; it registers the class.
+    Without it the error says so, and does not call the file damaged."""
+    import sys
+    from scratchnet.cli import main
+    (tmp_path / "mylayers_sn.py").write_text(
+        "from scratchnet.layers import LAYER_TYPES, Layer\n"
+        "class Twice(Layer):\n"
+        "    def forward(self, x, train=False):\n        return self.kept_output(2 * x)\n"
+        "    def backward(self, dy, rule='gradient', param_grads=True, input_grad=True):\n"
+        "        return 2 * self.check_dy(dy)\n"
+        "    def output_shape(self, in_shape):\n        return tuple(in_shape)\n"
+        "LAYER_TYPES['Twice'] = Twice\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from scratchnet.layers import LAYER_TYPES, Flatten, Linear
+    from scratchnet.models import Network
+    import mylayers_sn
+    net = Network([("twice", mylayers_sn.Twice()), ("flat", Flatten()), ("fc", Linear(12, 3))], input_shape=(3, 2, 2))
+    path = net.save(tmp_path / "n.npz")
+
+    def forget():                               # as in a fresh process: neither imported nor registered
+        LAYER_TYPES.pop("Twice", None)
+        sys.modules.pop("mylayers_sn", None)
+    try:
+        forget()
+        monkeypatch.delenv("SCRATCHNET_IMPORT", raising=False)
+        assert main(["info", "--model", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "unknown layer type 'Twice'" in err and "SCRATCHNET_IMPORT" in err and "damaged" not in err
+        monkeypatch.setenv("SCRATCHNET_IMPORT", "mylayers_sn")
+        assert main(["info", "--model", str(path)]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["params"] == 12 * 3 + 3
+        monkeypatch.setenv("SCRATCHNET_IMPORT", "mylayers_sn, no_such_module_sn")
+        assert main(["info", "--model", str(path)]) == 2
+        assert "$SCRATCHNET_IMPORT names the module 'no_such_module_sn', which cannot be" in capsys.readouterr().err
+    finally:
+        forget()
+
+
 def test_a_network_file_asking_for_absurd_sizes_or_nesting_is_a_network_file_error(net, tmp_path):
     """Not a raw MemoryError or RecursionError (found by a hostile-file audit)."""
     from scratchnet.models.network import NetworkFileError
@@ -663,3 +702,24 @@ def test_a_closed_pipe_ends_a_command_quietly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", Gone())
     assert main(["info", "--model", str(path)]) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_network_output_shape_says_it_takes_the_batch_size_first(net):
+    with pytest.raises(ShapeError, match=r"output_shape takes a batch's shape \(N,\) \+ \(3, 32, 32\), the batch "
+                                         r"size first, e.g. \(1,\) \+ net.input_shape; got \(3, 32, 32\)"):
+        net.output_shape(net.input_shape)
+    assert net.output_shape((2,) + net.input_shape)[0] == 2
+
+
+def test_the_benchmarks_refuse_bad_settings_in_one_line():
+    """--batch 0 was a reshape error, --repeats 0 a StatisticsError, --size 5 a ShapeError traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_cpu.py"
+    for args, code, msg in ((["--batch", "0"], 2, "argument --batch: expected an integer >= 1, got 0"),
+                            (["--repeats", "0"], 2, "argument --repeats: expected an integer >= 1, got 0"),
+                            (["--size", "5", "--no-torch", "--batch", "1", "--repeats", "1"], 1,
+                             "bench_cpu.py: error: paper_net: input_size 5 is too small")):
+        p = subprocess.run([sys.executable, str(bench)] + args, capture_output=True, text=True, timeout=300)
+        assert p.returncode == code and msg in p.stderr and "Traceback" not in p.stderr, p.stderr

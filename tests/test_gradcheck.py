@@ -235,3 +235,30 @@ def test_dropout_entries_run_in_training_mode():
 def test_tol_must_be_positive(tol, capsys):
     assert main(["gradcheck", "--only", "relu6", "--no-network", "--tol", tol]) == 2
     assert "--tol must be a positive number" in capsys.readouterr().err
+
+
+def test_a_backward_that_returns_the_wrong_shape_is_named():
+    """check_layer compared a broadcast dx (0.94 'error'); inside a network the layer below took the
+    blame for a dx it was handed."""
+    from scratchnet.layers import Conv2d, Layer, ShapeError
+    from scratchnet.models import Network
+
+    class Bad(Layer):
+        def forward(self, x, train=False):
+            return self.kept_output(x * 1.0)
+
+        def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+            return self.check_dy(dy)[:, :1]
+
+        def output_shape(self, in_shape):
+            return tuple(in_shape)
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"backward gave a gradient of shape \(2, 1, 5, 5\) for x, expected the "
+                                         r"shape \(2, 4, 5, 5\) of x"):
+        check_layer(Bad(), x)
+    net = Network([("c", randomise_params(Conv2d(3, 4, 3, padding=1))), ("bad", Bad()), ("flat", Flatten()),
+                   ("fc", randomise_params(Linear(100, 2)))], input_shape=(3, 5, 5))
+    s = net.forward(np.ones((2, 3, 5, 5)))
+    with pytest.raises(ShapeError, match=r"bad: backward returned dx of shape \(2, 1, 5, 5\), not the shape "
+                                         r"\(2, 4, 5, 5\) of its input \(the output of c\)"):
+        net.backward(np.ones_like(s))

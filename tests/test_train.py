@@ -787,3 +787,26 @@ def test_an_interrupted_train_command_still_ends_stdout_with_its_json(tmp_path, 
     assert s["command"] == "train" and s["interrupted"] is True and s["steps"] == 2
     assert s["model"] == s["checkpoint"] == str(run / "checkpoint.npz")
     assert "checkpoint at step 2, epoch 1 after 2 of its batches written to" in err
+
+
+def test_init_network_initialises_a_layer_of_your_own_that_has_init_params():
+    from scratchnet.layers import Layer, Linear
+    from scratchnet.models import Network
+    from scratchnet.train import init_network
+
+    class Scale(Layer):
+        def __init__(self, n, name=None):
+            super().__init__(name)
+            self.params["g"] = np.zeros(n, np.float32)
+
+        def init_params(self, rng):
+            self.params["g"] = (1 + 0.1 * rng.standard_normal(self.params["g"].shape)).astype(np.float32)
+
+        def forward(self, x, train=False):
+            return self.kept_output(x * self.params["g"])
+
+        def output_shape(self, in_shape):
+            return tuple(in_shape)
+    net = Network([("s", Scale(4)), ("fc", Linear(4, 2))], input_shape=(4,))
+    init_network(net, seed=1)
+    assert np.abs(net["s"].params["g"] - 1).max() < 0.5 and net["fc"].params["W"].any()

@@ -14,12 +14,16 @@ A layer is a small object with
       - ``input_grad=False`` lets the first layer skip d/d(input) (training never needs it).
   * ``spec()``: the constructor arguments as JSON-able values, so a saved file rebuilds the layer.
   * parameters start at zero (a network built by hand outputs zeros): ``init_params(rng)`` on a
-    layer (He, or ``scheme="gaussian", std=...``), ``scratchnet.train.init_network`` on a whole
-    network, or weights loaded from a file.
+    Conv2d or Linear (He, or ``scheme="gaussian", std=...``), ``scratchnet.train.init_network`` on a
+    whole network (it also calls ``init_params(rng)`` of a layer of your own that has one), or weights
+    loaded from a file.
   * ``backward`` before any ``forward`` is a ShapeError that says so (``saved``).
-  * a layer that computes remembers its output's shape and dtype (``kept_output``, nothing else), and
-    its backward refuses a dy that does not match (``check_dy``) before any kernel reads it: a Numba
-    loop over a dy larger than what forward kept would read past its arrays.
+  * a layer that computes remembers its output's shape and dtype (``return self.kept_output(y)`` in
+    forward), and its backward refuses a dy that does not match (``self.check_dy(dy)`` first) before
+    any kernel reads it: a Numba loop over a dy larger than what forward kept would read past its
+    arrays. A layer of your own does the same, and is registered in ``LAYER_TYPES`` (its class name)
+    so that saved networks holding it load; the command line imports the modules named in
+    ``$SCRATCHNET_IMPORT`` first.
 
 Containers (``Sequential``, ``Concat``, ``Residual`` in ``blocks.py``) are layers whose
 ``children()`` are layers; parameters are named by their path, e.g. ``"conv1.W"``.

@@ -68,7 +68,13 @@ class Sequential(Layer):
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         for i in range(len(self.layers) - 1, -1, -1):
-            dy = self.layers[i][1].backward(dy, rule, param_grads, input_grad or i > 0)
+            layer = self.layers[i][1]
+            dy = layer.backward(dy, rule, param_grads, input_grad or i > 0)
+            below = self.layers[i - 1][1]._out if i > 0 else None     # what the layer below gave it
+            if below is not None and tuple(getattr(dy, "shape", ())) != below[0]:
+                raise ShapeError(f"{layer.label()}: backward returned dx of shape {tuple(getattr(dy, 'shape', ()))}"
+                                 f", not the shape {below[0]} of its input (the output of "
+                                 f"{self.layers[i - 1][1].label()})")
         return dy
 
 

@@ -89,6 +89,15 @@ class Network(Sequential):
         self._scores_device = "cpu" if get_array_module(scores) is np else "gpu"
         return scores
 
+    def output_shape(self, in_shape):
+        """The scores' shape (N, K) for a batch of shape ``in_shape`` (N, C, H, W): the batch size included,
+        e.g. ``net.output_shape((1,) + net.input_shape)``."""
+        in_shape = tuple(in_shape)
+        if len(in_shape) != 1 + len(self.input_shape):
+            raise ShapeError(f"output_shape takes a batch's shape (N,) + {tuple(self.input_shape)}, the batch size "
+                             f"first, e.g. (1,) + net.input_shape; got {in_shape}")
+        return super().output_shape(in_shape)
+
     def to(self, device: str):
         super().to(device)
         self.forget_forward()
@@ -234,9 +243,10 @@ def layer_from_spec(d: dict) -> Layer:
     from ..layers import Concat, Residual
     kind = d.get("type")
     if kind not in LAYER_TYPES:
-        raise ValueError(f"unknown layer type {kind!r} in saved architecture; known: {sorted(LAYER_TYPES)} "
-                         f"(a layer class of your own: scratchnet.layers.LAYER_TYPES[{kind!r}] = {kind} "
-                         "before loading)")
+        raise UnknownLayerType(f"unknown layer type {kind!r} in the saved architecture; known: "
+                               f"{sorted(LAYER_TYPES)}. A layer class of your own is registered before loading: "
+                               f"scratchnet.layers.LAYER_TYPES[{kind!r}] = {kind}; for the command line, put that "
+                               "in a module and name it in $SCRATCHNET_IMPORT (e.g. SCRATCHNET_IMPORT=mylayers)")
     cls = LAYER_TYPES[kind]
     kids = [(n, layer_from_spec(c)) for n, c in d.get("children", [])]
     if cls is Sequential:
@@ -289,10 +299,16 @@ def load_network(path) -> Network:
             return _network_from_npz(z, path)
         except NetworkFileError:
             raise
+        except UnknownLayerType as e:           # not a damaged file: a layer class not registered here
+            raise NetworkFileError(f"{path}: {e}") from None
         except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile,
                 zlib.error, MemoryError, OverflowError, RecursionError) as e:   # the last three: absurd sizes, nesting
             raise NetworkFileError(f"{path} cannot be read as a scratchnet network (a damaged file, or one "
                                    f"written by another version): {type(e).__name__}: {e}") from None
+
+
+class UnknownLayerType(ValueError):
+    """A saved architecture names a layer class that scratchnet.layers.LAYER_TYPES does not hold."""
 
 
 class NetworkFileError(ValueError):

@@ -81,7 +81,8 @@ class TrainConfig:
 
 def init_network(net, scheme="he", std=0.01, seed=0):
     """Re-initialise every Conv2d / Linear: 'he' = N(0, 2 / fan_in), last layer N(0, 0.01^2) (what
-    paper_net already does); 'gaussian' = N(0, std^2) everywhere.  Biases zero."""
+    paper_net already does); 'gaussian' = N(0, std^2) everywhere.  Biases zero. Any other layer with an
+    ``init_params(rng)`` method (one of your own) is initialised by it, with the same generator."""
     if scheme not in ("he", "gaussian"):
         raise ValueError(f"init scheme must be 'he' or 'gaussian', got {scheme!r}")
     if scheme == "gaussian":                     # std 0: all-zero weights, whose gradients are all zero too
@@ -94,6 +95,9 @@ def init_network(net, scheme="he", std=0.01, seed=0):
             layer.init_params(rng, "gaussian", std=std if scheme == "gaussian" else 0.01)
         else:
             layer.init_params(rng, "he")
+    for _, layer in net.named_layers():
+        if not isinstance(layer, (Conv2d, Linear)) and callable(getattr(layer, "init_params", None)):
+            layer.init_params(rng)
     return net
 
 

@@ -50,6 +50,9 @@ def register(sub, ev_sub):
                    help="'plain': x += lr * gradient, the paper's ascent; 'normalised': each step scaled to "
                         "an rms of lr grey levels (default %(default)s)")
     p.add_argument("--momentum", type=float, default=d["momentum"], help="momentum of the ascent (default %(default)s)")
+    p.add_argument("--fixed-step", action="store_true",
+                   help="normalised steps of exactly --lr grey levels (default: each class's step halves when "
+                        "its objective falls and grows back up to --lr)")
     p.add_argument("--jitter", type=nonnegative_int, default=0, help="opt-in: random roll of up to J pixels each step")
     p.add_argument("--blur-every", type=nonnegative_int, default=0, help="opt-in: Gaussian blur every K steps")
     p.add_argument("--blur-sigma", type=float, default=0.5, help="with --blur-every: the blur's sigma in pixels "
@@ -203,7 +206,8 @@ def cmd_classmodel(args):
         raise ValueError(f"--class names the same class more than once: {', '.join(twice)}")
     settings = dict(steps=args.steps, lr=args.lr, lam=args.lam, optimiser=args.optimiser, momentum=args.momentum,
                     jitter=args.jitter, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
-                    clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed, start_noise=args.start_noise)
+                    clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed, start_noise=args.start_noise,
+                    step_control=not args.fixed_step)
     if args.regularised:
         settings.update(cm.REGULARISED)
     _say(f"class models for {[names[i] for i in idx]}")
