@@ -723,3 +723,10 @@ def test_the_benchmarks_refuse_bad_settings_in_one_line():
                              "bench_cpu.py: error: paper_net: input_size 5 is too small")):
         p = subprocess.run([sys.executable, str(bench)] + args, capture_output=True, text=True, timeout=300)
         assert p.returncode == code and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_network_repr_lists_its_layers(net):
+    """It printed just Network()."""
+    r = repr(net)
+    assert r.startswith("Network(\n  (conv1): Conv2d(in_channels=3, ") and "\n  (fc8): Linear(" in r and r.endswith("\n)")
+    assert repr(net["conv1"]).startswith("Conv2d(in_channels=3, out_channels=")

@@ -752,6 +752,8 @@ def test_resume_continues_with_the_runs_own_settings_and_data(tmp_path, capsys):
     assert "the run already has its 3 epochs (--epochs 3); nothing to train" in capsys.readouterr().err
     assert cli_main(["train", "--out", str(tmp_path / "new")]) == 2
     assert "--data is required" in capsys.readouterr().err
+    assert cli_main(["train", "--data", str(data), "--input-size", "32", "--jitter", "40", "--out", str(tmp_path / "j")]) == 2
+    assert "--jitter 40: a rectangle of up to 40x40 pixels could blank a whole 32x32 input" in capsys.readouterr().err
 
 
 def test_resume_on_other_classes_is_refused(tmp_path, capsys):
@@ -810,3 +812,32 @@ def test_init_network_initialises_a_layer_of_your_own_that_has_init_params():
     net = Network([("s", Scale(4)), ("fc", Linear(4, 2))], input_shape=(4,))
     init_network(net, seed=1)
     assert np.abs(net["s"].params["g"] - 1).max() < 0.5 and net["fc"].params["W"].any()
+
+
+def test_curves_accuracy_runs_0_to_100_and_the_legend_names_only_what_is_drawn():
+    """The accuracy axis ran to 104% (ticks 16, 38, ...); a run with one step record named a step-loss
+    line that was not drawn."""
+    from scratchnet.train.plot import _panel
+
+    class Rec:
+        def __init__(self):
+            self.texts = []
+
+        def text(self, xy, s, fill=None):
+            self.texts.append(s)
+
+        def line(self, *a, **k):
+            pass
+
+        rectangle = ellipse = line
+
+        def textlength(self, s):
+            return 6 * len(s)
+    d = Rec()
+    _panel(d, (0, 0, 480, 400), "accuracy (%)", {"train": [(1, 40.0), (2, 60.0)], "val": [(1, 30.0)]},
+           y_range=(0.0, 100.0))
+    assert d.texts[1:6] == ["0", "25", "50", "75", "100"]           # after the title: the y labels
+    assert "train" in d.texts and "val" in d.texts                 # an epoch dot is drawn for one point
+    d = Rec()
+    _panel(d, (0, 0, 480, 400), "loss", {"train loss (steps)": [(0.5, 2.0)], "train": [(1, 1.9)]})
+    assert "train loss (steps)" not in d.texts and "train" in d.texts

@@ -183,8 +183,13 @@ class Layer:
         return kept
 
     def __repr__(self):
+        """The constructor call; a container lists its children, one a line, indented."""
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items())
-        return f"{type(self).__name__}({args})"
+        kids = self.children()
+        if not kids:
+            return f"{type(self).__name__}({args})"
+        inner = "".join(f"\n  ({n}): " + repr(c).replace("\n", "\n  ") for n, c in kids)
+        return f"{type(self).__name__}({args}{', ' if args else ''}{inner}\n)"
 
 
 def check_input(layer: Layer, x, ndim: int | None = None, channels: int | None = None):

@@ -184,6 +184,9 @@ def run_train(args):
     from .trainer import TrainConfig, Trainer, check_config, check_run_folder, init_network
 
     settle_options(args)
+    if args.jitter > args.input_size:
+        raise ValueError(f"--jitter {args.jitter}: a rectangle of up to {args.jitter}x{args.jitter} pixels could "
+                         f"blank a whole {args.input_size}x{args.input_size} input; expected at most {args.input_size}")
     device = args.device                # 'cpu' or 'gpu', resolved by scratchnet.cli.main
     train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class, args.val_from_train)
     print(f"train: {len(train_ds)} training images, {train_ds.num_classes} classes; "

@@ -40,7 +40,7 @@ def plot_metrics(metrics_path, png_path, size=(960, 400)):
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     _panel(d, (0, 0, W // 2, H), "loss", loss_series)
-    _panel(d, (W // 2, 0, W, H), "accuracy (%)", acc_series)
+    _panel(d, (W // 2, 0, W, H), "accuracy (%)", acc_series, y_range=(0.0, 100.0))
     png_path = Path(png_path)
     tmp = png_path.with_name(png_path.name + ".tmp.png")
     img.save(tmp)
@@ -48,7 +48,8 @@ def plot_metrics(metrics_path, png_path, size=(960, 400)):
     return png_path
 
 
-def _panel(d, box, title, series):
+def _panel(d, box, title, series, y_range=None):
+    """One panel: the series' lines (and epoch dots), y from the data (padded 5%) or ``y_range``."""
     x0, y0, x1, y1 = box
     left, right, top, bottom = x0 + 55, x1 - 15, y0 + 30, y1 - 40
     d.text((left, y0 + 8), title, fill="black")
@@ -57,11 +58,14 @@ def _panel(d, box, title, series):
     if not pts:
         return
     xmax = max(1.0, max(p[0] for p in pts))
-    ylo, yhi = min(p[1] for p in pts), max(p[1] for p in pts)
-    if yhi - ylo < 1e-9:
-        ylo, yhi = ylo - 1, yhi + 1
-    pad = 0.05 * (yhi - ylo)
-    ylo, yhi = ylo - pad, yhi + pad
+    if y_range is not None:                             # accuracy: 0..100, ticks at quarters
+        ylo, yhi = y_range
+    else:
+        ylo, yhi = min(p[1] for p in pts), max(p[1] for p in pts)
+        if yhi - ylo < 1e-9:
+            ylo, yhi = ylo - 1, yhi + 1
+        pad = 0.05 * (yhi - ylo)
+        ylo, yhi = ylo - pad, yhi + pad
 
     def to_px(x, y):
         return (left + (right - left) * x / xmax, bottom - (bottom - top) * (y - ylo) / (yhi - ylo))
@@ -82,9 +86,10 @@ def _panel(d, box, title, series):
         xy = [to_px(x, y) for x, y in s if math.isfinite(y)]
         if len(xy) > 1:
             d.line(xy, fill=colour, width=2)
-        for px, py in xy if name != "train loss (steps)" else []:
+        dots = xy if name != "train loss (steps)" else []
+        for px, py in dots:
             d.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
-        if s:
+        if len(xy) > 1 or dots:                         # in the legend only what was drawn
             d.line((lx, top + 10, lx + 16, top + 10), fill=colour, width=3)
             d.text((lx + 20, top + 4), name, fill="black")
             lx += 34 + int(d.textlength(name))
