@@ -84,7 +84,10 @@ def main():
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)
-    net = sn.models.paper_net(args.size, num_classes=1000, seed=0)
+    try:
+        net = sn.models.paper_net(args.size, num_classes=1000, seed=0)
+    except ValueError as e:                 # a --size too small for its poolings: one line, exit 2
+        ap.error(str(e))
     x = rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32)
     labels = rng.integers(0, 1000, args.batch)
     onehot = np.zeros((args.batch, 1000), np.float32)
@@ -157,7 +160,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
-        sys.exit(f"bench_cpu.py: error: {e}")
+    main()

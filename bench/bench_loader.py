@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import scratchnet  # noqa: F401  first: thread settings before NumPy (scratchnet/threads.py)
@@ -63,7 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
-        sys.exit(f"bench_loader.py: error: {e}")
+    main()

@@ -106,7 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
-        sys.exit(f"bench_saliency.py: error: {e}")
+    main()

@@ -144,7 +144,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as e:     # bad settings: one line, not a traceback
-        sys.exit(f"make_tiny_subset.py: error: {e}")
+    sys.exit(main())

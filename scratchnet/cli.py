@@ -142,6 +142,8 @@ def import_plugins(names=None):
         except ImportError as e:
             raise ValueError(f"$SCRATCHNET_IMPORT names the module {name!r}, which cannot be imported: {e} "
                              "(is its folder on PYTHONPATH?)") from None
+        except Exception as e:                  # the module's own code failed
+            raise ValueError(f"$SCRATCHNET_IMPORT: importing {name!r} failed: {type(e).__name__}: {e}") from None
 
 
 def main(argv=None):

@@ -398,6 +398,11 @@ def test_the_command_line_loads_a_layer_of_your_own_named_in_scratchnet_import(t
         monkeypatch.setenv("SCRATCHNET_IMPORT", "mylayers_sn, no_such_module_sn")
         assert main(["info", "--model", str(path)]) == 2
         assert "$SCRATCHNET_IMPORT names the module 'no_such_module_sn', which cannot be" in capsys.readouterr().err
+        (tmp_path / "broken_sn.py").write_text("raise RuntimeError('half-written plugin')\n")
+        monkeypatch.setenv("SCRATCHNET_IMPORT", "broken_sn")
+        assert main(["info", "--model", str(path)]) == 2
+        assert "$SCRATCHNET_IMPORT: importing 'broken_sn' failed: RuntimeError: half-written plugin" in \
+            capsys.readouterr().err
     finally:
         forget()
 
@@ -719,7 +724,7 @@ def test_the_benchmarks_refuse_bad_settings_in_one_line():
     bench = Path(__file__).resolve().parent.parent / "bench" / "bench_cpu.py"
     for args, code, msg in ((["--batch", "0"], 2, "argument --batch: expected an integer >= 1, got 0"),
                             (["--repeats", "0"], 2, "argument --repeats: expected an integer >= 1, got 0"),
-                            (["--size", "5", "--no-torch", "--batch", "1", "--repeats", "1"], 1,
+                            (["--size", "5", "--no-torch", "--batch", "1", "--repeats", "1"], 2,
                              "bench_cpu.py: error: paper_net: input_size 5 is too small")):
         p = subprocess.run([sys.executable, str(bench)] + args, capture_output=True, text=True, timeout=300)
         assert p.returncode == code and msg in p.stderr and "Traceback" not in p.stderr, p.stderr

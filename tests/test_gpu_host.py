@@ -154,7 +154,9 @@ def tiny_vis_net(tmp_path_factory):
     return save_tiny_net(tmp_path_factory.mktemp("net"))
 
 
-SKIP_KEYS = ("seconds", "time")
+SKIP_KEYS = ("seconds", "time",
+             "halvings", "final_steps")   # class-model step control: a float32 near-tie of two objectives
+                                          # may halve a step on one device only (the images are compared)
 
 
 def assert_same_result(got, want, where="result"):

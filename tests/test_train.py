@@ -752,8 +752,28 @@ def test_resume_continues_with_the_runs_own_settings_and_data(tmp_path, capsys):
     assert "the run already has its 3 epochs (--epochs 3); nothing to train" in capsys.readouterr().err
     assert cli_main(["train", "--out", str(tmp_path / "new")]) == 2
     assert "--data is required" in capsys.readouterr().err
+    assert cli_main(["train", "--out", str(tmp_path / "typo"), "--resume"]) == 2
+    assert "resume: no checkpoint at" in capsys.readouterr().err
     assert cli_main(["train", "--data", str(data), "--input-size", "32", "--jitter", "40", "--out", str(tmp_path / "j")]) == 2
     assert "--jitter 40: a rectangle of up to 40x40 pixels could blank a whole 32x32 input" in capsys.readouterr().err
+
+
+def test_resume_from_another_folder_and_switching_an_augmentation_back_on(tmp_path, capsys, monkeypatch):
+    """The data's path is saved resolved (a relative --data resumes from anywhere); --flip undoes a saved
+    --no-flip; the initialisation, which a resumed run does not use, is not reported as a change."""
+    monkeypatch.chdir(tmp_path)
+    _folder(tmp_path / "data", ["cats", "dogs"])
+    assert cli_main(["train", "--data", "data", "--input-size", "32", "--width", "0.0625", "--epochs", "1",
+                     "--batch-size", "4", "--no-flip", "--init", "gaussian", "--init-std", "0.02",
+                     "--out", "run"]) == 0
+    capsys.readouterr()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli_main(["train", "--out", "../run", "--resume", "--epochs", "2", "--flip"]) == 0
+    err = capsys.readouterr().err
+    c = _run_config(tmp_path / "run")
+    assert c["flip"] is True and c["crop_pad"] == 4 and c["extra"]["data"] == str((tmp_path / "data").resolve())
+    assert "(saved, now): {'epochs': (1, 2), 'flip': (False, True)}" in err and "init" not in err.split("(saved")[-1]
 
 
 def test_resume_on_other_classes_is_refused(tmp_path, capsys):

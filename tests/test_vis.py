@@ -473,6 +473,9 @@ def test_class_model_warns_when_the_objective_ends_below_its_start(live_net, cap
         capsys.readouterr().err
     r = cm.class_model(live_net, [0, 1], steps=5, lam=0.0)
     assert (r.objective[-1] > r.objective[0]).all() and "warning" not in capsys.readouterr().err
+    r = cm.class_model(live_net, [0, 1], steps=5, lam=10.0, jitter=2)   # not the penalty's doing alone
+    assert (r.objective[-1] < r.objective[0]).all()
+    assert "the regularisers (jitter, blur, clipping) move the image" in capsys.readouterr().err
 
 
 def test_class_model_errors(net, live_net, capsys):

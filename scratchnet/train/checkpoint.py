@@ -59,7 +59,7 @@ def read_state(path) -> dict:
 def read_meta(path) -> dict:
     """Just the network's meta JSON of a checkpoint (class names and wnids, input shape, ...)."""
     with _open(path) as z:
-        return json.loads(str(z["__meta__"]))
+        return json.loads(str(z["__meta__"])) if "__meta__" in z.files else {}
 
 
 def load_checkpoint(path, net, optimiser) -> dict:

@@ -59,8 +59,10 @@ def register(sub, ev_sub):
     p.add_argument("--dropout", type=float, help="dropout before fc6 and fc7 (default 0.5)")
     p.add_argument("--seed", type=int, help="seed of the initial weights, the shuffles, the augmentation and "
                                             "dropout (default 0)")
-    p.add_argument("--no-crop", action="store_true", default=None, help="no random crops (default: reflect-pad 4, crop)")
-    p.add_argument("--no-flip", action="store_true", default=None, help="no random horizontal flips")
+    p.add_argument("--crop", action=__import__("argparse").BooleanOptionalAction,
+                   help="random crops after reflect-padding by 4 (default; --no-crop: none)")
+    p.add_argument("--flip", action=__import__("argparse").BooleanOptionalAction,
+                   help="random horizontal flips (default; --no-flip: none)")
     p.add_argument("--jitter", type=nonnegative_int, metavar="P",
                    help="zero a random rectangle of up to PxP pixels in each image (default 0 = off)")
     p.add_argument("--scale", type=float, help="input = (image - mean image) * scale (default 1/64)")
@@ -132,8 +134,8 @@ def decode(ds, size, cache, skip_bad):
 
 #: the train options whose parser default is None ("not given"), and their defaults for a new run
 OPTION_DEFAULTS = dict(arch="paper", input_size=64, width=1.0, batch_size=128, schedule="step", epochs=20,
-                       momentum=0.9, weight_decay=5e-4, init="he", dropout=0.5, seed=0, no_crop=False,
-                       no_flip=False, jitter=0, scale=1 / 64)
+                       momentum=0.9, weight_decay=5e-4, init="he", dropout=0.5, seed=0, crop=True,
+                       flip=True, jitter=0, scale=1 / 64)
 
 
 def saved_options(out) -> dict:
@@ -148,9 +150,9 @@ def saved_options(out) -> dict:
     opts = {k: c[k] for k in ("epochs", "batch_size", "lr", "schedule", "milestones", "lr_end", "lr_points",
                               "momentum", "weight_decay", "seed", "jitter", "scale") if k in c}
     if "crop_pad" in c:
-        opts["no_crop"] = c["crop_pad"] == 0
+        opts["crop"] = c["crop_pad"] != 0
     if "flip" in c:
-        opts["no_flip"] = not c["flip"]
+        opts["flip"] = bool(c["flip"])
     opts.update({k: extra[k] for k in ("data", "val", "arch", "input_size", "width", "classes", "per_class",
                                        "val_from_train", "init", "init_std", "dropout") if k in extra})
     return opts
@@ -161,8 +163,13 @@ def settle_options(args):
     rate options follow the schedule: a saved --lr is taken only for the step and log schedules,
     --milestones / --lr-end / --lr-points only for the schedule they were saved with (and --init-std
     only for a gaussian --init)."""
+    if args.resume and not (Path(args.out) / "checkpoint.npz").is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {Path(args.out) / 'checkpoint.npz'} to continue from")
     saved = saved_options(args.out) if args.resume else {}
     given = {k for k in vars(args) if getattr(args, k) is not None}
+    if saved and "val_from_train" not in saved and not {"val", "val_from_train"} & given:
+        print("train: warning: this checkpoint predates recording --val-from-train; if the run used it, give "
+              "it again (else validation comes from --val or the Tiny-ImageNet val split)", file=sys.stderr)
     for k, default in OPTION_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, saved.get(k, default))
@@ -174,6 +181,9 @@ def settle_options(args):
                      ("init_std", args.init == "gaussian" and saved.get("init") == "gaussian")):
         if getattr(args, k, None) is None and takes and saved.get(k) is not None:
             setattr(args, k, saved[k])
+            if k in ("data", "val") and not Path(saved[k]).exists():
+                raise FileNotFoundError(f"--{k} {saved[k]}, taken from the run's checkpoint, does not exist (here); "
+                                        f"give --{k}")
     if args.data is None:
         raise ValueError("--data is required (the training images; with --resume it comes from the run's "
                          "checkpoint)")
@@ -217,12 +227,13 @@ def run_train(args):
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, schedule=args.schedule,
                          milestones=args.milestones, lr_end=args.lr_end, lr_points=args.lr_points,
                          momentum=args.momentum,
-                         weight_decay=args.weight_decay, seed=args.seed, crop_pad=0 if args.no_crop else 4,
-                         flip=not args.no_flip, jitter=args.jitter, scale=args.scale,
+                         weight_decay=args.weight_decay, seed=args.seed, crop_pad=4 if args.crop else 0,
+                         flip=args.flip, jitter=args.jitter, scale=args.scale,
                          # validation batches of 256 at 64 pixels, fewer for larger inputs (6.5 GB at 256
                          # pixels otherwise), never fewer than the training batch
                          val_batch_size=max(args.batch_size, min(256, 256 * 64 * 64 // args.input_size ** 2)),
-                         extra=dict(data=str(args.data), val=args.val, arch=args.arch, input_size=args.input_size,
+                         extra=dict(data=str(Path(args.data).resolve()),       # resumable from another folder
+                                    val=None if args.val is None else str(Path(args.val).resolve()), arch=args.arch, input_size=args.input_size,
                                     width=args.width, classes=args.classes, per_class=args.per_class,
                                     val_from_train=args.val_from_train, init=args.init, init_std=init_std,
                                     dropout=args.dropout))

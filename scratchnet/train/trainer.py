@@ -404,11 +404,14 @@ class Trainer:
         tmp.replace(self.metrics_path)
 
     def _warn_config_changes(self, saved):
+        """One line naming each setting that differs from the checkpoint's, except those without effect
+        on a resumed run (the initialisation; lr under the piecewise schedule, whose rates are its points)."""
         now = asdict(self.config)
-        diff = {k: (saved.get(k), now[k]) for k in now if k != "extra" and saved.get(k) != now[k]}
+        quiet = {"init", "init_std"} | ({"lr"} if now.get("schedule") == "piecewise" else set())
+        diff = {k: (saved.get(k), now[k]) for k in now if k != "extra" and k not in quiet and saved.get(k) != now[k]}
         old_extra, new_extra = saved.get("extra") or {}, now.get("extra") or {}
         diff.update({k: (old_extra.get(k), new_extra.get(k)) for k in set(old_extra) | set(new_extra)
-                     if old_extra.get(k) != new_extra.get(k)})      # the data, its classes, dropout, ...
+                     if k not in quiet and old_extra.get(k) != new_extra.get(k)})   # the data, its classes, ...
         if diff:
             print(f"train: warning: resuming with settings that differ from the checkpoint's "
                   f"(saved, now): {diff}", file=sys.stderr)

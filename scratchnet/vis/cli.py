@@ -47,8 +47,9 @@ def register(sub, ev_sub):
     p.add_argument("--lr", type=float, default=d["lr"], help="step: grey levels (rms) per step, 'normalised'")
     p.add_argument("--lam", type=float, default=d["lam"], help="L2 weight, per grey level squared")
     p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"],
-                   help="'plain': x += lr * gradient, the paper's ascent; 'normalised': each step scaled to "
-                        "an rms of lr grey levels (default %(default)s)")
+                   help="'plain': x += lr * gradient, the textbook ascent; 'normalised': each step scaled to "
+                        "an rms of at most lr grey levels, shortened for a class whose objective fell (see "
+                        "--fixed-step) (default %(default)s)")
     p.add_argument("--momentum", type=float, default=d["momentum"], help="momentum of the ascent (default %(default)s)")
     p.add_argument("--fixed-step", action="store_true",
                    help="normalised steps of exactly --lr grey levels (default: each class's step halves when "

@@ -235,10 +235,11 @@ def section_class_models(page, net, tag, quick, progress, classes=None, regulari
             rel = page.png(f"{tag}/classmodel_{vname}_{c}.png", r.images[k])
             items.append((rel, f"{html.escape(names[c])}<br>S<sub>c</sub> {r.scores[0, k]:.2f} &rarr; "
                                f"{r.scores[-1, k]:.2f}"))
-        shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+        shown = ", ".join(f"{k}={v}" for k, v in dict(settings, step_control=r.settings["step_control"]).items())
         page.add(f"<p><b>{vname}</b> ({shown}; {time.time() - t0:.0f} s)</p>")
         page.figure(items)
-        summary.append(dict(variant=vname, classes=[int(c) for c in idx], settings=settings,
+        summary.append(dict(variant=vname, classes=[int(c) for c in idx],
+                            settings=dict(settings, step_control=r.settings["step_control"]),
                             first_scores=r.scores[0].tolist(), final_scores=r.scores[-1].tolist(),
                             seconds=time.time() - t0))
     page.add("<p>Ascent from the zero image on the unnormalised class score with an L2 penalty in grey "
