@@ -735,3 +735,46 @@ def test_a_network_repr_lists_its_layers(net):
     r = repr(net)
     assert r.startswith("Network(\n  (conv1): Conv2d(in_channels=3, ") and "\n  (fc8): Linear(" in r and r.endswith("\n)")
     assert repr(net["conv1"]).startswith("Conv2d(in_channels=3, out_channels=")
+
+
+# -- from a mutation round on this stop's checks -----------------------------------------------------------
+def test_check_output_paths_each_case(tmp_path):
+    import argparse
+    from scratchnet.cli import check_output_paths
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"--details .*d\.jsonl: the folder .*nope does not exist"):
+        check_output_paths(argparse.Namespace(details=str(tmp_path / "nope" / "d.jsonl")))
+    with pytest.raises(ValueError, match=r"--details .* is a folder; expected a file name"):
+        check_output_paths(argparse.Namespace(details=str(tmp_path)))
+    check_output_paths(argparse.Namespace(cache=str(a_file), no_cache=True))     # not used: not checked
+    with pytest.raises(ValueError, match=r"--cache .*f\.txt is a file; expected a folder"):
+        check_output_paths(argparse.Namespace(cache=str(a_file), no_cache=False))
+    check_output_paths(argparse.Namespace(out=str(tmp_path / "new" / "deeper"), details=str(tmp_path / "d.jsonl")))
+
+
+def test_a_refused_file_operation_is_one_line(monkeypatch, capsys):
+    """A permission or full-disk error from a command: one line naming the file, exit 2, no traceback."""
+    import scratchnet.models.cli as mcli
+    from scratchnet.cli import main
+
+    def refuse(args):
+        raise PermissionError(13, "Permission denied", "/x/report")
+    monkeypatch.setattr(mcli, "cmd_info", refuse)
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err == "scratchnet info: error: Permission denied: /x/report\n"
+
+
+def test_a_damaged_network_file_leaves_no_file_open(tmp_path):
+    """np.load leaves its file open when the archive is damaged; the zip is checked first."""
+    import gc
+    import warnings
+    from scratchnet.models.network import NetworkFileError
+    bad = tmp_path / "n.npz"
+    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(NetworkFileError):
+            load_network(bad)
+        gc.collect()
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]

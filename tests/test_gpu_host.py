@@ -399,6 +399,11 @@ def test_dscores_and_dy_on_the_wrong_device_are_named(host_gpu):
     net.to("cpu")
     with pytest.raises(ShapeError, match="network backward before any forward"):
         net.backward(np.ones(s.shape, np.float32))
+    bare = ReLU()                                   # a layer moved on its own forgets its forward too
+    bare.forward(np.ones((2, 3), np.float32))
+    bare.to("gpu")
+    with pytest.raises(ShapeError, match="ReLU: backward before forward"):
+        bare.backward(np.ones((2, 3), np.float32))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -861,3 +861,96 @@ def test_curves_accuracy_runs_0_to_100_and_the_legend_names_only_what_is_drawn()
     d = Rec()
     _panel(d, (0, 0, 480, 400), "loss", {"train loss (steps)": [(0.5, 2.0)], "train": [(1, 1.9)]})
     assert "train loss (steps)" not in d.texts and "train" in d.texts
+
+
+
+def test_plot_metrics_draws_accuracy_on_0_to_100(tmp_path, monkeypatch):
+    import scratchnet.train.plot as plot
+    calls = []
+    monkeypatch.setattr(plot, "_panel", lambda d, box, title, series, y_range=None: calls.append((title, y_range)))
+    m = tmp_path / "metrics.jsonl"
+    m.write_text(json.dumps(dict(kind="epoch", epoch=1, train_loss=1.0, train_top1=0.4, val_top1=0.5, val_top5=0.6)) + "\n")
+    plot.plot_metrics(m, tmp_path / "c.png")
+    assert calls == [("loss", None), ("accuracy (%)", (0.0, 100.0))]
+
+
+# ----------------------------------------------------------------------------- from a mutation round on --resume
+
+def test_resume_settings_follow_the_schedule_and_defaults_hold_for_a_new_run(tmp_path, capsys):
+    """A new run without the augmentation flags crops and flips; a piecewise run resumes (its saved
+    placeholder lr is not taken, which --lr-points would refuse); a step run's milestones are not carried
+    into a log schedule; --jitter equal to the input is allowed; the initialisation and a piecewise lr are
+    not reported as changes; a data folder that has gone is named as taken from the checkpoint."""
+    data, cache = _folder(tmp_path / "data", ["cats", "dogs"]), str(tmp_path / "cache")
+    base = ["--input-size", "32", "--width", "0.0625", "--batch-size", "4", "--cache", cache]
+    assert cli_main(["train", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "a"),
+                     "--schedule", "piecewise", "--lr-points", "1:0.01", "--jitter", "32"] + base) == 0
+    c = _run_config(tmp_path / "a")
+    assert c["flip"] is True and c["crop_pad"] == 4 and c["jitter"] == 32
+    capsys.readouterr()
+    assert cli_main(["train", "--out", str(tmp_path / "a"), "--resume", "--epochs", "2", "--cache", cache]) == 0
+    assert _run_config(tmp_path / "a")["lr_points"] == ["1:0.01"]
+    capsys.readouterr()
+    assert cli_main(["train", "--data", str(data), "--epochs", "2", "--out", str(tmp_path / "b"), "--lr", "0.02",
+                     "--milestones", "1", "--init", "gaussian", "--init-std", "0.02"] + base) == 0
+    capsys.readouterr()
+    assert cli_main(["train", "--out", str(tmp_path / "b"), "--resume", "--epochs", "3", "--schedule", "log",
+                     "--init", "he", "--cache", cache]) == 0
+    c, err = _run_config(tmp_path / "b"), capsys.readouterr().err
+    assert c["schedule"] == "log" and c["milestones"] is None and c["lr"] == 0.02
+    changed = err.split("(saved, now): ")[1].splitlines()[0]
+    assert "init" not in changed and "schedule" in changed
+    assert cli_main(["train", "--out", str(tmp_path / "b"), "--resume", "--epochs", "4", "--schedule", "piecewise",
+                     "--lr-points", "1:0.01", "--cache", cache]) == 0
+    changed = capsys.readouterr().err.split("(saved, now): ")[1].splitlines()[0]
+    assert "'lr'" not in changed and "lr_points" in changed
+    data.rename(tmp_path / "moved")
+    assert cli_main(["train", "--out", str(tmp_path / "b"), "--resume", "--epochs", "5", "--cache", cache]) == 2
+    assert f"--data {data}, taken from the run's checkpoint, does not exist (here); give --data" in \
+        capsys.readouterr().err
+
+
+def test_the_class_check_of_a_resume_keeps_order_and_runs_from_python_too(tmp_path):
+    """The same classes in another order would relabel the output units; Trainer.fit(resume=True) checks
+    as the command does."""
+    from scratchnet.train.trainer import check_run_folder
+    t = small_trainer(tmp_path / "run", epochs=1)
+    t.net.class_names = ["a", "b", "c"]
+    t.fit()
+    with pytest.raises(ValueError, match=r"other classes than these \(3 classes then, 3 now; the same, in another order\)"):
+        check_run_folder(tmp_path / "run", t.config, True, ["c", "b", "a"])
+    t2 = small_trainer(tmp_path / "run", epochs=2)
+    t2.net.class_names = ["a", "b", "d"]
+    with pytest.raises(ValueError, match=r"other classes than these .*not now: \['c'\]; new: \['d'\]"):
+        t2.fit(resume=True)
+
+
+def _tiny_with_images(root, per_class=4):
+    """A miniature Tiny-ImageNet (tests/test_io_data.py's tree) with its JPEGs written."""
+    from test_io_data import WN3, _tiny_tree
+    _tiny_tree(root, WN3[:2], (0, 0, 9, 9), (0, 0, 9, 9), per_class=per_class)
+    for k, w in enumerate(WN3[:2]):
+        for i in range(per_class):
+            write_jpeg(root / "train" / w / "images" / f"{w}_{i}.JPEG", (60 * k + 20, 100, 30 * i))
+    for j in range(per_class * 2):
+        write_jpeg(root / "val" / "images" / f"val_{j}.JPEG", (20 * j, 80, 160))
+    return root
+
+
+def test_resume_keeps_val_from_train_unless_another_validation_is_given(tmp_path, capsys):
+    tiny, cache = _tiny_with_images(tmp_path / "tiny"), str(tmp_path / "cache")
+    base = ["--input-size", "32", "--width", "0.0625", "--batch-size", "2", "--cache", cache]
+    assert cli_main(["train", "--data", str(tiny), "--val-from-train", "3", "--epochs", "1",
+                     "--out", str(tmp_path / "r")] + base) == 0
+    capsys.readouterr()
+    assert cli_main(["train", "--out", str(tmp_path / "r"), "--resume", "--epochs", "2", "--cache", cache]) == 0
+    err = capsys.readouterr().err
+    assert _run_config(tmp_path / "r")["extra"]["val_from_train"] == 3 and "predates" not in err
+    assert "2 validation images" in err                                  # the held-out fourth of each class
+    assert cli_main(["train", "--data", str(tiny), "--val", str(tiny / "val"), "--epochs", "1",
+                     "--out", str(tmp_path / "v")] + base) == 0
+    capsys.readouterr()
+    assert cli_main(["train", "--out", str(tmp_path / "v"), "--resume", "--epochs", "2", "--val-from-train", "3",
+                     "--cache", cache]) == 0
+    extra = _run_config(tmp_path / "v")["extra"]
+    assert extra["val"] is None and extra["val_from_train"] == 3

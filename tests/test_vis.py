@@ -458,6 +458,11 @@ def test_step_control_raises_the_objective_where_a_fixed_step_lowers_it(live_net
     assert ctl.settings["halvings"] == halvings.tolist() and min(halvings) > 0
     assert ctl.settings["step_control"] and not fixed.settings["step_control"]
     # off with a regulariser (the objective is then taken at a moved or blurred image) and for plain steps
+    assert (cm.STEP_DOWN, cm.STEP_UP) == (0.5, 1.1)                  # the factors the README measured
+    back = cm.class_model(live_net, [0, 1], steps=30, lam=0.0, lr=lr)   # class 1 fell once, then grew back
+    assert back.settings["halvings"][1] == 1 and back.settings["final_steps"][1] == lr    # to lr, not past it
+    assert not cm.class_model(live_net, [0], steps=2, clip_pct=10).settings["step_control"]
+    assert not cm.class_model(live_net, [0], steps=2, blur_every=1).settings["step_control"]
     assert not cm.class_model(live_net, [0], steps=2, jitter=1).settings["step_control"]
     assert not cm.class_model(live_net, [0], steps=2, optimiser="plain", lr=1e-3).settings["step_control"]
     capsys.readouterr()
@@ -476,6 +481,18 @@ def test_class_model_warns_when_the_objective_ends_below_its_start(live_net, cap
     r = cm.class_model(live_net, [0, 1], steps=5, lam=10.0, jitter=2)   # not the penalty's doing alone
     assert (r.objective[-1] < r.objective[0]).all()
     assert "the regularisers (jitter, blur, clipping) move the image" in capsys.readouterr().err
+    r = cm.class_model(live_net, [0, 1], steps=5, lam=10.0, clip_pct=5)
+    assert (r.objective[-1] < r.objective[0]).all()
+    assert "the regularisers (jitter, blur, clipping) move the image" in capsys.readouterr().err
+
+
+def test_an_ascent_that_cannot_move_is_not_said_to_have_fallen(net, capsys):
+    """tiny_net's gradient at the zero image is exactly 0: J stays where it started (a warning says why),
+    and is not reported as having ended below it."""
+    r = cm.class_model(net, [0], steps=3)
+    assert (r.objective[-1] == r.objective[0]).all()
+    err = capsys.readouterr().err
+    assert "exactly 0" in err and "ended below" not in err
 
 
 def test_class_model_errors(net, live_net, capsys):
