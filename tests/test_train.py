@@ -954,3 +954,35 @@ def test_resume_keeps_val_from_train_unless_another_validation_is_given(tmp_path
                      "--cache", cache]) == 0
     extra = _run_config(tmp_path / "v")["extra"]
     assert extra["val"] is None and extra["val_from_train"] == 3
+
+
+def test_an_interrupt_inside_the_update_reports_no_summary_and_an_old_checkpoint_warns(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Stopped while the parameters change, the run keeps its previous checkpoint: the JSON says
+    interrupted and names the checkpoint, with no summary of a state that was never saved. A checkpoint
+    from before --val-from-train was recorded warns on resume that it cannot know."""
+    import scratchnet.train.trainer as tr
+    data, cache = _folder(tmp_path / "data", ["cats", "dogs"]), str(tmp_path / "cache")
+    base = ["--input-size", "32", "--width", "0.0625", "--batch-size", "4", "--cache", cache]
+    run = tmp_path / "run"
+    assert cli_main(["train", "--data", str(data), "--epochs", "1", "--out", str(run)] + base) == 0
+    capsys.readouterr()
+    ck = run / "checkpoint.npz"                     # as a checkpoint written before today would be
+    z = dict(np.load(ck))
+    state = json.loads(str(z["__train_state__"]))
+    del state["config"]["extra"]["val_from_train"]
+    z["__train_state__"] = np.array(json.dumps(state))
+    np.savez(ck, **z)
+    real = tr.Trainer.__init__
+
+    def breaks_in_the_update(self, *a, **kw):
+        real(self, *a, **kw)
+
+        def step():
+            raise KeyboardInterrupt
+        self.optimiser.step = step
+    monkeypatch.setattr(tr.Trainer, "__init__", breaks_in_the_update)
+    assert cli_main(["train", "--out", str(run), "--resume", "--epochs", "2", "--cache", cache]) == 130
+    out, err = capsys.readouterr()
+    assert "predates recording --val-from-train" in err and "keeps the previous checkpoint" in err
+    assert json.loads(out.strip().splitlines()[-1]) == {"command": "train", "interrupted": True, "checkpoint": str(ck)}
