@@ -122,6 +122,11 @@ def is_gpu_array(a) -> bool:
     return cupy is not None and isinstance(a, cupy.ndarray)
 
 
+def device_of(a) -> str:
+    """'gpu' for a CuPy array, else 'cpu'."""
+    return "gpu" if is_gpu_array(a) else "cpu"
+
+
 def default_device() -> str:
     """The device named by $SCRATCHNET_DEVICE ('cpu' or 'gpu'), 'cpu' when unset."""
     return (os.environ.get("SCRATCHNET_DEVICE") or "cpu").lower()      # unset or empty: cpu

@@ -34,7 +34,7 @@ from enum import Enum
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import device_of, get_array_module
 
 
 class Rule(str, Enum):
@@ -87,7 +87,7 @@ class Layer:
 
     def kept_output(self, y):
         """Remember y's shape, dtype and device for backward's check of dy; returns y."""
-        self._out = (tuple(y.shape), y.dtype, "cpu" if get_array_module(y) is np else "gpu")
+        self._out = (tuple(y.shape), y.dtype, device_of(y))
         return y
 
     def check_dy(self, dy):
@@ -103,7 +103,7 @@ class Layer:
         if dy.dtype != dtype:
             raise ShapeError(f"{self.label()}: dy must have the dtype {dtype} of forward's output, "
                              f"got {dy.dtype}")
-        if ("cpu" if get_array_module(dy) is np else "gpu") != where:
+        if device_of(dy) != where:
             raise ShapeError(f"{self.label()}: dy must be on the {where} like forward's output, "
                              f"got {type(dy).__module__}.{type(dy).__name__}")
         return dy

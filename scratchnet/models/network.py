@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import get_array_module, to_numpy
+from ..backend import device_of, get_array_module, to_numpy
 from ..layers import LAYER_TYPES, Rule, Sequential, ShapeError
 from ..layers.base import Layer
 
@@ -46,8 +46,6 @@ class Network(Sequential):
         self.preprocess = dict(preprocess or {})
         self.mean_image = mean_image            # (C, H, W) float32 for networks trained here
         self.arch = dict(arch or {})            # how the network was built, e.g. {"builder": "paper_net", ...}
-        self._scores_shape = None               # (N, K) of the last forward, for backward's check
-        self._scores_dtype = self._scores_device = None     # and its dtype and "cpu" / "gpu"
 
     # -- checked entry points --------------------------------------------------------------
     def check_input(self, x):
@@ -65,7 +63,7 @@ class Network(Sequential):
         if x.shape[1] != self.input_shape[0]:
             raise ShapeError(f"network expects {self.input_shape[0]} colour channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}; NCHW layout expected)")
-        here, there = ("gpu" if xp is not np else "cpu"), self.device()
+        here, there = device_of(x), self.device()
         if there is not None and here != there:
             raise ValueError(f"network input is on the {here} ({type(x).__module__}.{type(x).__name__}) but the "
                              f"network is on the {there}: move one of them, e.g. "
@@ -84,10 +82,7 @@ class Network(Sequential):
 
     def forward(self, x, train=False):
         self.check_input(x)
-        scores = super().forward(x, train)
-        self._scores_shape, self._scores_dtype = tuple(scores.shape), scores.dtype
-        self._scores_device = "cpu" if get_array_module(scores) is np else "gpu"
-        return scores
+        return self.kept_output(super().forward(x, train))     # the scores' shape, dtype, device
 
     def output_shape(self, in_shape):
         """The scores' shape (N, K) for a batch of shape ``in_shape`` (N, C, H, W): the batch size included,
@@ -98,30 +93,20 @@ class Network(Sequential):
                              f"first, e.g. (1,) + net.input_shape; got {in_shape}")
         return super().output_shape(in_shape)
 
-    def to(self, device: str):
-        super().to(device)
-        self.forget_forward()
-        return self
-
-    def astype(self, dtype):
-        super().astype(dtype)
-        self.forget_forward()
-        return self
-
     def forget_forward(self):
         """Say that the layers' caches no longer hold this network's last forward (a forward through
         some of its layers only, as vis.deconv.forward_to does): backward then asks for a forward."""
-        self._scores_shape = None
+        self._out = None
 
     def backward(self, dscores, rule="gradient", param_grads=True, input_grad=True):
         """dscores (N, K), d(objective)/d(scores) for the images of the last forward -> d/d(input)
         (N, C, H, W) (None when input_grad is False), filling every parameter's gradient unless
         param_grads is False."""
         rule = Rule.parse(rule)
-        want = self._scores_shape
-        if want is None:
+        if self._out is None:
             raise ShapeError("network backward before any forward: call forward(x) first (backward "
                              "uses what that forward kept)")
+        want, dtype, device = self._out
         if not hasattr(dscores, "shape") or not hasattr(dscores, "dtype"):
             raise ShapeError(f"dscores must be an array {want} like the last forward's scores, "
                              f"got {type(dscores).__name__}")
@@ -130,13 +115,12 @@ class Network(Sequential):
                              f"(N images, K classes), got {tuple(dscores.shape)}")
         if dscores.dtype.kind not in "fiub":
             raise ShapeError(f"dscores must be a real array like the scores, got dtype {dscores.dtype}")
-        here = "cpu" if get_array_module(dscores) is np else "gpu"
-        if here != self._scores_device:
+        here = device_of(dscores)
+        if here != device:
             raise ShapeError(f"dscores is on the {here} but the last forward's scores are on the "
-                             f"{self._scores_device}: move it, e.g. scratchnet.backend.to_device(dscores, "
-                             f"{self._scores_device!r})")
-        if dscores.dtype != self._scores_dtype:     # a float64 or integer one-hot on a float32 network
-            dscores = dscores.astype(self._scores_dtype)
+                             f"{device}: move it, e.g. scratchnet.backend.to_device(dscores, {device!r})")
+        if dscores.dtype != dtype:                  # a float64 or integer one-hot on a float32 network
+            dscores = dscores.astype(dtype)
         return super().backward(dscores, rule, param_grads, input_grad)
 
     @property
