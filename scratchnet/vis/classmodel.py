@@ -33,7 +33,8 @@ for the paper's classes, with fixed steps (step control came later; the notes be
 steps): 100 normalised steps of 2 grey levels, no momentum, lam = 1e-5 per grey level^2. With step
 control SqueezeNet's J ends lower than with fixed steps (mean 281 vs 325 for goose, ostrich, husky;
 S_c 350-461 vs 516-902: its J dips often on the way up, and each dip halves the step) and
-EfficientNet-Lite0's far higher (31 vs -23); no pair of factors tried beat fixed steps on both. At that lam the image settles at an rms of about 10-17 grey levels (SqueezeNet) or 5
+EfficientNet-Lite0's far higher (31 vs -23); no pair of factors tried beat fixed steps on both.
+At that lam the image settles at an rms of about 10-17 grey levels (SqueezeNet) or 5
 (EfficientNet-Lite0) around the mean; lam = 1e-6 lets EfficientNet's score climb higher but the image
 turns into high-frequency noise, and SqueezeNet's class models are already recognisable at 1e-5.
 A sweep on EfficientNet-Lite0 (goose, ostrich, husky, dumbbell, cup, lemon, limousine) found nothing better
@@ -173,7 +174,8 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     scores, objective = [], []
     # step control (normalised steps, no regulariser; see the module docstring): a class whose
     # objective fell at a step halves its step length, else grows it x1.1 up to lr
-    controlled = step_control and optimiser == "normalised" and not (jitter or blur_every or clip_pct)
+    regularised = bool(jitter or blur_every or clip_pct)   # the objective is then that of a moved image
+    controlled = step_control and optimiser == "normalised" and not regularised
     step = np.full(len(cls), float(lr))             # each class's step, grey levels (rms)
     halvings = np.zeros(len(cls), np.int64)
 
@@ -247,7 +249,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
             x = xp.minimum(xp.maximum(x, lo), hi)
     fell = [int(c) for c, first, last in zip(cls, objective[0], objective[-1]) if steps and last < first]
     if fell:
-        if jitter or blur_every or clip_pct:
+        if regularised:
             why = ("the regularisers (jitter, blur, clipping) move the image as well as the ascent; the "
                    "objective is that of the moved image")
         else:
