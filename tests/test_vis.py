@@ -450,21 +450,44 @@ def test_step_control_raises_the_objective_where_a_fixed_step_lowers_it(live_net
     ctl = cm.class_model(live_net, [0, 1], steps=30, lam=1e-3, lr=lr)
     fixed = cm.class_model(live_net, [0, 1], steps=30, lam=1e-3, lr=lr, step_control=False)
     assert (ctl.objective[-1] > ctl.objective[0]).all() and (fixed.objective[-1] < fixed.objective[0]).all()
-    step, halvings = np.full(2, lr), np.zeros(2, int)
+    step, falls = np.full(2, lr), np.zeros(2, int)
     for before, after in zip(ctl.objective[:-1], ctl.objective[1:]):
         fell = after < before
-        step, halvings = np.where(fell, step * cm.STEP_DOWN, np.minimum(step * cm.STEP_UP, lr)), halvings + fell
+        step, falls = np.where(fell, step * cm.STEP_DOWN, np.minimum(step * cm.STEP_UP, lr)), falls + fell
     np.testing.assert_allclose(ctl.settings["final_steps"], step, rtol=1e-12)
-    assert ctl.settings["halvings"] == halvings.tolist() and min(halvings) > 0
+    assert ctl.settings["falls"] == falls.tolist() and min(falls) > 0
     assert ctl.settings["step_control"] and not fixed.settings["step_control"]
     # off with a regulariser (the objective is then taken at a moved or blurred image) and for plain steps
-    assert (cm.STEP_DOWN, cm.STEP_UP) == (0.5, 1.1)                  # the factors the README measured
+    assert (cm.STEP_DOWN, cm.STEP_UP) == (0.9, 1.05)                 # the factors the README measured
     back = cm.class_model(live_net, [0, 1], steps=30, lam=0.0, lr=lr)   # class 1 fell once, then grew back
-    assert back.settings["halvings"][1] == 1 and back.settings["final_steps"][1] == lr    # to lr, not past it
+    assert back.settings["falls"][1] == 1 and back.settings["final_steps"][1] == lr    # to lr, not past it
     assert not cm.class_model(live_net, [0], steps=2, clip_pct=10).settings["step_control"]
     assert not cm.class_model(live_net, [0], steps=2, blur_every=1).settings["step_control"]
     assert not cm.class_model(live_net, [0], steps=2, jitter=1).settings["step_control"]
     assert not cm.class_model(live_net, [0], steps=2, optimiser="plain", lr=1e-3).settings["step_control"]
+    capsys.readouterr()
+
+
+def test_step_factors_are_an_argument_and_follow_the_same_rule(live_net, capsys):
+    """step_factors=(down, up) replaces (STEP_DOWN, STEP_UP) in the rule, is recorded, and is checked."""
+    lr, factors = 2.0, (0.25, 1.5)
+    r = cm.class_model(live_net, [0, 1], steps=30, lam=1e-3, lr=lr, step_factors=factors)
+    step, falls = np.full(2, lr), np.zeros(2, int)
+    for before, after in zip(r.objective[:-1], r.objective[1:]):
+        fell = after < before
+        step, falls = np.where(fell, step * factors[0], np.minimum(step * factors[1], lr)), falls + fell
+    np.testing.assert_allclose(r.settings["final_steps"], step, rtol=1e-12)
+    assert r.settings["falls"] == falls.tolist() and min(falls) > 0
+    assert r.settings["step_factors"] == list(factors)
+    default = cm.class_model(live_net, [0, 1], steps=30, lam=1e-3, lr=lr)
+    assert default.settings["step_factors"] == [cm.STEP_DOWN, cm.STEP_UP]
+    assert not np.array_equal(default.x, r.x)
+    assert cm.class_model(live_net, [0], steps=2, step_control=False).settings["step_factors"] is None
+    for bad, says in (((1.0, 1.1), "step_factors[0]"), ((0, 1.1), "step_factors[0]"), ((0.5, 0.9), "step_factors[1]"),
+                      ((0.5, float("nan")), "step_factors[1]"), (("0.5", 1.1), "step_factors[0]"),
+                      ((0.5,), "two numbers"), (0.5, "two numbers")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            cm.class_model(live_net, [0], steps=1, step_factors=bad)
     capsys.readouterr()
 
 
@@ -996,6 +1019,17 @@ def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_
     out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "2", "--fixed-step",
                    "--out", str(tmp_path / "f")], capsys)
     assert out["settings"]["step_control"] is False
+    out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "2", "--step-factors",
+                   "0.25", "1.5", "--out", str(tmp_path / "sf")], capsys)
+    assert out["settings"]["step_control"] is True and out["settings"]["step_factors"] == [0.25, 1.5]
+    for bad, says in ((["--step-factors", "0.5", "1.1", "--fixed-step"], "which --fixed-step turns off"),
+                      (["--step-factors", "1", "1.1"], "step_factors[0] (the step's factor after a fall) must be in "
+                                                       "(0, 1), got 1.0")):
+        from scratchnet.cli import main
+        assert main(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "1",
+                     "--out", str(tmp_path / "bad")] + bad) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and not (tmp_path / "bad").exists(), err
     out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "1", "--regularised",
                    "--out", str(tmp_path / "r")], capsys)
     assert all(out["settings"][k] == v for k, v in cm.REGULARISED.items())
@@ -1020,3 +1054,30 @@ def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_
     run_cli(["saliency", str(photo), str(photo), "--model", str(tiny_path), "--batch-size", "1",
              "--out", str(tmp_path / "s")], capsys)
     assert seen == [(1,)]
+
+
+def test_the_step_factor_bench_reports_what_class_model_gives(tiny_path):
+    """bench/classmodel_steps.py: fixed steps, the defaults, then each --pairs pair; its rows are
+    class_model's own mean final objective and score; a bad pair is refused in one line."""
+    import subprocess
+    import sys
+    from scratchnet.models import load_network
+    bench = Path(__file__).resolve().parent.parent / "bench" / "classmodel_steps.py"
+    p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path), "--classes", "goose", "0",
+                        "--steps", "4", "--pairs", "0.5:1.1", "0.9:1.05"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout.strip().splitlines()[-1])["rows"]
+    assert [r["step_factors"] for r in rows] == [None, [cm.STEP_DOWN, cm.STEP_UP], [0.5, 1.1]]   # no repeat
+    assert "(default)" in p.stdout
+    net = load_network(tiny_path)
+    classes = [display.resolve_class(net, "goose"), 0]
+    for r in rows:
+        kw = dict(step_control=False) if r["step_factors"] is None else dict(step_factors=r["step_factors"])
+        want = cm.class_model(net, classes, steps=4, **kw)
+        assert r["mean_objective"] == pytest.approx(float(np.mean(want.objective[-1])), abs=1e-3)
+        assert r["mean_score"] == pytest.approx(float(np.mean(want.scores[-1])), abs=1e-3)
+    for bad, says in ((["--pairs", "1.2:1.1"], "expected 0 < DOWN < 1 <= UP, got '1.2:1.1'"),
+                      (["--pairs", "0.5"], "expected DOWN:UP"), (["--steps", "0"], "expected an integer >= 1")):
+        p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path)] + bad, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr

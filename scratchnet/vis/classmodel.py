@@ -20,20 +20,23 @@ Optimiser (``optimiser=``):
                              each step moves the image by lr_c grey levels (root mean square);
                              with step control (``step_control=True``, the default, when no
                              regulariser below is on) each class c has its own lr_c, starting at
-                             ``lr``: halved after a step that lowered its objective J, else x1.1 up
-                             to ``lr`` (the "bold driver" rule). A fixed length circles the
-                             maximum at its own distance: on EfficientNet-Lite0 at the defaults every
-                             fixed step of 2 grey levels lowered J (-0.0 -> -25 in 100 steps, S_c 14-18)
-                             where the controlled steps raise it (-> 25-38, S_c 30-46);
+                             ``lr``: x0.9 after a step that lowered its objective J, else x1.05 up
+                             to ``lr`` (a gentle "bold driver" rule; ``step_factors``). A fixed
+                             length circles the maximum at its own distance: on EfficientNet-Lite0 at
+                             the defaults every fixed step of 2 grey levels lowered J (-0.0 -> -25 in
+                             100 steps, S_c 14-18) where the controlled steps raise it (mean J 46);
     "plain":                 I <- I + lr * g           (the textbook step; lr in input units per unit of g)
 with g = dJ/dI = dS_c/dI - 2 lam I / u^2.
 
 Defaults (``DEFAULTS``), chosen by looking at the class models of SqueezeNet and EfficientNet-Lite0
 for the paper's classes, with fixed steps (step control came later; the notes below are of fixed
-steps): 100 normalised steps of 2 grey levels, no momentum, lam = 1e-5 per grey level^2. With step
-control SqueezeNet's J ends lower than with fixed steps (mean 281 vs 325 for goose, ostrich, husky;
-S_c 350-461 vs 516-902: its J dips often on the way up, and each dip halves the step) and
-EfficientNet-Lite0's far higher (31 vs -23); no pair of factors tried beat fixed steps on both.
+steps): 100 normalised steps of 2 grey levels, no momentum, lam = 1e-5 per grey level^2. Step
+control's factors (``STEP_DOWN``, ``STEP_UP`` = 0.9, 1.05) were chosen with
+``bench/classmodel_steps.py``: of 12 pairs, three ended with a higher mean J than fixed steps on both
+networks for goose, ostrich, husky and for dumbbell, cup, lemon, limousine (0.9 / 1.05, 0.85 / 1.05,
+0.95 / 1.02), and 0.9 / 1.05 climbed highest on SqueezeNet for both (EfficientNet-Lite0 46 and 49 vs
+fixed -23 and -16; SqueezeNet 421 and 161 vs 325 and 99). Harsher cuts lose on SqueezeNet, whose J dips
+often on the way up: 0.5 / 1.1 ended at 281 and 90 there, below fixed steps.
 At that lam the image settles at an rms of about 10-17 grey levels (SqueezeNet) or 5
 (EfficientNet-Lite0) around the mean; lam = 1e-6 lets EfficientNet's score climb higher but the image
 turns into high-frequency noise, and SqueezeNet's class models are already recognisable at 1e-5.
@@ -75,12 +78,14 @@ from .deconv import backward_from, forward_to, layer_index
 from .display import on_net_device, prepare_pixels, resolve_classes, stretch, to_pixels
 
 #: defaults chosen by looking at SqueezeNet and EfficientNet-Lite0 class models (module docstring)
-#: step control: a class's step length after a step that lowered its objective, and after one that did
-#: not (capped at lr). Measured with ``scratchnet classmodel --class goose ostrich "Siberian husky"``
-#: (100 steps, mean final objective J): EfficientNet-Lite0 31.4 (fixed steps: -22.9), SqueezeNet 281.5
-#: (fixed: 325.2); 0.5 / 2.0 gave SqueezeNet 383 but EfficientNet -0.1, 0.7 / 1.2 EfficientNet 49.8 but
-#: SqueezeNet 255; rejecting a step that lowered J (and retrying from the point before) was slower on both.
-STEP_DOWN, STEP_UP = 0.5, 1.1
+#: step control: the factors of a class's step length after a step that lowered its objective, and after
+#: one that did not (capped at lr). ``python bench/classmodel_steps.py`` (goose, ostrich, husky; 100 steps;
+#: mean final objective J): 0.9 / 1.05 EfficientNet-Lite0 45.9, SqueezeNet 421.5; fixed steps -22.9, 325.2;
+#: 0.85 / 1.05 52.4, 384.6; 0.5 / 1.1 31.4, 281.5; 0.5 / 2.0 -0.1, 383.3. With ``--classes dumbbell cup
+#: lemon limousine``: 0.9 / 1.05 49.1, 161.2; fixed -16.3, 98.9; 0.85 / 1.05 54.8, 148.4. With ``--steps
+#: 200``: 0.9 / 1.05 66.1, 459.5; fixed -22.0, 393.4. Rejecting a step that lowered J (and retrying from the
+#: point before) was slower on both networks.
+STEP_DOWN, STEP_UP = 0.9, 1.05
 DEFAULTS = dict(steps=100, lr=2.0, lam=1e-5, optimiser="normalised", momentum=0.0)
 #: the opt-in regularisers (and the lighter L2) of the demo's "regularised" class models
 REGULARISED = dict(lam=1e-6, jitter=8, blur_every=4, blur_sigma=0.5)
@@ -134,12 +139,16 @@ def gaussian_blur(x, sigma):
 def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DEFAULTS["lam"],
                 optimiser=DEFAULTS["optimiser"], momentum=DEFAULTS["momentum"], jitter=0, blur_every=0,
                 blur_sigma=0.5, clip_pct=0.0, clamp=False, score_layer="auto", seed=0, progress=None,
-                progress_every=20, start_noise=0.0, step_control=True) -> ClassModel:
+                progress_every=20, start_noise=0.0, step_control=True,
+                step_factors=(STEP_DOWN, STEP_UP)) -> ClassModel:
     """Gradient ascent of J(I) = S_c(I) - lam ||I/u||^2 from the zero image; see the module docstring.
 
     classes: M classes (indices, wnids or names); one batch row per class. ``score_layer``: "auto", None (the network's
     output) or a top-level layer name whose channel c, averaged over space, is the score ascended.
     ``progress``: a stream (e.g. sys.stderr) for a line every ``progress_every`` steps, or None.
+    ``step_factors``: (down, up), step control's factors: a class's step is multiplied by ``down``
+    (0 < down < 1) after a step that lowered its objective, else by ``up`` (>= 1) up to ``lr``;
+    ``bench/classmodel_steps.py`` compares pairs.
     The same call gives the same bits every time; a class's image computed with other classes beside it
     differs from the one computed alone by BLAS rounding (the batch changes the order of the sums), which
     the ascent can amplify: 1e-4 of the image after 40 plain steps, visibly with jitter or blur.
@@ -155,6 +164,13 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
         check_number("class_model", "blur_sigma (with blur_every set)", blur_sigma, low=0, low_open=True)
     check_number("class_model", "clip_pct", clip_pct, low=0, high=100, high_open=True)
     check_number("class_model", "start_noise (grey levels rms)", start_noise, low=0)
+    try:
+        down, up = step_factors
+    except (TypeError, ValueError):
+        raise ValueError(f"class_model: step_factors must be two numbers (down, up), got {step_factors!r}") from None
+    down = check_number("class_model", "step_factors[0] (the step's factor after a fall)", down, low=0, high=1,
+                        low_open=True, high_open=True)
+    up = check_number("class_model", "step_factors[1] (the step's factor after a rise)", up, low=1)
     cls = np.atleast_1d(resolve_classes(net, classes))
     K = net.num_classes
     if cls.ndim != 1 or len(cls) == 0:
@@ -173,11 +189,11 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     v = xp.zeros_like(x)
     scores, objective = [], []
     # step control (normalised steps, no regulariser; see the module docstring): a class whose
-    # objective fell at a step halves its step length, else grows it x1.1 up to lr
+    # objective fell at a step shortens its step (x STEP_DOWN), else lengthens it (x STEP_UP) up to lr
     regularised = bool(jitter or blur_every or clip_pct)   # the objective is then that of a moved image
     controlled = step_control and optimiser == "normalised" and not regularised
     step = np.full(len(cls), float(lr))             # each class's step, grey levels (rms)
-    halvings = np.zeros(len(cls), np.int64)
+    falls = np.zeros(len(cls), np.int64)
 
     def penalty(img):
         return lam * to_numpy((img * img).sum(axis=(1, 2, 3))) / u ** 2
@@ -209,8 +225,8 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
         objective.append(ascended - penalty(x))
         if controlled and t > 0:
             fell = objective[-1] < objective[-2]
-            step = np.where(fell, step * STEP_DOWN, np.minimum(step * STEP_UP, lr))
-            halvings += fell
+            step = np.where(fell, step * down, np.minimum(step * up, lr))
+            falls += fell
         if progress is not None and (t % progress_every == 0 or t == steps):
             print(f"  class model step {t}/{steps}: mean S_c {s.mean():.3f}, "
                   f"mean objective {objective[-1].mean():.3f}", file=progress, flush=True)
@@ -265,8 +281,9 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     settings = dict(steps=steps, lr=lr, lam=lam, optimiser=optimiser, momentum=momentum, jitter=jitter,
                     blur_every=blur_every, blur_sigma=blur_sigma, clip_pct=clip_pct, clamp=clamp,
                     score_layer=score_at, seed=seed, start_noise=start_noise, step_control=controlled,
+                    step_factors=[down, up] if controlled else None,
                     final_steps=step.tolist() if controlled else None,
-                    halvings=halvings.tolist() if controlled else None,
+                    falls=falls.tolist() if controlled else None,
                     grey_level=u, display="per-image 1st..99th percentile stretch, mean added back")
     return ClassModel(x_np, cls, np.array(scores), np.array(objective), pixels,
                       stretch(pixels, 1, 99), settings)

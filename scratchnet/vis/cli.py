@@ -52,8 +52,12 @@ def register(sub, ev_sub):
                         "--fixed-step) (default %(default)s)")
     p.add_argument("--momentum", type=float, default=d["momentum"], help="momentum of the ascent (default %(default)s)")
     p.add_argument("--fixed-step", action="store_true",
-                   help="normalised steps of exactly --lr grey levels (default: each class's step halves when "
-                        "its objective falls and grows back up to --lr)")
+                   help="normalised steps of exactly --lr grey levels (default: each class's step shortens when "
+                        "its objective falls and grows back up to --lr; see --step-factors)")
+    p.add_argument("--step-factors", type=float, nargs=2, metavar=("DOWN", "UP"),
+                   help="step control: each class's step is multiplied by DOWN (0 < DOWN < 1) after a step that "
+                        f"lowered its objective, else by UP (>= 1) up to --lr (default {cm.STEP_DOWN} "
+                        f"{cm.STEP_UP}; bench/classmodel_steps.py compares pairs)")
     p.add_argument("--jitter", type=nonnegative_int, default=0, help="opt-in: random roll of up to J pixels each step")
     p.add_argument("--blur-every", type=nonnegative_int, default=0, help="opt-in: Gaussian blur every K steps")
     p.add_argument("--blur-sigma", type=float, default=0.5, help="with --blur-every: the blur's sigma in pixels "
@@ -208,7 +212,9 @@ def cmd_classmodel(args):
     settings = dict(steps=args.steps, lr=args.lr, lam=args.lam, optimiser=args.optimiser, momentum=args.momentum,
                     jitter=args.jitter, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
                     clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed, start_noise=args.start_noise,
-                    step_control=not args.fixed_step)
+                    step_control=not args.fixed_step, step_factors=args.step_factors or (cm.STEP_DOWN, cm.STEP_UP))
+    if args.fixed_step and args.step_factors:
+        raise ValueError("--step-factors sets step control's factors, which --fixed-step turns off: give one of them")
     if args.regularised:
         settings.update(cm.REGULARISED)
     _say(f"class models for {[names[i] for i in idx]}")

@@ -1,0 +1,89 @@
+"""Class-model step control: which (down, up) factors climb highest, against fixed steps.
+
+    python bench/classmodel_steps.py [--models efficientnet_lite0 squeezenet1_0]
+                                     [--classes goose ostrich "Siberian husky"] [--steps 100]
+                                     [--pairs 0.5:1.1 0.5:2.0 0.7:1.2 ...]
+
+For each network, runs ``class_model`` at its defaults (100 normalised steps of 2 grey levels,
+lam 1e-5, from the zero image) once with fixed steps and once per pair of step-control factors
+(``step_factors=(down, up)``: the step is multiplied by ``down`` after a step that lowered the class's
+objective J = S_c - lam ||I/u||^2, else by ``up``, capped at ``--lr``), and prints each run's mean
+final J, its mean final S_c and the mean number of steps that lowered J (each shortened the next); the defaults (``STEP_DOWN``, ``STEP_UP``)
+are marked. Ends with one JSON line. This is the comparison behind the README's class-model paragraph
+and ``scratchnet/vis/classmodel.py``'s note on the defaults; not a speed benchmark (each network's
+runs are deterministic: the same call gives the same bits).
+
+Takes about 5 minutes on 2 cores at the defaults (13 runs per network; the pretrained weights come with pip).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from contextlib import redirect_stderr
+
+import numpy as np
+
+from scratchnet.cli import positive_int
+from scratchnet.models import load
+from scratchnet.vis import classmodel as cm
+from scratchnet.vis.display import resolve_class
+
+DEFAULT_PAIRS = ["0.9:1.05", "0.5:1.1", "0.5:1.5", "0.5:2.0", "0.7:1.1", "0.7:1.2", "0.8:1.1", "0.3:1.1", "0.8:1.05",
+                 "0.85:1.05", "0.9:1.1", "0.95:1.02"]
+
+
+def pair(text: str) -> tuple[float, float]:
+    """argparse type of --pairs: 'DOWN:UP' with 0 < DOWN < 1 <= UP."""
+    try:
+        down, up = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DOWN:UP (two numbers, e.g. 0.5:1.1), got {text!r}") from None
+    if not (0 < down < 1 <= up):
+        raise argparse.ArgumentTypeError(f"expected 0 < DOWN < 1 <= UP, got {text!r}")
+    return down, up
+
+
+def run(net, classes, steps, **kw):
+    """One class_model run -> (mean final J, mean final S_c, mean falls of J or None, warnings printed)."""
+    err = io.StringIO()
+    with redirect_stderr(err):           # the "J ended below its start" warning: counted, not printed
+        r = cm.class_model(net, classes, steps=steps, **kw)
+    falls = r.settings["falls"]
+    return (float(np.mean(r.objective[-1])), float(np.mean(r.scores[-1])),
+            None if falls is None else float(np.mean(falls)), "warning" in err.getvalue())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "squeezenet1_0"])
+    ap.add_argument("--classes", nargs="+", default=["goose", "ostrich", "Siberian husky"])
+    ap.add_argument("--steps", type=positive_int, default=cm.DEFAULTS["steps"])
+    ap.add_argument("--pairs", nargs="+", type=pair, default=[pair(p) for p in DEFAULT_PAIRS],
+                    metavar="DOWN:UP")
+    args = ap.parse_args(argv)
+    default = (cm.STEP_DOWN, cm.STEP_UP)
+    pairs = list(dict.fromkeys([default] + list(args.pairs)))        # the defaults first, no repeats
+    rows = []
+    for name in args.models:
+        net = load(name)
+        classes = [resolve_class(net, c) for c in args.classes]
+        print(f"\n{name}: {len(classes)} classes {args.classes}, {args.steps} steps, lam {cm.DEFAULTS['lam']:g}, "
+              f"lr {cm.DEFAULTS['lr']:g} grey levels", flush=True)
+        print(f"  {'steps':<28} {'mean J':>9} {'mean S_c':>9} {'falls of J':>10}", flush=True)
+        runs = [("fixed", None)] + [(f"control {d:g} / {u:g}" + (" (default)" if (d, u) == default else ""), (d, u))
+                                    for d, u in pairs]
+        for label, factors in runs:
+            kw = dict(step_control=False) if factors is None else dict(step_factors=factors)
+            j, s, h, fell = run(net, classes, args.steps, **kw)
+            print(f"  {label:<28} {j:9.1f} {s:9.1f} {'-' if h is None else f'{h:.1f}':>10}"
+                  f"{'  (J ended below its start for some class)' if fell else ''}", flush=True)
+            rows.append(dict(model=name, step_factors=None if factors is None else list(factors),
+                             mean_objective=round(j, 3), mean_score=round(s, 3),
+                             mean_falls=h, objective_fell=fell))
+    print(json.dumps(dict(bench="classmodel_steps", classes=args.classes, steps=args.steps, rows=rows)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
