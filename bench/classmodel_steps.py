@@ -2,7 +2,7 @@
 
     python bench/classmodel_steps.py [--models efficientnet_lite0 squeezenet1_0]
                                      [--classes goose ostrich "Siberian husky"] [--steps 100]
-                                     [--pairs 0.5:1.1 0.5:2.0 0.7:1.2 ...]
+                                     [--lam 1e-5] [--lr 2] [--pairs 0.5:1.1 0.5:2.0 0.7:1.2 ...]
 
 For each network, runs ``class_model`` at its defaults (100 normalised steps of 2 grey levels,
 lam 1e-5, from the zero image) once with fixed steps and once per pair of step-control factors
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import sys
 from contextlib import redirect_stderr
 
@@ -40,19 +41,19 @@ def pair(text: str) -> tuple[float, float]:
         down, up = (float(v) for v in text.split(":"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected DOWN:UP (two numbers, e.g. 0.5:1.1), got {text!r}") from None
-    if not (0 < down < 1 <= up):
+    if not (math.isfinite(up) and 0 < down < 1 <= up):
         raise argparse.ArgumentTypeError(f"expected 0 < DOWN < 1 <= UP, got {text!r}")
     return down, up
 
 
 def run(net, classes, steps, **kw):
-    """One class_model run -> (mean final J, mean final S_c, mean falls of J or None, warnings printed)."""
-    err = io.StringIO()
-    with redirect_stderr(err):           # the "J ended below its start" warning: counted, not printed
+    """One class_model run -> (mean final J, mean final S_c, mean falls of J or None, whether some class's J
+    ended below its start)."""
+    with redirect_stderr(io.StringIO()):     # class_model's warnings: that one is a column here
         r = cm.class_model(net, classes, steps=steps, **kw)
     falls = r.settings["falls"]
     return (float(np.mean(r.objective[-1])), float(np.mean(r.scores[-1])),
-            None if falls is None else float(np.mean(falls)), "warning" in err.getvalue())
+            None if falls is None else float(np.mean(falls)), bool((r.objective[-1] < r.objective[0]).any()))
 
 
 def main(argv=None):
@@ -60,15 +61,24 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "squeezenet1_0"])
     ap.add_argument("--classes", nargs="+", default=["goose", "ostrich", "Siberian husky"])
     ap.add_argument("--steps", type=positive_int, default=cm.DEFAULTS["steps"])
+    ap.add_argument("--lam", type=float, default=cm.DEFAULTS["lam"], help="L2 weight per grey level squared")
+    ap.add_argument("--lr", type=float, default=cm.DEFAULTS["lr"], help="the (largest) step, grey levels rms")
     ap.add_argument("--pairs", nargs="+", type=pair, default=[pair(p) for p in DEFAULT_PAIRS],
                     metavar="DOWN:UP")
     args = ap.parse_args(argv)
+    if not (math.isfinite(args.lam) and args.lam >= 0 and math.isfinite(args.lr) and args.lr > 0):
+        ap.error(f"expected --lam >= 0 and --lr > 0, got --lam {args.lam:g} --lr {args.lr:g}")
     default = (cm.STEP_DOWN, cm.STEP_UP)
     pairs = list(dict.fromkeys([default] + list(args.pairs)))        # the defaults first, no repeats
+    nets = {}
+    for name in args.models:                 # every network and class first: no run lost to a late typo
+        try:
+            net = load(name)
+            nets[name] = net, [resolve_class(net, c) for c in args.classes]
+        except (OSError, ValueError, KeyError) as e:
+            ap.error(f"{name}: {e}")
     rows = []
-    for name in args.models:
-        net = load(name)
-        classes = [resolve_class(net, c) for c in args.classes]
+    for name, (net, classes) in nets.items():
         print(f"\n{name}: {len(classes)} classes {args.classes}, {args.steps} steps, lam {cm.DEFAULTS['lam']:g}, "
               f"lr {cm.DEFAULTS['lr']:g} grey levels", flush=True)
         print(f"  {'steps':<28} {'mean J':>9} {'mean S_c':>9} {'falls of J':>10}", flush=True)
@@ -76,13 +86,14 @@ def main(argv=None):
                                     for d, u in pairs]
         for label, factors in runs:
             kw = dict(step_control=False) if factors is None else dict(step_factors=factors)
-            j, s, h, fell = run(net, classes, args.steps, **kw)
+            j, s, h, fell = run(net, classes, args.steps, lam=args.lam, lr=args.lr, **kw)
             print(f"  {label:<28} {j:9.1f} {s:9.1f} {'-' if h is None else f'{h:.1f}':>10}"
                   f"{'  (J ended below its start for some class)' if fell else ''}", flush=True)
             rows.append(dict(model=name, step_factors=None if factors is None else list(factors),
                              mean_objective=round(j, 3), mean_score=round(s, 3),
                              mean_falls=h, objective_fell=fell))
-    print(json.dumps(dict(bench="classmodel_steps", classes=args.classes, steps=args.steps, rows=rows)))
+    print(json.dumps(dict(bench="classmodel_steps", classes=args.classes, steps=args.steps, lam=args.lam, lr=args.lr,
+                          rows=rows)))
 
 
 if __name__ == "__main__":

@@ -485,7 +485,8 @@ def test_step_factors_are_an_argument_and_follow_the_same_rule(live_net, capsys)
     assert cm.class_model(live_net, [0], steps=2, step_control=False).settings["step_factors"] is None
     for bad, says in (((1.0, 1.1), "step_factors[0]"), ((0, 1.1), "step_factors[0]"), ((0.5, 0.9), "step_factors[1]"),
                       ((0.5, float("nan")), "step_factors[1]"), (("0.5", 1.1), "step_factors[0]"),
-                      ((0.5,), "two numbers"), (0.5, "two numbers")):
+                      ((0.5,), "two numbers"), (0.5, "two numbers"), ("ab", "two numbers"),
+                      ({0.9, 1.05}, "two numbers"), ({0.9: 1, 1.05: 2}, "two numbers")):
         with pytest.raises(ValueError, match=re.escape(says)):
             cm.class_model(live_net, [0], steps=1, step_factors=bad)
     capsys.readouterr()
@@ -1022,7 +1023,10 @@ def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_
     out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "2", "--step-factors",
                    "0.25", "1.5", "--out", str(tmp_path / "sf")], capsys)
     assert out["settings"]["step_control"] is True and out["settings"]["step_factors"] == [0.25, 1.5]
-    for bad, says in ((["--step-factors", "0.5", "1.1", "--fixed-step"], "which --fixed-step turns off"),
+    for bad, says in ((["--step-factors", "0.5", "1.1", "--fixed-step"], "but --fixed-step turns step control off"),
+                      (["--step-factors", "0.5", "1.1", "--regularised"], "but --regularised turns step control off"),
+                      (["--step-factors", "0.5", "1.1", "--optimiser", "plain", "--jitter", "1"],
+                       "but --optimiser plain, --jitter turns step control off"),
                       (["--step-factors", "1", "1.1"], "step_factors[0] (the step's factor after a fall) must be in "
                                                        "(0, 1), got 1.0")):
         from scratchnet.cli import main
@@ -1063,21 +1067,32 @@ def test_the_step_factor_bench_reports_what_class_model_gives(tiny_path):
     import sys
     from scratchnet.models import load_network
     bench = Path(__file__).resolve().parent.parent / "bench" / "classmodel_steps.py"
-    p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path), "--classes", "goose", "0",
-                        "--steps", "4", "--pairs", "0.5:1.1", "0.9:1.05"], capture_output=True, text=True, timeout=300)
+    net = load_network(tiny_path)
+    classes = [display.resolve_class(net, "goose"), 4]
+    assert classes[0] != classes[1]
+    p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path), "--classes", "goose", "4",
+                        "--steps", "30", "--lam", "1e-3", "--pairs", "0.5:1.1", "0.9:1.05", "0.5:2"],
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout.strip().splitlines()[-1])["rows"]
-    assert [r["step_factors"] for r in rows] == [None, [cm.STEP_DOWN, cm.STEP_UP], [0.5, 1.1]]   # no repeat
-    assert "(default)" in p.stdout
-    net = load_network(tiny_path)
-    classes = [display.resolve_class(net, "goose"), 0]
+    assert [r["step_factors"] for r in rows] == [None, [cm.STEP_DOWN, cm.STEP_UP], [0.5, 1.1], [0.5, 2.0]]   # no repeat
+    marked = [line for line in p.stdout.splitlines() if "(default)" in line]
+    assert len(marked) == 1 and f"control {cm.STEP_DOWN:g} / {cm.STEP_UP:g} (default)" in marked[0]
+    fell = []
     for r in rows:
         kw = dict(step_control=False) if r["step_factors"] is None else dict(step_factors=r["step_factors"])
-        want = cm.class_model(net, classes, steps=4, **kw)
+        want = cm.class_model(net, classes, steps=30, lam=1e-3, **kw)
         assert r["mean_objective"] == pytest.approx(float(np.mean(want.objective[-1])), abs=1e-3)
         assert r["mean_score"] == pytest.approx(float(np.mean(want.scores[-1])), abs=1e-3)
+        assert r["mean_falls"] == (None if r["step_factors"] is None else pytest.approx(np.mean(want.settings["falls"])))
+        assert r["objective_fell"] == bool((want.objective[-1] < want.objective[0]).any())
+        fell.append(r["objective_fell"])
+    assert any(fell) and not all(fell)                      # both cases occur here, so the column is tested
     for bad, says in ((["--pairs", "1.2:1.1"], "expected 0 < DOWN < 1 <= UP, got '1.2:1.1'"),
-                      (["--pairs", "0.5"], "expected DOWN:UP"), (["--steps", "0"], "expected an integer >= 1")):
+                      (["--pairs", "0.5:inf"], "expected 0 < DOWN < 1 <= UP, got '0.5:inf'"),
+                      (["--classes", "nosuchclass"], "unknown class 'nosuchclass'"),
+                      (["--pairs", "0.5"], "expected DOWN:UP"), (["--steps", "0"], "expected an integer >= 1"),
+                      (["--lr", "0"], "expected --lam >= 0 and --lr > 0")):
         p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path)] + bad, capture_output=True,
                            text=True, timeout=300)
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr

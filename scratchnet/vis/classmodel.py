@@ -29,14 +29,17 @@ Optimiser (``optimiser=``):
 with g = dJ/dI = dS_c/dI - 2 lam I / u^2.
 
 Defaults (``DEFAULTS``), chosen by looking at the class models of SqueezeNet and EfficientNet-Lite0
-for the paper's classes, with fixed steps (step control came later; the notes below are of fixed
-steps): 100 normalised steps of 2 grey levels, no momentum, lam = 1e-5 per grey level^2. Step
-control's factors (``STEP_DOWN``, ``STEP_UP`` = 0.9, 1.05) were chosen with
-``bench/classmodel_steps.py``: of 12 pairs, three ended with a higher mean J than fixed steps on both
+for the paper's classes, with fixed steps: 100 normalised steps of 2 grey levels, no momentum,
+lam = 1e-5 per grey level^2 (the notes after the next paragraph are of fixed steps too).
+
+Step control's factors (``STEP_DOWN``, ``STEP_UP`` = 0.9, 1.05) were chosen later with
+``bench/classmodel_steps.py``: of 12 pairs, four ended with a higher mean J than fixed steps on both
 networks for goose, ostrich, husky and for dumbbell, cup, lemon, limousine (0.9 / 1.05, 0.85 / 1.05,
-0.95 / 1.02), and 0.9 / 1.05 climbed highest on SqueezeNet for both (EfficientNet-Lite0 46 and 49 vs
-fixed -23 and -16; SqueezeNet 421 and 161 vs 325 and 99). Harsher cuts lose on SqueezeNet, whose J dips
-often on the way up: 0.5 / 1.1 ended at 281 and 90 there, below fixed steps.
+0.95 / 1.02, and 0.9 / 1.1, with which some EfficientNet-Lite0 classes still ended below their start),
+and 0.9 / 1.05 climbed highest on SqueezeNet for both (EfficientNet-Lite0 46 and 49 vs fixed -23 and
+-16; SqueezeNet 421 and 161 vs 325 and 99). Harsher cuts lose on SqueezeNet, whose J dips often on the
+way up: 0.5 / 1.1 ended at 281 and 90 there, below fixed steps.
+
 At that lam the image settles at an rms of about 10-17 grey levels (SqueezeNet) or 5
 (EfficientNet-Lite0) around the mean; lam = 1e-6 lets EfficientNet's score climb higher but the image
 turns into high-frequency noise, and SqueezeNet's class models are already recognisable at 1e-5.
@@ -83,8 +86,7 @@ from .display import on_net_device, prepare_pixels, resolve_classes, stretch, to
 #: mean final objective J): 0.9 / 1.05 EfficientNet-Lite0 45.9, SqueezeNet 421.5; fixed steps -22.9, 325.2;
 #: 0.85 / 1.05 52.4, 384.6; 0.5 / 1.1 31.4, 281.5; 0.5 / 2.0 -0.1, 383.3. With ``--classes dumbbell cup
 #: lemon limousine``: 0.9 / 1.05 49.1, 161.2; fixed -16.3, 98.9; 0.85 / 1.05 54.8, 148.4. With ``--steps
-#: 200``: 0.9 / 1.05 66.1, 459.5; fixed -22.0, 393.4. Rejecting a step that lowered J (and retrying from the
-#: point before) was slower on both networks.
+#: 200``: 0.9 / 1.05 66.1, 459.5; fixed -22.0, 393.4.
 STEP_DOWN, STEP_UP = 0.9, 1.05
 DEFAULTS = dict(steps=100, lr=2.0, lam=1e-5, optimiser="normalised", momentum=0.0)
 #: the opt-in regularisers (and the lighter L2) of the demo's "regularised" class models
@@ -165,6 +167,8 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     check_number("class_model", "clip_pct", clip_pct, low=0, high=100, high_open=True)
     check_number("class_model", "start_noise (grey levels rms)", start_noise, low=0)
     try:
+        if isinstance(step_factors, (str, bytes, set, frozenset, dict)):    # unordered, or not numbers
+            raise TypeError
         down, up = step_factors
     except (TypeError, ValueError):
         raise ValueError(f"class_model: step_factors must be two numbers (down, up), got {step_factors!r}") from None

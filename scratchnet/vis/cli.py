@@ -213,10 +213,14 @@ def cmd_classmodel(args):
                     jitter=args.jitter, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
                     clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed, start_noise=args.start_noise,
                     step_control=not args.fixed_step, step_factors=args.step_factors or (cm.STEP_DOWN, cm.STEP_UP))
-    if args.fixed_step and args.step_factors:
-        raise ValueError("--step-factors sets step control's factors, which --fixed-step turns off: give one of them")
     if args.regularised:
         settings.update(cm.REGULARISED)
+    off = ([name for name, on in (("--fixed-step", args.fixed_step), ("--optimiser plain", args.optimiser == "plain"),
+                                  ("--regularised", args.regularised), ("--jitter", args.jitter),
+                                  ("--blur-every", args.blur_every), ("--clip-pct", args.clip_pct)) if on])
+    if args.step_factors and off:
+        raise ValueError(f"--step-factors sets step control's factors, but {', '.join(off)} turns step control off "
+                         "(it runs only for normalised steps without regularisers): give one or the other")
     _say(f"class models for {[names[i] for i in idx]}")
     r = cm.class_model(net, idx, progress=sys.stderr, progress_every=max(1, args.steps // 10), **settings)
     out = Path(args.out)

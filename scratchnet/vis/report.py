@@ -235,11 +235,12 @@ def section_class_models(page, net, tag, quick, progress, classes=None, regulari
             rel = page.png(f"{tag}/classmodel_{vname}_{c}.png", r.images[k])
             items.append((rel, f"{html.escape(names[c])}<br>S<sub>c</sub> {r.scores[0, k]:.2f} &rarr; "
                                f"{r.scores[-1, k]:.2f}"))
-        shown = ", ".join(f"{k}={v}" for k, v in dict(settings, step_control=r.settings["step_control"]).items())
+        done = dict(settings, step_control=r.settings["step_control"], step_factors=r.settings["step_factors"])
+        shown = ", ".join(f"{k}={v}" for k, v in done.items())
         page.add(f"<p><b>{vname}</b> ({shown}; {time.time() - t0:.0f} s)</p>")
         page.figure(items)
         summary.append(dict(variant=vname, classes=[int(c) for c in idx],
-                            settings=dict(settings, step_control=r.settings["step_control"]),
+                            settings=done,
                             first_scores=r.scores[0].tolist(), final_scores=r.scores[-1].tolist(),
                             seconds=time.time() - t0))
     page.add("<p>Ascent from the zero image on the unnormalised class score with an L2 penalty in grey "
