@@ -79,8 +79,8 @@ def main(argv=None):
             ap.error(f"{name}: {e}")
     rows = []
     for name, (net, classes) in nets.items():
-        print(f"\n{name}: {len(classes)} classes {args.classes}, {args.steps} steps, lam {cm.DEFAULTS['lam']:g}, "
-              f"lr {cm.DEFAULTS['lr']:g} grey levels", flush=True)
+        print(f"\n{name}: {len(classes)} classes {args.classes}, {args.steps} steps, lam {args.lam:g}, "
+              f"lr {args.lr:g} grey levels", flush=True)
         print(f"  {'steps':<28} {'mean J':>9} {'mean S_c':>9} {'falls of J':>10}", flush=True)
         runs = [("fixed", None)] + [(f"control {d:g} / {u:g}" + (" (default)" if (d, u) == default else ""), (d, u))
                                     for d, u in pairs]

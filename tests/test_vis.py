@@ -1071,17 +1071,18 @@ def test_the_step_factor_bench_reports_what_class_model_gives(tiny_path):
     classes = [display.resolve_class(net, "goose"), 4]
     assert classes[0] != classes[1]
     p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path), "--classes", "goose", "4",
-                        "--steps", "30", "--lam", "1e-3", "--pairs", "0.5:1.1", "0.9:1.05", "0.5:2"],
+                        "--steps", "30", "--lam", "1e-3", "--lr", "1.5", "--pairs", "0.5:1.1", "0.9:1.05", "0.5:2"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout.strip().splitlines()[-1])["rows"]
     assert [r["step_factors"] for r in rows] == [None, [cm.STEP_DOWN, cm.STEP_UP], [0.5, 1.1], [0.5, 2.0]]   # no repeat
+    assert f"{len(classes)} classes ['goose', '4'], 30 steps, lam 0.001, lr 1.5 grey levels" in p.stdout
     marked = [line for line in p.stdout.splitlines() if "(default)" in line]
     assert len(marked) == 1 and f"control {cm.STEP_DOWN:g} / {cm.STEP_UP:g} (default)" in marked[0]
     fell = []
     for r in rows:
         kw = dict(step_control=False) if r["step_factors"] is None else dict(step_factors=r["step_factors"])
-        want = cm.class_model(net, classes, steps=30, lam=1e-3, **kw)
+        want = cm.class_model(net, classes, steps=30, lam=1e-3, lr=1.5, **kw)
         assert r["mean_objective"] == pytest.approx(float(np.mean(want.objective[-1])), abs=1e-3)
         assert r["mean_score"] == pytest.approx(float(np.mean(want.scores[-1])), abs=1e-3)
         assert r["mean_falls"] == (None if r["step_factors"] is None else pytest.approx(np.mean(want.settings["falls"])))

@@ -86,7 +86,8 @@ from .display import on_net_device, prepare_pixels, resolve_classes, stretch, to
 #: mean final objective J): 0.9 / 1.05 EfficientNet-Lite0 45.9, SqueezeNet 421.5; fixed steps -22.9, 325.2;
 #: 0.85 / 1.05 52.4, 384.6; 0.5 / 1.1 31.4, 281.5; 0.5 / 2.0 -0.1, 383.3. With ``--classes dumbbell cup
 #: lemon limousine``: 0.9 / 1.05 49.1, 161.2; fixed -16.3, 98.9; 0.85 / 1.05 54.8, 148.4. With ``--steps
-#: 200``: 0.9 / 1.05 66.1, 459.5; fixed -22.0, 393.4.
+#: 200``: 0.9 / 1.05 66.1, 459.5; fixed -22.0, 393.4. The default lr of 2 grey levels, with these factors:
+#: ``--lr 1 --pairs 0.9:1.05`` 44.6, 390.3; ``--lr 4`` 24.1, 393.4 (lr 2 ends highest of the three on both).
 STEP_DOWN, STEP_UP = 0.9, 1.05
 DEFAULTS = dict(steps=100, lr=2.0, lam=1e-5, optimiser="normalised", momentum=0.0)
 #: the opt-in regularisers (and the lighter L2) of the demo's "regularised" class models
