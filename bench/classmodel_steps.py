@@ -4,14 +4,14 @@
                                      [--classes goose ostrich "Siberian husky"] [--steps 100]
                                      [--lam 1e-5] [--lr 2] [--pairs 0.5:1.1 0.5:2.0 0.7:1.2 ...]
 
-For each network, runs ``class_model`` at its defaults (100 normalised steps of 2 grey levels,
-lam 1e-5, from the zero image) once with fixed steps and once per pair of step-control factors
+For each network, runs ``class_model`` (by default at its defaults: 100 normalised steps of 2 grey
+levels, lam 1e-5, from the zero image) once with fixed steps and once per pair of step-control factors
 (``step_factors=(down, up)``: the step is multiplied by ``down`` after a step that lowered the class's
 objective J = S_c - lam ||I/u||^2, else by ``up``, capped at ``--lr``), and prints each run's mean
-final J, its mean final S_c and the mean number of steps that lowered J (each shortened the next); the defaults (``STEP_DOWN``, ``STEP_UP``)
-are marked. Ends with one JSON line. This is the comparison behind the README's class-model paragraph
-and ``scratchnet/vis/classmodel.py``'s note on the defaults; not a speed benchmark (each network's
-runs are deterministic: the same call gives the same bits).
+final J, its mean final S_c and the mean number of steps that lowered J (each shortened the next); the
+defaults (``STEP_DOWN``, ``STEP_UP``) are marked. Ends with one JSON line. This is the comparison behind
+the README's class-model paragraph and ``scratchnet/vis/classmodel.py``'s note on the defaults; not a
+speed benchmark (each network's runs are deterministic: the same call gives the same bits).
 
 Takes about 5 minutes on 2 cores at the defaults (13 runs per network; the pretrained weights come with pip).
 """
@@ -49,8 +49,12 @@ def pair(text: str) -> tuple[float, float]:
 def run(net, classes, steps, **kw):
     """One class_model run -> (mean final J, mean final S_c, mean falls of J or None, whether some class's J
     ended below its start)."""
-    with redirect_stderr(io.StringIO()):     # class_model's warnings: that one is a column here
+    err = io.StringIO()
+    with redirect_stderr(err):               # "J ended below where it started" is a column here
         r = cm.class_model(net, classes, steps=steps, **kw)
+    for line in err.getvalue().splitlines():  # any other warning (a zero gradient, ...) is shown
+        if "ended below where it started" not in line:
+            print(line, file=sys.stderr)
     falls = r.settings["falls"]
     return (float(np.mean(r.objective[-1])), float(np.mean(r.scores[-1])),
             None if falls is None else float(np.mean(falls)), bool((r.objective[-1] < r.objective[0]).any()))

@@ -1089,6 +1089,7 @@ def test_the_step_factor_bench_reports_what_class_model_gives(tiny_path):
         assert r["objective_fell"] == bool((want.objective[-1] < want.objective[0]).any())
         fell.append(r["objective_fell"])
     assert any(fell) and not all(fell)                      # both cases occur here, so the column is tested
+    assert "ended below where it started" not in p.stderr     # that warning is the column
     for bad, says in ((["--pairs", "1.2:1.1"], "expected 0 < DOWN < 1 <= UP, got '1.2:1.1'"),
                       (["--pairs", "0.5:inf"], "expected 0 < DOWN < 1 <= UP, got '0.5:inf'"),
                       (["--classes", "nosuchclass"], "unknown class 'nosuchclass'"),
