@@ -442,6 +442,16 @@ def test_class_model_jitter_takes_the_gradient_at_the_shifted_image_and_shifts_i
     assert not np.array_equal(jittered.x, np.roll(plain.x, (dy, dx), axis=(2, 3)))
 
 
+def replay_step_control(objective, lr, down, up):
+    """The documented rule, replayed from an ascent's objective history (steps+1, M): each class's final
+    step and its number of falls."""
+    step, falls = np.full(objective.shape[1], lr), np.zeros(objective.shape[1], int)
+    for before, after in zip(objective[:-1], objective[1:]):
+        fell = after < before
+        step, falls = np.where(fell, step * down, np.minimum(step * up, lr)), falls + fell
+    return step, falls
+
+
 def test_step_control_raises_the_objective_where_a_fixed_step_lowers_it(live_net, capsys):
     """Normalised steps of a fixed length circle the maximum at that distance: here (as on
     EfficientNet-Lite0 at the defaults) they end below the start; the controlled steps end above it.
@@ -450,10 +460,7 @@ def test_step_control_raises_the_objective_where_a_fixed_step_lowers_it(live_net
     ctl = cm.class_model(live_net, [0, 1], steps=30, lam=1e-3, lr=lr)
     fixed = cm.class_model(live_net, [0, 1], steps=30, lam=1e-3, lr=lr, step_control=False)
     assert (ctl.objective[-1] > ctl.objective[0]).all() and (fixed.objective[-1] < fixed.objective[0]).all()
-    step, falls = np.full(2, lr), np.zeros(2, int)
-    for before, after in zip(ctl.objective[:-1], ctl.objective[1:]):
-        fell = after < before
-        step, falls = np.where(fell, step * cm.STEP_DOWN, np.minimum(step * cm.STEP_UP, lr)), falls + fell
+    step, falls = replay_step_control(ctl.objective, lr, cm.STEP_DOWN, cm.STEP_UP)
     np.testing.assert_allclose(ctl.settings["final_steps"], step, rtol=1e-12)
     assert ctl.settings["falls"] == falls.tolist() and min(falls) > 0
     assert ctl.settings["step_control"] and not fixed.settings["step_control"]
@@ -472,10 +479,7 @@ def test_step_factors_are_an_argument_and_follow_the_same_rule(live_net, capsys)
     """step_factors=(down, up) replaces (STEP_DOWN, STEP_UP) in the rule, is recorded, and is checked."""
     lr, factors = 2.0, (0.25, 1.5)
     r = cm.class_model(live_net, [0, 1], steps=30, lam=1e-3, lr=lr, step_factors=factors)
-    step, falls = np.full(2, lr), np.zeros(2, int)
-    for before, after in zip(r.objective[:-1], r.objective[1:]):
-        fell = after < before
-        step, falls = np.where(fell, step * factors[0], np.minimum(step * factors[1], lr)), falls + fell
+    step, falls = replay_step_control(r.objective, lr, *factors)
     np.testing.assert_allclose(r.settings["final_steps"], step, rtol=1e-12)
     assert r.settings["falls"] == falls.tolist() and min(falls) > 0
     assert r.settings["step_factors"] == list(factors)

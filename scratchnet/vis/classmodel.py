@@ -139,6 +139,12 @@ def gaussian_blur(x, sigma):
     return sum(float(k[i]) * pad[:, :, :, i:i + x.shape[3]] for i in range(2 * r + 1))
 
 
+def step_control_applies(optimiser, jitter=0, blur_every=0, clip_pct=0.0) -> bool:
+    """Whether step control can run with these settings: only for normalised steps without a
+    regulariser (with jitter, blur or clipping the objective is that of a moved image)."""
+    return optimiser == "normalised" and not (jitter or blur_every or clip_pct)
+
+
 def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DEFAULTS["lam"],
                 optimiser=DEFAULTS["optimiser"], momentum=DEFAULTS["momentum"], jitter=0, blur_every=0,
                 blur_sigma=0.5, clip_pct=0.0, clamp=False, score_layer="auto", seed=0, progress=None,
@@ -196,7 +202,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     # step control (normalised steps, no regulariser; see the module docstring): a class whose
     # objective fell at a step shortens its step (x STEP_DOWN), else lengthens it (x STEP_UP) up to lr
     regularised = bool(jitter or blur_every or clip_pct)   # the objective is then that of a moved image
-    controlled = step_control and optimiser == "normalised" and not regularised
+    controlled = step_control and step_control_applies(optimiser, jitter, blur_every, clip_pct)
     step = np.full(len(cls), float(lr))             # each class's step, grey levels (rms)
     falls = np.zeros(len(cls), np.int64)
 

@@ -215,10 +215,11 @@ def cmd_classmodel(args):
                     step_control=not args.fixed_step, step_factors=args.step_factors or (cm.STEP_DOWN, cm.STEP_UP))
     if args.regularised:
         settings.update(cm.REGULARISED)
-    off = ([name for name, on in (("--fixed-step", args.fixed_step), ("--optimiser plain", args.optimiser == "plain"),
-                                  ("--regularised", args.regularised), ("--jitter", args.jitter),
-                                  ("--blur-every", args.blur_every), ("--clip-pct", args.clip_pct)) if on])
-    if args.step_factors and off:
+    if args.step_factors and not (settings["step_control"] and cm.step_control_applies(
+            settings["optimiser"], settings["jitter"], settings["blur_every"], settings["clip_pct"])):
+        off = [name for name, on in (("--fixed-step", args.fixed_step), ("--optimiser plain", args.optimiser == "plain"),
+                                     ("--regularised", args.regularised), ("--jitter", args.jitter),
+                                     ("--blur-every", args.blur_every), ("--clip-pct", args.clip_pct)) if on]
         raise ValueError(f"--step-factors sets step control's factors, but {', '.join(off)} turns step control off "
                          "(it runs only for normalised steps without regularisers): give one or the other")
     _say(f"class models for {[names[i] for i in idx]}")
