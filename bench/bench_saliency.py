@@ -11,6 +11,11 @@ maps, and timed in the same run with the same number of threads.
 The two engines are timed alternately (ours, theirs, ours, theirs, ...) and the figure to read is the
 median of the per-pair time ratios: this 2-core machine's speed drifts by 1.5x within a minute, which
 makes two separately taken best times incomparable. Prints a table, then one JSON line.
+
+``--keep-freed-memory`` (glibc only) is an experiment on allocation costs, for both engines at once:
+large blocks come from the heap and freed memory is never given back to the system (``mallopt``), so
+each pass reuses the pages the last one touched instead of faulting in fresh ones. scratchnet does not
+do this itself: it changes the whole process's memory behaviour.
 """
 from __future__ import annotations
 
@@ -55,13 +60,31 @@ def build(name):
     return load(name)
 
 
+def keep_freed_memory():
+    """glibc's mallopt: blocks up to 1 GiB from the heap (M_MMAP_THRESHOLD), and the heap never trimmed
+    (M_TRIM_THRESHOLD), for the rest of the process."""
+    import ctypes
+    m_trim_threshold, m_mmap_threshold = -1, -3          # malloc.h
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 2 ** 31 - 1) == 1
+    except (OSError, AttributeError) as e:
+        raise SystemExit(f"bench_saliency: --keep-freed-memory needs glibc's mallopt: {e}") from None
+    if not ok:
+        raise SystemExit("bench_saliency: --keep-freed-memory: glibc's mallopt refused the thresholds")
+
+
 def main(argv=None):
     from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=positive_int, default=16)
     ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--models", nargs="+", default=["squeezenet1_0", "paper_net224"])
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc: reuse freed memory instead of new pages, for both engines (see above)")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if torch is None:
         print("PyTorch not importable: timing scratchnet only", file=sys.stderr)
     else:
@@ -94,15 +117,18 @@ def main(argv=None):
                    ratio_vs_torch=median_ratio(ta, tb), ratio_range=[ratios[0], ratios[-1]],
                    same_top1=same, max_map_rel_diff=err)
         rows.append(row)
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
     print(f"\nsaliency, batch {args.batch}, {args.repeats} alternating timings, CPU ({os.cpu_count()} cores, "
-          f"torch threads {threads})")
+          f"torch threads {threads}{', OPENBLAS_CORETYPE=' + coretype if coretype else ''}"
+          f"{', freed memory kept' if args.keep_freed_memory else ''})")
     print(f"{'model':16s} {'scratchnet img/s':>17s} {'torch img/s':>12s} {'time ratio':>11s} {'(min-max)':>12s} {'maps rel diff':>14s}")
     for r in rows:
         print(f"{r['model']:16s} {r['scratchnet_img_s']:17.2f} {r.get('torch_img_s', float('nan')):12.2f} "
               f"{r.get('ratio_vs_torch', float('nan')):11.2f} {'%.2f-%.2f' % tuple(r.get('ratio_range', (np.nan, np.nan))):>12s} "
               f"{r.get('max_map_rel_diff', float('nan')):14.2e}")
     print(json.dumps(dict(bench="saliency", device="cpu", cpu_count=os.cpu_count(), torch_threads=threads,
-                          goal="time ratio <= 1.5", thread_env={k: os.environ.get(k) for k in THREAD_VARS}, results=rows)))
+                          goal="time ratio <= 1.5", thread_env={k: os.environ.get(k) for k in THREAD_VARS},
+                          openblas_coretype=coretype, keep_freed_memory=args.keep_freed_memory, results=rows)))
 
 
 if __name__ == "__main__":

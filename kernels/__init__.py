@@ -5,6 +5,14 @@ in ``cpu_*.py``, CuPy arrays to the CUDA C kernels (``*.cu``) loaded by ``gpu.py
 calls these; three places ask which device they are on, because only one device has a kernel for
 them: AvgPool2d and the loss (one fused CUDA kernel each; NumPy on the CPU), through ``on_gpu``,
 and Conv2d's "wide" im2col (a Numba kernel, CPU only).
+
+On both devices the caller makes a kernel's outputs and the kernel writes into them. On the CPU
+that caller is NumPy, here, and not Numba inside the kernel, for speed: NumPy asks Linux for
+transparent huge pages for an array of 4 MiB or more (madvise), Numba's allocator does not, and a
+fresh output is paid for page by page on first touch. In 4 KiB pages that cost more than the
+kernel's own work: ReLU forward of SqueezeNet's conv1 output at batch 16 (76 MB) took 3.6x as long
+with the output made inside the kernel (``python bench/bench_alloc.py``). Kernels that add into
+their output (col2im, max-pool backward, depthwise) are handed zeros.
 """
 from __future__ import annotations
 
@@ -39,7 +47,10 @@ def relu_forward(x, upper=math.inf):
     """y = clip(x, 0, upper); any shape. upper=inf: ReLU, upper=6: ReLU6."""
     if _on_gpu(x):
         return _gpu().relu_forward(x, upper)
-    return cpu_relu.relu_fwd(np.ascontiguousarray(x), x.dtype.type(upper))
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    cpu_relu.relu_fwd(x.reshape(-1), x.dtype.type(upper), y.reshape(-1))
+    return y
 
 
 def relu_backward(dy, y, rule_code: int, upper=math.inf):
@@ -48,7 +59,11 @@ def relu_backward(dy, y, rule_code: int, upper=math.inf):
     rule_code = _rule_code(rule_code)
     if _on_gpu(dy):
         return _gpu().relu_backward(dy, y, rule_code, upper)
-    return cpu_relu.RELU_BWD[rule_code](np.ascontiguousarray(dy), np.ascontiguousarray(y), dy.dtype.type(upper))
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty_like(dy)
+    cpu_relu.RELU_BWD[rule_code](dy.reshape(-1), np.ascontiguousarray(y).reshape(-1), dy.dtype.type(upper),
+                                 dx.reshape(-1))
+    return dx
 
 
 def _rule_code(code) -> int:
@@ -69,7 +84,10 @@ def maxpool_forward(x, kernel, stride, pads, out_hw):
     if _on_gpu(x):
         return _gpu().maxpool_forward(x, kernel, stride, pads, out_hw)
     (kh, kw), (sh, sw) = kernel, stride
-    return cpu_pool.maxpool_fwd(np.ascontiguousarray(x), kh, kw, sh, sw, pads[0], pads[2], *out_hw)
+    shape = (*x.shape[:2], *out_hw)
+    y, switches = np.empty(shape, x.dtype), np.empty(shape, np.int32)
+    cpu_pool.maxpool_fwd(np.ascontiguousarray(x), kh, kw, sh, sw, pads[0], pads[2], y, switches)
+    return y, switches
 
 
 def maxpool_backward(dy, switches, in_hw, kernel=None, stride=None, pads=None):
@@ -79,7 +97,10 @@ def maxpool_backward(dy, switches, in_hw, kernel=None, stride=None, pads=None):
     (kernel, stride, pads as in maxpool_forward); the CPU scatter does not use it."""
     if _on_gpu(dy):
         return _gpu().maxpool_backward(dy, switches, in_hw, kernel, stride, pads)
-    return cpu_pool.maxpool_bwd(np.ascontiguousarray(dy), switches, *in_hw)
+    n, c = dy.shape[:2]
+    dx = np.zeros((n, c, in_hw[0] * in_hw[1]), dy.dtype)
+    cpu_pool.maxpool_bwd(np.ascontiguousarray(dy), switches, dx)
+    return dx.reshape(n, c, *in_hw)
 
 
 def _check_lrn_size(size):
@@ -95,7 +116,10 @@ def lrn_forward(x, size, alpha, beta, k):
     if _on_gpu(x):
         return _gpu().lrn_forward(x, size, alpha, beta, k)
     t = x.dtype.type
-    return cpu_lrn.lrn_fwd(np.ascontiguousarray(x), size, t(alpha), t(beta), t(k))
+    x = np.ascontiguousarray(x)
+    y, s = np.empty_like(x), np.empty_like(x)
+    cpu_lrn.lrn_fwd(*_planes(x), size, t(alpha), t(beta), t(k), *_planes(y, s))
+    return y, s
 
 
 def lrn_backward(dy, x, y, s, size, alpha, beta):
@@ -104,7 +128,15 @@ def lrn_backward(dy, x, y, s, size, alpha, beta):
     if _on_gpu(dy):
         return _gpu().lrn_backward(dy, x, y, s, size, alpha, beta)
     t = dy.dtype.type
-    return cpu_lrn.lrn_bwd(np.ascontiguousarray(dy), x, y, s, size, t(alpha), t(beta))
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty_like(dy)
+    cpu_lrn.lrn_bwd(*_planes(dy, x, y, s), size, t(alpha), t(beta), *_planes(dx))
+    return dx
+
+
+def _planes(*arrays):
+    """(N, C, H, W) arrays as contiguous (N, C, H*W) ones (views where they are contiguous already)."""
+    return [np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1) for a in arrays]
 
 
 def im2col(xpad, kernel, stride, out_hw):
@@ -112,7 +144,10 @@ def im2col(xpad, kernel, stride, out_hw):
     if _on_gpu(xpad):
         return _gpu().im2col(xpad, kernel, stride, out_hw)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
-    return cpu_im2col.im2col(np.ascontiguousarray(xpad), kh, kw, sh, sw, oh, ow)
+    n, c = xpad.shape[:2]
+    cols = np.empty((c * kh * kw, n * oh * ow), xpad.dtype)
+    cpu_im2col.im2col(np.ascontiguousarray(xpad), kh, kw, sh, sw, oh, ow, cols)
+    return cols
 
 
 def col2im(cols, padded_shape, kernel, stride, out_hw):
@@ -120,7 +155,9 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     if _on_gpu(cols):
         return _gpu().col2im(cols, padded_shape, kernel, stride, out_hw)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
-    return cpu_im2col.col2im(np.ascontiguousarray(cols), *padded_shape, kh, kw, sh, sw, oh, ow)
+    dxpad = np.zeros(padded_shape, cols.dtype)
+    cpu_im2col.col2im(np.ascontiguousarray(cols), kh, kw, sh, sw, oh, ow, dxpad)
+    return dxpad
 
 
 def weight_grad(dy2, cols):
@@ -136,13 +173,19 @@ def im2col_wide(xpad, kernel, out_h):
     """Stride 1 only, CPU only: xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*Wp), each piece one copy of
     oh*Wp values (the output is computed on the padded width; columns q >= ow are junk)."""
     (kh, kw) = kernel
-    return cpu_im2col.im2col_wide(np.ascontiguousarray(xpad), kh, kw, out_h)
+    n, c, _, wp = xpad.shape
+    cols = np.empty((c * kh * kw, n * out_h * wp), xpad.dtype)
+    cpu_im2col.im2col_wide(np.ascontiguousarray(xpad), kh, kw, out_h, cols)
+    return cols
 
 
 def col2im_wide(cols, padded_shape, kernel, out_h):
     """Inverse of im2col_wide: cols (C*kh*kw, N*oh*Wp), junk columns 0 -> (N, C, Hp, Wp), overlaps summed."""
     (kh, kw) = kernel
-    return cpu_im2col.col2im_wide(np.ascontiguousarray(cols), *padded_shape, kh, kw, out_h)
+    n, c, hp, wp = padded_shape
+    dxpad = np.zeros((n, c, hp * wp), cols.dtype)
+    cpu_im2col.col2im_wide(np.ascontiguousarray(cols), kh, kw, out_h, wp, dxpad)
+    return dxpad.reshape(padded_shape)
 
 
 def depthwise_forward(xpad, W, stride, out_hw):
@@ -153,7 +196,9 @@ def depthwise_forward(xpad, W, stride, out_hw):
         from scratchnet.layers.conv import _depthwise_forward
         return _depthwise_forward(xpad, W, stride, out_hw)
     (sh, sw), (oh, ow) = stride, out_hw
-    return cpu_depthwise.dw_fwd(np.ascontiguousarray(xpad), np.ascontiguousarray(W), sh, sw, oh, ow)
+    y = np.zeros((*xpad.shape[:2], oh, ow), xpad.dtype)
+    cpu_depthwise.dw_fwd(np.ascontiguousarray(xpad), np.ascontiguousarray(W), sh, sw, y)
+    return y
 
 
 def depthwise_backward(dy, xpad, W, stride, param_grads, input_grad):
@@ -161,11 +206,15 @@ def depthwise_backward(dy, xpad, W, stride, param_grads, input_grad):
     if _on_gpu(dy):
         from scratchnet.layers.conv import _depthwise_backward
         return _depthwise_backward(dy, xpad, W, stride, param_grads, input_grad)
-    (sh, sw), (kh, kw) = stride, W.shape[2:]
+    sh, sw = stride
     dy = np.ascontiguousarray(dy)
-    xpad = np.ascontiguousarray(xpad)
-    dW = cpu_depthwise.dw_bwd_weight(dy, xpad, kh, kw, sh, sw) if param_grads else None
-    dxpad = cpu_depthwise.dw_bwd_input(dy, np.ascontiguousarray(W), sh, sw, *xpad.shape[2:]) if input_grad else None
+    dW = dxpad = None
+    if param_grads:
+        dW = np.zeros(W.shape, dy.dtype)
+        cpu_depthwise.dw_bwd_weight(dy, np.ascontiguousarray(xpad), sh, sw, dW)
+    if input_grad:
+        dxpad = np.zeros(xpad.shape, dy.dtype)
+        cpu_depthwise.dw_bwd_input(dy, np.ascontiguousarray(W), sh, sw, dxpad)
     return dW, dxpad
 
 

@@ -14,15 +14,13 @@ match it exactly. Threads split:
     dw_bwd_weight  the channels c; each thread sums its channel over the batch: no races
 """
 import numba as nb
-import numpy as np
 
 
 @nb.njit(parallel=True, cache=True)
-def dw_fwd(xpad, W, sh, sw, oh, ow):
-    """xpad (N, C, Hp, Wp), W (C, 1, kh, kw) -> y (N, C, oh, ow)."""
-    n, c, hp, wp = xpad.shape
+def dw_fwd(xpad, W, sh, sw, y):
+    """xpad (N, C, Hp, Wp), W (C, 1, kh, kw) -> y (N, C, oh, ow), zeros on entry."""
+    n, c, oh, ow = y.shape
     kh, kw = W.shape[2], W.shape[3]
-    y = np.zeros((n, c, oh, ow), dtype=xpad.dtype)
     for plane in nb.prange(n * c):
         ni = plane // c
         ci = plane % c
@@ -39,15 +37,14 @@ def dw_fwd(xpad, W, sh, sw, oh, ow):
                     else:
                         for q in range(ow):
                             orow[q] += w * xrow[q * sw + j]
-    return y
 
 
 @nb.njit(parallel=True, cache=True)
-def dw_bwd_input(dy, W, sh, sw, hp, wp):
-    """dy (N, C, oh, ow), W (C, 1, kh, kw) -> dxpad (N, C, Hp, Wp): each dy spread over its window."""
+def dw_bwd_input(dy, W, sh, sw, dx):
+    """dy (N, C, oh, ow), W (C, 1, kh, kw) -> dxpad (N, C, Hp, Wp), zeros on entry: each dy spread
+    over its window."""
     n, c, oh, ow = dy.shape
     kh, kw = W.shape[2], W.shape[3]
-    dx = np.zeros((n, c, hp, wp), dtype=dy.dtype)
     for plane in nb.prange(n * c):
         ni = plane // c
         ci = plane % c
@@ -64,14 +61,14 @@ def dw_bwd_input(dy, W, sh, sw, hp, wp):
                     else:
                         for q in range(ow):
                             drow[q * sw + j] += w * grow[q]
-    return dx
 
 
 @nb.njit(parallel=True, cache=True)
-def dw_bwd_weight(dy, xpad, kh, kw, sh, sw):
-    """dy (N, C, oh, ow), xpad (N, C, Hp, Wp) -> dW (C, 1, kh, kw) = sum over n, p, q of dy * window."""
+def dw_bwd_weight(dy, xpad, sh, sw, dW):
+    """dy (N, C, oh, ow), xpad (N, C, Hp, Wp) -> dW (C, 1, kh, kw) = sum over n, p, q of dy * window,
+    written into the dW given."""
     n, c, oh, ow = dy.shape
-    dW = np.zeros((c, 1, kh, kw), dtype=dy.dtype)
+    kh, kw = dW.shape[2], dW.shape[3]
     for ci in nb.prange(c):
         for i in range(kh):
             for j in range(kw):
@@ -83,4 +80,3 @@ def dw_bwd_weight(dy, xpad, kh, kw, sh, sw):
                         for q in range(ow):
                             acc += grow[q] * xrow[q * sw + j]
                 dW[ci, 0, i, j] = acc
-    return dW

@@ -10,15 +10,13 @@ col2im: the inverse scatter with overlaps summed. Threads split the (n, c) plane
 and each thread walks its plane's columns serially, so no two threads ever write the same element.
 """
 import numba as nb
-import numpy as np
 
 
 @nb.njit(parallel=True, cache=True)
-def im2col(xpad, kh, kw, sh, sw, oh, ow):
-    """xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*ow)."""
+def im2col(xpad, kh, kw, sh, sw, oh, ow, cols):
+    """xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*ow), written into the cols given."""
     n, c, hp, wp = xpad.shape
     p_ = oh * ow
-    cols = np.empty((c * kh * kw, n * p_), dtype=xpad.dtype)
     for r in nb.prange(c * kh * kw):
         ci = r // (kh * kw)
         i = (r // kw) % kh
@@ -30,14 +28,14 @@ def im2col(xpad, kh, kw, sh, sw, oh, ow):
                 dst = base + p * ow
                 for q in range(ow):
                     cols[r, dst + q] = src[j + q * sw]
-    return cols
 
 
 @nb.njit(parallel=True, cache=True)
-def col2im(cols, n, c, hp, wp, kh, kw, sh, sw, oh, ow):
-    """cols (C*kh*kw, N*oh*ow) -> dxpad (N, C, Hp, Wp), summing where receptive fields overlap."""
+def col2im(cols, kh, kw, sh, sw, oh, ow, dx):
+    """cols (C*kh*kw, N*oh*ow) -> dxpad (N, C, Hp, Wp), zeros on entry, summing where receptive
+    fields overlap."""
+    n, c = dx.shape[0], dx.shape[1]
     p_ = oh * ow
-    dx = np.zeros((n, c, hp, wp), dtype=cols.dtype)
     for plane in nb.prange(n * c):
         ni = plane // c
         ci = plane % c
@@ -50,7 +48,6 @@ def col2im(cols, n, c, hp, wp, kh, kw, sh, sw, oh, ow):
                     src = base + p * ow
                     for q in range(ow):
                         row[j + q * sw] += cols[r, src + q]
-    return dx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,13 +65,13 @@ def col2im(cols, n, c, hp, wp, kh, kw, sh, sw, oh, ow):
 # only where the copy saved is worth more than the extra GEMM work.
 
 @nb.njit(parallel=True, cache=True)
-def im2col_wide(xpad, kh, kw, oh):
-    """xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*Wp) for a stride-1 convolution (see above)."""
+def im2col_wide(xpad, kh, kw, oh, cols):
+    """xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*Wp) for a stride-1 convolution (see above), written
+    into the cols given."""
     n, c, hp, wp = xpad.shape
     length = oh * wp
     plane = hp * wp
     x3 = xpad.reshape((n, c, plane))
-    cols = np.empty((c * kh * kw, n * length), dtype=xpad.dtype)
     for r in nb.prange(c * kh * kw):
         ci = r // (kh * kw)
         start = ((r // kw) % kh) * wp + r % kw
@@ -83,18 +80,17 @@ def im2col_wide(xpad, kh, kw, oh):
             d = ni * length
             cols[r, d:d + m] = x3[ni, ci, start:start + m]
             cols[r, d + m:d + length] = 0
-    return cols
 
 
 @nb.njit(parallel=True, cache=True)
-def col2im_wide(cols, n, c, hp, wp, kh, kw, oh):
-    """cols (C*kh*kw, N*oh*Wp) -> dxpad (N, C, Hp, Wp): the inverse of im2col_wide, overlaps summed.
+def col2im_wide(cols, kh, kw, oh, wp, dx):
+    """cols (C*kh*kw, N*oh*Wp) -> dxpad as (N, C, Hp*Wp), zeros on entry: the inverse of im2col_wide,
+    overlaps summed.
 
     Threads own whole (n, c) planes; each adds its kh*kw contiguous pieces serially (no races).
     Junk columns of cols must be 0 (they are: the output gradient is 0 there)."""
+    n, c, plane = dx.shape
     length = oh * wp
-    plane = hp * wp
-    dx = np.zeros((n, c, plane), dtype=cols.dtype)
     for pl in nb.prange(n * c):
         ni = pl // c
         ci = pl % c
@@ -105,4 +101,3 @@ def col2im_wide(cols, n, c, hp, wp, kh, kw, oh):
                 start = i * wp + j
                 m = min(length, plane - start)
                 dx[ni, ci, start:start + m] += cols[r, d:d + m]
-    return dx.reshape((n, c, hp, wp))

@@ -21,13 +21,9 @@ _BLOCK = 1024      # pixels a job: enough to vectorise the inner loops, few enou
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def lrn_fwd(x, size, alpha, beta, k):
-    """x (N, C, H, W) -> (y, s) both (N, C, H, W)."""
-    n, c, h, w = x.shape
-    hw = h * w
-    xf = x.reshape(n, c, hw)
-    y = np.empty_like(xf)
-    s = np.empty_like(xf)
+def lrn_fwd(x, size, alpha, beta, k, y, s):
+    """x (N, C, H*W) -> y, s (N, C, H*W), written into the y and s given."""
+    n, c, hw = x.shape
     lo, hi = size // 2, (size - 1) // 2
     nblk = (hw + _BLOCK - 1) // _BLOCK
     for job in nb.prange(n * nblk):
@@ -37,21 +33,21 @@ def lrn_fwd(x, size, alpha, beta, k):
         m = p1 - p0
         acc = np.zeros(m, dtype=x.dtype)
         for cc in range(min(hi, c)):
-            row = xf[i, cc, p0:p1]
+            row = x[i, cc, p0:p1]
             for p in range(m):
                 acc[p] += row[p] * row[p]
         for ci in range(c):
             a = ci + hi
             if a < c:
-                row = xf[i, a, p0:p1]
+                row = x[i, a, p0:p1]
                 for p in range(m):
                     acc[p] += row[p] * row[p]
             r = ci - lo - 1
             if r >= 0:
-                row = xf[i, r, p0:p1]
+                row = x[i, r, p0:p1]
                 for p in range(m):
                     acc[p] -= row[p] * row[p]
-            xr, sr, yr = xf[i, ci, p0:p1], s[i, ci, p0:p1], y[i, ci, p0:p1]
+            xr, sr, yr = x[i, ci, p0:p1], s[i, ci, p0:p1], y[i, ci, p0:p1]
             for p in range(m):
                 sr[p] = k + alpha * max(acc[p], 0)        # the running sum can round below 0
             if beta == 0.75:       # separate loops: a branch inside would stop vectorisation
@@ -61,16 +57,12 @@ def lrn_fwd(x, size, alpha, beta, k):
             else:
                 for p in range(m):
                     yr[p] = xr[p] * sr[p] ** -beta
-    return y.reshape(x.shape), s.reshape(x.shape)
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def lrn_bwd(dy, x, y, s, size, alpha, beta):
-    """dy, x, y, s (N, C, H, W) -> dx (N, C, H, W)."""
-    n, c, h, w = x.shape
-    hw = h * w
-    dyf, xf, yf, sf = dy.reshape(n, c, hw), x.reshape(n, c, hw), y.reshape(n, c, hw), s.reshape(n, c, hw)
-    dx = np.empty_like(dyf)
+def lrn_bwd(dy, x, y, s, size, alpha, beta, dx):
+    """dy, x, y, s (N, C, H*W) -> dx (N, C, H*W), written into the dx given."""
+    n, c, hw = x.shape
     lo, hi = size // 2, (size - 1) // 2
     coef = 2 * alpha * beta
     nblk = (hw + _BLOCK - 1) // _BLOCK
@@ -81,21 +73,21 @@ def lrn_bwd(dy, x, y, s, size, alpha, beta):
         m = p1 - p0
         acc = np.zeros(m, dtype=x.dtype)
         for cc in range(min(hi, c)):
-            g, yy, ss = dyf[i, cc, p0:p1], yf[i, cc, p0:p1], sf[i, cc, p0:p1]
+            g, yy, ss = dy[i, cc, p0:p1], y[i, cc, p0:p1], s[i, cc, p0:p1]
             for p in range(m):
                 acc[p] += g[p] * yy[p] / ss[p]
         for ci in range(c):
             a = ci + hi
             if a < c:
-                g, yy, ss = dyf[i, a, p0:p1], yf[i, a, p0:p1], sf[i, a, p0:p1]
+                g, yy, ss = dy[i, a, p0:p1], y[i, a, p0:p1], s[i, a, p0:p1]
                 for p in range(m):
                     acc[p] += g[p] * yy[p] / ss[p]
             r = ci - lo - 1
             if r >= 0:
-                g, yy, ss = dyf[i, r, p0:p1], yf[i, r, p0:p1], sf[i, r, p0:p1]
+                g, yy, ss = dy[i, r, p0:p1], y[i, r, p0:p1], s[i, r, p0:p1]
                 for p in range(m):
                     acc[p] -= g[p] * yy[p] / ss[p]
-            g, xr, ss, out = dyf[i, ci, p0:p1], xf[i, ci, p0:p1], sf[i, ci, p0:p1], dx[i, ci, p0:p1]
+            g, xr, ss, out = dy[i, ci, p0:p1], x[i, ci, p0:p1], s[i, ci, p0:p1], dx[i, ci, p0:p1]
             if beta == 0.75:
                 for p in range(m):
                     q = 1 / math.sqrt(ss[p])
@@ -103,4 +95,3 @@ def lrn_bwd(dy, x, y, s, size, alpha, beta):
             else:
                 for p in range(m):
                     out[p] = g[p] * ss[p] ** -beta - coef * xr[p] * acc[p]
-    return dx.reshape(x.shape)

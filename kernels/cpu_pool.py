@@ -13,11 +13,11 @@ import numpy as np
 
 
 @nb.njit(parallel=True, cache=True)
-def maxpool_fwd(x, kh, kw, sh, sw, pt, pl, oh, ow):
-    """x (N, C, H, W) -> y (N, C, oh, ow), switches (N, C, oh, ow) int32 (flat index into H*W)."""
+def maxpool_fwd(x, kh, kw, sh, sw, pt, pl, y, sw_):
+    """x (N, C, H, W) -> y (N, C, oh, ow), switches sw_ (N, C, oh, ow) int32 (flat index into H*W),
+    written into the y and sw_ given."""
     n, c, h, w = x.shape
-    y = np.empty((n, c, oh, ow), dtype=x.dtype)
-    sw_ = np.empty((n, c, oh, ow), dtype=np.int32)
+    oh, ow = y.shape[2], y.shape[3]
     for nc in nb.prange(n * c):
         i = nc // c
         j = nc % c
@@ -39,18 +39,16 @@ def maxpool_fwd(x, kh, kw, sh, sw, pt, pl, oh, ow):
                             arg = yy * w + xx
                 y[i, j, oy, ox] = best
                 sw_[i, j, oy, ox] = arg
-    return y, sw_
 
 
 @nb.njit(parallel=True, cache=True)
-def maxpool_bwd(dy, switches, h, w):
-    """dy, switches (N, C, oh, ow) -> dx (N, C, h, w): each dy goes to its switch (sums where windows overlap)."""
+def maxpool_bwd(dy, switches, dx):
+    """dy, switches (N, C, oh, ow) -> dx (N, C, H*W), zeros on entry: each dy is added at its switch
+    (sums where windows overlap)."""
     n, c, oh, ow = dy.shape
-    dx = np.zeros((n, c, h * w), dtype=dy.dtype)
     for nc in nb.prange(n * c):
         i = nc // c
         j = nc % c
         for oy in range(oh):
             for ox in range(ow):
                 dx[i, j, switches[i, j, oy, ox]] += dy[i, j, oy, ox]
-    return dx.reshape((n, c, h, w))

@@ -1102,3 +1102,21 @@ def test_the_step_factor_bench_reports_what_class_model_gives(tiny_path):
         p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path)] + bad, capture_output=True,
                            text=True, timeout=300)
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_the_saliency_bench_runs_and_records_its_settings():
+    """bench/bench_saliency.py at toy size (PyTorch's half where torch is installed): one row per network,
+    and the JSON records OPENBLAS_CORETYPE and --keep-freed-memory (glibc's mallopt, for both engines)."""
+    import json
+    import subprocess
+    import sys
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_saliency.py"
+    p = subprocess.run([sys.executable, str(bench), "--models", "paper_net224", "--batch", "1", "--repeats", "1",
+                        "--keep-freed-memory"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.splitlines()[-1])
+    assert out["keep_freed_memory"] is True and "openblas_coretype" in out
+    (row,) = out["results"]
+    assert row["model"] == "paper_net224" and row["scratchnet_img_s"] > 0
+    if "same_top1" in row:                                   # PyTorch ran beside it
+        assert row["same_top1"] and row["max_map_rel_diff"] < 0.1
