@@ -6,24 +6,36 @@ calls these; three places ask which device they are on, because only one device 
 them: AvgPool2d and the loss (one fused CUDA kernel each; NumPy on the CPU), through ``on_gpu``,
 and Conv2d's "wide" im2col (a Numba kernel, CPU only).
 
-On both devices the caller makes a kernel's outputs and the kernel writes into them. On the CPU
-that caller is NumPy, here, and not Numba inside the kernel, for speed: NumPy asks Linux for
-transparent huge pages for an array of 4 MiB or more (madvise), Numba's allocator does not, and a
-fresh output is paid for page by page on first touch. In 4 KiB pages that cost more than the
-kernel's own work: ReLU forward of SqueezeNet's conv1 output at batch 16 (76 MB) took 29.6 ms with
-the output made inside the kernel and 6.4 ms with NumPy's (``python bench/bench_alloc.py``). Kernels that add into
-their output (col2im, max-pool backward, depthwise) are handed zeros.
+On both devices the caller makes a kernel's outputs and the kernel writes into them. On the CPU that
+caller is NumPy, here, and not Numba inside the kernel, for speed: NumPy asks Linux for transparent
+huge pages for an array of 4 MiB or more (madvise), Numba's allocator does not, and a fresh output
+is paid for page by page on first touch. In 4 KiB pages that cost more than the kernel's own work:
+ReLU forward of SqueezeNet's conv1 output at batch 16 (76 MB) took 29.6 ms with the output made
+inside the kernel and 6.4 ms with NumPy's (``python bench/bench_alloc.py``). Kernels that add into
+their output (col2im, max-pool backward, depthwise) are handed zeros. ``SCRATCHNET_POISON=1`` fills
+every other output with NaN (integer outputs with -1) before the kernel runs, on the CPU as on the
+GPU, so that an element a kernel forgets to write cannot pass a test (tests/test_layers.py runs the
+gradient-check grid that way).
 """
 from __future__ import annotations
 
 import math
 import operator
+import os
 
 import numpy as np
 
 from . import cpu_augment, cpu_depthwise, cpu_im2col, cpu_lrn, cpu_pool, cpu_relu
 
 _gpu_module = None
+
+
+def _empty(shape, dtype):
+    """A NumPy array for a kernel to fill: uninitialised, or NaN (-1 for integers) when SCRATCHNET_POISON=1."""
+    dtype = np.dtype(dtype)
+    if os.environ.get("SCRATCHNET_POISON") == "1":
+        return np.full(shape, np.nan if dtype.kind == "f" else -1, dtype)
+    return np.empty(shape, dtype)
 
 
 def _gpu():
@@ -48,7 +60,7 @@ def relu_forward(x, upper=math.inf):
     if _on_gpu(x):
         return _gpu().relu_forward(x, upper)
     x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
+    y = _empty(x.shape, x.dtype)
     cpu_relu.relu_fwd(x.reshape(-1), x.dtype.type(upper), y.reshape(-1))
     return y
 
@@ -60,7 +72,7 @@ def relu_backward(dy, y, rule_code: int, upper=math.inf):
     if _on_gpu(dy):
         return _gpu().relu_backward(dy, y, rule_code, upper)
     dy = np.ascontiguousarray(dy)
-    dx = np.empty_like(dy)
+    dx = _empty(dy.shape, dy.dtype)
     cpu_relu.RELU_BWD[rule_code](dy.reshape(-1), np.ascontiguousarray(y).reshape(-1), dy.dtype.type(upper),
                                  dx.reshape(-1))
     return dx
@@ -85,7 +97,7 @@ def maxpool_forward(x, kernel, stride, pads, out_hw):
         return _gpu().maxpool_forward(x, kernel, stride, pads, out_hw)
     (kh, kw), (sh, sw) = kernel, stride
     shape = (*x.shape[:2], *out_hw)
-    y, switches = np.empty(shape, x.dtype), np.empty(shape, np.int32)
+    y, switches = _empty(shape, x.dtype), _empty(shape, np.int32)
     cpu_pool.maxpool_fwd(np.ascontiguousarray(x), kh, kw, sh, sw, pads[0], pads[2], y, switches)
     return y, switches
 
@@ -117,7 +129,7 @@ def lrn_forward(x, size, alpha, beta, k):
         return _gpu().lrn_forward(x, size, alpha, beta, k)
     t = x.dtype.type
     x = np.ascontiguousarray(x)
-    y, s = np.empty_like(x), np.empty_like(x)
+    y, s = _empty(x.shape, x.dtype), _empty(x.shape, x.dtype)
     cpu_lrn.lrn_fwd(*_planes(x), size, t(alpha), t(beta), t(k), *_planes(y, s))
     return y, s
 
@@ -129,7 +141,7 @@ def lrn_backward(dy, x, y, s, size, alpha, beta):
         return _gpu().lrn_backward(dy, x, y, s, size, alpha, beta)
     t = dy.dtype.type
     dy = np.ascontiguousarray(dy)
-    dx = np.empty_like(dy)
+    dx = _empty(dy.shape, dy.dtype)
     cpu_lrn.lrn_bwd(*_planes(dy, x, y, s), size, t(alpha), t(beta), *_planes(dx))
     return dx
 
@@ -145,7 +157,7 @@ def im2col(xpad, kernel, stride, out_hw):
         return _gpu().im2col(xpad, kernel, stride, out_hw)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
     n, c = xpad.shape[:2]
-    cols = np.empty((c * kh * kw, n * oh * ow), xpad.dtype)
+    cols = _empty((c * kh * kw, n * oh * ow), xpad.dtype)
     cpu_im2col.im2col(np.ascontiguousarray(xpad), kh, kw, sh, sw, oh, ow, cols)
     return cols
 
@@ -174,7 +186,7 @@ def im2col_wide(xpad, kernel, out_h):
     oh*Wp values (the output is computed on the padded width; columns q >= ow are junk)."""
     (kh, kw) = kernel
     n, c, _, wp = xpad.shape
-    cols = np.empty((c * kh * kw, n * out_h * wp), xpad.dtype)
+    cols = _empty((c * kh * kw, n * out_h * wp), xpad.dtype)
     cpu_im2col.im2col_wide(np.ascontiguousarray(xpad), kh, kw, out_h, cols)
     return cols
 

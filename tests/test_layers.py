@@ -24,11 +24,28 @@ from scratchnet.gradcheck import (LAYER_GRID, TOLERANCE, check_grid_entry, numer
 
 # The grid itself (every layer and configuration, with inputs kept off ReLU kinks and pooling ties)
 # lives in scratchnet/gradcheck.py, so that `scratchnet gradcheck` runs the very same checks.
+# Every kernel output starts as NaN (SCRATCHNET_POISON=1): an element a kernel forgets to write fails.
 @pytest.mark.parametrize("name,factory,shape,kind", LAYER_GRID, ids=[g[0] for g in LAYER_GRID])
-def test_gradient_check(name, factory, shape, kind):
+def test_gradient_check(name, factory, shape, kind, monkeypatch):
+    monkeypatch.setenv("SCRATCHNET_POISON", "1")
     errs = check_grid_entry(name, factory, shape, kind)
     bad = {k: v for k, v in errs.items() if v > TOLERANCE}
     assert not bad, f"{name}: relative errors {bad}"
+
+
+def test_the_poison_shows_an_element_a_kernel_forgets(monkeypatch):
+    """With SCRATCHNET_POISON=1 a ReLU kernel that skips the last element leaves a NaN, and the grid's
+    test fails on it; without the poison the element holds whatever the fresh memory held."""
+    from scratchnet.kernels import cpu_relu
+    real = cpu_relu.relu_fwd
+    monkeypatch.setattr(cpu_relu, "relu_fwd", lambda x, upper, y: real(x[:-1], upper, y[:-1]))
+    monkeypatch.setenv("SCRATCHNET_POISON", "1")
+    x = np.linspace(-1, 1, 24).reshape(2, 3, 2, 2)
+    y = kernels.relu_forward(x)
+    assert np.isnan(y.reshape(-1)[-1]) and not np.isnan(y.reshape(-1)[:-1]).any()
+    relu_entry = [g for g in LAYER_GRID if g[0] == "relu"][0]
+    with pytest.raises((AssertionError, ValueError)):       # a NaN error, or two forwards that "differ"
+        test_gradient_check(*relu_entry, monkeypatch)
 
 
 def test_softmax_cross_entropy_gradient_and_stability():
