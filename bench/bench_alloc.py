@@ -2,7 +2,7 @@
 
     python bench/bench_alloc.py [--batch 16] [--repeats 9]
 
-Every CPU kernel in kernels/ writes into arrays that kernels/__init__.py makes with NumPy. This
+The engine's CPU kernels write into arrays made with NumPy (kernels/__init__.py says why). This
 times each big kernel of a saliency pass twice, alternately: writing into a fresh array from NumPy
 (as scratchnet does), and into a fresh array from Numba's allocator (as a kernel that calls
 ``np.empty`` inside itself gets). The work is the same; only the pages differ. NumPy asks Linux for
@@ -10,7 +10,9 @@ transparent huge pages (``madvise(MADV_HUGEPAGE)``) for arrays of 4 MiB and more
 the first touch of Numba's array faults once per 4 KiB page. The effect depends on the kernel's
 setting ``/sys/kernel/mm/transparent_hugepage/enabled``, printed first: with ``madvise`` (the
 usual default) NumPy's arrays get huge pages and Numba's do not; with ``always`` both do, with
-``never`` neither.
+``never`` neither. The figures mean this only for outputs well above 32 MiB (the default batch):
+after a large block is freed, glibc serves blocks up to its mmap threshold (which grows to 32 MiB)
+from memory it has touched before, so at small batches both arrays can come back already paged in.
 
 Shapes: SqueezeNet v1.0's conv1 at the batch given (ReLU, max-pool, im2col, col2im) and the paper
 network's conv1 output (LRN). Prints the median time of each and the median per-pair ratio

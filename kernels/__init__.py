@@ -7,15 +7,17 @@ them: AvgPool2d and the loss (one fused CUDA kernel each; NumPy on the CPU), thr
 and Conv2d's "wide" im2col (a Numba kernel, CPU only).
 
 On both devices the caller makes a kernel's outputs and the kernel writes into them. On the CPU that
-caller is NumPy, here, and not Numba inside the kernel, for speed: NumPy asks Linux for transparent
-huge pages for an array of 4 MiB or more (madvise), Numba's allocator does not, and a fresh output
-is paid for page by page on first touch. In 4 KiB pages that cost more than the kernel's own work:
-ReLU forward of SqueezeNet's conv1 output at batch 16 (76 MB) took 29.6 ms with the output made
-inside the kernel and 6.4 ms with NumPy's (``python bench/bench_alloc.py``). Kernels that add into
-their output (col2im, max-pool backward, depthwise) are handed zeros. ``SCRATCHNET_POISON=1`` fills
+caller is NumPy, here (and the loader, for kernels/cpu_augment.py's batches), rather than Numba
+inside the kernel, for speed: NumPy asks Linux for transparent huge pages for an array of 4 MiB or
+more (madvise), Numba's allocator does not, and a fresh output is paid for page by page on first
+touch. In 4 KiB pages that cost more than the kernel's own work: ReLU forward of SqueezeNet's conv1
+output at batch 16 (76 MB) took 29.6 ms writing into an array from Numba's allocator and 6.4 ms into
+one from NumPy's (``python bench/bench_alloc.py``). Kernels that add into their output (col2im, max-
+pool backward, depthwise forward and input gradient) are handed zeros. ``SCRATCHNET_POISON=1`` fills
 every other output with NaN (integer outputs with -1) before the kernel runs, on the CPU as on the
 GPU, so that an element a kernel forgets to write cannot pass a test (tests/test_layers.py runs the
-gradient-check grid that way).
+gradient-check grid that way). kernels/cpu_localise.py's small per-photo arrays are still made
+inside Numba.
 """
 from __future__ import annotations
 
@@ -148,7 +150,7 @@ def lrn_backward(dy, x, y, s, size, alpha, beta):
 
 def _planes(*arrays):
     """(N, C, H, W) arrays as contiguous (N, C, H*W) ones (views where they are contiguous already)."""
-    return [np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1) for a in arrays]
+    return [np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], a.shape[2] * a.shape[3]) for a in arrays]
 
 
 def im2col(xpad, kernel, stride, out_hw):
@@ -222,7 +224,7 @@ def depthwise_backward(dy, xpad, W, stride, param_grads, input_grad):
     dy = np.ascontiguousarray(dy)
     dW = dxpad = None
     if param_grads:
-        dW = np.zeros(W.shape, dy.dtype)
+        dW = _empty(W.shape, dy.dtype)                # each element written once, not added into
         cpu_depthwise.dw_bwd_weight(dy, np.ascontiguousarray(xpad), sh, sw, dW)
     if input_grad:
         dxpad = np.zeros(xpad.shape, dy.dtype)

@@ -16,16 +16,16 @@ import numpy as np
 
 
 @nb.njit(nogil=True, cache=True)
-def crop_flip_normalise(batch, oy, ox, flip, pad, mean, scale):
+def crop_flip_normalise(batch, oy, ox, flip, pad, mean, scale, x):
     """x[b, c, i, j] = (float32(P_b[oy_b + i, ox_b + j', c]) - mean[c, i, j]) * scale.
 
     batch (B, H, W, 3) uint8; P_b is photo b reflect-padded by ``pad`` pixels on each side (NumPy's
     mode "reflect", the edge pixel not repeated; needs pad < H and pad < W); oy, ox (B,) int64 window
     offsets in 0..2*pad; j' = W-1-j where flip[b], else j; mean (3, H, W) float32; scale float32.
-    Returns x (B, 3, H, W) float32.
+    Writes x (B, 3, H, W) float32, an array the caller made (NumPy's, for its huge pages: see
+    kernels/__init__.py).
     """
     n, h, w, ch = batch.shape
-    x = np.empty((n, ch, h, w), np.float32)
     rows = np.empty(h, np.int64)
     cols = np.empty(w, np.int64)
     for b in range(n):
@@ -38,7 +38,6 @@ def crop_flip_normalise(batch, oy, ox, flip, pad, mean, scale):
                 src = batch[b, rows[i]]     # (W, 3): the source row
                 for j in range(w):
                     x[b, c, i, j] = (np.float32(src[cols[j], c]) - mean[c, i, j]) * scale
-    return x
 
 
 @nb.njit(inline="always")

@@ -33,6 +33,18 @@ def test_gradient_check(name, factory, shape, kind, monkeypatch):
     assert not bad, f"{name}: relative errors {bad}"
 
 
+def test_the_cpu_kernels_take_an_empty_batch():
+    """N = 0 gives empty outputs of the right shapes (the wrappers' reshapes name every dimension)."""
+    x = np.zeros((0, 4, 6, 6), np.float32)
+    y, s = kernels.lrn_forward(x, 5, 1e-4, 0.75, 2.0)
+    assert y.shape == s.shape == x.shape
+    assert kernels.lrn_backward(x, x, y, s, 5, 1e-4, 0.75).shape == x.shape
+    assert kernels.relu_backward(x, kernels.relu_forward(x), 2).shape == x.shape
+    yp, sw = kernels.maxpool_forward(x, (3, 3), (2, 2), (0, 0, 0, 0), (2, 2))
+    assert yp.shape == sw.shape == (0, 4, 2, 2)
+    assert kernels.maxpool_backward(yp, sw, (6, 6)).shape == x.shape
+
+
 def test_the_poison_shows_an_element_a_kernel_forgets(monkeypatch):
     """With SCRATCHNET_POISON=1 a ReLU kernel that skips the last element leaves a NaN, and the grid's
     test fails on it; without the poison the element holds whatever the fresh memory held."""

@@ -142,8 +142,8 @@ class BatchLoader:
             return self.make_batch_reference(epoch, b, idx)
         oy, ox, flip = aug.draw(B, rng)
         mask = aug.jitter_mask(B, H, W, rng)
-        x = kernels.cpu_augment.crop_flip_normalise(batch, oy, ox, flip, aug.pad, self._mean_hw,
-                                                    np.float32(self.scale))
+        x = np.empty((B, batch.shape[3], H, W), np.float32)
+        kernels.cpu_augment.crop_flip_normalise(batch, oy, ox, flip, aug.pad, self._mean_hw, np.float32(self.scale), x)
         if mask is not None:
             x *= ~mask[:, None]                                     # jitter: the rectangle carries no signal
         return x, y
