@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import gemm_gflops, import_peer_then_scratchnet, median_time  # noqa: E402
+from timing import blas_kernels, gemm_gflops, import_peer_then_scratchnet, median_time  # noqa: E402
 
 import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -96,7 +96,7 @@ def main():
     flops = dict(sn.models.flops_per_layer(net, (3, args.size, args.size)))
     total_gflop = sum(flops.values())
     print(f"machine float32 GEMM: {gemm:.1f} GFLOP/s   network: {total_gflop:.2f} GFLOP/image forward   "
-          f"batch {args.batch}, {args.threads} threads", file=sys.stderr)
+          f"batch {args.batch}, {args.threads} threads, {blas_kernels()}", file=sys.stderr)
 
     rows = per_layer(net, x, args.repeats)
     print(f"\n{'layer':<10}{'fwd ms':>9}{'bwd ms':>9}{'fwd GFLOP/s':>13}{'of GEMM':>9}{'bwd GFLOP/s':>13}")
@@ -119,7 +119,7 @@ def main():
         train_step=median_time(lambda: sgd_step(net, x, labels), args.repeats),
         saliency=median_time(saliency, args.repeats),
     )
-    result = dict(batch=args.batch, size=args.size, threads=args.threads, gemm_gflops=gemm,
+    result = dict(batch=args.batch, size=args.size, threads=args.threads, gemm_gflops=gemm, blas=blas_kernels(),
                   gflop_per_image=total_gflop, layers=rows,
                   scratchnet={k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in ours.items()})
 

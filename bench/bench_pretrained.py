@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import import_peer_then_scratchnet  # noqa: E402
+from timing import blas_kernels, import_peer_then_scratchnet  # noqa: E402
 
 import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -168,7 +168,7 @@ def main(argv=None):
                 layer_rows.append(dict(model=name, kind=kind, ours_s=ours[kind], torch_s=theirs.get(kind)))
 
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
-    print(f"\nCPU, {threads} threads (numba {numba.threading_layer()}, OPENBLAS_NUM_THREADS={blas}"
+    print(f"\nCPU, {threads} threads (numba {numba.threading_layer()}, OPENBLAS_NUM_THREADS={blas}, {blas_kernels()}"
           f"{', torch ' + torch.__version__ if torch else ''}); img/s; ratio = ours time / torch time")
     hdr = f"{'model':<20}{'batch':>6}{'fwd':>10}{'torch':>10}{'ratio':>8}{'fwd+bwd':>10}{'torch':>10}{'ratio':>8}"
     print(hdr)
@@ -183,7 +183,7 @@ def main(argv=None):
             ts = r["torch_s"]
             print(f"{r['model']:<20}{r['kind']:<24}{r['ours_s']:>9.3f}"
                   f"{(ts if ts is not None else float('nan')):>9.3f}{(r['ours_s'] / ts if ts else float('nan')):>8.1f}")
-    print(json.dumps(dict(threads=threads, cpu_count=os.cpu_count(), openblas_num_threads=blas,
+    print(json.dumps(dict(threads=threads, cpu_count=os.cpu_count(), openblas_num_threads=blas, blas=blas_kernels(),
                           numba_threading_layer=numba.threading_layer(), rows=rows, layers=layer_rows)))
 
 

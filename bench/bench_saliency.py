@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternating, import_peer_then_scratchnet, median_ratio, median_time  # noqa: E402
+from timing import alternating, blas_kernels, import_peer_then_scratchnet, median_ratio, median_time  # noqa: E402
 
 torch = import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -117,9 +117,9 @@ def main(argv=None):
                    ratio_vs_torch=median_ratio(ta, tb), ratio_range=[ratios[0], ratios[-1]],
                    same_top1=same, max_map_rel_diff=err)
         rows.append(row)
-    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    blas = blas_kernels()
     print(f"\nsaliency, batch {args.batch}, {args.repeats} alternating timings, CPU ({os.cpu_count()} cores, "
-          f"torch threads {threads}{', OPENBLAS_CORETYPE=' + coretype if coretype else ''}"
+          f"torch threads {threads}, {blas}"
           f"{', freed memory kept' if args.keep_freed_memory else ''})")
     print(f"{'model':16s} {'scratchnet img/s':>17s} {'torch img/s':>12s} {'time ratio':>11s} {'(min-max)':>12s} {'maps rel diff':>14s}")
     for r in rows:
@@ -128,7 +128,7 @@ def main(argv=None):
               f"{r.get('max_map_rel_diff', float('nan')):14.2e}")
     print(json.dumps(dict(bench="saliency", device="cpu", cpu_count=os.cpu_count(), torch_threads=threads,
                           goal="time ratio <= 1.5", thread_env={k: os.environ.get(k) for k in THREAD_VARS},
-                          openblas_coretype=coretype, keep_freed_memory=args.keep_freed_memory, results=rows)))
+                          blas=blas, keep_freed_memory=args.keep_freed_memory, results=rows)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternating, import_peer_then_scratchnet, median_ratio  # noqa: E402
+from timing import alternating, blas_kernels, import_peer_then_scratchnet, median_ratio  # noqa: E402
 
 torch = import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -89,7 +89,8 @@ def main(argv=None):
     if have_torch:
         torch.set_num_threads(args.threads)
     print(f"batch {args.batch}, 64x64, {args.classes} classes; OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, torch threads {args.threads if have_torch else '-'}; "
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {blas_kernels()}, "
+          f"torch threads {args.threads if have_torch else '-'}; "
           f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     results = {}
     for w in args.widths:
@@ -121,7 +122,7 @@ def main(argv=None):
             print(f"  {name:8s} fwd {f:7.3f}  bwd {b:7.3f}  {100 * (f + b) / total:5.1f}%", file=sys.stderr)
     print(json.dumps(dict(batch=args.batch, results=results, profile_width=args.widths[0],
                           profile={n: [round(f, 4), round(b, 4)] for n, f, b in prof},
-                          load_average=round(os.getloadavg()[0], 1))))
+                          load_average=round(os.getloadavg()[0], 1), blas=blas_kernels())))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,37 @@ def gemm_gflops(n=2048, dtype="float32"):
     return 2 * n ** 3 / t / 1e9
 
 
+def blas_kernels():
+    """Which kernels NumPy's OpenBLAS runs, e.g. "OpenBLAS Haswell (OPENBLAS_CORETYPE=Haswell)".
+
+    OpenBLAS picks its GEMM kernels for the processor when it loads, unless OPENBLAS_CORETYPE names
+    them; on a processor with AVX-512 the Haswell (AVX2) kernels ran float32 GEMMs at about half the
+    rate of the SkylakeX ones, so a CPU benchmark's figures mean little without this. Asks the loaded
+    library (Linux: its path from /proc/self/maps) for its core name; "unknown" where that fails."""
+    import ctypes
+    import os
+    import numpy  # noqa: F401  (loads the BLAS)
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    name = "unknown"
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for sym in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                        "openblas_get_corename"):
+                fn = getattr(lib, sym, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p
+                    name = "OpenBLAS " + fn().decode()
+                    break
+            if name != "unknown":
+                break
+    except OSError:
+        pass
+    return name + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else "")
+
+
 def alternating(fa, fb, repeats=5, warmup=1):
     """Time fa and fb alternately (a, b, a, b, ...) after ``warmup`` calls of each.
 
