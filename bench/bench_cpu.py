@@ -92,11 +92,11 @@ def main():
     labels = rng.integers(0, 1000, args.batch)
     onehot = np.zeros((args.batch, 1000), np.float32)
     onehot[np.arange(args.batch), labels] = 1
-    gemm = gemm_gflops()
+    gemm, blas = gemm_gflops(), blas_kernels()
     flops = dict(sn.models.flops_per_layer(net, (3, args.size, args.size)))
     total_gflop = sum(flops.values())
     print(f"machine float32 GEMM: {gemm:.1f} GFLOP/s   network: {total_gflop:.2f} GFLOP/image forward   "
-          f"batch {args.batch}, {args.threads} threads, {blas_kernels()}", file=sys.stderr)
+          f"batch {args.batch}, {args.threads} threads, {blas}", file=sys.stderr)
 
     rows = per_layer(net, x, args.repeats)
     print(f"\n{'layer':<10}{'fwd ms':>9}{'bwd ms':>9}{'fwd GFLOP/s':>13}{'of GEMM':>9}{'bwd GFLOP/s':>13}")
@@ -119,7 +119,7 @@ def main():
         train_step=median_time(lambda: sgd_step(net, x, labels), args.repeats),
         saliency=median_time(saliency, args.repeats),
     )
-    result = dict(batch=args.batch, size=args.size, threads=args.threads, gemm_gflops=gemm, blas=blas_kernels(),
+    result = dict(batch=args.batch, size=args.size, threads=args.threads, gemm_gflops=gemm, blas=blas,
                   gflop_per_image=total_gflop, layers=rows,
                   scratchnet={k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in ours.items()})
 

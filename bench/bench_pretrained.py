@@ -167,8 +167,8 @@ def main(argv=None):
             for kind in sorted(ours, key=ours.get, reverse=True):
                 layer_rows.append(dict(model=name, kind=kind, ours_s=ours[kind], torch_s=theirs.get(kind)))
 
-    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
-    print(f"\nCPU, {threads} threads (numba {numba.threading_layer()}, OPENBLAS_NUM_THREADS={blas}, {blas_kernels()}"
+    blas_threads, blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset"), blas_kernels()
+    print(f"\nCPU, {threads} threads (numba {numba.threading_layer()}, OPENBLAS_NUM_THREADS={blas_threads}, {blas}"
           f"{', torch ' + torch.__version__ if torch else ''}); img/s; ratio = ours time / torch time")
     hdr = f"{'model':<20}{'batch':>6}{'fwd':>10}{'torch':>10}{'ratio':>8}{'fwd+bwd':>10}{'torch':>10}{'ratio':>8}"
     print(hdr)
@@ -183,7 +183,7 @@ def main(argv=None):
             ts = r["torch_s"]
             print(f"{r['model']:<20}{r['kind']:<24}{r['ours_s']:>9.3f}"
                   f"{(ts if ts is not None else float('nan')):>9.3f}{(r['ours_s'] / ts if ts else float('nan')):>8.1f}")
-    print(json.dumps(dict(threads=threads, cpu_count=os.cpu_count(), openblas_num_threads=blas, blas=blas_kernels(),
+    print(json.dumps(dict(threads=threads, cpu_count=os.cpu_count(), openblas_num_threads=blas_threads, blas=blas,
                           numba_threading_layer=numba.threading_layer(), rows=rows, layers=layer_rows)))
 
 

@@ -88,8 +88,9 @@ def main(argv=None):
     have_torch = torch is not None
     if have_torch:
         torch.set_num_threads(args.threads)
+    blas = blas_kernels()
     print(f"batch {args.batch}, 64x64, {args.classes} classes; OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {blas_kernels()}, "
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {blas}, "
           f"torch threads {args.threads if have_torch else '-'}; "
           f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     results = {}
@@ -122,7 +123,7 @@ def main(argv=None):
             print(f"  {name:8s} fwd {f:7.3f}  bwd {b:7.3f}  {100 * (f + b) / total:5.1f}%", file=sys.stderr)
     print(json.dumps(dict(batch=args.batch, results=results, profile_width=args.widths[0],
                           profile={n: [round(f, 4), round(b, 4)] for n, f, b in prof},
-                          load_average=round(os.getloadavg()[0], 1), blas=blas_kernels())))
+                          load_average=round(os.getloadavg()[0], 1), blas=blas)))
 
 
 if __name__ == "__main__":

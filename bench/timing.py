@@ -33,11 +33,14 @@ def blas_kernels():
     them; on a processor with AVX-512 the Haswell (AVX2) kernels ran float32 GEMMs at about half the
     rate of the SkylakeX ones, so a CPU benchmark's figures mean little without this. Asks the loaded
     library (Linux: its path from /proc/self/maps) for its core name; "unknown" where that fails."""
-    import ctypes
     import os
-    import numpy  # noqa: F401  (loads the BLAS)
     coretype = os.environ.get("OPENBLAS_CORETYPE")
-    name = "unknown"
+    return _openblas_corename() + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else "")
+
+
+def _openblas_corename():
+    import ctypes
+    import numpy  # noqa: F401  (loads the BLAS)
     try:
         with open("/proc/self/maps") as f:
             paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
@@ -48,13 +51,10 @@ def blas_kernels():
                 fn = getattr(lib, sym, None)
                 if fn is not None:
                     fn.restype = ctypes.c_char_p
-                    name = "OpenBLAS " + fn().decode()
-                    break
-            if name != "unknown":
-                break
+                    return "OpenBLAS " + fn().decode()
     except OSError:
         pass
-    return name + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else "")
+    return "unknown"
 
 
 def alternating(fa, fb, repeats=5, warmup=1):

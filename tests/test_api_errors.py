@@ -718,15 +718,12 @@ def test_network_output_shape_says_it_takes_the_batch_size_first(net):
 
 def test_the_benchmarks_refuse_bad_settings_in_one_line():
     """--batch 0 was a reshape error, --repeats 0 a StatisticsError, --size 5 a ShapeError traceback."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_cpu.py"
+    from clirun import run_bench
     for args, code, msg in ((["--batch", "0"], 2, "argument --batch: expected an integer >= 1, got 0"),
                             (["--repeats", "0"], 2, "argument --repeats: expected an integer >= 1, got 0"),
                             (["--size", "5", "--no-torch", "--batch", "1", "--repeats", "1"], 2,
                              "bench_cpu.py: error: paper_net: input_size 5 is too small")):
-        p = subprocess.run([sys.executable, str(bench)] + args, capture_output=True, text=True, timeout=300)
+        p = run_bench("bench_cpu.py", *args)
         assert p.returncode == code and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 

@@ -237,15 +237,8 @@ def test_numpy_maxpool_of_the_benchmark_equals_the_kernel(k, s):
 def test_the_allocation_bench_runs_every_kernel_both_ways():
     """bench/bench_alloc.py calls the Numba kernels directly, with outputs from NumPy and from Numba:
     a change of a kernel's signature must not leave it broken."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_alloc.py"
-    p = subprocess.run([sys.executable, str(bench), "--batch", "1", "--repeats", "1"], capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    out = json.loads(p.stdout.splitlines()[-1])
+    from clirun import bench_json, run_bench
+    out = bench_json(run_bench("bench_alloc.py", "--batch", 1, "--repeats", 1))
     assert [r["kernel"].split()[0] for r in out["rows"]] == ["relu_fwd", "maxpool_fwd", "im2col", "col2im", "lrn_fwd"]
     assert all(r["numpy_ms"] > 0 and r["numba_ms"] > 0 and r["ratio"] > 0 for r in out["rows"])
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import clirun
+from clirun import bench_json, run_bench
 from scratchnet.layers import (Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU, ReLU6, Residual,
                                Rule, Sequential)
 from scratchnet.models import Network
@@ -1067,18 +1068,13 @@ def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_
 def test_the_step_factor_bench_reports_what_class_model_gives(tiny_path):
     """bench/classmodel_steps.py: fixed steps, the defaults, then each --pairs pair; its rows are
     class_model's own mean final objective and score; a bad pair is refused in one line."""
-    import subprocess
-    import sys
     from scratchnet.models import load_network
-    bench = Path(__file__).resolve().parent.parent / "bench" / "classmodel_steps.py"
     net = load_network(tiny_path)
     classes = [display.resolve_class(net, "goose"), 4]
     assert classes[0] != classes[1]
-    p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path), "--classes", "goose", "4",
-                        "--steps", "30", "--lam", "1e-3", "--lr", "1.5", "--pairs", "0.5:1.1", "0.9:1.05", "0.5:2"],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    rows = json.loads(p.stdout.strip().splitlines()[-1])["rows"]
+    p = run_bench("classmodel_steps.py", "--models", tiny_path, "--classes", "goose", "4", "--steps", "30",
+                  "--lam", "1e-3", "--lr", "1.5", "--pairs", "0.5:1.1", "0.9:1.05", "0.5:2")
+    rows = bench_json(p)["rows"]
     assert [r["step_factors"] for r in rows] == [None, [cm.STEP_DOWN, cm.STEP_UP], [0.5, 1.1], [0.5, 2.0]]   # no repeat
     assert f"{len(classes)} classes ['goose', '4'], 30 steps, lam 0.001, lr 1.5 grey levels" in p.stdout
     marked = [line for line in p.stdout.splitlines() if "(default)" in line]
@@ -1099,22 +1095,15 @@ def test_the_step_factor_bench_reports_what_class_model_gives(tiny_path):
                       (["--classes", "nosuchclass"], "unknown class 'nosuchclass'"),
                       (["--pairs", "0.5"], "expected DOWN:UP"), (["--steps", "0"], "expected an integer >= 1"),
                       (["--lr", "0"], "expected --lam >= 0 and --lr > 0")):
-        p = subprocess.run([sys.executable, str(bench), "--models", str(tiny_path)] + bad, capture_output=True,
-                           text=True, timeout=300)
+        p = run_bench("classmodel_steps.py", "--models", tiny_path, *bad)
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def test_the_saliency_bench_runs_and_records_its_settings():
     """bench/bench_saliency.py at toy size (PyTorch's half where torch is installed): one row per network,
     and the JSON records OpenBLAS's kernels and --keep-freed-memory (glibc's mallopt, for both engines)."""
-    import json
-    import subprocess
-    import sys
-    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_saliency.py"
-    p = subprocess.run([sys.executable, str(bench), "--models", "paper_net224", "--batch", "1", "--repeats", "1",
-                        "--keep-freed-memory"], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    out = json.loads(p.stdout.splitlines()[-1])
+    out = bench_json(run_bench("bench_saliency.py", "--models", "paper_net224", "--batch", 1, "--repeats", 1,
+                               "--keep-freed-memory"))
     assert out["keep_freed_memory"] is True and out["blas"].startswith(("OpenBLAS ", "unknown"))
     (row,) = out["results"]
     assert row["model"] == "paper_net224" and row["scratchnet_img_s"] > 0
