@@ -301,6 +301,17 @@ def test_baseline_boxes():
         boxes.centre_box(10, 10, 0)
 
 
+def test_a_resized_box_covers_the_same_pixels_resized():
+    """Pixel x covers [x, x + 1): the whole image stays the whole image, and a box scaled back returns."""
+    assert boxes.resize_box(boxes.whole_image_box(227, 227), 256 / 227, 256 / 227) == pytest.approx((0, 0, 255, 255))
+    assert boxes.resize_box((0, 0, 0, 0), 2, 3) == (0, 0, 1, 2)               # one pixel -> 2x3 pixels
+    b = (10, 20, 99, 149)
+    back = boxes.resize_box(boxes.resize_box(b, 224 / 227, 0.5), 227 / 224, 2)
+    assert back == pytest.approx(b)
+    with pytest.raises(ValueError, match="x0 <= x1"):
+        boxes.resize_box((5, 0, 4, 3), 2, 2)
+
+
 def flood_fill_labels(mask, connectivity):
     """Brute-force breadth-first labelling, the oracle for the union-find."""
     H, W = mask.shape

@@ -13,7 +13,7 @@ evaluate (ILSVRC evaluation, Oxford-pets mask IoU); network (the network side: s
 localisation, localise_image) and cli (`scratchnet localise`, `scratchnet evaluate`).
 """
 from .boxes import (box_area, centre_box, connected_components, iou, is_correct, largest_component,
-                    localisation_error, mask_box, saliency_threshold_box, whole_image_box)
+                    localisation_error, mask_box, resize_box, saliency_threshold_box, whole_image_box)
 from .evaluate import (METHODS, LocRecord, PetImage, choose_fractions, evaluate, load_oxford_pets,
                        mask_iou_trimap)
 from .gmm import GMM, fit as fit_gmm
@@ -23,7 +23,7 @@ from .graphcut import (DEFAULT_PAIRWISE_WEIGHT, Segmentation, min_cut, pairwise_
 __all__ = [
     "segment", "Segmentation", "DEFAULT_PAIRWISE_WEIGHT", "seeds_from_saliency", "pairwise_weights",
     "min_cut", "GMM", "fit_gmm", "iou", "box_area", "is_correct", "localisation_error",
-    "whole_image_box", "centre_box", "mask_box", "saliency_threshold_box", "connected_components",
+    "whole_image_box", "centre_box", "resize_box", "mask_box", "saliency_threshold_box", "connected_components",
     "largest_component", "evaluate", "choose_fractions", "LocRecord", "METHODS", "mask_iou_trimap",
     "PetImage", "load_oxford_pets",
 ]

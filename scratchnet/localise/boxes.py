@@ -64,6 +64,13 @@ def localisation_error(guesses, gt_label: int, gt_boxes, iou_threshold: float = 
     return int(not any(is_correct(c, b, gt_label, gt_boxes, iou_threshold) for c, b in guesses))
 
 
+def resize_box(box, sx: float, sy: float) -> tuple:
+    """An inclusive box on an image resized by sx along the width and sy along the height: pixel x covers
+    [x, x + 1), so x0 -> x0 * sx and x1 -> (x1 + 1) * sx - 1 (floats; the whole image stays the whole image)."""
+    x0, y0, x1, y1 = _check_box(box)
+    return (x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1)
+
+
 def whole_image_box(h: int, w: int) -> tuple:
     """(0, 0, w - 1, h - 1)."""
     if h < 1 or w < 1:

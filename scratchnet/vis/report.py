@@ -28,6 +28,7 @@ from ..backend import to_numpy
 from ..cli import dumps_strict
 from ..io.classnames import normalise_name
 from ..io.images import overlay, resize, save_png
+from ..localise.boxes import resize_box
 from . import classmodel as cm
 from .deconv import compare_rules, gradient_check, reconstruct, reference_check
 from .display import class_names, on_net_device, prepare_image, prepare_pixels, resolve_class
@@ -112,7 +113,7 @@ def _fit(net, img, info):
     if info.get("source") in ("imagenet-val-dev", "tiny-imagenet-val"):
         H, W = img.shape[:2]
         pix = resize(img, (h, w))
-        boxes = [[b[0] * w / W, b[1] * h / H, b[2] * w / W, b[3] * h / H] for b in info["boxes"]]
+        boxes = [list(resize_box(b, w / W, h / H)) for b in info["boxes"]]
         return prepare_pixels(net, pix), pix, boxes
     x, pix = prepare_image(net, img)
     return x, pix, None
@@ -279,7 +280,7 @@ def section_saliency(page, net, tag, photos, quick, progress):
             items.append((page.png(f"{tag}/saliency10_{i}.png", map_image(tc.map)), "10-crop map (whole photo)"))
             sy, sx = tc.pixels.shape[0] / img.shape[0], tc.pixels.shape[1] / img.shape[1]
             shot.update(loc_pixels=tc.pixels, loc_map=tc.map, loc_ten_crop=True,
-                        loc_gt=[[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in info["boxes"]]
+                        loc_gt=[list(resize_box(b, sx, sy)) for b in info["boxes"]]
                         if "boxes" in info else None)
         page.figure(items)
         out.append(shot)
