@@ -401,10 +401,11 @@ def test_evaluate_flip_averages_in_the_mirror_images_scores_and_info_takes_a_siz
     img[:, :4, 0] = 255
     (tmp_path / "data" / "n01440764").mkdir(parents=True)
     Image.fromarray(img).save(tmp_path / "data" / "n01440764" / "a.png")
-    out, _ = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data"], capsys)
+    out, err = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data"], capsys)
     assert out["top1"] == 1.0 and out["flip"] is False
+    assert "1/1 images, top-1 100.0%," in err.strip().splitlines()[-1]     # the result, not a running one
     out, _ = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data", "--flip"], capsys)
-    assert out["top1"] == 0.0 and out["top5"] == 1.0 and out["flip"] is True
+    assert out["top1"] == 0.0 and out["top5"] is None and out["flip"] is True     # 2 classes: no top-5
     from scratchnet.layers import Conv2d, GlobalAvgPool
     conv_net = Network([("conv", Conv2d(3, 2, 1)), ("gap", GlobalAvgPool())], input_shape=(3, 8, 8))
     out, _ = run_cli(["info", "--model", conv_net.save(tmp_path / "c.npz"), "--size", "12"], capsys)

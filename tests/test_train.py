@@ -600,6 +600,11 @@ def test_evaluate_matches_one_forward_of_all_images_with_a_partial_last_batch():
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
     assert evaluate(net, images, labels, mean, 1.0, batch_size=5) == pytest.approx(got, rel=1e-6)
 
+    five = Network([("flat", Flatten()), ("fc", Linear(6, 5))], input_shape=(3, 1, 2))   # every class in the top 5
+    five.layers[-1][1].init_params(np.random.default_rng(0))
+    got = evaluate(five, images, labels % 5, mean, 1.0)
+    assert got["top5"] is None and 0 <= got["top1"] <= 1
+
 
 def test_epoch_train_loss_is_the_image_weighted_mean_of_that_epoch_only(tmp_path):
     """10 images in batches of 4, 4, 2: each epoch row's train_loss is sum(loss_i * B_i) / 10 over

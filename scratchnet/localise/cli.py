@@ -314,6 +314,9 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     if net.num_classes < 5:
         raise ValueError(f"localisation error scores the network's five guesses (ILSVRC top-5); "
                          f"{model_key} has {net.num_classes} classes: expected at least 5")
+    if net.num_classes == 5:
+        _say(f"note: {model_key} has 5 classes, so its five guesses hold every class: the top-5 errors are the "
+             f"GT-known ones")
     kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop, rule)
     maps = MapCache(cache_root, net, model_key, ten_crop, rule, ds.root or "data", cache, batch_size)
     items = [(ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]) for i in indices]

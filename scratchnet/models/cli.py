@@ -149,6 +149,11 @@ def cmd_evaluate(args):
     progress = Progress()                   # redrawn on a terminal, a line every 30 s in a log
     t0 = time.time()
     top1 = top5 = done = skipped = 0
+    with_top5 = net.num_classes > 5         # with 5 classes or fewer every image is in the top 5
+
+    def accuracy():
+        return f"top-1 {100 * top1 / done:.1f}%" + (f", top-5 {100 * top5 / done:.1f}%" if with_top5 else "")
+
     for lo in range(0, len(idx), args.batch_size):
         imgs, ys = [], []
         for i in idx[lo:lo + args.batch_size]:
@@ -169,13 +174,13 @@ def cmd_evaluate(args):
         top1 += int((top[:, 0] == ys).sum())
         top5 += int((top == ys[:, None]).any(axis=1).sum())
         done += len(ys)
-        progress.update(f"evaluate: {done}/{len(idx)} images, top-1 {100 * top1 / done:.1f}%, "
-                        f"top-5 {100 * top5 / done:.1f}%, {time.time() - t0:.1f} s")
-    progress.done(f"evaluate: {done}/{len(idx)} images, {time.time() - t0:.1f} s")
+        progress.update(f"evaluate: {done}/{len(idx)} images, {accuracy()}, {time.time() - t0:.1f} s")
     if done == 0:
+        progress.done(f"evaluate: 0/{len(idx)} images, {time.time() - t0:.1f} s")
         raise ValueError(f"no readable images among the {len(idx)} selected in {args.data}")
+    progress.done(f"evaluate: {done}/{len(idx)} images, {accuracy()}, {time.time() - t0:.1f} s")
     result = dict(command="evaluate classification", model=str(args.model), data=str(args.data), mode=args.mode,
-                  flip=args.flip, images=done, top1=top1 / done, top5=top5 / done,
+                  flip=args.flip, images=done, top1=top1 / done, top5=top5 / done if with_top5 else None,
                   seconds=round(time.time() - t0, 2),
                   matched_by=how, unmatched_images=len(ds) - len(keep), skipped_unreadable=skipped)
     emit_json(result)

@@ -35,7 +35,7 @@ def plot_metrics(metrics_path, png_path, size=(960, 400)):
                    "val": [(r["epoch"], r["val_loss"]) for r in epochs if "val_loss" in r]}
     acc_series = {"train": [(r["epoch"], 100 * r["train_top1"]) for r in epochs],
                   "val": [(r["epoch"], 100 * r["val_top1"]) for r in epochs if "val_top1" in r],
-                  "val top-5": [(r["epoch"], 100 * r["val_top5"]) for r in epochs if "val_top5" in r]}
+                  "val top-5": [(r["epoch"], 100 * r["val_top5"]) for r in epochs if r.get("val_top5") is not None]}
     W, H = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)

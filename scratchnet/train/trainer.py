@@ -103,7 +103,8 @@ def init_network(net, scheme="he", std=0.01, seed=0):
 
 def evaluate(net, images, labels, mean, scale, batch_size=256, device="cpu"):
     """Top-1 / top-5 accuracy and mean loss of ``net`` on uint8 images (N, H, W, 3) with labels (N,)
-    int; each batch has ``mean`` (3, H, W) subtracted and is multiplied by ``scale``; no augmentation."""
+    int; each batch has ``mean`` (3, H, W) subtracted and is multiplied by ``scale``; no augmentation.
+    top5 is None for a network of 5 classes or fewer, where every image would count."""
     loader = BatchLoader(images, labels, batch_size, shuffle=False, mean=mean, scale=scale, prefetch=1)
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     for x, y in loader.epoch_batches(0):
@@ -116,7 +117,7 @@ def evaluate(net, images, labels, mean, scale, batch_size=256, device="cpu"):
         top5 += int((best == y[:, None]).any(axis=1).sum())
         loss_sum += loss * len(y)
         n += len(y)
-    return dict(loss=loss_sum / n, top1=top1 / n, top5=top5 / n)
+    return dict(loss=loss_sum / n, top1=top1 / n, top5=top5 / n if net.num_classes > 5 else None)
 
 
 def _check_split(what, split, net):
@@ -341,8 +342,8 @@ class Trainer:
         self._save()
         from .plot import plot_metrics
         plot_metrics(self.metrics_path, self.out / "curves.png")
-        val = (f" val top-1 {100 * row['val_top1']:.1f}% top-5 {100 * row['val_top5']:.1f}%"
-               if "val_top1" in row else "")
+        val = (f" val top-1 {100 * row['val_top1']:.1f}%" if "val_top1" in row else "") + (
+            f" top-5 {100 * row['val_top5']:.1f}%" if row.get("val_top5") is not None else "")
         self.progress.done(f"epoch {epoch + 1}/{c.epochs}: train loss {row['train_loss']:.3f} "
                            f"top-1 {100 * row['train_top1']:.1f}%{val} ({wall:.0f} s)")
 
