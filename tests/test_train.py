@@ -3,6 +3,7 @@ and a short real run on Tiny-ImageNet that must beat chance by a wide margin."""
 from __future__ import annotations
 
 import json
+import time
 import math
 
 import numpy as np
@@ -233,6 +234,27 @@ def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
         timing = ("seconds", "wall_seconds", "images_per_s", "epoch_images_per_s")
         return [{k: v for k, v in r.items() if k not in timing} for r in metric_rows(tmp_path / run)]
     assert rows("b") == rows("a") and any(r["kind"] == "step" and r["step"] == 6 for r in rows("a"))
+
+
+def test_the_img_per_s_leaves_out_the_first_step_of_each_start(tmp_path):
+    """The first step after a (re)start compiles kernels on a new machine: a run whose first step takes
+    0.5 s more reports that as warmup_seconds, and its img/s as that of the other steps."""
+    t = small_trainer(tmp_path / "run", epochs=2)
+    forward, calls = t.net.forward, []
+
+    def slow_first(x, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.5)
+        return forward(x, **kw)
+    t.net.forward = slow_first
+    out = t.fit()
+    rows = [r for r in metric_rows(tmp_path / "run") if r["kind"] == "epoch"]
+    assert out["warmup_seconds"] >= 0.5 and out["seconds"] >= 0.5
+    n = rows[-1]["step"] * 16                                        # at least the images trained on
+    assert out["images_per_s"] > 2 * n / rows[-1]["seconds"]         # the slow step is not in the rate
+    assert out["images_per_s"] == pytest.approx(rows[-1]["images_per_s"], abs=0.05)
+    assert rows[0]["epoch_images_per_s"] > 2 * rows[0]["step"] * 16 / rows[0]["seconds"]
 
 
 def test_ctrl_c_leaves_a_loadable_checkpoint(tmp_path):

@@ -219,7 +219,9 @@ class Trainer:
         self.loader = BatchLoader(self.train_images, self.train_labels, c.batch_size, shuffle=True, seed=c.seed,
                                   augment=augment, mean=self.mean, scale=c.scale, prefetch=c.prefetch)
         self.optimiser = SGD(net, c.lr, c.momentum, c.weight_decay)
-        self.state = dict(epoch=0, batch=0, step=0, seconds=0.0, images=0,
+        # seconds / images: of all training steps; warmup_*: of the first step of each (re)start, which
+        # also compiles the Numba kernels on a new machine (or the CUDA ones), left out of the img/s
+        self.state = dict(epoch=0, batch=0, step=0, seconds=0.0, images=0, warmup_seconds=0.0, warmup_images=0,
                           sums=dict(loss=0.0, correct=0, seen=0), history=[])
         self._stop_requested = False
         self._saved_at = None               # (epoch, batch, step) of the checkpoint on disk
@@ -276,11 +278,12 @@ class Trainer:
     def _run(self):
         c, st, net, opt = self.config, self.state, self.net, self.optimiser
         steps_per_epoch = len(self.loader)
+        warm = True                                             # this process's first step is to come
         while st["epoch"] < c.epochs:
             epoch = st["epoch"]
             opt.lr = self.schedule(epoch)
             t_epoch = time.time()
-            self._epoch_start = (st["images"], st["seconds"])   # the rate shown is this epoch's, since (re)start
+            self._epoch_start = _counts(st)     # the rate shown is this epoch's, since (re)start
             # the losses since the last logged step, kept by a checkpoint so that a resumed run logs the
             # same averages as one that never stopped
             window = st.get("window", []) if st["batch"] else []
@@ -305,15 +308,20 @@ class Trainer:
                 s["seen"] += len(y)
                 st["batch"] += 1
                 st["step"] += 1
+                dt = time.time() - t0
                 st["images"] += len(y)
-                st["seconds"] += time.time() - t0
+                st["seconds"] += dt
+                if warm:
+                    st["warmup_images"] = st.get("warmup_images", 0) + len(y)
+                    st["warmup_seconds"] = st.get("warmup_seconds", 0.0) + dt
+                    warm = False
                 self._consistent, self._step_dropout = True, None
                 window.append(float(loss))
                 if st["step"] % c.log_every == 0:
                     self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
                                    lr=opt.lr, loss=float(np.mean(window))))
                     window.clear()
-                ips = (st["images"] - self._epoch_start[0]) / max(st["seconds"] - self._epoch_start[1], 1e-9)
+                ips = _rate(st, self._epoch_start)
                 self.progress.update(
                     f"epoch {epoch + 1}/{c.epochs} {st['batch']}/{steps_per_epoch} loss {s['loss'] / s['seen']:.3f} "
                     f"acc {100 * s['correct'] / s['seen']:.1f}% lr {opt.lr:.2g} {ips:.0f} img/s "
@@ -332,10 +340,11 @@ class Trainer:
         if self.val is not None:
             row.update({f"val_{k}": v for k, v in
                         evaluate(self.net, *self.val, self.mean, c.scale, c.val_batch_size, self.device).items()})
-        i0, s0 = getattr(self, "_epoch_start", (0, 0.0))
-        # images_per_s: the whole run's average; epoch_images_per_s: this epoch's (since a resume, if any)
-        row.update(seconds=st["seconds"], wall_seconds=wall, images_per_s=st["images"] / max(st["seconds"], 1e-9),
-                   epoch_images_per_s=(st["images"] - i0) / max(st["seconds"] - s0, 1e-9))
+        # seconds: all training steps so far; wall_seconds: this epoch's, evaluation included;
+        # images_per_s: the whole run's rate; epoch_images_per_s: this epoch's (since a resume, if any);
+        # both without the first step of each (re)start (warm-up: compiling, first touches of memory)
+        row.update(seconds=st["seconds"], wall_seconds=wall, images_per_s=_rate(st),
+                   epoch_images_per_s=_rate(st, getattr(self, "_epoch_start", None)))
         st["history"].append(row)
         st["epoch"], st["batch"], st["sums"] = epoch + 1, 0, dict(loss=0.0, correct=0, seen=0)
         self._log(row)
@@ -446,8 +455,23 @@ class Trainer:
         last = st["history"][-1] if st["history"] else {}
         return dict(epochs=st["epoch"], steps=st["step"], val_top1=last.get("val_top1"), val_top5=last.get("val_top5"),
                     train_loss=last.get("train_loss"), seconds=round(st["seconds"], 1),
-                    images_per_s=round(st["images"] / max(st["seconds"], 1e-9), 1), model=str(model_path),
+                    warmup_seconds=round(st.get("warmup_seconds", 0.0), 2),
+                    images_per_s=round(_rate(st), 1), model=str(model_path),
                     out=str(self.out))
+
+
+def _counts(st):
+    """(images, seconds, warm-up images, warm-up seconds) of the training steps so far."""
+    return st["images"], st["seconds"], st.get("warmup_images", 0), st.get("warmup_seconds", 0.0)
+
+
+def _rate(st, since=None):
+    """Images per second of the training steps since ``since`` (a ``_counts``; None: from the start), the
+    warm-up steps left out; if only warm-up steps ran since, theirs."""
+    images, seconds, warm_images, warm_seconds = (a - b for a, b in zip(_counts(st), since or (0, 0.0, 0, 0.0)))
+    if images > warm_images:
+        images, seconds = images - warm_images, seconds - warm_seconds
+    return images / max(seconds, 1e-9)
 
 
 def _position(state):
