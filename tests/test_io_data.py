@@ -137,6 +137,10 @@ def test_class_index_by_int_wnid_name_and_clear_errors():
     with pytest.raises(IndexError, match="0..999"):
         class_index(1000)
     assert class_index("b", ["a", "b"]) == 1
+    with pytest.raises(UnknownClassError, match=r"'crane' is ambiguous: .*'crane \(bird\)' \(134\), 'crane \(machine\)' \(517\)"):
+        class_index("crane")                                           # two ImageNet classes are cranes
+    assert class_index("crane (machine)") == 517 and class_index("Crane_(bird)") == 134
+    assert class_index("fox", ["fox (red)", "wolf"]) == 0               # the one sense of a name
 
 
 # ----------------------------------------------------------------------------- readers

@@ -111,6 +111,12 @@ def class_index(key, names=None, wnids=None) -> int:
         return normed.index(normalise_name(key))
     if re.fullmatch(r"-?[0-9]+", key):           # "-1" too: out of range, said as such
         return class_index(int(key), names, wnids)
+    senses = [i for i, s in enumerate(normed) if s.startswith(normalise_name(key) + " (")]
+    if len(senses) == 1:                         # "X" for the one "X (sense)"
+        return senses[0]
+    if senses:                                   # 'crane': 'crane (bird)' or 'crane (machine)'
+        raise UnknownClassError(f"class {key!r} is ambiguous: expected one of "
+                                + ", ".join(f"{names[i]!r} ({i})" for i in senses))
     close = difflib.get_close_matches(normalise_name(key), normed, n=5, cutoff=0.6)
     close += difflib.get_close_matches(key, wnids, n=3, cutoff=0.8)
     hint = f"; close matches: {', '.join(repr(names[normed.index(c)]) if c in normed else repr(c) for c in close)}" \
