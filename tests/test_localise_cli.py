@@ -263,6 +263,22 @@ def test_evaluate_localisation_on_five_photos(shared, tmp_path, capsys):
     assert "fraction_chosen_on_these_records" not in again["methods"]["centre_box"]
 
 
+def test_evaluate_localisation_skips_an_unreadable_photo_and_says_so(shared, tmp_path, capsys):
+    src = shared / "data" / "imagenet-val-dev"
+    rows = (src / "boxes.csv").read_text().splitlines()
+    files = sorted({r.split(",")[0] for r in rows[1:]})[:3]
+    data = tmp_path / "dev"
+    (data / "images").mkdir(parents=True)
+    for f in files[:2]:
+        (data / "images" / f).symlink_to(src / "images" / f)
+    (data / "images" / files[2]).write_bytes((src / "images" / files[2]).read_bytes()[:200])   # truncated
+    (data / "boxes.csv").write_text("\n".join(rows[:1] + [r for r in rows[1:] if r.split(",")[0] in files]) + "\n")
+    res, err = run_cli(["evaluate", "localisation", "--model", "squeezenet1_0", "--data", data, "--no-cache"],
+                       capsys)
+    assert res["images"] == 2 and res["skipped_unreadable"] == 1
+    assert "skipping unreadable file" in err and files[2] in err
+
+
 def test_a_cache_filled_by_another_subset_gives_the_same_results(shared, tmp_path, capsys):
     """The map cache holds one photo's maps computed alone, so a run reading maps that an earlier run
     of another subset left gives, photo by photo, what a run from an empty cache gives. A batched run

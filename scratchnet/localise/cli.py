@@ -308,7 +308,7 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     """Top-1/top-5/GT-known localisation errors of GraphCut and the baselines on photos ``indices`` of ``ds``
     (a data set with boxes), ``targets[i]`` being photo i's class in the network's outputs.
     Returns (result dict of localise.evaluate.evaluate, records); ``result['per_image']`` with details."""
-    from ..io.images import load_image
+    from ..io.images import ImageReadError, load_image
     from .evaluate import evaluate
     from .network import tuned_segment_kwargs
     if net.num_classes < 5:
@@ -319,7 +319,16 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
              f"GT-known ones")
     kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop, rule)
     maps = MapCache(cache_root, net, model_key, ten_crop, rule, ds.root or "data", cache, batch_size)
-    items = [(ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]) for i in indices]
+    items, kept = [], []
+    for i in indices:                   # as evaluate classification does: an unreadable photo is skipped, said
+        try:
+            items.append((ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]))
+            kept.append(i)
+        except ImageReadError as e:
+            _say(f"skipping unreadable file: {e}")
+    if not items:
+        raise ValueError(f"no readable photos among the {len(indices)} selected in {ds.root or 'the data'}")
+    skipped, indices = len(indices) - len(kept), kept
     _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
          f"{'10-crop' if ten_crop else 'single view'}, rule {rule}")
     records = []
@@ -333,6 +342,7 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     res = evaluate(records, centre_fraction=centre_fraction, threshold_fraction=threshold_fraction,
                    segment_kwargs=kw, details=details)
     res["seconds"] = {"network": round(t_net, 1), "segmentation_and_scoring": round(time.perf_counter() - t_seg, 1)}
+    res["skipped_unreadable"] = skipped
     return res, records
 
 
