@@ -60,9 +60,16 @@ def dumps_strict(obj, **kw) -> str:
     return json.dumps(strict_json(obj), default=json_default, allow_nan=False, **kw)
 
 
+#: the device main() resolved for the running command ('cpu' or 'gpu'; None for a command without
+#: --device): its JSON line says where it ran, as --device gpu falls back to the CPU without a GPU
+_ran_on = {"device": None}
+
+
 def emit_json(obj):
     """Print the one JSON object that ends a command's standard output (strict JSON: no NaN or Infinity,
-    which become null)."""
+    which become null), with the device the command ran on."""
+    if _ran_on["device"] is not None and isinstance(obj, dict) and "device" not in obj:
+        obj = {**obj, "device": _ran_on["device"]}
     print(dumps_strict(obj), flush=True)
 
 
@@ -161,6 +168,7 @@ def main(argv=None):
         except ValueError as e:         # a bad $SCRATCHNET_DEVICE
             print(f"scratchnet {args.command}: error: {e} (from $SCRATCHNET_DEVICE)", file=sys.stderr)
             return 2
+    _ran_on["device"] = getattr(args, "device", None)
     try:
         check_output_paths(args)              # before any work: a bad --out must not cost a long run
         with warnings.catch_warnings():       # a library warning as one line, like the commands' own,
@@ -188,6 +196,8 @@ def main(argv=None):
         what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         print(f"scratchnet {args.command}: error: {what}", file=sys.stderr)
         return 2
+    finally:
+        _ran_on["device"] = None
 
 
 def unique_stems(paths):

@@ -23,6 +23,7 @@ in every failure message. Tolerance: the largest difference over the largest CPU
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -934,6 +935,7 @@ def test_real_cupy_without_a_gpu_falls_back_to_the_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "scratchnet: no usable GPU: CuPy" in r.stderr and "running on the CPU" in r.stderr, r.stderr
     assert r.stderr.count("no usable GPU") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["device"] == "cpu"         # and its JSON says so
 
 
 def test_real_cupy_library_check_agrees_with_cupy(real_cupy, monkeypatch):

@@ -117,6 +117,7 @@ def test_train_on_the_device_equals_train_on_the_cpu_and_resumes_exactly(folder,
     assert {"im2col", "col2im_gather", "relu_fwd", "relu_bwd_gradient", "maxpool_fwd", "maxpool_bwd_gather", "lrn_fwd",
             "lrn_bwd", "softmax_xent_fwd_bwd", "sgd_momentum_update"} <= set(host_gpu.launches), host_gpu.launches
     assert cpu["steps"] == dev["steps"] == 10
+    assert (cpu["device"], dev["device"]) == ("cpu", "gpu")           # the JSON says where it ran
     assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-4)
     assert dev["val_top1"] == cpu["val_top1"]
     a, b = load(tmp_path / "cpu" / "model.npz"), load(tmp_path / "gpu" / "model.npz")
@@ -194,6 +195,7 @@ def both(argv, tmp_path, capsys, host_gpu):
     dev = run(with_out("gpu"), capsys)
     if argv[0] != "info":                   # info computes shapes, nothing on a device
         assert sum(host_gpu.launches.values()) > launched, f"scratchnet {argv[0]} --device gpu launched no kernel"
+    assert (cpu.pop("device"), dev.pop("device")) == ("cpu", "gpu")      # each JSON says where it ran
     return cpu, dev
 
 

@@ -1030,7 +1030,7 @@ def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_
     assert out["settings"]["step_control"] is True and out["settings"]["step_factors"] == [0.25, 1.5]
     for bad, says in ((["--step-factors", "0.5", "1.1", "--fixed-step"], "but --fixed-step turns step control off"),
                       (["--step-factors", "0.5", "1.1", "--regularised"], "but --regularised turns step control off"),
-                      (["--step-factors", "0.5", "1.1", "--optimiser", "plain", "--jitter", "1"],
+                      (["--step-factors", "0.5", "1.1", "--optimiser", "plain", "--lr", "1", "--jitter", "1"],
                        "but --optimiser plain, --jitter turns step control off"),
                       (["--step-factors", "1", "1.1"], "step_factors[0] (the step's factor after a fall) must be in "
                                                        "(0, 1), got 1.0")):
@@ -1042,6 +1042,16 @@ def test_cli_classmodel_deconv_and_compare_rules_options_reach_the_library(tiny_
     out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "1", "--regularised",
                    "--out", str(tmp_path / "r")], capsys)
     assert all(out["settings"][k] == v for k, v in cm.REGULARISED.items())
+    out = run_cli(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "1", "--regularised",
+                   "--lam", "0", "--jitter", "0", "--out", str(tmp_path / "r0")], capsys)
+    s = out["settings"]                          # what is given wins over --regularised's settings
+    assert (s["lam"], s["jitter"], s["blur_every"]) == (0.0, 0, cm.REGULARISED["blur_every"])
+    for bad, says in ((["--optimiser", "plain"], "--optimiser plain steps by --lr times the gradient"),
+                      (["--optimiser", "plain", "--lr", "1", "--fixed-step"], "--optimiser plain has none")):
+        assert main(["classmodel", "--model", str(tiny_path), "--class", "goose", "--steps", "1",
+                     "--out", str(tmp_path / "bad")] + bad) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and not (tmp_path / "bad").exists(), err
     out = run_cli(["deconv", str(photo), "--model", str(tiny_path), "--layer", "dw", "--rule", "guided",
                    "--neuron", "1,0,2", "--mode", "map", "--out", str(tmp_path / "d")], capsys)
     (r,) = out["results"]

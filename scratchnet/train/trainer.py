@@ -456,7 +456,7 @@ class Trainer:
         return dict(epochs=st["epoch"], steps=st["step"], val_top1=last.get("val_top1"), val_top5=last.get("val_top5"),
                     train_loss=last.get("train_loss"), seconds=round(st["seconds"], 1),
                     warmup_seconds=round(st.get("warmup_seconds", 0.0), 2),
-                    images_per_s=round(_rate(st), 1), model=str(model_path),
+                    images_per_s=round(_rate(st), 1), device=self.device, model=str(model_path),
                     out=str(self.out))
 
 

@@ -44,8 +44,11 @@ def register(sub, ev_sub):
     d = cm.DEFAULTS
     p.add_argument("--steps", type=nonnegative_int, default=d["steps"],
                    help="gradient-ascent steps (default %(default)s; 0 writes the start image)")
-    p.add_argument("--lr", type=float, default=d["lr"], help="step: grey levels (rms) per step, 'normalised'")
-    p.add_argument("--lam", type=float, default=d["lam"], help="L2 weight, per grey level squared")
+    p.add_argument("--lr", type=float,
+                   help=f"--optimiser normalised: grey levels (rms) per step (default {d['lr']}); --optimiser plain: "
+                        "the factor of the gradient, which depends on the network's scale (no default: give it)")
+    p.add_argument("--lam", type=float, help=f"L2 weight, per grey level squared (default {d['lam']}; "
+                                             f"--regularised: {cm.REGULARISED['lam']})")
     p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"],
                    help="'plain': x += lr * gradient, the textbook ascent; 'normalised': each step scaled to "
                         "an rms of at most lr grey levels, shortened for a class whose objective fell (see "
@@ -58,14 +61,15 @@ def register(sub, ev_sub):
                    help="step control: each class's step is multiplied by DOWN (0 < DOWN < 1) after a step that "
                         f"lowered its objective, else by UP (>= 1) up to --lr (default {cm.STEP_DOWN} "
                         f"{cm.STEP_UP}; bench/classmodel_steps.py compares pairs)")
-    p.add_argument("--jitter", type=nonnegative_int, default=0, help="opt-in: random roll of up to J pixels each step")
-    p.add_argument("--blur-every", type=nonnegative_int, default=0, help="opt-in: Gaussian blur every K steps")
-    p.add_argument("--blur-sigma", type=float, default=0.5, help="with --blur-every: the blur's sigma in pixels "
-                                                                 "(default %(default)s)")
+    p.add_argument("--jitter", type=nonnegative_int, help="opt-in: random roll of up to J pixels each step "
+                                                          f"(--regularised: {cm.REGULARISED['jitter']})")
+    p.add_argument("--blur-every", type=nonnegative_int, help="opt-in: Gaussian blur every K steps "
+                                                              f"(--regularised: {cm.REGULARISED['blur_every']})")
+    p.add_argument("--blur-sigma", type=float, help="with --blur-every: the blur's sigma in pixels (default 0.5)")
     p.add_argument("--clip-pct", type=float, default=0.0, help="opt-in: zero pixels below this norm percentile")
     p.add_argument("--clamp", action="store_true", help="opt-in: keep pixels within 0..255 grey levels")
     p.add_argument("--regularised", action="store_true",
-                   help=f"use the demo's regularised settings {cm.REGULARISED} (they override those options)")
+                   help=f"the demo's regularised settings {cm.REGULARISED} where those options are not given")
     p.add_argument("--start-noise", type=float, default=0.0, metavar="GREY",
                    help="opt-in: start from Gaussian noise of GREY grey levels (rms) instead of the paper's "
                         "zero image (for a network whose gradient there is exactly 0)")
@@ -209,12 +213,20 @@ def cmd_classmodel(args):
     twice = sorted({names[c] for c in idx if idx.count(c) > 1})
     if twice:                     # one PNG per class: a second copy would overwrite the first
         raise ValueError(f"--class names the same class more than once: {', '.join(twice)}")
-    settings = dict(steps=args.steps, lr=args.lr, lam=args.lam, optimiser=args.optimiser, momentum=args.momentum,
-                    jitter=args.jitter, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
+    if args.optimiser == "plain" and args.lr is None:
+        raise ValueError("--optimiser plain steps by --lr times the gradient, whose size depends on the network: "
+                         "give --lr (the default 'normalised' optimiser steps in grey levels instead)")
+    if args.optimiser == "plain" and args.fixed_step:
+        raise ValueError("--fixed-step fixes the 'normalised' optimiser's step length; --optimiser plain has none")
+    # given options, else --regularised's settings, else the defaults
+    fallback = dict(cm.DEFAULTS, jitter=0, blur_every=0, blur_sigma=0.5)
+    if args.regularised:
+        fallback.update(cm.REGULARISED)
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else fallback[k]
+              for k in ("lr", "lam", "jitter", "blur_every", "blur_sigma")}
+    settings = dict(steps=args.steps, optimiser=args.optimiser, momentum=args.momentum, **chosen,
                     clip_pct=args.clip_pct, clamp=args.clamp, seed=args.seed, start_noise=args.start_noise,
                     step_control=not args.fixed_step, step_factors=args.step_factors or (cm.STEP_DOWN, cm.STEP_UP))
-    if args.regularised:
-        settings.update(cm.REGULARISED)
     if args.step_factors and not (settings["step_control"] and cm.step_control_applies(
             settings["optimiser"], settings["jitter"], settings["blur_every"], settings["clip_pct"])):
         off = [name for name, on in (("--fixed-step", args.fixed_step), ("--optimiser plain", args.optimiser == "plain"),
