@@ -344,6 +344,9 @@ def test_gradient_check_float32_is_at_rounding_level(x):
 def test_forward_to_names_layers(net, x):
     with pytest.raises(ValueError, match="no top-level layer named 'nope'; layers: conv1"):
         deconv.forward_to(net, x, "nope")
+    blocks = Network([("block", Sequential([("conv", Conv2d(3, 2, 1)), ("relu", ReLU())]))], input_shape=(3, 4, 4))
+    with pytest.raises(ValueError, match="'block.conv' is inside the block 'block', whose output is the one to give"):
+        deconv.layer_index(blocks, "block.conv")
     with pytest.raises(ValueError, match="does not fit"):
         deconv.reconstruct(net, x, "conv1", neuron=(9, 0, 0))
 

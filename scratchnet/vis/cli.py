@@ -82,7 +82,8 @@ def register(sub, ev_sub):
     p = sub.add_parser("deconv", help="reconstruct the image from one neuron of a layer (paper section 4)")
     p.add_argument("image", metavar="IMAGE")
     add_model_arg(p, DEFAULT_MODEL)
-    p.add_argument("--layer", required=True, help="top-level layer name (see `scratchnet info`)")
+    p.add_argument("--layer", required=True, help="top-level layer name: a name in `scratchnet info` before "
+                                                   "any dot (fire2 for fire2.squeeze1x1)")
     p.add_argument("--rule", default="all", choices=RULES + ["all"],
                    help="ReLU backward rule of the reconstruction (default %(default)s: one image per rule)")
     p.add_argument("--neuron", type=_neuron, default="max",
@@ -96,7 +97,8 @@ def register(sub, ev_sub):
     p = sub.add_parser("compare-rules", help="gradient vs DeconvNet vs guided, layer by layer, and the gradient check")
     p.add_argument("image", metavar="IMAGE", nargs="?")      # checked in cmd_compare_rules: --layers may take it
     add_model_arg(p, DEFAULT_MODEL)
-    p.add_argument("--layers", nargs="+", default=None, help="layers (default: every layer with a 4-D output)")
+    p.add_argument("--layers", nargs="+", default=None, help="top-level layers, as --layer of deconv (default: every "
+                                                             "layer with a 4-D output)")
     p.add_argument("--neuron", type=_neuron, default="max",
                    help="'max' (strongest activation), a channel index, or c,i,j")
     p.add_argument("--check-layer", default=None,

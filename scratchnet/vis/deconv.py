@@ -49,7 +49,9 @@ def layer_index(net, layer) -> int:
             raise ValueError(f"layer index {layer} out of range: the network has {len(names)} layers")
         return int(layer) % len(names)
     if layer not in names:
-        raise ValueError(f"no top-level layer named {layer!r}; layers: {', '.join(names)}")
+        top = str(layer).split(".")[0]
+        inside = f"{layer!r} is inside the block {top!r}, whose output is the one to give; " if top in names else ""
+        raise ValueError(f"no top-level layer named {layer!r}; {inside}layers: {', '.join(names)}")
     return names.index(layer)
 
 
