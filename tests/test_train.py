@@ -406,6 +406,8 @@ def test_settings_are_refused_before_decoding_and_classes_k_keeps_k_of_a_val_fol
     assert "(--lr-points) belongs to the piecewise schedule" in capsys.readouterr().err
     assert cli_main(base + ["--milestones", "0"]) == 2
     assert "within 1..1 for 2 epochs" in capsys.readouterr().err
+    assert cli_main(base[:-6] + ["--epochs", "1", "--milestones", "3"] + base[-6:]) == 2
+    assert "a 1-epoch run has none: got [3]" in capsys.readouterr().err
     assert cli_main(base + ["--schedule", "piecewise", "--lr-points", "1:0.5", "--lr", "0.1"]) == 2
     assert "--lr belongs to the step and log schedules; the piecewise schedule's rates" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()                       # refused before any image was decoded

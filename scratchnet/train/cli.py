@@ -47,7 +47,7 @@ def register(sub, ev_sub):
                         "log: geometric lr -> lr-end; piecewise: the rates of --lr-points")
     p.add_argument("--milestones", type=int, nargs="*",
                    help="--schedule step: lr x0.1 from each of these epochs on, counted from 0 (35: epochs 36.. "
-                        "as printed)")
+                        "as printed); the flag with no epochs: a constant rate")
     p.add_argument("--lr-points", nargs="+", metavar="EPOCH:LR",
                    help="--schedule piecewise: rate LR from printed epoch EPOCH on, e.g. 1:0.01 8:0.001 10:0.01")
     p.add_argument("--epochs", type=positive_int, help="epochs of the whole run, resumed ones included (default 20)")

@@ -81,6 +81,9 @@ def make_schedule(kind, lr0, epochs, lr1=None, milestones=None, points=None):
         raise ValueError(f"{flag} belongs to the {owner} schedule (--schedule {owner}), but the schedule is {kind!r}")
     if kind == "step" and milestones:
         bad = [m for m in milestones if not 1 <= int(m) <= epochs - 1]
+        if bad and epochs == 1:
+            raise ValueError(f"milestones (--milestones) drop the rate from a later epoch on, and a 1-epoch run has "
+                             f"none: got {bad} (give none, or more --epochs)")
         if bad:
             raise ValueError(f"milestones (--milestones) are the epochs (counted from 0) from which the rate drops "
                              f"x0.1, so each must be within 1..{epochs - 1} for {epochs} epochs; got {bad}")
