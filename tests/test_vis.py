@@ -886,6 +886,7 @@ def test_map_seed_is_the_feature_map_and_reaches_the_backward_pass(net, x):
     assert row["guided_vs_gradient"] == pytest.approx(rd(want["guided"], want["gradient"]), rel=1e-9)
     assert row["guided_vs_deconvnet"] == pytest.approx(rd(want["guided"], want["deconvnet"]), rel=1e-9)
     assert len({row["deconvnet_vs_gradient"], row["guided_vs_gradient"], row["guided_vs_deconvnet"]}) == 3
+    assert row["norms"] == pytest.approx({r: np.linalg.norm(v) for r, v in want.items()}, rel=1e-9)
 
 
 def test_reconstruct_and_compare_rules_report_each_images_own_neuron(net, x):

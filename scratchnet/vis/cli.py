@@ -298,10 +298,13 @@ def cmd_compare_rules(args):
     layers = args.layers or _layers_4d(net)
     _say(f"comparing the three rules at {len(layers)} layers")
     table = compare_rules(net, x, layers, args.neuron)
+    _say("a/b: ||a - b|| / ||b|| of the two reconstructions of the input (0: the same; inf: b is zero)")
     _say(f"{'layer':24s} {'ReLUs':>5s} {'deconv/grad':>12s} {'guided/grad':>12s} {'guided/deconv':>14s}")
     for t in table:
+        zero = [r for r, v in t["norms"].items() if v == 0]
         _say(f"{t['layer']:24s} {t['relus']:5d} {t['deconvnet_vs_gradient']:12.3g} "
-             f"{t['guided_vs_gradient']:12.3g} {t['guided_vs_deconvnet']:14.3g}")
+             f"{t['guided_vs_gradient']:12.3g} {t['guided_vs_deconvnet']:14.3g}"
+             + (f"  ({' and '.join(zero)} zero everywhere)" if zero else ""))
     check_layer = args.check_layer or layers[len(layers) // 2]
     _say(f"float64 central differences at {args.check_pixels} pixels, layer {check_layer}")
     chk = gradient_check(net, x, check_layer, args.neuron, args.check_pixels)

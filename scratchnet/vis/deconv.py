@@ -184,8 +184,9 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
     """For each layer, the reconstructions under the three rules and their relative differences.
 
     x (N, C, H, W); layers: names (default: every top-level layer with a 4-D output). Returns one dict
-    per layer: layer, relus (ReLUs below it), neuron, activation, and ||a - b|| / ||b|| for
-    deconvnet vs gradient, guided vs gradient and guided vs deconvnet (norms taken over the whole batch array).
+    per layer: layer, relus (ReLUs below it), neuron, activation, norms ({rule: ||reconstruction||}), and
+    ||a - b|| / ||b|| for deconvnet vs gradient, guided vs gradient and guided vs deconvnet (norms taken over
+    the whole batch array; inf when b is zero).
     With no ReLU below a layer the three are identical; the differences grow with depth.
     """
     x = on_net_device(net, x)
@@ -206,6 +207,7 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
         out.append(dict(
             layer=name, relus=count_relus(net, name), neuron=[list(n) for n in neurons],
             activation=[float(a[(i,) + n]) for i, n in enumerate(neurons)],
+            norms={r: float(np.linalg.norm(v)) for r, v in rec.items()},
             deconvnet_vs_gradient=relative_difference(rec["deconvnet"], rec["gradient"]),
             guided_vs_gradient=relative_difference(rec["guided"], rec["gradient"]),
             guided_vs_deconvnet=relative_difference(rec["guided"], rec["deconvnet"])))
