@@ -122,6 +122,8 @@ def build_parser():
         prog="scratchnet",
         description="From-scratch ConvNet engine reproducing Simonyan, Vedaldi & Zisserman (2013): "
                     "class models, saliency maps, DeconvNet vs gradient, weakly supervised localisation.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"scratchnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     ev = sub.add_parser("evaluate", help="evaluate a network (classification, localisation or segmentation)")

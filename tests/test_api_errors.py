@@ -775,3 +775,13 @@ def test_a_damaged_network_file_leaves_no_file_open(tmp_path):
             load_network(bad)
         gc.collect()
     assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]
+
+
+def test_version_and_a_missing_pets_folder(tmp_path, capsys):
+    from scratchnet import __version__
+    from scratchnet.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"scratchnet {__version__}"
+    assert main(["evaluate", "segmentation", "--data", str(tmp_path / "nope")]) == 2
+    assert f"no such folder: {tmp_path / 'nope'}" in capsys.readouterr().err

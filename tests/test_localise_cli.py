@@ -217,6 +217,7 @@ def test_localise_command_bad_class_is_one_clear_line(shared, tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "class index 1000 is out of range: expected 0..999" in err and "Traceback" not in err
+    assert "localising in" not in err                          # said before any photo's work began
     assert not (tmp_path / "out").exists()                     # nothing written, not even an empty folder
 
 

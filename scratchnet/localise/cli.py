@@ -261,6 +261,9 @@ def cmd_localise(args):
     results = []
     from ..cli import unique_stems
     paths = list(map(Path, args.images))
+    if args.cls is not None:            # a bad class, like a bad photo, before any work
+        from ..vis.display import resolve_class
+        resolve_class(net, args.cls)
     for path in paths:                  # each read once now (and let go): a bad last photo stops no work
         load_image(path)
     for path, stem in zip(paths, unique_stems(paths)):                # a/x.jpg, b/x.jpg: x, x_2

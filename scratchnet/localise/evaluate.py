@@ -218,6 +218,8 @@ def load_oxford_pets(root, limit: int | None = None) -> list:
 
     root = Path(root)
     images, trimaps = root / "images", root / "trimaps"
+    if not root.is_dir():
+        raise FileNotFoundError(f"load_oxford_pets: no such folder: {root} (expected one with images/ and trimaps/)")
     if not images.is_dir() or not trimaps.is_dir():
         raise FileNotFoundError(f"load_oxford_pets: expected folders images/ and trimaps/ under {root}")
     names = sorted(p.stem for p in images.glob("*.jpg") if (trimaps / f"{p.stem}.png").exists())
