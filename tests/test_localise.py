@@ -405,7 +405,7 @@ def test_choose_fractions_finds_the_fixed_size_that_fits_all_images(rng):
     assert 0.5 <= best["centre_box"] <= 0.7
     res = localise.evaluate(records, methods=("centre_box",))             # None -> chosen here
     assert res["methods"]["centre_box"]["top5_loc_error"] == 0.0
-    assert res["methods"]["centre_box"]["fraction_chosen_on_these_records"]
+    assert res["methods"]["centre_box"]["fraction_chosen_on_these_images"]
 
 
 def test_loc_record_rejects_mismatched_saliency(rng):

@@ -261,7 +261,7 @@ def test_evaluate_localisation_on_five_photos(shared, tmp_path, capsys):
                          capsys)
     assert "0 computed, 5 from the cache" in err
     assert again["methods"]["graphcut"] == res["methods"]["graphcut"]
-    assert "fraction_chosen_on_these_records" not in again["methods"]["centre_box"]
+    assert "fraction_chosen_on_these_images" not in again["methods"]["centre_box"]
 
 
 def test_evaluate_localisation_skips_an_unreadable_photo_and_says_so(shared, tmp_path, capsys):

@@ -142,7 +142,7 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
                "gt_known_images": len(known)}
         res.update(params[m])
         if m in chosen:
-            res["fraction_chosen_on_these_records"] = True
+            res["fraction_chosen_on_these_images"] = True
         if m == "graphcut":
             res["fallbacks"] = sum(p[m]["fallbacks"] for p in per_image)
         out["methods"][m] = res
