@@ -1016,3 +1016,24 @@ def test_an_interrupt_inside_the_update_reports_no_summary_and_an_old_checkpoint
     assert "predates recording --val-from-train" in err and "keeps the previous checkpoint" in err
     assert json.loads(out.strip().splitlines()[-1]) == {"command": "train", "interrupted": True, "checkpoint": str(ck),
                                                         "device": "cpu"}
+
+
+def test_val_on_imagenet_val_dev_takes_its_photos_of_the_runs_classes(tmp_path, capsys):
+    """--val on an imagenet-val-dev folder (boxes.csv + images/): its photos whose wnid is one of the
+    run's classes, in the run's label space (ILSVRC photos of Tiny-ImageNet's classes, say)."""
+    data = _folder(tmp_path / "data", ["n01443537", "n01440764"])      # goldfish, tench: labels 0, 1 here
+    dev = tmp_path / "dev"
+    rows = ["file,label,wnid,orig_width,orig_height,x0,y0,x1,y1"]
+    for f, label, wnid in (("a.JPEG", 0, "n01440764"), ("b.JPEG", 2, "n01484850"), ("c.JPEG", 1, "n01443537")):
+        write_jpeg(dev / "images" / f, (200, 100, 0))
+        rows.append(f"{f},{label},{wnid},32,32,0,0,31,31")
+    (dev / "boxes.csv").write_text("\n".join(rows) + "\n")
+    from scratchnet.train.cli import load_training_data
+    train, val = load_training_data(data, dev)
+    assert [p.name for p in val.paths] == ["a.JPEG", "c.JPEG"]              # the shark is not a class here
+    assert val.labels.tolist() == [train.class_wnids.index("n01440764"), train.class_wnids.index("n01443537")]
+    assert val.class_wnids == train.class_wnids and val.boxes is None
+    out = tmp_path / "run"
+    assert cli_main(["train", "--data", str(data), "--val", str(dev), "--input-size", "32", "--width", "0.0625",
+                     "--epochs", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert "8 training images, 2 classes; 2 validation images of 2 classes" in capsys.readouterr().err

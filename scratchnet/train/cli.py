@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import emit_json
-from ..io.datasets import decode_cache, image_folder, open_dataset, tiny_imagenet
+from ..io.datasets import Dataset, decode_cache, image_folder, open_dataset, tiny_imagenet
 
 
 def register(sub, ev_sub):
@@ -28,7 +28,9 @@ def register(sub, ev_sub):
     p = sub.add_parser("train", help="train a network from scratch with SGD (checkpoints, --resume)",
                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="TRAIN", help="training images (see above; required unless --resume)")
-    p.add_argument("--val", metavar="VAL", help="validation images (default: a Tiny-ImageNet root's val split)")
+    p.add_argument("--val", metavar="VAL", help="validation images: a Tiny-ImageNet root or split, a folder of "
+                                                "class folders, or imagenet-val-dev (its photos of the run's "
+                                                "classes, by wnid) (default: a Tiny-ImageNet root's val split)")
     # the defaults of the options below are in OPTION_DEFAULTS: None here means "not given", so that
     # --resume can take the run's saved value instead
     p.add_argument("--arch", choices=["paper"], help="network: the paper's (default)")
@@ -97,12 +99,24 @@ def load_training_data(train_path, val_path=None, classes=None, per_class=None, 
             val = tiny_imagenet(vp, "val", classes=ds.class_wnids)
         elif vp.name in ("train", "val") and _is_tiny_root(vp.parent):
             val = tiny_imagenet(vp.parent, vp.name, classes=ds.class_wnids)
+        elif (vp / "boxes.csv").is_file() and (vp / "images").is_dir():
+            val = same_classes(open_dataset(vp), ds)        # imagenet-val-dev: its photos of the run's classes
         else:
             val = image_folder(vp, class_names=ds.class_names, class_wnids=ds.class_wnids, allow_missing=True,
                                skip_unknown=classes is not None)        # --classes K keeps the first K
     elif _is_tiny_root(train_path):
         val = tiny_imagenet(train_path, "val", classes=ds.class_wnids)
     return ds, val
+
+
+def same_classes(other, ds):
+    """The images of data set ``other`` whose class is one of ``ds``'s, matched by wnid and labelled in
+    ``ds``'s label space (ImageNet photos of Tiny-ImageNet's classes, say); no boxes."""
+    index = {w: i for i, w in enumerate(ds.class_wnids) if w}
+    mapped = np.array([index.get(other.class_wnids[k], -1) for k in other.labels], dtype=np.int64)
+    keep = np.flatnonzero(mapped >= 0)
+    return Dataset([other.paths[i] for i in keep], mapped[keep], list(ds.class_wnids), list(ds.class_names),
+                   root=other.root)
 
 
 def open_dataset_with(path, classes=None, per_class=None):
@@ -200,7 +214,8 @@ def run_train(args):
     device = args.device                # 'cpu' or 'gpu', resolved by scratchnet.cli.main
     train_ds, val_ds = load_training_data(args.data, args.val, args.classes, args.per_class, args.val_from_train)
     print(f"train: {len(train_ds)} training images, {train_ds.num_classes} classes; "
-          f"{len(val_ds) if val_ds is not None else 'no'} validation images", file=sys.stderr)
+          + (f"{len(val_ds)} validation images of {len(np.unique(val_ds.labels))} classes" if val_ds is not None
+             else "no validation images"), file=sys.stderr)
     if val_ds is None:
         print("train: warning: no validation set (pass --val); val top-1 will not be measured", file=sys.stderr)
     elif len(val_ds) == 0:                  # found now, not after the training images are decoded
