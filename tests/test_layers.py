@@ -172,6 +172,12 @@ def test_wide_columns_are_chosen_where_they_pay():
     assert _wide_pays(57, 55, 64)            # SqueezeNet fire2 expand3x3: 4% more columns
     assert _wide_pays(20, 16, 16)            # paper 64 network, width 0.25, conv2
     assert not _wide_pays(10, 8, 384)        # 8x8 maps, pad 1, many outputs: the GEMM would grow 25%
+    conv = Conv2d(8, 512, 7)                 # "auto" weighs the padded width (14), not ow + pads (8):
+    conv.forward(np.zeros((1, 8, 14, 14), np.float32))       # 75% more columns, times 512 outputs
+    assert conv._cache[0] == "gemm"
+    one = Conv2d(8, 1000, 1, padding=1)      # SqueezeNet's conv_final: 1x1, pad 1: no junk column at all
+    one.forward(np.zeros((1, 8, 13, 13), np.float32))
+    assert one._cache[0] == "wide"
     conv = Conv2d(3, 4, 3, stride=2, padding=1)
     conv.im2col_mode = "wide"                # stride 2: wide columns do not apply, plain ones are used
     conv.forward(np.zeros((1, 3, 8, 8), np.float32))

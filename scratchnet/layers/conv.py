@@ -242,7 +242,7 @@ class Conv2d(Layer):
     def _use_wide(self, x, pads, o, ow):
         if self.stride != (1, 1) or self.im2col_mode == "plain" or get_array_module(x) is not np:
             return False
-        return self.im2col_mode == "wide" or _wide_pays(ow + pads[2] + pads[3], ow, o // self.groups)
+        return self.im2col_mode == "wide" or _wide_pays(x.shape[3] + pads[2] + pads[3], ow, o // self.groups)
 
     @property
     def pointwise(self):
