@@ -8,9 +8,10 @@ This is the only place where backpropagation, the DeconvNet and guided backpropa
     guided    : dx = dy * [x > 0] * [dy > 0]  ReLU6: dy * [0 < x < 6] * [dy > 0]
 
 Forward keeps its output y, since [x > 0] == [y > 0] and [0 < x < 6] == [0 < y < 6]. When the next
-layer keeps its input (LRN, Linear) that is the same array and costs nothing; before a padded conv, a
-max-pool or dropout, y is a float where a 1-byte mask would do, kept so that one kernel signature
-serves CPU and GPU and forward writes one array, not two.
+layer keeps its input (LRN, Linear, a 1x1 stride-1 unpadded conv) that is the same array and costs
+nothing; before any other conv (which keeps its columns or a padded copy), a max-pool or dropout, y is
+a float where a 1-byte mask would do, kept so that one kernel signature serves CPU and GPU and forward
+writes one array, not two.
 
 The masks compose per ReLU: at each ReLU the guided mask is the product of the other two, but the
 guided map of a whole network is not the gradient map times the DeconvNet one (the signals reaching
@@ -58,7 +59,8 @@ class ReLU6(ReLU):
 
 
 def relu_backward_reference(dy, x, rule, upper=math.inf):
-    """The three rules written out in array code, straight from their definitions (for tests)."""
+    """The three rules written out in array code, straight from their definitions (for tests). It
+    multiplies by the mask, so a NaN dy at a blocked unit stays NaN here; the kernels select, giving 0."""
     rule = Rule.parse(rule)
     inside = (x > 0) & (x < upper)
     if rule is Rule.GRADIENT:

@@ -6,14 +6,14 @@ A layer is a small object with
                 PyTorch) by each ``backward`` with ``param_grads=True``; a ``param_grads=False``
                 backward leaves them as they were. ``zero_grads`` removes them, so an optimiser
                 step without a backward fails loudly instead of reusing old gradients
-  * ``forward(x, train=False) -> y``; keeps the minimum that backward needs
+  * ``forward(x, train=False) -> y``; keeps what backward needs (each layer says what, and why)
   * ``backward(dy, rule="gradient", param_grads=True, input_grad=True) -> dx | None``
       - ``rule`` is the ReLU backward rule ("gradient", "deconvnet", "guided"); it travels as an
         argument through every container down to the ReLU kernels and is ignored elsewhere.
       - ``param_grads=False`` skips weight gradients (saliency needs only d/d(image));
       - ``input_grad=False`` lets the first layer skip d/d(input) (training never needs it).
   * ``spec()``: the constructor arguments as JSON-able values, so a saved file rebuilds the layer.
-  * parameters start at zero (a network built by hand outputs zeros): ``init_params(rng)`` on a
+  * Conv2d and Linear parameters start at zero (a network built by hand outputs zeros): ``init_params(rng)`` on a
     Conv2d or Linear (He, or ``scheme="gaussian", std=...``), ``scratchnet.train.init_network`` on a
     whole network (it also calls ``init_params(rng)`` of a layer of your own that has one), or weights
     loaded from a file.

@@ -12,8 +12,9 @@ so the convolution of the batch is ONE GEMM (it stays efficient for small 13x13 
 Backward is the same algebra transposed, again one GEMM each. With dy laid out like y before the
 transpose, (O, N*oh*ow), y = W @ cols gives
 
-    dW    = dy @ cols.T                        (O, C*kh*kw); on the GPU a small dW over a long N*oh*ow
-                                               (conv1) is summed in slices, kernels.weight_grad
+    dW    = dy @ cols.T                        (O, C/G*kh*kw), one GEMM per group G; on the GPU a
+                                               small dW over a long N*oh*ow (conv1) is summed in
+                                               slices, kernels.weight_grad
     dcols = W.T @ dy                           (C*kh*kw, N*oh*ow), then col2im adds the columns back
                                                onto the image (an input pixel in several windows
                                                gets the sum of their gradients).

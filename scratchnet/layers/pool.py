@@ -10,8 +10,9 @@ H*W plane. Backward sends each output gradient to its switch; this is also exact
 DeconvNet does at a pooling layer, so the rules differ only at ReLU.
 
 Ties: the first maximum in row-major window order wins, on CPU and GPU alike. At a tie the max is
-not differentiable: a central difference gives 1/k to each of k tied inputs where backward gives
-everything to the first, so gradient checks move their inputs off ties (gradcheck.make_input).
+not differentiable: a central difference gives 1/2 to each tied input (raised by eps it wins,
+lowered it leaves the max to the others) where backward gives everything to the first, so gradient
+checks move their inputs off ties (gradcheck.make_input).
 """
 from __future__ import annotations
 
