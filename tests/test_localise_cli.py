@@ -322,6 +322,25 @@ def test_evaluate_segmentation_on_three_pets(shared, tmp_path, capsys):
     assert res["methods"]["saliency_threshold"]["fraction_chosen_on_these_images"] is True
 
 
+def test_evaluate_segmentation_skips_an_unreadable_pet_and_says_so(shared, tmp_path, capsys):
+    from scratchnet.localise.evaluate import load_oxford_pets
+    src = shared / "data" / "oxford-pets-dev"
+    names = sorted(p.stem for p in (src / "images").glob("*.jpg"))[:3]
+    data = tmp_path / "pets"
+    for sub, ext in (("images", "jpg"), ("trimaps", "png")):
+        (data / sub).mkdir(parents=True)
+        for n in names:
+            (data / sub / f"{n}.{ext}").symlink_to(src / sub / f"{n}.{ext}")
+    (data / "images" / f"{names[1]}.jpg").unlink()
+    (data / "images" / f"{names[1]}.jpg").write_bytes((src / "images" / f"{names[1]}.jpg").read_bytes()[:300])
+    with pytest.raises(ValueError, match=f"cannot read {data / 'images' / names[1]}.jpg"):
+        load_oxford_pets(data)
+    res, err = run_cli(["evaluate", "segmentation", "--model", "squeezenet1_0", "--data", str(data), "--no-cache"],
+                       capsys)
+    assert res["images"] == 2 and res["skipped_unreadable"] == 1
+    assert f"skipping unreadable file: {data / 'images' / names[1]}.jpg" in err
+
+
 def test_localisation_record_lists_the_five_guesses_best_first():
     from types import SimpleNamespace
     from scratchnet.localise.cli import _record

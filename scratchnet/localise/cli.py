@@ -400,7 +400,12 @@ def cmd_evaluate_segmentation(args):
     from .boxes import largest_component
     from .evaluate import THRESHOLD_FRACTIONS, load_oxford_pets, mask_iou_trimap
     from .graphcut import segment
-    pets = load_oxford_pets(args.data)
+    unreadable = []
+    pets = load_oxford_pets(args.data, skipped=unreadable)     # as the other evaluations: skipped, said
+    for what in unreadable:
+        _say(f"skipping unreadable file: {what}")
+    if not pets:
+        raise ValueError(f"no readable photo with its trimap in {args.data}")
     idx = _subset(len(pets), args)
     pets = [pets[i] for i in idx]
     net = _load_net(args)
@@ -446,7 +451,7 @@ def cmd_evaluate_segmentation(args):
                "whole_image": {"mean_iou": float(np.mean(iou["whole_image"]))}},
            "top1_classes": {(names[c] if c < len(names) else str(c)): int(np.sum(np.asarray(classes) == c))
                             for c in common if np.any(np.asarray(classes) == c)},
-           "seconds": round(time.perf_counter() - t0, 1)}
+           "seconds": round(time.perf_counter() - t0, 1), "skipped_unreadable": len(unreadable)}
     for m, r in res["methods"].items():
         _say(f"  {m:20s} mean IoU {r['mean_iou']:.3f}")
     _emit(res)

@@ -211,9 +211,11 @@ class PetImage:
     trimap: np.ndarray
 
 
-def load_oxford_pets(root, limit: int | None = None) -> list:
+def load_oxford_pets(root, limit: int | None = None, skipped: list | None = None) -> list:
     """Read `root`/images/<name>.jpg and `root`/trimaps/<name>.png (e.g. root =
-    ../shared/data/oxford-pets-dev) -> list of PetImage, sorted by name, the first `limit` only."""
+    ../shared/data/oxford-pets-dev) -> list of PetImage, sorted by name, the first `limit` only.
+    A pair that cannot be decoded raises ValueError naming it, or, given a list `skipped`, is appended
+    to it as "file: reason" and left out."""
     from PIL import Image
 
     root = Path(root)
@@ -227,10 +229,18 @@ def load_oxford_pets(root, limit: int | None = None) -> list:
         raise FileNotFoundError(f"load_oxford_pets: no images/<name>.jpg with a trimaps/<name>.png in {root}")
     out = []
     for name in names[:limit]:
-        with Image.open(images / f"{name}.jpg") as im:
-            image = np.asarray(im.convert("RGB"))
-        with Image.open(trimaps / f"{name}.png") as tm:
-            trimap = np.asarray(tm)
+        path = images / f"{name}.jpg"
+        try:
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+            path = trimaps / f"{name}.png"
+            with Image.open(path) as tm:
+                trimap = np.asarray(tm)
+        except OSError as e:                 # PIL's UnidentifiedImageError is one too
+            if skipped is None:
+                raise ValueError(f"load_oxford_pets: cannot read {path}: {e}") from None
+            skipped.append(f"{path}: {e}")
+            continue
         if trimap.shape != image.shape[:2]:
             raise ValueError(f"load_oxford_pets: {name}: trimap {trimap.shape} does not match image "
                              f"{image.shape[:2]}")
