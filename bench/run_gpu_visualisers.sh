@@ -206,7 +206,7 @@ for name in ("train", "saliency", "classmodel", "warm"):
         except (OSError, ValueError):
             rows_m = []
         per_epoch = [round(r["epoch_images_per_s"], 1) for r in rows_m if r.get("kind") == "epoch"
-                     and "epoch_images_per_s" in r]
+                     and r.get("epoch_images_per_s") is not None]
         s.update(images=n, train_images_per_s=j.get("images_per_s"), train_seconds=j.get("seconds"),
                  wall_images_per_s=round(n / sec, 1) if n and sec else None, epoch_images_per_s=per_epoch,
                  val_top1=j.get("val_top1"), val_top5=j.get("val_top5"), train_loss=j.get("train_loss"))

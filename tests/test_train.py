@@ -255,6 +255,14 @@ def test_the_img_per_s_leaves_out_the_first_step_of_each_start(tmp_path):
     assert out["images_per_s"] > 2 * n / rows[-1]["seconds"]         # the slow step is not in the rate
     assert out["images_per_s"] == pytest.approx(rows[-1]["images_per_s"], abs=0.05)
     assert rows[0]["epoch_images_per_s"] > 2 * rows[0]["step"] * 16 / rows[0]["seconds"]
+    # resumed with one step left in its epoch: that step is the warm-up, and the epoch has no rate
+    t = small_trainer(tmp_path / "b", epochs=2, callbacks=[stop_at(len(t.loader) * 2 - 1)])
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    resumed = small_trainer(tmp_path / "b", epochs=2).fit(resume=True)
+    last = metric_rows(tmp_path / "b")[-1]
+    assert last["kind"] == "epoch" and last["epoch_images_per_s"] is None and last["images_per_s"] > 0
+    assert resumed["images_per_s"] == pytest.approx(last["images_per_s"], abs=0.05)
 
 
 def test_ctrl_c_leaves_a_loadable_checkpoint(tmp_path):

@@ -321,7 +321,7 @@ class Trainer:
                     self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
                                    lr=opt.lr, loss=float(np.mean(window))))
                     window.clear()
-                ips = _rate(st, self._epoch_start)
+                ips = _rate(st, self._epoch_start, warm_too=True)
                 self.progress.update(
                     f"epoch {epoch + 1}/{c.epochs} {st['batch']}/{steps_per_epoch} loss {s['loss'] / s['seen']:.3f} "
                     f"acc {100 * s['correct'] / s['seen']:.1f}% lr {opt.lr:.2g} {ips:.0f} img/s "
@@ -342,7 +342,8 @@ class Trainer:
                         evaluate(self.net, *self.val, self.mean, c.scale, c.val_batch_size, self.device).items()})
         # seconds: all training steps so far; wall_seconds: this epoch's, evaluation included;
         # images_per_s: the whole run's rate; epoch_images_per_s: this epoch's (since a resume, if any);
-        # both without the first step of each (re)start (warm-up: compiling, first touches of memory)
+        # both without the first step of each (re)start (warm-up: compiling, first touches of memory),
+        # None when that step was all there was
         row.update(seconds=st["seconds"], wall_seconds=wall, images_per_s=_rate(st),
                    epoch_images_per_s=_rate(st, getattr(self, "_epoch_start", None)))
         st["history"].append(row)
@@ -456,8 +457,12 @@ class Trainer:
         return dict(epochs=st["epoch"], steps=st["step"], val_top1=last.get("val_top1"), val_top5=last.get("val_top5"),
                     train_loss=last.get("train_loss"), seconds=round(st["seconds"], 1),
                     warmup_seconds=round(st.get("warmup_seconds", 0.0), 2),
-                    images_per_s=round(_rate(st), 1), device=self.device, model=str(model_path),
+                    images_per_s=_round(_rate(st), 1), device=self.device, model=str(model_path),
                     out=str(self.out))
+
+
+def _round(v, digits):
+    return None if v is None else round(v, digits)
 
 
 def _counts(st):
@@ -465,12 +470,14 @@ def _counts(st):
     return st["images"], st["seconds"], st.get("warmup_images", 0), st.get("warmup_seconds", 0.0)
 
 
-def _rate(st, since=None):
+def _rate(st, since=None, warm_too=False):
     """Images per second of the training steps since ``since`` (a ``_counts``; None: from the start), the
-    warm-up steps left out; if only warm-up steps ran since, theirs."""
+    warm-up steps left out; None if only warm-up steps ran since, unless ``warm_too`` (then theirs)."""
     images, seconds, warm_images, warm_seconds = (a - b for a, b in zip(_counts(st), since or (0, 0.0, 0, 0.0)))
     if images > warm_images:
         images, seconds = images - warm_images, seconds - warm_seconds
+    elif not warm_too:
+        return None
     return images / max(seconds, 1e-9)
 
 

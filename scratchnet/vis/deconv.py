@@ -207,7 +207,7 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
         out.append(dict(
             layer=name, relus=count_relus(net, name), neuron=[list(n) for n in neurons],
             activation=[float(a[(i,) + n]) for i, n in enumerate(neurons)],
-            norms={r: float(np.linalg.norm(v)) for r, v in rec.items()},
+            norms={r: float(np.linalg.norm(np.asarray(v, np.float64))) for r, v in rec.items()},
             deconvnet_vs_gradient=relative_difference(rec["deconvnet"], rec["gradient"]),
             guided_vs_gradient=relative_difference(rec["guided"], rec["gradient"]),
             guided_vs_deconvnet=relative_difference(rec["guided"], rec["deconvnet"])))

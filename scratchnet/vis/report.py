@@ -327,7 +327,7 @@ def section_rules(page, net, tag, shots, quick, progress):
                [[t["layer"], t["relus"], t["neuron"][0], f"{t['deconvnet_vs_gradient']:.3g}",
                  f"{t['guided_vs_gradient']:.3g}", f"{t['guided_vs_deconvnet']:.3g}"] for t in table])
     page.add("<p>Relative differences ||a &minus; b|| / ||b|| of the reconstructions of the strongest neuron "
-             "(below a ReLU6's clip: a neuron at 6 has a zero gradient). The rules differ only at ReLU, so "
+             "(below a ReLU6's clip: a neuron at 6 has a zero gradient; inf: b is zero everywhere). The rules differ only at ReLU, so "
              "they agree exactly below the first ReLU. Note the class-score maps above: the DeconvNet rule "
              "ignores the forward pass at every ReLU, and in a deep network its map of a class score hardly "
              "depends on the image, or (SqueezeNet) is identically zero: every rectified signal dies at some "
@@ -423,7 +423,7 @@ def section_localisation_error(page, net, tag, n, progress):
     idx = [int(keep[i]) for i in np.unique(np.linspace(0, len(keep) - 1, min(n, len(keep))).astype(int))]
     _say(progress, f"[{tag}] localisation error on {len(idx)} Tiny-ImageNet val photos")
     res, _ = localisation_error(net, ds, idx, targets, model_key=tag, cache_root=".", cache=False)
-    page.add(f"<h4>Localisation error on {len(idx)} Tiny-ImageNet validation photos</h4>"
+    page.add(f"<h4>Localisation error on {res['images']} Tiny-ImageNet validation photos</h4>"
              f"<p>Classification error: top-1 {res['top1_cls_error']:.3f}, top-5 {res['top5_cls_error']:.3f}. "
              "A box is right when its class is among the guesses (top-1 / top-5) and it overlaps a true box "
              "with IoU &ge; 0.5; GT-known assumes the class is known. All 10,000: <code>scratchnet evaluate "
