@@ -101,6 +101,26 @@ def _int_at_least(text: str, low: int) -> int:
     return v
 
 
+def positive_number(text: str) -> float:
+    """argparse type of a rate, a width, a scale or a tolerance: a finite number > 0."""
+    return _number(text, "> 0", lambda v: v > 0)
+
+
+def nonnegative_number(text: str) -> float:
+    """argparse type of a weight or a momentum that 0 turns off: a finite number >= 0."""
+    return _number(text, ">= 0", lambda v: v >= 0)
+
+
+def _number(text: str, want: str, ok) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number {want}, got {text!r}") from None
+    if not (math.isfinite(v) and ok(v)):
+        raise argparse.ArgumentTypeError(f"expected a number {want}, got {v:g}")
+    return v
+
+
 def unit_fraction(text: str) -> float:
     """argparse type of a fraction of an image's side or of a map's maximum: a number in (0, 1]."""
     try:

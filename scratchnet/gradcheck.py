@@ -414,7 +414,7 @@ def same_branches(p, q):
 # the command
 # ---------------------------------------------------------------------------------------------
 def register(sub, ev_sub):
-    from .cli import add_device_arg, nonnegative_int, positive_int
+    from .cli import add_device_arg, nonnegative_int, positive_int, positive_number
 
     p = sub.add_parser(
         "gradcheck",
@@ -436,7 +436,7 @@ def register(sub, ev_sub):
                    help="input entries checked in the whole network (default 16)")
     p.add_argument("--entries", type=nonnegative_int, default=4,
                    help="entries checked of every parameter of the whole network (default 4; 0 skips them)")
-    p.add_argument("--tol", type=float, default=TOLERANCE,
+    p.add_argument("--tol", type=positive_number, default=TOLERANCE,
                    help="largest relative error that passes (default %(default)g)")
     add_device_arg(p)
     p.set_defaults(func=cmd_gradcheck)
@@ -462,8 +462,6 @@ def cmd_gradcheck(args):
 
     from .cli import emit_json
 
-    if not args.tol > 0:
-        raise ValueError(f"--tol must be a positive number, got {args.tol}")
     if args.no_layers and args.no_network:
         raise ValueError("--no-layers and --no-network together leave nothing to check")
     layers = [] if args.no_layers else select_grid(args.only)

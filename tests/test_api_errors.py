@@ -785,3 +785,18 @@ def test_version_and_a_missing_pets_folder(tmp_path, capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"scratchnet {__version__}"
     assert main(["evaluate", "segmentation", "--data", str(tmp_path / "nope")]) == 2
     assert f"no such folder: {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "--data", "d", "--lr", "0"], "argument --lr: expected a number > 0, got 0"),
+    (["train", "--data", "d", "--width", "-1"], "argument --width: expected a number > 0, got -1"),
+    (["train", "--data", "d", "--weight-decay", "inf"], "argument --weight-decay: expected a number >= 0, got inf"),
+    (["localise", "x.jpg", "--pairwise", "-1"], "argument --pairwise: expected a number >= 0, got -1"),
+    (["classmodel", "--class", "1", "--lam", "nan"], "argument --lam: expected a number >= 0, got nan"),
+    (["gradcheck", "--tol", "x"], "argument --tol: expected a number > 0, got 'x'")])
+def test_a_bad_number_is_refused_by_its_flag_before_any_work(argv, says, capsys):
+    """The command line names the flag, not the library argument it becomes (TrainConfig: lr, ...)."""
+    from scratchnet.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err

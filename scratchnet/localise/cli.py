@@ -96,7 +96,7 @@ def _segment_args(p):
                    help="average the saliency maps of the paper's 10 crops (4 corners + centre, mirrored)")
     p.add_argument("--rule", default="gradient", choices=["gradient", "deconvnet", "guided"],
                    help="ReLU backward rule of the map (default: gradient, the paper's saliency)")
-    p.add_argument("--pairwise", type=float, default=None, metavar="W",
+    p.add_argument("--pairwise", type=nonnegative_number, default=None, metavar="W",
                    help="graph-cut pairwise weight gamma (default: tuned per kind of map, "
                         f"{_tuned('pairwise_weight')}; localise.segment's own default is "
                         f"{DEFAULT_PAIRWISE_WEIGHT:g})")
@@ -142,7 +142,8 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-from ..cli import dumps_strict, emit_json as _emit, nonnegative_int, positive_int, unit_fraction  # noqa: E402
+from ..cli import (dumps_strict, emit_json as _emit, nonnegative_int, nonnegative_number,  # noqa: E402
+                   positive_int, unit_fraction)
 
 
 def _load_net(args):

@@ -24,7 +24,7 @@ from ..io.datasets import Dataset, decode_cache, image_folder, open_dataset, tin
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg, nonnegative_int, positive_int
+    from ..cli import add_device_arg, nonnegative_int, nonnegative_number, positive_int, positive_number
     p = sub.add_parser("train", help="train a network from scratch with SGD (checkpoints, --resume)",
                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="TRAIN", help="training images (see above; required unless --resume)")
@@ -35,15 +35,15 @@ def register(sub, ev_sub):
     # --resume can take the run's saved value instead
     p.add_argument("--arch", choices=["paper"], help="network: the paper's (default)")
     p.add_argument("--input-size", type=positive_int, help="square input size in pixels (default 64)")
-    p.add_argument("--width", type=float, help="scale of every hidden width (default 1.0)")
+    p.add_argument("--width", type=positive_number, help="scale of every hidden width (default 1.0)")
     p.add_argument("--classes", type=positive_int, help="use only the first K classes")
     p.add_argument("--per-class", type=positive_int, help="use only the first N training images of each class")
     p.add_argument("--val-from-train", type=positive_int, metavar="START",
                    help="Tiny-ImageNet: validate on training images START.. of each class and train on images "
                         "0..START-1 (e.g. --classes 10 --val-from-train 250: train 0-249, val 250-299)")
     p.add_argument("--batch-size", type=positive_int, help="images per SGD step (default 128)")
-    p.add_argument("--lr", type=float, help="initial learning rate of the step and log schedules (default 0.01)")
-    p.add_argument("--lr-end", type=float, help="--schedule log: the last epoch's rate (default lr/100)")
+    p.add_argument("--lr", type=positive_number, help="initial learning rate of the step and log schedules (default 0.01)")
+    p.add_argument("--lr-end", type=positive_number, help="--schedule log: the last epoch's rate (default lr/100)")
     p.add_argument("--schedule", choices=["step", "log", "piecewise"],
                    help="step (default): x0.1 for the last quarter, at least the last epoch (or at --milestones); "
                         "log: geometric lr -> lr-end; piecewise: the rates of --lr-points")
@@ -53,12 +53,12 @@ def register(sub, ev_sub):
     p.add_argument("--lr-points", nargs="+", metavar="EPOCH:LR",
                    help="--schedule piecewise: rate LR from printed epoch EPOCH on, e.g. 1:0.01 8:0.001 10:0.01")
     p.add_argument("--epochs", type=positive_int, help="epochs of the whole run, resumed ones included (default 20)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="on weights only, not biases (default 5e-4)")
+    p.add_argument("--momentum", type=nonnegative_number, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=nonnegative_number, help="on weights only, not biases (default 5e-4)")
     p.add_argument("--init", choices=["he", "gaussian"],
                    help="he: N(0, 2/fan_in), last layer N(0, 0.01^2) (default); gaussian: N(0, init-std^2)")
-    p.add_argument("--init-std", type=float, default=None, help="--init gaussian: the weights' std (default 0.01)")
-    p.add_argument("--dropout", type=float, help="dropout before fc6 and fc7 (default 0.5)")
+    p.add_argument("--init-std", type=positive_number, default=None, help="--init gaussian: the weights' std (default 0.01)")
+    p.add_argument("--dropout", type=nonnegative_number, help="dropout before fc6 and fc7 (default 0.5)")
     p.add_argument("--seed", type=int, help="seed of the initial weights, the shuffles, the augmentation and "
                                             "dropout (default 0)")
     p.add_argument("--crop", action=__import__("argparse").BooleanOptionalAction,
@@ -67,7 +67,7 @@ def register(sub, ev_sub):
                    help="random horizontal flips (default; --no-flip: none)")
     p.add_argument("--jitter", type=nonnegative_int, metavar="P",
                    help="zero a random rectangle of up to PxP pixels in each image (default 0 = off)")
-    p.add_argument("--scale", type=float, help="input = (image - mean image) * scale (default 1/64)")
+    p.add_argument("--scale", type=positive_number, help="input = (image - mean image) * scale (default 1/64)")
     p.add_argument("--cache", default=os.environ.get("SCRATCHNET_CACHE", "cache"),
                    help="folder for decoded-image caches (default $SCRATCHNET_CACHE or ./cache)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable image files (named on stderr)")

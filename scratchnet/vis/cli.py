@@ -17,7 +17,7 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg, add_model_arg, nonnegative_int, positive_int
+    from ..cli import add_device_arg, add_model_arg, nonnegative_int, nonnegative_number, positive_int, positive_number
     from . import classmodel as cm
 
     p = sub.add_parser("saliency", help="image-specific class saliency maps (paper section 3)")
@@ -44,16 +44,17 @@ def register(sub, ev_sub):
     d = cm.DEFAULTS
     p.add_argument("--steps", type=nonnegative_int, default=d["steps"],
                    help="gradient-ascent steps (default %(default)s; 0 writes the start image)")
-    p.add_argument("--lr", type=float,
+    p.add_argument("--lr", type=positive_number,
                    help=f"--optimiser normalised: grey levels (rms) per step (default {d['lr']}); --optimiser plain: "
                         "the factor of the gradient, which depends on the network's scale (no default: give it)")
-    p.add_argument("--lam", type=float, help=f"L2 weight, per grey level squared (default {d['lam']}; "
+    p.add_argument("--lam", type=nonnegative_number, help=f"L2 weight, per grey level squared (default {d['lam']}; "
                                              f"--regularised: {cm.REGULARISED['lam']})")
     p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"],
                    help="'plain': x += lr * gradient, the textbook ascent; 'normalised': each step scaled to "
                         "an rms of at most lr grey levels, shortened for a class whose objective fell (see "
                         "--fixed-step) (default %(default)s)")
-    p.add_argument("--momentum", type=float, default=d["momentum"], help="momentum of the ascent (default %(default)s)")
+    p.add_argument("--momentum", type=nonnegative_number, default=d["momentum"],
+                   help="momentum of the ascent (default %(default)s)")
     p.add_argument("--fixed-step", action="store_true",
                    help="normalised steps of exactly --lr grey levels (default: each class's step shortens when "
                         "its objective falls and grows back up to --lr; see --step-factors)")
@@ -65,12 +66,14 @@ def register(sub, ev_sub):
                                                           f"(--regularised: {cm.REGULARISED['jitter']})")
     p.add_argument("--blur-every", type=nonnegative_int, help="opt-in: Gaussian blur every K steps "
                                                               f"(--regularised: {cm.REGULARISED['blur_every']})")
-    p.add_argument("--blur-sigma", type=float, help="with --blur-every: the blur's sigma in pixels (default 0.5)")
-    p.add_argument("--clip-pct", type=float, default=0.0, help="opt-in: zero pixels below this norm percentile")
+    p.add_argument("--blur-sigma", type=positive_number,
+                   help="with --blur-every: the blur's sigma in pixels (default 0.5)")
+    p.add_argument("--clip-pct", type=nonnegative_number, default=0.0,
+                   help="opt-in: zero pixels below this norm percentile")
     p.add_argument("--clamp", action="store_true", help="opt-in: keep pixels within 0..255 grey levels")
     p.add_argument("--regularised", action="store_true",
                    help=f"the demo's regularised settings {cm.REGULARISED} where those options are not given")
-    p.add_argument("--start-noise", type=float, default=0.0, metavar="GREY",
+    p.add_argument("--start-noise", type=nonnegative_number, default=0.0, metavar="GREY",
                    help="opt-in: start from Gaussian noise of GREY grey levels (rms) instead of the paper's "
                         "zero image (for a network whose gradient there is exactly 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of --jitter's rolls and --start-noise "
