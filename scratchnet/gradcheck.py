@@ -430,8 +430,9 @@ def register(sub, ev_sub):
     p.add_argument("--model", default="paper",
                    help="the network checked as a whole: 'paper' (the default: the paper's network at 32 px, "
                         "width 1/16, 5 classes), squeezenet1_0, efficientnet_lite0 or a saved network (.npz)")
-    p.add_argument("--class", dest="cls", type=nonnegative_int, default=0,
-                   help="class index of the score whose image gradient is checked (default 0)")
+    p.add_argument("--class", dest="cls", default="0", metavar="C",
+                   help="the class whose score's image gradient is checked: an index, a wnid or a name, as "
+                        "in the other commands (default 0)")
     p.add_argument("--pixels", type=positive_int, default=16,
                    help="input entries checked in the whole network (default 16)")
     p.add_argument("--entries", type=nonnegative_int, default=4,
@@ -466,9 +467,12 @@ def cmd_gradcheck(args):
         raise ValueError("--no-layers and --no-network together leave nothing to check")
     layers = [] if args.no_layers else select_grid(args.only)
     net = None if args.no_network else _network_for_check(args.model)     # bad names and classes: before any work
-    if net is not None and args.cls >= net.num_classes:
-        raise ValueError(f"--class {args.cls} is out of range: the network has {net.num_classes} classes "
-                         f"(0..{net.num_classes - 1})")
+    if net is not None:
+        from .vis.display import resolve_class
+        try:
+            args.cls = resolve_class(net, args.cls)
+        except ValueError as e:
+            raise ValueError(f"--class: {e}") from None
     out = dict(command="gradcheck", tolerance=args.tol, device=args.device, layers=[], network=None)
     failed = []
     if layers:

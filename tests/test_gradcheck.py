@@ -166,7 +166,9 @@ def test_gradcheck_command(capsys):
     # a class the network does not have: refused before any check runs
     assert main(["gradcheck", "--class", "5"]) == 2
     o, err = capsys.readouterr()
-    assert "--class 5 is out of range: the network has 5 classes (0..4)" in err and "conv3x3" not in o
+    assert "--class: class index 5 is out of range: expected 0..4" in err and "conv3x3" not in o
+    assert main(["gradcheck", "--no-layers", "--class", "class 2", "--pixels", "2", "--entries", "0"]) == 0
+    assert "image gradient of class 2's score" in capsys.readouterr().out     # a name, as other commands take
 
 
 # ------------------------------------------------------------------ from a mutation audit of this module
