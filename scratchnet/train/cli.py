@@ -42,7 +42,8 @@ def register(sub, ev_sub):
                    help="Tiny-ImageNet: validate on training images START.. of each class and train on images "
                         "0..START-1 (e.g. --classes 10 --val-from-train 250: train 0-249, val 250-299)")
     p.add_argument("--batch-size", type=positive_int, help="images per SGD step (default 128)")
-    p.add_argument("--lr", type=positive_number, help="initial learning rate of the step and log schedules (default 0.01)")
+    p.add_argument("--lr", type=positive_number,
+                   help="initial learning rate of the step and log schedules (default 0.01)")
     p.add_argument("--lr-end", type=positive_number, help="--schedule log: the last epoch's rate (default lr/100)")
     p.add_argument("--schedule", choices=["step", "log", "piecewise"],
                    help="step (default): x0.1 for the last quarter, at least the last epoch (or at --milestones); "
@@ -57,7 +58,8 @@ def register(sub, ev_sub):
     p.add_argument("--weight-decay", type=nonnegative_number, help="on weights only, not biases (default 5e-4)")
     p.add_argument("--init", choices=["he", "gaussian"],
                    help="he: N(0, 2/fan_in), last layer N(0, 0.01^2) (default); gaussian: N(0, init-std^2)")
-    p.add_argument("--init-std", type=positive_number, default=None, help="--init gaussian: the weights' std (default 0.01)")
+    p.add_argument("--init-std", type=positive_number, default=None,
+                   help="--init gaussian: the weights' std (default 0.01)")
     p.add_argument("--dropout", type=nonnegative_number, help="dropout before fc6 and fc7 (default 0.5)")
     p.add_argument("--seed", type=int, help="seed of the initial weights, the shuffles, the augmentation and "
                                             "dropout (default 0)")

@@ -17,7 +17,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg, add_model_arg, nonnegative_int, nonnegative_number, positive_int, positive_number
+    from ..cli import (add_device_arg, add_model_arg, nonnegative_int, nonnegative_number, positive_int,
+                       positive_number)
     from . import classmodel as cm
 
     p = sub.add_parser("saliency", help="image-specific class saliency maps (paper section 3)")
@@ -47,8 +48,9 @@ def register(sub, ev_sub):
     p.add_argument("--lr", type=positive_number,
                    help=f"--optimiser normalised: grey levels (rms) per step (default {d['lr']}); --optimiser plain: "
                         "the factor of the gradient, which depends on the network's scale (no default: give it)")
-    p.add_argument("--lam", type=nonnegative_number, help=f"L2 weight, per grey level squared (default {d['lam']}; "
-                                             f"--regularised: {cm.REGULARISED['lam']})")
+    p.add_argument("--lam", type=nonnegative_number,
+                   help=f"L2 weight, per grey level squared (default {d['lam']}; --regularised: "
+                        f"{cm.REGULARISED['lam']})")
     p.add_argument("--optimiser", default=d["optimiser"], choices=["normalised", "plain"],
                    help="'plain': x += lr * gradient, the textbook ascent; 'normalised': each step scaled to "
                         "an rms of at most lr grey levels, shortened for a class whose objective fell (see "
