@@ -336,6 +336,9 @@ def test_cli_info_counts_parameters(capsys):
     out, _ = run_cli(["info", "--model", "efficientnet_lite0"], capsys)
     assert out["params"] == 4_631_000                  # EfficientNet-Lite0: 4.6 M parameters (BN folded)
     assert 0.7 < out["gflop"] < 0.85                   # ~0.39 G multiply-adds at 224 x 224
+    top = out["top_level_layers"]                      # what deconv --layer takes, blocks included
+    assert top[0] == "stem" and "block15" in top and not any("." in t for t in top)
+    assert any(r["path"].startswith("block15.") for r in out["layers"])
 
 
 def test_squeezenet_pools_in_ceil_mode():

@@ -232,7 +232,10 @@ def cmd_info(args):
         print(f"{r['path']:<40}{r['type']:<{tw}}{str(tuple(r['out_shape'])):<20}{r['params']:>10}{r['gflop']:>9.4f}")
     params, gflop = sum(r["params"] for r in rows), sum(r["gflop"] for r in rows)
     print(f"{'total':<{60 + tw}}{params:>10}{gflop:>9.3f}")
+    top = [name for name, _ in net.layers]
+    if len(top) < len(rows):            # blocks: their inner layers are listed above, the blocks here
+        print(f"top-level layers (deconv --layer, compare-rules --layers): {', '.join(top)}")
     emit_json(dict(command="info", model=str(args.model), input_shape=list(shape),
                    num_classes=net.num_classes, params=params, gflop=gflop,
-                   preprocess=net.preprocess, layers=rows))
+                   preprocess=net.preprocess, layers=rows, top_level_layers=top))
     return 0
