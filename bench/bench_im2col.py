@@ -37,6 +37,8 @@ LAYERS = [
     ("squeezenet fire8 e3x3", 16, 64, 256, 3, 1, 27),
     ("squeezenet fire9 e3x3", 16, 64, 256, 3, 1, 13),
     ("paper224 conv3", 8, 256, 256, 3, 1, 13),
+    ("squeezenet conv_final", 16, 512, 1000, 1, 1, 13),      # 1x1, pad 1: wide columns add no column
+    ("7x7 unpadded", 16, 8, 512, 7, 0, 14),                  # ow = 8 of Wp = 14: 75% more columns
 ]
 
 
@@ -57,10 +59,11 @@ def main(argv=None):
     for name, n, c, o, k, p, hw in LAYERS:
         conv = Conv2d(c, o, k, 1, p)
         conv.init_params(rng)
+        ow = hw + 2 * p - k + 1                         # stride 1; the padded width is hw + 2p
         x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
-        dy = rng.standard_normal((n, o, hw, hw)).astype(np.float32)
-        extra = 2 * p / hw * o
-        row = dict(layer=name, extra_out_channels=extra, auto_picks_wide=_wide_pays(hw + 2 * p, hw, o))
+        dy = rng.standard_normal((n, o, ow, ow)).astype(np.float32)
+        extra = (hw + 2 * p - ow) / ow * o
+        row = dict(layer=name, extra_out_channels=extra, auto_picks_wide=_wide_pays(hw + 2 * p, ow, o))
         for what, pg in (("train", True), ("saliency", False)):
             times = {"plain": [], "wide": []}
             for mode in ("plain", "wide"):              # warm-up (compilation, allocator)
