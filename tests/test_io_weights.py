@@ -102,6 +102,20 @@ def test_write_read_round_trip_on_random_sparse_layers(rng, tmp_path):
         np.testing.assert_array_equal(back[name][1], b, err_msg=name)
 
 
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(rng, tmp_path, monkeypatch):
+    import os
+    layers = _random_sparse_layers(rng)
+    write_squeezenet_net(tmp_path / "r.net", layers)
+    before = (tmp_path / "r.net").read_bytes()
+
+    def crash(*a):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_squeezenet_net(tmp_path / "r.net", {k: (v[0] * 2, v[1]) for k, v in layers.items()})
+    assert (tmp_path / "r.net").read_bytes() == before and os.listdir(tmp_path) == ["r.net"]
+
+
 def test_a_long_gap_costs_one_filler_entry_per_16_zeros(rng, tmp_path):
     layers = {name: (np.zeros(shape, np.float32), np.zeros(shape[0], np.float32))
               for name, _, shape in SQUEEZENET_LAYERS}

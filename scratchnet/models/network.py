@@ -174,23 +174,31 @@ class Network(Sequential):
 
 
 def atomic_savez(path, arrays):
-    """np.savez to a temporary file in the same folder, then rename: a crash never leaves half a file.
+    """np.savez to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save to {path}: it is a folder; give a file name, e.g. "
+                                f"{path / 'model.npz'}")
+    atomic_write(path, lambda fh: np.savez(fh, **arrays), suffix=".tmp.npz")
+
+
+def atomic_write(path, write, suffix=".tmp"):
+    """write(binary file) into a temporary file in path's folder, then rename it to path.
 
     The temporary is created with O_EXCL and mode 0666, so the kernel applies the process's umask
     (0644 under the usual 022), as for any file the user writes; tempfile.mkstemp would make it 0600,
     and reading the umask means setting it, which is not safe beside other threads."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"cannot save to {path}: it is a folder; give a file name, e.g. "
-                                f"{path / 'model.npz'}")
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _create_exclusive(path.parent, prefix=path.name + ".", suffix=".tmp.npz")
+        fd, tmp = _create_exclusive(path.parent, prefix=path.name + ".", suffix=suffix)
     except OSError as e:
         raise OSError(f"cannot write {path}: {e.strerror or e} (in the folder {path.parent})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
