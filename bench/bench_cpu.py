@@ -8,8 +8,9 @@ Prints, for the paper's network at 224x224 (batch 8 by default):
   * the whole forward, an SGD training step (forward in train mode, backward with weight gradients
     and no image gradient, momentum update) and saliency (backward to the image, no weight gradients);
   * Numba vs NumPy for ReLU and max pooling;
-  * where PyTorch is installed, the same network with the same weights in PyTorch, timed in the same
-    run, and our time over theirs (the ratio is what to compare: these machines are noisy).
+  * where PyTorch is installed, the same network with the same weights in PyTorch, each pass timed
+    alternately with ours, and our time over theirs as the median of the pairs' ratios (the ratio is
+    what to compare: these machines are noisy).
 The last line is one JSON object with everything.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import blas_kernels, gemm_gflops, import_peer_then_scratchnet, median_time  # noqa: E402
+from timing import (alternating, blas_kernels, gemm_gflops, import_peer_then_scratchnet, median_ratio,  # noqa: E402
+                    median_time)
 
 import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -77,7 +79,8 @@ def main():
                     help="timed runs of each pass, the median reported, after one warm-up (default %(default)s; "
                          "3 or more: one run is noisy)")
     ap.add_argument("--threads", type=positive_int, default=os.cpu_count(),
-                    help="threads for both engines (default: the CPU count, %(default)s)")
+                    help="Numba's and PyTorch's threads (default: the CPU count, %(default)s); our GEMMs use "
+                         "OpenBLAS's, set by OPENBLAS_NUM_THREADS (recorded in the JSON)")
     ap.add_argument("--no-torch", action="store_true", help="time scratchnet alone (no PyTorch peer)")
     args = ap.parse_args()
 
@@ -114,14 +117,28 @@ def main():
         net.forward(x)
         return net.backward(onehot, param_grads=False)
 
-    ours = dict(
-        forward=median_time(lambda: net.forward(x), args.repeats),
-        train_step=median_time(lambda: sgd_step(net, x, labels), args.repeats),
-        saliency=median_time(saliency, args.repeats),
-    )
-    result = dict(batch=args.batch, size=args.size, threads=args.threads, gemm_gflops=gemm, blas=blas,
-                  gflop_per_image=total_gflop, layers=rows,
-                  scratchnet={k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in ours.items()})
+    ours_fns = dict(forward=lambda: net.forward(x), train_step=lambda: sgd_step(net, x, labels), saliency=saliency)
+    result = dict(batch=args.batch, size=args.size, threads=args.threads,
+                  openblas_num_threads=os.environ.get("OPENBLAS_NUM_THREADS", "unset"), gemm_gflops=gemm, blas=blas,
+                  gflop_per_image=total_gflop, layers=rows)
+    ours, theirs, ratios = {}, {}, {}
+    if not args.no_torch and torch_available():
+        # the peer in the same run, each pass timed alternately with ours: the ratio is the median of
+        # the pairs' ratios (a machine's speed drifts; the two calls of a pair see the same machine)
+        import torch
+        torch.set_num_threads(args.threads)
+        tnet = to_torch(net)
+        tx, tl = torch.from_numpy(x), torch.from_numpy(labels)
+        opt = torch.optim.SGD(tnet.parameters(), lr=1e-3, momentum=0.9)
+        for k, fn in torch_steps(tnet, opt, tx, tl).items():
+            ta, tb = alternating(ours_fns[k], fn, args.repeats)
+            ours[k], theirs[k], ratios[k] = np.median(ta), np.median(tb), median_ratio(ta, tb)
+        result["torch"] = {k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in theirs.items()}
+        result["torch_version"] = torch.__version__
+        result["ratio_ours_over_torch"] = ratios
+    else:
+        ours = {k: median_time(fn, args.repeats) for k, fn in ours_fns.items()}
+    result["scratchnet"] = {k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in ours.items()}
 
     # Numba vs NumPy for the fused kernels, on conv1's output
     a = net["conv1"].forward(x)
@@ -141,21 +158,11 @@ def main():
         print(f"{k:<18}{tn * 1e3:10.2f}{tp * 1e3:10.2f}{tp / tn:10.1f}x")
     result["numba_vs_numpy"] = {k: dict(numba_ms=tn * 1e3, numpy_ms=tp * 1e3) for k, (tn, tp) in vs.items()}
 
-    if not args.no_torch and torch_available():
-        import torch
-        torch.set_num_threads(args.threads)
-        tnet = to_torch(net)
-        tx, tl = torch.from_numpy(x), torch.from_numpy(labels)
-        opt = torch.optim.SGD(tnet.parameters(), lr=1e-3, momentum=0.9)
-
-        theirs = {k: median_time(fn, args.repeats) for k, fn in torch_steps(tnet, opt, tx, tl).items()}
-        result["torch"] = {k: dict(ms=v * 1e3, img_s=args.batch / v) for k, v in theirs.items()}
-        result["torch_version"] = torch.__version__
-        result["ratio_ours_over_torch"] = {k: ours[k] / theirs[k] for k in ours}
-    print(f"\n{'':<12}{'scratchnet img/s':>18}{'torch img/s':>14}{'time ours/torch':>17}")
+    print(f"\n{'':<12}{'scratchnet img/s':>18}{'torch img/s':>14}{'time ours/torch':>17}   (medians; the ratio: "
+          f"median of {args.repeats} alternating pairs)")
     for k, v in ours.items():
-        tt = result.get("torch", {}).get(k)
-        print(f"{k:<12}{args.batch / v:18.1f}" + (f"{tt['img_s']:14.1f}{v * 1e3 / tt['ms']:17.2f}" if tt else "   (torch not installed)"))
+        print(f"{k:<12}{args.batch / v:18.1f}" + (f"{args.batch / theirs[k]:14.1f}{ratios[k]:17.2f}" if k in theirs
+                                                   else "   (no PyTorch peer)"))
     print(json.dumps(result))
 
 

@@ -7,9 +7,11 @@ For each network and batch size: images per second of
     forward                     x -> scores
     forward + backward          scores -> d/d(image) (param_grads=False: what saliency maps need)
 for scratchnet and, when ``torch`` is importable, for a PyTorch twin built by ``to_torch`` from the very
-same weights (torch.set_num_threads set to the same thread count as Numba), with the ratio
-ours / theirs in time (above 1: we are slower). ``--layers`` adds a per-layer-type forward time table
-(conv 1x1, conv kxk, depthwise, pooling, ...) for both engines at batch 16.
+same weights (torch.set_num_threads set to the same thread count as Numba), each pass timed alternately
+with ours: img/s from the medians, and the ratio ours / theirs in time as the median of the pairs'
+ratios (above 1: we are slower). ``--layers`` adds a per-layer-type forward time table (conv 1x1,
+conv kxk, depthwise, pooling, ...; one timed call per layer after a warm-up) for both engines at the
+largest of --batches.
 Prints a table, then one JSON object as the last line.
 
 Thread settings matter on a small machine: NumPy's OpenBLAS starts its own threads beside Numba's
@@ -29,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import blas_kernels, import_peer_then_scratchnet  # noqa: E402
+from timing import alternating, blas_kernels, import_peer_then_scratchnet, median_ratio  # noqa: E402
 
 import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -42,14 +44,19 @@ from torch_twin import to_torch  # noqa: E402  (the PyTorch twin shared by the b
 # ---------------------------------------------------------------------------------------------
 # a PyTorch twin of any scratchnet network (same weights), for timing and as a numerical oracle
 # ---------------------------------------------------------------------------------------------
-def best_time(fn, repeats):
-    fn()                                        # warm-up (Numba compilation, allocator)
+def timed(fn, repeats):
+    """Seconds of ``repeats`` calls of fn, after one warm-up call (Numba compilation, allocator)."""
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
+
+
+def best_time(fn, repeats):
+    return min(timed(fn, repeats))
 
 
 def ours_fns(net, x):
@@ -144,20 +151,23 @@ def main(argv=None):
 
     rows, layer_rows = [], []
     for name in args.models:
-        net = load(name)
+        try:
+            net = load(name)
+        except ValueError as e:             # an unknown name: one line, exit 2
+            ap.error(str(e))
         tnet = to_torch(net) if torch is not None else None
         c, h, w = net.input_shape
         for bs in args.batches:
             x = np.random.default_rng(0).standard_normal((bs, c, h, w)).astype(np.float32)
-            f, fb = ours_fns(net, x)
-            row = dict(model=name, batch=bs, ours_fwd_img_s=bs / best_time(f, args.repeats),
-                       ours_fwdbwd_img_s=bs / best_time(fb, args.repeats))
-            if tnet is not None:
-                tf, tfb = torch_fns(tnet, x)
-                row.update(torch_fwd_img_s=bs / best_time(tf, args.repeats),
-                           torch_fwdbwd_img_s=bs / best_time(tfb, args.repeats))
-                row.update(ratio_fwd=row["torch_fwd_img_s"] / row["ours_fwd_img_s"],
-                           ratio_fwdbwd=row["torch_fwdbwd_img_s"] / row["ours_fwdbwd_img_s"])
+            row = dict(model=name, batch=bs)
+            theirs = torch_fns(tnet, x) if tnet is not None else (None, None)
+            for what, fn, tfn in zip(("fwd", "fwdbwd"), ours_fns(net, x), theirs):
+                if tfn is None:
+                    row[f"ours_{what}_img_s"] = bs / float(np.median(timed(fn, args.repeats)))
+                    continue
+                ta, tb = alternating(fn, tfn, args.repeats)
+                row.update({f"ours_{what}_img_s": bs / float(np.median(ta)),
+                            f"torch_{what}_img_s": bs / float(np.median(tb)), f"ratio_{what}": median_ratio(ta, tb)})
             rows.append(row)
             print(f"  {name} batch {bs}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
                                                        if isinstance(v, float)), file=sys.stderr, flush=True)

@@ -92,7 +92,10 @@ def main(argv=None):
     threads = torch.get_num_threads() if torch is not None else None
     rows = []
     for name in args.models:
-        net = build(name)
+        try:
+            net = build(name)
+        except ValueError as e:             # an unknown name: one line, exit 2
+            ap.error(str(e))
         rng = np.random.default_rng(0)
         x = (rng.standard_normal((args.batch,) + net.input_shape) * 30 * net.preprocess.get("scale", 1.0)
              if net.preprocess else rng.standard_normal((args.batch,) + net.input_shape)).astype(np.float32)

@@ -5,7 +5,7 @@
 For each width: images/s of one training step (forward in train mode with dropout, softmax
 cross-entropy, backward with weight gradients and no image gradient, SGD momentum + weight decay
 update) for scratchnet and, where torch is importable, for the same network in PyTorch with
-torch.set_num_threads(threads) (median of --steps timed steps after one warm-up step each).
+torch.set_num_threads(threads) (the best of --steps timed steps after one warm-up step each).
 Then a per-layer profile of our step (forward / backward seconds and share of the step) for
 the first width.  The figure to read is our time / theirs, the median over alternating pairs of steps
 (bench/timing.py): this machine is shared and noisy.
@@ -73,9 +73,9 @@ def profile_layers(net, x, y):
 
 
 def main(argv=None):
-    from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
+    from scratchnet.cli import positive_int, positive_number   # else a clear one-line refusal
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.5])
+    ap.add_argument("--widths", type=positive_number, nargs="+", default=[1.0, 0.5])
     ap.add_argument("--batch", type=positive_int, default=128)
     ap.add_argument("--steps", type=positive_int, default=3)
     ap.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads (ours: OPENBLAS_NUM_THREADS)")

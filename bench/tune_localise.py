@@ -40,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--limit", type=positive_int, default=150)
     ap.add_argument("--offset", type=nonnegative_int, default=0)
     ap.add_argument("--ten-crop", action="store_true")
-    ap.add_argument("--rule", default="gradient")
+    ap.add_argument("--rule", default="gradient", choices=["gradient", "deconvnet", "guided"])
     ap.add_argument("--pairwise", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20, 30, 50])
     ap.add_argument("--quantiles", nargs="+", default=["0.95,0.3"],
                     help="fg,bg seed quantile pairs (default: the paper's 0.95,0.3)")
@@ -56,7 +56,8 @@ def main(argv=None):
         if entry is None:
             sys.exit(f"tune_localise: no cached map for {stem} in {cache.folder}; run `scratchnet evaluate "
                      f"localisation --model {args.model} --data {args.data} --cache {args.cache}"
-                     f"{' --ten-crop' if args.ten_crop else ''} --limit {args.offset + args.limit}` first")
+                     f"{' --ten-crop' if args.ten_crop else ''}{'' if args.rule == 'gradient' else ' --rule ' + args.rule}"
+                     f" --limit {args.offset + args.limit}` first")
         records.append(_record(ds, i, stem, img, gt, entry))
 
     base = evaluate(records, methods=("whole_image", "centre_box", "saliency_threshold"))

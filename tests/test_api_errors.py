@@ -725,6 +725,13 @@ def test_the_benchmarks_refuse_bad_settings_in_one_line():
                              "bench_cpu.py: error: paper_net: input_size 5 is too small")):
         p = run_bench("bench_cpu.py", *args)
         assert p.returncode == code and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
+    for script, args, msg in (("bench_pretrained.py", ["--models", "bogus"], "unknown model 'bogus'"),
+                              ("bench_saliency.py", ["--models", "bogus"], "unknown model 'bogus'"),
+                              ("bench_train.py", ["--widths", "0"], "argument --widths: expected a number > 0"),
+                              ("bench_localise.py", ["--pairwise-weight", "-1"], "expected a number >= 0, got -1"),
+                              ("tune_localise.py", ["--rule", "bogus"], "argument --rule: invalid choice")):
+        p = run_bench(script, *args)
+        assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, (script, p.stderr)
 
 
 def test_a_network_repr_lists_its_layers(net):
