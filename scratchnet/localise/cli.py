@@ -399,16 +399,16 @@ def _write_details(path, per_image, records, names):
 
 def cmd_evaluate_segmentation(args):
     from .boxes import largest_component
-    from .evaluate import THRESHOLD_FRACTIONS, load_oxford_pets, mask_iou_trimap
+    from .evaluate import THRESHOLD_FRACTIONS, load_oxford_pets, mask_iou_trimap, oxford_pet_names
     from .graphcut import segment
+    names = oxford_pet_names(args.data)
+    names = [names[i] for i in _subset(len(names), args)]      # only those are decoded
     unreadable = []
-    pets = load_oxford_pets(args.data, skipped=unreadable)     # as the other evaluations: skipped, said
+    pets = load_oxford_pets(args.data, skipped=unreadable, names=names)  # as the other evaluations: skipped, said
     for what in unreadable:
         _say(f"skipping unreadable file: {what}")
     if not pets:
-        raise ValueError(f"no readable photo with its trimap in {args.data}")
-    idx = _subset(len(pets), args)
-    pets = [pets[i] for i in idx]
+        raise ValueError(f"no readable photo with its trimap among the {len(names)} selected in {args.data}")
     net = _load_net(args)
     kw = segment_kwargs(args)
     cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, args.data, not args.no_cache,

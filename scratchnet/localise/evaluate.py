@@ -211,13 +211,8 @@ class PetImage:
     trimap: np.ndarray
 
 
-def load_oxford_pets(root, limit: int | None = None, skipped: list | None = None) -> list:
-    """Read `root`/images/<name>.jpg and `root`/trimaps/<name>.png (e.g. root =
-    ../shared/data/oxford-pets-dev) -> list of PetImage, sorted by name, the first `limit` only.
-    A pair that cannot be decoded raises ValueError naming it, or, given a list `skipped`, is appended
-    to it as "file: reason" and left out."""
-    from PIL import Image
-
+def oxford_pet_names(root) -> list:
+    """The names of `root`'s photo/trimap pairs, images/<name>.jpg and trimaps/<name>.png, sorted."""
     root = Path(root)
     images, trimaps = root / "images", root / "trimaps"
     if not root.is_dir():
@@ -227,8 +222,21 @@ def load_oxford_pets(root, limit: int | None = None, skipped: list | None = None
     names = sorted(p.stem for p in images.glob("*.jpg") if (trimaps / f"{p.stem}.png").exists())
     if not names:
         raise FileNotFoundError(f"load_oxford_pets: no images/<name>.jpg with a trimaps/<name>.png in {root}")
+    return names
+
+
+def load_oxford_pets(root, limit: int | None = None, skipped: list | None = None, names=None) -> list:
+    """Read `root`/images/<name>.jpg and `root`/trimaps/<name>.png (e.g. root =
+    ../shared/data/oxford-pets-dev) -> list of PetImage, sorted by name, the first `limit` only (or
+    those of `names`, from ``oxford_pet_names``). A pair that cannot be decoded raises ValueError
+    naming it, or, given a list `skipped`, is appended to it as "file: reason" and left out."""
+    from PIL import Image
+
+    root = Path(root)
+    images, trimaps = root / "images", root / "trimaps"
+    names = oxford_pet_names(root)[:limit] if names is None else list(names)
     out = []
-    for name in names[:limit]:
+    for name in names:
         path = images / f"{name}.jpg"
         try:
             with Image.open(path) as im:
