@@ -337,8 +337,11 @@ def test_rules_part_above_relus(net, x):
 
 def test_gradient_check_float32_is_at_rounding_level(x):
     net32 = tiny_net(dtype=np.float32)
-    chk = deconv.gradient_check(net32, x[:1].astype(np.float32), "relu2", n_pixels=8)
+    seen = []
+    chk = deconv.gradient_check(net32, x[:1].astype(np.float32), "relu2", n_pixels=8,
+                                progress=lambda done, total: seen.append((done, total)))
     assert chk["max_error_rel_to_max_grad"] < 1e-4
+    assert seen == [(k, 8) for k in range(1, 9)]            # after each pixel (compare-rules' progress lines)
 
 
 def test_forward_to_names_layers(net, x):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -311,8 +312,17 @@ def cmd_compare_rules(args):
              f"{t['guided_vs_gradient']:12.3g} {t['guided_vs_deconvnet']:14.3g}"
              + (f"  ({' and '.join(zero)} zero everywhere)" if zero else ""))
     check_layer = args.check_layer or layers[len(layers) // 2]
-    _say(f"float64 central differences at {args.check_pixels} pixels, layer {check_layer}")
-    chk = gradient_check(net, x, check_layer, args.neuron, args.check_pixels)
+    _say(f"float64 central differences at {args.check_pixels} pixels, layer {check_layer} (two float64 "
+         f"passes a pixel)")
+    t0 = said = time.perf_counter()
+
+    def progress(done, total):                  # a line every 30 s: a large --check-pixels takes long
+        nonlocal said
+        now = time.perf_counter()
+        if now - said >= 30 and done < total:
+            said = now
+            _say(f"  {done}/{total} pixels, about {(now - t0) / done * (total - done):.0f} s to go")
+    chk = gradient_check(net, x, check_layer, args.neuron, args.check_pixels, progress=progress)
     left_out = f" ({chk['kinks']} of {len(chk['pixels'])} pixels left out: their +-eps passes straddle a ReLU kink " \
                "or a pooling switch)" if chk["kinks"] else ""
     if chk["informative"]:

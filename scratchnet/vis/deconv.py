@@ -217,14 +217,15 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
 # ---------------------------------------------------------------------------------------------
 # independent check 1: central differences in float64
 # ---------------------------------------------------------------------------------------------
-def numerical_gradient(net, x, layer, neuron, pixels, eps=None, return_kinks=False):
+def numerical_gradient(net, x, layer, neuron, pixels, eps=None, return_kinks=False, progress=None):
     """d a / d x at the given pixels by float64 central differences, on a float64 copy of the net.
 
     x (1, C, H, W); neuron: index tuple into the layer output of that image; pixels: list of
     (c, i, j). eps defaults to 1e-2 grey levels. Returns (len(pixels),) float64; with return_kinks,
     also a (len(pixels),) bool array: whether each pixel's two passes (x +- eps) switched some ReLU or
     max-pooling window differently (the difference then straddles a point without a derivative, e.g.
-    an input exactly at a ReLU's 0, where the engine's gradient is 0 by convention).
+    an input exactly at a ReLU's 0, where the engine's gradient is 0 by convention). progress: None,
+    or a callable given (pixels done, pixels) after each pixel.
     """
     from ..gradcheck import branch_pattern, same_branches
     from .classmodel import grey_level
@@ -244,10 +245,12 @@ def numerical_gradient(net, x, layer, neuron, pixels, eps=None, return_kinks=Fal
         (fp, bp), (fm, bm) = f(xp_), f(xm)
         out.append((fp - fm) / (2 * eps))
         kinks.append(not same_branches(bp, bm))
+        if progress is not None:
+            progress(len(out), len(pixels))
     return (np.array(out), np.array(kinks, bool)) if return_kinks else np.array(out)
 
 
-def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
+def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0, progress=None) -> dict:
     """The paper's claim, checked: the rule="gradient" reconstruction of a neuron equals the gradient
     of its activation. Compares the engine's reconstruction (the net's own dtype) at ``n_pixels``
     pixels (half the largest, half random) with float64 central differences. x (1, C, H, W).
@@ -257,7 +260,7 @@ def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
     pixels whose central difference straddles a ReLU kink or a pooling switch are left out
     (``kinks`` counts them). None, with ``informative`` False, when nothing is left to compare or
     when both sides are zero throughout (a dead neuron, or an image sitting on every ReLU's kink:
-    agreement of zeros shows nothing)."""
+    agreement of zeros shows nothing). progress: as numerical_gradient's."""
     check_int("gradient_check", "n_pixels", n_pixels, 1)
     x = to_numpy(x)[:1]
     rec = reconstruct(net, x, layer, "gradient", neuron)
@@ -269,7 +272,7 @@ def gradient_check(net, x, layer, neuron="max", n_pixels=8, seed=0) -> dict:
     rest = np.setdiff1d(np.arange(g.size), flat)                  # distinct pixels: none checked twice
     flat += rng.choice(rest, n_pixels - len(flat), replace=False).tolist()
     pixels = [tuple(int(v) for v in np.unravel_index(k, g.shape)) for k in flat]
-    num, kinks = numerical_gradient(net, x, layer, rec.neurons[0], pixels, return_kinks=True)
+    num, kinks = numerical_gradient(net, x, layer, rec.neurons[0], pixels, return_kinks=True, progress=progress)
     ana = np.array([g[p] for p in pixels], np.float64)
     keep = ~kinks
     scale = max(float(np.abs(g).max()), float(np.abs(num[keep]).max(initial=0.0)))
