@@ -330,6 +330,13 @@ def test_evaluate_maps_labels_of_a_subset_network_by_wnid(tmp_path, capsys):
     assert out["matched_by"] == "wnid" and out["flip"] is False
     flipped, _ = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data", "--flip"], capsys)
     assert flipped["top1"] == 1.0                   # mirrored solid colours score the same
+    second, _ = run_cli(["evaluate", "classification", "--model", path, "--data", tmp_path / "data", "--offset", "1"],
+                        capsys)                     # as localisation: skip the first K (matched) images
+    assert second["images"] == 1 and second["offset"] == 1
+    from scratchnet.cli import main
+    assert main(["evaluate", "classification", "--model", str(path), "--data", str(tmp_path / "data"),
+                 "--offset", "2"]) == 2
+    assert "--offset 2 leaves no images" in capsys.readouterr().err
 
 
 def test_cli_info_counts_parameters(capsys):

@@ -26,7 +26,7 @@ MODE_HELP = ("how a photo becomes the network input: 'crop' resizes the shorter 
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg, add_model_arg, positive_int
+    from ..cli import add_device_arg, add_model_arg, nonnegative_int, positive_int
 
     p = sub.add_parser("classify", help="top-k classes of photos (softmax probabilities and raw scores)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
@@ -42,6 +42,8 @@ def register(sub, ev_sub):
                    help="imagenet-val-dev (images/ + boxes.csv), Tiny-ImageNet (its root = its val split, or "
                         "its train/ or val/ folder) or an ImageFolder (<root>/<class wnid or name>/<image>)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
+    p.add_argument("--offset", type=nonnegative_int, default=0,
+                   help="skip the first K images (default 0), as evaluate localisation / segmentation do")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)
     p.add_argument("--flip", action="store_true",
@@ -144,7 +146,10 @@ def cmd_evaluate(args):
     net = _load(args)
     ds = open_dataset(args.data, root_split="val")      # a Tiny-ImageNet root: its held-out split
     keep, targets, how = matched_images(net, ds, "evaluate", str(args.data))
-    idx = keep if args.limit is None else keep[:args.limit]        # --limit >= 1, and keep is not empty
+    if args.offset >= len(keep):
+        raise ValueError(f"--offset {args.offset} leaves no images: {args.data} has {len(keep)} of the network's "
+                         f"classes")
+    idx = keep[args.offset:] if args.limit is None else keep[args.offset:args.offset + args.limit]
 
     progress = Progress()                   # redrawn on a terminal, a line every 30 s in a log
     t0 = time.time()
@@ -179,7 +184,8 @@ def cmd_evaluate(args):
         progress.done(f"evaluate: 0/{len(idx)} images, {time.time() - t0:.1f} s")
         raise ValueError(f"no readable images among the {len(idx)} selected in {args.data}")
     progress.done(f"evaluate: {done}/{len(idx)} images, {accuracy()}, {time.time() - t0:.1f} s")
-    result = dict(command="evaluate classification", model=str(args.model), data=str(args.data), mode=args.mode,
+    result = dict(command="evaluate classification", model=str(args.model), data=str(args.data), offset=args.offset,
+                  mode=args.mode,
                   flip=args.flip, images=done, top1=top1 / done, top5=top5 / done if with_top5 else None,
                   seconds=round(time.time() - t0, 2),
                   matched_by=how, unmatched_images=len(ds) - len(keep), skipped_unreadable=skipped)
