@@ -101,6 +101,13 @@ def _int_at_least(text: str, low: int) -> int:
     return v
 
 
+def offset_limit(n, args, what="photos"):
+    """Items --offset.. of n, at most --limit of them (the parser has checked offset >= 0, limit >= 1)."""
+    if args.offset >= n:
+        raise ValueError(f"--offset {args.offset} leaves no {what}: the data set has {n}")
+    return range(args.offset, n if args.limit is None else min(n, args.offset + args.limit))
+
+
 def positive_number(text: str) -> float:
     """argparse type of a rate, a width, a scale or a tolerance: a finite number > 0."""
     return _number(text, "> 0", lambda v: v > 0)

@@ -143,21 +143,13 @@ def _say(msg):
 
 
 from ..cli import (dumps_strict, emit_json as _emit, nonnegative_int, nonnegative_number,  # noqa: E402
-                   positive_int, unit_fraction)
+                   offset_limit, positive_int, unit_fraction)
 
 
 def _load_net(args):
     from ..models import load
     _say(f"loading {args.model}")
     return load(args.model, device=args.device)
-
-
-def _subset(n, args):
-    """Photos offset.. of n, at most limit of them (the parser has checked offset >= 0, limit >= 1)."""
-    stop = n if args.limit is None else min(n, args.offset + args.limit)
-    if args.offset >= n:
-        raise ValueError(f"--offset {args.offset} leaves no photos: the data set has {n}")
-    return range(args.offset, stop)
 
 
 class MapCache:
@@ -356,7 +348,7 @@ def cmd_evaluate_localisation(args):
     ds = boxes_dataset(args.data)
     net = _load_net(args)
     keep, targets, _ = matched_images(net, ds, "evaluate localisation", str(args.data))
-    idx = [int(keep[i]) for i in _subset(len(keep), args)]
+    idx = [int(keep[i]) for i in offset_limit(len(keep), args)]
     kw = segment_kwargs(args)
     res, records = localisation_error(
         net, ds, idx, targets, model_key=args.model, cache_root=args.cache, cache=not args.no_cache,
@@ -401,14 +393,14 @@ def cmd_evaluate_segmentation(args):
     from .boxes import largest_component
     from .evaluate import THRESHOLD_FRACTIONS, load_oxford_pets, mask_iou_trimap, oxford_pet_names
     from .graphcut import segment
-    names = oxford_pet_names(args.data)
-    names = [names[i] for i in _subset(len(names), args)]      # only those are decoded
+    every = oxford_pet_names(args.data)
+    chosen = [every[i] for i in offset_limit(len(every), args)]       # only those are decoded
     unreadable = []
-    pets = load_oxford_pets(args.data, skipped=unreadable, names=names)  # as the other evaluations: skipped, said
+    pets = load_oxford_pets(args.data, skipped=unreadable, names=chosen)  # as the other evaluations: skipped, said
     for what in unreadable:
         _say(f"skipping unreadable file: {what}")
     if not pets:
-        raise ValueError(f"no readable photo with its trimap among the {len(names)} selected in {args.data}")
+        raise ValueError(f"no readable photo with its trimap among the {len(chosen)} selected in {args.data}")
     net = _load_net(args)
     kw = segment_kwargs(args)
     cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, args.data, not args.no_cache,

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ..backend import to_numpy
-from ..cli import emit_json
+from ..cli import emit_json, offset_limit
 from ..io.classnames import normalise_name
 from ..progress import Progress
 from ..vis.display import network_wnids
@@ -146,10 +146,8 @@ def cmd_evaluate(args):
     net = _load(args)
     ds = open_dataset(args.data, root_split="val")      # a Tiny-ImageNet root: its held-out split
     keep, targets, how = matched_images(net, ds, "evaluate", str(args.data))
-    if args.offset >= len(keep):
-        raise ValueError(f"--offset {args.offset} leaves no images: {args.data} has {len(keep)} of the network's "
-                         f"classes")
-    idx = keep[args.offset:] if args.limit is None else keep[args.offset:args.offset + args.limit]
+    chosen = offset_limit(len(keep), args, "images")            # of the matched images
+    idx = keep[chosen.start:chosen.stop]
 
     progress = Progress()                   # redrawn on a terminal, a line every 30 s in a log
     t0 = time.time()
