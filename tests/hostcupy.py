@@ -262,7 +262,11 @@ def _function(name, f):
 
 
 def __getattr__(name):
-    """Any other cupy.X: NumPy's X, taking and returning device arrays (types and constants as is)."""
+    """Any other cupy.X: NumPy's X, taking and returning device arrays (types and constants as is).
+    Not the dunder names: NumPy's ``__path__`` would make this module a package to the import system,
+    and ``import cupy._core`` would then load NumPy's ``_core`` a second time under that name."""
+    if name.startswith("__") and name.endswith("__"):
+        raise AttributeError(f"module 'cupy' (tests/hostcupy.py) has no attribute {name!r}")
     attr = getattr(np, name)
     USED[f"cupy.{name}"] += 1
     if isinstance(attr, (types.FunctionType, types.BuiltinFunctionType, np.ufunc)) or (
@@ -391,6 +395,17 @@ cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, g
                              cublas=_cublas())
 __version__ = "0.0-host"
 _core = None        # CuPy's private helpers (gpu_problem's look at the CUDA headers): none here
+
+
+def stand_in_for_cupy(monkeypatch):
+    """``import cupy`` gives this module for the rest of a test, and ``from cupy.x import y`` fails as
+    it would on this module alone: a real CuPy's submodules that an earlier test imported (cupy._core,
+    ...) are hidden from sys.modules until the test ends, so code that reaches for CuPy's private
+    switches (kernels/gpu.py's set_tf32) is told they are not there instead of getting the real
+    CuPy's beside the stand-in's arrays."""
+    monkeypatch.setitem(sys.modules, "cupy", sys.modules[__name__])
+    for name in [n for n in sys.modules if n.startswith("cupy.")]:
+        monkeypatch.delitem(sys.modules, name)
 
 
 # --- RawModule on the emulated kernels (tests/emu_site: a rehearsal of the GPU scripts) -----------

@@ -944,6 +944,10 @@ def test_real_cupy_library_check_agrees_with_cupy(real_cupy, monkeypatch):
     cupy = real_cupy
     monkeypatch.setattr(backend, "_cupy", cupy)
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    # gpu_problem remembers a pass for this CuPy module: undone with the pretended device, or later
+    # tests would take this machine for one with a GPU (where NVRTC and cuBLAS both load, as with
+    # cupy-cuda13x and torch's CUDA wheels)
+    monkeypatch.setattr(backend, "_gpu_checked_for", None)
     loaded = []
     for name, check in (("nvrtc", lambda: cupy.cuda.nvrtc.getVersion()),
                         ("cublas", lambda: __import__("cupy_backends.cuda.libs.cublas", fromlist=["x"]).setMathMode)):
@@ -970,12 +974,28 @@ def test_set_tf32_finds_its_switches_in_real_cupy(real_cupy):
     assert importlib.util.find_spec("cupy_backends.cuda.libs.cublas") is not None
 
 
+def test_the_stand_in_hides_a_real_cupys_switches_from_set_tf32(monkeypatch):
+    """With tests/hostcupy.py as ``cupy``, set_tf32 says CuPy's switches are missing, also after a real
+    CuPy's private modules were imported in this process (a real cupy._core beside the stand-in's
+    arrays once took set_tf32 on to cupy.cuda.device, which the stand-in lacks: an AttributeError in
+    the benchmark's tests wherever cuBLAS loads). Nor does the stand-in pass for a package."""
+    try:
+        import cupy._core._routines_linalg  # noqa: F401     the real one, where CuPy is installed
+    except Exception:
+        pass
+    monkeypatch.setattr(gpu, "_tf32_choice", gpu._tf32_choice)          # set_tf32 records its argument
+    hostcupy.stand_in_for_cupy(monkeypatch)
+    with pytest.raises(RuntimeError, match=r"set_tf32: CuPy 0\.0-host lacks the switches this uses \(No module named 'cupy\._core'"):
+        gpu.set_tf32(False)
+    assert not hasattr(hostcupy, "__path__")
+
+
 @pytest.mark.parametrize("choice", [None, False, True])
 def test_scratchnet_tf32_in_the_environment_yields_to_set_tf32(monkeypatch, choice):
     """$SCRATCHNET_TF32=1 turns TF32 on when the CuPy backend is made, unless set_tf32 was called
     before (bench_gpu.py forbids TF32 for its float32 run, then makes the backend)."""
     calls = []
-    monkeypatch.setitem(sys.modules, "cupy", hostcupy)
+    hostcupy.stand_in_for_cupy(monkeypatch)
     monkeypatch.setattr(gpu, "set_tf32", calls.append)
     monkeypatch.setattr(gpu, "_tf32_choice", choice)
     monkeypatch.setenv("SCRATCHNET_TF32", "1")

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 def host_gpu(emulator_lib, monkeypatch):
     """scratchnet sees a GPU: hostcupy arrays, kernels from the emulator, outputs poisoned."""
     monkeypatch.setattr(backend, "_cupy", hostcupy)
-    monkeypatch.setitem(sys.modules, "cupy", hostcupy)     # code importing cupy itself gets the same
+    hostcupy.stand_in_for_cupy(monkeypatch)               # code importing cupy itself gets the same
     monkeypatch.setenv("SCRATCHNET_POISON", "1")
     emu = EmuBackend(emulator_lib, hostcupy)
     old = gpu.use_backend(emu)
@@ -324,6 +324,8 @@ def torch_as_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    # a CUDA build of torch would look for the GPU's compute capability here; the CPU build says None
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: None)
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch, "as_tensor", lambda a, device=None, **k: as_tensor(a, **k))
     return torch
@@ -475,7 +477,7 @@ def test_the_cupy_backend_itself_on_emulated_raw_modules(emulator_lib, monkeypat
     tests above replace, here run on hostcupy's emulated RawModule (as tests/emu_site does for the
     GPU scripts' rehearsal): every kernel it can be asked for resolves and runs."""
     monkeypatch.setattr(backend, "_cupy", hostcupy)
-    monkeypatch.setitem(sys.modules, "cupy", hostcupy)
+    hostcupy.stand_in_for_cupy(monkeypatch)
     monkeypatch.setattr(hostcupy, "RawModule", None, raising=False)      # undone after the test
     hostcupy.install_emulated_raw_module()
     old = gpu.use_backend(None)                 # the CuPy backend, made on first use
