@@ -23,6 +23,7 @@ in every failure message. Tolerance: the largest difference over the largest CPU
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import os
@@ -980,7 +981,7 @@ def test_the_stand_in_hides_a_real_cupys_switches_from_set_tf32(monkeypatch):
     arrays once took set_tf32 on to cupy.cuda.device, which the stand-in lacks: an AttributeError in
     the benchmark's tests wherever cuBLAS loads). Nor does the stand-in pass for a package."""
     try:
-        import cupy._core._routines_linalg  # noqa: F401     the real one, where CuPy is installed
+        importlib.import_module("cupy._core._routines_linalg")     # the real one, where CuPy is installed
     except Exception:
         pass
     monkeypatch.setattr(gpu, "_tf32_choice", gpu._tf32_choice)          # set_tf32 records its argument
