@@ -434,3 +434,51 @@ def test_maxpool_with_bottom_pad_unlike_left_pad_equals_padded_reference(pads, w
     np.testing.assert_array_equal(y[0, 0], want)
     np.testing.assert_array_equal(y, maxpool_reference(x, (2, 2), (2, 2), pads, False)[0])
     np.testing.assert_array_equal(x.reshape(-1)[pool._cache], y)          # each switch points at its max
+
+
+
+_NO_JIT_CHILD = """
+import sys, numpy as np
+from scratchnet.models import load
+net = load(sys.argv[1])
+x = np.load(sys.argv[2])
+s = net.forward(x)
+onehot = np.zeros_like(s); onehot[:, 3] = 1
+maps = {r: net.backward(onehot, rule=r, param_grads=False) for r in ("gradient", "deconvnet", "guided")}
+np.savez(sys.argv[3], scores=s, **maps)
+import numba
+print("DISABLE_JIT", int(numba.config.DISABLE_JIT))
+"""
+
+
+@pytest.mark.parametrize("disable_jit", ["1", "0"])
+def test_the_kernels_give_the_same_maps_as_plain_python(tmp_path, disable_jit):
+    """NUMBA_DISABLE_JIT=1 (the README's way to step into a kernel with a debugger) runs every Numba
+    kernel as the Python it is written in: a network's scores and its three reconstructions come out
+    as the compiled kernels give them (to float32 rounding: compiled sums may be ordered otherwise).
+    With "0" the child compiles as usual: the comparison itself is checked to hold."""
+    import os
+    import subprocess
+    import sys
+    from scratchnet.models import load, paper_net
+    from scratchnet.train import init_network
+    net = paper_net(32, num_classes=5, width=0.125)
+    init_network(net, seed=1)
+    net.save(tmp_path / "net.npz")
+    net = load(tmp_path / "net.npz")
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "NUMBA_DISABLE_JIT": disable_jit}
+    r = subprocess.run([sys.executable, "-c", _NO_JIT_CHILD, str(tmp_path / "net.npz"), str(tmp_path / "x.npy"),
+                        str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"DISABLE_JIT {disable_jit}" in r.stdout, r.stdout
+    child = np.load(tmp_path / "out.npz")
+    s = net.forward(x)
+    onehot = np.zeros_like(s)
+    onehot[:, 3] = 1
+    np.testing.assert_allclose(child["scores"], s, rtol=1e-5, atol=1e-6)
+    for rule in ("gradient", "deconvnet", "guided"):
+        mine = net.backward(onehot, rule=rule, param_grads=False)
+        assert np.abs(mine).max() > 0, rule
+        np.testing.assert_allclose(child[rule], mine, rtol=1e-4, atol=1e-5 * np.abs(mine).max(), err_msg=rule)
