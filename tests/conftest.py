@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SCRATCHNET_SHARED", ROOT.parent / "shared"))
 
 
+#: the user's settings that change what a command does by default; a test that wants one sets it itself
+USER_SETTINGS = ("SCRATCHNET_CACHE", "SCRATCHNET_DEVICE", "SCRATCHNET_IMPORT", "SCRATCHNET_TF32")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_settings(monkeypatch):
+    """A test sees none of USER_SETTINGS from the shell that started pytest: with SCRATCHNET_CACHE set,
+    a training test without --cache wrote its data cache into the user's folder, and left it there."""
+    for name in USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "README.md").exists():

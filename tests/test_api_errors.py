@@ -693,9 +693,12 @@ def test_a_read_only_cache_folder_is_accepted_and_a_read_only_details_file_is_no
         check_output_paths(argparse.Namespace(out=str(cache)))
 
 
-def test_a_closed_pipe_ends_a_command_quietly(tmp_path, monkeypatch, capsys):
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path, capsys, monkeypatch):
     """`scratchnet info | head -1` used to end in a BrokenPipeError traceback; the pipe is stood in for
-    by a stdout whose reader has gone (an OS pipe would take the whole output into its buffer)."""
+    by a stdout whose reader has gone (an OS pipe would take the whole output into its buffer).
+    capsys comes before monkeypatch: fixtures end in reverse order, so monkeypatch puts capsys's stdout
+    back before capsys puts the real one back (the other way round left sys.stdout a closed capture
+    for the rest of a `pytest -s` run)."""
     import io
     import sys
     from scratchnet.cli import main

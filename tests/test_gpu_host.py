@@ -37,6 +37,10 @@ def host_gpu(emulator_lib, monkeypatch):
     monkeypatch.setattr(backend, "_cupy", hostcupy)
     hostcupy.stand_in_for_cupy(monkeypatch)               # code importing cupy itself gets the same
     monkeypatch.setenv("SCRATCHNET_POISON", "1")
+    # what the test's commands and benchmarks remember for the process, put back after it: the GPU
+    # check's pass (for the stand-in) and set_tf32's last choice (bench_gpu.py makes one)
+    monkeypatch.setattr(backend, "_gpu_checked_for", backend._gpu_checked_for)
+    monkeypatch.setattr(gpu, "_tf32_choice", gpu._tf32_choice)
     emu = EmuBackend(emulator_lib, hostcupy)
     old = gpu.use_backend(emu)
     try:
@@ -283,10 +287,11 @@ def test_a_training_step_waits_for_the_device_twice_and_saliency_once(host_gpu):
     assert by_file() == {("to_host", "network.py"): 1}
 
 
-def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys):
+def test_bench_gpu_runs_on_the_emulated_device(host_gpu, capsys, monkeypatch):
     """bench/bench_gpu.py end to end at toy size, its GPU path through kernels/gpu.py and the emulated
     kernels: catches a broken benchmark before it costs GPU time. Checks the logic, not the numbers."""
     import runpy
+    monkeypatch.setattr(sys, "path", list(sys.path))          # the script puts bench/ on it
     bench = runpy.run_path(str(HERE.parent / "bench" / "bench_gpu.py"))
     bench["main"].__globals__["torch_available"] = lambda: pytest.fail("bench_gpu --no-torch looked for torch")
     rc = bench["main"](["--batches", "2", "--size", "32", "--repeats", "1", "--warmup", "0",
@@ -326,17 +331,21 @@ def torch_as_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     # a CUDA build of torch would look for the GPU's compute capability here; the CPU build says None
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: None)
+    for flags, name in ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "allow_tf32"),
+                        (torch.backends.cuda.matmul, "allow_tf32")):   # bench_gpu.py sets them
+        monkeypatch.setattr(flags, name, getattr(flags, name))
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch, "as_tensor", lambda a, device=None, **k: as_tensor(a, **k))
     return torch
 
 
-def test_bench_gpu_pytorch_half_runs(torch_as_cuda, host_gpu, capsys):
+def test_bench_gpu_pytorch_half_runs(torch_as_cuda, host_gpu, capsys, monkeypatch):
     """The PyTorch (cuDNN) half of bench/bench_gpu.py, which only a GPU machine with torch reaches: run
     here with torch on the CPU posing as CUDA, beside our emulated device. Its forward check against
     ours, its three timings and the ratios come out; the TF32 switches read back off. Not in CI (no
     torch there); catches a slip in code that otherwise first runs in the one GPU call."""
     import runpy
+    monkeypatch.setattr(sys, "path", list(sys.path))          # the script puts bench/ on it
     bench = runpy.run_path(str(HERE.parent / "bench" / "bench_gpu.py"))
     rc = bench["main"](["--batches", "2", "--size", "32", "--repeats", "1", "--warmup", "1", "--sgemm-n", "64"])
     assert rc == 0

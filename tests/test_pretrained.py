@@ -89,13 +89,12 @@ def test_registered_efficientnet_is_the_folded_float32_network(effnet):
 
 
 @pytest.mark.parametrize("padding", ["same", "symmetric"])
-def test_efficientnet_matches_a_pytorch_twin(padding):
+def test_efficientnet_matches_a_pytorch_twin(padding, monkeypatch):
     """The same weights run by PyTorch (bench/torch_twin.py's ``to_torch``) give the same scores:
     a check of the engine's depthwise, SAME-padded and residual layers against an independent engine."""
     torch = pytest.importorskip("torch")
-    import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
     from torch_twin import to_torch
     net = efficientnet_lite0(padding=padding)
     x = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)   # even: SAME pads (0, 1)
