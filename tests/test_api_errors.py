@@ -693,12 +693,12 @@ def test_a_read_only_cache_folder_is_accepted_and_a_read_only_details_file_is_no
         check_output_paths(argparse.Namespace(out=str(cache)))
 
 
-def test_a_closed_pipe_ends_a_command_quietly(tmp_path, capsys, monkeypatch):
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path, capsys):
     """`scratchnet info | head -1` used to end in a BrokenPipeError traceback; the pipe is stood in for
     by a stdout whose reader has gone (an OS pipe would take the whole output into its buffer).
-    capsys comes before monkeypatch: fixtures end in reverse order, so monkeypatch puts capsys's stdout
-    back before capsys puts the real one back (the other way round left sys.stdout a closed capture
-    for the rest of a `pytest -s` run)."""
+    sys.stdout is put back inside the test, not by monkeypatch: capsys takes its own stdout away when
+    the test's call ends, and monkeypatch, undone later, would then make that closed capture
+    sys.stdout for the rest of a `pytest -s` run."""
     import io
     import sys
     from scratchnet.cli import main
@@ -707,9 +707,27 @@ def test_a_closed_pipe_ends_a_command_quietly(tmp_path, capsys, monkeypatch):
     class Gone(io.TextIOBase):
         def write(self, text):
             raise BrokenPipeError(32, "Broken pipe")
-    monkeypatch.setattr(sys, "stdout", Gone())
-    assert main(["info", "--model", str(path)]) == 1
+    captured, sys.stdout = sys.stdout, Gone()
+    try:
+        rc = main(["info", "--model", str(path)])
+    finally:
+        sys.stdout = captured
+    assert rc == 1
     assert capsys.readouterr().err == ""
+
+
+def test_the_closed_pipe_test_leaves_stdout_open_under_pytest_s():
+    """Run without output capture (`pytest -s`, as one does to watch a test), the closed-pipe test above
+    used to leave sys.stdout a closed capture: every later print failed, pytest's own at exit too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                        "tests/test_api_errors.py", "-k", "closed_pipe_ends or batch_size_first"],
+                       capture_output=True, text=True, check=False, cwd=root)
+    assert r.returncode == 0 and "2 passed" in r.stdout, (r.stdout + r.stderr)[-3000:]
+    assert "closed file" not in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
 
 
 def test_network_output_shape_says_it_takes_the_batch_size_first(net):
