@@ -331,12 +331,16 @@ def torch_as_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     # a CUDA build of torch would look for the GPU's compute capability here; the CPU build says None
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: None)
-    for flags, name in ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "allow_tf32"),
-                        (torch.backends.cuda.matmul, "allow_tf32")):   # bench_gpu.py sets them
-        monkeypatch.setattr(flags, name, getattr(flags, name))
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch, "as_tensor", lambda a, device=None, **k: as_tensor(a, **k))
-    return torch
+    # bench_gpu.py sets these flags; put back by hand (monkeypatch's undo, in newer pytest, deletes an
+    # attribute that was not in the object's own __dict__, and these are torch's properties)
+    flags = [(torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "allow_tf32"),
+             (torch.backends.cuda.matmul, "allow_tf32")]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in flags]
+    yield torch
+    for owner, name, value in saved:
+        setattr(owner, name, value)
 
 
 def test_bench_gpu_pytorch_half_runs(torch_as_cuda, host_gpu, capsys, monkeypatch):
