@@ -90,7 +90,9 @@ from .display import on_net_device, prepare_pixels, resolve_classes, stretch, to
 #: ``--lr 1 --pairs 0.9:1.05`` 44.6, 390.3; ``--lr 4`` 24.1, 393.4 (lr 2 ends highest of the three on both).
 STEP_DOWN, STEP_UP = 0.9, 1.05
 DEFAULTS = dict(steps=100, lr=2.0, lam=1e-5, optimiser="normalised", momentum=0.0)
-#: the opt-in regularisers (and the lighter L2) of the demo's "regularised" class models
+#: the opt-in regularisers, off (the paper's ascent), and as the demo's "regularised" class models
+#: take them (with a lighter L2)
+REGULARISERS_OFF = dict(jitter=0, blur_every=0, blur_sigma=0.5)
 REGULARISED = dict(lam=1e-6, jitter=8, blur_every=4, blur_sigma=0.5)
 
 
@@ -146,9 +148,10 @@ def step_control_applies(optimiser, jitter=0, blur_every=0, clip_pct=0.0) -> boo
 
 
 def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DEFAULTS["lam"],
-                optimiser=DEFAULTS["optimiser"], momentum=DEFAULTS["momentum"], jitter=0, blur_every=0,
-                blur_sigma=0.5, clip_pct=0.0, clamp=False, score_layer="auto", seed=0, progress=None,
-                progress_every=20, start_noise=0.0, step_control=True,
+                optimiser=DEFAULTS["optimiser"], momentum=DEFAULTS["momentum"],
+                jitter=REGULARISERS_OFF["jitter"], blur_every=REGULARISERS_OFF["blur_every"],
+                blur_sigma=REGULARISERS_OFF["blur_sigma"], clip_pct=0.0, clamp=False, score_layer="auto", seed=0,
+                progress=None, progress_every=20, start_noise=0.0, step_control=True,
                 step_factors=(STEP_DOWN, STEP_UP)) -> ClassModel:
     """Gradient ascent of J(I) = S_c(I) - lam ||I/u||^2 from the zero image; see the module docstring.
 

@@ -70,7 +70,7 @@ def register(sub, ev_sub):
     p.add_argument("--blur-every", type=nonnegative_int, help="opt-in: Gaussian blur every K steps "
                                                               f"(--regularised: {cm.REGULARISED['blur_every']})")
     p.add_argument("--blur-sigma", type=positive_number,
-                   help="with --blur-every: the blur's sigma in pixels (default 0.5)")
+                   help=f"with --blur-every: the blur's sigma in pixels (default {cm.REGULARISERS_OFF['blur_sigma']})")
     p.add_argument("--clip-pct", type=nonnegative_number, default=0.0,
                    help="opt-in: zero pixels below this norm percentile")
     p.add_argument("--clamp", action="store_true", help="opt-in: keep pixels within 0..255 grey levels")
@@ -227,7 +227,7 @@ def cmd_classmodel(args):
     if args.optimiser == "plain" and args.fixed_step:
         raise ValueError("--fixed-step fixes the 'normalised' optimiser's step length; --optimiser plain has none")
     # given options, else --regularised's settings, else the defaults
-    fallback = dict(cm.DEFAULTS, jitter=0, blur_every=0, blur_sigma=0.5)
+    fallback = dict(cm.DEFAULTS, **cm.REGULARISERS_OFF)
     if args.regularised:
         fallback.update(cm.REGULARISED)
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else fallback[k]
