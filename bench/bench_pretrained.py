@@ -25,13 +25,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternating, blas_kernels, import_peer_then_scratchnet, median_ratio  # noqa: E402
+from timing import (alternating, blas_kernels, import_peer_then_scratchnet, median_ratio,  # noqa: E402
+                    median_time)
 
 import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -39,24 +39,6 @@ import numpy as np  # noqa: E402
 
 from scratchnet.layers import Concat, Conv2d, Residual, Sequential  # noqa: E402
 from torch_twin import to_torch  # noqa: E402  (the PyTorch twin shared by the benches)
-
-
-# ---------------------------------------------------------------------------------------------
-# a PyTorch twin of any scratchnet network (same weights), for timing and as a numerical oracle
-# ---------------------------------------------------------------------------------------------
-def timed(fn, repeats):
-    """Seconds of ``repeats`` calls of fn, after one warm-up call (Numba compilation, allocator)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def best_time(fn, repeats):
-    return min(timed(fn, repeats))
 
 
 def ours_fns(net, x):
@@ -118,13 +100,13 @@ def per_layer_times(net, x, tnet=None):
     for layer, shape in leaves:
         xin = rng.standard_normal(shape).astype(np.float32)
         kind = layer_kind(layer)
-        ours[kind] += best_time(lambda: layer.forward(xin), 1)
+        ours[kind] += median_time(lambda: layer.forward(xin), 1)
         if tnet is not None:
             import torch
             tl = to_torch(Sequential([("l", layer)]))
             xt = torch.from_numpy(xin)
             with torch.no_grad():
-                theirs[kind] += best_time(lambda: tl(xt), 1)
+                theirs[kind] += median_time(lambda: tl(xt), 1)
     return ours, theirs
 
 
@@ -163,7 +145,7 @@ def main(argv=None):
             theirs = torch_fns(tnet, x) if tnet is not None else (None, None)
             for what, fn, tfn in zip(("fwd", "fwdbwd"), ours_fns(net, x), theirs):
                 if tfn is None:
-                    row[f"ours_{what}_img_s"] = bs / float(np.median(timed(fn, args.repeats)))
+                    row[f"ours_{what}_img_s"] = bs / median_time(fn, args.repeats)
                     continue
                 ta, tb = alternating(fn, tfn, args.repeats)
                 row.update({f"ours_{what}_img_s": bs / float(np.median(ta)),
