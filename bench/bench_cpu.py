@@ -7,7 +7,8 @@ Prints, for the paper's network at 224x224 (batch 8 by default):
     float32 GEMM rate;
   * the whole forward, an SGD training step (forward in train mode, backward with weight gradients
     and no image gradient, momentum update) and saliency (backward to the image, no weight gradients);
-  * Numba vs NumPy for ReLU and max pooling;
+  * Numba vs NumPy for ReLU, max pooling, and the convolution's copies around its GEMMs (the output
+    rows to NCHW with the bias added, the output gradient to rows);
   * where PyTorch is installed, the same network with the same weights in PyTorch, each pass timed
     alternately with ours, and our time over theirs as the median of the pairs' ratios (the ratio is
     what to compare: these machines are noisy).
@@ -146,16 +147,27 @@ def main():
     dy = rng.standard_normal(a.shape).astype(np.float32)
     pool = net["pool1"]
     oh, ow = pool.output_shape(a.shape)[2:]
+    n, o, ah, aw = a.shape
+    rows, bias = np.ascontiguousarray(a.transpose(1, 0, 2, 3)).reshape(o, -1), net["conv1"].params["b"]
+
+    def to_nchw_numpy():                 # Conv2d's copy to NCHW and bias add, as NumPy does them: two passes
+        out = np.ascontiguousarray(rows.reshape(o, n, ah * aw).transpose(1, 0, 2)).reshape(a.shape)
+        out += bias.reshape(1, o, 1, 1)
+        return out
     vs = dict(
+        conv_rows_to_nchw=(median_time(lambda: kernels.rows_to_nchw(rows, n, (ah, aw), bias)),
+                           median_time(to_nchw_numpy)),
+        conv_nchw_to_rows=(median_time(lambda: kernels.nchw_to_rows(dy)),
+                           median_time(lambda: np.ascontiguousarray(dy.reshape(n, o, -1).transpose(1, 0, 2)))),
         relu_fwd=(median_time(lambda: kernels.relu_forward(a)), median_time(lambda: np.maximum(a, 0))),
         relu_bwd_guided=(median_time(lambda: kernels.relu_backward(dy, y, 2)),
                          median_time(lambda: dy * ((a > 0) & (dy > 0)))),
         maxpool_fwd=(median_time(lambda: kernels.maxpool_forward(a, (3, 3), (2, 2), (0, 0, 0, 0), (oh, ow))),
                      median_time(lambda: maxpool_numpy(a, (3, 3), (2, 2), (oh - 1, ow - 1)))),
     )
-    print(f"\n{'kernel':<18}{'numba ms':>10}{'numpy ms':>10}{'speed-up':>10}   (input {tuple(a.shape)})")
+    print(f"\n{'kernel':<20}{'numba ms':>10}{'numpy ms':>10}{'speed-up':>10}   (conv1's output {tuple(a.shape)})")
     for k, (tn, tp) in vs.items():
-        print(f"{k:<18}{tn * 1e3:10.2f}{tp * 1e3:10.2f}{tp / tn:10.1f}x")
+        print(f"{k:<20}{tn * 1e3:10.2f}{tp * 1e3:10.2f}{tp / tn:10.1f}x")
     result["numba_vs_numpy"] = {k: dict(numba_ms=tn * 1e3, numpy_ms=tp * 1e3) for k, (tn, tp) in vs.items()}
 
     print(f"\n{'':<12}{'scratchnet img/s':>18}{'torch img/s':>14}{'time ours/torch':>17}   (medians; the ratio: "

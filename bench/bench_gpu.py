@@ -298,7 +298,7 @@ def host_mask_ms(net, batch, size, repeats=5):
 
 #: a convolution's parts as conv_parts times them (Conv2d's order), the GEMMs among them, and the
 #: backward parts that only the input gradient needs
-FWD_PARTS = ("pad", "im2col", "gemm", "to_nchw", "bias")
+FWD_PARTS = ("pad", "im2col", "gemm", "to_nchw")
 BWD_PARTS = ("db", "dy_rows", "dW", "dcols", "col2im", "unpad")
 GEMM_PARTS = ("gemm", "dW", "dcols")
 INPUT_GRAD_PARTS = ("dcols", "col2im", "unpad")
@@ -306,7 +306,8 @@ INPUT_GRAD_PARTS = ("dcols", "col2im", "unpad")
 
 def conv_parts(net, acts, ours_time, cp, sgemm):
     """Each plain (im2col) convolution of ``net`` taken apart, on its real input acts[i], in the order
-    Conv2d runs them: forward = padding, im2col, GEMM, copy to NCHW, bias; backward (weights and input)
+    Conv2d runs them: forward = padding, im2col, GEMM, copy to NCHW with the bias added (one kernel,
+    rows_to_nchw); backward (weights and input)
     = bias gradient, dy to (O, N*P) rows, dW GEMM, dcols GEMM, col2im, unpadding. Milliseconds, GEMM
     rates as shares of the SGEMM rate, and the sums beside the layer's measured forward and backward.
     The dW part is the engine's (kernels.weight_grad: S = dw_split slices); dW_by_S_ms times it at other
@@ -322,28 +323,23 @@ def conv_parts(net, acts, ours_time, cp, sgemm):
         _, o, oh, ow = layer.output_shape(x.shape)
         pads = layer.pads_for(h, w)
         W2 = layer.params["W"].reshape(o, -1)
-        b4 = layer.params["b"].reshape(1, o, 1, 1)
         k, np_ = W2.shape[1], n * oh * ow
         xpad = pad_nchw(x, pads)
         cols = kernels.im2col(xpad, layer.kernel, layer.stride, (oh, ow))
         y2 = cp.matmul(W2, cols)
-        y = cp.ascontiguousarray(y2.reshape(o, n, oh * ow).transpose(1, 0, 2)).reshape(n, o, oh, ow)
+        y = kernels.rows_to_nchw(y2, n, (oh, ow), layer.params["b"])
         dy = cp.ones_like(y)
-        dy2 = cp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2)).reshape(o, np_)
+        dy2 = kernels.nchw_to_rows(dy)
         dcols = cp.matmul(W2.T, dy2)
         dxpad = kernels.col2im(dcols, xpad.shape, layer.kernel, layer.stride, (oh, ow))
         gflop = 2 * o * k * np_ / 1e9
-
-        def add_bias():
-            y[...] += b4                     # in place, as Conv2d does
         r = dict(layer=name, o=o, k=k, np=np_)
         r["pad_ms"] = ours_time(lambda: pad_nchw(x, pads)) * 1e3
         r["im2col_ms"] = ours_time(lambda: kernels.im2col(xpad, layer.kernel, layer.stride, (oh, ow))) * 1e3
         r["gemm_ms"] = ours_time(lambda: cp.matmul(W2, cols)) * 1e3
-        r["to_nchw_ms"] = ours_time(lambda: cp.ascontiguousarray(y2.reshape(o, n, oh * ow).transpose(1, 0, 2))) * 1e3
-        r["bias_ms"] = ours_time(add_bias) * 1e3
+        r["to_nchw_ms"] = ours_time(lambda: kernels.rows_to_nchw(y2, n, (oh, ow), layer.params["b"])) * 1e3
         r["db_ms"] = ours_time(lambda: dy.sum(axis=(0, 2, 3))) * 1e3
-        r["dy_rows_ms"] = ours_time(lambda: cp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2))) * 1e3
+        r["dy_rows_ms"] = ours_time(lambda: kernels.nchw_to_rows(dy)) * 1e3
         r["dW_ms"] = ours_time(lambda: kernels.weight_grad(dy2, cols)) * 1e3
         r["dW_S"] = gpu.dw_split(o, k, np_)
         r["dW_by_S_ms"] = {S: ours_time(lambda: gpu.weight_grad(dy2, cols, S)) * 1e3

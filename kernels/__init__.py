@@ -183,6 +183,46 @@ def weight_grad(dy2, cols):
     return np.matmul(dy2, cols.T)
 
 
+def rows_to_nchw(rows, n, out_hw, bias=None):
+    """A convolution's GEMM output, rows (O, N*oh*Wr), -> y (N, O, oh, ow) plus bias (O,) when given: the
+    copy to NCHW and the bias add in one pass. Wr >= ow is the rows' length over N*oh: ow, or the
+    padded width of the wide layout, whose columns q >= ow are dropped."""
+    if _on_gpu(rows):
+        return _gpu().rows_to_nchw(rows, n, out_hw, bias)
+    o, wr, oh, ow = _rows_geometry("rows_to_nchw", rows, n, out_hw, bias)
+    y = _empty((n, o, oh, ow), rows.dtype)
+    b = np.empty(0, rows.dtype) if bias is None else np.ascontiguousarray(bias, dtype=rows.dtype)
+    cpu_im2col.rows_to_nchw(np.ascontiguousarray(rows).reshape(o, n, oh, wr), b, bias is not None, y)
+    return y
+
+
+def nchw_to_rows(dy, row_width=None):
+    """dy (N, O, oh, ow) -> rows (O, N*oh*Wr), the layout of the GEMM's output, for the backward's GEMMs;
+    Wr = row_width (default ow) >= ow, zeros in the columns q >= ow."""
+    if _on_gpu(dy):
+        return _gpu().nchw_to_rows(dy, row_width)
+    n, o, oh, ow = dy.shape
+    wr = ow if row_width is None else int(row_width)
+    if wr < ow:
+        raise ValueError(f"nchw_to_rows: rows of width {wr} cannot hold {ow} output columns")
+    rows = _empty((o, n, oh, wr), dy.dtype)
+    cpu_im2col.nchw_to_rows(np.ascontiguousarray(dy), rows)
+    return rows.reshape(o, n * oh * wr)
+
+
+def _rows_geometry(who, rows, n, out_hw, bias):
+    """(O, Wr, oh, ow) of rows (O, N*oh*Wr) for an (N, O, oh, ow) output, or a ValueError saying what
+    does not fit."""
+    oh, ow = (int(v) for v in out_hw)
+    if rows.ndim != 2 or n * oh <= 0 or rows.shape[1] % (n * oh) or rows.shape[1] // (n * oh) < ow:
+        raise ValueError(f"{who}: expected rows (O, N*oh*Wr) with N={n}, oh={oh} and Wr >= ow={ow}, "
+                         f"got shape {tuple(rows.shape)}")
+    o = rows.shape[0]
+    if bias is not None and tuple(bias.shape) != (o,):
+        raise ValueError(f"{who}: expected a bias of shape ({o},), got {tuple(bias.shape)}")
+    return o, rows.shape[1] // (n * oh), oh, ow
+
+
 def im2col_wide(xpad, kernel, out_h):
     """Stride 1 only, CPU only: xpad (N, C, Hp, Wp) -> cols (C*kh*kw, N*oh*Wp), each piece one copy of
     oh*Wp values (the output is computed on the padded width; columns q >= ow are junk)."""

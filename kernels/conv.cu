@@ -63,3 +63,40 @@ __global__ void col2im_gather(const T* __restrict__ cols, T* __restrict__ dxpad,
         dxpad[e] = acc;
     }
 }
+
+// The GEMM's rows <-> NCHW (twins of cpu_im2col.py's, same layouts). W @ cols leaves a convolution's
+// output channel-major, rows (O, N, oh, wr) with wr >= ow (on the GPU wr == ow: the wide layout is
+// CPU-only); the forward wants y (N, O, oh, ow) plus the bias, the backward dy as rows again.
+
+// rows -> y (N, O, oh, ow), + bias[channel] where has_bias (bias is then O long; otherwise any valid
+// pointer, never read): the copy and the bias add in one pass. One thread per element of y, so the
+// writes of a warp are contiguous, and so are its reads along a row.
+template <typename T>
+__global__ void rows_to_nchw(const T* __restrict__ rows, const T* __restrict__ bias, T* __restrict__ y,
+                             const idx_t total, const int n, const int o, const int oh, const int ow,
+                             const int wr, const int has_bias) {
+    const int hw = oh * ow;                               // gpu.py checks oh*ow and n*o < 2**31
+    GRID_STRIDE_LOOP(e, total) {                          // total = n * o * oh * ow
+        const int plane = (int)(e / hw);                  // (image, channel); one 64-bit division
+        const int pix = (int)(e - (idx_t)plane * hw);
+        const int ch = plane % o, img = plane / o;
+        const int p = pix / ow, q = pix - p * ow;
+        const T v = rows[(((idx_t)ch * n + img) * oh + p) * wr + q];
+        y[e] = has_bias ? v + bias[ch] : v;
+    }
+}
+
+// dy (N, O, oh, ow) -> rows (O, N, oh, wr), zeros in the columns q >= ow. One thread per element of
+// rows (the output it owns).
+template <typename T>
+__global__ void nchw_to_rows(const T* __restrict__ dy, T* __restrict__ rows, const idx_t total, const int n,
+                             const int o, const int oh, const int ow, const int wr) {
+    const int hw = oh * wr;                               // gpu.py checks oh*wr and o*n < 2**31
+    GRID_STRIDE_LOOP(e, total) {                          // total = o * n * oh * wr
+        const int plane = (int)(e / hw);                  // (channel, image); one 64-bit division
+        const int pix = (int)(e - (idx_t)plane * hw);
+        const int img = plane % n, ch = plane / n;
+        const int p = pix / wr, q = pix - p * wr;
+        rows[e] = q < ow ? dy[(((idx_t)img * o + ch) * oh + p) * ow + q] : T(0);
+    }
+}

@@ -101,3 +101,51 @@ def col2im_wide(cols, kh, kw, oh, wp, dx):
                 start = i * wp + j
                 m = min(length, plane - start)
                 dx[ni, ci, start:start + m] += cols[r, d:d + m]
+
+
+# ---------------------------------------------------------------------------------------------
+# the GEMM's rows <-> NCHW: the copies on either side of the convolution's GEMMs
+# ---------------------------------------------------------------------------------------------
+# W @ cols leaves the output as rows (O, N*oh*Wr): channel-major, Wr = ow (or the padded width Wp of
+# the wide layout, whose columns q >= ow are junk). The forward copies them to (N, O, oh, ow) and adds
+# the bias, here in one pass over the output instead of NumPy's two (a transposing copy, then +=);
+# the backward lays dy out as rows again, zeros in the junk columns. Threads take (image, channel)
+# planes; each plane is oh contiguous runs of ow values on both sides.
+
+@nb.njit(parallel=True, cache=True)
+def rows_to_nchw(rows, bias, has_bias, y):
+    """rows (O, N, oh, Wr) -> y (N, O, oh, ow), ow <= Wr (columns q >= ow dropped), plus bias[o] where
+    has_bias (bias (O,); ignored otherwise), written into the y given."""
+    o, n, oh, _ = rows.shape
+    ow = y.shape[3]
+    for t in nb.prange(n * o):
+        ni = t // o
+        oi = t % o
+        for p in range(oh):
+            src = rows[oi, ni, p]
+            dst = y[ni, oi, p]
+            if has_bias:
+                b = bias[oi]
+                for q in range(ow):
+                    dst[q] = src[q] + b
+            else:
+                for q in range(ow):
+                    dst[q] = src[q]
+
+
+@nb.njit(parallel=True, cache=True)
+def nchw_to_rows(dy, rows):
+    """dy (N, O, oh, ow) -> rows (O, N, oh, Wr), Wr >= ow, zeros in columns q >= ow; written into the
+    rows given."""
+    n, o, oh, ow = dy.shape
+    wr = rows.shape[3]
+    for t in nb.prange(o * n):
+        oi = t // n
+        ni = t % n
+        for p in range(oh):
+            src = dy[ni, oi, p]
+            dst = rows[oi, ni, p]
+            for q in range(ow):
+                dst[q] = src[q]
+            for q in range(ow, wr):
+                dst[q] = 0

@@ -13,8 +13,9 @@ prepended and a float and a double instantiation of each template asked for by n
     pool.cu  maxpool_fwd, maxpool_bwd_gather,                           cpu_pool.py,
              avgpool_fwd, avgpool_bwd_gather                            AvgPool2d (layers/pool.py)
     lrn.cu   lrn_fwd, lrn_bwd                                           cpu_lrn.py
-    conv.cu  im2col, col2im_gather (the GEMMs are cuBLAS: cupy.matmul,  cpu_im2col.py
-             and weight_grad's strided-batched GEMM)
+    conv.cu  im2col, col2im_gather, rows_to_nchw (the GEMM's output to   cpu_im2col.py
+             NCHW, bias added), nchw_to_rows (the GEMMs are cuBLAS:
+             cupy.matmul, and weight_grad's strided-batched GEMM)
     loss.cu  softmax_xent_fwd_bwd                                       layers/loss.py
     sgd.cu   sgd_momentum_update                                        train/sgd.py
 
@@ -59,7 +60,7 @@ KERNELS = {
     "relu.cu": ("relu_fwd", "relu_bwd_gradient", "relu_bwd_deconvnet", "relu_bwd_guided"),
     "pool.cu": ("maxpool_fwd", "maxpool_bwd_gather", "avgpool_fwd", "avgpool_bwd_gather"),
     "lrn.cu": ("lrn_fwd", "lrn_bwd"),
-    "conv.cu": ("im2col", "col2im_gather"),
+    "conv.cu": ("im2col", "col2im_gather", "rows_to_nchw", "nchw_to_rows"),
     "loss.cu": ("softmax_xent_fwd_bwd",),
     "sgd.cu": ("sgd_momentum_update",),
 }
@@ -364,6 +365,35 @@ def col2im(cols, padded_shape, kernel, stride, out_hw):
     _launch("col2im_gather", cols.dtype, dxpad.size,
             (cols, dxpad, _i64(dxpad.size), *map(_i32, (n, c, hp, wp, kh, kw, sh, sw, oh, ow))))
     return dxpad
+
+
+def rows_to_nchw(rows, n, out_hw, bias=None):
+    """rows (O, N*oh*Wr) -> y (N, O, oh, ow), + bias (O,) when given, in one pass (Wr >= ow; columns
+    q >= ow dropped)."""
+    from . import _rows_geometry
+    rows = _float_array(rows, "rows_to_nchw")
+    o, wr, oh, ow = _rows_geometry("rows_to_nchw", rows, n, out_hw, bias)
+    if bias is not None:
+        bias = backend().xp.ascontiguousarray(bias, dtype=rows.dtype)
+    _i32(n * o), _i32(oh * ow)                     # the kernel's plane and pixel arithmetic is 32-bit
+    y = _out((n, o, oh, ow), rows.dtype)
+    _launch("rows_to_nchw", rows.dtype, y.size,
+            (rows, rows if bias is None else bias, y, _i64(y.size), *map(_i32, (n, o, oh, ow, wr)),
+             np.int32(bias is not None)))       # without a bias, rows stands in for the pointer (never read)
+    return y
+
+
+def nchw_to_rows(dy, row_width=None):
+    """dy (N, O, oh, ow) -> rows (O, N*oh*Wr), Wr = row_width (default ow) >= ow, zeros in columns q >= ow."""
+    dy = _nchw(_float_array(dy, "nchw_to_rows"), "nchw_to_rows")
+    n, o, oh, ow = dy.shape
+    wr = ow if row_width is None else int(row_width)
+    if wr < ow:
+        raise ValueError(f"nchw_to_rows: rows of width {wr} cannot hold {ow} output columns")
+    _i32(o * n), _i32(oh * wr)
+    rows = _out((o, n * oh * wr), dy.dtype)
+    _launch("nchw_to_rows", dy.dtype, rows.size, (dy, rows, _i64(rows.size), *map(_i32, (n, o, oh, ow, wr))))
+    return rows
 
 
 #: dW's split rule (``dw_split``): cuBLAS's output tile edge assumed, the most tiles a result may have

@@ -317,6 +317,27 @@ def test_maxpool_switches_and_im2col_are_bit_identical_to_cpu(dev, fresh, dtype)
         np.testing.assert_array_equal(dev.get(back_d), back, err_msg=f"col2im {kernel} {stride} {fresh.where}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_rows_to_nchw_and_back_are_bit_identical_to_cpu(dev, fresh, dtype):
+    """The copies around the convolution's GEMMs (the forward's with its bias add) are copies and one
+    add each: the CPU's bits, with and without a bias, for rows as wide as ow and wider (junk dropped
+    forward, zeros backward), and an (N, O) plane count above the rows' channel count."""
+    for o, n, oh, ow, wr in ((6, 3, 4, 5, 5), (5, 7, 3, 2, 4), (1, 2, 1, 1, 1)):
+        rows = fresh.normal((o, n * oh * wr), dtype)
+        bias = fresh.normal((o,), dtype)
+        dy = fresh.normal((n, o, oh, ow), dtype)
+        for b in (None, bias):
+            y = kernels.rows_to_nchw(rows, n, (oh, ow), b)
+            with dev.active():
+                y_d = kernels.rows_to_nchw(dev.put(rows), n, (oh, ow), None if b is None else dev.put(b))
+            np.testing.assert_array_equal(dev.get(y_d), y, err_msg=f"rows_to_nchw {(o, n, oh, ow, wr)} "
+                                                                    f"bias={b is not None} {fresh.where}")
+        want = kernels.nchw_to_rows(dy, wr)
+        with dev.active():
+            got = kernels.nchw_to_rows(dev.put(dy), wr)
+        np.testing.assert_array_equal(dev.get(got), want, err_msg=f"nchw_to_rows {(o, n, oh, ow, wr)} {fresh.where}")
+
+
 # ---------------------------------------------------------------------------------------------
 # the weight gradient's GEMM, summed in slices
 # ---------------------------------------------------------------------------------------------

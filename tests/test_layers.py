@@ -167,6 +167,47 @@ def test_wide_im2col_col2im_equal_plain_ones(k, dtype):
                                kernels.col2im(dplain, xpad.shape, k, (1, 1), (oh, ow)), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("wr", [5, 7], ids=["plain", "wide"])
+def test_rows_to_nchw_and_back_are_numpys_copies_and_bias_add(wr, dtype, monkeypatch):
+    """The copies on either side of the convolution's GEMMs, rows (O, N*oh*Wr) <-> (N, O, oh, ow) (Wr > ow:
+    the wide layout's junk columns), with the bias added on the way forward, give the bits of NumPy's
+    transposing copy and +=; every output element is written (poisoned outputs), junk columns are 0."""
+    monkeypatch.setenv("SCRATCHNET_POISON", "1")
+    rng = np.random.default_rng(0)
+    o, n, oh, ow = 6, 3, 4, 5
+    rows = rng.standard_normal((o, n * oh * wr)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    want = np.ascontiguousarray(rows.reshape(o, n, oh, wr)[..., :ow].transpose(1, 0, 2, 3))
+    np.testing.assert_array_equal(kernels.rows_to_nchw(rows, n, (oh, ow)), want)
+    want += bias.reshape(1, o, 1, 1)
+    y = kernels.rows_to_nchw(rows, n, (oh, ow), bias)
+    assert y.dtype == dtype and y.flags.c_contiguous
+    np.testing.assert_array_equal(y, want)
+    back = kernels.nchw_to_rows(y, wr)
+    assert back.shape == (o, n * oh * wr) and back.dtype == dtype
+    want_rows = np.zeros((o, n, oh, wr), dtype)
+    want_rows[..., :ow] = y.transpose(1, 0, 2, 3)
+    np.testing.assert_array_equal(back, want_rows.reshape(o, -1))
+    if wr == ow:
+        np.testing.assert_array_equal(kernels.nchw_to_rows(y), back)         # the default width is ow
+    flipped = y[:, ::-1, :, ::-1]                                             # a view, not contiguous
+    np.testing.assert_array_equal(kernels.nchw_to_rows(flipped, wr), kernels.nchw_to_rows(flipped.copy(), wr))
+    np.testing.assert_array_equal(kernels.rows_to_nchw(back[::-1], n, (oh, ow)), y[:, ::-1])   # rows reversed
+
+
+def test_rows_to_nchw_and_back_say_what_does_not_fit():
+    rows = np.zeros((6, 3 * 4 * 5), np.float32)
+    with pytest.raises(ValueError, match=r"rows_to_nchw: expected rows \(O, N\*oh\*Wr\) with N=3, oh=4 and Wr >= ow=6"):
+        kernels.rows_to_nchw(rows, 3, (4, 6))
+    with pytest.raises(ValueError, match=r"rows_to_nchw: expected rows .* with N=7"):
+        kernels.rows_to_nchw(rows, 7, (4, 5))
+    with pytest.raises(ValueError, match=r"rows_to_nchw: expected a bias of shape \(6,\), got \(5,\)"):
+        kernels.rows_to_nchw(rows, 3, (4, 5), np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match=r"nchw_to_rows: rows of width 4 cannot hold 5 output columns"):
+        kernels.nchw_to_rows(np.zeros((3, 6, 4, 5), np.float32), 4)
+
+
 def test_wide_columns_are_chosen_where_they_pay():
     from scratchnet.layers.conv import _wide_pays
     assert _wide_pays(57, 55, 64)            # SqueezeNet fire2 expand3x3: 4% more columns

@@ -7,10 +7,11 @@ Shapes: x (N, C, H, W); W (O, C // groups, kh, kw); b (O,); y (N, O, oh, ow).
 im2col lays every receptive field of the whole batch out as a column: cols (C*kh*kw, N*oh*ow),
 so the convolution of the batch is ONE GEMM (it stays efficient for small 13x13 or 4x4 maps):
 
-    y   = W.reshape(O, -1) @ cols             (O, N*oh*ow), then transposed to (N, O, oh, ow)
+    y   = W.reshape(O, -1) @ cols             (O, N*oh*ow) rows, then copied to (N, O, oh, ow) with
+                                               the bias added on the way (kernels.rows_to_nchw)
 
-Backward is the same algebra transposed, again one GEMM each. With dy laid out like y before the
-transpose, (O, N*oh*ow), y = W @ cols gives
+Backward is the same algebra transposed, again one GEMM each. With dy laid out as the rows of y,
+(O, N*oh*ow) (kernels.nchw_to_rows), y = W @ cols gives
 
     dW    = dy @ cols.T                        (O, C/G*kh*kw), one GEMM per group G; on the GPU a
                                                small dW over a long N*oh*ow (conv1) is summed in
@@ -213,6 +214,7 @@ class Conv2d(Layer):
         _, o, oh, ow = self.output_shape(x.shape)
         pads = self.pads_for(h, w)
         W, g = self.params["W"], self.groups
+        b = self.params["b"] if self.has_bias else None
         if self.depthwise and W.shape[1] == 1:
             xpad = pad_nchw(x, pads)
             y = kernels.depthwise_forward(xpad, W, self.stride, (oh, ow))
@@ -222,22 +224,20 @@ class Conv2d(Layer):
             x3 = x.reshape(n, g, c // g, h * w)
             y = xp.matmul(W.reshape(g, o // g, c // g), x3)                   # (N, G, O/G, HW)
             self._cache = ("pointwise", x3, None)
-        elif self._use_wide(x, pads, o, ow):
-            xpad = pad_nchw(x, pads)
-            wp = xpad.shape[3]
-            cols = kernels.im2col_wide(xpad, self.kernel, oh)                 # (K, N*oh*Wp)
-            y = _grouped_matmul(W.reshape(g, o // g, -1), cols.reshape(g, -1, n * oh * wp))
-            y = xp.ascontiguousarray(y.reshape(o, n, oh, wp)[:, :, :, :ow].transpose(1, 0, 2, 3))
-            self._cache = ("wide", cols, xpad.shape, pads)
         else:
             xpad = pad_nchw(x, pads)
-            cols = kernels.im2col(xpad, self.kernel, self.stride, (oh, ow))   # (K, N*P)
-            y = _grouped_matmul(W.reshape(g, o // g, -1), cols.reshape(g, -1, n * oh * ow))  # (G, O/G, N*P)
-            y = xp.ascontiguousarray(y.reshape(o, n, oh * ow).transpose(1, 0, 2))
-            self._cache = ("gemm", cols, xpad.shape, pads)
+            if self._use_wide(x, pads, o, ow):
+                cols = kernels.im2col_wide(xpad, self.kernel, oh)             # (K, N*oh*Wp): Wr = Wp
+                self._cache = ("wide", cols, xpad.shape, pads)
+            else:
+                cols = kernels.im2col(xpad, self.kernel, self.stride, (oh, ow))  # (K, N*oh*ow): Wr = ow
+                self._cache = ("gemm", cols, xpad.shape, pads)
+            rows = _grouped_matmul(W.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1]))  # (G, O/G, N*oh*Wr)
+            # to (N, O, oh, ow) with the bias added, one pass (the wide layout's junk columns dropped)
+            return self.kept_output(kernels.rows_to_nchw(rows.reshape(o, -1), n, (oh, ow), b))
         y = y.reshape(n, o, oh, ow)
-        if self.has_bias:
-            y += self.params["b"].reshape(1, o, 1, 1)
+        if b is not None:
+            y += b.reshape(1, o, 1, 1)
         return self.kept_output(y)
 
     def _use_wide(self, x, pads, o, ow):
@@ -275,9 +275,7 @@ class Conv2d(Layer):
         _, cols, padded_shape, pads = self._cache
         if kind == "wide":
             wp = padded_shape[3]
-            dyw = xp.zeros((o, n, oh, wp), dtype=dy.dtype)                   # junk columns get 0
-            dyw[:, :, :, :ow] = dy.transpose(1, 0, 2, 3)
-            dy2 = dyw.reshape(g, o // g, n * oh * wp)
+            dy2 = kernels.nchw_to_rows(dy, wp).reshape(g, o // g, n * oh * wp)  # junk columns get 0
             if param_grads:
                 self.grads["W"] = _grouped_matmul(dy2, cols.reshape(g, -1, n * oh * wp), trans_b=True).reshape(W.shape)
             if not input_grad:
@@ -285,7 +283,7 @@ class Conv2d(Layer):
             dcols = _grouped_matmul(Wg, dy2, trans_a=True)                      # (G, K/G, N*oh*Wp)
             dxpad = kernels.col2im_wide(dcols.reshape(-1, n * oh * wp), padded_shape, self.kernel, oh)
             return _unpad(dxpad, pads)
-        dy2 = xp.ascontiguousarray(dy.reshape(n, o, oh * ow).transpose(1, 0, 2)).reshape(g, o // g, n * oh * ow)
+        dy2 = kernels.nchw_to_rows(dy).reshape(g, o // g, n * oh * ow)       # dy laid out as the rows of y
         colsg = cols.reshape(g, -1, n * oh * ow)                               # (G, K/G, N*P)
         if param_grads:                                                        # one GEMM per group
             dW = kernels.weight_grad(dy2[0], cols) if g == 1 else _grouped_matmul(dy2, colsg, trans_b=True)
