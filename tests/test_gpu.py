@@ -582,9 +582,12 @@ def compare_network(dev, fresh, rule, dtype):
     few ulps of 0, or two nearly tied values in a pooling window, then goes the other way on the two
     devices, and one such flip moves a gradient by 1e-3 to 1e-2. So a float32 comparison that fails
     is repeated on new inputs and weights, up to 3 draws: a broken kernel fails every draw, a flip
-    rarely fails even one (``first_draw_failure_rate``; the emulated device sums as the CPU does and
-    never flips). float64 gets one draw. A pass after a failed draw is reported as a warning."""
-    draws = 3 if dtype == np.float32 and dev.name != "emulated" else 1
+    rarely fails even one (``first_draw_failure_rate``). The emulated device flips too, though its
+    GEMMs are the CPU's: kernels/cpu_lrn.py computes s**-0.75 through a float64 1/sqrt(s) (Numba's
+    math.sqrt), lrn.cu in the array's type, so LRN outputs differ in their last bit, and about one draw
+    in 100 of rule "gradient" puts a conv3 pre-activation on the other side of 0 (FRESH_SEED=386794046
+    does). float64 gets one draw. A pass after a failed draw is reported as a warning."""
+    draws = 3 if dtype == np.float32 else 1
     failures = []
     for _ in range(draws):
         problems = _network_differences(dev, fresh, rule, dtype)
@@ -639,7 +642,7 @@ def test_float32_network_comparison_allows_for_another_summation_order(fresh, ru
     ([["a"], [], ["x"]], np.float32, "cuda", 2, 0),               # a flip, then a pass (warned)
     ([["a"], ["b"], ["c"], ["x"]], np.float32, "cuda", 3, 3),     # fails every draw: a broken kernel
     ([["a"], []], np.float64, "cuda", 1, 1),                      # float64: one draw
-    ([["a"], []], np.float32, "emulated", 1, 1),                  # the emulated device sums as the CPU does
+    ([["a"], [], ["x"]], np.float32, "emulated", 2, 0),           # the emulated device flips too (its LRN)
 ])
 def test_compare_network_draws(monkeypatch, script, dtype, name, want_draws, want_failures):
     """compare_network's draws, with _network_differences scripted: how many it takes, what it returns."""
