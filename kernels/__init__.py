@@ -201,6 +201,8 @@ def nchw_to_rows(dy, row_width=None):
     Wr = row_width (default ow) >= ow, zeros in the columns q >= ow."""
     if _on_gpu(dy):
         return _gpu().nchw_to_rows(dy, row_width)
+    if dy.ndim != 4:
+        raise ValueError(f"nchw_to_rows: expected an (N, C, H, W) array, got shape {tuple(dy.shape)}")
     n, o, oh, ow = dy.shape
     wr = ow if row_width is None else int(row_width)
     if wr < ow:
@@ -214,13 +216,14 @@ def _rows_geometry(who, rows, n, out_hw, bias):
     """(O, Wr, oh, ow) of rows (O, N*oh*Wr) for an (N, O, oh, ow) output, or a ValueError saying what
     does not fit."""
     oh, ow = (int(v) for v in out_hw)
-    if rows.ndim != 2 or n * oh <= 0 or rows.shape[1] % (n * oh) or rows.shape[1] // (n * oh) < ow:
+    wr = rows.shape[1] // (n * oh) if rows.ndim == 2 and n * oh > 0 else ow     # an empty batch: rows (O, 0)
+    if rows.ndim != 2 or rows.shape[1] != n * oh * wr or wr < ow:
         raise ValueError(f"{who}: expected rows (O, N*oh*Wr) with N={n}, oh={oh} and Wr >= ow={ow}, "
                          f"got shape {tuple(rows.shape)}")
     o = rows.shape[0]
     if bias is not None and tuple(bias.shape) != (o,):
         raise ValueError(f"{who}: expected a bias of shape ({o},), got {tuple(bias.shape)}")
-    return o, rows.shape[1] // (n * oh), oh, ow
+    return o, wr, oh, ow
 
 
 def im2col_wide(xpad, kernel, out_h):

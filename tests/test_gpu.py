@@ -199,6 +199,23 @@ def compare_layer(dev, fresh, layer, in_shape, dtype, rule="gradient", train=Fal
         assert_close(dev.get(on_dev.grads[key]), g, dtype, f"gradient of {key} of {what}")
 
 
+@pytest.mark.parametrize("make", [lambda: Conv2d(4, 6, 3, 2, 1), lambda: Conv2d(4, 6, 3, 1, 1, groups=2),
+                                  lambda: Conv2d(4, 6, 1), lambda: Conv2d(4, 4, 3, 1, 1, groups=4)],
+                         ids=["strided", "grouped", "pointwise", "depthwise"])
+def test_a_convolution_takes_an_empty_batch_on_the_device(dev, fresh, make):
+    """N = 0 through Conv2d's device paths (kernels launched over no work): empty output and input
+    gradient of the right shapes, zero parameter gradients, as on the CPU (tests/test_layers.py)."""
+    layer = randomise(make(), fresh, np.float32)
+    on_dev = dev.move(layer)
+    with dev.active():
+        y = on_dev.forward(dev.put(np.zeros((0, 4, 9, 9), np.float32)))
+        dx = on_dev.backward(dev.put(np.zeros(y.shape, np.float32)))
+    assert y.shape == (0,) + layer.output_shape((1, 4, 9, 9))[1:] and dx.shape == (0, 4, 9, 9)
+    for key, g in on_dev.grads.items():
+        g = dev.get(g)
+        assert g.shape == layer.params[key].shape and not g.any(), key
+
+
 # ---------------------------------------------------------------------------------------------
 # every layer
 # ---------------------------------------------------------------------------------------------

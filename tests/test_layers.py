@@ -45,6 +45,27 @@ def test_the_cpu_kernels_take_an_empty_batch():
     assert kernels.maxpool_backward(yp, sw, (6, 6)).shape == x.shape
 
 
+@pytest.mark.parametrize("kind,make", [
+    ("gemm", lambda: Conv2d(4, 6, 3, stride=2, padding=1)),
+    ("wide", lambda: Conv2d(4, 6, 3, padding=1)),
+    ("gemm", lambda: Conv2d(4, 6, 3, padding=1, groups=2)),
+    ("pointwise", lambda: Conv2d(4, 6, 1)),
+    ("depthwise", lambda: Conv2d(4, 4, 3, padding=1, groups=4)),
+], ids=["strided", "wide", "grouped", "pointwise", "depthwise"])
+def test_a_convolution_takes_an_empty_batch(kind, make):
+    """N = 0 through every path of Conv2d: an empty output of the right shape, an empty input gradient,
+    zero parameter gradients (the Network refuses an empty batch; a layer used alone does not fail)."""
+    conv = make()
+    conv.init_params(np.random.default_rng(0))
+    conv.im2col_mode = "wide" if kind == "wide" else "plain"
+    y = conv.forward(np.zeros((0, 4, 9, 9), np.float32))
+    assert conv._cache[0] == kind and y.shape == (0, conv.out_channels) + conv.output_shape((1, 4, 9, 9))[2:]
+    dx = conv.backward(np.zeros_like(y))
+    assert dx.shape == (0, 4, 9, 9)
+    for key, gr in conv.grads.items():
+        assert gr.shape == conv.params[key].shape and not gr.any(), key
+
+
 def test_the_poison_shows_an_element_a_kernel_forgets(monkeypatch):
     """With SCRATCHNET_POISON=1 a ReLU kernel that skips the last element leaves a NaN, and the grid's
     test fails on it; without the poison the element holds whatever the fresh memory held."""

@@ -232,9 +232,10 @@ class Conv2d(Layer):
             else:
                 cols = kernels.im2col(xpad, self.kernel, self.stride, (oh, ow))  # (K, N*oh*ow): Wr = ow
                 self._cache = ("gemm", cols, xpad.shape, pads)
-            rows = _grouped_matmul(W.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1]))  # (G, O/G, N*oh*Wr)
+            k, cw = cols.shape                                                # (no -1 in reshapes: N may be 0)
+            rows = _grouped_matmul(W.reshape(g, o // g, -1), cols.reshape(g, k // g, cw))  # (G, O/G, N*oh*Wr)
             # to (N, O, oh, ow) with the bias added, one pass (the wide layout's junk columns dropped)
-            return self.kept_output(kernels.rows_to_nchw(rows.reshape(o, -1), n, (oh, ow), b))
+            return self.kept_output(kernels.rows_to_nchw(rows.reshape(o, cw), n, (oh, ow), b))
         y = y.reshape(n, o, oh, ow)
         if b is not None:
             y += b.reshape(1, o, 1, 1)
@@ -271,27 +272,28 @@ class Conv2d(Layer):
                 self.grads["W"] = xp.matmul(dy4, x3.transpose(0, 1, 3, 2)).sum(axis=0).reshape(W.shape)
             if not input_grad:
                 return None
-            return xp.matmul(Wg.transpose(0, 2, 1), dy4).reshape(n, -1, oh, ow)
+            return xp.matmul(Wg.transpose(0, 2, 1), dy4).reshape(n, self.in_channels, oh, ow)
         _, cols, padded_shape, pads = self._cache
+        k = cols.shape[0]                                                      # C*kh*kw (reshapes name it: N may be 0)
         if kind == "wide":
             wp = padded_shape[3]
             dy2 = kernels.nchw_to_rows(dy, wp).reshape(g, o // g, n * oh * wp)  # junk columns get 0
             if param_grads:
-                self.grads["W"] = _grouped_matmul(dy2, cols.reshape(g, -1, n * oh * wp), trans_b=True).reshape(W.shape)
+                self.grads["W"] = _grouped_matmul(dy2, cols.reshape(g, k // g, n * oh * wp), trans_b=True).reshape(W.shape)
             if not input_grad:
                 return None
             dcols = _grouped_matmul(Wg, dy2, trans_a=True)                      # (G, K/G, N*oh*Wp)
-            dxpad = kernels.col2im_wide(dcols.reshape(-1, n * oh * wp), padded_shape, self.kernel, oh)
+            dxpad = kernels.col2im_wide(dcols.reshape(k, n * oh * wp), padded_shape, self.kernel, oh)
             return _unpad(dxpad, pads)
         dy2 = kernels.nchw_to_rows(dy).reshape(g, o // g, n * oh * ow)       # dy laid out as the rows of y
-        colsg = cols.reshape(g, -1, n * oh * ow)                               # (G, K/G, N*P)
+        colsg = cols.reshape(g, k // g, n * oh * ow)                           # (G, K/G, N*P)
         if param_grads:                                                        # one GEMM per group
             dW = kernels.weight_grad(dy2[0], cols) if g == 1 else _grouped_matmul(dy2, colsg, trans_b=True)
             self.grads["W"] = dW.reshape(W.shape)
         if not input_grad:
             return None
         dcols = _grouped_matmul(Wg, dy2, trans_a=True)                          # (G, K/G, N*P)
-        dxpad = kernels.col2im(dcols.reshape(-1, n * oh * ow), padded_shape, self.kernel, self.stride, (oh, ow))
+        dxpad = kernels.col2im(dcols.reshape(k, n * oh * ow), padded_shape, self.kernel, self.stride, (oh, ow))
         return _unpad(dxpad, pads)
 
 
