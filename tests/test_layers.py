@@ -66,6 +66,17 @@ def test_a_convolution_takes_an_empty_batch(kind, make):
         assert gr.shape == conv.params[key].shape and not gr.any(), key
 
 
+@pytest.mark.parametrize("name,factory,shape,kind", LAYER_GRID, ids=[g[0] for g in LAYER_GRID])
+def test_every_layer_takes_an_empty_batch(name, factory, shape, kind):
+    """N = 0 through forward and backward of every layer configuration: outputs of N = 0 and the right
+    other dimensions, an input gradient of the input's shape (no NumPy reshape error)."""
+    layer = randomise_params(factory())
+    x = np.zeros((0,) + tuple(shape[1:]))
+    y = layer.forward(x, train=True)
+    assert y.shape == (0,) + tuple(layer.output_shape(tuple(shape))[1:]), name
+    assert layer.backward(np.zeros_like(y)).shape == x.shape, name
+
+
 def test_the_poison_shows_an_element_a_kernel_forgets(monkeypatch):
     """With SCRATCHNET_POISON=1 a ReLU kernel that skips the last element leaves a NaN, and the grid's
     test fails on it; without the poison the element holds whatever the fresh memory held."""
@@ -93,6 +104,8 @@ def test_softmax_cross_entropy_gradient_and_stability():
     assert np.isfinite(loss_big) and np.isfinite(d_big).all()
     with pytest.raises(ValueError, match="class indices"):
         softmax_cross_entropy(s, np.array([0, 1, 2, 5]))
+    with pytest.raises(ValueError, match=r"an empty batch \(N = 0\) has no mean loss: expected N >= 1"):
+        softmax_cross_entropy(s[:0], y[:0])           # not NaN with NumPy's "mean of empty slice" warning
 
 
 # -------------------------------------------------------------------------------------------------

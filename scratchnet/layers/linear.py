@@ -75,7 +75,7 @@ class Flatten(Layer):
 
     def forward(self, x, train=False):
         self._shape = x.shape
-        return self.kept_output(x.reshape(x.shape[0], -1))
+        return self.kept_output(x.reshape(self.output_shape(x.shape)))   # not (N, -1): N may be 0
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
         self.check_dy(dy)

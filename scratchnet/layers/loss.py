@@ -28,6 +28,8 @@ def softmax_cross_entropy(scores, labels):
         raise ValueError(f"softmax_cross_entropy: expected scores of shape (N, K), got {tuple(scores.shape)}")
     labels = xp.asarray(labels)
     n, k = scores.shape
+    if n == 0:
+        raise ValueError("softmax_cross_entropy: an empty batch (N = 0) has no mean loss: expected N >= 1")
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
         raise ValueError(f"softmax_cross_entropy: expected integer labels of shape ({n},), "
                          f"got {labels.dtype} {tuple(labels.shape)}")
