@@ -35,8 +35,12 @@ def x():
 # ----------------------------------------------------------------------------- the network
 
 def test_network_input_errors(net, x):
-    with pytest.raises(ShapeError, match="float32 or float64, got dtype float16"):
+    with pytest.raises(ShapeError, match=r"float32 or float64, got dtype float16$"):
         net.forward(x.astype(np.float16))
+    swapped = x.astype(x.dtype.newbyteorder())                 # big-endian float32, e.g. from another machine's file
+    with pytest.raises(ShapeError, match=r"got dtype >f4 \(the other byte order: x.astype\(x.dtype.newbyteorder\(\)\)"):
+        net.forward(swapped)
+    np.testing.assert_array_equal(net.forward(swapped.astype(swapped.dtype.newbyteorder())), net.forward(x))
     with pytest.raises(ShapeError, match=r"empty batch .*expected N >= 1"):
         net.forward(x[:0])
 

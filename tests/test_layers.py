@@ -435,6 +435,12 @@ def test_bad_inputs_name_the_layer_and_what_it_expected():
         conv.forward(np.zeros((1, 1, 8, 8), np.float32))
     with pytest.raises(ShapeError, match="conv1: expected a floating-point array"):
         conv.forward(np.zeros((1, 3, 8, 8), np.uint8))
+    # float16 and other-byte-order floats: named here, not a Numba typing error from inside a kernel
+    for layer in (conv, ReLU(name="relu"), MaxPool2d(3, 2, name="pool"), LocalResponseNorm(name="norm")):
+        with pytest.raises(ShapeError, match=rf"{layer.name}: .*got dtype float16$"):
+            layer.forward(np.zeros((1, 3, 8, 8), np.float16))
+        with pytest.raises(ShapeError, match=rf"{layer.name}: .*got dtype >f4 \(the other byte order"):
+            layer.forward(np.zeros((1, 3, 8, 8), ">f4"))
     with pytest.raises(ShapeError, match="conv1: input 2x2 is too small"):
         conv.forward(np.zeros((1, 3, 2, 2), np.float32))
     with pytest.raises(ShapeError, match="smaller than the 3x3 pooling window"):

@@ -192,13 +192,21 @@ class Layer:
         return f"{type(self).__name__}({args}{', ' if args else ''}{inner}\n)"
 
 
+def byte_order_hint(dtype) -> str:
+    """For float32 or float64 in the other byte order (a big-endian file read on a little-endian
+    machine), how to make it native, to add to an error message; "" for any other dtype."""
+    swapped = dtype.kind == "f" and dtype.newbyteorder() in (np.float32, np.float64)
+    return " (the other byte order: x.astype(x.dtype.newbyteorder()) makes it native)" if swapped else ""
+
+
 def check_input(layer: Layer, x, ndim: int | None = None, channels: int | None = None):
     """Raise a ShapeError naming ``layer`` unless ``x`` is a float array of rank ``ndim`` with ``channels`` channels."""
     xp = get_array_module(x)
     if not isinstance(x, (np.ndarray,)) and xp is np:
         raise ShapeError(f"{layer.label()}: expected an array, got {type(x).__name__}")
-    if x.dtype.kind != "f":
-        raise ShapeError(f"{layer.label()}: expected a floating-point array (float32 or float64), got dtype {x.dtype}")
+    if x.dtype not in (np.float32, np.float64):      # (float16 and other-byte-order floats have no kernels)
+        raise ShapeError(f"{layer.label()}: expected a floating-point array (float32 or float64), got dtype "
+                         f"{x.dtype}{byte_order_hint(x.dtype)}")
     if ndim is not None and x.ndim != ndim:
         want = {4: "(N, C, H, W)", 2: "(N, features)"}.get(ndim, f"rank {ndim}")
         raise ShapeError(f"{layer.label()}: expected input of shape {want}, got shape {tuple(x.shape)}")

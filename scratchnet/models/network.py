@@ -24,7 +24,7 @@ import numpy as np
 
 from ..backend import device_of, get_array_module, to_numpy
 from ..layers import LAYER_TYPES, Rule, Sequential, ShapeError
-from ..layers.base import Layer
+from ..layers.base import Layer, byte_order_hint
 
 FORMAT = "scratchnet-network/1"
 
@@ -54,7 +54,7 @@ class Network(Sequential):
         if not hasattr(x, "dtype") or not hasattr(x, "ndim"):
             raise ShapeError(f"network input must be an array (N, C, H, W), got {type(x).__name__}")
         if x.dtype not in (np.float32, np.float64):
-            raise ShapeError(f"network input must be float32 or float64, got dtype {x.dtype}")
+            raise ShapeError(f"network input must be float32 or float64, got dtype {x.dtype}{byte_order_hint(x.dtype)}")
         if x.ndim != 4:
             raise ShapeError(f"network input must have shape (N, C, H, W) with C={self.input_shape[0]}, "
                              f"got shape {tuple(x.shape)}")
