@@ -329,6 +329,20 @@ def test_a_16_bit_grey_image_is_rounded_to_8_bits(tmp_path):
     assert np.array_equal(img[..., 0], img[..., 2])
 
 
+def test_a_float_grey_image_is_scaled_not_truncated_to_black(tmp_path):
+    """A 32-bit float TIFF (PIL mode F) in [0, 1] comes out at full range (PIL's convert truncated every
+    value below 1 to 0, a black photo); one with a value above 1 is taken as [0, 255]; NaN counts as 0."""
+    unit = np.array([[0.0, 0.25, 1.0], [0.5, np.nan, 0.999]], np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tiff")
+    Image.fromarray(unit * 200 + 20, mode="F").save(tmp_path / "levels.tiff")
+    with Image.open(tmp_path / "unit.tiff") as im:
+        assert im.mode == "F"                                           # really a float file
+    img = load_image(tmp_path / "unit.tiff")
+    assert img.shape == (2, 3, 3) and img.dtype == np.uint8 and np.array_equal(img[..., 0], img[..., 2])
+    assert img[..., 0].tolist() == [[0, 64, 255], [128, 0, 255]]       # 63.75 -> 64, 127.5 -> 128, 254.7 -> 255
+    assert load_image(tmp_path / "levels.tiff")[..., 0].tolist() == [[20, 70, 220], [120, 0, 220]]
+
+
 def test_float_maps_are_rounded_not_truncated_to_8_bits(tmp_path):
     from scratchnet.io.images import to_uint8
     f = np.array([[0.0, 0.999, 0.5], [0.3, 1.5, -0.2]])

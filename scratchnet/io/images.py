@@ -20,8 +20,8 @@ class ImageReadError(ValueError):
 def load_image(path) -> np.ndarray:
     """Read an image file as RGB.  Returns (H, W, 3) uint8.
 
-    Greyscale, palette, CMYK and 16-bit images are converted to RGB; an alpha channel is
-    composited onto white.  A missing or undecodable file raises ImageReadError naming the file.
+    Greyscale, palette, CMYK, 16-bit and float (mode F: [0, 1], or [0, 255] when a value is above 1)
+    images are converted to RGB, rounded to the nearest level; an alpha channel is composited onto white.  A missing or undecodable file raises ImageReadError naming the file.
     """
     path = Path(path)
     try:
@@ -49,7 +49,14 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
         a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(a, "L").convert("RGB")
-    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, F
+    if im.mode == "F":
+        # 32-bit float greyscale (a TIFF, say): values in [0, 1] if none is above 1, else in [0, 255];
+        # PIL's own convert would truncate a [0, 1] image to black. NaN counts as 0.
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        top = 1.0 if a.size and a.max() <= 1.0 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
 def _pil(img: np.ndarray) -> Image.Image:
