@@ -204,12 +204,18 @@ def nchw_to_rows(dy, row_width=None):
     if dy.ndim != 4:
         raise ValueError(f"nchw_to_rows: expected an (N, C, H, W) array, got shape {tuple(dy.shape)}")
     n, o, oh, ow = dy.shape
-    wr = ow if row_width is None else int(row_width)
-    if wr < ow:
-        raise ValueError(f"nchw_to_rows: rows of width {wr} cannot hold {ow} output columns")
+    wr = _row_width(ow, row_width)
     rows = _empty((o, n, oh, wr), dy.dtype)
     cpu_im2col.nchw_to_rows(np.ascontiguousarray(dy), rows)
     return rows.reshape(o, n * oh * wr)
+
+
+def _row_width(ow, row_width):
+    """nchw_to_rows's Wr: row_width (default ow), or a ValueError when it cannot hold ow columns."""
+    wr = ow if row_width is None else int(row_width)
+    if wr < ow:
+        raise ValueError(f"nchw_to_rows: rows of width {wr} cannot hold {ow} output columns")
+    return wr
 
 
 def _rows_geometry(who, rows, n, out_hw, bias):

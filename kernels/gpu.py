@@ -385,11 +385,10 @@ def rows_to_nchw(rows, n, out_hw, bias=None):
 
 def nchw_to_rows(dy, row_width=None):
     """dy (N, O, oh, ow) -> rows (O, N*oh*Wr), Wr = row_width (default ow) >= ow, zeros in columns q >= ow."""
+    from . import _row_width
     dy = _nchw(_float_array(dy, "nchw_to_rows"), "nchw_to_rows")
     n, o, oh, ow = dy.shape
-    wr = ow if row_width is None else int(row_width)
-    if wr < ow:
-        raise ValueError(f"nchw_to_rows: rows of width {wr} cannot hold {ow} output columns")
+    wr = _row_width(ow, row_width)
     _i32(o * n), _i32(oh * wr)
     rows = _out((o, n * oh * wr), dy.dtype)
     _launch("nchw_to_rows", dy.dtype, rows.size, (dy, rows, _i64(rows.size), *map(_i32, (n, o, oh, ow, wr))))

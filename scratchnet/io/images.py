@@ -46,17 +46,18 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode.startswith("I;16") or im.mode == "I":
         # 16/32-bit greyscale: scale the full range down to 8 bits before converting
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
+        return _grey_to_rgb(a, 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0)
     if im.mode == "F":
         # 32-bit float greyscale (a TIFF, say): values in [0, 1] if none is above 1, else in [0, 255];
         # PIL's own convert would truncate a [0, 1] image to black. NaN counts as 0.
         a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        top = 1.0 if a.size and a.max() <= 1.0 else 255.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
+        return _grey_to_rgb(a, 1.0 if a.size and a.max() <= 1.0 else 255.0)
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _grey_to_rgb(a: np.ndarray, top: float) -> Image.Image:
+    """Grey levels a (H, W) float64 on [0, top] -> an RGB image, each rounded to the nearest 8-bit level."""
+    return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 def _pil(img: np.ndarray) -> Image.Image:
