@@ -1049,3 +1049,126 @@ def test_val_on_imagenet_val_dev_takes_its_photos_of_the_runs_classes(tmp_path, 
     assert cli_main(["train", "--data", str(data), "--val", str(dev), "--input-size", "32", "--width", "0.0625",
                      "--epochs", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
     assert "8 training images, 2 classes; 2 validation images of 2 classes" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- checkpoints that do not fit
+def dropout_net(classes=3, seed=0):
+    """Flatten, Linear, Dropout, Linear on 4 x 4 images: parameters in two layers and a dropout generator."""
+    from scratchnet.layers import Dropout, Flatten
+    rng = np.random.default_rng(seed)
+    fc1, fc2 = Linear(48, 5), Linear(5, classes)
+    fc1.init_params(rng, "gaussian", std=0.01)
+    fc2.init_params(rng, "gaussian", std=0.01)
+    return Network([("flat", Flatten()), ("fc1", fc1), ("drop", Dropout(0.5, seed=seed)), ("fc2", fc2)],
+                   input_shape=(3, 4, 4))
+
+
+def a_stepped_checkpoint(path, classes=3):
+    """A checkpoint of dropout_net after one SGD step (so it holds momentum)."""
+    from scratchnet.train.checkpoint import save_checkpoint
+    net = dropout_net(classes)
+    opt = SGD(net, lr=0.1, momentum=0.9)
+    for _, layer, key in net.named_params():
+        layer.grads[key] = np.ones_like(layer.params[key])
+    opt.step()
+    net["drop"].rng.random(7)                            # the generator moves on
+    return save_checkpoint(path, net, opt, dict(epoch=0, batch=1, step=1))
+
+
+def rewritten(path, **changes):
+    """The checkpoint at path with entries replaced (None: removed), written to path again."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    for k, v in changes.items():
+        k = k.replace("__", "/") if k.startswith(("param__", "velocity__")) else k
+        if v is None:
+            del arrays[k]
+        else:
+            arrays[k] = v
+    np.savez(path, **arrays)
+    return path
+
+
+def assert_untouched(net, opt, before_params, before_rng):
+    for k, v in params(net).items():
+        np.testing.assert_array_equal(params(net)[k], before_params[k], err_msg=k)
+    assert opt.velocity == {}
+    assert net["drop"].rng.bit_generator.state == before_rng
+
+
+def bad_checkpoints(tmp_path):
+    """(what, path, the message asked for) of checkpoints that must be refused, each in a file of its own."""
+    def fresh(name, **changes):
+        return rewritten(a_stepped_checkpoint(tmp_path / name), **changes)
+    state = json.loads(str(np.load(a_stepped_checkpoint(tmp_path / "s.npz"))["__train_state__"]))
+    flipped = a_stepped_checkpoint(tmp_path / "flipped.npz")
+    data = bytearray(flipped.read_bytes())
+    at = data.find(b"param/fc1.W.npy") + 200                 # inside fc1.W's stored bytes
+    data[at] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    nan_w = np.array(np.load(tmp_path / "s.npz")["param/fc1.W"])
+    nan_w[0, 0] = np.nan
+    return [
+        ("another number of classes", a_stepped_checkpoint(tmp_path / "k.npz", classes=4),
+         "parameter fc2.W has shape"),
+        ("momentum of a parameter the network lacks", fresh("v.npz", **{"velocity__fc9.W": np.zeros(3, np.float32)}),
+         "momentum for parameters this network lacks"),
+        ("a NaN parameter", fresh("nan.npz", **{"param__fc1.W": nan_w}), "parameter fc1.W holds NaN"),
+        ("integer parameters", fresh("int.npz", **{"param__fc2.b": np.zeros(3, np.int64)}),
+         "parameter fc2.b has dtype int64"),
+        ("a mean image of another shape", fresh("mean.npz", __mean_image__=np.zeros(5, np.float32)),
+         "__mean_image__ must be"),
+        ("a flipped byte", flipped, "cannot be read"),
+        ("a state that is not JSON", fresh("j.npz", __train_state__=np.array("{epoch: 1")), "cannot be read as JSON"),
+        ("a state that is a list", fresh("l.npz", __train_state__=np.array("[1, 2]")), "must be a JSON object"),
+        ("a state without its step", fresh("st.npz", __train_state__=np.array(json.dumps(
+            {k: v for k, v in state.items() if k != "step"}))), "needs step as an integer"),
+        ("a state without the dropout generator", fresh("d.npz", __train_state__=np.array(json.dumps(
+            dict(state, dropout={})))), "dropout layers"),
+        ("a dropout state that is not a generator's", fresh("g.npz", __train_state__=np.array(json.dumps(
+            dict(state, dropout={"drop": {"bit_generator": "PCG64", "state": 3}})))), "cannot be restored"),
+    ]
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing(tmp_path):
+    """Every mismatch and every kind of damage is a CheckpointError naming the file, raised before any
+    parameter, momentum buffer or dropout generator of the network is touched (a half-loaded network
+    could otherwise be trained on or saved)."""
+    from scratchnet.train.checkpoint import CheckpointError, load_checkpoint
+    for what, path, message in bad_checkpoints(tmp_path):
+        net = dropout_net(seed=5)
+        opt = SGD(net, lr=0.1, momentum=0.9)
+        before, rng = params(net), net["drop"].rng.bit_generator.state
+        with pytest.raises(CheckpointError, match=message) as e:
+            load_checkpoint(path, net, opt)
+        assert str(path) in str(e.value) or "checkpoint:" in str(e.value), what
+        assert_untouched(net, opt, before, rng)
+
+
+def test_a_good_checkpoint_restores_everything(tmp_path):
+    from scratchnet.train.checkpoint import load_checkpoint
+    path = a_stepped_checkpoint(tmp_path / "c.npz")
+    net, opt = dropout_net(seed=5), SGD(dropout_net(seed=5))
+    opt = SGD(net, lr=0.1, momentum=0.9)
+    state = load_checkpoint(path, net, opt)
+    assert state["step"] == 1
+    with np.load(path) as z:
+        for k, v in params(net).items():
+            np.testing.assert_array_equal(v, z["param/" + k])
+            np.testing.assert_array_equal(opt.velocity[k], z["velocity/" + k])
+    ref = dropout_net()
+    ref["drop"].rng.random(7)
+    assert net["drop"].rng.bit_generator.state == ref["drop"].rng.bit_generator.state
+
+
+def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path, capsys):
+    """The CLI's --resume on a checkpoint with a flipped byte: one line naming the file, not zipfile's traceback."""
+    t = tiny_trainer(tmp_path / "run", epochs=1)
+    t.fit()
+    ck = tmp_path / "run" / "checkpoint.npz"
+    data = bytearray(ck.read_bytes())
+    data[data.find(b"param/fc.W.npy") + 150] ^= 0xFF
+    ck.write_bytes(bytes(data))
+    from scratchnet.train.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        tiny_trainer(tmp_path / "run", epochs=2).fit(resume=True)

@@ -15,11 +15,14 @@ checkpoint intact.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..backend import get_array_module, to_device
+from ..checks import is_int
 from ..layers import Dropout
 from ..models.network import atomic_savez, open_npz
 
@@ -32,9 +35,18 @@ def dropout_states(net):
 
 
 def set_dropout_states(net, states):
+    """Give each Dropout layer its generator state from ``states`` ({layer path: state dict}); every state
+    is tried on a spare generator first, so a mismatch leaves all the layers as they were."""
     layers = {path: layer for path, layer in net.named_layers() if isinstance(layer, Dropout)}
-    if set(layers) != set(states):
-        raise ValueError(f"checkpoint: dropout layers {sorted(states)} do not match the network's {sorted(layers)}")
+    if not isinstance(states, dict) or set(layers) != set(states):
+        got = sorted(states) if isinstance(states, dict) else type(states).__name__
+        raise CheckpointError(f"checkpoint: dropout layers {got} do not match the network's {sorted(layers)}")
+    for path, st in states.items():
+        try:
+            type(layers[path].rng.bit_generator)().state = st
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint: the generator state of dropout layer {path} cannot be "
+                                  f"restored ({type(e).__name__}: {e})") from None
     for path, st in states.items():
         layers[path].rng.bit_generator.state = st
 
@@ -53,49 +65,119 @@ def save_checkpoint(path, net, optimiser, state: dict):
 def read_state(path) -> dict:
     """Just the JSON training state of a checkpoint (epoch, step, history, config...)."""
     with _open(path) as z:
-        return json.loads(str(z["__train_state__"]))
+        return _state(z, Path(path))
 
 
 def read_meta(path) -> dict:
     """Just the network's meta JSON of a checkpoint (class names and wnids, input shape, ...)."""
     with _open(path) as z:
-        return json.loads(str(z["__meta__"])) if "__meta__" in z.files else {}
+        if "__meta__" not in z.files:
+            return {}
+        meta = _json(z, "__meta__", Path(path))
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: __meta__ must be a JSON object, got {type(meta).__name__}")
+        return meta
 
 
 def load_checkpoint(path, net, optimiser) -> dict:
     """Restore parameters, momentum, mean image and dropout generators into ``net`` / ``optimiser``
     (which must have the checkpoint's architecture); returns the training state dict.
-    ``net.preprocess`` is left as the caller set it (the Trainer derives it from its config)."""
+    ``net.preprocess`` is left as the caller set it (the Trainer derives it from its config).
+    Everything is read and checked before anything is changed: a checkpoint that is damaged or does
+    not fit (a CheckpointError saying why) leaves ``net`` and ``optimiser`` as they were."""
     path = Path(path)
     with _open(path) as z:
-        state = json.loads(str(z["__train_state__"]))
+        state = _state(z, path)
         if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{path}: checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+            raise CheckpointError(f"{path}: checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+        params = []
         for name, layer, key in net.named_params():
             k = "param/" + name
             if k not in z.files:
-                raise ValueError(f"{path}: no parameter {name}; was the checkpoint made with another "
-                                 f"architecture (--arch/--width/--input-size/--classes)?")
-            arr = z[k]
+                raise CheckpointError(f"{path}: no parameter {name}; was the checkpoint made with another "
+                                      f"architecture (--arch/--width/--input-size/--classes)?")
             w = layer.params[key]
+            arr = _array(z, k, path)
             if arr.shape != w.shape:
-                raise ValueError(f"{path}: parameter {name} has shape {arr.shape}, this network's is "
-                                 f"{tuple(w.shape)}; resume with the same --width/--input-size/--classes")
-            device = "gpu" if get_array_module(w) is not np else "cpu"
-            layer.params[key] = to_device(arr.astype(w.dtype), device)
-        optimiser.load_state_arrays({k[len("velocity/"):]: z[k] for k in z.files if k.startswith("velocity/")})
+                raise CheckpointError(f"{path}: parameter {name} has shape {arr.shape}, this network's is "
+                                      f"{tuple(w.shape)}; resume with the same --width/--input-size/--classes")
+            _check_values(arr, f"parameter {name}", path)
+            params.append((layer, key, arr))
+        velocity = {k[len("velocity/"):]: _array(z, k, path) for k in z.files if k.startswith("velocity/")}
+        for name, v in velocity.items():
+            _check_values(v, f"momentum of {name}", path)
+        try:
+            velocity = optimiser.checked_state_arrays(velocity)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        mean = None
         if "__mean_image__" in z.files:
-            net.mean_image = z["__mean_image__"]
-    set_dropout_states(net, state.pop("dropout"))
+            mean = _array(z, "__mean_image__", path)
+            if mean.shape[:1] != tuple(net.input_shape[:1]) or mean.ndim not in (1, 3):
+                raise CheckpointError(f"{path}: __mean_image__ must be ({net.input_shape[0]},) or "
+                                      f"({net.input_shape[0]}, H, W), got {mean.shape}")
+            _check_values(mean, "__mean_image__", path)
+    set_dropout_states(net, state.pop("dropout"))          # checks first, then sets
+    for layer, key, arr in params:
+        w = layer.params[key]
+        layer.params[key] = to_device(arr.astype(w.dtype), "gpu" if get_array_module(w) is not np else "cpu")
+    optimiser.velocity = velocity
+    if mean is not None:
+        net.mean_image = mean
     return state
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint that cannot be used: damaged, of another version, or of another network;
+    the message names the file and what is wrong. A missing file is a FileNotFoundError."""
+
+
+#: what reading a damaged .npz member can raise (a flipped byte: a CRC error; a cut file: EOF, zlib)
+_DAMAGE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def _array(z, key, path):
+    try:
+        return z[key]
+    except _DAMAGE as e:
+        raise CheckpointError(f"{path}: {key} cannot be read (a damaged file?): {type(e).__name__}: {e}") from None
+
+
+def _json(z, key, path):
+    try:
+        return json.loads(str(z[key]))
+    except _DAMAGE as e:                                 # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: {key} cannot be read as JSON (a damaged file, or one written by "
+                              f"another program?): {type(e).__name__}: {e}") from None
+
+
+def _state(z, path) -> dict:
+    """The JSON training state, checked for the entries a resume reads."""
+    state = _json(z, "__train_state__", path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: __train_state__ must be a JSON object, got {type(state).__name__}")
+    for k in ("epoch", "batch", "step"):
+        if not is_int(state.get(k)) or state[k] < 0:
+            raise CheckpointError(f"{path}: __train_state__ needs {k} as an integer >= 0, got {state.get(k)!r}")
+    if not isinstance(state.get("dropout", {}), dict) or not isinstance(state.get("config", {}), dict):
+        raise CheckpointError(f"{path}: __train_state__'s dropout and config must be JSON objects")
+    state.setdefault("dropout", {})
+    return state
+
+
+def _check_values(arr, what, path):
+    if arr.dtype not in (np.float32, np.float64):
+        raise CheckpointError(f"{path}: {what} has dtype {arr.dtype}, expected float32 or float64")
+    if not np.isfinite(arr).all():
+        raise CheckpointError(f"{path}: {what} holds NaN or Inf values")
 
 
 def _open(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    z = open_npz(path, "training checkpoint", "the trainer")
+    z = open_npz(path, "training checkpoint", "the trainer", CheckpointError)
     if "__train_state__" not in z.files:
         z.close()
-        raise ValueError(f"{path} is not a scratchnet training checkpoint (no __train_state__ entry)")
+        raise CheckpointError(f"{path} is not a scratchnet training checkpoint (no __train_state__ entry)")
     return z

@@ -69,16 +69,21 @@ class SGD:
         """{param path: velocity as a NumPy array}."""
         return {p: to_numpy(v) for p, v in self.velocity.items()}
 
-    def load_state_arrays(self, arrays):
-        """Restore momentum buffers saved by state_arrays (on the parameters' device)."""
+    def checked_state_arrays(self, arrays):
+        """Momentum buffers saved by state_arrays, checked against the parameters and put on their device
+        and dtype: {param path: array}; a ValueError, and nothing changed, when they do not fit."""
         params = {path: layer.params[key] for path, layer, key in self.net.named_params()}
         unknown = sorted(set(arrays) - set(params))
         if unknown:
             raise ValueError(f"SGD: checkpoint has momentum for parameters this network lacks: {unknown[:5]}")
-        self.velocity = {}
+        out = {}
         for path, v in arrays.items():
             w = params[path]
             if v.shape != w.shape:
                 raise ValueError(f"SGD: momentum of {path} has shape {v.shape}, the parameter {tuple(w.shape)}")
-            device = "gpu" if get_array_module(w) is not np else "cpu"
-            self.velocity[path] = to_device(np.asarray(v, dtype=w.dtype), device)
+            out[path] = to_device(np.asarray(v, dtype=w.dtype), "gpu" if get_array_module(w) is not np else "cpu")
+        return out
+
+    def load_state_arrays(self, arrays):
+        """Restore momentum buffers saved by state_arrays (on the parameters' device)."""
+        self.velocity = self.checked_state_arrays(arrays)
