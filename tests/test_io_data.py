@@ -455,3 +455,48 @@ def test_jitter_rectangles_reach_every_row_and_column():
         assert set(widths.tolist()) == set(range(1, min(jitter, W) + 1))
     full = Augment(jitter=8).jitter_mask(4000, 8, 8, np.random.default_rng(1))
     assert full.all(axis=(1, 2)).any()                                 # an 8x8 rectangle covers the image
+
+
+def test_subset_takes_indices_or_a_boolean_mask_and_refuses_the_rest(tmp_path):
+    """A mask was read as the indices 1 and 0 (every image, reordered) and -1 wrapped round: both silent."""
+    _make_folder(tmp_path, ["cat", "dog"], per_class=2)
+    ds = image_folder(tmp_path)                              # cat/0, cat/1, dog/0, dog/1
+    names = lambda d: [f"{p.parent.name}/{p.name}" for p in d.paths]   # noqa: E731
+    assert names(ds.subset([True, False, False, True])) == ["cat/0.png", "dog/1.png"]
+    assert ds.subset(np.array([False, False, True, True])).labels.tolist() == [1, 1]
+    assert names(ds.subset([3, 0])) == ["dog/1.png", "cat/0.png"]
+    assert names(ds.subset(np.array([2], np.uint8))) == ["dog/0.png"] and len(ds.subset([])) == 0
+    for bad, message in (([True, False], "one entry per image \\(4\\)"), ([-1], "indices in 0..3"),
+                         ([4], "indices in 0..3"), ([1.0], "indices in 0..3")):
+        with pytest.raises(ValueError, match=message):
+            ds.subset(bad)
+
+
+def test_tiny_imagenet_refuses_odd_class_counts_and_boxes(tmp_path):
+    root = _tiny_tree(tmp_path / "tiny", WN3, (1, 2, 30, 40), (3, 4, 50, 60))
+    for classes in (True, 2.0, "n00000010"):
+        with pytest.raises(ValueError, match="classes must be None, a number of classes or a list of wnids"):
+            tiny_imagenet(root, "train", classes=classes)
+    assert tiny_imagenet(root, "train", classes=np.int64(2)).num_classes == 2
+    with pytest.raises(ValueError, match="per_class must be an integer >= 1, got 1.5"):
+        tiny_imagenet(root, "train", per_class=1.5)
+    with pytest.raises(ValueError, match="start must be an integer >= 0"):
+        tiny_imagenet(root, "val", start=-1)
+    for split, box in (("train", (30, 2, 1, 40)), ("val", (3, 4, "nan", 60)), ("val", (3, 4, 50, "inf"))):
+        bad = _tiny_tree(tmp_path / f"bad{box}", WN3, box if split == "train" else (1, 2, 30, 40),
+                         box if split == "val" else (3, 4, 50, 60))
+        with pytest.raises(ValueError, match="is not x0 y0 x1 y1 with x0 <= x1, y0 <= y1, all finite"):
+            tiny_imagenet(bad, split)
+    (root / "wnids.txt").write_text("\n")
+    with pytest.raises(ValueError, match="lists no classes"):
+        tiny_imagenet(root)
+
+
+def test_imagenet_val_dev_refuses_a_box_with_x1_before_x0(tmp_path):
+    wnids = imagenet_wnids()
+    (tmp_path / "images").mkdir()
+    with open(tmp_path / "boxes.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["file", "label", "wnid", "orig_width", "orig_height", "x0", "y0", "x1", "y1"],
+                                  ["a.JPEG", "0", wnids[0], "640", "480", "31", "2", "30", "40"]])
+    with pytest.raises(ValueError, match="line 2: box .* is not x0 y0 x1 y1"):
+        imagenet_val_dev(tmp_path)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_int, is_int
 from ..progress import Progress
 from .classnames import class_index, imagenet_class_names, imagenet_wnids
 from .images import ImageReadError, load_image, resize_shorter_centre_crop
@@ -64,8 +65,18 @@ class Dataset:
         return len(self.class_names)
 
     def subset(self, indices) -> "Dataset":
-        """The images at `indices` (same classes, same label space)."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        """The images at ``indices`` (integers in 0..N-1, in the order given) or where a boolean mask of
+        length N is True; same classes, same label space."""
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise ValueError(f"Dataset.subset: a boolean mask must have one entry per image ({len(self)}), "
+                                 f"got shape {idx.shape}")
+            idx = np.flatnonzero(idx)
+        elif idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= len(self)):
+            raise ValueError(f"Dataset.subset: expected image indices in 0..{len(self) - 1} or a boolean mask, "
+                             f"got {idx.dtype} values {idx.reshape(-1)[:5].tolist()}...")
+        idx = idx.astype(np.int64).reshape(-1)
         return Dataset([self.paths[i] for i in idx], self.labels[idx], list(self.class_wnids),
                        list(self.class_names), None if self.boxes is None else [self.boxes[i] for i in idx],
                        self.root)
@@ -86,16 +97,30 @@ def _read_lines(path: Path, what: str) -> list[str]:
 def _box_rows(path: Path, rows: list) -> np.ndarray:
     """Rows of four number strings -> (K, 4) float32; the error names the file."""
     try:
-        return np.array(rows, dtype=np.float64).astype(np.float32).reshape(len(rows), 4)
+        boxes = np.array(rows, dtype=np.float64).astype(np.float32).reshape(len(rows), 4)
     except ValueError:
         raise ValueError(f"{path}: expected four box numbers x0 y0 x1 y1 on every line") from None
+    bad = ~_good_boxes(boxes)
+    if bad.any():
+        raise ValueError(f"{path}: box {boxes[bad][0].tolist()} is not x0 y0 x1 y1 with x0 <= x1, y0 <= y1, all "
+                         f"finite ({int(bad.sum())} such line(s))")
+    return boxes
 
 
 def _box_row(path: Path, lineno: int, fields: list[str]) -> np.ndarray:
     try:
-        return np.array([float(v) for v in fields], dtype=np.float32)
+        box = np.array([float(v) for v in fields], dtype=np.float32).reshape(4)
     except ValueError:
         raise ValueError(f"{path}, line {lineno}: expected four box numbers x0 y0 x1 y1, got {fields}") from None
+    if not _good_boxes(box[None])[0]:
+        raise ValueError(f"{path}, line {lineno}: box {fields} is not x0 y0 x1 y1 with x0 <= x1, y0 <= y1, "
+                         f"all finite")
+    return box
+
+
+def _good_boxes(boxes) -> np.ndarray:
+    """(K, 4) x0 y0 x1 y1 -> (K,) True where the box is finite with x0 <= x1 and y0 <= y1."""
+    return (np.isfinite(boxes).all(axis=1) & (boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3]))
 
 
 def tiny_imagenet(root, split: str = "train", classes=None, per_class: int | None = None,
@@ -113,9 +138,17 @@ def tiny_imagenet(root, split: str = "train", classes=None, per_class: int | Non
     if split not in ("train", "val"):
         raise ValueError(f"tiny_imagenet: split must be 'train' or 'val', got {split!r}")
     all_wnids = _read_lines(root / "wnids.txt", "Tiny-ImageNet class list, one wnid a line")
+    if not all_wnids:
+        raise ValueError(f"tiny_imagenet: {root / 'wnids.txt'} lists no classes")
+    if per_class is not None:
+        check_int("tiny_imagenet", "per_class", per_class, 1)
+    check_int("tiny_imagenet", "start", start, 0)
     if classes is None:
         wnids = all_wnids
-    elif isinstance(classes, (int, np.integer)):
+    elif isinstance(classes, (bool, np.bool_, float, np.floating, str)):
+        raise ValueError(f"tiny_imagenet: classes must be None, a number of classes or a list of wnids, "
+                         f"got {classes!r}")
+    elif is_int(classes):
         if not 1 <= classes <= len(all_wnids):
             raise ValueError(f"tiny_imagenet: classes={classes}, expected 1..{len(all_wnids)}")
         wnids = all_wnids[:classes]
@@ -290,10 +323,11 @@ def imagenet_val_dev(root) -> Dataset:
                 continue
             try:
                 f, lab, w = row[0], int(row[1]), row[2]
-                box = np.array([float(v) for v in row[5:9]], dtype=np.float32)
+                [float(v) for v in row[5:9]]
             except (ValueError, IndexError):
                 raise ValueError(f"{table}, line {n}: expected {len(VAL_DEV_HEADER)} fields "
                                  f"({','.join(VAL_DEV_HEADER)}), got {row}") from None
+            box = _box_row(table, n, row[5:9])
             if len(row) != len(VAL_DEV_HEADER) or not 0 <= lab < 1000 or wnids[lab] != w:
                 raise ValueError(f"{table}, line {n}: label {lab} and wnid {w} disagree with the "
                                  f"ImageNet-1k order (or the row is malformed): {row}")
