@@ -14,7 +14,7 @@ from scratchnet.layers import Linear
 from scratchnet.models import load, paper_net
 from scratchnet.models.network import Network
 from scratchnet.train.checkpoint import read_state
-from scratchnet.train.schedule import LogSchedule, StepSchedule, make_schedule
+from scratchnet.train.schedule import LogSchedule, PiecewiseSchedule, StepSchedule, make_schedule
 from scratchnet.train.sgd import SGD
 from scratchnet.train.trainer import TrainConfig, Trainer, TrainingDiverged, init_network
 
@@ -916,6 +916,28 @@ def test_plot_metrics_draws_accuracy_on_0_to_100(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- from a mutation round on --resume
+
+def test_schedules_refuse_rates_and_epochs_that_are_not_numbers_of_their_kind():
+    """A NaN rate (--lr-end nan, --lr-points 1:nan) reached the optimiser past SGD's own check; a repeated
+    milestone dropped the rate x0.01 at once; fractional epochs were truncated without a word."""
+    nan = float("nan")
+    for make, message in (
+            (lambda: make_schedule("step", nan, 4), "lr0 must be > 0, got nan"),
+            (lambda: make_schedule("log", 0.1, 4, lr1=nan), r"lr1 \(the last epoch's rate, --lr-end\) must be > 0"),
+            (lambda: make_schedule("log", 0.1, 4, lr1=float("inf")), "must be > 0, got inf"),
+            (lambda: make_schedule("piecewise", 0.1, 4, points={1: nan}), "the rate from epoch 1 must be > 0"),
+            (lambda: make_schedule("piecewise", 0.1, 4, points=["1:0.1", "2:inf"]), "rate from epoch 2 must be > 0"),
+            (lambda: StepSchedule(0.1, 4, gamma=-1), r"gamma \(the factor at each milestone\) must be in \(0, 1\]"),
+            (lambda: make_schedule("step", 0.1, 4, milestones=[2, 2]), "epoch 2 is given more than once"),
+            (lambda: make_schedule("step", 0.1, 4, milestones=[1.9]), "must be whole epochs"),
+            (lambda: make_schedule("step", 0.1, 4, milestones=2), "must be a list of epochs, got 2"),
+            (lambda: make_schedule("step", 0.1, 2.5), "epochs must be an integer >= 1, got 2.5"),
+            (lambda: PiecewiseSchedule({1: 0.1, 2.5: 0.01}), r"an epoch \(counted from 1\) must be an integer"),
+            (lambda: PiecewiseSchedule({1: 0.1})(-1), r"epoch \(counted from 0\) must be an integer >= 0")):
+        with pytest.raises(ValueError, match=message):
+            make()
+    assert StepSchedule(0.1, 4, milestones=[np.int64(2)], gamma=1)(3) == 0.1        # NumPy ints are epochs
+
 
 def test_resume_settings_follow_the_schedule_and_defaults_hold_for_a_new_run(tmp_path, capsys):
     """A new run without the augmentation flags crops and flips; a piecewise run resumes (its saved

@@ -12,16 +12,20 @@ from __future__ import annotations
 import collections
 import math
 
+from ..checks import check_int, check_number, is_int
+
 
 class StepSchedule:
     def __init__(self, lr0, epochs, milestones=None, gamma=0.1):
-        if lr0 <= 0:
-            raise ValueError(f"StepSchedule: lr0 must be > 0, got {lr0}")
+        lr0 = check_number("StepSchedule", "lr0", lr0, low=0, low_open=True)
+        epochs = check_int("StepSchedule", "epochs", epochs, 1)
+        gamma = check_number("StepSchedule", "gamma (the factor at each milestone)", gamma, low=0, high=1,
+                             low_open=True)
         if milestones is None:
             # the last quarter, and at least the last epoch (ceil(0.75 * 3) = 3 would never come)
             milestones = [min(math.ceil(0.75 * epochs), epochs - 1)] if epochs > 1 else []
-        self.lr0, self.epochs, self.gamma = float(lr0), int(epochs), float(gamma)
-        self.milestones = sorted(int(m) for m in milestones)
+        self.lr0, self.epochs, self.gamma = lr0, epochs, gamma
+        self.milestones = sorted(_milestones(milestones))
 
     def __call__(self, epoch):
         return self.lr0 * self.gamma ** sum(epoch >= m for m in self.milestones)
@@ -29,9 +33,9 @@ class StepSchedule:
 
 class LogSchedule:
     def __init__(self, lr0, lr1, epochs):
-        if lr0 <= 0 or lr1 <= 0:
-            raise ValueError(f"LogSchedule: lr0 and lr1 must be > 0, got {lr0}, {lr1}")
-        self.lr0, self.lr1, self.epochs = float(lr0), float(lr1), int(epochs)
+        self.lr0 = check_number("LogSchedule", "lr0", lr0, low=0, low_open=True)
+        self.lr1 = check_number("LogSchedule", "lr1 (the last epoch's rate, --lr-end)", lr1, low=0, low_open=True)
+        self.epochs = check_int("LogSchedule", "epochs", epochs, 1)
 
     def __call__(self, epoch):
         if self.epochs <= 1:
@@ -49,13 +53,15 @@ class PiecewiseSchedule:
             if len(points) < len(parsed):
                 twice = min(e for e, n in collections.Counter(e for e, _ in parsed).items() if n > 1)
                 raise ValueError(f"piecewise schedule: epoch {twice} is given more than one rate")
+        for e, v in points.items():
+            check_int("piecewise schedule", "an epoch (counted from 1)", e, 1)
+            check_number("piecewise schedule", f"the rate from epoch {e}", v, low=0, low_open=True)
         self.points = {int(e): float(v) for e, v in sorted(points.items())}
         if not self.points or min(self.points) != 1:
             raise ValueError(f"piecewise schedule: the first point must be epoch 1, got {sorted(self.points)}")
-        if any(v <= 0 for v in self.points.values()):
-            raise ValueError(f"piecewise schedule: rates must be > 0, got {self.points}")
 
     def __call__(self, epoch):
+        check_int("piecewise schedule", "epoch (counted from 0)", epoch, 0)
         return [v for e, v in self.points.items() if e <= epoch + 1][-1]
 
 
@@ -65,6 +71,21 @@ def _parse_point(text):
         return int(e), float(v)
     except ValueError:
         raise ValueError(f"piecewise schedule: expected EPOCH:LR (e.g. 8:0.001), got {text!r}") from None
+
+
+def _milestones(milestones) -> list[int]:
+    """A list of distinct integer epochs, or a ValueError saying so."""
+    if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+        raise ValueError(f"milestones (--milestones) must be a list of epochs, got {milestones!r}")
+    milestones = list(milestones)
+    bad = [m for m in milestones if not is_int(m)]
+    if bad:
+        raise ValueError(f"milestones (--milestones) must be whole epochs (counted from 0), got {bad}")
+    twice = sorted(m for m, n in collections.Counter(milestones).items() if n > 1)
+    if twice:
+        raise ValueError(f"milestones (--milestones): epoch {twice[0]} is given more than once; give each "
+                         f"milestone once (each drops the rate x0.1)")
+    return [int(m) for m in milestones]
 
 
 def make_schedule(kind, lr0, epochs, lr1=None, milestones=None, points=None):
@@ -79,8 +100,11 @@ def make_schedule(kind, lr0, epochs, lr1=None, milestones=None, points=None):
     if given:
         owner, flag = given[0]
         raise ValueError(f"{flag} belongs to the {owner} schedule (--schedule {owner}), but the schedule is {kind!r}")
+    epochs = check_int("make_schedule", "epochs", epochs, 1)
+    if kind == "step" and milestones is not None:
+        milestones = _milestones(milestones)
     if kind == "step" and milestones:
-        bad = [m for m in milestones if not 1 <= int(m) <= epochs - 1]
+        bad = [m for m in milestones if not 1 <= m <= epochs - 1]
         if bad and epochs == 1:
             raise ValueError(f"milestones (--milestones) drop the rate from a later epoch on, and a 1-epoch run has "
                              f"none: got {bad} (give none, or more --epochs)")
