@@ -297,7 +297,7 @@ def test_baseline_boxes():
     assert boxes.saliency_threshold_box(sal, 0.5) == (15, 10, 34, 24)
     assert boxes.saliency_threshold_box(sal, 0.9) == (3, 2, 7, 5)
     assert boxes.saliency_threshold_box(np.zeros((30, 40)), 0.5) == (0, 0, 39, 29)
-    with pytest.raises(ValueError, match="0 < frac <= 1"):
+    with pytest.raises(ValueError, match=r"frac must be in \(0, 1\]"):
         boxes.centre_box(10, 10, 0)
 
 
@@ -510,9 +510,21 @@ def test_gt_known_uses_saliency_true_even_when_the_true_class_is_guessed():
 @pytest.mark.parametrize("call, message", [
     (lambda: boxes.box_area((0, 0, 3)), r"box: expected \(x0, y0, x1, y1\), got \(0, 0, 3\)"),
     (lambda: boxes.box_area((5, 0, 3, 3)), "expected x0 <= x1 and y0 <= y1"),
-    (lambda: boxes.whole_image_box(0, 5), "whole_image_box: expected h, w >= 1, got h=0, w=5"),
-    (lambda: boxes.centre_box(10, 10, 0), r"centre_box: expected 0 < frac <= 1, got 0"),
-    (lambda: boxes.centre_box(0, 10, 0.5), "centre_box: expected an image of at least 1x1 pixels"),
+    (lambda: boxes.box_area((0, 0, float("nan"), 3)), "box: expected finite coordinates"),
+    (lambda: boxes.iou((0, 0, 5, 5), (0, float("inf"), 5, 5)), "second box: expected finite coordinates"),
+    (lambda: boxes.whole_image_box(0, 5), "whole_image_box: h must be an integer >= 1, got 0"),
+    (lambda: boxes.whole_image_box(5, 2.7), "whole_image_box: w must be an integer >= 1, got 2.7"),
+    (lambda: boxes.centre_box(10, 10, 0), r"centre_box: frac must be in \(0, 1\], got 0"),
+    (lambda: boxes.centre_box(10, 10, float("nan")), r"centre_box: frac must be in \(0, 1\], got nan"),
+    (lambda: boxes.centre_box(0, 10, 0.5), r"centre_box: h \(image height\) must be an integer >= 1"),
+    (lambda: boxes.resize_box((0, 0, 5, 5), 0, 1), "resize_box: sx must be > 0, got 0"),
+    (lambda: boxes.resize_box((0, 0, 5, 5), 1, float("nan")), "resize_box: sy must be > 0, got nan"),
+    (lambda: boxes.mask_box(np.ones((2, 3, 4), bool)), r"mask_box: expected a mask \(H, W\), got shape \(2, 3, 4\)"),
+    (lambda: boxes.is_correct(3.7, (0, 0, 5, 5), 3, [(0, 0, 5, 5)]), "pred_label must be a class index"),
+    (lambda: boxes.is_correct(1, (0, 0, 5, 5), True, [(0, 0, 5, 5)]), "gt_label must be a class index"),
+    (lambda: boxes.is_correct(1, (0, 0, 5, 5), 1, [(0, 0, 5, 5)], 50), r"iou_threshold must be in \(0, 1\]"),
+    (lambda: boxes.is_correct(1, (0, 0, 1, 1), 1, [(50, 50, 60, 60)], 0), r"iou_threshold must be in \(0, 1\]"),
+    (lambda: boxes.localisation_error([("cat", (0, 0, 5, 5))], 1, [(0, 0, 5, 5)]), "pred_label must be a class"),
     (lambda: boxes.saliency_threshold_box(np.zeros(5), 0.5), r"expected a saliency map \(H, W\), got shape \(5,\)"),
     (lambda: boxes.saliency_threshold_box(np.zeros((4, 4)), 1.5), "expected 0 < frac <= 1, got 1.5"),
     (lambda: boxes.connected_components(np.zeros((2, 2, 2), bool)), r"expected a mask \(H, W\)"),
@@ -522,6 +534,8 @@ def test_box_helpers_say_what_they_expected(call, message):
     with pytest.raises(ValueError, match=message):
         call()
     assert boxes.mask_box(np.zeros((3, 3), bool)) is None          # an empty mask has no box
+    assert boxes.mask_box([[0, 1], [0, 0]]) == (1, 0, 1, 0)         # a nested list is a mask too
+    assert boxes.is_correct(np.int64(3), (0, 0, 5, 5), np.int32(3), [(0, 0, 5, 5)], 1)   # NumPy labels
 
 
 def test_centre_box_rounds_the_side_and_centres_it_with_the_spare_pixel_after():

@@ -16,8 +16,11 @@ with path compression, so close to linear in H W.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..checks import check_int, check_number, is_int
 from ..kernels import cpu_localise
 
 
@@ -28,6 +31,8 @@ def _check_box(box, name="box") -> tuple:
         x0, y0, x1, y1 = (float(v) for v in box)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected (x0, y0, x1, y1), got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ValueError(f"{name}: expected finite coordinates (x0, y0, x1, y1), got {box!r}")
     if x1 < x0 or y1 < y0:
         raise ValueError(f"{name}: expected x0 <= x1 and y0 <= y1 (inclusive coordinates), got {box!r}")
     return x0, y0, x1, y1
@@ -53,7 +58,12 @@ def iou(a, b) -> float:
 
 
 def is_correct(pred_label: int, pred_box, gt_label: int, gt_boxes, iou_threshold: float = 0.5) -> bool:
-    """The ILSVRC criterion for one guess: right class and IoU >= 0.5 with some ground-truth box."""
+    """The ILSVRC criterion for one guess: right class and IoU >= 0.5 with some ground-truth box.
+    Labels are class indices (integers); iou_threshold is a fraction in (0, 1]."""
+    for name, label in (("pred_label", pred_label), ("gt_label", gt_label)):
+        if not is_int(label):
+            raise ValueError(f"is_correct: {name} must be a class index (an integer), got {label!r}")
+    check_number("is_correct", "iou_threshold", iou_threshold, low=0, high=1, low_open=True)
     if int(pred_label) != int(gt_label):
         return False
     return any(iou(pred_box, g) >= iou_threshold for g in gt_boxes)
@@ -68,22 +78,23 @@ def resize_box(box, sx: float, sy: float) -> tuple:
     """An inclusive box on an image resized by sx along the width and sy along the height: pixel x covers
     [x, x + 1), so x0 -> x0 * sx and x1 -> (x1 + 1) * sx - 1 (floats; the whole image stays the whole image)."""
     x0, y0, x1, y1 = _check_box(box)
+    sx = check_number("resize_box", "sx", sx, low=0, low_open=True)
+    sy = check_number("resize_box", "sy", sy, low=0, low_open=True)
     return (x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1)
 
 
 def whole_image_box(h: int, w: int) -> tuple:
     """(0, 0, w - 1, h - 1)."""
-    if h < 1 or w < 1:
-        raise ValueError(f"whole_image_box: expected h, w >= 1, got h={h}, w={w}")
+    check_int("whole_image_box", "h", h, 1)
+    check_int("whole_image_box", "w", w, 1)
     return (0, 0, int(w) - 1, int(h) - 1)
 
 
 def centre_box(h: int, w: int, frac: float) -> tuple:
     """The centred box whose sides are `frac` of the image's sides (area frac**2), 0 < frac <= 1."""
-    if not 0 < frac <= 1:
-        raise ValueError(f"centre_box: expected 0 < frac <= 1, got {frac}")
-    if h < 1 or w < 1:
-        raise ValueError(f"centre_box: expected an image of at least 1x1 pixels, got h={h}, w={w}")
+    check_number("centre_box", "frac", frac, low=0, high=1, low_open=True)
+    check_int("centre_box", "h (image height)", h, 1)
+    check_int("centre_box", "w (image width)", w, 1)
     bw, bh = max(1, round(frac * w)), max(1, round(frac * h))
     x0, y0 = (w - bw) // 2, (h - bh) // 2
     return (x0, y0, x0 + bw - 1, y0 + bh - 1)
@@ -91,6 +102,9 @@ def centre_box(h: int, w: int, frac: float) -> tuple:
 
 def mask_box(mask: np.ndarray):
     """Tight inclusive box (x0, y0, x1, y1) around the True pixels of mask (H, W); None when empty."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask_box: expected a mask (H, W), got shape {mask.shape}")
     rows = np.flatnonzero(mask.any(1))
     if len(rows) == 0:
         return None
