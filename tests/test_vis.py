@@ -1126,3 +1126,33 @@ def test_the_saliency_bench_runs_and_records_its_settings():
     assert row["model"] == "paper_net224" and row["scratchnet_img_s"] > 0
     if "same_top1" in row:                                   # PyTorch ran beside it
         assert row["same_top1"] and row["max_map_rel_diff"] < 0.1
+
+
+def test_odd_arguments_of_the_visualisers_are_refused_in_one_line(net, live_net, x, tmp_path):
+    """Each of these gave a wrong answer without a word (class -1 as class 4, neuron=True as channel 1, a
+    layer name's letters as layers) or an IndexError / AxisError from inside NumPy."""
+    from scratchnet.models import load
+    from scratchnet.vis.saliency import map_image
+    z = np.zeros((1, 3, 8, 8))
+    net.save(tmp_path / "n.npz")
+    for call, message in (
+            (lambda: cm.objective_value(net, z, [-1], 1e-5), r"expected indices 0\.\.4, got \[-1\]"),
+            (lambda: cm.objective_value(net, z, [5], 1e-5), r"expected indices 0\.\.4, got \[5\]"),
+            (lambda: cm.objective_value(net, z, [1], float("nan")), "lam must be >= 0, got nan"),
+            (lambda: cm.objective_value(net, z, [1, 2], 0.0), r"one class per image \(M,\)"),
+            (lambda: cm.class_model(live_net, [3], steps=1, score_layer="gap"),
+             r"channel c of score_layer 'gap', so its output must be \(M, C, H, W\) with C > 3"),
+            (lambda: cm.class_model(live_net, [4], steps=1, score_layer="conv1"),
+             r"with C > 4, the largest class asked for; it is \(1, 4, 8, 8\)"),
+            (lambda: deconv.reconstruct(net, x, "conv2", neuron=True), "neuron must be 'max', a channel index"),
+            (lambda: deconv.reconstruct(net, x, "conv2", neuron=3.0), "neuron must be 'max', a channel index"),
+            (lambda: deconv.reconstruct(net, x, "conv2", neuron=(0, 1.5, 0)), "an index tuple of integers"),
+            (lambda: saliency(net, x, classes=np.zeros((3, 0), np.int64)), "k >= 1 classes per image"),
+            (lambda: map_image(np.full((4, 4), np.nan)), "the map holds 16 NaN or infinite values of 16"),
+            (lambda: load(tmp_path / "n.npz", num_classes=5), r"\['num_classes'\] are options of the pretrained")):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert cm.objective_value(net, z, np.array([3]), 0.0).shape == (1,)
+    r = deconv.reconstruct(net, x, "conv2", neuron=np.int64(1))
+    assert all(n[0] == 1 for n in r.neurons)
+    assert [row["layer"] for row in deconv.compare_rules(net, x, layers="conv2")] == ["conv2"]   # not c, o, n...

@@ -38,6 +38,9 @@ def load(name_or_path, device=None, **kw) -> Network:
     if key in PRETRAINED:
         net = PRETRAINED[key](**kw)
     elif Path(key).exists():
+        if kw:
+            raise ValueError(f"load: {sorted(kw)} are options of the pretrained networks ({sorted(PRETRAINED)}); "
+                             f"a saved network ({key}) is loaded as it was saved")
         net = load_network(key)
     else:
         raise ValueError(f"unknown model {key!r}: expected one of {sorted(PRETRAINED)} or a path to a "

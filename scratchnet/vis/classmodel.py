@@ -221,7 +221,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
         dy, dx = (rng.integers(-jitter, jitter + 1, 2) if jitter and t < steps else (0, 0))
         xj = xp.roll(x, (int(dy), int(dx)), axis=(2, 3)) if (dy or dx) else x
         try:
-            out, z = _forward(net, xj, score_at)
+            out, z = _forward(net, xj, score_at, cls)
         except NonFiniteInputError:
             if t == 0:
                 raise
@@ -320,11 +320,17 @@ def linear_score_layer(net):
     return None
 
 
-def _forward(net, x, score_at):
-    """The network's scores (M, K classes) and, when ``score_at`` names a layer, that layer's output."""
+def _forward(net, x, score_at, cls):
+    """The network's scores (M, K classes) and, when ``score_at`` names a layer, that layer's output
+    (checked to have a channel for each class in ``cls``)."""
     if score_at is None:
         return net.forward(x), None
     z = forward_to(net, x, score_at)       # a pass by hand: backward goes through backward_from
+    if z.ndim != 4 or z.shape[1] <= int(cls.max()):
+        raise ValueError(f"class_model: the score of class c is the spatial mean of channel c of score_layer "
+                         f"{score_at!r}, so its output must be (M, C, H, W) with C > {int(cls.max())}, the "
+                         f"largest class asked for; it is {tuple(z.shape)} (score_layer=None ascends the "
+                         f"network's output)")
     out = z
     for _, lay in net.layers[layer_index(net, score_at) + 1:]:
         out = lay.forward(out, False)
@@ -334,10 +340,15 @@ def _forward(net, x, score_at):
 def objective_value(net, x, classes, lam, score_layer="auto"):
     """J(I) = S(I) - lam ||I/u||^2 for images x (M, C, H, W) and classes (M,): the documented objective
     (S: the class score, or the linear score of ``score_layer``, as in ``class_model``)."""
+    check_number("objective_value", "lam", lam, low=0)
+    cls = np.atleast_1d(resolve_classes(net, classes))
+    if not hasattr(x, "shape") or len(x.shape) != 4 or cls.shape != (x.shape[0],):
+        raise ValueError(f"objective_value: expected images (M, C, H, W) and one class per image (M,), got "
+                         f"{getattr(x, 'shape', type(x).__name__)} and classes of shape {cls.shape}")
     u = grey_level(net)
     score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
     x = on_net_device(net, x)
-    out, z = _forward(net, x, score_at)
-    rows, cols = np.arange(len(x)), np.asarray(classes)
+    out, z = _forward(net, x, score_at, cls)
+    rows, cols = np.arange(len(x)), cls
     s = to_numpy(out)[rows, cols] if z is None else to_numpy(z)[rows, cols].mean(axis=(1, 2))
     return s - lam * to_numpy((x * x).sum(axis=(1, 2, 3))) / u ** 2

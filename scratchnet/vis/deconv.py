@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
-from ..checks import check_int
+from ..checks import check_int, is_int
 from ..layers import Rule
 from .display import on_net_device
 
@@ -109,13 +109,17 @@ def pick_neuron(act, neuron="max", upper=float("inf"), layer=None):
             if neuron != "max":
                 raise ValueError(f"neuron must be 'max', a channel index or an index tuple, got {neuron!r}")
             out.append(tuple(int(v) for v in np.unravel_index(a[n].argmax(), a[n].shape)))
-        elif isinstance(neuron, (int, np.integer)):
+        elif is_int(neuron):
             if not 0 <= neuron < a.shape[1]:
                 raise ValueError(f"channel {neuron} out of range: the layer{f' {layer}' if layer else ''} has "
                                  f"{a.shape[1]} channels (0..{a.shape[1] - 1})")
             m = a[n, int(neuron)]
             out.append((int(neuron),) + tuple(int(v) for v in np.unravel_index(m.argmax(), m.shape)))
         else:
+            if isinstance(neuron, (bytes, dict, set, frozenset)) or not hasattr(neuron, "__iter__") or not all(
+                    is_int(v) for v in neuron):
+                raise ValueError(f"neuron must be 'max', a channel index or an index tuple of integers, got "
+                                 f"{neuron!r}")
             idx = tuple(int(v) for v in neuron)
             if len(idx) != a.ndim - 1 or any(not 0 <= i < s for i, s in zip(idx, a.shape[1:])):
                 raise ValueError(f"neuron index {idx} does not fit the output of shape {a.shape[1:]} of the "
@@ -190,6 +194,8 @@ def compare_rules(net, x, layers=None, neuron="max", mode="neuron") -> list[dict
     With no ReLU below a layer the three are identical; the differences grow with depth.
     """
     x = on_net_device(net, x)
+    if isinstance(layers, str):                       # one layer's name, not its letters
+        layers = [layers]
     if layers is None:
         shape = (1,) + tuple(net.input_shape)
         layers = []

@@ -101,6 +101,8 @@ def saliency(net, x, classes=None, rule="gradient", batch_size=16) -> Saliency:
         if per_image.shape[0] != n:
             raise ValueError(f"classes of shape (N, k) needs N = {n} rows, got {per_image.shape}")
         k = per_image.shape[1]
+        if k == 0:
+            raise ValueError("classes of shape (N, k) needs k >= 1 classes per image, got k = 0")
         img_idx, flat_cls = np.repeat(np.arange(n), k), per_image.reshape(-1)
     elif per_image is None or per_image.ndim <= 1:
         k = None
@@ -215,6 +217,9 @@ def map_image(smap, pct=99.5) -> np.ndarray:
     (a few very large gradients would otherwise leave the rest of the map black)."""
     from ..io.images import heatmap
     m = np.asarray(smap, np.float64)
+    if not np.isfinite(m).all():
+        raise ValueError(f"map_image: the map holds {int((~np.isfinite(m)).sum())} NaN or infinite values of "
+                         f"{m.size}; a saliency map is finite (was the network's input finite?)")
     return heatmap(m, vmin=0.0, vmax=max(float(np.percentile(m, pct)), 1e-30))
 
 
