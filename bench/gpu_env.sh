@@ -5,7 +5,7 @@
 # (ignored by git: /scratchnet/kernels), and let Python find ./scratchnet first.
 # $1: where the install log goes. Also defines gpu_info: the GPU, driver and library versions.
 if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
-    $PY -m pip install -q --no-deps --no-build-isolation -e . >"$1" 2>&1
+    $PY -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >"$1" 2>&1
 fi
 if ! $PY -c "import scratchnet.kernels.gpu" 2>/dev/null; then
     ln -sfn "$PWD/kernels" "$PWD/scratchnet/kernels"
