@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from scratchnet.io.classnames import UnknownClassError, class_index, imagenet_class_names, imagenet_wnids
-from scratchnet.io.datasets import (decode_cache, image_folder, imagenet_val_dev, mean_image, open_dataset,
+from scratchnet.io.datasets import (Dataset, decode_cache, image_folder, imagenet_val_dev, mean_image, open_dataset,
                                     tiny_imagenet)
 from scratchnet.io.images import (ImageReadError, centre_crop, heatmap, load_image, overlay, resize,
                                   resize_shorter, save_png)
@@ -500,3 +500,33 @@ def test_imagenet_val_dev_refuses_a_box_with_x1_before_x0(tmp_path):
                                   ["a.JPEG", "0", wnids[0], "640", "480", "31", "2", "30", "40"]])
     with pytest.raises(ValueError, match="line 2: box .* is not x0 y0 x1 y1"):
         imagenet_val_dev(tmp_path)
+
+
+def test_ctrl_c_during_the_decode_stops_it_and_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C while decode_cache waits for its threads raised KeyboardInterrupt only once every image was
+    decoded (leaving the thread pool waits for its work): a minute for Tiny-ImageNet; one that came while
+    the pool started a thread left that thread decoding its chunk after the call had returned. Now every
+    worker stops at its next image, and the temporary file is removed."""
+    import os
+    import signal
+    import time
+    import scratchnet.io.datasets as datasets
+    n, calls = 3000, []
+
+    def decode_one(path, size):
+        calls.append(path)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)          # Ctrl-C, delivered to the main thread
+        time.sleep(0.001)
+        return np.zeros((size, size, 3), np.uint8)
+    monkeypatch.setattr(datasets, "decode_one", decode_one)
+    ds = Dataset([tmp_path / f"{i}.png" for i in range(n)], np.zeros(n, np.int64), ["a"], ["a"], root=tmp_path)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # a background runner may ignore it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            decode_cache(ds, 4, tmp_path / "cache", progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    time.sleep(0.2)                                       # a worker left running would go on meanwhile
+    assert len(calls) <= 3, len(calls)                    # before: every image of one chunk, or all n
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -448,13 +448,19 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
                          f"{time.time() - t0:.1f} s -> {final.name}")
 
     try:
+        futures = []
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(work, lo) for lo in range(0, n, chunk)]
-            for f in futures:
-                if f.exception() is not None:
-                    for g in futures:
-                        g.cancel()
-                    raise f.exception()
+            try:
+                for lo in range(0, n, chunk):
+                    futures.append(pool.submit(work, lo))
+                for f in futures:
+                    if f.exception() is not None:
+                        raise f.exception()
+            except BaseException:   # an unreadable file (on_error="raise"), or Ctrl-C (which can come while
+                failed.set()        # submit starts a thread the pool then does not wait for): every worker
+                for g in futures:   # stops at its next image, not at the end of the decode
+                    g.cancel()
+                raise
         shown.done(f"decode_cache: {n} images in {time.time() - t0:.1f} s")
         kept = np.flatnonzero(ok).astype(np.int64)
         if len(kept) < n:
