@@ -225,6 +225,10 @@ def main(argv=None):
         what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         print(f"scratchnet {args.command}: error: {what}", file=sys.stderr)
         return 2
+    except MemoryError as e:              # NumPy's says how much, and of what shape: the size asked for
+        print(f"scratchnet {args.command}: error: out of memory: {e or 'an allocation failed'} (smaller "
+              f"settings: batch size, network width, input size, number of photos?)", file=sys.stderr)
+        return 2
     finally:
         _ran_on["device"] = None
 

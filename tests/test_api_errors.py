@@ -282,6 +282,24 @@ def test_a_corrupted_member_is_a_network_file_error(net, tmp_path):
         load_network(bad)
 
 
+def test_a_network_file_with_another_number_of_class_names_is_refused(net, tmp_path):
+    """A file whose class list is shorter than its outputs loaded, and `scratchnet classify` then printed
+    half an answer and an IndexError."""
+    from scratchnet.models.network import NetworkFileError
+    import json
+    good = net.save(tmp_path / "good.npz")
+    for key in ("class_names", "class_wnids"):
+        with np.load(good) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays["__meta__"]))
+        meta[key] = [f"c{i}" for i in range(net.num_classes - 2)]
+        arrays["__meta__"] = np.array(json.dumps(meta))
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(NetworkFileError, match=f"lists {net.num_classes - 2} {key}, but the network has "
+                                                   f"{net.num_classes} outputs"):
+            load_network(tmp_path / "bad.npz")
+
+
 def test_backward_after_a_partial_forward_asks_for_a_forward(x):
     from scratchnet.vis.deconv import backward_from, forward_to
     fresh = paper_net(32, num_classes=5, width=1 / 16, seed=0)
@@ -792,6 +810,20 @@ def test_a_refused_file_operation_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(mcli, "cmd_info", refuse)
     assert main(["info"]) == 2
     assert capsys.readouterr().err == "scratchnet info: error: Permission denied: /x/report\n"
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
+    """`scratchnet train --width 1e9` (or --input-size 100000) reached NumPy's allocation error as a
+    traceback; now one line with NumPy's size and shape, exit 2."""
+    import scratchnet.models.cli as mcli
+    from scratchnet.cli import main
+
+    def too_big(args):
+        np.zeros((2 ** 62,), np.uint8)            # refused at once: more than any address space
+    monkeypatch.setattr(mcli, "cmd_info", too_big)
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchnet info: error: out of memory: Unable to allocate") and err.count("\n") == 1
 
 
 def test_a_damaged_network_file_leaves_no_file_open(tmp_path):

@@ -243,7 +243,8 @@ def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool =
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image_folder: no folder {root}")
+        raise FileNotFoundError(f"image_folder: {root} is a file, expected a data set's folder" if root.exists() else
+                                f"image_folder: no folder {root}")
     if isinstance(class_names, str) and class_names == "imagenet":
         class_names, class_wnids = imagenet_class_names(), imagenet_wnids()
     folders = _class_folders(root)
@@ -352,7 +353,8 @@ def open_dataset(path, root_split="train", **kw) -> Dataset:
     """
     p = Path(path)
     if not p.is_dir():
-        raise FileNotFoundError(f"open_dataset: no folder {p}")
+        raise FileNotFoundError(f"open_dataset: {p} is a file, expected a data set's folder" if p.exists() else
+                                f"open_dataset: no folder {p}")
     if (p / "wnids.txt").is_file() and (p / root_split).is_dir():
         return tiny_imagenet(p, root_split, **kw)
     if p.name in ("train", "val") and (p.parent / "wnids.txt").is_file():

@@ -35,6 +35,8 @@ def load(name_or_path, device=None, **kw) -> Network:
     """A pretrained network by name, or a network saved by ``Network.save`` by path."""
     _load_pretrained_modules()
     key = str(name_or_path)
+    if not key.strip():                 # Path("") is the current folder
+        raise ValueError(f"load: expected a model name ({sorted(PRETRAINED)}) or a path, got an empty string")
     if key in PRETRAINED:
         net = PRETRAINED[key](**kw)
     elif Path(key).exists():

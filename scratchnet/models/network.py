@@ -345,6 +345,10 @@ def _network_from_npz(z, path) -> Network:
             layer.stats[k] = _checked_array(z, f"stat/{path_}.{k}", np.shape(now), path)
     if "__mean_image__" in z.files:
         net.mean_image = _checked_array(z, "__mean_image__", (net.input_shape[0],), path, trailing_ok=True)
+    for what, names in (("class_names", net.class_names), ("class_wnids", net.class_wnids)):
+        if names is not None and len(names) != net.num_classes:
+            raise NetworkFileError(f"{path}: __meta__ lists {len(names)} {what}, but the network has "
+                                   f"{net.num_classes} outputs (one name per class expected)")
     return net
 
 

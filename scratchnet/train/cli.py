@@ -61,7 +61,7 @@ def register(sub, ev_sub):
     p.add_argument("--init-std", type=positive_number, default=None,
                    help="--init gaussian: the weights' std (default 0.01)")
     p.add_argument("--dropout", type=nonnegative_number, help="dropout before fc6 and fc7 (default 0.5)")
-    p.add_argument("--seed", type=int, help="seed of the initial weights, the shuffles, the augmentation and "
+    p.add_argument("--seed", type=nonnegative_int, help="seed of the initial weights, the shuffles, the augmentation and "
                                             "dropout (default 0)")
     p.add_argument("--crop", action=__import__("argparse").BooleanOptionalAction,
                    help="random crops after reflect-padding by 4 (default; --no-crop: none)")

@@ -167,7 +167,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     """
     if optimiser not in ("normalised", "plain"):
         raise ValueError(f"optimiser must be 'normalised' or 'plain', got {optimiser!r}")
-    for name, v in (("steps", steps), ("jitter", jitter), ("blur_every", blur_every)):
+    for name, v in (("steps", steps), ("jitter", jitter), ("blur_every", blur_every), ("seed", seed)):
         check_int("class_model", name, v, 0)
     check_number("class_model", "lr (a step up the class score)", lr, low=0, low_open=True)
     check_number("class_model", "momentum", momentum, low=0, high=1, high_open=True)

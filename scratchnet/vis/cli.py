@@ -79,7 +79,7 @@ def register(sub, ev_sub):
     p.add_argument("--start-noise", type=nonnegative_number, default=0.0, metavar="GREY",
                    help="opt-in: start from Gaussian noise of GREY grey levels (rms) instead of the paper's "
                         "zero image (for a network whose gradient there is exactly 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --jitter's rolls and --start-noise "
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --jitter's rolls and --start-noise "
                                                        "(default %(default)s)")
     p.add_argument("--out", default="classmodel-out", help="output folder (default %(default)s)")
     add_device_arg(p)
