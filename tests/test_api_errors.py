@@ -864,3 +864,44 @@ def test_a_bad_number_is_refused_by_its_flag_before_any_work(argv, says, capsys)
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_blocks_refuse_branches_that_do_not_fit_in_forward():
+    """Residual added a 1-channel body to a 3-channel input by broadcasting (a wrong answer, refused only at
+    backward), and Concat and a spatial mismatch reached NumPy's own messages; output_shape knew all along."""
+    from scratchnet.layers import Concat, Conv2d, GlobalAvgPool, Residual
+    x = np.ones((2, 3, 5, 5), np.float32)
+    for block, message in ((Residual(Conv2d(3, 1, 1)), r"body output \(2, 1, 5, 5\) and shortcut output \(2, 3, 5, 5\)"),
+                           (Residual(Conv2d(3, 3, 3)), r"body output \(2, 3, 3, 3\) and shortcut output"),
+                           (Residual(Conv2d(3, 3, 1), Conv2d(3, 3, 1, stride=2)), "and shortcut output"),
+                           (Concat([Conv2d(3, 2, 3), Conv2d(3, 2, 1)]), "branch outputs differ in spatial size")):
+        with pytest.raises(ShapeError, match=message):
+            block.output_shape(x.shape)
+        with pytest.raises(ShapeError, match=message):
+            block.forward(x)
+    r = Residual(Conv2d(3, 3, 1))
+    y = r.forward(x)
+    with pytest.raises(ShapeError, match=r"dy must have the shape \(2, 3, 5, 5\)"):
+        r.backward(np.ones((2, 3, 5, 4), np.float32))
+    assert r.backward(np.ones_like(y)).shape == x.shape
+    with pytest.raises(ShapeError, match="at least 1x1 pixels"):                # the mean of nothing: NaN
+        GlobalAvgPool().forward(np.ones((1, 2, 0, 4), np.float32))
+
+
+def test_a_layer_refuses_an_input_of_another_dtype_than_its_parameters_and_a_network_converts_it():
+    """float64 input on float32 weights gave float64 out of the GEMM paths and float32 out of the
+    depthwise one (and a float32 weight gradient for float64 weights)."""
+    from scratchnet.layers import BatchNorm2d, Conv2d, Linear
+    x64 = np.ones((1, 3, 5, 5))
+    for layer in (Conv2d(3, 3, 3), Conv2d(3, 3, 3, groups=3), Conv2d(3, 4, 1), BatchNorm2d(3)):
+        with pytest.raises(ShapeError, match="the input is float64 but the parameters are float32: convert one"):
+            layer.forward(x64)
+        assert layer.astype(np.float64).forward(x64).dtype == np.float64
+    with pytest.raises(ShapeError, match="the input is float32 but the parameters are float64"):
+        Linear(4, 2).astype(np.float64).forward(np.ones((1, 4), np.float32))
+    net = paper_net(32, num_classes=5, width=1 / 16, seed=0)
+    x32 = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    s = net.forward(x32.astype(np.float64))                   # converted to the network's float32
+    assert s.dtype == np.float32
+    np.testing.assert_array_equal(s, net.forward(x32))
+    assert net.backward(np.ones_like(s)).dtype == np.float32

@@ -199,8 +199,10 @@ def byte_order_hint(dtype) -> str:
     return " (the other byte order: x.astype(x.dtype.newbyteorder()) makes it native)" if swapped else ""
 
 
-def check_input(layer: Layer, x, ndim: int | None = None, channels: int | None = None):
-    """Raise a ShapeError naming ``layer`` unless ``x`` is a float array of rank ``ndim`` with ``channels`` channels."""
+def check_input(layer: Layer, x, ndim: int | None = None, channels: int | None = None, params=None):
+    """Raise a ShapeError naming ``layer`` unless ``x`` is a float array of rank ``ndim`` with ``channels`` channels
+    (and, given ``params``, an array, of its dtype: float32 weights on a float64 input would give float64 on
+    one path and float32 on another)."""
     xp = get_array_module(x)
     if not isinstance(x, (np.ndarray,)) and xp is np:
         raise ShapeError(f"{layer.label()}: expected an array, got {type(x).__name__}")
@@ -213,3 +215,7 @@ def check_input(layer: Layer, x, ndim: int | None = None, channels: int | None =
     if channels is not None and x.shape[1] != channels:
         raise ShapeError(f"{layer.label()}: expected {channels} input channels, got {x.shape[1]} "
                          f"(input shape {tuple(x.shape)})")
+    if params is not None and x.dtype != params.dtype:
+        raise ShapeError(f"{layer.label()}: the input is {x.dtype} but the parameters are {params.dtype}: convert "
+                         f"one (x.astype(np.{params.dtype}), or layer.astype(np.{x.dtype}); a Network converts "
+                         f"its input to its own dtype)")

@@ -104,6 +104,8 @@ class Concat(Layer):
     def forward(self, x, train=False):
         xp = get_array_module(x)
         ys = [b.forward(x, train) for _, b in self.branches]
+        if len({(y.shape[0],) + tuple(y.shape[2:]) for y in ys}) != 1:
+            raise ShapeError(f"{self.label()}: branch outputs differ in spatial size: {[tuple(y.shape) for y in ys]}")
         self._sizes = [y.shape[1] for y in ys]
         return self.kept_output(xp.concatenate(ys, axis=1))
 
@@ -140,9 +142,14 @@ class Residual(Layer):
 
     def forward(self, x, train=False):
         y = self.body.forward(x, train)
-        return y + (self.shortcut.forward(x, train) if self.shortcut is not None else x)
+        s = self.shortcut.forward(x, train) if self.shortcut is not None else x
+        if y.shape != s.shape:                  # y + s would broadcast a 1-channel body over the channels
+            raise ShapeError(f"{self.label()}: body output {tuple(y.shape)} and shortcut output "
+                             f"{tuple(s.shape)} differ")
+        return self.kept_output(y + s)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
+        self.check_dy(dy)
         dx = self.body.backward(dy, rule, param_grads, input_grad)
         if self.shortcut is not None:
             ds = self.shortcut.backward(dy, rule, param_grads, input_grad)

@@ -208,7 +208,7 @@ class Conv2d(Layer):
 
     # -- forward / backward --------------------------------------------------------------
     def forward(self, x, train=False):
-        check_input(self, x, 4, self.in_channels)
+        check_input(self, x, 4, self.in_channels, self.params["W"])
         xp = get_array_module(x)
         n, c, h, w = x.shape
         _, o, oh, ow = self.output_shape(x.shape)

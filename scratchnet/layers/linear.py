@@ -47,7 +47,7 @@ class Linear(Layer):
         return (in_shape[0], self.out_features)
 
     def forward(self, x, train=False):
-        check_input(self, x, 2)
+        check_input(self, x, 2, params=self.params["W"])
         self.output_shape(x.shape)
         self._x = x
         y = x @ self.params["W"].T

@@ -125,7 +125,7 @@ class BatchNorm2d(Layer):
         return self.params["gamma"] / xp.sqrt(xp.asarray(self.stats["var"]) + self.eps)
 
     def forward(self, x, train=False):
-        check_input(self, x, 4, self.channels)
+        check_input(self, x, 4, self.channels, self.params["gamma"])
         xp = get_array_module(x)
         a = self._scale(xp)
         self._centred = (x - xp.asarray(self.stats["mean"]).reshape(1, -1, 1, 1))

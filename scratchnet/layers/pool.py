@@ -154,10 +154,14 @@ class GlobalAvgPool(Layer):
     _shape = None        # forward's input shape
 
     def output_shape(self, in_shape):
+        if len(in_shape) != 4 or min(in_shape[2:]) < 1:
+            raise ShapeError(f"{self.label()}: expected an input (N, C, H, W) of at least 1x1 pixels, got "
+                             f"{tuple(in_shape)}")
         return tuple(in_shape[:2])
 
     def forward(self, x, train=False):
         check_input(self, x, 4)
+        self.output_shape(x.shape)                  # the mean of 0 pixels would be NaN
         self._shape = x.shape
         return self.kept_output(x.mean(axis=(2, 3)))
 

@@ -80,8 +80,16 @@ class Network(Sequential):
                              f"{h}x{w} images (input shape {tuple(x.shape)}); resize them, e.g. with "
                              f"scratchnet.models.preprocess.prepare ({e})") from None
 
-    def forward(self, x, train=False):
+    def checked_input(self, x):
+        """x after check_input, in the network's dtype: an input of the other float dtype is converted
+        (float64 images on a float32 network run in float32, as its layers ask)."""
         self.check_input(x)
+        dtype = next((layer.params[key].dtype for _, layer, key in self.named_params()), x.dtype)
+        return x if x.dtype == dtype else x.astype(dtype)
+
+    def forward(self, x, train=False):
+        """Scores (N, K) of images x (N, C, H, W) (converted to the network's dtype: checked_input)."""
+        x = self.checked_input(x)
         return self.kept_output(super().forward(x, train))     # the scores' shape, dtype, device
 
     def output_shape(self, in_shape):

@@ -57,7 +57,7 @@ def layer_index(net, layer) -> int:
 
 def forward_to(net, x, layer):
     """Run ``net.layers`` up to and including ``layer``: x (N, C, H, W) -> that layer's output."""
-    net.check_input(x)
+    x = net.checked_input(x)
     net.forget_forward()                   # the caches now hold this partial pass: net.backward must not run
     for _, lay in net.layers[:layer_index(net, layer) + 1]:
         x = lay.forward(x, False)
