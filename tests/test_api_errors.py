@@ -905,3 +905,63 @@ def test_a_layer_refuses_an_input_of_another_dtype_than_its_parameters_and_a_net
     assert s.dtype == np.float32
     np.testing.assert_array_equal(s, net.forward(x32))
     assert net.backward(np.ones_like(s)).dtype == np.float32
+
+
+def _rewritten_zip(src, dst, change):
+    """A copy of the zip src at dst with change(name, data) -> [(name, data), ...] applied to each member."""
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w") as zo:
+        for info in zi.infolist():
+            for name, data in change(info.filename, zi.read(info.filename)):
+                zo.writestr(name, data)
+    return dst
+
+
+def test_altered_npz_archives_are_refused_by_both_readers(tmp_path):
+    """A fuzzer of the .npz readers found: a member without the .npy magic (np.load hands back bytes:
+    an AttributeError), a cut .npy header (tokenize's TokenError), a zip compression method NumPy does not
+    write (NotImplementedError), and a member name held twice (zipfile reads the last one: a network
+    loaded with one parameter's values in another, without a word)."""
+    import warnings
+    from scratchnet.layers import Linear
+    from scratchnet.models.network import Network, NetworkFileError
+    from scratchnet.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from scratchnet.train.sgd import SGD
+    lin = Linear(4, 3)
+    lin.init_params(np.random.default_rng(0), "gaussian", std=0.1)
+    net = Network([("fc", lin)], input_shape=(4,))
+    good_net = net.save(tmp_path / "net.npz")
+    good_ck = save_checkpoint(tmp_path / "ck.npz", net, SGD(net), dict(epoch=0, batch=0, step=0))
+
+    def no_magic(name, data):
+        return [(name, b"XXXXXX" + data[6:] if name == "param/fc.W.npy" else data)]
+
+    def cut_header(name, data):
+        return [(name, data.replace(b"(3, 4), }", b"(3, 4), ") if name == "param/fc.W.npy" else data)]
+
+    def twice(name, data):
+        return [(name, data)] + ([("param/fc.W.npy", data)] if name == "param/fc.b.npy" else [])
+
+    def method_99(path):
+        raw = bytearray(path.read_bytes())
+        for sig, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+            i = raw.find(sig)
+            raw[i + at:i + at + 2] = (99).to_bytes(2, "little")
+        out = path.with_name("m99_" + path.name)
+        out.write_bytes(bytes(raw))
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                      # zipfile: "Duplicate name"
+        cases = [(change, f"{change.__name__}_{src.name}", src) for change in (no_magic, cut_header, twice)
+                 for src in (good_net, good_ck)]
+        files = [(_rewritten_zip(src, tmp_path / name, change), change.__name__) for change, name, src in cases]
+    files += [(method_99(good_net), "method"), (method_99(good_ck), "method")]
+    message = {"no_magic": "is not an .npy array", "cut_header": "TokenError", "twice": "more than once",
+               "method": "compression method 99"}
+    for path, what in files:
+        if "ck.npz" in path.name:
+            other = Network([("fc", Linear(4, 3))], input_shape=(4,))
+            with pytest.raises(CheckpointError, match=message[what]):
+                load_checkpoint(path, other, SGD(other))
+        else:
+            with pytest.raises(NetworkFileError, match=message[what]):
+                load_network(path)

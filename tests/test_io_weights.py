@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -203,7 +204,10 @@ def _torch_pickle(tensors: dict, legacy: bool = False, wrap: str | None = None) 
         return P.BINUNICODE + struct.pack("<I", len(raw)) + raw
 
     def integer(v):
-        return P.BININT + struct.pack("<i", v)
+        if -2 ** 31 <= v < 2 ** 31:
+            return P.BININT + struct.pack("<i", v)
+        raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)      # LONG1: any size
+        return P.LONG1 + bytes([len(raw)]) + raw
 
     def tup(items):
         return P.MARK + b"".join(items) + P.TUPLE
@@ -323,6 +327,26 @@ def test_hostile_files_are_refused_before_they_cost_memory(tmp_path):
     path = tmp_path / "magic.pt"
     path.write_bytes(big)
     with pytest.raises(TorchFileFormatError, match=r"expected the legacy magic number 0x1950a86a20f9469cfc6c, got \d+\.\.\.\d+"):
+        load_torch_state_dict(path)
+
+
+def test_sizes_and_strides_numpy_cannot_take_are_refused_naming_the_file(tmp_path):
+    """A fuzzer's finds: a 0 in a size let a huge other dimension past every check (np.zeros then raised
+    'Maximum allowed dimension exceeded'), a dimension of 1 did the same for a huge stride (as_strided's
+    OverflowError); and errors raised while unpickling (a refused global, a bad storage type, a bad
+    rebuild) did not name the file."""
+    zeros = np.zeros(4, np.float32)
+    for name, tensor in (("zero", ("FloatStorage", "0", 4, 0, (0, 10 ** 20), (1, 1))),
+                         ("stride", ("FloatStorage", "0", 4, 0, (1,), (2 ** 70,))),
+                         ("stride2", ("FloatStorage", "0", 4, 0, (1, 2), (2 ** 62, 1)))):
+        for legacy in (False, True):
+            pkl = _torch_pickle({"w": tensor}, legacy=legacy)
+            path = (_write_legacy if legacy else _write_zip)(tmp_path / f"{name}{legacy}.pt", pkl, {"0": zeros})
+            with pytest.raises(TorchFileFormatError, match=f"^{re.escape(str(path))}: .*a number of 2\\*\\*40 or more"):
+                load_torch_state_dict(path)
+    bad_type = {"w": ("IntegerStorageOfMyOwn", "0", 4, 0, (4,), (1,))}
+    path = _write_zip(tmp_path / "type.pt", _torch_pickle(bad_type), {"0": zeros})
+    with pytest.raises(UnsafePickleError, match=f"^{re.escape(str(path))}: refused to load the global torch.IntegerStorageOfMyOwn"):
         load_torch_state_dict(path)
 
 

