@@ -1194,3 +1194,34 @@ def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path, capsys):
     from scratchnet.train.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="cannot be read"):
         tiny_trainer(tmp_path / "run", epochs=2).fit(resume=True)
+
+
+def test_each_epoch_trains_at_its_own_scheduled_rate(tmp_path):
+    """The schedule was tested alone, the trainer only at a constant rate: taking epoch + 1's rate (every drop
+    an epoch early) passed. With drops from epochs 1 and 2 (0-based), every step of epoch e runs at lr0 * 0.1**e;
+    the optimiser's rate is read at each step."""
+    seen = []
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.05, seed=2, crop_pad=0, flip=False, log_every=1, prefetch=0,
+                      milestones=[1, 2])
+    t = Trainer(tiny_net(), synthetic(10, size=4), None, tmp_path / "run", cfg, progress=False,
+                callbacks=[lambda trainer, info: seen.append((info["step"], trainer.optimiser.lr))])
+    t.fit()
+    assert [s for s, _ in seen] == list(range(1, 10))                  # 3 steps an epoch
+    np.testing.assert_allclose([lr for _, lr in seen], [0.05] * 3 + [0.005] * 3 + [0.0005] * 3)
+    rows = metric_rows(tmp_path / "run")
+    assert np.allclose([r["lr"] for r in rows if r["kind"] == "epoch"], [0.05, 0.005, 0.0005])
+
+
+def test_a_resume_from_an_older_checkpoint_drops_the_metrics_lines_after_it(tmp_path):
+    """A run killed (SIGKILL, power cut) after it had logged past its last checkpoint: the resumed run
+    trains those steps again, and the lines the lost steps had written are dropped, not kept twice."""
+    import shutil
+    run = tmp_path / "run"
+    tiny_trainer(run, epochs=1).fit()
+    shutil.copy(run / "checkpoint.npz", tmp_path / "epoch1.npz")
+    tiny_trainer(run, epochs=2).fit(resume=True)                     # logs steps 4-6 and epoch 2
+    shutil.copy(tmp_path / "epoch1.npz", run / "checkpoint.npz")    # ... whose checkpoint was then lost
+    tiny_trainer(run, epochs=2).fit(resume=True)
+    rows = metric_rows(run)
+    assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
