@@ -359,10 +359,12 @@ def test_rows_to_nchw_and_back_are_bit_identical_to_cpu(dev, fresh, dtype):
 # the weight gradient's GEMM, summed in slices
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("split", [1, 2, 8, 1003, None], ids=["whole", "S2", "S8_tail3", "S_L", "rule"])
+@pytest.mark.parametrize("split", [1, 2, 8, 1002, 1003, None], ids=["whole", "S2", "S8_tail3", "S1002_tail1", "S_L",
+                                                                   "rule"])
 def test_weight_grad_is_dy_times_cols_transposed(dev, fresh, split, dtype):
     """gpu.weight_grad's strided-batched GEMM over S slices (1003 columns: S = 2 gives slices of 480
-    and a tail of 43, S = 8 slices of 96 and a tail of 235, S = L slices of one column) equals
+    and a tail of 43, S = 8 slices of 96 and a tail of 235, S = 1002 slices of one column and a tail of
+    one, which a tail test of `< L - 1` would drop, S = L slices of one column) equals
     dy2 @ cols.T on the CPU; O and K differ, so a swapped dimension cannot pass. Then again with dy2 a
     strided view and cols in Fortran order, which weight_grad must not hand to cuBLAS as they are."""
     dy2, cols = fresh.normal((5, 1003), dtype), fresh.normal((7, 1003), dtype)
