@@ -1156,3 +1156,37 @@ def test_odd_arguments_of_the_visualisers_are_refused_in_one_line(net, live_net,
     r = deconv.reconstruct(net, x, "conv2", neuron=np.int64(1))
     assert all(n[0] == 1 for n in r.neurons)
     assert [row["layer"] for row in deconv.compare_rules(net, x, layers="conv2")] == ["conv2"]   # not c, o, n...
+
+
+def test_the_ten_crop_centre_is_the_networks_centre_crop_when_the_margin_is_odd():
+    """SqueezeNet's 227 in 256 leaves 29 spare pixels: the 10-crop's centre crop must be the one the network
+    sees (io.images.centre_crop: the spare pixel after), not one pixel on (the tests' photos all had even
+    margins)."""
+    from scratchnet.io.images import centre_crop
+    from scratchnet.vis.saliency import ten_crop_boxes
+    rng = np.random.default_rng(0)
+    for H, W, h, w in ((13, 15, 8, 8), (256, 256, 227, 227), (256, 341, 227, 227)):
+        y, x = ten_crop_boxes(H, W, h, w)[4]
+        pix = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(pix[y:y + h, x:x + w], centre_crop(pix, (h, w)))
+
+
+def test_ten_crop_map_is_zero_where_no_crop_reaches():
+    """With the photo resized to more than twice the crop (20 for 8 x 8 crops), rows 8..11 of the left
+    edge are in no crop: the map is 0 there, not 0 / 0 = NaN (which map_image would refuse)."""
+    net = tiny_net(size=8)
+    img = np.random.default_rng(1).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    r = ten_crop_saliency(net, img, 1, resize=20)
+    assert np.isfinite(r.map).all() and r.map.shape == (20, 20)
+    assert (r.map[8:12, :6] == 0).all() and (r.map[:8, :8] > 0).any()
+
+
+def test_grey_level_counts_the_preprocessing_std():
+    """A network whose preprocessing divides by a std (as EfficientNet's does): one grey level is scale / std
+    in input space, which is what prepare_pixels makes of two images one level apart; no network in the
+    other tests had a std, and u = scale * std passed."""
+    net = tiny_net()
+    net.preprocess = {"channel_order": "RGB", "mean": [120.0, 110.0, 100.0], "std": [4.0, 4.0, 4.0], "scale": 1.0}
+    a, b = (display.prepare_pixels(net, np.full((8, 8, 3), v, np.uint8)) for v in (100, 101))
+    np.testing.assert_allclose(b - a, cm.grey_level(net))
+    assert cm.grey_level(net) == 0.25
