@@ -149,9 +149,11 @@ def resolve_device(device: str | None) -> str:
 
 
 def to_device(a, device: str):
-    """Move an array to 'cpu' (NumPy) or 'gpu' (CuPy); no copy when it is already there."""
+    """Move an array to 'cpu' (NumPy) or 'gpu' (CuPy); no copy when it is already there. The device's
+    name in any case ('GPU'), as resolve_device and $SCRATCHNET_DEVICE take it."""
     if a is None:
         return None
+    device = device.lower() if isinstance(device, str) else device
     if device == "cpu":
         return _cupy.asnumpy(a) if is_gpu_array(a) else np.asarray(a)
     if device == "gpu":

@@ -424,6 +424,60 @@ def test_dscores_and_dy_on_the_wrong_device_are_named(host_gpu):
         bare.backward(np.ones((2, 3), np.float32))
 
 
+def test_moving_mid_training_and_host_device_mixes_that_are_plain_to_mean(host_gpu):
+    """Found by a sweep on this stand-in, each a traceback from inside CuPy before: SGD's momentum stayed
+    where it was made when the network moved (net.to) between steps, so the next step mixed devices; a
+    gradient on the other device than its parameter; a layer used alone with its input on the other
+    device; class indices on the device (a device argmax) for saliency and class_model, and a photo on
+    the device for localise_image; labels on the other device than the scores; net.to("GPU")."""
+    from scratchnet.layers import Linear, ShapeError
+    from scratchnet.localise.network import localise_image
+    from scratchnet.models import paper_net
+    from scratchnet.train.sgd import SGD
+    from scratchnet.vis.classmodel import class_model
+    from scratchnet.vis.saliency import saliency
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+
+    def step(net, opt, device):
+        from scratchnet.backend import to_device
+        from scratchnet.layers import softmax_cross_entropy
+        _, d = softmax_cross_entropy(net.forward(to_device(x, device), train=True), to_device(y, device))
+        net.backward(d, input_grad=False)
+        opt.step()
+
+    moved = paper_net(32, num_classes=3, width=0.125, seed=0, dropout=0.0)
+    stay = paper_net(32, num_classes=3, width=0.125, seed=0, dropout=0.0)
+    opt_moved, opt_stay = SGD(moved, lr=0.01), SGD(stay, lr=0.01)
+    step(moved, opt_moved, "cpu"), step(stay, opt_stay, "cpu")
+    moved.to("GPU")                                                  # any case, as --device takes it
+    step(moved, opt_moved, "gpu"), step(stay, opt_stay, "cpu")
+    moved.to("cpu")
+    step(moved, opt_moved, "cpu"), step(stay, opt_stay, "cpu")
+    assert all(type(v) is np.ndarray for v in opt_moved.velocity.values())
+    for (name, a, key), (_, b, _) in zip(moved.named_params(), stay.named_params()):
+        np.testing.assert_allclose(a.params[key], b.params[key], rtol=1e-4, atol=1e-6, err_msg=name)
+    fc = dict(moved.named_layers())["fc8"]
+    fc.grads["W"] = hostcupy.asarray(fc.grads["W"])
+    with pytest.raises(ValueError, match="SGD: the gradient of fc8.W is on the gpu, the parameter on the cpu"):
+        opt_moved.step()
+    with pytest.raises(ShapeError, match=r"the input is on the gpu but the parameters are on the cpu: move one"):
+        Linear(4, 2).forward(hostcupy.asarray(np.ones((1, 4), np.float32)))
+    net = paper_net(32, num_classes=3, width=0.125, seed=0).to("gpu")
+    xg = hostcupy.asarray(x)
+    top = net.forward(xg).argmax(axis=1)                              # on the device
+    np.testing.assert_array_equal(saliency(net, xg, classes=top).classes, hostcupy.asnumpy(top))
+    assert class_model(net, hostcupy.asarray(np.array([0, 2])), steps=1).classes.tolist() == [0, 2]
+    img = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    a = localise_image(net, hostcupy.asarray(img), cls=hostcupy.asarray(np.array(2)))
+    b = localise_image(net, img, cls=2)
+    assert a["box"] == b["box"] and a["class"] == b["class"] == 2
+    from scratchnet.layers import softmax_cross_entropy
+    loss, _ = softmax_cross_entropy(np.zeros((2, 3), np.float32), hostcupy.asarray(np.array([0, 1])))
+    assert abs(loss - np.log(3)) < 1e-6
+
+
 # ---------------------------------------------------------------------------------------------
 # the pretrained ImageNet networks (EfficientNet-Lite0 comes with pip; SqueezeNet from ../shared)
 # ---------------------------------------------------------------------------------------------

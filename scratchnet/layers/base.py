@@ -215,6 +215,10 @@ def check_input(layer: Layer, x, ndim: int | None = None, channels: int | None =
     if channels is not None and x.shape[1] != channels:
         raise ShapeError(f"{layer.label()}: expected {channels} input channels, got {x.shape[1]} "
                          f"(input shape {tuple(x.shape)})")
+    if params is not None and device_of(x) != device_of(params):
+        raise ShapeError(f"{layer.label()}: the input is on the {device_of(x)} but the parameters are on the "
+                         f"{device_of(params)}: move one (scratchnet.backend.to_device(x, {device_of(params)!r}), "
+                         f"or layer.to({device_of(x)!r}))")
     if params is not None and x.dtype != params.dtype:
         raise ShapeError(f"{layer.label()}: the input is {x.dtype} but the parameters are {params.dtype}: convert "
                          f"one (x.astype(np.{params.dtype}), or layer.astype(np.{x.dtype}); a Network converts "

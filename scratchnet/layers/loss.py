@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_array_module
+from ..backend import device_of, get_array_module, to_device
 from scratchnet import kernels
 
 
@@ -26,7 +26,7 @@ def softmax_cross_entropy(scores, labels):
     xp = get_array_module(scores)
     if scores.ndim != 2:
         raise ValueError(f"softmax_cross_entropy: expected scores of shape (N, K), got {tuple(scores.shape)}")
-    labels = xp.asarray(labels)
+    labels = xp.asarray(to_device(labels, device_of(scores)))   # (small) labels go where the scores are
     n, k = scores.shape
     if n == 0:
         raise ValueError("softmax_cross_entropy: an empty batch (N = 0) has no mean loss: expected N >= 1")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..backend import get_array_module, to_device, to_numpy
+from ..backend import device_of, get_array_module, to_device, to_numpy
 from ..checks import check_number
 
 DECAYED_KEYS = ("W",)
@@ -58,9 +58,14 @@ class SGD:
             if g.shape != w.shape:
                 raise ValueError(f"SGD: gradient of {path} has shape {tuple(g.shape)}, the parameter "
                                  f"{tuple(w.shape)}")
+            if device_of(g) != device_of(w):
+                raise ValueError(f"SGD: the gradient of {path} is on the {device_of(g)}, the parameter on the "
+                                 f"{device_of(w)}: run backward on the network where its parameters are")
             v = self.velocity.get(path)
             if v is None:
                 v = self.velocity[path] = get_array_module(w).zeros_like(w)
+            elif device_of(v) != device_of(w) or v.dtype != w.dtype:    # net.to() or net.astype() since
+                v = self.velocity[path] = to_device(v, device_of(w)).astype(w.dtype, copy=False)
             wd = self.weight_decay if decays(key) else 0.0
             kernels.sgd_update(w, g, v, lr, mu, wd)     # v = mu v - lr (g + wd w); w += v, in place
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..backend import is_gpu_array, to_numpy
 
 
 def on_net_device(net, a):
@@ -108,6 +108,8 @@ def network_wnids(net):
 def resolve_class(net, key) -> int:
     """A class given as an index, a wnid or a name -> its index in the network's outputs."""
     from ..io.classnames import class_index, imagenet_wnids
+    if is_gpu_array(key):                 # e.g. a device argmax: the index, not a class named by its repr
+        key = to_numpy(key)
     if isinstance(key, np.ndarray) and key.ndim == 0:
         key = key.item()                  # np.array(3) is the index 3, not a class named "3"
     names = class_names(net)
@@ -121,7 +123,9 @@ def resolve_class(net, key) -> int:
 def resolve_classes(net, classes) -> np.ndarray:
     """Classes given as an index, a wnid or a name, or a list / array of them (any shape) -> int64
     indices of that shape, each checked against the network's classes (floats and bools refused:
-    3.7 is not a class)."""
+    3.7 is not a class); device arrays (a device argmax) are taken to the host."""
+    if is_gpu_array(classes):
+        classes = to_numpy(classes)
     a = np.asarray(classes)
     if a.size == 0:                       # np.asarray([]) is float64: an empty list is not a float
         return np.zeros(a.shape, np.int64)
