@@ -226,7 +226,7 @@ def main(argv=None):
         print(f"scratchnet {args.command}: error: {what}", file=sys.stderr)
         return 2
     except MemoryError as e:              # NumPy's says how much, and of what shape: the size asked for
-        print(f"scratchnet {args.command}: error: out of memory: {e or 'an allocation failed'} (smaller "
+        print(f"scratchnet {args.command}: error: out of memory: {str(e) or 'an allocation failed'} (smaller "
               f"settings: batch size, network width, input size, number of photos?)", file=sys.stderr)
         return 2
     finally:

@@ -467,7 +467,7 @@ def test_subset_takes_indices_or_a_boolean_mask_and_refuses_the_rest(tmp_path):
     assert names(ds.subset([3, 0])) == ["dog/1.png", "cat/0.png"]
     assert names(ds.subset(np.array([2], np.uint8))) == ["dog/0.png"] and len(ds.subset([])) == 0
     for bad, message in (([True, False], "one entry per image \\(4\\)"), ([-1], "indices in 0..3"),
-                         ([4], "indices in 0..3"), ([1.0], "indices in 0..3")):
+                         ([4], "indices in 0..3"), ([1.0], "indices in 0..3"), ([0, 1, 7], r"such as \[7\]")):
         with pytest.raises(ValueError, match=message):
             ds.subset(bad)
 
@@ -528,7 +528,7 @@ def test_ctrl_c_during_the_decode_stops_it_and_leaves_no_file(tmp_path, monkeypa
     finally:
         signal.signal(signal.SIGINT, previous)
     time.sleep(0.2)                                       # a worker left running would go on meanwhile
-    assert len(calls) <= 3, len(calls)                    # before: every image of one chunk, or all n
+    assert len(calls) < 64, len(calls)                    # before: every image of its chunk (256), or all n
     assert list((tmp_path / "cache").iterdir()) == []
 
 

@@ -1143,6 +1143,8 @@ def bad_checkpoints(tmp_path):
         ("a flipped byte", flipped, "cannot be read"),
         ("a state that is not JSON", fresh("j.npz", __train_state__=np.array("{epoch: 1")), "cannot be read as JSON"),
         ("a state that is a list", fresh("l.npz", __train_state__=np.array("[1, 2]")), "must be a JSON object"),
+        ("a state nested 100,000 deep", fresh("deep.npz", __train_state__=np.array("[" * 100_000)),
+         "cannot be read as JSON .*RecursionError"),
         ("a state without its step", fresh("st.npz", __train_state__=np.array(json.dumps(
             {k: v for k, v in state.items() if k != "step"}))), "needs step as an integer"),
         ("a state without the dropout generator", fresh("d.npz", __train_state__=np.array(json.dumps(

@@ -1139,7 +1139,7 @@ def test_odd_arguments_of_the_visualisers_are_refused_in_one_line(net, live_net,
             (lambda: cm.objective_value(net, z, [-1], 1e-5), r"expected indices 0\.\.4, got \[-1\]"),
             (lambda: cm.objective_value(net, z, [5], 1e-5), r"expected indices 0\.\.4, got \[5\]"),
             (lambda: cm.objective_value(net, z, [1], float("nan")), "lam must be >= 0, got nan"),
-            (lambda: cm.objective_value(net, z, [1, 2], 0.0), r"one class per image \(M,\)"),
+            (lambda: cm.objective_value(net, z, [1, 2], 0.0), r"one class for all or one per image \(M,\)"),
             (lambda: cm.class_model(live_net, [3], steps=1, score_layer="gap"),
              r"channel c of score_layer 'gap', so its output must be \(M, C, H, W\) with C > 3"),
             (lambda: cm.class_model(live_net, [4], steps=1, score_layer="conv1"),
@@ -1153,6 +1153,8 @@ def test_odd_arguments_of_the_visualisers_are_refused_in_one_line(net, live_net,
         with pytest.raises(ValueError, match=message):
             call()
     assert cm.objective_value(net, z, np.array([3]), 0.0).shape == (1,)
+    two = np.concatenate([z, z + 0.5])
+    np.testing.assert_array_equal(cm.objective_value(net, two, 3, 0.0), cm.objective_value(net, two, [3, 3], 0.0))
     r = deconv.reconstruct(net, x, "conv2", neuron=np.int64(1))
     assert all(n[0] == 1 for n in r.neurons)
     assert [row["layer"] for row in deconv.compare_rules(net, x, layers="conv2")] == ["conv2"]   # not c, o, n...

@@ -74,8 +74,10 @@ class Dataset:
                                  f"got shape {idx.shape}")
             idx = np.flatnonzero(idx)
         elif idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= len(self)):
+            flat = idx.reshape(-1)
+            bad = flat if flat.dtype.kind not in "iu" else flat[(flat < 0) | (flat >= len(self))]
             raise ValueError(f"Dataset.subset: expected image indices in 0..{len(self) - 1} or a boolean mask, "
-                             f"got {idx.dtype} values {idx.reshape(-1)[:5].tolist()}...")
+                             f"got {flat.dtype} values such as {bad[:5].tolist()}")
         idx = idx.astype(np.int64).reshape(-1)
         return Dataset([self.paths[i] for i in idx], self.labels[idx], list(self.class_wnids),
                        list(self.class_names), None if self.boxes is None else [self.boxes[i] for i in idx],
@@ -324,11 +326,10 @@ def imagenet_val_dev(root) -> Dataset:
                 continue
             try:
                 f, lab, w = row[0], int(row[1]), row[2]
-                [float(v) for v in row[5:9]]
             except (ValueError, IndexError):
                 raise ValueError(f"{table}, line {n}: expected {len(VAL_DEV_HEADER)} fields "
                                  f"({','.join(VAL_DEV_HEADER)}), got {row}") from None
-            box = _box_row(table, n, row[5:9])
+            box = _box_row(table, n, row[5:9])             # its own message for what is not a box
             if len(row) != len(VAL_DEV_HEADER) or not 0 <= lab < 1000 or wnids[lab] != w:
                 raise ValueError(f"{table}, line {n}: label {lab} and wnid {w} disagree with the "
                                  f"ImageNet-1k order (or the row is malformed): {row}")

@@ -103,9 +103,8 @@ class Concat(Layer):
 
     def forward(self, x, train=False):
         xp = get_array_module(x)
+        self.output_shape(x.shape)              # branches that do not fit: this error, not NumPy's
         ys = [b.forward(x, train) for _, b in self.branches]
-        if len({(y.shape[0],) + tuple(y.shape[2:]) for y in ys}) != 1:
-            raise ShapeError(f"{self.label()}: branch outputs differ in spatial size: {[tuple(y.shape) for y in ys]}")
         self._sizes = [y.shape[1] for y in ys]
         return self.kept_output(xp.concatenate(ys, axis=1))
 
@@ -141,11 +140,9 @@ class Residual(Layer):
         return a
 
     def forward(self, x, train=False):
+        self.output_shape(x.shape)              # y + s would broadcast a 1-channel body over the channels
         y = self.body.forward(x, train)
         s = self.shortcut.forward(x, train) if self.shortcut is not None else x
-        if y.shape != s.shape:                  # y + s would broadcast a 1-channel body over the channels
-            raise ShapeError(f"{self.label()}: body output {tuple(y.shape)} and shortcut output "
-                             f"{tuple(s.shape)} differ")
         return self.kept_output(y + s)
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):

@@ -86,7 +86,7 @@ class Network(Sequential):
         """x after check_input, in the network's dtype: an input of the other float dtype is converted
         (float64 images on a float32 network run in float32, as its layers ask)."""
         self.check_input(x)
-        dtype = next((layer.params[key].dtype for _, layer, key in self.named_params()), x.dtype)
+        dtype = self.dtype(default=x.dtype)
         return x if x.dtype == dtype else x.astype(dtype)
 
     def forward(self, x, train=False):
@@ -137,10 +137,11 @@ class Network(Sequential):
     def num_classes(self):
         return self.output_shape((1,) + self.input_shape)[1]
 
-    def dtype(self):
+    def dtype(self, default=np.float32):
+        """The parameters' dtype; ``default`` for a network without any."""
         for _, layer, key in self.named_params():
             return layer.params[key].dtype
-        return np.dtype(np.float32)
+        return np.dtype(default)
 
     def params_dict(self):
         return {name: layer.params[key] for name, layer, key in self.named_params()}
@@ -314,9 +315,7 @@ def load_network(path) -> Network:
             raise
         except UnknownLayerType as e:           # not a damaged file: a layer class not registered here
             raise NetworkFileError(f"{path}: {e}") from None
-        except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile,
-                zlib.error, tokenize.TokenError, NotImplementedError,         # a cut .npy header; a zip method
-                MemoryError, OverflowError, RecursionError) as e:   # the last three: absurd sizes, nesting
+        except NPZ_DAMAGE as e:
             raise NetworkFileError(f"{path} cannot be read as a scratchnet network (a damaged file, or one "
                                    f"written by another version): {type(e).__name__}: {e}") from None
 
@@ -347,16 +346,11 @@ def _network_from_npz(z, path) -> Network:
                                f"(missing {missing[:5]}, unexpected {extra[:5]})")
     dtypes = set()
     for name, (layer, key) in want.items():
-        arr = _member(z, "param/" + name, path)
+        arr = npz_member(z, "param/" + name, path)
         if arr.shape != layer.params[key].shape:
             raise NetworkFileError(f"{path}: parameter {name} has shape {arr.shape}, "
                                    f"the architecture expects {layer.params[key].shape}")
-        if arr.dtype not in (np.float32, np.float64):
-            raise NetworkFileError(f"{path}: parameter {name} has dtype {arr.dtype}, expected float32 "
-                                   f"or float64")
-        if not np.isfinite(arr).all():
-            raise NetworkFileError(f"{path}: parameter {name} holds NaN or Inf values (saved from a "
-                                   f"diverged run?)")
+        check_values(arr, f"parameter {name}", path)
         dtypes.add(arr.dtype)
         layer.params[key] = arr
     if len(dtypes) > 1:
@@ -364,9 +358,9 @@ def _network_from_npz(z, path) -> Network:
                                f"expected one (float32 or float64)")
     for path_, layer in net.named_layers():
         for k, now in getattr(layer, "stats", {}).items():
-            layer.stats[k] = _checked_array(z, f"stat/{path_}.{k}", np.shape(now), path)
+            layer.stats[k] = checked_npz_array(z, f"stat/{path_}.{k}", np.shape(now), path)
     if "__mean_image__" in z.files:
-        net.mean_image = _checked_array(z, "__mean_image__", (net.input_shape[0],), path, trailing_ok=True)
+        net.mean_image = checked_npz_array(z, "__mean_image__", (net.input_shape[0],), path, trailing_ok=True)
     for what, names in (("class_names", net.class_names), ("class_wnids", net.class_wnids)):
         if names is not None and len(names) != net.num_classes:
             raise NetworkFileError(f"{path}: __meta__ lists {len(names)} {what}, but the network has "
@@ -374,20 +368,43 @@ def _network_from_npz(z, path) -> Network:
     return net
 
 
-def _member(z, name, path):
-    """z[name], an array: np.load gives a member without the .npy magic as bytes."""
-    arr = z[name]
+#: what reading a damaged or hostile .npz member can raise: a flipped byte (zip CRC), a cut file (EOF,
+#: zlib), a cut .npy header (tokenize), an altered zip method (NotImplementedError), absurd sizes or
+#: nesting (the last three)
+NPZ_DAMAGE = (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+              tokenize.TokenError, NotImplementedError, MemoryError, OverflowError, RecursionError)
+
+
+def npz_member(z, name, path, error=None):
+    """z[name] as an array, or ``error`` (default NetworkFileError) naming the file: for a member that
+    cannot be read, or that is not an .npy array (np.load hands such a member back as bytes)."""
+    error = error or NetworkFileError
+    try:
+        arr = z[name]
+    except NPZ_DAMAGE as e:
+        raise error(f"{path}: {name} cannot be read (a damaged file?): {type(e).__name__}: {e}") from None
     if not isinstance(arr, np.ndarray):
-        raise NetworkFileError(f"{path}: {name} is not an .npy array (a damaged file?)")
+        raise error(f"{path}: {name} is not an .npy array (a damaged file?)")
     return arr
 
 
-def _checked_array(z, name, shape, path, trailing_ok=False):
-    """z[name] if it is a finite float array of ``shape`` (``trailing_ok``: of that leading shape, any
-    trailing ones: a mean image is (C,) or (C, H, W)), else a NetworkFileError saying what was expected."""
-    arr = _member(z, name, path)
+def check_values(arr, what, path, error=None):
+    """``error`` (default NetworkFileError) unless arr is float32 or float64 and finite."""
+    error = error or NetworkFileError
+    if arr.dtype not in (np.float32, np.float64):
+        raise error(f"{path}: {what} has dtype {arr.dtype}, expected float32 or float64")
+    if not np.isfinite(arr).all():
+        raise error(f"{path}: {what} holds NaN or Inf values (saved from a diverged run?)")
+
+
+def checked_npz_array(z, name, shape, path, trailing_ok=False, error=None):
+    """z[name] if it is a finite float32/float64 array of ``shape`` (``trailing_ok``: of that leading shape,
+    any trailing ones: a mean image is (C,) or (C, H, W)), else ``error`` (default NetworkFileError)
+    saying what was expected."""
+    error = error or NetworkFileError
+    arr = npz_member(z, name, path, error)
     fits = arr.shape[:len(shape)] == tuple(shape) if trailing_ok else arr.shape == tuple(shape)
-    if not fits or arr.dtype.kind != "f" or not np.isfinite(arr).all():
-        raise NetworkFileError(f"{path}: {name} must be a finite float array of shape {tuple(shape)}"
-                               f"{' + (H, W)' if trailing_ok else ''}, got {arr.dtype} {arr.shape}")
+    if not fits or arr.dtype not in (np.float32, np.float64) or not np.isfinite(arr).all():
+        raise error(f"{path}: {name} must be a finite float array of shape {tuple(shape)}"
+                    f"{' + (H, W)' if trailing_ok else ''}, got {arr.dtype} {arr.shape}")
     return arr

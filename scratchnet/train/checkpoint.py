@@ -15,17 +15,14 @@ checkpoint intact.
 from __future__ import annotations
 
 import json
-import tokenize
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..backend import get_array_module, to_device
+from ..backend import device_of, to_device
 from ..checks import is_int
 from ..layers import Dropout
-from ..models.network import atomic_savez, open_npz
+from ..models.network import atomic_savez, check_values, checked_npz_array, npz_member, open_npz
 
 CHECKPOINT_VERSION = 1
 
@@ -98,30 +95,28 @@ def load_checkpoint(path, net, optimiser) -> dict:
                 raise CheckpointError(f"{path}: no parameter {name}; was the checkpoint made with another "
                                       f"architecture (--arch/--width/--input-size/--classes)?")
             w = layer.params[key]
-            arr = _array(z, k, path)
+            arr = npz_member(z, k, path, CheckpointError)
             if arr.shape != w.shape:
                 raise CheckpointError(f"{path}: parameter {name} has shape {arr.shape}, this network's is "
                                       f"{tuple(w.shape)}; resume with the same --width/--input-size/--classes")
-            _check_values(arr, f"parameter {name}", path)
+            check_values(arr, f"parameter {name}", path, CheckpointError)
             params.append((layer, key, arr))
-        velocity = {k[len("velocity/"):]: _array(z, k, path) for k in z.files if k.startswith("velocity/")}
+        velocity = {k[len("velocity/"):]: npz_member(z, k, path, CheckpointError)
+                    for k in z.files if k.startswith("velocity/")}
         for name, v in velocity.items():
-            _check_values(v, f"momentum of {name}", path)
+            check_values(v, f"momentum of {name}", path, CheckpointError)
         try:
             velocity = optimiser.checked_state_arrays(velocity)
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from None
         mean = None
         if "__mean_image__" in z.files:
-            mean = _array(z, "__mean_image__", path)
-            if mean.shape[:1] != tuple(net.input_shape[:1]) or mean.ndim not in (1, 3):
-                raise CheckpointError(f"{path}: __mean_image__ must be ({net.input_shape[0]},) or "
-                                      f"({net.input_shape[0]}, H, W), got {mean.shape}")
-            _check_values(mean, "__mean_image__", path)
+            mean = checked_npz_array(z, "__mean_image__", (net.input_shape[0],), path, trailing_ok=True,
+                                     error=CheckpointError)
     set_dropout_states(net, state.pop("dropout"))          # checks first, then sets
     for layer, key, arr in params:
         w = layer.params[key]
-        layer.params[key] = to_device(arr.astype(w.dtype), "gpu" if get_array_module(w) is not np else "cpu")
+        layer.params[key] = to_device(arr.astype(w.dtype), device_of(w))
     optimiser.velocity = velocity
     if mean is not None:
         net.mean_image = mean
@@ -133,26 +128,11 @@ class CheckpointError(ValueError):
     the message names the file and what is wrong. A missing file is a FileNotFoundError."""
 
 
-#: what reading a damaged .npz member can raise (a flipped byte: a CRC error; a cut file: EOF, zlib; a cut
-#: .npy header: tokenize's error; an altered zip method: NotImplementedError)
-_DAMAGE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error, tokenize.TokenError,
-           NotImplementedError, MemoryError, OverflowError)
-
-
-def _array(z, key, path):
-    try:
-        arr = z[key]
-    except _DAMAGE as e:
-        raise CheckpointError(f"{path}: {key} cannot be read (a damaged file?): {type(e).__name__}: {e}") from None
-    if not isinstance(arr, np.ndarray):             # np.load returns a member without .npy magic as bytes
-        raise CheckpointError(f"{path}: {key} is not an .npy array (a damaged file?)")
-    return arr
-
-
 def _json(z, key, path):
+    text = str(npz_member(z, key, path, CheckpointError))
     try:
-        return json.loads(str(_array(z, key, path)))
-    except _DAMAGE as e:                                 # json.JSONDecodeError is a ValueError
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:           # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: {key} cannot be read as JSON (a damaged file, or one written by "
                               f"another program?): {type(e).__name__}: {e}") from None
 
@@ -169,13 +149,6 @@ def _state(z, path) -> dict:
         raise CheckpointError(f"{path}: __train_state__'s dropout and config must be JSON objects")
     state.setdefault("dropout", {})
     return state
-
-
-def _check_values(arr, what, path):
-    if arr.dtype not in (np.float32, np.float64):
-        raise CheckpointError(f"{path}: {what} has dtype {arr.dtype}, expected float32 or float64")
-    if not np.isfinite(arr).all():
-        raise CheckpointError(f"{path}: {what} holds NaN or Inf values")
 
 
 def _open(path):

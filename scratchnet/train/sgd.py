@@ -86,7 +86,7 @@ class SGD:
             w = params[path]
             if v.shape != w.shape:
                 raise ValueError(f"SGD: momentum of {path} has shape {v.shape}, the parameter {tuple(w.shape)}")
-            out[path] = to_device(np.asarray(v, dtype=w.dtype), "gpu" if get_array_module(w) is not np else "cpu")
+            out[path] = to_device(np.asarray(v, dtype=w.dtype), device_of(w))
         return out
 
     def load_state_arrays(self, arrays):

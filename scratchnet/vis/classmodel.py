@@ -341,10 +341,11 @@ def objective_value(net, x, classes, lam, score_layer="auto"):
     """J(I) = S(I) - lam ||I/u||^2 for images x (M, C, H, W) and classes (M,): the documented objective
     (S: the class score, or the linear score of ``score_layer``, as in ``class_model``)."""
     check_number("objective_value", "lam", lam, low=0)
-    cls = np.atleast_1d(resolve_classes(net, classes))
-    if not hasattr(x, "shape") or len(x.shape) != 4 or cls.shape != (x.shape[0],):
-        raise ValueError(f"objective_value: expected images (M, C, H, W) and one class per image (M,), got "
-                         f"{getattr(x, 'shape', type(x).__name__)} and classes of shape {cls.shape}")
+    cls = resolve_classes(net, classes)
+    if not hasattr(x, "shape") or len(x.shape) != 4 or cls.shape not in ((), (1,), (x.shape[0],)):
+        raise ValueError(f"objective_value: expected images (M, C, H, W) and one class for all or one per image "
+                         f"(M,), got {getattr(x, 'shape', type(x).__name__)} and classes of shape {cls.shape}")
+    cls = np.broadcast_to(cls.reshape(-1), (x.shape[0],))
     u = grey_level(net)
     score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
     x = on_net_device(net, x)

@@ -94,20 +94,30 @@ def saturation(net, layer) -> float:
     return clip(net.layers[layer_index(net, layer)][1])
 
 
+def _is_neuron(neuron) -> bool:
+    """"max", a channel index (an integer, not a bool or 3.0) or an index tuple of integers."""
+    if isinstance(neuron, str):
+        return neuron == "max"
+    if is_int(neuron):
+        return True
+    return (not isinstance(neuron, (bytes, dict, set, frozenset)) and hasattr(neuron, "__iter__")
+            and all(is_int(v) for v in neuron))
+
+
 def pick_neuron(act, neuron="max", upper=float("inf"), layer=None):
     """The neuron of each image to reconstruct, as index tuples into act[n] (a (c, i, j) or (f,)).
 
     act (N, C, H, W) or (N, F). neuron: "max" (the strongest activation below ``upper``), an int
     channel (its strongest position below ``upper``), or an explicit index tuple used for every image.
     """
+    if not _is_neuron(neuron):
+        raise ValueError(f"neuron must be 'max', a channel index or an index tuple of integers, got {neuron!r}")
     a = to_numpy(act)
     if np.isfinite(upper) and (a < upper).any():
         a = np.where(a < upper, a, -np.inf)
     out = []
     for n in range(a.shape[0]):
         if isinstance(neuron, str):
-            if neuron != "max":
-                raise ValueError(f"neuron must be 'max', a channel index or an index tuple, got {neuron!r}")
             out.append(tuple(int(v) for v in np.unravel_index(a[n].argmax(), a[n].shape)))
         elif is_int(neuron):
             if not 0 <= neuron < a.shape[1]:
@@ -116,10 +126,6 @@ def pick_neuron(act, neuron="max", upper=float("inf"), layer=None):
             m = a[n, int(neuron)]
             out.append((int(neuron),) + tuple(int(v) for v in np.unravel_index(m.argmax(), m.shape)))
         else:
-            if isinstance(neuron, (bytes, dict, set, frozenset)) or not hasattr(neuron, "__iter__") or not all(
-                    is_int(v) for v in neuron):
-                raise ValueError(f"neuron must be 'max', a channel index or an index tuple of integers, got "
-                                 f"{neuron!r}")
             idx = tuple(int(v) for v in neuron)
             if len(idx) != a.ndim - 1 or any(not 0 <= i < s for i, s in zip(idx, a.shape[1:])):
                 raise ValueError(f"neuron index {idx} does not fit the output of shape {a.shape[1:]} of the "
