@@ -1,5 +1,5 @@
 // Cross-channel local response normalisation (Krizhevsky's form), forward and backward.
-// (compiled after common.cuh; twin of cpu_lrn.py, same formulas and the same running sums)
+// (compiled after common.cuh; twin of cpu_lrn.py, same formulas and the same window sums)
 //
 //   s[c]  = k + alpha * sum_{c' = c - size/2 .. c + (size-1)/2} x[c']**2        y[c] = x[c] * s[c]**-beta
 //   dx[c] = dy[c] * s[c]**-beta - 2 alpha beta x[c] * sum_{c' in window(c)} dy[c'] y[c'] / s[c']
@@ -7,9 +7,11 @@
 // size is odd (kernels/__init__.py checks it), so the window is symmetric and the channels whose
 // window holds c, over which the backward sum really runs, are window(c) itself.
 //
-// One thread per (image, pixel) walks the channels with a running window sum (add the channel
-// entering, drop the one leaving), so the cost does not grow with `size`. Neighbouring threads
-// handle neighbouring pixels: every load of a channel row is coalesced.
+// One thread per (image, pixel) walks the channels, summing each channel's window afresh in double
+// (size terms: a running sum, adding the channel entering and dropping the one leaving, cancels
+// catastrophically once a large channel has left; double keeps float squares past 1.8e19 finite).
+// Neighbouring threads handle neighbouring pixels: every load of a channel row is coalesced, and
+// the size - 1 loads a channel shares with the previous one come from cache.
 // beta = 0.75 avoids pow(): s**-0.75 = q * sqrt(q) with q = 1 / sqrt(s).
 
 template <typename T>
@@ -29,23 +31,14 @@ __global__ void lrn_fwd(const T* __restrict__ x, T* __restrict__ y, T* __restric
     const int lo = size / 2, hi = (size - 1) / 2;
     GRID_STRIDE_LOOP(t, total) {
         const idx_t base = (t / hw) * c * hw + t % hw;      // (image, channel 0, pixel)
-        T acc = T(0);
-        for (int cc = 0; cc < min(hi, c); ++cc) {
-            const T v = x[base + (idx_t)cc * hw];
-            acc += v * v;
-        }
         for (int ci = 0; ci < c; ++ci) {
-            const int a = ci + hi, r = ci - lo - 1;
-            if (a < c) {
-                const T v = x[base + (idx_t)a * hw];
+            double acc = 0.0;
+            for (int cc = max(ci - lo, 0); cc < min(ci + hi + 1, c); ++cc) {
+                const double v = x[base + (idx_t)cc * hw];
                 acc += v * v;
             }
-            if (r >= 0) {
-                const T v = x[base + (idx_t)r * hw];
-                acc -= v * v;
-            }
             const idx_t at = base + (idx_t)ci * hw;
-            const T si = k + alpha * (acc > T(0) ? acc : T(0));   // the running sum can round below 0
+            const T si = T(k + alpha * acc);
             s[at] = si;
             y[at] = x[at] * pow_neg_beta(si, beta);
         }
@@ -61,23 +54,14 @@ __global__ void lrn_bwd(const T* __restrict__ dy, const T* __restrict__ x, const
     const T coef = T(2) * alpha * beta;
     GRID_STRIDE_LOOP(t, total) {
         const idx_t base = (t / hw) * c * hw + t % hw;
-        T acc = T(0);
-        for (int cc = 0; cc < min(hi, c); ++cc) {
-            const idx_t at = base + (idx_t)cc * hw;
-            acc += dy[at] * y[at] / s[at];
-        }
         for (int ci = 0; ci < c; ++ci) {
-            const int a = ci + hi, r = ci - lo - 1;
-            if (a < c) {
-                const idx_t at = base + (idx_t)a * hw;
-                acc += dy[at] * y[at] / s[at];
-            }
-            if (r >= 0) {
-                const idx_t at = base + (idx_t)r * hw;
-                acc -= dy[at] * y[at] / s[at];
+            double acc = 0.0;                          // symmetric window: the channels whose window holds ci
+            for (int cc = max(ci - lo, 0); cc < min(ci + hi + 1, c); ++cc) {
+                const idx_t at = base + (idx_t)cc * hw;
+                acc += (double)dy[at] * y[at] / s[at];
             }
             const idx_t at = base + (idx_t)ci * hw;
-            dx[at] = dy[at] * pow_neg_beta(s[at], beta) - coef * x[at] * acc;
+            dx[at] = dy[at] * pow_neg_beta(s[at], beta) - coef * x[at] * T(acc);
         }
     }
 }

@@ -1125,15 +1125,27 @@ def test_maxpool_window_without_a_winner_switches_to_its_first_element(dev, fres
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-def test_lrn_running_sum_that_rounds_below_zero_is_clamped(dev, dtype):
-    """x = [b, 1, 0, 0] over channels, b*b = 2**24 (float32) / 2**54 (float64): b*b + 1 rounds to
-    b*b, so the running window sum at channel 3 comes out -1; both devices clamp it to 0 (s = k)."""
-    b = 2.0 ** 12 if dtype == np.float32 else 2.0 ** 27
+@pytest.mark.parametrize("case", ["rounds", "large", "overflow"])
+def test_lrn_window_after_a_large_channel_is_exact(dev, dtype, case):
+    """The window sums are taken afresh for each channel, in double, on both devices: with the running
+    sums they replaced, x = [b, 1, 0, 0] (b*b + 1 rounding to b*b) left channel 3's sum at -1 (clamped),
+    one channel at 3e5 among channels at 30 left its neighbours' sums 16% off in float32, and a float32
+    channel past 1.8e19 squared to inf and zeroed every channel of the pixel."""
     x = np.zeros((1, 4, 2, 2), dtype)
-    x[:, 0], x[:, 1] = b, 1
-    args = (3, 0.5, 0.75, 2.0)
+    if case == "rounds":
+        b = 2.0 ** 12 if dtype == np.float32 else 2.0 ** 27
+        x[:, 0], x[:, 1] = b, 1
+        args = (3, 0.5, 0.75, 2.0)
+    else:
+        x = np.full((1, 10, 2, 2), 30.0, dtype)
+        x[:, 0] = 3e5 if case == "large" else 1e20
+        args = (5, 1e-4, 0.75, 2.0)
     y, s = kernels.lrn_forward(x, *args)
-    assert s[0, 3, 0, 0] == 2.0
+    if case == "rounds":
+        assert s[0, 3, 0, 0] == 2.0
+    else:
+        from scratchnet.layers.norm import lrn_naive
+        assert_close(y, lrn_naive(x.astype(np.float64), *args), dtype, f"lrn y on the CPU, {case}")
     dy = np.ones_like(x)
     dx = kernels.lrn_backward(dy, x, y, s, *args[:3])
     with dev.active():

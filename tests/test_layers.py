@@ -369,6 +369,31 @@ def test_lrn_kernels_equal_naive(dtype, beta):
         np.testing.assert_allclose(dx, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lrn_after_a_large_channel_equals_the_definition(dtype):
+    """The window sums were running sums (add the channel entering, drop the one leaving): once a large
+    channel had left, its neighbours' sums were its rounding error (float32, one channel at 3e5 among
+    channels at 30: 16% off; float64, 1e9 among ones with alpha 1: 177.8 for 0.44), and a float32 channel
+    past 1.8e19 squared to inf and zeroed the whole pixel. The reference's cumulative sum cancelled the
+    same way, so only the loops from the definition could tell."""
+    cases = [([3e5] + [30] * 9, (5, 1e-4, 0.75, 2.0)), ([1e9] + [1] * 7, (3, 1.0, 0.75, 1e-3))]
+    if dtype == np.float32:
+        cases.append(([1e20] + [1] * 6, (5, 1e-4, 0.75, 2.0)))
+    for values, args in cases:
+        x = np.array(values, dtype).reshape(1, -1, 1, 1)
+        x64 = x.astype(np.float64)
+        lrn = LocalResponseNorm(*args)
+        y = lrn.forward(x)
+        want = lrn_naive(x64, *args)
+        np.testing.assert_allclose(y, want, rtol=1e-5 if dtype == np.float32 else 1e-12, err_msg=str(values[:2]))
+        np.testing.assert_allclose(lrn_reference(x64, *args)[0], want, rtol=1e-12)
+        dx = lrn.backward(np.ones_like(y))
+        ref = lrn_backward_naive(np.ones_like(x64), x64, *args)
+        np.testing.assert_allclose(dx, ref, rtol=1e-4 if dtype == np.float32 else 1e-10,    # dx differences
+                                   atol=(1e-6 if dtype == np.float32 else 1e-12) * np.abs(ref).max(),   # terms
+                                   err_msg=str(values[:2]))
+
+
 def test_lrn_kernels_refuse_an_even_window():
     """The backward sums over window(c), which is the set of channels whose window holds c only for
     odd sizes (with size 4 the backward is 24% off the naive one): the kernels' wrappers refuse even ones."""

@@ -23,15 +23,16 @@ from scratchnet import kernels
 
 
 def _channel_window_sum(a, size):
-    """sum over channels c-size//2 .. c+(size-1)//2 (clipped at the ends), via a cumulative sum.  a (N, C, H, W)."""
+    """sum over channels c-size//2 .. c+(size-1)//2 (clipped at the ends), one shifted slice at a time
+    (size terms a channel: a cumulative sum's differences cancel catastrophically after a large channel).
+    a (N, C, H, W)."""
     xp = get_array_module(a)
     lo, hi = size // 2, (size - 1) // 2
-    n, c, h, w = a.shape
-    cs = xp.zeros((n, c + 1, h, w), dtype=a.dtype)
-    xp.cumsum(a, axis=1, out=cs[:, 1:])
-    top = xp.minimum(xp.arange(c) + hi + 1, c)
-    bot = xp.maximum(xp.arange(c) - lo, 0)
-    return cs[:, top] - cs[:, bot]
+    c = a.shape[1]
+    out = xp.zeros_like(a)
+    for d in range(-lo, hi + 1):                    # out[:, ci] += a[:, ci + d] where 0 <= ci + d < c
+        out[:, max(0, -d):min(c, c - d)] += a[:, max(0, d):min(c, c + d)]
+    return out
 
 
 class LocalResponseNorm(Layer):
