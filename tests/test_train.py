@@ -1227,3 +1227,13 @@ def test_a_resume_from_an_older_checkpoint_drops_the_metrics_lines_after_it(tmp_
     rows = metric_rows(run)
     assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2, 3, 4, 5, 6]
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
+
+
+def test_save_checkpoint_refuses_a_state_a_resume_could_not_read(tmp_path):
+    """save_checkpoint(p, net, opt, {"epoch": 1}) wrote a file that read_state and load_checkpoint then
+    refused; the position is asked for at the write, and nothing is written."""
+    from scratchnet.train.checkpoint import CheckpointError, save_checkpoint
+    net = tiny_net()
+    with pytest.raises(CheckpointError, match=r"save_checkpoint\(.*\) needs batch as an integer >= 0, got None"):
+        save_checkpoint(tmp_path / "c.npz", net, SGD(net), {"epoch": 1})
+    assert not (tmp_path / "c.npz").exists()

@@ -5,8 +5,9 @@ A Dataset is just the list of files with their labels (nothing is decoded).  Rea
     image_folder(root)           root/<class>/<image>; class = folder name (or a wnid/name from a list)
     imagenet_val_dev(root)       images/ + boxes.csv (one row per box), ImageNet-1k labels
     open_dataset(path)           any of the above, detected from what is in the folder
-decode_cache(dataset, size, cache_dir) decodes every image once into an (N, size, size, 3) uint8
-.npy file that later runs memory-map; mean_image(cache) gives the per-pixel training mean.
+decode_cache(dataset, size, cache_dir) decodes every image once (decode_one) into an (N, size, size, 3)
+uint8 .npy file (at cache_path) that later runs memory-map; mean_image(cache) gives the per-pixel
+training mean.
 """
 from __future__ import annotations
 

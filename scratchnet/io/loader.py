@@ -38,8 +38,9 @@ class Augment:
             raise ValueError(f"Augment: pad and jitter must be >= 0, got pad={self.pad}, jitter={self.jitter}")
 
     def draw(self, B: int, rng: np.random.Generator):
-        """The random part of crop_flip for B images: (oy, ox) (B,) int64 window offsets in the padded
-        image (0..2*pad; zeros without pad) and flip (B,) bool, drawn from rng in crop_flip's order."""
+        """The random part of crop_flip for B images, as a 3-tuple (oy, ox, flip): oy, ox (B,) int64 window
+        offsets in the padded image (0..2*pad; zeros without pad), flip (B,) bool, drawn from rng in
+        crop_flip's order."""
         if self.pad:
             oy = rng.integers(0, 2 * self.pad + 1, size=B)
             ox = rng.integers(0, 2 * self.pad + 1, size=B)

@@ -11,6 +11,8 @@ Everything works on an image (H, W, 3) uint8 RGB and a saliency map (H, W) float
 Modules: gmm (EM), graphcut (seeds, energy, max-flow), boxes (IoU, baselines, connected components),
 evaluate (ILSVRC evaluation, Oxford-pets mask IoU); network (the network side: saliency maps for
 localisation, localise_image) and cli (`scratchnet localise`, `scratchnet evaluate`).
+``localise.evaluate`` is the function (imported over the module's name); the module is
+``sys.modules["scratchnet.localise.evaluate"]``, or ``from scratchnet.localise.evaluate import LocRecord``.
 """
 from .boxes import (box_area, centre_box, connected_components, iou, is_correct, largest_component,
                     localisation_error, mask_box, resize_box, saliency_threshold_box, whole_image_box)

@@ -109,7 +109,8 @@ def _fits(net, n):
 
 
 def flops_per_layer(net, input_shape):
-    """Multiply-adds x 2 of each Conv2d / Linear for one image: list of (name, GFLOP)."""
+    """Multiply-adds x 2 of each Conv2d / Linear for one image of ``input_shape`` (C, H, W), no batch
+    dimension (e.g. net.input_shape): list of (name, GFLOP)."""
     out = []
     shape = (1,) + tuple(input_shape)
     for name, layer in net.layers:

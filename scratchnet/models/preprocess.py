@@ -20,6 +20,7 @@ For example SqueezeNet: {"resize": 256, "crop": 227, "channel_order": "BGR", "me
     prepare(net, images)         photos of any size -> x (N, C, H, W) float32: resize the shorter side,
                                  centre crop (mode="crop"), or stretch to the crop size (mode="stretch")
     prepare_pixels(net, images)  photos already at the network's size: normalisation only
+    fit_image(img, size, ...)    one photo to the network's size (resize and crop, or stretch), uint8
     to_display(net, x)           the inverse of the normalisation: x (N, C, H, W) -> (N, H, W, 3) uint8 RGB,
                                  for showing network-space images such as class models
 

@@ -50,7 +50,10 @@ def set_dropout_states(net, states):
 
 
 def save_checkpoint(path, net, optimiser, state: dict):
-    """Write net + optimiser + ``state`` (a JSON-able dict) to ``path`` atomically."""
+    """Write net + optimiser + ``state`` to ``path`` atomically. ``state``: a JSON-able dict holding at
+    least the position, epoch, batch (batches done in that epoch) and step, integers >= 0 (what a
+    resume reads; refused here rather than at the resume)."""
+    _check_position(state, f"save_checkpoint({str(path)!r})")
     state = dict(state, version=CHECKPOINT_VERSION, dropout=dropout_states(net))
     arrays = net.saved_arrays()                          # what Network.save writes, and the training state
     arrays["__train_state__"] = np.array(json.dumps(state))
@@ -142,13 +145,17 @@ def _state(z, path) -> dict:
     state = _json(z, "__train_state__", path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: __train_state__ must be a JSON object, got {type(state).__name__}")
-    for k in ("epoch", "batch", "step"):
-        if not is_int(state.get(k)) or state[k] < 0:
-            raise CheckpointError(f"{path}: __train_state__ needs {k} as an integer >= 0, got {state.get(k)!r}")
+    _check_position(state, f"{path}: __train_state__")
     if not isinstance(state.get("dropout", {}), dict) or not isinstance(state.get("config", {}), dict):
         raise CheckpointError(f"{path}: __train_state__'s dropout and config must be JSON objects")
     state.setdefault("dropout", {})
     return state
+
+
+def _check_position(state, who):
+    for k in ("epoch", "batch", "step"):
+        if not is_int(state.get(k)) or state[k] < 0:
+            raise CheckpointError(f"{who} needs {k} as an integer >= 0, got {state.get(k)!r}")
 
 
 def _open(path):

@@ -338,8 +338,9 @@ def _forward(net, x, score_at, cls):
 
 
 def objective_value(net, x, classes, lam, score_layer="auto"):
-    """J(I) = S(I) - lam ||I/u||^2 for images x (M, C, H, W) and classes (M,): the documented objective
-    (S: the class score, or the linear score of ``score_layer``, as in ``class_model``)."""
+    """J(I) = S(I) - lam ||I/u||^2 for images x (M, C, H, W) and classes (M,) (or one class for all):
+    the documented objective (S: the class score, or the linear score of ``score_layer``, as in
+    ``class_model``). Returns (M,) NumPy values."""
     check_number("objective_value", "lam", lam, low=0)
     cls = resolve_classes(net, classes)
     if not hasattr(x, "shape") or len(x.shape) != 4 or cls.shape not in ((), (1,), (x.shape[0],)):

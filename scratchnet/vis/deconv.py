@@ -19,11 +19,16 @@ This module
 
   * ``forward_to`` / ``backward_from``: run the network's ``layers`` up to a named layer, and back;
   * ``reconstruct``: the reconstruction of the strongest neuron (or a chosen one) under any rule;
-  * ``compare_rules``: per layer, the relative differences between the three rules' reconstructions;
+  * ``compare_rules``: per layer, the relative differences between the three rules' reconstructions
+    (``relative_difference``; ``count_relus`` below each layer);
+  * ``pick_neuron`` / ``neuron_seed``: the neuron to reconstruct and the backward pass's seed for it;
+    ``layer_index``: a top-level layer's position by name or index; ``saturation``: the clip value of
+    a ReLU6 ending a layer (the strongest neuron is sought below it);
   * two independent checks of the claim: ``numerical_gradient`` (float64 central differences of the
     neuron's activation at sampled pixels) and ``reference_backward``, a second backward pass written
     from the definitions — convolution transposes accumulated offset by offset (col2im by hand),
-    max-pool switches found by its own forward, its own ReLU masks — sharing no code with the layers.
+    max-pool switches found by its own forward, its own ReLU masks — sharing no code with the layers;
+    ``gradient_check`` / ``reference_check`` run them against ``reconstruct``.
 """
 from __future__ import annotations
 
