@@ -48,7 +48,7 @@ def main(argv=None):
     # interleaved (the warm-up call also compiles the kernel; Numba then caches it on disk)
     tf, tr = alternating(lambda: batches(loader.make_batch), lambda: batches(loader.make_batch_reference),
                          args.repeats)
-    images_timed = n_batches * args.batch
+    images_timed = sum(len(order[b * args.batch:(b + 1) * args.batch]) for b in range(n_batches))  # last may be short
     f, r = images_timed / statistics.median(tf), images_timed / statistics.median(tr)
     t = time.perf_counter()
     seen = sum(len(y) for _, y in loader.epoch_batches(1))

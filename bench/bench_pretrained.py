@@ -123,6 +123,9 @@ def main(argv=None):
     import numba
     from scratchnet.models import load
     threads = args.threads or numba.get_num_threads()
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        ap.error(f"--threads {threads}: Numba has {numba.config.NUMBA_NUM_THREADS} threads here "
+                 f"(NUMBA_NUM_THREADS); give at most that")
     numba.set_num_threads(threads)
     try:
         import torch
@@ -135,7 +138,7 @@ def main(argv=None):
     for name in args.models:
         try:
             net = load(name)
-        except ValueError as e:             # an unknown name: one line, exit 2
+        except (ValueError, OSError) as e:  # an unknown name, or weights not found: one line, exit 2
             ap.error(str(e))
         tnet = to_torch(net) if torch is not None else None
         c, h, w = net.input_shape

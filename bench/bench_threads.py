@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -103,7 +104,7 @@ def main(argv=None):
         cells, summary[w] = [], {"model": models[w]}
         for s in SETTINGS:
             v = sorted(results[w][s])
-            med = v[len(v) // 2]
+            med = statistics.median(v)
             summary[w][s] = dict(median=med, runs=results[w][s])
             cells.append(f"{med:8.2f} ({v[0]:.1f}-{v[-1]:.1f})")
         print(f"{w + ' (' + models[w] + ')':28s} " + " ".join(f"{c:>26s}" for c in cells))

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchnet.cli import nonnegative_int, positive_int
+from scratchnet.cli import nonnegative_int, positive_int, positive_number
 from scratchnet.io.datasets import tiny_imagenet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def main(argv=None):
     ap.add_argument("--per-class", type=positive_int, default=100,
                     help="training images 0..N-1 of each class (default 100)")
     ap.add_argument("--val-per-class", type=nonnegative_int, default=50, help="val images of each class (default 50 = all)")
-    ap.add_argument("--max-mb", type=float, default=45.0,
+    ap.add_argument("--max-mb", type=positive_number, default=45.0,
                     help="refuse a subset larger than this many MB (10^6 bytes; default 45)")
     args = ap.parse_args(argv)
 

@@ -386,6 +386,8 @@ def test_evaluate_counts_top1_top5_and_gt_known(rng):
         localise.evaluate([r1], pairwise_weight=10, segment_kwargs=dict(pairwise_weight=3.0))
     with pytest.raises(ValueError, match="expected 0 < bg_quantile < fg_quantile < 1"):
         localise.evaluate([r1], segment_kwargs=dict(fg_quantile=0.2))
+    with pytest.raises(ValueError, match="pairwise_weight"):          # NaN != NaN: was a KeyError in the check
+        localise.evaluate([r1], pairwise_weight=float("nan"))
     fracs = sorted(boxes.box_area(r.gt_boxes[0]) / r.image[..., 0].size for r in (r1, r2, r3, r4))
     assert res["largest_true_box_fraction_median"] == (fracs[1] + fracs[2]) / 2
     obj_box = r1.gt_boxes[0]

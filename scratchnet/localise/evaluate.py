@@ -107,7 +107,8 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
     if unknown:
         raise ValueError(f"evaluate: unknown method(s) {unknown}; expected some of {METHODS}")
     segment_kwargs = dict(segment_kwargs or {})
-    if pairwise_weight is not None and segment_kwargs.get("pairwise_weight", pairwise_weight) != pairwise_weight:
+    if (pairwise_weight is not None and "pairwise_weight" in segment_kwargs     # (NaN != NaN: not .get's default)
+            and segment_kwargs["pairwise_weight"] != pairwise_weight):
         raise ValueError(f"evaluate: two pairwise weights, pairwise_weight={pairwise_weight} and "
                          f"segment_kwargs['pairwise_weight']={segment_kwargs['pairwise_weight']}; give one")
     if pairwise_weight is None:
