@@ -143,6 +143,7 @@ CONV_CASES = [
     dict(c=4, o=6, k=5, stride=2, padding=(1, 0, 2, 1), groups=2, hw=(9, 8)),
     dict(c=6, o=6, k=3, stride=2, padding="same", groups=6, hw=(8, 9)),
     dict(c=4, o=8, k=1, stride=1, padding=0, groups=1, hw=(5, 5)),
+    dict(c=2, o=3, k=(2, 3), stride=(1, 2), padding=0, groups=1, hw=(5, 6)),   # a stride of 1 in one direction
 ]
 
 
@@ -588,3 +589,103 @@ def test_the_kernels_give_the_same_maps_as_plain_python(tmp_path, disable_jit):
         mine = net.backward(onehot, rule=rule, param_grads=False)
         assert np.abs(mine).max() > 0, rule
         np.testing.assert_allclose(child[rule], mine, rtol=1e-4, atol=1e-5 * np.abs(mine).max(), err_msg=rule)
+
+
+# ----------------------------------------------------------------------------- what a mutation audit found untested
+@pytest.mark.parametrize("name", [g[0] for g in __import__("scratchnet.gradcheck", fromlist=["LAYER_GRID"]).LAYER_GRID])
+def test_every_layer_skips_the_gradients_nobody_asked_for(name):
+    """Caffe's rule, for every configuration of the grid: input_grad=False returns None (and leaves the
+    parameter gradients as with it), param_grads=False writes no parameter gradient (and leaves dx as
+    with it). Only conv1 of the paper network was checked, so the wide, pointwise, ReLU, pooling and
+    Flatten paths could compute what nobody asked for unnoticed."""
+    from scratchnet.gradcheck import LAYER_GRID, randomise_params
+    _, make, shape, kind = next(g for g in LAYER_GRID if g[0] == name)
+    layer = randomise_params(make())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    train = kind == "dropout"
+
+    def run(**flags):
+        for _, lay in layer.named_layers():
+            lay.grads.clear()
+            if isinstance(lay, Dropout):
+                lay.rng = np.random.default_rng(3)          # the same mask each time
+        y = layer.forward(x, train)
+        dx = layer.backward(np.random.default_rng(1).standard_normal(y.shape), **flags)
+        return dx, {(path, k): np.array(v) for path, lay in layer.named_layers() for k, v in lay.grads.items()}
+    dx, grads = run()
+    none, grads_without_dx = run(input_grad=False)
+    assert none is None, name
+    assert grads_without_dx.keys() == grads.keys()
+    for k, v in grads.items():
+        np.testing.assert_array_equal(grads_without_dx[k], v, err_msg=f"{name} {k}")
+    dx_alone, no_grads = run(param_grads=False)
+    assert no_grads == {}, f"{name} wrote {sorted(no_grads)} with param_grads=False"
+    np.testing.assert_array_equal(dx_alone, dx, err_msg=name)
+
+
+@pytest.mark.parametrize("rule", ["gradient", "deconvnet", "guided"])
+def test_blocks_pass_the_rule_and_each_branchs_share_of_dy(rule):
+    """Concat and Residual backward = the sum of their branches' backward under the same rule, each
+    branch given its own channels of dy: a Concat that split at the wrong channel with three branches, or
+    a block that sent its branches "gradient" whatever the rule (DeconvNet inside Fire modules and MBConv
+    blocks), passed every test, whose blocks had two branches and ran under the gradient rule."""
+    from scratchnet.gradcheck import conv_relu, randomise_params
+    from scratchnet.layers import Concat, Residual
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 5))
+    branches = [conv_relu(3, 1, 1, 0), conv_relu(3, 2, 3, 1), conv_relu(3, 3, 1, 0)]
+    block = randomise_params(Concat([(f"b{i}", b) for i, b in enumerate(branches)]))
+    dy = rng.standard_normal(block.forward(x).shape)
+    dx = block.backward(dy, rule)
+    want, start = 0, 0
+    for b in branches:
+        n = b.forward(x).shape[1]
+        want = want + b.backward(dy[:, start:start + n], rule)
+        start += n
+    np.testing.assert_allclose(dx, want, rtol=1e-12)
+    res = randomise_params(Residual(conv_relu(3, 4, 3, 1), conv_relu(3, 4, 1, 0)))
+    dy = rng.standard_normal(res.forward(x).shape)
+    dx = res.backward(dy, rule)
+    want = res.body.backward(dy, rule) + res.shortcut.backward(dy, rule)
+    np.testing.assert_allclose(dx, want, rtol=1e-12)
+    if rule != "gradient":
+        res.forward(x)
+        assert not np.allclose(res.backward(dy, "gradient"), dx)   # the rule matters on these inputs
+
+
+def test_wide_im2col_leaves_no_garbage_in_the_junk_columns(monkeypatch):
+    """With outputs poisoned (NaN before a kernel writes), the wide layout's junk columns must be written
+    (zeros): dW = dy2 @ cols.T multiplies them by zero, and NaN x 0 is NaN."""
+    monkeypatch.setenv("SCRATCHNET_POISON", "1")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 5, 6))
+    grads = {}
+    for mode in ("wide", "plain"):
+        conv = Conv2d(2, 3, 3, padding=1, dtype=np.float64)
+        conv.params["W"] = np.random.default_rng(1).standard_normal(conv.params["W"].shape)
+        conv.im2col_mode = mode
+        y = conv.forward(x)
+        conv.backward(np.ones_like(y))
+        grads[mode] = conv.grads["W"]
+    assert np.isfinite(grads["wide"]).all()
+    np.testing.assert_allclose(grads["wide"], grads["plain"], rtol=1e-12)
+
+
+def test_an_all_nan_window_switches_to_its_first_pixel():
+    """The documented NaN rule: a window of NaN gives -inf and its switch is the window's first pixel
+    inside the input, where backward sends dy (a switch of 0 for every window passed)."""
+    x = np.full((1, 1, 4, 4), np.nan)
+    y, sw = kernels.maxpool_forward(x, (2, 2), (2, 2), (0, 0, 0, 0), (2, 2))
+    assert (y == -np.inf).all()
+    assert sw[0, 0].tolist() == [[0, 2], [8, 10]]
+
+
+def test_depthwise_backward_computes_dx_only_when_asked():
+    rng = np.random.default_rng(0)
+    xpad, W = rng.standard_normal((1, 2, 6, 6)), rng.standard_normal((2, 1, 3, 3))
+    dy = rng.standard_normal((1, 2, 4, 4))
+    dW, dxpad = kernels.depthwise_backward(dy, xpad, W, (1, 1), True, False)
+    assert dxpad is None and dW.shape == W.shape
+    dW2, dxpad2 = kernels.depthwise_backward(dy, xpad, W, (1, 1), False, True)
+    assert dW2 is None and dxpad2.shape == xpad.shape
