@@ -1172,7 +1172,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing(tmp_path)
 def test_a_good_checkpoint_restores_everything(tmp_path):
     from scratchnet.train.checkpoint import load_checkpoint
     path = a_stepped_checkpoint(tmp_path / "c.npz")
-    net, opt = dropout_net(seed=5), SGD(dropout_net(seed=5))
+    net = dropout_net(seed=5)
     opt = SGD(net, lr=0.1, momentum=0.9)
     state = load_checkpoint(path, net, opt)
     assert state["step"] == 1

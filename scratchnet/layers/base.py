@@ -201,8 +201,8 @@ def byte_order_hint(dtype) -> str:
 
 def check_input(layer: Layer, x, ndim: int | None = None, channels: int | None = None, params=None):
     """Raise a ShapeError naming ``layer`` unless ``x`` is a float array of rank ``ndim`` with ``channels`` channels
-    (and, given ``params``, an array, of its dtype: float32 weights on a float64 input would give float64 on
-    one path and float32 on another)."""
+    and, given ``params`` (the layer's weight array), on its device and of its dtype (float32 weights on a
+    float64 input gave float64 on one path and float32 on another)."""
     xp = get_array_module(x)
     if not isinstance(x, (np.ndarray,)) and xp is np:
         raise ShapeError(f"{layer.label()}: expected an array, got {type(x).__name__}")

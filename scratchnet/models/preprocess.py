@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, is_gpu_array, to_device, to_numpy
+from ..backend import get_array_module, to_device, to_numpy
 from ..checks import check_int
 from ..io.images import centre_crop, resize, resize_shorter, resize_shorter_centre_crop
 
@@ -60,7 +60,7 @@ def _as_list(images):
 
 
 def _check_image(img, i):
-    img = to_numpy(img) if is_gpu_array(img) else np.asarray(img)      # a photo on the device: to the host
+    img = to_numpy(img)                 # a NumPy array; a photo on the device comes to the host
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image {i}: expected an RGB image (H, W, 3) uint8 (as from scratchnet.io.images.load_image), "
                          f"got {img.dtype} array of shape {img.shape}")
