@@ -90,7 +90,7 @@ def cases(batch):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=positive_int, default=16)
     ap.add_argument("--repeats", type=positive_int, default=9)
     args = ap.parse_args(argv)

@@ -49,7 +49,7 @@ def step(conv, x, dy, param_grads):
 
 def main(argv=None):
     from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=positive_int, default=5)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)

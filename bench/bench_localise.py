@@ -67,7 +67,7 @@ def opencv_grabcut(cv2, image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
 
 def main(argv=None):
     from scratchnet.cli import nonnegative_number, positive_int   # else a clear one-line refusal
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=positive_int, default=100, help="number of photos (default 100; 650 available)")
     ap.add_argument("--pairwise-weight", type=nonnegative_number, default=DEFAULT_PAIRWISE_WEIGHT)
     ap.add_argument("--no-opencv", action="store_true", help="skip the OpenCV peer")

@@ -112,7 +112,7 @@ def per_layer_times(net, x, tnet=None):
 
 def main(argv=None):
     from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["squeezenet1_0", "efficientnet_lite0"])
     ap.add_argument("--batches", nargs="+", type=positive_int, default=[1, 16])
     ap.add_argument("--repeats", type=positive_int, default=3)

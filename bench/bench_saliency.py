@@ -76,7 +76,7 @@ def keep_freed_memory():
 
 def main(argv=None):
     from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=positive_int, default=16)
     ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--models", nargs="+", default=["squeezenet1_0", "paper_net224"])

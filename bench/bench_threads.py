@@ -77,7 +77,7 @@ def child(workload: str) -> None:
 
 def main(argv=None):
     from scratchnet.cli import positive_int      # counts: an integer >= 1, else a clear refusal
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--workloads", nargs="+", default=["saliency", "train"], choices=["saliency", "train"])
     ap.add_argument("--child", help=argparse.SUPPRESS)

@@ -61,7 +61,7 @@ def run(net, classes, steps, **kw):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "squeezenet1_0"])
     ap.add_argument("--classes", nargs="+", default=["goose", "ostrich", "Siberian husky"])
     ap.add_argument("--steps", type=positive_int, default=cm.DEFAULTS["steps"])

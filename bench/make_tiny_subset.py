@@ -84,7 +84,7 @@ def _rank_in_class(labels: np.ndarray) -> list[int]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", type=Path, default=REPO.parent / "shared" / "data" / "tiny-imagenet-200",
                     help="Tiny-ImageNet-200 root (default ../shared/data/tiny-imagenet-200 from the repo root)")
     ap.add_argument("--out", type=Path, default=REPO / "gpu_data" / "tiny-sub",

@@ -33,7 +33,7 @@ SHARED = Path(os.environ.get("SCRATCHNET_SHARED", ROOT.parent / "shared"))
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="squeezenet1_0")
     ap.add_argument("--data", default=str(SHARED / "data" / "imagenet-val-dev"))
     ap.add_argument("--cache", default=str(ROOT / "cache"))
