@@ -26,7 +26,7 @@ def softmax_cross_entropy(scores, labels):
     xp = get_array_module(scores)
     if scores.ndim != 2:
         raise ValueError(f"softmax_cross_entropy: expected scores of shape (N, K), got {tuple(scores.shape)}")
-    labels = xp.asarray(to_device(labels, device_of(scores)))   # (small) labels go where the scores are
+    labels = to_device(labels, device_of(scores))           # an array where the scores are (labels are small)
     n, k = scores.shape
     if n == 0:
         raise ValueError("softmax_cross_entropy: an empty batch (N = 0) has no mean loss: expected N >= 1")
