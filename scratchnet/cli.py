@@ -209,9 +209,9 @@ def main(argv=None):
                     print(f"scratchnet {args.command}: warning: {message}", file=sys.stderr)
             warnings.showwarning = one_line
             return args.func(args) or 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:      # 128 + the signal, as a shell reports it: 130 Ctrl-C, 143 SIGTERM
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
     except (ValueError, FileNotFoundError) as e:   # user errors: one clear line, no traceback
         print(f"scratchnet {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -833,6 +833,31 @@ def test_resume_on_other_classes_is_refused(tmp_path, capsys):
     assert cli_main(["train", "--data", str(c), "--resume", "--epochs", "2"] + base[6:]) == 0
 
 
+def test_a_train_command_stopped_by_sigterm_exits_143_as_a_shell_reports_it(tmp_path, capsys, monkeypatch):
+    """`kill` or `timeout` (SIGTERM): the step ends, a checkpoint is written, and the exit status is
+    128 + 15, not Ctrl-C's 130, so a job script can tell the two apart."""
+    import os
+    import signal
+    import scratchnet.train.trainer as tr
+    real = tr.Trainer.__init__
+
+    def sigterm_at(trainer, info):
+        if info["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def with_term(self, *a, **kw):
+        real(self, *a, **kw)
+        self.callbacks.append(sigterm_at)
+    monkeypatch.setattr(tr.Trainer, "__init__", with_term)
+    run = tmp_path / "run"
+    assert cli_main(["train", "--data", str(_folder(tmp_path / "data", ["cats", "dogs"])), "--input-size", "32",
+                     "--width", "0.0625", "--epochs", "2", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
+                     "--out", str(run)]) == 143
+    out, err = capsys.readouterr()
+    assert "SIGTERM" in err and json.loads(out.strip().splitlines()[-1])["steps"] == 2
+    assert read_state(run / "checkpoint.npz")["step"] == 2
+
+
 def test_an_interrupted_train_command_still_ends_stdout_with_its_json(tmp_path, capsys, monkeypatch):
     import scratchnet.train.trainer as tr
     real = tr.Trainer.__init__

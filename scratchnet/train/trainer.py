@@ -329,7 +329,7 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(self, dict(epoch=epoch, batch=st["batch"], step=st["step"], loss=loss))
                 if self._stop_requested:
-                    raise KeyboardInterrupt
+                    raise Stopped(self._stop_requested)
             self._end_epoch(epoch, time.time() - t_epoch)
 
     def _end_epoch(self, epoch, wall):
@@ -438,8 +438,8 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
+                raise Stopped(signum)
+            self._stop_requested = signum
             print(f"\ntrain: {signal.Signals(signum).name}: stopping after this step (again to stop at once)",
                   file=sys.stderr)
 
@@ -459,6 +459,15 @@ class Trainer:
                     warmup_seconds=round(st.get("warmup_seconds", 0.0), 2),
                     images_per_s=_round(_rate(st), 1), device=self.device, model=str(model_path),
                     out=str(self.out))
+
+
+class Stopped(KeyboardInterrupt):
+    """Training stopped by a signal (SIGINT or SIGTERM): ``signum`` says which, so that the command exits
+    with 128 + signum as a shell does (130 for Ctrl-C, 143 for `kill` and `timeout`)."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
 
 
 def _round(v, digits):
