@@ -1262,3 +1262,16 @@ def test_save_checkpoint_refuses_a_state_a_resume_could_not_read(tmp_path):
     with pytest.raises(CheckpointError, match=r"save_checkpoint\(.*\) needs batch as an integer >= 0, got None"):
         save_checkpoint(tmp_path / "c.npz", net, SGD(net), {"epoch": 1})
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_a_trainer_on_another_device_than_its_network_is_refused_before_any_work(tmp_path):
+    """device='gpu' beside a network on the CPU (or a device name that is neither) is one line at
+    construction, not an error at the first step after the data were decoded."""
+    from scratchnet.train import Trainer
+    net = paper_net(32, num_classes=3, width=0.0625, seed=0)
+    with pytest.raises(ValueError, match=r"on the cpu but the trainer was asked for device='gpu': call net.to"):
+        Trainer(net, synthetic(), None, tmp_path / "run", TrainConfig(), device="gpu", progress=False)
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'gpu', got 'tpu'"):
+        Trainer(net, synthetic(), None, tmp_path / "run", TrainConfig(), device="tpu", progress=False)
+    assert Trainer(net, synthetic(), None, tmp_path / "run", TrainConfig(), device="CPU", progress=False).device == "cpu"
+    assert not (tmp_path / "run").exists()

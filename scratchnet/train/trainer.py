@@ -201,6 +201,13 @@ class Trainer:
 
     def __init__(self, net, train, val, out, config: TrainConfig | None = None, device="cpu",
                  callbacks=(), progress=True):
+        device = device.lower() if isinstance(device, str) else device
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        there = net.device()
+        if there is not None and there != device:       # found here, not at the first step after decoding
+            raise ValueError(f"the network's parameters are on the {there} but the trainer was asked for "
+                             f"device={device!r}: call net.to({device!r}) first")
         self.net, self.config, self.device = net, config or TrainConfig(), device
         c = self.config
         self.schedule = check_config(c)
