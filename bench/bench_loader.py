@@ -6,12 +6,13 @@ BatchLoader.make_batch (kernels/cpu_augment.py: crop, flip, NHWC -> NCHW, mean a
 and BatchLoader.make_batch_reference (Augment.crop_flip, transpose, cast, mean, scale in NumPy) on the
 same random uint8 photos, interleaved (bench/timing.py), each timed over 20 batches, median of --repeats
 (the ratio: the median of the pairs' ratios); then one whole epoch through the prefetch thread, as the
-trainer takes it. Prints images per second and the ratio.
+trainer takes it. Prints images per second and the ratio, then the same figures as one JSON line.
 Why it matters: on a GPU the 64-pixel network trains faster than the NumPy steps made batches.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -59,6 +60,9 @@ def main(argv=None):
     print(f"  NumPy steps (make_batch_reference)   {r:9.0f} img/s")
     print(f"  fused / NumPy (median of the pairs)  {median_ratio(tr, tf):9.1f}x")
     print(f"  one epoch through the prefetch thread {epoch:8.0f} img/s ({seen} images)")
+    print(json.dumps(dict(bench="loader", size=args.size, batch=args.batch, pad=args.pad, repeats=args.repeats,
+                          fused_img_s=round(f), numpy_img_s=round(r), ratio=round(median_ratio(tr, tf), 2),
+                          epoch_img_s=round(epoch), epoch_images=seen)))
 
 
 if __name__ == "__main__":

@@ -547,3 +547,12 @@ def test_a_damaged_class_list_file_names_itself(tmp_path, monkeypatch):
             cn._read_indexed_json("x")
     monkeypatch.undo()
     assert len(cn._read_indexed_json("imagenet1k_label_to_names.json")) == 1000
+
+
+def test_bench_loader_runs_and_ends_with_its_json_line():
+    """bench/bench_loader.py, as the other benches, ends with one JSON line of what it printed; its epoch
+    counts every image, the short last batch's too (300 = 4 x 64 + 44)."""
+    from clirun import bench_json, run_bench
+    out = bench_json(run_bench("bench_loader.py", "--size", 16, "--batch", 64, "--images", 300, "--repeats", 1))
+    assert out["bench"] == "loader" and out["epoch_images"] == 300 and (out["size"], out["batch"]) == (16, 64)
+    assert out["fused_img_s"] > 0 and out["numpy_img_s"] > 0 and out["ratio"] > 0
