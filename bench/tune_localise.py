@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scratchnet.cli import nonnegative_int, positive_int  # noqa: E402
+from scratchnet.cli import nonnegative_int, nonnegative_number, positive_int  # noqa: E402
 from scratchnet.io.datasets import imagenet_val_dev  # noqa: E402
 from scratchnet.io.images import load_image  # noqa: E402
 from scratchnet.localise.cli import MapCache, _record  # noqa: E402
@@ -30,6 +30,17 @@ from scratchnet.localise.evaluate import choose_fractions, evaluate  # noqa: E40
 from scratchnet.models import load  # noqa: E402
 
 SHARED = Path(os.environ.get("SCRATCHNET_SHARED", ROOT.parent / "shared"))
+
+
+def quantile_pair(text: str) -> tuple:
+    """argparse type of --quantiles: "fg,bg" with 0 < bg < fg < 1, as localise.segment takes them."""
+    try:
+        fg, bg = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fg,bg (two numbers, e.g. 0.95,0.3), got {text!r}") from None
+    if not 0 < bg < fg < 1:
+        raise argparse.ArgumentTypeError(f"expected 0 < bg < fg < 1, got fg {fg:g} and bg {bg:g}")
+    return fg, bg
 
 
 def main(argv=None):
@@ -41,13 +52,18 @@ def main(argv=None):
     ap.add_argument("--offset", type=nonnegative_int, default=0)
     ap.add_argument("--ten-crop", action="store_true")
     ap.add_argument("--rule", default="gradient", choices=["gradient", "deconvnet", "guided"])
-    ap.add_argument("--pairwise", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20, 30, 50])
-    ap.add_argument("--quantiles", nargs="+", default=["0.95,0.3"],
+    ap.add_argument("--pairwise", type=nonnegative_number, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20, 30, 50])
+    ap.add_argument("--quantiles", type=quantile_pair, nargs="+", default=[(0.95, 0.3)],
                     help="fg,bg seed quantile pairs (default: the paper's 0.95,0.3)")
     args = ap.parse_args(argv)
 
-    ds = imagenet_val_dev(args.data)
-    cache = MapCache(args.cache, load(args.model), args.model, args.ten_crop, args.rule, args.data)
+    try:            # a data folder, a model name or weights that are not there: one line, exit 2
+        ds = imagenet_val_dev(args.data)
+        cache = MapCache(args.cache, load(args.model), args.model, args.ten_crop, args.rule, args.data)
+    except (ValueError, OSError) as e:
+        ap.error(str(e))
+    if args.offset >= len(ds):
+        ap.error(f"--offset {args.offset} leaves no photos: the data set has {len(ds)}")
     records = []
     for i in range(args.offset, min(len(ds), args.offset + args.limit)):
         stem, gt = ds.paths[i].stem, int(ds.labels[i])
@@ -68,8 +84,7 @@ def main(argv=None):
         print(f"  {m:20s} top-5 loc {r['top5_loc_error']:.3f}  GT-known {r['gt_known_loc_error']:.3f}"
               + (f"  (fraction {r['fraction']})" if "fraction" in r else ""))
     rows = []
-    for q in args.quantiles:
-        fg, bg = (float(v) for v in q.split(","))
+    for fg, bg in args.quantiles:
         for w in args.pairwise:
             t = time.perf_counter()
             r = evaluate(records, methods=("graphcut",), pairwise_weight=w,

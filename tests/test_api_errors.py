@@ -762,6 +762,7 @@ def test_network_output_shape_says_it_takes_the_batch_size_first(net):
 def test_the_benchmarks_refuse_bad_settings_in_one_line():
     """--batch 0 was a reshape error, --repeats 0 a StatisticsError, --size 5 a ShapeError traceback."""
     from clirun import run_bench
+    from conftest import SHARED
     for args, code, msg in ((["--batch", "0"], 2, "argument --batch: expected an integer >= 1, got 0"),
                             (["--repeats", "0"], 2, "argument --repeats: expected an integer >= 1, got 0"),
                             (["--size", "5", "--no-torch", "--batch", "1", "--repeats", "1"], 2,
@@ -772,7 +773,14 @@ def test_the_benchmarks_refuse_bad_settings_in_one_line():
                               ("bench_saliency.py", ["--models", "bogus"], "unknown model 'bogus'"),
                               ("bench_train.py", ["--widths", "0"], "argument --widths: expected a number > 0"),
                               ("bench_localise.py", ["--pairwise-weight", "-1"], "expected a number >= 0, got -1"),
-                              ("tune_localise.py", ["--rule", "bogus"], "argument --rule: invalid choice")):
+                              ("tune_localise.py", ["--rule", "bogus"], "argument --rule: invalid choice"),
+                              ("tune_localise.py", ["--quantiles", "0.95"], "expected fg,bg (two numbers"),
+                              ("tune_localise.py", ["--quantiles", "0.3,0.95"], "expected 0 < bg < fg < 1"),
+                              ("tune_localise.py", ["--pairwise", "nan"], "argument --pairwise: expected a number >= 0"),
+                              ("tune_localise.py", ["--data", "/nonexistent"], "imagenet_val_dev: missing"),
+                              # (the model is loaded after the data set, ../shared's by default, is read)
+                              *[("tune_localise.py", ["--model", "bogus"], "unknown model 'bogus'")] *
+                              (SHARED / "data" / "imagenet-val-dev").is_dir()):
         p = run_bench(script, *args)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, (script, p.stderr)
 
