@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from scratchnet.cli import positive_int  # noqa: E402
 from scratchnet.kernels import cpu_im2col, cpu_lrn, cpu_pool, cpu_relu  # noqa: E402
-from timing import alternating, median_ratio  # noqa: E402
+from timing import alternating, median_ratio, run_main  # noqa: E402
 
 
 @nb.njit(cache=True)
@@ -113,4 +113,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

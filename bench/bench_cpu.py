@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import (alternating, blas_kernels, gemm_gflops, import_peer_then_scratchnet, median_ratio,  # noqa: E402
-                    median_time)
+                    median_time, run_main)
 
 import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -179,4 +179,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

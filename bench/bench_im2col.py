@@ -24,6 +24,7 @@ import numpy as np
 
 from scratchnet.layers import Conv2d
 from scratchnet.layers.conv import _wide_pays
+from timing import run_main
 
 #: (name, batch, in channels, out channels, kernel, padding, map size)
 LAYERS = [
@@ -85,4 +86,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,7 +21,7 @@ import numpy as np
 
 from scratchnet.io.datasets import mean_image
 from scratchnet.io.loader import Augment, BatchLoader
-from timing import alternating, median_ratio
+from timing import alternating, median_ratio, run_main
 
 
 def main(argv=None):
@@ -66,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

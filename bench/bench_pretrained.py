@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import (alternating, blas_kernels, import_peer_then_scratchnet, median_ratio,  # noqa: E402
-                    median_time)
+                    median_time, run_main)
 
 import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -183,4 +183,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternating, blas_kernels, import_peer_then_scratchnet, median_ratio, median_time  # noqa: E402
+from timing import alternating, blas_kernels, import_peer_then_scratchnet, median_ratio, median_time, run_main  # noqa: E402
 
 torch = import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -137,4 +137,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternating, blas_kernels, import_peer_then_scratchnet, median_ratio  # noqa: E402
+from timing import alternating, blas_kernels, import_peer_then_scratchnet, median_ratio, run_main  # noqa: E402
 
 torch = import_peer_then_scratchnet()   # before NumPy: each engine's thread pools as suit it (see timing.py)
 
@@ -127,4 +127,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

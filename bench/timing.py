@@ -97,3 +97,21 @@ def import_peer_then_scratchnet():
         torch = None
     import scratchnet  # noqa: F401
     return torch
+
+
+def run_main(main):
+    """Run a bench's ``main()`` and exit with its status: running out of memory at a size asked for
+    (``--batch 100000``) is one line and exit 2, not NumPy's traceback; Ctrl-C exits 130 quietly."""
+    import sys
+    from pathlib import Path
+    name = Path(sys.argv[0]).name
+    try:
+        code = main()
+    except MemoryError as e:
+        print(f"{name}: error: out of memory: {str(e) or 'an allocation failed'} (a smaller --batch, size or "
+              f"width?)", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

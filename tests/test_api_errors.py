@@ -766,7 +766,10 @@ def test_the_benchmarks_refuse_bad_settings_in_one_line():
     for args, code, msg in ((["--batch", "0"], 2, "argument --batch: expected an integer >= 1, got 0"),
                             (["--repeats", "0"], 2, "argument --repeats: expected an integer >= 1, got 0"),
                             (["--size", "5", "--no-torch", "--batch", "1", "--repeats", "1"], 2,
-                             "bench_cpu.py: error: paper_net: input_size 5 is too small")):
+                             "bench_cpu.py: error: paper_net: input_size 5 is too small"),
+                            # 1 PiB: more than any address space, so refused at once on every machine
+                            (["--batch", "1000000000", "--no-torch", "--repeats", "1"], 2,
+                             "bench_cpu.py: error: out of memory: Unable to allocate 1.07 PiB")):
         p = run_bench("bench_cpu.py", *args)
         assert p.returncode == code and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
     for script, args, msg in (("bench_pretrained.py", ["--models", "bogus"], "unknown model 'bogus'"),
