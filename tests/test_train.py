@@ -236,6 +236,36 @@ def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
     assert rows("b") == rows("a") and any(r["kind"] == "step" and r["step"] == 6 for r in rows("a"))
 
 
+@pytest.mark.parametrize("kind, step", [("step", 4), ("epoch", 3)])
+def test_a_second_signal_during_a_steps_bookkeeping_waits_for_it(tmp_path, kind, step):
+    """Ctrl-C twice while metrics.jsonl gets a step's (or an epoch's) line: the second one used to stop
+    the run between the state and the file, so the checkpoint said step 4 was done and logged while its
+    line was never written (resumed, the run lacked it). Now the stop waits for the line."""
+    import os
+    import signal
+    small_trainer(tmp_path / "a").fit()
+    t = small_trainer(tmp_path / "b")
+    real_log = t._log
+
+    def log(row):
+        if row["kind"] == kind and row["step"] == step:
+            os.kill(os.getpid(), signal.SIGINT)         # the first: stop after this step
+            os.kill(os.getpid(), signal.SIGINT)         # the second: at once (here: once the line is written)
+        real_log(row)
+    t._log = log
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert read_state(tmp_path / "b" / "checkpoint.npz")["step"] == step
+    small_trainer(tmp_path / "b").fit(resume=True)
+
+    def rows(run):
+        timing = ("seconds", "wall_seconds", "images_per_s", "epoch_images_per_s")
+        return [{k: v for k, v in r.items() if k not in timing} for r in metric_rows(tmp_path / run)]
+    assert rows("b") == rows("a")
+    for k, v in params(load(tmp_path / "a" / "model.npz")).items():
+        np.testing.assert_array_equal(params(load(tmp_path / "b" / "model.npz"))[k], v)
+
+
 def test_the_img_per_s_leaves_out_the_first_step_of_each_start(tmp_path):
     """The first step after a (re)start compiles kernels on a new machine: a run whose first step takes
     0.5 s more reports that as warmup_seconds, and its img/s as that of the other steps."""
@@ -833,48 +863,35 @@ def test_resume_on_other_classes_is_refused(tmp_path, capsys):
     assert cli_main(["train", "--data", str(c), "--resume", "--epochs", "2"] + base[6:]) == 0
 
 
-def test_a_train_command_stopped_by_sigterm_exits_143_as_a_shell_reports_it(tmp_path, capsys, monkeypatch):
-    """`kill` or `timeout` (SIGTERM): the step ends, a checkpoint is written, and the exit status is
-    128 + 15, not Ctrl-C's 130, so a job script can tell the two apart."""
+def _sigterm(trainer, info):
     import os
     import signal
-    import scratchnet.train.trainer as tr
-    real = tr.Trainer.__init__
-
-    def sigterm_at(trainer, info):
-        if info["step"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def with_term(self, *a, **kw):
-        real(self, *a, **kw)
-        self.callbacks.append(sigterm_at)
-    monkeypatch.setattr(tr.Trainer, "__init__", with_term)
-    run = tmp_path / "run"
-    assert cli_main(["train", "--data", str(_folder(tmp_path / "data", ["cats", "dogs"])), "--input-size", "32",
-                     "--width", "0.0625", "--epochs", "2", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
-                     "--out", str(run)]) == 143
-    out, err = capsys.readouterr()
-    assert "SIGTERM" in err and json.loads(out.strip().splitlines()[-1])["steps"] == 2
-    assert read_state(run / "checkpoint.npz")["step"] == 2
+    if info["step"] == 2:
+        os.kill(os.getpid(), signal.SIGTERM)        # handled: the step ends, then a checkpoint
 
 
-def test_an_interrupted_train_command_still_ends_stdout_with_its_json(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("stop, code", [(stop_at(2), 130), (_sigterm, 143)], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_train_command_still_ends_stdout_with_its_json(tmp_path, capsys, monkeypatch, stop, code):
+    """Ctrl-C or SIGTERM at step 2: a checkpoint, the summary JSON as the last stdout line, and the exit
+    status a shell gives those signals (128 + 2, 128 + 15), so a job script can tell `kill` from Ctrl-C."""
     import scratchnet.train.trainer as tr
     real = tr.Trainer.__init__
 
     def with_stop(self, *a, **kw):
         real(self, *a, **kw)
-        self.callbacks.append(stop_at(2))
+        self.callbacks.append(stop)
     monkeypatch.setattr(tr.Trainer, "__init__", with_stop)
     run = tmp_path / "run"
     assert cli_main(["train", "--data", str(_folder(tmp_path / "data", ["cats", "dogs"])), "--input-size", "32",
                      "--width", "0.0625", "--epochs", "2", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
-                     "--out", str(run)]) == 130
+                     "--out", str(run)]) == code
     out, err = capsys.readouterr()
     s = json.loads(out.strip().splitlines()[-1])
     assert s["command"] == "train" and s["interrupted"] is True and s["steps"] == 2
     assert s["model"] == s["checkpoint"] == str(run / "checkpoint.npz")
     assert "checkpoint at step 2, epoch 1 after 2 of its batches written to" in err
+    assert ("SIGTERM: stopping after this step" in err) == (code == 143)
+    assert read_state(run / "checkpoint.npz")["step"] == 2
 
 
 def test_init_network_initialises_a_layer_of_your_own_that_has_init_params():

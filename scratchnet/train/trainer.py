@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -230,9 +231,9 @@ class Trainer:
         # also compiles the Numba kernels on a new machine (or the CUDA ones), left out of the img/s
         self.state = dict(epoch=0, batch=0, step=0, seconds=0.0, images=0, warmup_seconds=0.0, warmup_images=0,
                           sums=dict(loss=0.0, correct=0, seen=0), history=[])
-        self._stop_requested = False
+        self._stop_requested = self._stop_now = False
         self._saved_at = None               # (epoch, batch, step) of the checkpoint on disk
-        self._consistent = True             # False only while optimiser.step() is changing parameters
+        self._consistent = True             # False inside _uninterrupted (a parameter update and its bookkeeping)
         self._step_dropout = None           # the dropout generators' states at the start of the step in flight
 
     # -- paths ---------------------------------------------------------------------------
@@ -307,27 +308,27 @@ class Trainer:
                 # run on it while this thread fetches the next batch
                 correct = int((scores.argmax(axis=1) == labels).sum())
                 net.backward(dscores, param_grads=True, input_grad=False)
-                self._consistent = False
-                opt.step()
-                s = st["sums"]
-                s["loss"] += loss * len(y)
-                s["correct"] += correct
-                s["seen"] += len(y)
-                st["batch"] += 1
-                st["step"] += 1
-                dt = time.time() - t0
-                st["images"] += len(y)
-                st["seconds"] += dt
-                if warm:
-                    st["warmup_images"] = st.get("warmup_images", 0) + len(y)
-                    st["warmup_seconds"] = st.get("warmup_seconds", 0.0) + dt
-                    warm = False
-                self._consistent, self._step_dropout = True, None
-                window.append(float(loss))
-                if st["step"] % c.log_every == 0:
-                    self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
-                                   lr=opt.lr, loss=float(np.mean(window))))
-                    window.clear()
+                with self._uninterrupted():     # the update, the state and metrics.jsonl change together
+                    opt.step()
+                    s = st["sums"]
+                    s["loss"] += loss * len(y)
+                    s["correct"] += correct
+                    s["seen"] += len(y)
+                    st["batch"] += 1
+                    st["step"] += 1
+                    dt = time.time() - t0
+                    st["images"] += len(y)
+                    st["seconds"] += dt
+                    if warm:
+                        st["warmup_images"] = st.get("warmup_images", 0) + len(y)
+                        st["warmup_seconds"] = st.get("warmup_seconds", 0.0) + dt
+                        warm = False
+                    self._step_dropout = None
+                    window.append(float(loss))
+                    if st["step"] % c.log_every == 0:
+                        self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
+                                       lr=opt.lr, loss=float(np.mean(window))))
+                        window.clear()
                 ips = _rate(st, self._epoch_start, warm_too=True)
                 self.progress.update(
                     f"epoch {epoch + 1}/{c.epochs} {st['batch']}/{steps_per_epoch} loss {s['loss'] / s['seen']:.3f} "
@@ -353,9 +354,10 @@ class Trainer:
         # None when that step was all there was
         row.update(seconds=st["seconds"], wall_seconds=wall, images_per_s=_rate(st),
                    epoch_images_per_s=_rate(st, getattr(self, "_epoch_start", None)))
-        st["history"].append(row)
-        st["epoch"], st["batch"], st["sums"] = epoch + 1, 0, dict(loss=0.0, correct=0, seen=0)
-        self._log(row)
+        with self._uninterrupted():     # the epoch's row goes into the state and metrics.jsonl together
+            st["history"].append(row)
+            st["epoch"], st["batch"], st["sums"] = epoch + 1, 0, dict(loss=0.0, correct=0, seen=0)
+            self._log(row)
         self._save()
         from .plot import plot_metrics
         plot_metrics(self.metrics_path, self.out / "curves.png")
@@ -434,10 +436,23 @@ class Trainer:
             print(f"train: warning: resuming with settings that differ from the checkpoint's "
                   f"(saved, now): {diff}", file=sys.stderr)
 
+    @contextmanager
+    def _uninterrupted(self):
+        """A block that changes the parameters, the state and metrics.jsonl: a second Ctrl-C (or SIGTERM)
+        that lands inside it stops the run as soon as the block is done, so the checkpoint written then
+        matches the metrics file (stopped between them, a resumed run missed or repeated a metrics line,
+        or averaged its next logged loss over another window). ``_consistent`` is False inside."""
+        self._consistent = False
+        yield
+        self._consistent = True             # not on an exception: the parameters may be half updated
+        if self._stop_now:
+            raise Stopped(self._stop_now)
+
     def _install_sigint(self):
         """First Ctrl-C (or SIGTERM, as `timeout` and `kill` send): finish the current step, then stop
-        with a checkpoint; a second: stop at once."""
-        self._stop_requested = False
+        with a checkpoint; a second: stop at once (or, inside a parameter update and its bookkeeping, as
+        soon as that is done: see ``_uninterrupted``)."""
+        self._stop_requested = self._stop_now = False
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         signals = (signal.SIGINT, signal.SIGTERM)
@@ -445,6 +460,9 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_requested:
+                if not self._consistent:        # inside _uninterrupted: stop when it ends
+                    self._stop_now = signum
+                    return
                 raise Stopped(signum)
             self._stop_requested = signum
             print(f"\ntrain: {signal.Signals(signum).name}: stopping after this step (again to stop at once)",
