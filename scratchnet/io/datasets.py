@@ -26,6 +26,7 @@ import numpy as np
 
 from ..checks import check_int, is_int
 from ..progress import Progress
+from ..tempfiles import remove_stale_temps, temp_path
 from .classnames import class_index, imagenet_class_names, imagenet_wnids
 from .images import ImageReadError, load_image, resize_shorter_centre_crop
 
@@ -427,8 +428,9 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
         return np.load(final, mmap_mode="r"), kept
 
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final.parent)        # a decode (up to GBs) or its .kept.npy, killed half-way
     n = len(dataset)
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+    tmp = temp_path(final, ".npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
     ok = np.ones(n, dtype=bool)
     done, lock, failed, t0 = [0], threading.Lock(), threading.Event(), time.time()
@@ -493,7 +495,7 @@ def _compact(out: np.memmap, tmp: Path, kept: np.ndarray) -> np.memmap:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    tmp = temp_path(path, ".npy")
     np.save(tmp, array)
     os.replace(tmp, path)
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tempfiles import remove_stale_temps, temp_path
+
 CACHE_VERSION = 2      # 2: single-view maps one photo a pass (they were 8 at a time); one number for
                        # every folder, so 10-crop maps (unchanged) are recomputed too
 DEFAULT_MODEL = "squeezenet1_0"
@@ -177,6 +179,7 @@ class MapCache:
         data = Path(data).resolve()
         where = hashlib.sha1(str(data).encode()).hexdigest()[:8]
         self.folder = Path(root) / "localise" / key / f"{data.name}-{where}"
+        remove_stale_temps(self.folder)     # maps whose write a killed run left half done
 
     def get(self, stem, shape, need):
         """The cached entry of photo `stem` when it holds maps of every class in `need`, else None."""
@@ -198,7 +201,7 @@ class MapCache:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{stem}.{os.getpid()}.tmp"
+        tmp = temp_path(self.folder / f"{stem}.npz")
         with open(tmp, "wb") as fh:
             np.savez(fh, version=CACHE_VERSION, scores=entry["scores"].astype(np.float32),
                      classes=np.asarray(entry["classes"], np.int64), maps=entry["maps"].astype(np.float32))

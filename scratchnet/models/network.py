@@ -27,6 +27,7 @@ import numpy as np
 from ..backend import device_of, get_array_module, to_numpy
 from ..layers import LAYER_TYPES, Rule, Sequential, ShapeError
 from ..layers.base import Layer, byte_order_hint
+from ..tempfiles import remove_stale_temps, temp_prefix
 
 FORMAT = "scratchnet-network/1"
 
@@ -194,7 +195,8 @@ def atomic_savez(path, arrays):
 
 
 def atomic_write(path, write, suffix=".tmp"):
-    """write(binary file) into a temporary file in path's folder, then rename it to path.
+    """write(binary file) into a temporary file in path's folder, then rename it to path (see
+    scratchnet.tempfiles: the suffix starts with .tmp).
 
     The temporary is created with O_EXCL and mode 0666, so the kernel applies the process's umask
     (0644 under the usual 022), as for any file the user writes; tempfile.mkstemp would make it 0600,
@@ -204,7 +206,8 @@ def atomic_write(path, write, suffix=".tmp"):
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _create_exclusive(path.parent, prefix=path.name + ".", suffix=suffix)
+        remove_stale_temps(path.parent, path.name)          # left by an earlier write that was killed
+        fd, tmp = _create_exclusive(path.parent, prefix=temp_prefix(path), suffix=suffix)
     except OSError as e:
         raise OSError(f"cannot write {path}: {e.strerror or e} (in the folder {path.parent})") from None
     try:
