@@ -49,11 +49,9 @@ def _device_of(net):
 
 def _as_list(images):
     """A list of (H, W, 3) uint8 arrays from an (N, H, W, 3) array, one (H, W, 3) array or a list."""
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return list(images)
     if isinstance(images, np.ndarray) and images.ndim in (2, 3):
         return [images]
-    images = list(images)
+    images = list(images)               # an (N, H, W, 3) array: its N images
     if not images:
         raise ValueError("prepare: no images given")
     return images
