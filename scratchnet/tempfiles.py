@@ -1,20 +1,23 @@
-"""Temporary files of the atomic writes, and their removal after a crash.
+"""Atomic writes (a temporary file beside the target, renamed over it), and removing the temporaries
+a crash left.
 
-Every write that must never leave half a file (networks, checkpoints, the decode cache, the map cache)
-goes to a temporary file beside its target, which is then renamed over the target. A process killed
-between the two (SIGKILL, the OOM killer, a power cut) leaves the temporary behind: nothing reads it,
-but it holds disk, up to a whole checkpoint or a decoded data set. So temporaries are named
+Every write that must never leave half a file (networks, checkpoints, the decode and map caches, the
+commands' images and JSON files) goes to a temporary file beside its target, then is renamed over the
+target. A process killed between the two (SIGKILL, the OOM killer, a power cut) leaves the temporary
+behind: nothing reads it, but it holds disk, up to a whole checkpoint or a decoded data set. So the
+temporaries are named
 
     .<target name>.<host>.<pid>.<tag>.tmp<suffix>
 
-and the next write of the same target (for a cache: the next run that opens its folder) removes those
-left by a process of this host that is gone; one that a live process (or another host, on a shared
-folder) is writing is left alone.
+and a process's first write into a folder (and each run that opens a cache) removes those left there
+by processes of this host that have ended; one that a live process, or another host on a shared
+folder, is writing is left alone.
 """
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import threading
 from pathlib import Path
@@ -37,8 +40,8 @@ def temp_path(target, suffix: str = "", tag: str | None = None) -> Path:
 
 def remove_stale_temps(folder, target: str | None = None) -> int:
     """Delete the temporaries in ``folder`` (of the file named ``target`` only, if given) left by
-    processes of this host that have ended; returns how many were removed. Reads the folder once (a
-    cache calls it once, not per file); never raises: what cannot be removed is left for the next time."""
+    processes of this host that have ended; returns how many were removed. Reads the whole folder:
+    call it once per folder, not per file. Never raises: what cannot be removed is left for next time."""
     pattern = re.compile(rf"\.(?P<target>.+)\.{re.escape(_HOST)}\.(?P<pid>\d+)\.[^.]+\.tmp")
     removed = 0
     try:
@@ -57,6 +60,20 @@ def remove_stale_temps(folder, target: str | None = None) -> int:
     return removed
 
 
+_cleaned, _cleaned_lock = set(), threading.Lock()
+
+
+def _clean_once(folder):
+    """remove_stale_temps(folder) the first time this process writes there: a folder of 20,000 maps is
+    read once, not once per map (what a process that dies later leaves, the next run removes)."""
+    key = os.path.abspath(folder)
+    with _cleaned_lock:
+        if key in _cleaned:
+            return
+        _cleaned.add(key)
+    remove_stale_temps(folder)
+
+
 def _alive(pid: int) -> bool:
     """Whether a process ``pid`` runs on this host (True where that cannot be told: not POSIX)."""
     if pid == os.getpid():
@@ -70,3 +87,48 @@ def _alive(pid: int) -> bool:
     except OSError:                 # PermissionError: another user's live process
         return True
     return True
+
+
+def atomic_write(path, write, suffix=".tmp"):
+    """write(binary file) into a temporary file in path's folder, then rename it to path (see
+    scratchnet.tempfiles: the suffix starts with .tmp).
+
+    The temporary is created with O_EXCL and mode 0666, so the kernel applies the process's umask
+    (0644 under the usual 022), as for any file the user writes; tempfile.mkstemp would make it 0600,
+    and reading the umask means setting it, which is not safe beside other threads."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_once(path.parent)            # what an earlier, killed process left in this folder
+        fd, tmp = _create_exclusive(path.parent, prefix=temp_prefix(path), suffix=suffix)
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or e} (in the folder {path.parent})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _create_exclusive(folder, prefix, suffix, attempts=100):
+    """(fd, path) of a new file in ``folder`` named prefix + random + suffix, opened for writing
+    with O_EXCL (never an existing file) and mode 0666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(attempts):
+        name = os.path.join(folder, prefix + secrets.token_hex(4) + suffix)
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder} after {attempts} tries")
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file (see atomic_write); returns path."""
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    return Path(path)

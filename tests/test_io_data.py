@@ -589,18 +589,18 @@ def test_remove_stale_temps_removes_only_what_an_ended_process_of_this_host_left
 
 def test_a_write_killed_half_way_leaves_a_temporary_that_the_next_write_removes(tmp_path):
     """SIGKILL during Network.save (as during a checkpoint): the old file stays whole, the temporary
-    stays behind, and the next save of that file removes it (it held a whole checkpoint's disk)."""
+    stays behind, and the next process that writes in that folder removes it (it held a whole
+    checkpoint's disk)."""
     import signal
     import subprocess
     import sys
-    import time
 
     from scratchnet.models import load_network, paper_net
     target = tmp_path / "checkpoint.npz"
     net = paper_net(32, num_classes=3, width=0.0625, seed=0)
     net.save(target)
     before = target.read_bytes()
-    slow = ("import sys, time, numpy as np; from scratchnet.models.network import atomic_write\n"
+    slow = ("import sys, time, numpy as np; from scratchnet.tempfiles import atomic_write\n"
             "def write(fh):\n    fh.write(b'half a file'); fh.flush(); print('writing', flush=True); time.sleep(60)\n"
             f"atomic_write({str(target)!r}, write, suffix='.tmp.npz')\n")
     p = subprocess.Popen([sys.executable, "-c", slow], stdout=subprocess.PIPE, text=True)
@@ -613,8 +613,10 @@ def test_a_write_killed_half_way_leaves_a_temporary_that_the_next_write_removes(
     left = [f.name for f in tmp_path.iterdir() if f.name != "checkpoint.npz"]
     assert len(left) == 1 and left[0].startswith(".checkpoint.npz.") and f".{p.pid}." in left[0], left
     assert target.read_bytes() == before
-    time.sleep(0.01)
-    net.save(target)
+    net.save(target)                        # this process wrote here before the kill: no second look
+    assert len(list(tmp_path.iterdir())) == 2
+    again = f"from scratchnet.models import load_network; load_network({str(target)!r}).save({str(target)!r})"
+    subprocess.run([sys.executable, "-c", again], check=True, timeout=120)     # the next run's first save
     assert [f.name for f in tmp_path.iterdir()] == ["checkpoint.npz"]
     load_network(target)
 
@@ -642,3 +644,30 @@ def test_the_caches_remove_what_a_killed_run_left(tmp_path):
     stale.write_bytes(b"half")
     MapCache(cache, net, "net", False, "gradient", tmp_path / "photos")
     assert not stale.exists()
+
+
+def test_pictures_and_json_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """save_png (every command's pictures) and atomic_write_text (their JSON and HTML) go through a
+    temporary file: a write that fails half-way leaves the old file as it was, and no temporary."""
+    from PIL import Image
+
+    from scratchnet.io.images import save_png
+    from scratchnet.tempfiles import atomic_write_text
+    old = save_png(tmp_path / "a.png", np.zeros((4, 5, 3), np.uint8)).read_bytes()
+    atomic_write_text(tmp_path / "a.json", '{"old": true}')
+    real_save = Image.Image.save
+
+    def half_then_fail(self, fp, *a, **k):
+        fp.write(b"\x89PNG half")
+        raise OSError("No space left on device")
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_png(tmp_path / "a.png", np.full((4, 5, 3), 255, np.uint8))
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert (tmp_path / "a.png").read_bytes() == old
+    monkeypatch.setattr("os.replace", lambda *a: (_ for _ in ()).throw(OSError("read-only file system")))
+    with pytest.raises(OSError, match="read-only"):
+        atomic_write_text(tmp_path / "a.json", '{"new": true}')
+    monkeypatch.undo()
+    assert (tmp_path / "a.json").read_text() == '{"old": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png"]

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..tempfiles import atomic_write
+
 
 class ImageReadError(ValueError):
     """An image file that is missing or that PIL cannot decode; the message names the file."""
@@ -144,7 +146,8 @@ def to_uint8(array) -> np.ndarray:
 
 
 def save_png(path, array) -> Path:
-    """Write (H, W) or (H, W, 3|4) as a PNG; uint8, bool, or float in [0, 1].  Creates parent folders.
+    """Write (H, W) or (H, W, 3|4) as a PNG; uint8, bool, or float in [0, 1].  Creates parent folders;
+    written atomically (scratchnet.tempfiles).
     Floats outside [0, 1] are clipped: scale a raw saliency map or class-model image first (e.g.
     ``scratchnet.vis.display.stretch``, or ``m / m.max()``), or it saves as black and white."""
     path = Path(path)
@@ -152,8 +155,8 @@ def save_png(path, array) -> Path:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
     _pil(a)  # validates the shape
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(a)).save(path, format="PNG")
+    img = Image.fromarray(np.ascontiguousarray(a))
+    atomic_write(path, lambda fh: img.save(fh, format="PNG"), suffix=".tmp.png")    # never half a picture
     return path
 
 

@@ -230,7 +230,7 @@ def write_squeezenet_net(path, layers: dict, codebooks: dict | None = None) -> N
         n, body = _encode_layer(name, W, b, None if codebooks is None else codebooks[name])
         counts.append(n)
         bodies.append(body)
-    from ..models.network import atomic_write       # a crash leaves the old file, not half a new one
+    from ..tempfiles import atomic_write       # a crash leaves the old file, not half a new one
     data = np.asarray(counts, dtype="<u4").tobytes() + b"".join(bodies)
     atomic_write(path, lambda fh: fh.write(data))
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tempfiles import remove_stale_temps, temp_path
+from ..tempfiles import atomic_write, atomic_write_text, remove_stale_temps
 
 CACHE_VERSION = 2      # 2: single-view maps one photo a pass (they were 8 at a time); one number for
                        # every folder, so 10-crop maps (unchanged) are recomputed too
@@ -201,11 +201,9 @@ class MapCache:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(self.folder / f"{stem}.npz")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, version=CACHE_VERSION, scores=entry["scores"].astype(np.float32),
-                     classes=np.asarray(entry["classes"], np.int64), maps=entry["maps"].astype(np.float32))
-        os.replace(tmp, self.folder / f"{stem}.npz")
+        arrays = dict(version=CACHE_VERSION, scores=entry["scores"].astype(np.float32),
+                      classes=np.asarray(entry["classes"], np.int64), maps=entry["maps"].astype(np.float32))
+        atomic_write(self.folder / f"{stem}.npz", lambda fh: np.savez(fh, **arrays), suffix=".tmp.npz")
 
 
 def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
@@ -280,7 +278,7 @@ def cmd_localise(args):
                "mask_fraction": float(r["mask"].mean()), "fallback": r["fallback"],
                "ten_crop": args.ten_crop, "rule": args.rule, "segment": kw,
                "files": {k: str(v) for k, v in files.items()}}
-        files["json"].write_text(dumps_strict(res, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(files["json"], dumps_strict(res, indent=1) + "\n")
         _say(f"  {r['class_name']} (class {r['class']}, score {r['score']:.2f}): box {r['box']}"
              + (f"  [whole image: {r['fallback']}]" if r["fallback"] else ""))
         results.append(res)
@@ -384,11 +382,12 @@ def _record(ds, i, stem, img, gt, entry):
 
 
 def _write_details(path, per_image, records, names):
-    with open(path, "w", encoding="utf-8") as fh:
-        for p, r in zip(per_image, records):
-            p = dict(p, gt_label=r.gt_label, gt_name=names[r.gt_label], gt_boxes=r.gt_boxes,
-                     top5=r.top5, top5_names=[names[c] for c in r.top5])
-            fh.write(dumps_strict(p) + "\n")
+    lines = []
+    for p, r in zip(per_image, records):
+        p = dict(p, gt_label=r.gt_label, gt_name=names[r.gt_label], gt_boxes=r.gt_boxes,
+                 top5=r.top5, top5_names=[names[c] for c in r.top5])
+        lines.append(dumps_strict(p) + "\n")
+    atomic_write_text(path, "".join(lines))
     _say(f"wrote per-photo details to {path}")
 
 

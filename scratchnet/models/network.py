@@ -15,8 +15,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
-import secrets
 import tokenize
 import zipfile
 import zlib
@@ -27,7 +25,7 @@ import numpy as np
 from ..backend import device_of, get_array_module, to_numpy
 from ..layers import LAYER_TYPES, Rule, Sequential, ShapeError
 from ..layers.base import Layer, byte_order_hint
-from ..tempfiles import remove_stale_temps, temp_prefix
+from ..tempfiles import atomic_write
 
 FORMAT = "scratchnet-network/1"
 
@@ -192,45 +190,6 @@ def atomic_savez(path, arrays):
         raise IsADirectoryError(f"cannot save to {path}: it is a folder; give a file name, e.g. "
                                 f"{path / 'model.npz'}")
     atomic_write(path, lambda fh: np.savez(fh, **arrays), suffix=".tmp.npz")
-
-
-def atomic_write(path, write, suffix=".tmp"):
-    """write(binary file) into a temporary file in path's folder, then rename it to path (see
-    scratchnet.tempfiles: the suffix starts with .tmp).
-
-    The temporary is created with O_EXCL and mode 0666, so the kernel applies the process's umask
-    (0644 under the usual 022), as for any file the user writes; tempfile.mkstemp would make it 0600,
-    and reading the umask means setting it, which is not safe beside other threads."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path.parent, path.name)          # left by an earlier write that was killed
-        fd, tmp = _create_exclusive(path.parent, prefix=temp_prefix(path), suffix=suffix)
-    except OSError as e:
-        raise OSError(f"cannot write {path}: {e.strerror or e} (in the folder {path.parent})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _create_exclusive(folder, prefix, suffix, attempts=100):
-    """(fd, path) of a new file in ``folder`` named prefix + random + suffix, opened for writing
-    with O_EXCL (never an existing file) and mode 0666 less the umask."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(attempts):
-        name = os.path.join(folder, prefix + secrets.token_hex(4) + suffix)
-        try:
-            return os.open(name, flags, 0o666), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name in {folder} after {attempts} tries")
 
 
 def layer_to_spec(layer: Layer) -> dict:

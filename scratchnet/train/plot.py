@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..tempfiles import atomic_write
+
 COLOURS = {"train loss (steps)": (170, 190, 230), "train": (31, 119, 180), "val": (214, 39, 40),
            "val top-5": (44, 160, 44)}
 
@@ -42,9 +44,7 @@ def plot_metrics(metrics_path, png_path, size=(960, 400)):
     _panel(d, (0, 0, W // 2, H), "loss", loss_series)
     _panel(d, (W // 2, 0, W, H), "accuracy (%)", acc_series, y_range=(0.0, 100.0))
     png_path = Path(png_path)
-    tmp = png_path.with_name(png_path.name + ".tmp.png")
-    img.save(tmp)
-    tmp.replace(png_path)
+    atomic_write(png_path, lambda fh: img.save(fh, format="PNG"), suffix=".tmp.png")
     return png_path
 
 

@@ -47,6 +47,7 @@ from ..io.datasets import mean_image
 from ..io.loader import Augment, BatchLoader
 from ..layers import Conv2d, Linear, softmax_cross_entropy
 from ..progress import Progress
+from ..tempfiles import atomic_write_text
 from .checkpoint import dropout_states, load_checkpoint, read_meta, read_state, save_checkpoint, set_dropout_states
 from .schedule import make_schedule
 from .sgd import SGD
@@ -262,7 +263,7 @@ class Trainer:
         else:
             if self.metrics_path.exists():
                 self.metrics_path.unlink()
-        (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        atomic_write_text(self.out / "config.json", json.dumps(asdict(self.config), indent=2) + "\n")
 
         restore = self._install_sigint()
         try:
@@ -419,9 +420,7 @@ class Trainer:
         if torn:
             print(f"train: warning: dropped {torn} unreadable line(s) of {self.metrics_path} (a write cut "
                   f"short by the interruption?)", file=sys.stderr)
-        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        tmp.replace(self.metrics_path)
+        atomic_write_text(self.metrics_path, "".join(ln + "\n" for ln in keep))
 
     def _warn_config_changes(self, saved):
         """One line naming each setting that differs from the checkpoint's, except those without effect

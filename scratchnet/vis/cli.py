@@ -13,8 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tempfiles import atomic_write, atomic_write_text
+
 RULES = ["gradient", "deconvnet", "guided"]
 DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def _save_npy(path, array):
+    """np.save, written atomically (a killed command leaves no half file; see scratchnet.tempfiles)."""
+    atomic_write(path, lambda fh: np.save(fh, array), suffix=".tmp.npy")
 
 
 def register(sub, ev_sub):
@@ -204,7 +211,7 @@ def cmd_saliency(args):
                      f"reaches the image under this rule (some ReLU on the way back lets none through)")
             files = sal.save_saliency(out, stem, pix, smap)
             save_png(out / f"{name}_input.png", pix)
-            np.save(out / f"{stem}_map.npy", np.asarray(smap, np.float32))
+            _save_npy(out / f"{stem}_map.npy", np.asarray(smap, np.float32))
             results.append(dict(image=str(path), rule=rule, ten_crop=args.ten_crop, class_index=c,
                                 class_name=names[c], score=score, map_png=files["map"], overlay_png=files["overlay"],
                                 map_npy=str(out / f"{stem}_map.npy"), map_shape=list(np.shape(smap))))
@@ -250,9 +257,9 @@ def cmd_classmodel(args):
     for k, c in enumerate(idx):
         safe = "".join(ch if ch.isalnum() else "_" for ch in names[c])
         pngs.append(str(save_png(out / f"classmodel_{c}_{safe}.png", r.images[k])))
-    np.save(out / "classmodels_input_space.npy", r.x)
+    _save_npy(out / "classmodels_input_space.npy", r.x)
     hist = dict(classes=idx, scores=r.scores.tolist(), objective=r.objective.tolist(), settings=r.settings)
-    (out / "history.json").write_text(dumps_strict(hist), encoding="utf-8")
+    atomic_write_text(out / "history.json", dumps_strict(hist))
     _emit(dict(command="classmodel", model=args.model, out=str(out), classes=idx, class_names=[names[c] for c in idx],
                initial_scores=r.scores[0].tolist(), final_scores=r.scores[-1].tolist(),
                final_objective=r.objective[-1].tolist(), pngs=pngs, history=str(out / "history.json"),
@@ -281,7 +288,7 @@ def cmd_deconv(args):
         base = out / f"{stem}_{r.layer}_{rule}"
         save_png(f"{base}.png", signed_image(g, net))
         save_png(f"{base}_map.png", map_image(np.abs(g).max(axis=0)))
-        np.save(f"{base}.npy", g)
+        _save_npy(f"{base}.npy", g)
         results.append(dict(rule=rule, layer=r.layer, neuron=list(r.neurons[0]), activation=float(r.activations[0]),
                             png=f"{base}.png", map_png=f"{base}_map.png", npy=f"{base}.npy",
                             norm=float(np.linalg.norm(g))))

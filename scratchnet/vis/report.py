@@ -29,6 +29,7 @@ from ..cli import dumps_strict
 from ..io.classnames import normalise_name
 from ..io.images import overlay, resize, save_png
 from ..localise.boxes import resize_box
+from ..tempfiles import atomic_write_text
 from . import classmodel as cm
 from .deconv import compare_rules, gradient_check, reconstruct, reference_check
 from .display import class_names, on_net_device, prepare_image, prepare_pixels, resolve_class
@@ -188,7 +189,7 @@ class Page:
                "code,pre{background:#f4f4f4}")
         doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                f"<style>{css}</style></head><body>{''.join(self.parts)}</body></html>")
-        (self.out / "index.html").write_text(doc, encoding="utf-8")
+        atomic_write_text(self.out / "index.html", doc)
         return self.out / "index.html"
 
 
@@ -502,5 +503,5 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
     summary["seconds"] = time.time() - t_all
     summary["index"] = str(page.write("scratchnet demo"))
     summary["images"] = len(page.images)
-    (out / "summary.json").write_text(dumps_strict(summary, indent=1), encoding="utf-8")
+    atomic_write_text(out / "summary.json", dumps_strict(summary, indent=1))
     return summary
