@@ -13,9 +13,10 @@ so the convolution of the batch is ONE GEMM (it stays efficient for small 13x13 
 Backward is the same algebra transposed, again one GEMM each. With dy laid out as the rows of y,
 (O, N*oh*ow) (kernels.nchw_to_rows), y = W @ cols gives
 
-    dW    = dy @ cols.T                        (O, C/G*kh*kw), one GEMM per group G; on the GPU a
-                                               small dW over a long N*oh*ow (conv1) is summed in
-                                               slices, kernels.weight_grad
+    dW    = dy @ cols.T                        (O, C/G*kh*kw), one GEMM per group G
+                                               (kernels.weight_grad: on the CPU asked for as
+                                               (cols @ dy.T).T, which OpenBLAS runs faster; on the GPU
+                                               a small dW over a long N*oh*ow is summed in slices)
     dcols = W.T @ dy                           (C*kh*kw, N*oh*ow), then col2im adds the columns back
                                                onto the image (an input pixel in several windows
                                                gets the sum of their gradients).
@@ -279,7 +280,9 @@ class Conv2d(Layer):
             wp = padded_shape[3]
             dy2 = kernels.nchw_to_rows(dy, wp).reshape(g, o // g, n * oh * wp)  # junk columns get 0
             if param_grads:
-                self.grads["W"] = _grouped_matmul(dy2, cols.reshape(g, k // g, n * oh * wp), trans_b=True).reshape(W.shape)
+                dW = (kernels.weight_grad(dy2[0], cols) if g == 1
+                      else _grouped_matmul(dy2, cols.reshape(g, k // g, n * oh * wp), trans_b=True))
+                self.grads["W"] = dW.reshape(W.shape)
             if not input_grad:
                 return None
             dcols = _grouped_matmul(Wg, dy2, trans_a=True)                      # (G, K/G, N*oh*Wp)
