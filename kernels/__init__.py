@@ -181,8 +181,8 @@ def weight_grad(dy2, cols):
     the same products summed in the same order (the same bits), which OpenBLAS ran faster. `python
     bench/bench_weight_grad.py` (2 cores, OpenBLAS SkylakeX kernels): 0.62-0.85x the time of dy2 @
     cols.T for the 64-pixel network's layers at batch 128 and for conv1 at 224 px on an idle machine
-    (1.06-1.08x for conv3-5 at 224 px, batch 8, whose sum is short: under a millisecond each), and
-    0.2-0.8x with other work on the cores."""
+    (1.00-1.08x for conv2-5 at 224 px, batch 8, whose sums are short: under a millisecond each), and
+    mostly 0.2-0.8x with other work on the cores."""
     if _on_gpu(dy2):
         return _gpu().weight_grad(dy2, cols)
     return np.ascontiguousarray(np.matmul(cols, dy2.T).T)

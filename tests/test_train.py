@@ -1292,3 +1292,46 @@ def test_a_trainer_on_another_device_than_its_network_is_refused_before_any_work
         Trainer(net, synthetic(), None, tmp_path / "run", TrainConfig(), device="tpu", progress=False)
     assert Trainer(net, synthetic(), None, tmp_path / "run", TrainConfig(), device="CPU", progress=False).device == "cpu"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_in_use_by_another_training_is_refused(tmp_path, capsys):
+    """Two `scratchnet train` in one folder at once (a second --resume in another terminal, or two new
+    runs started together) both exited 0, one's weights beside the other's config.json, metrics.jsonl
+    holding both runs' epochs. The second is refused, naming the first; a killed holder leaves no lock."""
+    import signal
+    import subprocess
+    import sys
+    run = tmp_path / "run"
+    holder = ("import sys, time; from scratchnet.train.trainer import run_folder_lock\n"
+              f"with run_folder_lock({str(run)!r}):\n    print('locked', flush=True); time.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    args = ["train", "--data", str(_folder(tmp_path / "data", ["cats", "dogs"])), "--input-size", "32",
+            "--width", "0.0625", "--epochs", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
+            "--out", str(run)]
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        assert cli_main(args) == 2
+        assert f"{run} is in use by another training run (pid {p.pid} on " in capsys.readouterr().err
+        t = small_trainer(run)
+        with pytest.raises(ValueError, match="in use by another training run"):
+            t.fit()
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    assert cli_main(args) == 0                                  # the kernel dropped the dead holder's lock
+    assert (run / "checkpoint.npz").is_file() and (run / "model.npz").is_file()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    """The lock makes the run folder; a run refused before writing anything removes it again."""
+    from scratchnet.train.trainer import run_folder_lock
+    run = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError):
+        with run_folder_lock(run):
+            assert (run / ".lock").is_file()
+            raise RuntimeError("refused")
+    assert not run.exists()
+    with run_folder_lock(run):                                  # re-entrant within one process
+        with run_folder_lock(run):
+            (run / "kept.txt").write_text("x")
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "kept.txt"]

@@ -207,7 +207,7 @@ def settle_options(args):
 
 def run_train(args):
     from ..models import paper_net
-    from .trainer import TrainConfig, Trainer, check_config, check_run_folder, init_network
+    from .trainer import TrainConfig, Trainer, check_config, check_run_folder, init_network, run_folder_lock
 
     settle_options(args)
     if args.jitter > args.input_size:
@@ -255,22 +255,23 @@ def run_train(args):
                                     val_from_train=args.val_from_train, init=args.init, init_std=init_std,
                                     dropout=args.dropout))
     check_config(config)
-    check_run_folder(args.out, config, args.resume, net.class_names)
-    try:
-        train = decode(train_ds, args.input_size, args.cache, args.skip_bad_images)
-        val = decode(val_ds, args.input_size, args.cache, args.skip_bad_images) if val_ds is not None else None
-    except Exception as e:
-        if type(e).__name__ == "ImageReadError":
-            raise ValueError(f"{e} (pass --skip-bad-images to train without such files)") from None
-        raise
-    net.to(device)
-    trainer = Trainer(net, train, val, args.out, config, device=device)
-    try:
-        summary = trainer.fit(resume=args.resume)
-    except KeyboardInterrupt:           # stopped with a checkpoint (which loads as a network too)
-        done = trainer.checkpoint_path.is_file() and getattr(trainer, "_consistent", False)
-        emit_json({"command": "train", "interrupted": True, "checkpoint": str(trainer.checkpoint_path),
-                   **(trainer.summary(trainer.checkpoint_path) if done else {})})
-        raise
-    emit_json({"command": "train", **summary})
+    with run_folder_lock(args.out):     # from the folder's check to the end: one run in a folder at a time
+        check_run_folder(args.out, config, args.resume, net.class_names)
+        try:
+            train = decode(train_ds, args.input_size, args.cache, args.skip_bad_images)
+            val = decode(val_ds, args.input_size, args.cache, args.skip_bad_images) if val_ds is not None else None
+        except Exception as e:
+            if type(e).__name__ == "ImageReadError":
+                raise ValueError(f"{e} (pass --skip-bad-images to train without such files)") from None
+            raise
+        net.to(device)
+        trainer = Trainer(net, train, val, args.out, config, device=device)
+        try:
+            summary = trainer.fit(resume=args.resume)
+        except KeyboardInterrupt:           # stopped with a checkpoint (which loads as a network too)
+            done = trainer.checkpoint_path.is_file() and getattr(trainer, "_consistent", False)
+            emit_json({"command": "train", "interrupted": True, "checkpoint": str(trainer.checkpoint_path),
+                       **(trainer.summary(trainer.checkpoint_path) if done else {})})
+            raise
+        emit_json({"command": "train", **summary})
     return 0

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -163,6 +165,61 @@ def check_config(c):
     return make_schedule(c.schedule, c.lr, c.epochs, c.lr_end, c.milestones, c.lr_points)    # its own checks
 
 
+class RunFolderBusy(ValueError):
+    """Another process trains in this run folder."""
+
+
+_held = {}          # run folders whose lock this process holds: resolved path -> the open lock file
+
+
+@contextmanager
+def run_folder_lock(out):
+    """Hold ``out/.lock`` (an exclusive flock) while a run trains there. Two runs in one folder at once
+    (a second `scratchnet train --resume` in another terminal, two new runs started together, both past
+    check_run_folder before either wrote a checkpoint) each exited 0, leaving the weights of one run
+    beside the config.json of the other and a metrics.jsonl with both runs' epochs. The second is now
+    a RunFolderBusy naming the first's pid. The kernel drops the lock when its process ends, however it
+    ends (a kill -9 leaves no stale lock); re-entrant within a process (the command line takes it
+    before checking the folder, then fit). A folder made here for a run that then failed before
+    writing anything is removed again. No lock where fcntl is missing (not POSIX)."""
+    out = Path(out)
+    key = str(out.resolve())
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if key in _held or fcntl is None:
+        yield
+        return
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".lock"
+    fh = open(lock, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:                         # BlockingIOError: held by another process
+        fh.seek(0)
+        who = fh.read().strip()
+        fh.close()
+        raise RunFolderBusy(f"{out} is in use by another training run ({who or 'another process'}): wait for it "
+                            "to end, or choose another output folder") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    fh.flush()
+    _held[key] = fh
+    try:
+        yield
+    finally:
+        del _held[key]
+        if made and [p.name for p in out.iterdir()] == [".lock"]:
+            lock.unlink()                   # nothing else written: leave no empty run folder behind
+            fh.close()
+            out.rmdir()
+        else:
+            fh.close()                      # closing the file releases the lock
+
+
 def check_run_folder(out, config: TrainConfig, resume: bool, class_names=None):
     """What fit(resume) would refuse about the run folder ``out``, checked on its own (the command line
     calls this before decoding any image): no checkpoint to resume, a checkpoint a new run would
@@ -248,7 +305,12 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, resume=False):
-        """Train to config.epochs; returns the summary dict (also the CLI's JSON line)."""
+        """Train to config.epochs; returns the summary dict (also the CLI's JSON line). The run folder
+        is locked meanwhile (run_folder_lock): a second fit or `scratchnet train` on it is refused."""
+        with run_folder_lock(self.out):
+            return self._fit(resume)
+
+    def _fit(self, resume):
         check_run_folder(self.out, self.config, resume, self.net.class_names)
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
