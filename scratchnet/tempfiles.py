@@ -9,9 +9,11 @@ temporaries are named
 
     .<target name>.<host>.<pid>.<tag>.tmp<suffix>
 
-and a process's first write into a folder (and each run that opens a cache) removes those left there
-by processes of this host that have ended; one that a live process, or another host on a shared
-folder, is writing is left alone.
+and their writer holds an exclusive flock on each while it writes. A process's first write into a
+folder (and each run that opens a cache) removes the temporaries there of this host whose lock is free,
+whose process is gone and which are a second old or more. The lock is what tells a live writer: a pid
+is not enough where processes share a host name but not their pids (containers). Without flock (not
+POSIX) nothing is removed.
 """
 from __future__ import annotations
 
@@ -19,8 +21,16 @@ import os
 import re
 import secrets
 import socket
+import stat
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:         # not POSIX: no locks, and no removal
+    fcntl = None
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
@@ -38,10 +48,13 @@ def temp_path(target, suffix: str = "", tag: str | None = None) -> Path:
     return Path(target).with_name(f"{temp_prefix(target)}{tag}.tmp{suffix}")
 
 
-def remove_stale_temps(folder, target: str | None = None) -> int:
-    """Delete the temporaries in ``folder`` (of the file named ``target`` only, if given) left by
-    processes of this host that have ended; returns how many were removed. Reads the whole folder:
-    call it once per folder, not per file. Never raises: what cannot be removed is left for next time."""
+def remove_stale_temps(folder, target: str | None = None, min_age: float = 1.0) -> int:
+    """Delete the temporaries in ``folder`` (of the file named ``target`` only, if given) that this
+    host's processes left: unlocked, of a process that has ended, ``min_age`` seconds old or more (a
+    writer takes its lock right after creating the file). Returns how many were removed. Reads the
+    whole folder: call it once per folder, not per file. Never raises."""
+    if fcntl is None:
+        return 0
     pattern = re.compile(rf"\.(?P<target>.+)\.{re.escape(_HOST)}\.(?P<pid>\d+)\.[^.]+\.tmp")
     removed = 0
     try:
@@ -53,11 +66,40 @@ def remove_stale_temps(folder, target: str | None = None) -> int:
         if m is None or (target is not None and m["target"] != target) or _alive(int(m["pid"])):
             continue
         try:
-            os.unlink(e.path)
-            removed += 1
+            fd = os.open(e.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)        # held: a live writer (another pid space)
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime >= min_age:
+                os.unlink(e.path)
+                removed += 1
         except OSError:
             pass
+        finally:
+            os.close(fd)
     return removed
+
+
+@contextmanager
+def held(path):
+    """Hold an exclusive flock on ``path`` (a temporary being written) until the block ends, so that
+    remove_stale_temps leaves it alone; nothing where flock is missing."""
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:                 # a file system without locks: write unlocked
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 _cleaned, _cleaned_lock = set(), threading.Lock()
@@ -91,14 +133,26 @@ def _alive(pid: int) -> bool:
 
 def atomic_write(path, write, suffix=".tmp"):
     """write(binary file) into a temporary file in path's folder, then rename it to path (see
-    scratchnet.tempfiles: the suffix starts with .tmp).
+    scratchnet.tempfiles: the suffix starts with .tmp). A symlink is written through (its target
+    replaced, the link kept); an existing file that is not a regular one (/dev/stdout, a pipe) is
+    written directly, as nothing can be renamed over it.
 
     The temporary is created with O_EXCL and mode 0666, so the kernel applies the process's umask
     (0644 under the usual 022), as for any file the user writes; tempfile.mkstemp would make it 0600,
-    and reading the umask means setting it, which is not safe beside other threads."""
+    and reading the umask means setting it, which is not safe beside other threads. A file replaced
+    keeps its mode."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    mode = None
+    if path.exists():
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):            # a device, a pipe, a socket: no rename over it
+            with open(path, "wb") as fh:
+                write(fh)
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        path = Path(os.path.realpath(path))         # a symlink: replace what it points to
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _clean_once(path.parent)            # what an earlier, killed process left in this folder
@@ -106,9 +160,12 @@ def atomic_write(path, write, suffix=".tmp"):
     except OSError as e:
         raise OSError(f"cannot write {path}: {e.strerror or e} (in the folder {path.parent})") from None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
+        with held(tmp):                     # until renamed: remove_stale_temps leaves it alone
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+            if mode is not None:
+                os.chmod(tmp, mode)
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -568,6 +568,7 @@ def _dead_pid():
 
 def test_remove_stale_temps_removes_only_what_an_ended_process_of_this_host_left(tmp_path):
     import os
+    import time
 
     from scratchnet.tempfiles import _HOST, remove_stale_temps, temp_path
     dead, live = _dead_pid(), os.getppid()
@@ -580,6 +581,9 @@ def test_remove_stale_temps_removes_only_what_an_ended_process_of_this_host_left
              "m.npz": True}
     for n in names:
         (tmp_path / n).write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == 0                        # a second old at least: none yet
+    for n in names:
+        os.utime(tmp_path / n, (time.time() - 5, time.time() - 5))
     assert remove_stale_temps(tmp_path, "c.npy") == 1               # only that target's
     assert remove_stale_temps(tmp_path) == 1 and remove_stale_temps(tmp_path) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, kept in names.items() if kept)
@@ -594,6 +598,7 @@ def test_a_write_killed_half_way_leaves_a_temporary_that_the_next_write_removes(
     import signal
     import subprocess
     import sys
+    import time
 
     from scratchnet.models import load_network, paper_net
     target = tmp_path / "checkpoint.npz"
@@ -613,6 +618,7 @@ def test_a_write_killed_half_way_leaves_a_temporary_that_the_next_write_removes(
     left = [f.name for f in tmp_path.iterdir() if f.name != "checkpoint.npz"]
     assert len(left) == 1 and left[0].startswith(".checkpoint.npz.") and f".{p.pid}." in left[0], left
     assert target.read_bytes() == before
+    time.sleep(1.1)                         # a temporary is a second old before it counts as left behind
     net.save(target)                        # this process wrote here before the kill: no second look
     assert len(list(tmp_path.iterdir())) == 2
     again = f"from scratchnet.models import load_network; load_network({str(target)!r}).save({str(target)!r})"
@@ -624,6 +630,8 @@ def test_a_write_killed_half_way_leaves_a_temporary_that_the_next_write_removes(
 def test_the_caches_remove_what_a_killed_run_left(tmp_path):
     """The decode cache and the localisation map cache, opened again, remove the temporaries an ended
     process left in their folders (a killed decode of Tiny-ImageNet left 1.2 GB)."""
+    import os
+    import time
     from scratchnet.localise.cli import MapCache
     from scratchnet.models import paper_net
     from scratchnet.tempfiles import _HOST
@@ -635,6 +643,7 @@ def test_the_caches_remove_what_a_killed_run_left(tmp_path):
     final.parent.mkdir(parents=True)
     stale = final.parent / f".{final.name}.{_HOST}.{_dead_pid()}.1.tmp.npy"
     stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 5, time.time() - 5))
     decode_cache(ds, 16, cache, progress=False)
     assert not stale.exists() and final.is_file()
     net = paper_net(32, num_classes=3, width=0.0625, seed=0)
@@ -642,6 +651,7 @@ def test_the_caches_remove_what_a_killed_run_left(tmp_path):
     folder.mkdir(parents=True)
     stale = folder / f".val_1.npz.{_HOST}.{_dead_pid()}.1.tmp"
     stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 5, time.time() - 5))
     MapCache(cache, net, "net", False, "gradient", tmp_path / "photos")
     assert not stale.exists()
 
@@ -671,3 +681,49 @@ def test_pictures_and_json_are_written_whole_or_not_at_all(tmp_path, monkeypatch
     monkeypatch.undo()
     assert (tmp_path / "a.json").read_text() == '{"old": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png"]
+
+
+def test_a_temporary_whose_writer_holds_its_lock_is_never_removed(tmp_path):
+    """A writer in another pid namespace (a container of the same host name) looks dead by its pid:
+    its flock on the temporary is what keeps remove_stale_temps away (it deleted live writes)."""
+    import fcntl
+    import os
+    import time
+
+    from scratchnet.tempfiles import _HOST, remove_stale_temps
+    f = tmp_path / f".m.npz.{_HOST}.{_dead_pid()}.ab12.tmp.npz"
+    f.write_bytes(b"being written")
+    os.utime(f, (time.time() - 60, time.time() - 60))
+    fd = os.open(f, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)                  # another open file: conflicts as another process would
+    try:
+        assert remove_stale_temps(tmp_path) == 0 and f.exists()
+    finally:
+        os.close(fd)
+    assert remove_stale_temps(tmp_path) == 1 and not f.exists()
+
+
+def test_atomic_writes_go_through_symlinks_keep_modes_and_write_pipes_directly(tmp_path):
+    """--details /dev/stdout or a pipe: written directly (a rename would replace the device, or fail);
+    a symlinked output keeps its link, a file its mode."""
+    import os
+    import stat
+    import threading
+
+    from scratchnet.tempfiles import atomic_write_text
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    os.chmod(real, 0o600)
+    (tmp_path / "link.json").symlink_to(real)
+    atomic_write_text(tmp_path / "link.json", "new")
+    assert (tmp_path / "link.json").is_symlink() and real.read_text() == "new"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()))
+    reader.start()
+    atomic_write_text(fifo, "through the pipe")
+    reader.join(10)
+    assert got == ["through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]

@@ -1335,3 +1335,59 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
         with run_folder_lock(run):
             (run / "kept.txt").write_text("x")
     assert sorted(p.name for p in run.iterdir()) == [".lock", "kept.txt"]
+
+
+def test_the_run_folder_lock_keeps_out_another_thread_and_warns_without_locks(tmp_path, monkeypatch, capsys):
+    """A second thread of one process is refused as a second process is; a file system without locks
+    (flock failing with ENOLCK, not EAGAIN) is a warning, not a false "in use"."""
+    import errno
+    import fcntl
+    import threading
+
+    from scratchnet.train.trainer import RunFolderBusy, run_folder_lock
+    run, errors = tmp_path / "run", []
+
+    def other():
+        try:
+            with run_folder_lock(run):
+                pass
+        except RunFolderBusy as e:
+            errors.append(str(e))
+    with run_folder_lock(run):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(30)
+    assert len(errors) == 1 and "another thread of this process" in errors[0]
+
+    def no_locks(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with run_folder_lock(tmp_path / "nfs"):
+        (tmp_path / "nfs" / "x").write_text("trained")
+    assert "cannot lock" in capsys.readouterr().err and (tmp_path / "nfs" / "x").is_file()
+
+
+def test_a_second_signal_during_the_stop_checkpoint_waits_for_it(tmp_path, monkeypatch):
+    """Ctrl-C at step 3, and again while its checkpoint is written: the save used to be abandoned while
+    the command printed a summary of step 3 beside a checkpoint of step 2."""
+    import os
+    import signal
+
+    import scratchnet.train.trainer as tr
+    real_save = tr.save_checkpoint
+    calls = []
+
+    def save(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:                         # the stop's checkpoint (the first: epoch 1's end)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*a, **k)
+    monkeypatch.setattr(tr, "save_checkpoint", save)
+
+    def first(trainer, info):
+        if info["step"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+    t = small_trainer(tmp_path / "run", callbacks=[first])
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert read_state(tmp_path / "run" / "checkpoint.npz")["step"] == 4 and t._consistent

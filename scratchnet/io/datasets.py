@@ -26,7 +26,7 @@ import numpy as np
 
 from ..checks import check_int, is_int
 from ..progress import Progress
-from ..tempfiles import remove_stale_temps, temp_path
+from ..tempfiles import atomic_write, held, remove_stale_temps, temp_path
 from .classnames import class_index, imagenet_class_names, imagenet_wnids
 from .images import ImageReadError, load_image, resize_shorter_centre_crop
 
@@ -454,28 +454,29 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
                          f"{time.time() - t0:.1f} s -> {final.name}")
 
     try:
-        futures = []
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            try:
-                for lo in range(0, n, chunk):
-                    futures.append(pool.submit(work, lo))
-                for f in futures:
-                    if f.exception() is not None:
-                        raise f.exception()
-            except BaseException:   # an unreadable file (on_error="raise"), or Ctrl-C (which can come while
-                failed.set()        # submit starts a thread the pool then does not wait for): every worker
-                for g in futures:   # stops at its next image, not at the end of the decode
-                    g.cancel()
-                raise
-        shown.done(f"decode_cache: {n} images in {time.time() - t0:.1f} s")
-        kept = np.flatnonzero(ok).astype(np.int64)
-        if len(kept) < n:
-            print(f"decode_cache: skipped {n - len(kept)} unreadable file(s) of {n}", file=sys.stderr)
-            out = _compact(out, tmp, kept)
-        out.flush()
-        del out
-        _save_atomic(kept_file, kept)
-        os.replace(tmp, final)
+        with held(tmp):         # while it is written, another process's remove_stale_temps leaves it
+            futures = []
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                try:
+                    for lo in range(0, n, chunk):
+                        futures.append(pool.submit(work, lo))
+                    for f in futures:
+                        if f.exception() is not None:
+                            raise f.exception()
+                except BaseException:   # an unreadable file (on_error="raise"), or Ctrl-C (which can come while
+                    failed.set()        # submit starts a thread the pool then does not wait for): every worker
+                    for g in futures:   # stops at its next image, not at the end of the decode
+                        g.cancel()
+                    raise
+            shown.done(f"decode_cache: {n} images in {time.time() - t0:.1f} s")
+            kept = np.flatnonzero(ok).astype(np.int64)
+            if len(kept) < n:
+                print(f"decode_cache: skipped {n - len(kept)} unreadable file(s) of {n}", file=sys.stderr)
+                out = _compact(out, tmp, kept)
+            out.flush()
+            del out
+            _save_atomic(kept_file, kept)
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -486,18 +487,17 @@ def _compact(out: np.memmap, tmp: Path, kept: np.ndarray) -> np.memmap:
     """Copy the kept rows of `out` into a fresh temporary .npy that takes tmp's name."""
     tmp2 = tmp.with_name(tmp.name + ".kept.npy")
     small = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(len(kept),) + out.shape[1:])
-    for lo in range(0, len(kept), 1024):
-        small[lo:lo + 1024] = out[kept[lo:lo + 1024]]
-    small.flush()
-    del out, small
-    os.replace(tmp2, tmp)
+    with held(tmp2):
+        for lo in range(0, len(kept), 1024):
+            small[lo:lo + 1024] = out[kept[lo:lo + 1024]]
+        small.flush()
+        del out, small
+        os.replace(tmp2, tmp)
     return np.load(tmp, mmap_mode="r+")
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = temp_path(path, ".npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.save(fh, array), suffix=".tmp.npy")
 
 
 def _check_skipped(dataset: Dataset, kept: np.ndarray, on_error: str, cache: Path) -> None:

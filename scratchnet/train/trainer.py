@@ -169,7 +169,7 @@ class RunFolderBusy(ValueError):
     """Another process trains in this run folder."""
 
 
-_held = {}          # run folders whose lock this process holds: resolved path -> the open lock file
+_held, _held_lock = {}, threading.Lock()     # run folder -> [owning thread, depth, open lock file]
 
 
 @contextmanager
@@ -178,46 +178,89 @@ def run_folder_lock(out):
     (a second `scratchnet train --resume` in another terminal, two new runs started together, both past
     check_run_folder before either wrote a checkpoint) each exited 0, leaving the weights of one run
     beside the config.json of the other and a metrics.jsonl with both runs' epochs. The second is now
-    a RunFolderBusy naming the first's pid. The kernel drops the lock when its process ends, however it
-    ends (a kill -9 leaves no stale lock); re-entrant within a process (the command line takes it
-    before checking the folder, then fit). A folder made here for a run that then failed before
-    writing anything is removed again. No lock where fcntl is missing (not POSIX)."""
+    a RunFolderBusy naming the first's pid; so is a second thread of one process. The kernel drops the
+    lock when its process ends, however it ends (a kill -9 leaves no stale lock). Re-entrant in one
+    thread (the command line takes it before checking the folder, then fit). A folder made here for a
+    run that then failed before writing anything is removed again. Where locks cannot be had (not
+    POSIX; a file system without them) the run goes on unlocked, with a warning there."""
     out = Path(out)
     key = str(out.resolve())
+    me = threading.get_ident()
+    with _held_lock:
+        entry = _held.get(key)
+        if entry is not None:
+            if entry[0] != me:
+                raise RunFolderBusy(f"{out} is in use by another training run (another thread of this process): "
+                                    "wait for it to end, or choose another output folder")
+            entry[1] += 1
+    if entry is not None:
+        try:
+            yield
+        finally:
+            with _held_lock:
+                entry[1] -= 1
+        return
     try:
         import fcntl
     except ImportError:
         fcntl = None
-    if key in _held or fcntl is None:
-        yield
-        return
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / ".lock"
-    fh = open(lock, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:                         # BlockingIOError: held by another process
-        fh.seek(0)
-        who = fh.read().strip()
-        fh.close()
-        raise RunFolderBusy(f"{out} is in use by another training run ({who or 'another process'}): wait for it "
-                            "to end, or choose another output folder") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    fh.flush()
-    _held[key] = fh
+    fh = _lock_file(out / ".lock", fcntl) if fcntl is not None else None
+    with _held_lock:
+        if key in _held:                    # another thread of this process got there first
+            if fh is not None:
+                fh.close()
+            raise RunFolderBusy(f"{out} is in use by another training run (another thread of this process): "
+                                "wait for it to end, or choose another output folder")
+        _held[key] = entry = [me, 1, fh]
     try:
         yield
     finally:
-        del _held[key]
-        if made and [p.name for p in out.iterdir()] == [".lock"]:
-            lock.unlink()                   # nothing else written: leave no empty run folder behind
-            fh.close()
-            out.rmdir()
-        else:
+        with _held_lock:
+            del _held[key]
+        try:
+            if made and fh is not None and [p.name for p in out.iterdir()] == [".lock"]:
+                (out / ".lock").unlink()    # nothing else written: leave no empty run folder behind
+                out.rmdir()
+        except OSError:                     # another run came in meanwhile: its folder now
+            pass
+        if fh is not None:
             fh.close()                      # closing the file releases the lock
+
+
+def _lock_file(lock, fcntl):
+    """The open ``lock`` file, flocked by this process: RunFolderBusy when another process holds it.
+    Checks, once locked, that the file is still the one of that name (a run that ended may have just
+    removed it; locking the removed one would let a third process lock a new one beside us); None,
+    with a warning, where the file system has no locks."""
+    for _ in range(10):
+        fh = open(lock, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:             # EAGAIN / EWOULDBLOCK: another process holds it
+            fh.seek(0)
+            who = fh.read().strip()
+            fh.close()
+            raise RunFolderBusy(f"{lock.parent} is in use by another training run ({who or 'another process'}): "
+                                "wait for it to end, or choose another output folder") from None
+        except OSError as e:                # ENOLCK, EOPNOTSUPP: no locks on this file system
+            fh.close()
+            print(f"train: warning: cannot lock {lock} ({e.strerror or e}); training without the lock that "
+                  "keeps a second run out of this folder", file=sys.stderr)
+            return None
+        try:
+            same = os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            fh.flush()
+            return fh
+        fh.close()                          # removed under us: lock the new one
+    raise RunFolderBusy(f"{lock.parent}: its lock file keeps changing (other runs starting and ending?)")
 
 
 def check_run_folder(out, config: TrainConfig, resume: bool, class_names=None):
@@ -334,7 +377,9 @@ class Trainer:
             if self._consistent:
                 if self._step_dropout is not None:      # stopped inside a step's forward or backward: its
                     set_dropout_states(self.net, self._step_dropout)   # masks are drawn again on resume
-                self._save()
+                self._consistent = False        # a further Ctrl-C waits for this checkpoint (else the
+                self._save()                    # summary printed would be of a checkpoint not written)
+                self._consistent = True
                 print(f"\ntrain: interrupted; checkpoint at {_position(self.state)} written to "
                       f"{self.checkpoint_path}; continue with --resume", file=sys.stderr)
             else:
@@ -554,6 +599,9 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
+
+    def __reduce__(self):                   # picklable (a fit in a worker process sends it back)
+        return Stopped, (self.signum,)
 
 
 def _round(v, digits):
