@@ -976,3 +976,51 @@ def test_altered_npz_archives_are_refused_by_both_readers(tmp_path):
         else:
             with pytest.raises(NetworkFileError, match=message[what]):
                 load_network(path)
+
+
+# -- from a mutation round on the benches' run_main and tune_localise's --quantiles ----------------------------
+def test_run_main_exits_130_on_ctrl_c_and_2_out_of_memory_in_one_line(monkeypatch, capsys):
+    import sys
+
+    from clirun import BENCH
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setattr(sys, "argv", [str(BENCH / "bench_x.py")])
+    from timing import run_main
+
+    def raises(e):
+        def main():
+            raise e
+        return main
+    for main, code, err in ((raises(KeyboardInterrupt()), 130, "bench_x.py: interrupted\n"),
+                            (raises(MemoryError()), 2, "bench_x.py: error: out of memory: an allocation failed"),
+                            (lambda: None, None, "")):
+        with pytest.raises(SystemExit) as e:
+            run_main(main)
+        assert e.value.code == code and capsys.readouterr().err.startswith(err)
+
+
+def test_tune_localise_quantiles_are_fg_bg_strictly_inside_0_1():
+    import argparse
+
+    from clirun import BENCH
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tune_localise", BENCH / "tune_localise.py")
+    tl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tl)
+    assert tl.quantile_pair("0.95,0.3") == (0.95, 0.3)
+    for bad in ("0.5,0.5", "0.9,0", "1,0.3", "0.9,-0.1", "0.3,0.9"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected 0 < bg < fg < 1"):
+            tl.quantile_pair(bad)
+
+
+def test_tune_localise_refuses_an_offset_at_the_end_of_the_photos(tmp_path):
+    """--offset equal to the number of photos leaves none (one past the last index), as any larger one."""
+    from clirun import run_bench
+    from conftest import SHARED
+    from scratchnet.io.datasets import imagenet_val_dev
+    data = SHARED / "data" / "imagenet-val-dev"
+    if not data.is_dir():
+        pytest.skip("needs the shared imagenet-val-dev")
+    n = len(imagenet_val_dev(data))
+    p = run_bench("tune_localise.py", "--offset", n, "--data", data, "--cache", tmp_path / "cache")
+    assert p.returncode == 2 and f"--offset {n} leaves no photos: the data set has {n}" in p.stderr, p.stderr

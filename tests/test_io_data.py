@@ -727,3 +727,93 @@ def test_atomic_writes_go_through_symlinks_keep_modes_and_write_pipes_directly(t
     reader.join(10)
     assert got == ["through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]
+
+
+# -- from a mutation round on tempfiles and the atomic writes -------------------------------------------------
+def test_a_process_that_cannot_be_signalled_is_taken_as_alive(tmp_path, monkeypatch):
+    """os.kill(pid, 0) on another user's live process raises PermissionError: its temporaries stay."""
+    import os
+
+    from scratchnet.tempfiles import _HOST, remove_stale_temps
+    name = f".m.npz.{_HOST}.{_dead_pid()}.ab12.tmp.npz"
+    (tmp_path / name).write_bytes(b"x")
+    os.utime(tmp_path / name, (1e9, 1e9))                           # old enough to count
+
+    def not_permitted(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "kill", not_permitted)
+    assert remove_stale_temps(tmp_path) == 0 and (tmp_path / name).is_file()
+
+
+def test_an_interrupted_write_leaves_the_old_utf8_file_and_no_temporary(tmp_path, monkeypatch):
+    """Ctrl-C inside atomic_write (a KeyboardInterrupt, not an Exception) removes its temporary; text is
+    UTF-8; two threads get two temporaries; a folder is read once however its path is spelt."""
+    import scratchnet.tempfiles as tf
+    target = tmp_path / "a.json"
+    tf.atomic_write_text(target, '{"name": "café ✓"}')
+
+    def interrupted(fh):
+        fh.write(b"half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        tf.atomic_write(target, interrupted)
+    assert target.read_bytes() == '{"name": "café ✓"}'.encode("utf-8")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    other = []
+    t = threading.Thread(target=lambda: other.append(tf.temp_path(target, ".npy")))
+    t.start()
+    t.join()
+    assert other[0] != tf.temp_path(target, ".npy")
+    reads = []
+    monkeypatch.setattr(tf, "remove_stale_temps", lambda folder, target=None: reads.append(folder))
+    (tmp_path / "sub").mkdir()
+    tf._clean_once(tmp_path / "sub")
+    tf._clean_once(tmp_path / "sub" / ".." / "sub")
+    assert len(reads) == 1
+
+
+def _half_then_fail(fp, *a, **k):
+    """Stands in for np.save, np.savez or Image.save: half a file, then a full disk."""
+    import os
+    fh = open(fp, "wb") if isinstance(fp, (str, os.PathLike)) else fp
+    fh.write(b"half")
+    fh.flush()
+    raise OSError("No space left on device")
+
+
+@pytest.mark.parametrize("what", ["curves", "npy", "map cache"])
+def test_the_curves_npy_maps_and_map_cache_are_written_whole_or_not_at_all(tmp_path, monkeypatch, what):
+    """plot_metrics, the visualisers' .npy files and MapCache.put write through a temporary: a write
+    that fails half-way leaves the old file as it was, and no temporary."""
+    import json
+
+    from scratchnet.localise.cli import MapCache
+    from scratchnet.models import paper_net
+    from scratchnet.train.plot import plot_metrics
+    from scratchnet.vis.cli import _save_npy
+    if what == "curves":
+        m = tmp_path / "m" / "metrics.jsonl"
+        m.parent.mkdir()
+        m.write_text(json.dumps(dict(kind="epoch", epoch=1, train_loss=1.0, train_top1=0.4)) + "\n")
+        target = tmp_path / "curves.png"
+        write = lambda: plot_metrics(m, target)                                          # noqa: E731
+        monkeypatch_target = (Image.Image, "save", lambda self, fp, *a, **k: _half_then_fail(fp))
+    elif what == "npy":
+        target = tmp_path / "x_map.npy"
+        write = lambda: _save_npy(target, np.ones((2, 3), np.float32))                   # noqa: E731
+        monkeypatch_target = (np, "save", _half_then_fail)
+    else:
+        cache = MapCache(tmp_path / "cache", paper_net(32, num_classes=3, width=0.0625, seed=0), "net", False,
+                         "gradient", tmp_path / "photos")
+        entry = dict(scores=np.zeros(3), classes=[1], maps=np.ones((1, 4, 4)))
+        target = cache.folder / "val_1.npz"
+        write = lambda: cache.put("val_1", entry)                                        # noqa: E731
+        monkeypatch_target = (np, "savez", _half_then_fail)
+    write()
+    old = target.read_bytes()
+    monkeypatch.setattr(*monkeypatch_target)
+    with pytest.raises(OSError, match="No space left"):
+        write()
+    monkeypatch.undo()
+    assert target.read_bytes() == old
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []

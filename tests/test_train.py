@@ -1391,3 +1391,69 @@ def test_a_second_signal_during_the_stop_checkpoint_waits_for_it(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     assert read_state(tmp_path / "run" / "checkpoint.npz")["step"] == 4 and t._consistent
+
+
+# ----------------------------------------------------------------------------- from a mutation round on the stop and the lock
+
+def test_a_deferred_second_sigterm_stops_with_its_number_and_the_trainer_resumes(tmp_path):
+    """Two SIGTERMs while a step's line is written: the stop, deferred to the end of the bookkeeping,
+    still says SIGTERM (the command exits 143, not 130 or 129), and the same Trainer then resumes to the
+    end (the deferred stop does not fire again at its first step)."""
+    import os
+    import signal
+
+    from scratchnet.train.trainer import Stopped
+    t = small_trainer(tmp_path / "b")
+    real_log = t._log
+
+    def log(row):
+        if row["kind"] == "step" and row["step"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_log(row)
+    t._log = log
+    with pytest.raises(Stopped) as e:
+        t.fit()
+    assert e.value.signum == signal.SIGTERM
+    t._log = real_log
+    try:
+        summary = t.fit(resume=True)
+    except KeyboardInterrupt as e:          # (caught: pytest would take it for the user's Ctrl-C)
+        pytest.fail(f"the resumed run stopped at once: {e!r}")
+    assert summary["steps"] == 6
+
+
+def test_the_lock_is_reentrant_under_another_spelling_and_keeps_a_folder_it_did_not_make(tmp_path, monkeypatch):
+    """Taken again by this process under a relative path it is still re-entrant; a run refused in a
+    folder the user made (empty) leaves that folder."""
+    from scratchnet.train.trainer import run_folder_lock
+    from pathlib import Path
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(RuntimeError):
+        with run_folder_lock(run):
+            raise RuntimeError("refused")
+    assert run.is_dir()
+    monkeypatch.chdir(tmp_path)
+    with run_folder_lock(run):
+        with run_folder_lock(Path("run")):
+            pass
+
+
+def test_the_train_command_is_refused_a_busy_folder_before_decoding(tmp_path, capsys, monkeypatch):
+    """The command line takes the lock before it decodes the photos (minutes for a large set), not only
+    in fit."""
+    import fcntl
+
+    import scratchnet.train.cli as tcli
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "a+") as held:         # another open file: flock refuses this process too
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 12345 on elsewhere\n")
+        held.flush()
+        monkeypatch.setattr(tcli, "decode", lambda *a: pytest.fail("decoded while another run held the folder"))
+        assert cli_main(["train", "--data", str(_folder(tmp_path / "data", ["cats", "dogs"])), "--input-size", "32",
+                         "--width", "0.0625", "--epochs", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
+                         "--out", str(run)]) == 2
+    assert "in use by another training run (pid 12345 on elsewhere)" in capsys.readouterr().err
