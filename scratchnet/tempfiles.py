@@ -37,8 +37,20 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 def temp_prefix(target) -> str:
     """The start of the temporaries' names of ``target`` written by this process: a tag, then
-    ``.tmp`` and any suffix, follow."""
-    return f".{Path(target).name}.{_HOST}.{os.getpid()}."
+    ``.tmp`` and any suffix, follow. A long target name is shortened in it, so that the whole name
+    stays within the 255 bytes a file name may have (a photo's 240-character name made its saliency
+    map's temporary too long to create)."""
+    return f".{_temp_stem(Path(target).name)}.{_HOST}.{os.getpid()}."
+
+
+_TAIL = 48      # bytes kept for the tag (a thread id: up to 20 digits), .tmp, the suffix and .kept.npy
+
+
+def _temp_stem(name: str) -> str:
+    """``name`` cut to what leaves a temporary's name at most 255 bytes (UTF-8, never mid-character)."""
+    room = 255 - len(f"..{_HOST}.{os.getpid()}.".encode()) - _TAIL
+    raw = name.encode("utf-8")
+    return name if len(raw) <= room else raw[:max(room, 1)].decode("utf-8", "ignore")
 
 
 def temp_path(target, suffix: str = "", tag: str | None = None) -> Path:
@@ -63,7 +75,7 @@ def remove_stale_temps(folder, target: str | None = None, min_age: float = 1.0) 
         return 0
     for e in entries:
         m = pattern.match(e.name)
-        if m is None or (target is not None and m["target"] != target) or _alive(int(m["pid"])):
+        if m is None or (target is not None and m["target"] != _temp_stem(target)) or _alive(int(m["pid"])):
             continue
         try:
             fd = os.open(e.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))

@@ -817,3 +817,22 @@ def test_the_curves_npy_maps_and_map_cache_are_written_whole_or_not_at_all(tmp_p
     monkeypatch.undo()
     assert target.read_bytes() == old
     assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_outputs_with_the_longest_names_a_file_may_have_are_written(tmp_path):
+    """A temporary adds host, pid and tag to its target's name: for a 255-byte name (a photo's long
+    stem in a saliency map's file name) it was too long to create. The stem is cut in it, by whole
+    UTF-8 characters, and a killed write of such a file is still found and removed."""
+    import os
+    import time
+
+    from scratchnet.tempfiles import _HOST, atomic_write_text, remove_stale_temps, temp_path
+    for name in ("a" * 250 + ".json", "é" * 125 + ".json"):            # 255 bytes each
+        atomic_write_text(tmp_path / name, "x")
+        assert (tmp_path / name).read_text() == "x"
+        assert len(temp_path(tmp_path / name, ".npy.kept.npy").name.encode()) <= 255
+    stale = temp_path(tmp_path / ("b" * 250 + ".npz"), ".npz").name.replace(f".{os.getpid()}.", f".{_dead_pid()}.")
+    assert f".{_HOST}." in stale
+    (tmp_path / stale).write_bytes(b"half")
+    os.utime(tmp_path / stale, (time.time() - 5, time.time() - 5))
+    assert remove_stale_temps(tmp_path, "b" * 250 + ".npz") == 1
