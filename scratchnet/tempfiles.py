@@ -49,8 +49,8 @@ _TAIL = 48      # bytes kept for the tag (a thread id: up to 20 digits), .tmp, t
 def _temp_stem(name: str) -> str:
     """``name`` cut to what leaves a temporary's name at most 255 bytes (UTF-8, never mid-character)."""
     room = 255 - len(f"..{_HOST}.{os.getpid()}.".encode()) - _TAIL
-    raw = name.encode("utf-8")
-    return name if len(raw) <= room else raw[:max(room, 1)].decode("utf-8", "ignore")
+    raw = os.fsencode(name)                 # the bytes on disk: a name that is not UTF-8 too
+    return name if len(raw) <= room else os.fsdecode(raw[:max(room, 1)].decode("utf-8", "ignore").encode())
 
 
 def temp_path(target, suffix: str = "", tag: str | None = None) -> Path:
@@ -178,9 +178,14 @@ def atomic_write(path, write, suffix=".tmp"):
             if mode is not None:
                 os.chmod(tmp, mode)
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):          # name the target, not the hidden temporary (or nothing)
+            what = e.strerror or str(e)
+            if e.errno is None and "requested and" in what:      # NumPy's words for a short write
+                what += " (is the disk full?)"
+            raise OSError(f"cannot write {path}: {what}") from None
         raise
 
 

@@ -836,3 +836,64 @@ def test_outputs_with_the_longest_names_a_file_may_have_are_written(tmp_path):
     (tmp_path / stale).write_bytes(b"half")
     os.utime(tmp_path / stale, (time.time() - 5, time.time() - 5))
     assert remove_stale_temps(tmp_path, "b" * 250 + ".npz") == 1
+
+
+def test_a_full_disk_is_one_error_naming_the_file_not_a_bus_error(tmp_path, monkeypatch):
+    """The decode cache is written through a memory map: on a full disk its pages could not be stored
+    and the kernel killed the process (SIGBUS, "Bus error"), leaving the temporary. Its blocks are
+    reserved first now: a full disk is an OSError naming the cache. A short write in atomic_write
+    names the target, not the hidden temporary."""
+    import errno
+    import os
+
+    from scratchnet.tempfiles import atomic_write
+    _make_folder(tmp_path / "photos", ["a", "b"], per_class=2, size=(16, 20))
+    ds = image_folder(tmp_path / "photos")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OSError, match=r"No space left on device: no room for the decode cache .* give --cache"):
+        decode_cache(ds, 16, tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.undo()
+
+    def short(fh):
+        raise OSError("51529 requested and 46048 written")
+    with pytest.raises(OSError, match=r"cannot write .*out\.npy: 51529 requested and 46048 written \(is the disk full"):
+        atomic_write(tmp_path / "out.npy", short)
+
+
+def test_running_out_of_file_descriptors_is_not_an_unreadable_image(tmp_path, monkeypatch):
+    """EMFILE while opening a photo said 'cannot read image ... (pass --skip-bad-images)', and with that
+    option a decode cache would have left good photos out for good: it is the system's error now."""
+    import errno
+
+    from PIL import Image
+
+    from scratchnet.io import images
+    path = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(path)
+
+    def no_fds(*a, **k):
+        raise OSError(errno.EMFILE, "Too many open files")
+    monkeypatch.setattr(images.Image, "open", no_fds)
+    with pytest.raises(OSError, match="Too many open files") as e:
+        load_image(path)
+    assert not isinstance(e.value, ImageReadError)
+
+
+def test_temporaries_of_names_that_are_not_utf8(tmp_path):
+    """A photo named with bytes that are not UTF-8 (os.fsdecode gives surrogates): its outputs'
+    temporaries could not be named ('surrogates not allowed'), nor a data set of such files hashed."""
+    import os
+
+    from scratchnet.tempfiles import atomic_write_text
+    name = os.fsdecode(b"bad\xff\xfe_map.json")
+    atomic_write_text(tmp_path / name, "x")
+    atomic_write_text(tmp_path / os.fsdecode(b"L" * 240 + b"\xff.json"), "y")
+    assert sorted(os.listdir(tmp_path.as_posix().encode())) == [b"L" * 240 + b"\xff.json", b"bad\xff\xfe_map.json"]
+    _make_folder(tmp_path / "photos", ["a"], per_class=1, size=(16, 20))
+    os.rename(tmp_path / "photos" / "a" / "0.png", tmp_path / "photos" / "a" / os.fsdecode(b"\xff.png"))
+    images, kept = decode_cache(image_folder(tmp_path / "photos"), 16, tmp_path / "cache", progress=False)
+    assert images.shape == (1, 16, 16, 3) and kept.tolist() == [0]

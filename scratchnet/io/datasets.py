@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import hashlib
 import os
 import sys
@@ -401,7 +402,7 @@ def cache_path(dataset: Dataset, size: int, cache_dir) -> Path:
             stamp = f"{st.st_size}|{st.st_mtime_ns}"
         except OSError:                     # decoding names it as unreadable
             stamp = "missing"
-        h.update(f"{os.path.abspath(p)}|{stamp}\n".encode())
+        h.update(os.fsencode(f"{os.path.abspath(p)}|{stamp}\n"))     # a name not in UTF-8 too
     stem = Path(dataset.root).name or "dataset"
     return Path(cache_dir) / f"{stem}-{size}px-{len(dataset)}-{h.hexdigest()[:16]}.npy"
 
@@ -432,6 +433,7 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
     n = len(dataset)
     tmp = temp_path(final, ".npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    _reserve(tmp)
     ok = np.ones(n, dtype=bool)
     done, lock, failed, t0 = [0], threading.Lock(), threading.Event(), time.time()
     shown = Progress(enabled=progress)              # redrawn on a terminal, a line every 30 s in a log
@@ -487,6 +489,7 @@ def _compact(out: np.memmap, tmp: Path, kept: np.ndarray) -> np.memmap:
     """Copy the kept rows of `out` into a fresh temporary .npy that takes tmp's name."""
     tmp2 = tmp.with_name(tmp.name + ".kept.npy")
     small = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(len(kept),) + out.shape[1:])
+    _reserve(tmp2)
     with held(tmp2):
         for lo in range(0, len(kept), 1024):
             small[lo:lo + 1024] = out[kept[lo:lo + 1024]]
@@ -494,6 +497,28 @@ def _compact(out: np.memmap, tmp: Path, kept: np.ndarray) -> np.memmap:
         del out, small
         os.replace(tmp2, tmp)
     return np.load(tmp, mmap_mode="r+")
+
+
+def _reserve(path: Path) -> None:
+    """Give the memory-mapped file ``path`` its disk blocks now: written through the map into a full
+    disk, its pages could not be stored and the kernel sent SIGBUS (a "Bus error", no Python error and
+    the temporary left); reserved first, a full disk is an OSError (ENOSPC) naming the file."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            os.unlink(path)
+            raise OSError(e.errno, f"{e.strerror}: no room for the decode cache ({os.fstat(fd).st_size / 1e6:.1f} "
+                                   f"MB) in {path.parent}; free some, or give --cache another folder") from None
+        # EINVAL, EOPNOTSUPP: a file system that cannot reserve; written as before
+    finally:
+        os.close(fd)
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:

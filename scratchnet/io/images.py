@@ -7,6 +7,7 @@ PIL does the decoding and the resampling; the colour map is plain NumPy.
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,10 @@ def load_image(path) -> np.ndarray:
             return np.asarray(_to_rgb(im), dtype=np.uint8)
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):     # the system's limits, not the file:
+            raise                                                      # never "skip it as unreadable"
+        raise ImageReadError(f"cannot read image {path}: PIL says {type(e).__name__}: {e}") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read image {path}: PIL says {type(e).__name__}: {e}") from None
 
