@@ -66,7 +66,7 @@ def main(argv=None):
         ap.error(f"--offset {args.offset} leaves no photos: the data set has {len(ds)}")
     records = []
     for i in range(args.offset, min(len(ds), args.offset + args.limit)):
-        stem, gt = ds.paths[i].stem, int(ds.labels[i])
+        stem, gt = ds.paths[i].name, int(ds.labels[i])          # the map cache's key: the file name
         img = load_image(ds.paths[i])
         entry = cache.get(stem, img.shape[:2], [gt])
         if entry is None:
@@ -74,7 +74,7 @@ def main(argv=None):
                      f"localisation --model {args.model} --data {args.data} --cache {args.cache}"
                      f"{' --ten-crop' if args.ten_crop else ''}{'' if args.rule == 'gradient' else ' --rule ' + args.rule}"
                      f" --limit {args.offset + args.limit}` first")
-        records.append(_record(ds, i, stem, img, gt, entry))
+        records.append(_record(ds, i, ds.paths[i].stem, img, gt, entry))
 
     base = evaluate(records, methods=("whole_image", "centre_box", "saliency_threshold"))
     fr = choose_fractions(records)

@@ -383,3 +383,26 @@ def test_segment_settings_from_the_command_line(argv):
     assert segment_kwargs(args) == dict(locnet.TUNED_SEGMENT["single"], bg_quantile=0.1)
     args = parser.parse_args(argv + ["--ten-crop", "--pairwise", "5", "--fg-quantile", "0.9", "--bg-quantile", "0.2"])
     assert segment_kwargs(args) == {"pairwise_weight": 5.0, "fg_quantile": 0.9, "bg_quantile": 0.2}
+
+
+def test_two_photos_of_one_stem_do_not_share_a_cached_map(shared, tmp_path, capsys):
+    """x.JPEG and x.png (two photos) were one map cache entry, x.npz: the second run gave the first
+    photo the other's map, and its box, without a word. The key is the file name now."""
+    from PIL import Image
+    src = shared / "data" / "imagenet-val-dev"
+    rows = (src / "boxes.csv").read_text().splitlines()
+    a, b = sorted({r.split(",")[0] for r in rows[1:]})[:2]
+    data = tmp_path / "dev"
+    (data / "images").mkdir(parents=True)
+    (data / "images" / "x.JPEG").symlink_to(src / "images" / a)
+    Image.open(src / "images" / b).save(data / "images" / "x.png")
+    row = {r.split(",")[0]: r for r in rows[1:]}
+    (data / "boxes.csv").write_text("\n".join([rows[0], "x.JPEG" + row[a][len(a):], "x.png" + row[b][len(b):]]) + "\n")
+    argv = ["evaluate", "localisation", "--model", "squeezenet1_0", "--data", data, "--cache", tmp_path / "cache",
+            "--details", tmp_path / "d.jsonl"]
+    first, _ = run_cli(argv, capsys)
+    d1 = (tmp_path / "d.jsonl").read_text()
+    again, err = run_cli(argv, capsys)
+    assert "0 computed, 2 from the cache" in err
+    assert (tmp_path / "d.jsonl").read_text() == d1 and again["methods"] == first["methods"]
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2

@@ -162,8 +162,9 @@ class MapCache:
     fingerprint (Network.fingerprint: layers, preprocessing, weights), so that maps of a network that
     has changed since, under the same name or file, are never read back; and for the data set's folder
     (its name and a hash of its resolved path, so that two folders of one name keep apart). Within it a
-    photo is found by its file stem and checked by its size, not its content: a photo replaced by
-    another of the same size needs --no-cache or a fresh --cache. CACHE_VERSION covers changes to the
+    photo is found by its file name (x.JPEG and x.png are two photos; a segmentation's pet by its name)
+    and checked by its size, not its content: a photo replaced by another of the same size needs
+    --no-cache or a fresh --cache. CACHE_VERSION covers changes to the
     saliency code itself. Single-view maps computed batch_size > 1 photos a pass are not cached (they
     depend on their batch neighbours): the cache is then off, said once on stderr."""
 
@@ -182,7 +183,8 @@ class MapCache:
         remove_stale_temps(self.folder)     # maps whose write a killed run left half done
 
     def get(self, stem, shape, need):
-        """The cached entry of photo `stem` when it holds maps of every class in `need`, else None."""
+        """The cached entry of photo `stem` (its key: the file name) when it holds maps of every class in
+        `need`, else None."""
         if self.folder is None:
             return None
         f = self.folder / f"{stem}.npz"
@@ -207,7 +209,7 @@ class MapCache:
 
 
 def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
-    """Saliency entries for items = [(stem, image, extra classes)], through the cache, with progress.
+    """Saliency entries for items = [(cache key: the file name, image, extra classes)], through the cache, with progress.
     Yields (index, entry) in order.
 
     MapCache is off for single-view maps with batch_size > 1 (10-crop maps are one photo a batch anyway): a
@@ -319,7 +321,8 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     items, kept = [], []
     for i in indices:                   # as evaluate classification does: an unreadable photo is skipped, said
         try:
-            items.append((ds.paths[i].stem, load_image(ds.paths[i]), [int(targets[i])]))
+            # the cache's key is the file name: x.JPEG and x.png are two photos (the stem shared one entry)
+            items.append((ds.paths[i].name, load_image(ds.paths[i]), [int(targets[i])]))
             kept.append(i)
         except ImageReadError as e:
             _say(f"skipping unreadable file: {e}")
@@ -331,8 +334,8 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     records = []
     t_net = time.perf_counter()
     for k, entry in _maps_for(net, maps, items, 5 if all_maps else 0, batch_size, rule, ten_crop, "saliency"):
-        stem, img, (gt,) = items[k]
-        records.append(_record(ds, indices[k], stem, img, gt, entry))
+        _, img, (gt,) = items[k]
+        records.append(_record(ds, indices[k], ds.paths[indices[k]].stem, img, gt, entry))
     t_net = time.perf_counter() - t_net
     _say(f"segmenting and scoring (graph cut {kw})")
     t_seg = time.perf_counter()
