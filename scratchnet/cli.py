@@ -233,12 +233,20 @@ def main(argv=None):
         _ran_on["device"] = None
 
 
-def unique_stems(paths):
+def unique_stems(paths, max_bytes=200):
     """File stems, with _2, _3, ... added to a stem taken before, ignoring case (X.jpg and x.png are one
-    file name on macOS and Windows): outputs are named by stem."""
+    file name on macOS and Windows): outputs are named by stem. A stem is cut to ``max_bytes`` (whole
+    characters), leaving room for what the outputs add (`_deconvnet_map.npy`) within the 255 bytes of
+    a file name: a photo's 250-byte name stopped a batch with "File name too long"."""
     used, out = set(), []
     for p in paths:
         stem = Path(p).stem
+        raw = os.fsencode(stem)
+        if len(raw) > max_bytes:
+            n = max_bytes
+            while n > 1 and raw[n] & 0xC0 == 0x80:        # not inside a UTF-8 character
+                n -= 1
+            stem = os.fsdecode(raw[:n])
         name, i = stem, 1
         while name.casefold() in used:
             i += 1

@@ -1192,3 +1192,24 @@ def test_grey_level_counts_the_preprocessing_std():
     a, b = (display.prepare_pixels(net, np.full((8, 8, 3), v, np.uint8)) for v in (100, 101))
     np.testing.assert_allclose(b - a, cm.grey_level(net))
     assert cm.grey_level(net) == 0.25
+
+
+def test_photos_with_the_longest_names_get_their_outputs(tiny_path, photo, tmp_path, capsys):
+    """A photo's 250-byte name made `<stem>_gradient_map.png` too long for a file name: the whole batch
+    stopped there. Stems are cut to 200 bytes (whole characters; names not in UTF-8 too)."""
+    import os
+    import shutil
+    long_a = tmp_path / ("L" * 250 + ".png")
+    long_b = tmp_path / ("é" * 125 + ".png")
+    odd = tmp_path / os.fsdecode(b"bad\xff\xfe.png")
+    for p in (long_a, long_b, odd):
+        shutil.copy(photo, p)
+    out = run_cli(["saliency", str(long_a), str(long_b), str(odd), str(photo), "--model", str(tiny_path),
+                   "--rule", "all", "--out", str(tmp_path / "s")], capsys)
+    assert len(out["results"]) == 12 and all(Path(r["overlay_png"]).exists() for r in out["results"])
+    assert max(len(os.fsencode(p.name)) for p in (tmp_path / "s").iterdir()) <= 255
+
+
+def test_the_reports_alt_text_is_the_captions_plain_text():
+    from scratchnet.vis.report import _plain
+    assert _plain('quo&quot;te&#x27;: <b>bookshop</b> &amp; co') == "quo\"te': bookshop & co"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,12 @@ def shared_dir() -> Path:
     """../shared next to the project (or $SCRATCHNET_SHARED)."""
     root = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("SCRATCHNET_SHARED", root.parent / "shared"))
+
+
+def _plain(caption_html: str) -> str:
+    """A caption's text without its markup and entities: an image's alt text (escaped once more there,
+    its <b> showed as text and its &amp; twice escaped)."""
+    return html.unescape(re.sub(r"<[^>]*>", "", caption_html))
 
 
 def _say(progress, msg):
@@ -172,7 +179,7 @@ class Page:
 
     def figure(self, items, cls="row"):
         """items: [(rel path, caption)] as one row of captioned images."""
-        cells = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(c)}">'
+        cells = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(_plain(c))}">'
                         f"<figcaption>{c}</figcaption></figure>" for p, c in items)
         self.add(f'<div class="{cls}">{cells}</div>')
 
