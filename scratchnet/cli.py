@@ -260,6 +260,16 @@ def unique_stems(paths, max_bytes=200):
 FOLDER_OPTIONS, FILE_OPTIONS = ("out", "cache"), ("details",)
 
 
+def _why_not_writable(folder) -> str:
+    """'read-only file system' where that is the reason (os.access says only no), else 'permission denied'."""
+    try:
+        if os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1):
+            return "read-only file system"
+    except (OSError, AttributeError):
+        pass
+    return "permission denied"
+
+
 def check_output_paths(args):
     """A ValueError naming the option unless each output folder in ``args`` is a folder or can be made
     one, and each output file's folder exists and is writable: checked before a command starts, so a
@@ -288,7 +298,7 @@ def check_output_paths(args):
         if here != folder and name in FILE_OPTIONS:
             raise ValueError(f"{flag} {value}: the folder {folder} does not exist")
         if name != "cache" and not os.access(here, os.W_OK | os.X_OK):
-            raise ValueError(f"{flag} {value}: cannot write in {here} (permission denied)")
+            raise ValueError(f"{flag} {value}: cannot write in {here} ({_why_not_writable(here)})")
 
 
 if __name__ == "__main__":

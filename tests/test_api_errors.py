@@ -1024,3 +1024,18 @@ def test_tune_localise_refuses_an_offset_at_the_end_of_the_photos(tmp_path):
     n = len(imagenet_val_dev(data))
     p = run_bench("tune_localise.py", "--offset", n, "--data", data, "--cache", tmp_path / "cache")
     assert p.returncode == 2 and f"--offset {n} leaves no photos: the data set has {n}" in p.stderr, p.stderr
+
+
+def test_an_output_folder_on_a_read_only_file_system_says_so(tmp_path, monkeypatch):
+    """os.access only says no: a read-only mount was reported as 'permission denied'."""
+    import os
+    from types import SimpleNamespace
+
+    from scratchnet.cli import check_output_paths
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(ValueError, match=r"--out .*: cannot write in .* \(read-only file system\)"):
+        check_output_paths(SimpleNamespace(out=str(tmp_path / "o")))
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=0))
+    with pytest.raises(ValueError, match=r"\(permission denied\)"):
+        check_output_paths(SimpleNamespace(out=str(tmp_path / "o")))
