@@ -1457,3 +1457,20 @@ def test_the_train_command_is_refused_a_busy_folder_before_decoding(tmp_path, ca
                          "--width", "0.0625", "--epochs", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
                          "--out", str(run)]) == 2
     assert "in use by another training run (pid 12345 on elsewhere)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_cannot_be_written_says_which_one_is_kept(tmp_path, monkeypatch):
+    """A full disk at epoch 2's checkpoint: the error says epoch 1's is kept and how to go on."""
+    import scratchnet.train.trainer as tr
+    real, calls = tr.save_checkpoint, []
+
+    def full(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("cannot write checkpoint.npz: No space left on device")
+        return real(*a, **k)
+    monkeypatch.setattr(tr, "save_checkpoint", full)
+    with pytest.raises(OSError, match=r"No space left on device; .*checkpoint\.npz keeps the run at step 3, the "
+                                      r"start of epoch 2: make room and continue with --resume"):
+        small_trainer(tmp_path / "run").fit()
+    assert read_state(tmp_path / "run" / "checkpoint.npz")["step"] == 3

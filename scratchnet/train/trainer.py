@@ -501,7 +501,14 @@ class Trainer:
 
     # -- helpers ---------------------------------------------------------------------------
     def _save(self):
-        save_checkpoint(self.checkpoint_path, self.net, self.optimiser, dict(self.state, config=asdict(self.config)))
+        try:
+            save_checkpoint(self.checkpoint_path, self.net, self.optimiser,
+                            dict(self.state, config=asdict(self.config)))
+        except OSError as e:                # a full disk: say what is kept and how to go on
+            e_, b_, s_ = self._saved_at if self._saved_at else (None, None, None)
+            kept = (f"{self.checkpoint_path} keeps the run at {_position(dict(epoch=e_, batch=b_, step=s_))}: "
+                    "make room and continue with --resume" if self._saved_at else "no checkpoint was written yet")
+            raise OSError(f"{e}; {kept}") from None
         self._saved_at = (self.state["epoch"], self.state["batch"], self.state["step"])
 
     def _log(self, row):
