@@ -897,3 +897,15 @@ def test_temporaries_of_names_that_are_not_utf8(tmp_path):
     os.rename(tmp_path / "photos" / "a" / "0.png", tmp_path / "photos" / "a" / os.fsdecode(b"\xff.png"))
     images, kept = decode_cache(image_folder(tmp_path / "photos"), 16, tmp_path / "cache", progress=False)
     assert images.shape == (1, 16, 16, 3) and kept.tolist() == [0]
+
+
+def test_an_image_folder_says_which_files_it_leaves_out(tmp_path, capsys):
+    """Files without an image suffix (a photo saved as 'noext', a notes.txt) were dropped without a word."""
+    _make_folder(tmp_path / "data", ["a", "b"], per_class=2, size=(16, 20))
+    (tmp_path / "data" / "a" / "noext").write_bytes((tmp_path / "data" / "a" / "0.png").read_bytes())
+    (tmp_path / "data" / "b" / "notes.txt").write_text("x")
+    (tmp_path / "data" / "b" / ".hidden").write_text("x")
+    ds = image_folder(tmp_path / "data")
+    assert len(ds) == 4
+    err = capsys.readouterr().err
+    assert "leaving out 2 file(s) without an image suffix (noext, notes.txt)" in err and ".hidden" not in err

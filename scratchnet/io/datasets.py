@@ -285,13 +285,18 @@ def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool =
             raise ValueError(f"image_folder: {root} has no folder for {len(missing)} of the {len(names)} classes "
                              f"({shown}{', ...' if len(missing) > 5 else ''}); pass allow_missing=True "
                              f"when the folder holds only some of them")
-    paths, labels = [], []
+    paths, labels, others = [], [], []
     for f in folders:
         files = _image_files(f)
         if not files:
             print(f"image_folder: warning: class folder {f} holds no images", file=sys.stderr)
         paths += files
         labels += [label_of[f]] * len(files)
+        others += [p for p in f.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower()
+                   not in IMAGE_SUFFIXES]
+    if others:          # said, not dropped silently: a photo saved without its suffix is one of them
+        print(f"image_folder: leaving out {len(others)} file(s) without an image suffix "
+              f"({', '.join(p.name for p in others[:3])}{', ...' if len(others) > 3 else ''})", file=sys.stderr)
     if not paths:
         raise ValueError(f"image_folder: no image files (suffixes {sorted(IMAGE_SUFFIXES)}) under {root}/<class>/")
     return Dataset(paths, np.array(labels, dtype=np.int64), wnids, names, None, root)
