@@ -28,6 +28,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .tempfiles import cut_name
+
 #: modules that provide ``register(subparsers, evaluate_subparsers)``
 COMMAND_MODULES = ["scratchnet.models.cli", "scratchnet.vis.cli", "scratchnet.localise.cli",
                    "scratchnet.train.cli", "scratchnet.gradcheck"]
@@ -240,13 +242,7 @@ def unique_stems(paths, max_bytes=200):
     a file name: a photo's 250-byte name stopped a batch with "File name too long"."""
     used, out = set(), []
     for p in paths:
-        stem = Path(p).stem
-        raw = os.fsencode(stem)
-        if len(raw) > max_bytes:
-            n = max_bytes
-            while n > 1 and raw[n] & 0xC0 == 0x80:        # not inside a UTF-8 character
-                n -= 1
-            stem = os.fsdecode(raw[:n])
+        stem = cut_name(Path(p).stem, max_bytes)
         name, i = stem, 1
         while name.casefold() in used:
             i += 1

@@ -33,6 +33,7 @@ except ImportError:         # not POSIX: no locks, and no removal
     fcntl = None
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TEMP_NAME = re.compile(rf"\.(?P<target>.+)\.{re.escape(_HOST)}\.(?P<pid>\d+)\.[^.]+\.tmp")   # this host's
 
 
 def temp_prefix(target) -> str:
@@ -47,10 +48,21 @@ _TAIL = 48      # bytes kept for the tag (a thread id: up to 20 digits), .tmp, t
 
 
 def _temp_stem(name: str) -> str:
-    """``name`` cut to what leaves a temporary's name at most 255 bytes (UTF-8, never mid-character)."""
-    room = 255 - len(f"..{_HOST}.{os.getpid()}.".encode()) - _TAIL
-    raw = os.fsencode(name)                 # the bytes on disk: a name that is not UTF-8 too
-    return name if len(raw) <= room else os.fsdecode(raw[:max(room, 1)].decode("utf-8", "ignore").encode())
+    """``name`` cut to what leaves a temporary's name at most 255 bytes (the room reckoned for a pid of
+    10 digits, so that the cut does not depend on which process writes)."""
+    return cut_name(name, 255 - len(f"..{_HOST}.{'9' * 10}.".encode()) - _TAIL)
+
+
+def cut_name(name: str, max_bytes: int) -> str:
+    """``name`` cut to at most ``max_bytes`` bytes on disk, never inside a UTF-8 character (a name that
+    is not UTF-8, as os.fsdecode gives it, is cut as bytes); at least one byte is kept."""
+    raw = os.fsencode(name)
+    if len(raw) <= max_bytes:
+        return name
+    n = max(max_bytes, 1)
+    while n > 1 and raw[n] & 0xC0 == 0x80:          # a continuation byte: back to the character's start
+        n -= 1
+    return os.fsdecode(raw[:n])
 
 
 def temp_path(target, suffix: str = "", tag: str | None = None) -> Path:
@@ -67,14 +79,13 @@ def remove_stale_temps(folder, target: str | None = None, min_age: float = 1.0) 
     whole folder: call it once per folder, not per file. Never raises."""
     if fcntl is None:
         return 0
-    pattern = re.compile(rf"\.(?P<target>.+)\.{re.escape(_HOST)}\.(?P<pid>\d+)\.[^.]+\.tmp")
     removed = 0
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return 0
     for e in entries:
-        m = pattern.match(e.name)
+        m = _TEMP_NAME.match(e.name)
         if m is None or (target is not None and m["target"] != _temp_stem(target)) or _alive(int(m["pid"])):
             continue
         try:
@@ -117,10 +128,13 @@ def held(path):
 _cleaned, _cleaned_lock = set(), threading.Lock()
 
 
-def _clean_once(folder):
-    """remove_stale_temps(folder) the first time this process writes there: a folder of 20,000 maps is
-    read once, not once per map (what a process that dies later leaves, the next run removes)."""
+def clean_once(folder):
+    """remove_stale_temps(folder) the first time this process writes there (or opens it as a cache): a
+    folder of 20,000 maps is read once, not once per map (what a process that dies later leaves, the
+    next run removes). A folder that does not exist yet is looked at again next time."""
     key = os.path.abspath(folder)
+    if not os.path.isdir(key):
+        return
     with _cleaned_lock:
         if key in _cleaned:
             return
@@ -167,7 +181,7 @@ def atomic_write(path, write, suffix=".tmp"):
         path = Path(os.path.realpath(path))         # a symlink: replace what it points to
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _clean_once(path.parent)            # what an earlier, killed process left in this folder
+        clean_once(path.parent)             # what an earlier, killed process left in this folder
         fd, tmp = _create_exclusive(path.parent, prefix=temp_prefix(path), suffix=suffix)
     except OSError as e:
         raise OSError(f"cannot write {path}: {e.strerror or e} (in the folder {path.parent})") from None

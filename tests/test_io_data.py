@@ -767,8 +767,8 @@ def test_an_interrupted_write_leaves_the_old_utf8_file_and_no_temporary(tmp_path
     reads = []
     monkeypatch.setattr(tf, "remove_stale_temps", lambda folder, target=None: reads.append(folder))
     (tmp_path / "sub").mkdir()
-    tf._clean_once(tmp_path / "sub")
-    tf._clean_once(tmp_path / "sub" / ".." / "sub")
+    tf.clean_once(tmp_path / "sub")
+    tf.clean_once(tmp_path / "sub" / ".." / "sub")
     assert len(reads) == 1
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..checks import check_int, is_int
 from ..progress import Progress
-from ..tempfiles import atomic_write, held, remove_stale_temps, temp_path
+from ..tempfiles import atomic_write, clean_once, held, temp_path
 from .classnames import class_index, imagenet_class_names, imagenet_wnids
 from .images import ImageReadError, load_image, resize_shorter_centre_crop
 
@@ -225,9 +225,17 @@ def tiny_imagenet(root, split: str = "train", classes=None, per_class: int | Non
 
 # ----------------------------------------------------------------------------- ImageFolder
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+def _image_files(folder: Path, others: list | None = None) -> list[Path]:
+    """The image files of ``folder``, sorted; the other (not hidden) files' paths go into ``others``.
+    One pass: the suffix is looked at before the file system is asked (a stat per file)."""
+    images = []
+    for e in os.scandir(folder):
+        if e.name.startswith("."):
+            continue
+        is_image = Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+        if (is_image or others is not None) and e.is_file():
+            (images if is_image else others).append(Path(e.path))
+    return sorted(images)
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -287,13 +295,11 @@ def image_folder(root, class_names=None, class_wnids=None, allow_missing: bool =
                              f"when the folder holds only some of them")
     paths, labels, others = [], [], []
     for f in folders:
-        files = _image_files(f)
+        files = _image_files(f, others)
         if not files:
             print(f"image_folder: warning: class folder {f} holds no images", file=sys.stderr)
         paths += files
         labels += [label_of[f]] * len(files)
-        others += [p for p in f.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower()
-                   not in IMAGE_SUFFIXES]
     if others:          # said, not dropped silently: a photo saved without its suffix is one of them
         print(f"image_folder: leaving out {len(others)} file(s) without an image suffix "
               f"({', '.join(p.name for p in others[:3])}{', ...' if len(others) > 3 else ''})", file=sys.stderr)
@@ -434,7 +440,7 @@ def decode_cache(dataset: Dataset, size: int, cache_dir, on_error: str = "skip",
         return np.load(final, mmap_mode="r"), kept
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final.parent)        # a decode (up to GBs) or its .kept.npy, killed half-way
+    clean_once(final.parent)                # a decode (up to GBs) or its .kept.npy, killed half-way
     n = len(dataset)
     tmp = temp_path(final, ".npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))

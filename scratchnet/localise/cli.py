@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tempfiles import atomic_write, atomic_write_text, remove_stale_temps
+from ..tempfiles import atomic_write, atomic_write_text, clean_once
 
 CACHE_VERSION = 2      # 2: single-view maps one photo a pass (they were 8 at a time); one number for
                        # every folder, so 10-crop maps (unchanged) are recomputed too
@@ -180,7 +180,7 @@ class MapCache:
         data = Path(data).resolve()
         where = hashlib.sha1(str(data).encode()).hexdigest()[:8]
         self.folder = Path(root) / "localise" / key / f"{data.name}-{where}"
-        remove_stale_temps(self.folder)     # maps whose write a killed run left half done
+        clean_once(self.folder)             # maps whose write a killed run left half done
 
     def get(self, stem, shape, need):
         """The cached entry of photo `stem` (its key: the file name) when it holds maps of every class in

@@ -58,7 +58,7 @@ def shared_dir() -> Path:
 def _plain(caption_html: str) -> str:
     """A caption's text without its markup and entities: an image's alt text (escaped once more there,
     its <b> showed as text and its &amp; twice escaped)."""
-    return html.unescape(re.sub(r"<[^>]*>", "", caption_html))
+    return " ".join(html.unescape(re.sub(r"<[^>]*>", " ", caption_html)).split())    # <br>: a space
 
 
 def _say(progress, msg):
