@@ -406,3 +406,20 @@ def test_two_photos_of_one_stem_do_not_share_a_cached_map(shared, tmp_path, caps
     assert "0 computed, 2 from the cache" in err
     assert (tmp_path / "d.jsonl").read_text() == d1 and again["methods"] == first["methods"]
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2
+
+
+def test_photos_with_the_longest_names_get_their_cached_maps(tmp_path):
+    """Keyed by file name, a 254-byte photo name made its cache file's name too long (the evaluation
+    stopped); such a key is cut and hashed, two such keys stay apart, and a data folder's name that is
+    not UTF-8 is hashed too."""
+    import os
+
+    from scratchnet.localise.cli import MapCache
+    folder = tmp_path / os.fsdecode(b"fotos_\xe9t\xe9")
+    cache = MapCache(tmp_path / "cache", tiny_net(), "tiny", False, "gradient", folder)
+    entry = dict(scores=np.zeros(3), classes=[1], maps=np.ones((1, 4, 4)))
+    a, b = "p" * 249 + ".JPEG", "p" * 249 + ".jpeg"
+    cache.put(a, entry)
+    cache.put(b, dict(entry, maps=np.zeros((1, 4, 4))))
+    assert cache.get(a, (4, 4), [1])["maps"].sum() == 16 and cache.get(b, (4, 4), [1])["maps"].sum() == 0
+    assert max(len(os.fsencode(p.name)) for p in cache.folder.iterdir()) <= 255

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tempfiles import atomic_write, atomic_write_text, clean_once
+from ..tempfiles import atomic_write, atomic_write_text, clean_once, cut_name
 
 CACHE_VERSION = 2      # 2: single-view maps one photo a pass (they were 8 at a time); one number for
                        # every folder, so 10-crop maps (unchanged) are recomputed too
@@ -178,7 +178,7 @@ class MapCache:
         label = Path(model).stem if Path(model).is_file() else str(model)
         key = f"{label}-{net.fingerprint()[:12]}-{'tencrop' if ten_crop else 'single'}-{rule}"
         data = Path(data).resolve()
-        where = hashlib.sha1(str(data).encode()).hexdigest()[:8]
+        where = hashlib.sha1(os.fsencode(str(data))).hexdigest()[:8]      # a folder name not in UTF-8 too
         self.folder = Path(root) / "localise" / key / f"{data.name}-{where}"
         clean_once(self.folder)             # maps whose write a killed run left half done
 
@@ -187,7 +187,7 @@ class MapCache:
         `need`, else None."""
         if self.folder is None:
             return None
-        f = self.folder / f"{stem}.npz"
+        f = self.folder / _entry_name(stem)
         if not f.exists():
             return None
         try:
@@ -205,7 +205,16 @@ class MapCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         arrays = dict(version=CACHE_VERSION, scores=entry["scores"].astype(np.float32),
                       classes=np.asarray(entry["classes"], np.int64), maps=entry["maps"].astype(np.float32))
-        atomic_write(self.folder / f"{stem}.npz", lambda fh: np.savez(fh, **arrays), suffix=".tmp.npz")
+        atomic_write(self.folder / _entry_name(stem), lambda fh: np.savez(fh, **arrays), suffix=".tmp.npz")
+
+
+def _entry_name(key: str) -> str:
+    """A photo's cache file: KEY.npz, or for a key too long for that within 255 bytes its first 200
+    bytes and a hash of the whole (a 252-byte photo name stopped the evaluation)."""
+    raw = os.fsencode(key)
+    if len(raw) <= 255 - len(".npz"):
+        return f"{key}.npz"
+    return f"{cut_name(key, 200)}-{hashlib.sha1(raw).hexdigest()[:12]}.npz"
 
 
 def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
