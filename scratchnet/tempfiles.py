@@ -12,8 +12,9 @@ temporaries are named
 and their writer holds an exclusive flock on each while it writes. A process's first write into a
 folder (and each run that opens a cache) removes the temporaries there of this host whose lock is free,
 whose process is gone and which are a second old or more. The lock is what tells a live writer: a pid
-is not enough where processes share a host name but not their pids (containers). Without flock (not
-POSIX) nothing is removed.
+is not enough where processes share a host name but not their pids (containers). A temporary naming
+this process's own pid but older than this process was left by an earlier one that had the same pid
+(in a container every run may be PID 1). Without flock (not POSIX) nothing is removed.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ except ImportError:         # not POSIX: no locks, and no removal
     fcntl = None
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_STARTED = time.time()      # this process started before: its own temporaries are newer
 _TEMP_NAME = re.compile(rf"\.(?P<target>.+)\.{re.escape(_HOST)}\.(?P<pid>\d+)\.[^.]+\.tmp")   # this host's
 
 
@@ -74,9 +76,10 @@ def temp_path(target, suffix: str = "", tag: str | None = None) -> Path:
 
 def remove_stale_temps(folder, target: str | None = None, min_age: float = 1.0) -> int:
     """Delete the temporaries in ``folder`` (of the file named ``target`` only, if given) that this
-    host's processes left: unlocked, of a process that has ended, ``min_age`` seconds old or more (a
-    writer takes its lock right after creating the file). Returns how many were removed. Reads the
-    whole folder: call it once per folder, not per file. Never raises."""
+    host's processes left: unlocked, of a process that has ended (or of an earlier process with this
+    one's pid), ``min_age`` seconds old or more (a writer takes its lock right after creating the
+    file). Returns how many were removed. Reads the whole folder: call it once per folder, not per
+    file. Never raises."""
     if fcntl is None:
         return 0
     removed = 0
@@ -86,7 +89,10 @@ def remove_stale_temps(folder, target: str | None = None, min_age: float = 1.0) 
         return 0
     for e in entries:
         m = _TEMP_NAME.match(e.name)
-        if m is None or (target is not None and m["target"] != _temp_stem(target)) or _alive(int(m["pid"])):
+        if m is None or (target is not None and m["target"] != _temp_stem(target)):
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and _alive(pid):
             continue
         try:
             fd = os.open(e.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -95,7 +101,8 @@ def remove_stale_temps(folder, target: str | None = None, min_age: float = 1.0) 
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)        # held: a live writer (another pid space)
             st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime >= min_age:
+            earlier = pid != os.getpid() or st.st_mtime < _STARTED - min_age   # not ours: older than us
+            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime >= min_age and earlier:
                 os.unlink(e.path)
                 removed += 1
         except OSError:

@@ -570,7 +570,7 @@ def test_remove_stale_temps_removes_only_what_an_ended_process_of_this_host_left
     import os
     import time
 
-    from scratchnet.tempfiles import _HOST, remove_stale_temps, temp_path
+    from scratchnet.tempfiles import _HOST, _STARTED, remove_stale_temps, temp_path
     dead, live = _dead_pid(), os.getppid()
     names = {f".m.npz.{_HOST}.{dead}.ab12.tmp.npz": False,         # killed mid-write: removed
              f".c.npy.{_HOST}.{dead}.7.tmp.npy.kept.npy": False,    # the decode cache's second temporary
@@ -584,6 +584,8 @@ def test_remove_stale_temps_removes_only_what_an_ended_process_of_this_host_left
     assert remove_stale_temps(tmp_path) == 0                        # a second old at least: none yet
     for n in names:
         os.utime(tmp_path / n, (time.time() - 5, time.time() - 5))
+    own = tmp_path / f".m.npz.{_HOST}.{os.getpid()}.ef56.tmp.npz"
+    os.utime(own, (max(time.time() - 5, _STARTED), max(time.time() - 5, _STARTED)))    # not older than us
     assert remove_stale_temps(tmp_path, "c.npy") == 1               # only that target's
     assert remove_stale_temps(tmp_path) == 1 and remove_stale_temps(tmp_path) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, kept in names.items() if kept)
@@ -730,6 +732,22 @@ def test_atomic_writes_go_through_symlinks_keep_modes_and_write_pipes_directly(t
 
 
 # -- from a mutation round on tempfiles and the atomic writes -------------------------------------------------
+def test_a_temporary_with_this_process_pid_older_than_this_process_is_removed(tmp_path):
+    """In a container every run may be PID 1: a killed run's temporary names the pid of the run after
+    it, and was never removed. Older than this process, it is an earlier one's; newer (or locked), it
+    is ours."""
+    import os
+
+    from scratchnet.tempfiles import _HOST, _STARTED, held, remove_stale_temps
+    old, locked, ours = (tmp_path / f".{t}.npz.{_HOST}.{os.getpid()}.ab12.tmp.npz" for t in ("old", "locked", "ours"))
+    for f, when in ((old, 1e9), (locked, 1e9), (ours, _STARTED + 0.5)):
+        f.write_bytes(b"x")
+        os.utime(f, (when, when))
+    with held(locked):
+        assert remove_stale_temps(tmp_path) == 1
+    assert not old.exists() and locked.exists() and ours.exists()
+
+
 def test_a_process_that_cannot_be_signalled_is_taken_as_alive(tmp_path, monkeypatch):
     """os.kill(pid, 0) on another user's live process raises PermissionError: its temporaries stay."""
     import os
