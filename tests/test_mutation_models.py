@@ -99,6 +99,15 @@ def test_paper_net_dropout_layers_draw_different_masks():
     assert not np.array_equal(a, b)
 
 
+def test_paper_nets_of_different_seeds_share_no_dropout_generator():
+    """Runs with seeds 0, 1, 2, ... (to average over them) draw unrelated masks: seed + 6 / seed + 7 gave
+    seed 1's drop6 the generator of seed 0's drop7. Seed 0 keeps 6 and 7 (the README's runs)."""
+    seeds = [(s, paper_net(input_size=64, num_classes=10, width=1 / 16, seed=s)) for s in range(5)]
+    used = [(s, n[d].seed) for s, n in seeds for d in ("drop6", "drop7")]
+    assert len({g for _, g in used}) == len(used), used
+    assert (seeds[0][1]["drop6"].seed, seeds[0][1]["drop7"].seed) == (6, 7)
+
+
 # ----------------------------------------------------------------------------- imported networks
 
 def test_squeezenet_weights_of_the_wrong_shape_are_refused(monkeypatch, tmp_path):
