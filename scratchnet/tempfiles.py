@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import threading
@@ -102,9 +103,13 @@ def remove_stale_temps(folder, target: str | None = None, min_age: float = 1.0) 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)        # held: a live writer (another pid space)
             st = os.fstat(fd)
             earlier = pid != os.getpid() or st.st_mtime < _STARTED - min_age   # not ours: older than us
-            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime >= min_age and earlier:
-                os.unlink(e.path)
-                removed += 1
+            if time.time() - st.st_mtime >= min_age and earlier:
+                if stat.S_ISREG(st.st_mode):
+                    os.unlink(e.path)
+                    removed += 1
+                elif stat.S_ISDIR(st.st_mode):                  # a staging folder (see staged)
+                    shutil.rmtree(e.path, ignore_errors=True)
+                    removed += 1
         except OSError:
             pass
         finally:
@@ -162,6 +167,41 @@ def _alive(pid: int) -> bool:
     except OSError:                 # PermissionError: another user's live process
         return True
     return True
+
+
+@contextmanager
+def staged(folder, name="staged"):
+    """A hidden folder in ``folder`` to write a set of files into before any of them replaces the
+    files of an earlier run (see publish); removed at the end of the block, and, when a kill left it,
+    by the next remove_stale_temps there (its writer holds a flock on it meanwhile)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_once(folder)
+    for _ in range(100):
+        stage = Path(str(temp_path(folder / name, tag=secrets.token_hex(4))))
+        try:
+            stage.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free staging folder name in {folder}")
+    try:
+        with held(stage):
+            yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage, folder, files) -> None:
+    """Move ``files`` (paths relative to ``stage``) into ``folder``, each renamed over the file of the
+    same name; a file's folders are made as needed. The files are moved one by one: a run killed
+    during the moves leaves each file whole, some new and some old (milliseconds, against a whole
+    run's minutes when the run wrote in place)."""
+    for rel in dict.fromkeys(files):                 # each once, in order
+        dst = Path(folder) / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(Path(stage) / rel, dst)
 
 
 def atomic_write(path, write, suffix=".tmp"):

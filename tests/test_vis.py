@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -734,6 +735,46 @@ def test_demo_runs_end_to_end_on_a_tiny_network(tiny_path, tmp_path, capsys):
     summary = json.loads((index.parent / "summary.json").read_text())
     (m,) = summary["models"].values()
     assert m["rules"]["gradient_check"]["max_error_rel_to_max_grad"] < 1e-3
+
+
+def test_a_demo_that_fails_half_way_leaves_the_earlier_report_whole(tiny_path, tmp_path, capsys, monkeypatch):
+    """The pictures are made in a hidden folder and replace the earlier report's only at the end: a run
+    into an existing report that failed half-way (after its class models) left its new class models
+    under the old index.html's captions. What a killed run left there, the next run removes."""
+    import os
+
+    from scratchnet import tempfiles
+    from scratchnet.cli import main
+    from scratchnet.tempfiles import _HOST
+    from scratchnet.vis import report
+    out = tmp_path / "demo"
+    run_cli(["demo", "--model", str(tiny_path), "--quick", "--steps", "2", "--out", str(out)], capsys)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert any("classmodel" in str(p) for p in before)
+
+    def broken(*a, **k):
+        raise RuntimeError("half-way")
+    monkeypatch.setattr(report, "section_rules", broken)
+    with pytest.raises(RuntimeError, match="half-way"):      # more steps: other class models, then the failure
+        main(["demo", "--model", str(tiny_path), "--quick", "--steps", "3", "--out", str(out)])
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+
+    killed = out / f".report.{_HOST}.{_dead_pid()}.ab12.tmp"      # a run killed (kill -9) half-way
+    (killed / "m0_tiny").mkdir(parents=True)
+    (killed / "m0_tiny" / "photo_0.png").write_bytes(b"x")
+    os.utime(killed, (1e9, 1e9))
+    monkeypatch.setattr(tempfiles, "_cleaned", set())              # as in the next process
+    run_cli(["demo", "--model", str(tiny_path), "--quick", "--steps", "3", "--out", str(out)], capsys)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after.keys() == before.keys() and after != before        # the new report, and nothing hidden
+
+
+def _dead_pid():
+    """The pid of a process that has ended (a child run and waited for)."""
+    import subprocess
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(p.stdout)
 
 
 def test_demo_loads_every_network_before_any_work(tiny_path, tmp_path, capsys):

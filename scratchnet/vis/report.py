@@ -30,7 +30,7 @@ from ..cli import dumps_strict
 from ..io.classnames import normalise_name
 from ..io.images import overlay, resize, save_png
 from ..localise.boxes import resize_box
-from ..tempfiles import atomic_write_text
+from ..tempfiles import atomic_write_text, publish, staged
 from . import classmodel as cm
 from .deconv import compare_rules, gradient_check, reconstruct, reference_check
 from .display import class_names, on_net_device, prepare_image, prepare_pixels, resolve_class
@@ -486,28 +486,34 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
     for name in models:                 # all of them first: a typo in the second is found before any work
         _say(progress, f"loading {name}")
         nets.append(load(name, device=device))
-    out.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(models):
-        t0 = time.time()
-        net, nets[i] = nets[i], None    # each network (and what its passes keep) let go after its section
-        tag = f"m{i}_{Path(str(name)).stem}"
-        page.add(f"<h2>{html.escape(str(net.name or name))}</h2><p>input {net.input_shape}, "
-                 f"{net.num_classes} classes, preprocessing <code>{html.escape(json.dumps(net.preprocess))}</code></p>")
-        s = dict(name=str(name))
-        s["class_models"] = section_class_models(page, net, tag, quick, progress, classes, steps=steps)
-        own = None if photos else own_data_photos(net, s["class_models"][0]["classes"])
-        shots_i, s["saliency"] = section_saliency(page, net, tag, own or shots, quick, progress)
-        s["rules"] = section_rules(page, net, tag, shots_i, quick, progress)
-        s["localisation"] = section_localisation(page, net, tag, shots_i, progress)
-        if own and net.num_classes < 5:        # the ILSVRC measure scores five guesses
-            page.add(f"<p>No localisation error: it scores the network's five best guesses, and this one has "
-                     f"{net.num_classes} classes.</p>")
-        elif own:
-            s["localisation_error"] = section_localisation_error(
-                page, net, tag, loc_photos or (50 if quick else 2000), progress)
-        s["seconds"] = time.time() - t0
-        summary["models"][str(name)] = s
-    summary["seconds"] = time.time() - t_all
+    # the pictures go to a hidden folder in ``out`` first, and replace the files of an earlier report
+    # only once all are made: a run that fails half-way leaves the earlier report whole
+    with staged(out, "report") as stage:
+        page.out = stage
+        for i, name in enumerate(models):
+            t0 = time.time()
+            net, nets[i] = nets[i], None    # each network (and what its passes keep) let go after its section
+            tag = f"m{i}_{Path(str(name)).stem}"
+            page.add(f"<h2>{html.escape(str(net.name or name))}</h2><p>input {net.input_shape}, "
+                     f"{net.num_classes} classes, preprocessing "
+                     f"<code>{html.escape(json.dumps(net.preprocess))}</code></p>")
+            s = dict(name=str(name))
+            s["class_models"] = section_class_models(page, net, tag, quick, progress, classes, steps=steps)
+            own = None if photos else own_data_photos(net, s["class_models"][0]["classes"])
+            shots_i, s["saliency"] = section_saliency(page, net, tag, own or shots, quick, progress)
+            s["rules"] = section_rules(page, net, tag, shots_i, quick, progress)
+            s["localisation"] = section_localisation(page, net, tag, shots_i, progress)
+            if own and net.num_classes < 5:        # the ILSVRC measure scores five guesses
+                page.add(f"<p>No localisation error: it scores the network's five best guesses, and this one has "
+                         f"{net.num_classes} classes.</p>")
+            elif own:
+                s["localisation_error"] = section_localisation_error(
+                    page, net, tag, loc_photos or (50 if quick else 2000), progress)
+            s["seconds"] = time.time() - t0
+            summary["models"][str(name)] = s
+        summary["seconds"] = time.time() - t_all
+        publish(stage, out, page.images)
+    page.out = out
     summary["index"] = str(page.write("scratchnet demo"))
     summary["images"] = len(page.images)
     atomic_write_text(out / "summary.json", dumps_strict(summary, indent=1))
