@@ -326,7 +326,10 @@ def test_the_allocation_bench_runs_every_kernel_both_ways():
 
 
 AVGPOOL_CASES = [(2, 2, 0, False, (6, 6)), (3, 2, 1, True, (6, 6)), (3, 2, 1, False, (7, 6)),
-                 (3, 2, 0, True, (6, 6)), (2, 2, 1, True, (5, 5)), ((2, 3), (2, 1), (1, 0, 0, 1), False, (5, 6))]
+                 (3, 2, 0, True, (6, 6)), (2, 2, 1, True, (5, 5)), ((2, 3), (2, 1), (1, 0, 0, 1), False, (5, 6)),
+                 # padding as wide as the window or wider (average pooling allows it): windows wholly in the
+                 # padding, where the naive reference once averaged real rows (a slice's stop went negative)
+                 (1, 1, (2, 0, 0, 0), False, (3, 2)), (2, 1, (3, 2, 2, 3), True, (4, 3)), (3, 2, 3, True, (5, 4))]
 
 
 @pytest.mark.parametrize("k,s,p,ceil,hw", AVGPOOL_CASES)

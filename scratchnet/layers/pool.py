@@ -230,7 +230,9 @@ def avgpool_naive(x, kernel, stride, pads, ceil_mode):
         for q in range(ow):
             y0, x0 = p * sh - t, q * sw - l                 # window corner in input coordinates
             y1, x1 = min(y0 + kh, h + b), min(x0 + kw, w + r)   # clipped to the padded border
-            inside = x[:, :, max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+            # the input rows/columns the window covers (none where it lies wholly in the padding: a
+            # negative stop would wrap around)
+            inside = x[:, :, max(y0, 0):max(min(y1, h), 0), max(x0, 0):max(min(x1, w), 0)]
             y[:, :, p, q] = inside.sum(axis=(2, 3)) / ((y1 - y0) * (x1 - x0))
     return y
 
