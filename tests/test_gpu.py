@@ -199,6 +199,20 @@ def compare_layer(dev, fresh, layer, in_shape, dtype, rule="gradient", train=Fal
         assert_close(dev.get(on_dev.grads[key]), g, dtype, f"gradient of {key} of {what}")
 
 
+@pytest.mark.parametrize("mode", ["auto", "wide"])
+def test_a_stride_one_convolution_runs_the_device_im2col_kernels(dev, fresh, mode):
+    """The wide columns are a CPU kernel: on the device a stride-1 convolution goes through the GPU's
+    im2col and col2im_gather, even when asked for the wide layout. The emulated device (NumPy arrays
+    sent to the GPU kernels) took the CPU's wide path, so its comparisons of stride-1 convolutions
+    compared the CPU with itself (found by a helper's fuzz)."""
+    layer = Conv2d(3, 8, 3, 1, 1)
+    layer.im2col_mode = mode
+    compare_layer(dev, fresh, layer, (2, 3, 9, 9), np.float32)
+    if dev.name == "emulated":
+        assert dev.backend.launches["im2col"] == 1 and dev.backend.launches["col2im_gather"] == 1, \
+            dict(dev.backend.launches)
+
+
 @pytest.mark.parametrize("make", [lambda: Conv2d(4, 6, 3, 2, 1), lambda: Conv2d(4, 6, 3, 1, 1, groups=2),
                                   lambda: Conv2d(4, 6, 1), lambda: Conv2d(4, 4, 3, 1, 1, groups=4)],
                          ids=["strided", "grouped", "pointwise", "depthwise"])
