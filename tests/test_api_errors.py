@@ -58,6 +58,26 @@ def test_backward_checks_what_it_is_given(x):
     assert fresh.backward(np.ones((2, 5), np.float32), param_grads=False).shape == x.shape
 
 
+@pytest.mark.parametrize("bad, message", [(np.ones((2, 3), np.int32), r"expected a floating-point array .* got dtype int32"),
+                                          ([[1.0, 2.0]], "expected an array, got list")])
+def test_dropout_and_flatten_check_their_input_as_the_other_layers_do(bad, message):
+    """Found by a helper's fuzz: Dropout died inside NumPy (UFuncTypeError from its in-place mask scaling) on
+    integers, both layers with an AttributeError on a list."""
+    from scratchnet.layers import Dropout, Flatten
+    for layer, train in ((Dropout(0.5), True), (Dropout(0.5), False), (Flatten(), False)):
+        with pytest.raises(ShapeError, match=f"{type(layer).__name__}: {message}"):
+            layer.forward(bad, train)
+
+
+@pytest.mark.parametrize("scores", [np.ones((2, 3), np.int64), np.ones((2, 3), np.float16), [[0.0, 1.0, 2.0]] * 2])
+def test_the_loss_takes_float32_or_float64_scores_on_either_device(scores):
+    """The GPU's kernel refused int64 and float16 scores with a TypeError from inside; the CPU returned float64
+    or float16 gradients. Both now say what is expected."""
+    from scratchnet.layers import softmax_cross_entropy
+    with pytest.raises(ValueError, match="softmax_cross_entropy: expected float32 or float64 scores"):
+        softmax_cross_entropy(scores, np.array([0, 1]))
+
+
 def _rewrite(src, dst, change):
     """Copy the .npz src to dst with change(name, bytes) -> bytes applied to every member."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:

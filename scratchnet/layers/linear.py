@@ -74,6 +74,7 @@ class Flatten(Layer):
         return (in_shape[0], int(np.prod(in_shape[1:])))
 
     def forward(self, x, train=False):
+        check_input(self, x)
         self._shape = x.shape
         return self.kept_output(x.reshape(self.output_shape(x.shape)))   # not (N, -1): N may be 0
 
@@ -103,6 +104,7 @@ class Dropout(Layer):
         return tuple(in_shape)
 
     def forward(self, x, train=False):
+        check_input(self, x)
         if not train or self.p == 0:
             self._mask = None
             return self.kept_output(x)

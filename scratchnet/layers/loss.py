@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..backend import device_of, get_array_module, to_device
 from scratchnet import kernels
 
@@ -23,6 +25,10 @@ def log_softmax(scores):
 
 def softmax_cross_entropy(scores, labels):
     """Return (mean loss as a Python float, d(loss)/d(scores) (N, K))."""
+    dtype = getattr(scores, "dtype", None)
+    if dtype not in (np.float32, np.float64):         # the GPU kernel has these two; so has the CPU
+        got = f"dtype {dtype}" if dtype is not None else type(scores).__name__
+        raise ValueError(f"softmax_cross_entropy: expected float32 or float64 scores (an array), got {got}")
     xp = get_array_module(scores)
     if scores.ndim != 2:
         raise ValueError(f"softmax_cross_entropy: expected scores of shape (N, K), got {tuple(scores.shape)}")
