@@ -40,8 +40,9 @@ def register(sub, ev_sub):
                    help="--ten-crop: the photo's shorter side before cropping (default: the network's "
                         "preprocess resize, else 8/7 of its input size)")
     p.add_argument("--batch-size", type=positive_int, default=16,
-                   help="(photo, class) pairs per pass (default 16; 1 makes each map depend on its photo "
-                        "alone, not also on its batch neighbours through rounding)")
+                   help="photos per pass, and per group whose files are written before the next is read "
+                        "(default 16; 1 makes each map depend on its photo alone, not also on its batch "
+                        "neighbours through rounding); --ten-crop passes one photo's ten crops at a time")
     p.add_argument("--out", default="saliency-out", help="output folder (default %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=cmd_saliency)
@@ -185,36 +186,48 @@ def cmd_saliency(args):
     names = class_names(net)
     target = None if args.cls is None else resolve_class(net, args.cls)
     rules = RULES if args.rule == "all" else [args.rule]
-    photos = [(Path(p), _read(p)) for p in args.images]
-    stems = unique_stems([p for p, _ in photos])     # a/x.jpg and b/x.jpg: x and x_2, not one overwritten
-    out = Path(args.out)                    # made once the photos are read: a bad one leaves no empty folder
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for rule in rules:
-        if args.ten_crop:
-            items = []
-            for (path, img), name in zip(photos, stems):
-                _say(f"10-crop saliency ({rule}) of {path}")
-                r = sal.ten_crop_saliency(net, img, target, rule, args.resize)
-                items.append((path, name, r.pixels, r.map, r.class_index, r.score))
-        else:
-            fitted = [prepare_image(net, img) for _, img in photos]
-            x = np.concatenate([to_numpy(f[0]) for f in fitted])
-            _say(f"saliency ({rule}) of {len(x)} images")
-            r = sal.saliency(net, x, target, rule, args.batch_size)
-            items = [(path, name, pix, r.maps[i], int(r.classes[i]), float(r.scores[i]))
-                     for i, ((path, _), name, (_, pix)) in enumerate(zip(photos, stems, fitted))]
-        for path, name, pix, smap, c, score in items:
-            stem = f"{name}_{rule}"
-            if not np.any(smap):            # a blank PNG would look like a bug in the drawing
-                _say(f"warning: the {rule} map of {path} is zero everywhere: no signal of class {names[c]!r} "
-                     f"reaches the image under this rule (some ReLU on the way back lets none through)")
-            files = sal.save_saliency(out, stem, pix, smap)
-            save_png(out / f"{name}_input.png", pix)
-            _save_npy(out / f"{stem}_map.npy", np.asarray(smap, np.float32))
-            results.append(dict(image=str(path), rule=rule, ten_crop=args.ten_crop, class_index=c,
-                                class_name=names[c], score=score, map_png=files["map"], overlay_png=files["overlay"],
-                                map_npy=str(out / f"{stem}_map.npy"), map_shape=list(np.shape(smap))))
+    paths = [Path(p) for p in args.images]
+    for p in paths:                         # each decoded once now (and let go), as localise does: a bad
+        _read(p)                            # photo, even the last, is found before any work
+    stems = unique_stems(paths)             # a/x.jpg and b/x.jpg: x and x_2, not one overwritten
+    out = Path(args.out)
+    # --batch-size photos at a time (one with --ten-crop: its ten crops are the batch), each photo's
+    # files written before the next are read: the memory does not grow with the number of photos, and
+    # a run stopped half-way keeps what it made. A single view's batches are those of one call with
+    # every photo, so the maps have the same bits.
+    step = 1 if args.ten_crop else args.batch_size
+    found = {}                              # (rule, photo) -> its JSON record
+    for lo in range(0, len(paths), step):
+        photos = [(p, _read(p)) for p in paths[lo:lo + step]]
+        out.mkdir(parents=True, exist_ok=True)      # once the first photos are read
+        for ri, rule in enumerate(rules):
+            if args.ten_crop:
+                items = []
+                for (path, img), name in zip(photos, stems[lo:]):
+                    _say(f"10-crop saliency ({rule}) of {path}")
+                    r = sal.ten_crop_saliency(net, img, target, rule, args.resize)
+                    items.append((path, name, r.pixels, r.map, r.class_index, r.score))
+            else:
+                fitted = [prepare_image(net, img) for _, img in photos]
+                x = np.concatenate([to_numpy(f[0]) for f in fitted])
+                _say(f"saliency ({rule}) of images {lo + 1}-{lo + len(x)} of {len(paths)}")
+                r = sal.saliency(net, x, target, rule, args.batch_size)
+                items = [(path, name, pix, r.maps[i], int(r.classes[i]), float(r.scores[i]))
+                         for i, ((path, _), name, (_, pix)) in enumerate(zip(photos, stems[lo:], fitted))]
+            for j, (path, name, pix, smap, c, score) in enumerate(items):
+                stem = f"{name}_{rule}"
+                if not np.any(smap):            # a blank PNG would look like a bug in the drawing
+                    _say(f"warning: the {rule} map of {path} is zero everywhere: no signal of class {names[c]!r} "
+                         f"reaches the image under this rule (some ReLU on the way back lets none through)")
+                files = sal.save_saliency(out, stem, pix, smap)
+                if ri == 0:
+                    save_png(out / f"{name}_input.png", pix)
+                _save_npy(out / f"{stem}_map.npy", np.asarray(smap, np.float32))
+                found[ri, lo + j] = dict(image=str(path), rule=rule, ten_crop=args.ten_crop, class_index=c,
+                                         class_name=names[c], score=score, map_png=files["map"],
+                                         overlay_png=files["overlay"], map_npy=str(out / f"{stem}_map.npy"),
+                                         map_shape=list(np.shape(smap)))
+    results = [found[k] for k in sorted(found)]     # rule by rule, photos in order
     _emit(dict(command="saliency", model=args.model, out=str(out), results=results))
 
 
