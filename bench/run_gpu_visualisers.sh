@@ -119,10 +119,10 @@ else step saliency "$T_SAL" $PY -m scratchnet saliency --model "$MODEL" --device
     --out "$WORK/saliency" "${PHOTOS[@]}"
 fi
 
-# c. class models of classes 0..CM_CLASSES-1 in one run (one batch row per class)
+# c. class models of classes 0..CM_CLASSES-1 in one batch (one batch row per class)
 if [ ! -f "$MODEL" ]; then skip classmodel "no $MODEL: training failed"
 else step classmodel "$T_CM" $PY -m scratchnet classmodel --model "$MODEL" --class $(seq 0 $((CM_CLASSES - 1))) \
-    --steps "$CM_STEPS" --device "$DEVICE" --out "$WORK/classmodel"
+    --steps "$CM_STEPS" --batch-size "$CM_CLASSES" --device "$DEVICE" --out "$WORK/classmodel"
 fi
 
 # d. the same visualisers in one process, timed after a warm-up: compute only (the maps and images

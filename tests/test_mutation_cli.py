@@ -46,7 +46,7 @@ def test_the_parsers_defaults_are_the_documented_ones():
     s = p.parse_args(["saliency", "x.png"])
     assert (s.batch_size, s.rule, s.model, s.out) == (16, "gradient", "efficientnet_lite0", "saliency-out")
     c = p.parse_args(["classmodel", "--class", "goose"])
-    assert (c.start_noise, c.clip_pct, c.seed, c.clamp) == (0.0, 0.0, 0, False)
+    assert (c.start_noise, c.clip_pct, c.seed, c.clamp, c.batch_size) == (0.0, 0.0, 0, False, 32)
     e = p.parse_args(["evaluate", "classification", "--model", "m", "--data", "d"])
     assert (e.batch_size, e.mode, e.offset, e.limit, e.flip) == (16, "crop", 0, None, False)
     for what in ("localisation", "segmentation"):
@@ -60,11 +60,12 @@ def test_the_parsers_defaults_are_the_documented_ones():
 # ---------------------------------------------------------------------------------------------
 def test_cli_classmodel_files_history_and_settings(tiny_path, tmp_path, capsys):
     """One PNG per class named by its class index (not its position in --class); history.json holds
-    the objective and the scores per step; --clamp and --clip-pct reach the ascent; the start image is
+    the objective and the scores per step; --clamp, --clip-pct and --batch-size reach the ascent; the start image is
     the paper's zero image unless --start-noise is given."""
     from scratchnet.vis import classmodel as cm
-    out, _ = run_cli(["classmodel", "--model", tiny_path, "--class", "lemon", "goose", "--steps", "2", "--clamp",
-                      "--clip-pct", "5", "--out", tmp_path / "c"], capsys)
+    out, err = run_cli(["classmodel", "--model", tiny_path, "--class", "lemon", "goose", "--steps", "2", "--clamp",
+                        "--clip-pct", "5", "--batch-size", "1", "--out", tmp_path / "c"], capsys)
+    assert "classes 1-1 of 2" in err and "classes 2-2 of 2" in err           # --batch-size reaches the ascent
     assert [Path(p).name for p in out["pngs"]] == ["classmodel_3_lemon.png", "classmodel_0_goose.png"]
     s = out["settings"]
     assert s["clamp"] is True and s["clip_pct"] == 5.0

@@ -394,6 +394,28 @@ def test_class_model_batched_equals_one_at_a_time(live_net):
         np.testing.assert_allclose(both.scores[:, k], one.scores[:, 0], rtol=1e-9)
 
 
+@pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(start_noise=5.0, jitter=1), dict(start_noise=5.0, clamp=True),
+                                dict(step_control=False)], ids=["momentum", "noise_jitter", "noise_clamp", "fixed_step"])
+def test_class_model_in_groups_of_batch_size_equals_one_batch(live_net, kw, capsys):
+    """batch_size classes a pass (the memory of a pass grows with its batch: some 70 MB a class for
+    SqueezeNet, 70 GB for 1000 classes in one batch): the same start images, jitter, step control and
+    results as one batch of all (float64: to rounding), and a progress line per group."""
+    classes = [0, 4, 2, 1, 3]
+    one = cm.class_model(live_net, classes, steps=4, **kw)
+    groups = cm.class_model(live_net, classes, steps=4, batch_size=2, progress=sys.stderr, **kw)
+    np.testing.assert_allclose(groups.x, one.x, rtol=1e-9, atol=1e-12)
+    for key in ("scores", "objective", "pixels"):
+        np.testing.assert_allclose(getattr(groups, key), getattr(one, key), rtol=1e-9, atol=1e-12, err_msg=key)
+    assert groups.classes.tolist() == classes and groups.settings.keys() == one.settings.keys()
+    assert groups.settings["falls"] == one.settings["falls"]
+    np.testing.assert_allclose(groups.settings["final_steps"] or [], one.settings["final_steps"] or [])
+    err = capsys.readouterr().err
+    assert [ln.strip() for ln in err.splitlines() if ln.strip().startswith("classes")] == \
+        ["classes 1-2 of 5", "classes 3-4 of 5", "classes 5-5 of 5"]
+    with pytest.raises(ValueError, match="batch_size"):
+        cm.class_model(live_net, classes, steps=1, batch_size=0)
+
+
 def test_class_model_regularisers_run_and_clamp_stays_in_range(live_net):
     net = live_net
     r = cm.class_model(net, [1], steps=3, lr=50.0, jitter=2, blur_every=2, clip_pct=20, clamp=True)

@@ -68,6 +68,7 @@ mapping would show a grey square.
 """
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from dataclasses import dataclass, field
@@ -152,10 +153,12 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                 jitter=REGULARISERS_OFF["jitter"], blur_every=REGULARISERS_OFF["blur_every"],
                 blur_sigma=REGULARISERS_OFF["blur_sigma"], clip_pct=0.0, clamp=False, score_layer="auto", seed=0,
                 progress=None, progress_every=20, start_noise=0.0, step_control=True,
-                step_factors=(STEP_DOWN, STEP_UP)) -> ClassModel:
+                step_factors=(STEP_DOWN, STEP_UP), batch_size=None) -> ClassModel:
     """Gradient ascent of J(I) = S_c(I) - lam ||I/u||^2 from the zero image; see the module docstring.
 
-    classes: M classes (indices, wnids or names); one batch row per class. ``score_layer``: "auto", None (the network's
+    classes: M classes (indices, wnids or names); one batch row per class, ``batch_size`` classes a pass
+    (None: all M; a pass holds every layer's activations for its batch, some 70 MB a class for
+    SqueezeNet). ``score_layer``: "auto", None (the network's
     output) or a top-level layer name whose channel c, averaged over space, is the score ascended.
     ``progress``: a stream (e.g. sys.stderr) for a line every ``progress_every`` steps, or None.
     ``step_factors``: (down, up), step control's factors: a class's step is multiplied by ``down``
@@ -192,105 +195,121 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                          f"names), got {np.asarray(classes).tolist()}")
     u = grey_level(net)
     score_at = linear_score_layer(net) if score_layer == "auto" else score_layer
-    rng = np.random.default_rng(seed)
-    shape = (len(cls),) + tuple(net.input_shape)
-    start = (rng.standard_normal(shape) * (start_noise * u) if start_noise else np.zeros(shape))
-    x = on_net_device(net, start.astype(net.dtype()))
-    xp = get_array_module(x)
-    rows, cols = xp.arange(len(cls)), xp.asarray(cls)
-    onehot = xp.zeros((len(cls), K), x.dtype)
-    onehot[rows, cols] = 1
-    v = xp.zeros_like(x)
-    scores, objective = [], []
     # step control (normalised steps, no regulariser; see the module docstring): a class whose
     # objective fell at a step shortens its step (x STEP_DOWN), else lengthens it (x STEP_UP) up to lr
     regularised = bool(jitter or blur_every or clip_pct)   # the objective is then that of a moved image
     controlled = step_control and step_control_applies(optimiser, jitter, blur_every, clip_pct)
-    step = np.full(len(cls), float(lr))             # each class's step, grey levels (rms)
-    falls = np.zeros(len(cls), np.int64)
-
-    def penalty(img):
-        return lam * to_numpy((img * img).sum(axis=(1, 2, 3))) / u ** 2
-
+    M = len(cls)
+    group = M if batch_size is None else check_int("class_model", "batch_size", batch_size, 1)
+    # The classes go batch_size at a time (the memory of a pass grows with its batch). The start images
+    # are drawn group after group from one generator (the numbers one draw for all would give), and
+    # every group's jitter comes from the generator's state after all of them, as in one batch.
+    starts, after_starts = np.random.default_rng(seed), np.random.default_rng(seed)
+    if start_noise:
+        for g0 in range(0, M, group):
+            after_starts.standard_normal((min(group, M - g0),) + tuple(net.input_shape))
+    xp = get_array_module(on_net_device(net, np.zeros(1, net.dtype())))
     lo = hi = None
     if clamp:                                   # the input-space values of grey levels 0 and 255
         h, w = net.input_shape[1:]
         lo, hi = (prepare_pixels(net, np.full((h, w, 3), level, np.uint8)) for level in (0, 255))
         lo, hi = xp.minimum(lo, hi), xp.maximum(lo, hi)
-    for t in range(steps + 1):
-        dy, dx = (rng.integers(-jitter, jitter + 1, 2) if jitter and t < steps else (0, 0))
-        xj = xp.roll(x, (int(dy), int(dx)), axis=(2, 3)) if (dy or dx) else x
-        try:
-            out, z = _forward(net, xj, score_at, cls)
-        except NonFiniteInputError:
-            if t == 0:
-                raise
-            # a plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): below -1
-            # it grows without bound
-            shrink = lr * 2 * lam / u ** 2
-            why = (f": a plain step scales the image by 1 - lr * 2 * lam / u^2 = {1 - shrink:.3g}, which must stay "
-                   f"above -1 (u = {u:.3g}, one grey level); lower lr or lam"
-                   if optimiser == "plain" and shrink >= 2 else "; lower lr")
-            raise ValueError(f"class_model: the ascent diverged at step {t} of {steps} (the image is no "
-                             f"longer finite; the scores before it: {scores[-1].tolist()}){why}") from None
-        s = to_numpy(out[rows, cols])
-        ascended = s if z is None else to_numpy(z[rows, cols].mean(axis=(1, 2)))
-        scores.append(s)
-        objective.append(ascended - penalty(x))
-        if controlled and t > 0:
-            fell = objective[-1] < objective[-2]
-            step = np.where(fell, step * down, np.minimum(step * up, lr))
-            falls += fell
-        if progress is not None and (t % progress_every == 0 or t == steps):
-            print(f"  class model step {t}/{steps}: mean S_c {s.mean():.3f}, "
-                  f"mean objective {objective[-1].mean():.3f}", file=progress, flush=True)
-        if t == steps:
-            break
-        if z is None:
-            g = net.backward(onehot, rule="gradient", param_grads=False)
-        else:                                   # d mean_ij z_c / dI: seed 1/(H W) on channel c
-            dz = xp.zeros_like(z)
-            dz[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
-            g = backward_from(net, score_at, dz, "gradient")
-        if t == 0 and not bool(xp.any(g)):
-            where = "the start image" if start_noise else "the zero image"
-            print(f"class_model: warning: the class score's gradient at {where} is exactly 0, so the "
-                  "ascent cannot leave it (every unit on the way is off there, e.g. a network with zero biases); "
-                  "the class models will stay blank" + ("" if start_noise else
-                                                        "; start from noise instead: start_noise=10 "
-                                                        "(scratchnet classmodel --start-noise 10)"),
+
+    def penalty(img):
+        return lam * to_numpy((img * img).sum(axis=(1, 2, 3))) / u ** 2
+
+    groups = []                                 # per group: (x, scores, objective, step, falls) on the host
+    for g0 in range(0, M, group):
+        part = cls[g0:g0 + group]
+        if progress is not None and group < M:
+            print(f"  classes {g0 + 1}-{g0 + len(part)} of {M}", file=progress, flush=True)
+        shape = (len(part),) + tuple(net.input_shape)
+        start = (starts.standard_normal(shape) * (start_noise * u) if start_noise else np.zeros(shape))
+        shifts = copy.deepcopy(after_starts)    # the jitter
+        x = on_net_device(net, start.astype(net.dtype()))
+        rows, cols = xp.arange(len(part)), xp.asarray(part)
+        onehot = xp.zeros((len(part), K), x.dtype)
+        onehot[rows, cols] = 1
+        v = xp.zeros_like(x)
+        scores, objective = [], []
+        step = np.full(len(part), float(lr))        # each class's step, grey levels (rms)
+        falls = np.zeros(len(part), np.int64)
+        for t in range(steps + 1):
+            dy, dx = (shifts.integers(-jitter, jitter + 1, 2) if jitter and t < steps else (0, 0))
+            xj = xp.roll(x, (int(dy), int(dx)), axis=(2, 3)) if (dy or dx) else x
+            try:
+                out, z = _forward(net, xj, score_at, part)
+            except NonFiniteInputError:
+                if t == 0:
+                    raise
+                # a plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): below -1
+                # it grows without bound
+                shrink = lr * 2 * lam / u ** 2
+                why = (f": a plain step scales the image by 1 - lr * 2 * lam / u^2 = {1 - shrink:.3g}, which must stay "
+                       f"above -1 (u = {u:.3g}, one grey level); lower lr or lam"
+                       if optimiser == "plain" and shrink >= 2 else "; lower lr")
+                raise ValueError(f"class_model: the ascent diverged at step {t} of {steps} (the image is no "
+                                 f"longer finite; the scores before it: {scores[-1].tolist()}){why}") from None
+            s = to_numpy(out[rows, cols])
+            ascended = s if z is None else to_numpy(z[rows, cols].mean(axis=(1, 2)))
+            scores.append(s)
+            objective.append(ascended - penalty(x))
+            if controlled and t > 0:
+                fell = objective[-1] < objective[-2]
+                step = np.where(fell, step * down, np.minimum(step * up, lr))
+                falls += fell
+            if progress is not None and (t % progress_every == 0 or t == steps):
+                print(f"  class model step {t}/{steps}: mean S_c {s.mean():.3f}, "
+                      f"mean objective {objective[-1].mean():.3f}", file=progress, flush=True)
+            if t == steps:
+                break
+            if z is None:
+                g = net.backward(onehot, rule="gradient", param_grads=False)
+            else:                                   # d mean_ij z_c / dI: seed 1/(H W) on channel c
+                dz = xp.zeros_like(z)
+                dz[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
+                g = backward_from(net, score_at, dz, "gradient")
+            if t == 0 and not bool(xp.any(g)):
+                where = "the start image" if start_noise else "the zero image"
+                print(f"class_model: warning: the class score's gradient at {where} is exactly 0, so the "
+                      "ascent cannot leave it (every unit on the way is off there, e.g. a network with zero biases); "
+                      "the class models will stay blank" + ("" if start_noise else
+                                                            "; start from noise instead: start_noise=10 "
+                                                            "(scratchnet classmodel --start-noise 10)"),
+                      file=sys.stderr)
+            if dy or dx:
+                g = xp.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
+            g = g - (2 * lam / u ** 2) * x
+            if optimiser == "plain":
+                x = x + lr * g
+            else:
+                rms = xp.sqrt((g * g).mean(axis=(1, 2, 3), keepdims=True))
+                v = momentum * v + g / xp.maximum(rms, 1e-30)
+                x = x + xp.asarray((step * u).astype(x.dtype)).reshape(-1, 1, 1, 1) * v
+            if blur_every and (t + 1) % blur_every == 0:
+                x = gaussian_blur(x, blur_sigma)
+            if clip_pct:
+                norm = xp.sqrt((x * x).sum(axis=1, keepdims=True))          # (M, 1, H, W)
+                cut = xp.asarray(np.percentile(to_numpy(norm).reshape(len(part), -1), clip_pct, axis=1))
+                x = x * (norm >= cut.reshape(-1, 1, 1, 1))
+            if clamp:
+                x = xp.minimum(xp.maximum(x, lo), hi)
+        fell = [int(c) for c, first, last in zip(part, objective[0], objective[-1]) if steps and last < first]
+        if fell:
+            if regularised:
+                why = ("the regularisers (jitter, blur, clipping) move the image as well as the ascent; the "
+                       "objective is that of the moved image")
+            else:
+                lengths = (f" (step control brought the steps down to {', '.join(f'{v:.2g}' for v in step)} grey "
+                           "levels: more steps may get past it)" if controlled else "")
+                why = (f"the L2 penalty (lam {lam:g}) outweighs this network's score gradient at steps of {lr:g}"
+                       f"{' grey levels' if optimiser == 'normalised' else ''}{lengths}; try a smaller lam (e.g. "
+                       "0) or lr")
+            print(f"class_model: warning: the objective ended below where it started for class(es) {fell}: {why}",
                   file=sys.stderr)
-        if dy or dx:
-            g = xp.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
-        g = g - (2 * lam / u ** 2) * x
-        if optimiser == "plain":
-            x = x + lr * g
-        else:
-            rms = xp.sqrt((g * g).mean(axis=(1, 2, 3), keepdims=True))
-            v = momentum * v + g / xp.maximum(rms, 1e-30)
-            x = x + xp.asarray((step * u).astype(x.dtype)).reshape(-1, 1, 1, 1) * v
-        if blur_every and (t + 1) % blur_every == 0:
-            x = gaussian_blur(x, blur_sigma)
-        if clip_pct:
-            norm = xp.sqrt((x * x).sum(axis=1, keepdims=True))          # (M, 1, H, W)
-            cut = xp.asarray(np.percentile(to_numpy(norm).reshape(len(cls), -1), clip_pct, axis=1))
-            x = x * (norm >= cut.reshape(-1, 1, 1, 1))
-        if clamp:
-            x = xp.minimum(xp.maximum(x, lo), hi)
-    fell = [int(c) for c, first, last in zip(cls, objective[0], objective[-1]) if steps and last < first]
-    if fell:
-        if regularised:
-            why = ("the regularisers (jitter, blur, clipping) move the image as well as the ascent; the "
-                   "objective is that of the moved image")
-        else:
-            lengths = (f" (step control brought the steps down to {', '.join(f'{v:.2g}' for v in step)} grey "
-                       "levels: more steps may get past it)" if controlled else "")
-            why = (f"the L2 penalty (lam {lam:g}) outweighs this network's score gradient at steps of {lr:g}"
-                   f"{' grey levels' if optimiser == 'normalised' else ''}{lengths}; try a smaller lam (e.g. "
-                   "0) or lr")
-        print(f"class_model: warning: the objective ended below where it started for class(es) {fell}: {why}",
-              file=sys.stderr)
-    x_np = to_numpy(x)
+        groups.append((to_numpy(x), np.array(scores), np.array(objective), step, falls))
+    x_np = np.concatenate([g[0] for g in groups])
+    step, falls = np.concatenate([g[3] for g in groups]), np.concatenate([g[4] for g in groups])
     pixels = to_pixels(net, x_np)
     settings = dict(steps=steps, lr=lr, lam=lam, optimiser=optimiser, momentum=momentum, jitter=jitter,
                     blur_every=blur_every, blur_sigma=blur_sigma, clip_pct=clip_pct, clamp=clamp,
@@ -299,8 +318,8 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                     final_steps=step.tolist() if controlled else None,
                     falls=falls.tolist() if controlled else None,
                     grey_level=u, display="per-image 1st..99th percentile stretch, mean added back")
-    return ClassModel(x_np, cls, np.array(scores), np.array(objective), pixels,
-                      stretch(pixels, 1, 99), settings)
+    return ClassModel(x_np, cls, np.concatenate([g[1] for g in groups], axis=1),
+                      np.concatenate([g[2] for g in groups], axis=1), pixels, stretch(pixels, 1, 99), settings)
 
 
 def linear_score_layer(net):

@@ -89,6 +89,10 @@ def register(sub, ev_sub):
                         "zero image (for a network whose gradient there is exactly 0)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --jitter's rolls and --start-noise "
                                                        "(default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="classes per pass (default %(default)s): a pass holds every layer's activations for its "
+                        "batch (some 70 MB a class for SqueezeNet); a class model made beside other classes "
+                        "differs from one made alone by rounding")
     p.add_argument("--out", default="classmodel-out", help="output folder (default %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=cmd_classmodel)
@@ -263,7 +267,8 @@ def cmd_classmodel(args):
         raise ValueError(f"--step-factors sets step control's factors, but {', '.join(off)} turns step control off "
                          "(it runs only for normalised steps without regularisers): give one or the other")
     _say(f"class models for {[names[i] for i in idx]}")
-    r = cm.class_model(net, idx, progress=sys.stderr, progress_every=max(1, args.steps // 10), **settings)
+    r = cm.class_model(net, idx, progress=sys.stderr, progress_every=max(1, args.steps // 10),
+                       batch_size=args.batch_size, **settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pngs = []
