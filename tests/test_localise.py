@@ -227,6 +227,10 @@ def test_em_keeps_a_flat_colour_region_well_posed(rng):
     assert model.n_components == 2                          # k-means leaves the other clusters empty
     assert np.all(np.linalg.eigvalsh(model.covariances) > 0)
     assert np.all(np.diff(model.objective_history) >= -1e-10)
+    # the same flat colour at values of 1e6: the rounding of E[x x^T] - mu mu^T outweighs the prior,
+    # and the error says so (it used to ask for reg_variance > 0, which was given; found by a fuzz)
+    with pytest.raises(ValueError, match=r"reg_variance > 0, and data of moderate size.*scale the data"):
+        gmm.fit(np.tile(np.random.default_rng(1).random(3) * 1e6, (50, 1)), 1, seed=0)
 
 
 def test_gmm_recovers_clusters_and_its_density_matches_scipy(rng):

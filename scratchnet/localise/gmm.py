@@ -187,7 +187,10 @@ def _whitening(weights, means, covs):
         L = np.linalg.cholesky(covs)                                      # (K, d, d), lower
     except np.linalg.LinAlgError:
         raise ValueError("GMM: a covariance matrix is not positive definite (a component sits on "
-                         "flat or collinear points); fit with reg_variance > 0") from None
+                         "flat or collinear points); fit with reg_variance > 0, and data of moderate size: "
+                         "the covariance is formed as E[x x^T] - mu mu^T, whose rounding at values of 1e6 "
+                         "outweighs the default reg_variance (scale the data, say to [0, 1], as segment does)"
+                         ) from None
     L_inv = np.linalg.inv(L)
     offset = np.einsum("kij,kj->ki", L_inv, means)
     d = means.shape[1]
