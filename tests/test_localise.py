@@ -572,6 +572,40 @@ def test_choose_fractions_takes_the_first_of_tied_fractions(rng):
     assert best["centre_box"] == 0.6 and best["saliency_threshold"] == 0.3
 
 
+def test_evaluate_takes_a_generator_and_lets_each_record_go(rng):
+    """evaluate judges each record once, at every fraction still to be chosen, and keeps only verdicts:
+    a generator over 50,000 photos has one alive at a time (all were held before: 18 GB and more). The
+    result, details included, is the list's; the fractions are those choose_fractions picks."""
+    import gc
+    import weakref
+
+    def make(k):
+        r = np.random.default_rng(k)
+        H, W = 14 + k % 3, 16
+        sal = r.random((5, H, W)).astype(np.float32)
+        sal[:, 4:10, 5:12] += 2.0                                   # the object, where the box is
+        return LocRecord(r.integers(0, 256, (H, W, 3), dtype=np.uint8), k % 4, [(5, 4, 11, 9)],
+                         [(k + j) % 7 for j in range(5)], sal, name=str(k))
+    alive = []
+
+    def stream():
+        for k in range(9):
+            rec = make(k)
+            alive.append(weakref.ref(rec))
+            yield rec
+            del rec
+            gc.collect()
+            assert sum(w() is not None for w in alive) <= 1, "records are held"    # (the loop's current one)
+    got = localise.evaluate(stream(), details=True)
+    want = localise.evaluate([make(k) for k in range(9)], details=True)
+    assert got == want and got["images"] == 9
+    best = localise.choose_fractions([make(k) for k in range(9)])
+    assert (got["methods"]["centre_box"]["fraction"], got["methods"]["saliency_threshold"]["fraction"]) == \
+        (best["centre_box"], best["saliency_threshold"])
+    with pytest.raises(ValueError, match="expected at least one LocRecord"):
+        localise.evaluate(iter(()))
+
+
 def test_tuned_segment_settings_are_the_documented_ones():
     """The numbers the module docstring gives: single view seeds from the top 20% and weight 3, 10-crop
     the paper's 95% / 30% at weight 30, single-view guided maps 90% / 30% at weight 10 (README)."""

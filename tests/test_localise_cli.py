@@ -312,6 +312,32 @@ def test_maps_of_all_five_guesses_give_the_same_errors_as_the_true_class_map(sha
     assert all_five["methods"] == only_true["methods"] and all_five["all_maps"]
 
 
+def test_the_evaluations_decode_a_few_photos_at_a_time(shared, tmp_path, capsys, monkeypatch):
+    """Every photo was decoded, and held with its maps, before the first map (localisation: 18 GB for
+    the 50,000 ILSVRC val photos at 227 px, 65 GB at full size; segmentation: 3 GB for the 7,349 pets).
+    Now about 8 at a time: each network pass finds at most its chunk decoded beyond the earlier ones."""
+    import sys
+
+    from scratchnet.io import images
+    ev = sys.modules["scratchnet.localise.evaluate"]      # (scratchnet.localise.evaluate is also a function)
+    decoded, seen = [0], []
+    for module, name in ((images, "load_image"), (ev, "read_pet")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real: decoded.__setitem__(0, decoded[0] + 1) or real(*a))
+    real_saliency = locnet.network_saliency
+    monkeypatch.setattr(locnet, "network_saliency", lambda net, imgs, **k: seen.append((decoded[0], len(imgs)))
+                        or real_saliency(net, imgs, **k))
+    for what, data in (("localisation", "imagenet-val-dev"), ("segmentation", "oxford-pets-dev")):
+        decoded[0], seen[:] = 0, []
+        res, _ = run_cli(["evaluate", what, "--model", "squeezenet1_0", "--data", str(shared / "data" / data),
+                          "--limit", "12", "--no-cache", "--centre-fraction", "0.8", "--threshold-fraction", "0.05"]
+                         if what == "localisation" else
+                         ["evaluate", what, "--model", "squeezenet1_0", "--data", str(shared / "data" / data),
+                          "--limit", "12", "--no-cache", "--threshold-fraction", "0.05"], capsys)
+        assert res["images"] == 12 and decoded[0] == 12
+        assert seen == [(8, 8), (12, 4)], (what, seen)        # photos decoded at each pass, photos in it
+
+
 def test_evaluate_segmentation_on_three_pets(shared, tmp_path, capsys):
     data = shared / "data" / "oxford-pets-dev"
     res, _ = run_cli(["evaluate", "segmentation", "--model", "squeezenet1_0", "--data", str(data),

@@ -29,6 +29,7 @@ import hashlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -218,22 +219,25 @@ def _entry_name(key: str) -> str:
 
 
 def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
-    """Saliency entries for items = [(cache key: the file name, image, extra classes)], through the cache, with progress.
-    Yields (index, entry) in order.
+    """Saliency entries for items = [(cache key: the file name, read, extra classes)], through the cache, with
+    progress. ``read()`` decodes the photo: (image, anything the caller wants back), or None to leave the photo
+    out (unreadable, said by ``read``). About 8 photos are read at a time, and let go once the caller has
+    taken them: yields (index, image, anything, entry) in order, so a run over 50,000 photos holds a few.
 
     MapCache is off for single-view maps with batch_size > 1 (10-crop maps are one photo a batch anyway): a
     map computed in a batch differs from the same photo's map computed alone, in the last bits and, where
     a value sits near a ReLU kink or a max-pooling tie, by more, so a cache filled by a batched run would
     make a later run's results depend on how the earlier one was batched."""
     from .network import network_saliency
-    t0, done = time.perf_counter(), 0
+    t_net, done = 0.0, 0
     step = batch_size * max(1, -(-8 // batch_size))   # photos between progress lines: a whole number
                                                       # of batches, about 8 photos
     for s in range(0, len(items), step):
-        chunk = items[s:s + step]
+        chunk = [(k, key, read(), extra) for k, (key, read, extra) in enumerate(items[s:s + step], s)]
+        chunk = [(k, key, got[0], got[1], extra) for k, key, got, extra in chunk if got is not None]
         entries, todo = [], []
-        for i, (stem, img, extra) in enumerate(chunk):
-            e = cache.get(stem, img.shape[:2], extra)
+        for i, (_, key, img, _, extra) in enumerate(chunk):
+            e = cache.get(key, img.shape[:2], extra)
             if e is not None and top:                                   # also the maps of the top guesses
                 best = [int(c) for c in np.argsort(-e["scores"], kind="stable")[:top]]
                 e = e if set(best) <= set(e["classes"]) else None
@@ -241,18 +245,20 @@ def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
             if e is None:
                 todo.append(i)
         if todo:
-            fresh = network_saliency(net, [chunk[i][1] for i in todo], top=top,
-                                     extra=[chunk[i][2] for i in todo], rule=rule, ten_crop=ten_crop,
+            t0 = time.perf_counter()
+            fresh = network_saliency(net, [chunk[i][2] for i in todo], top=top,
+                                     extra=[chunk[i][4] for i in todo], rule=rule, ten_crop=ten_crop,
                                      batch_size=batch_size)
+            t_net += time.perf_counter() - t0
             for i, e in zip(todo, fresh):
-                cache.put(chunk[i][0], e)
+                cache.put(chunk[i][1], e)
                 entries[i] = e
             done += len(todo)
-        n = s + len(chunk)
-        rate = (time.perf_counter() - t0) / max(done, 1)
+        n = min(s + step, len(items))
         _say(f"[{n}/{len(items)}] {what}: {len(todo)} computed, {len(chunk) - len(todo)} from the cache"
-             + (f" ({rate:.2f} s per photo computed)" if done else ""))
-        yield from enumerate(entries, s)
+             + (f" ({t_net / done:.2f} s per photo computed)" if done else ""))
+        for (k, _, img, extra_back, _), e in zip(chunk, entries):
+            yield k, img, extra_back, e
 
 
 # --------------------------------------------------------------------------------------------- localise
@@ -315,9 +321,10 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
                        threshold_fraction=None, details=False):
     """Top-1/top-5/GT-known localisation errors of GraphCut and the baselines on photos ``indices`` of ``ds``
     (a data set with boxes), ``targets[i]`` being photo i's class in the network's outputs.
-    Returns (result dict of localise.evaluate.evaluate, records); ``result['per_image']`` with details."""
+    Returns (result dict of localise.evaluate.evaluate, a LocSummary per photo scored); ``result['per_image']``
+    with details. The photos are decoded, mapped and judged a few at a time (see _maps_for)."""
     from ..io.images import ImageReadError, load_image
-    from .evaluate import evaluate
+    from .evaluate import NoRecordsError, evaluate
     from .network import tuned_segment_kwargs
     if net.num_classes < 5:
         raise ValueError(f"localisation error scores the network's five guesses (ILSVRC top-5); "
@@ -327,32 +334,54 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
              f"GT-known ones")
     kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop, rule)
     maps = MapCache(cache_root, net, model_key, ten_crop, rule, ds.root or "data", cache, batch_size)
-    items, kept = [], []
-    for i in indices:                   # as evaluate classification does: an unreadable photo is skipped, said
-        try:
-            # the cache's key is the file name: x.JPEG and x.png are two photos (the stem shared one entry)
-            items.append((ds.paths[i].name, load_image(ds.paths[i]), [int(targets[i])]))
-            kept.append(i)
-        except ImageReadError as e:
-            _say(f"skipping unreadable file: {e}")
-    if not items:
-        raise ValueError(f"no readable photos among the {len(indices)} selected in {ds.root or 'the data'}")
-    skipped, indices = len(indices) - len(kept), kept
+
+    def reader(i):
+        def read():                     # as evaluate classification does: an unreadable photo is skipped, said
+            try:
+                return load_image(ds.paths[i]), None
+            except ImageReadError as e:
+                _say(f"skipping unreadable file: {e}")
+                return None
+        return read
+    # the cache's key is the file name: x.JPEG and x.png are two photos (the stem shared one entry)
+    items = [(ds.paths[i].name, reader(i), [int(targets[i])]) for i in indices]
     _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
-         f"{'10-crop' if ten_crop else 'single view'}, rule {rule}")
-    records = []
-    t_net = time.perf_counter()
-    for k, entry in _maps_for(net, maps, items, 5 if all_maps else 0, batch_size, rule, ten_crop, "saliency"):
-        _, img, (gt,) = items[k]
-        records.append(_record(ds, indices[k], ds.paths[indices[k]].stem, img, gt, entry))
-    t_net = time.perf_counter() - t_net
-    _say(f"segmenting and scoring (graph cut {kw})")
-    t_seg = time.perf_counter()
-    res = evaluate(records, centre_fraction=centre_fraction, threshold_fraction=threshold_fraction,
-                   segment_kwargs=kw, details=details)
-    res["seconds"] = {"network": round(t_net, 1), "segmentation_and_scoring": round(time.perf_counter() - t_seg, 1)}
-    res["skipped_unreadable"] = skipped
-    return res, records
+         f"{'10-crop' if ten_crop else 'single view'}, rule {rule}; graph cut {kw}")
+    kept, light, t_net = [], [], [0.0]
+
+    def records():                      # made as evaluate asks for them: a few photos and maps held at a time
+        it = _maps_for(net, maps, items, 5 if all_maps else 0, batch_size, rule, ten_crop, "saliency")
+        while True:
+            t0 = time.perf_counter()
+            got = next(it, None)
+            t_net[0] += time.perf_counter() - t0
+            if got is None:
+                return
+            k, img, _, entry = got
+            i = indices[k]
+            kept.append(i)
+            r = _record(ds, i, ds.paths[i].stem, img, int(targets[i]), entry)
+            light.append(LocSummary(r.gt_label, r.gt_boxes, r.top5))
+            yield r
+    t_all = time.perf_counter()
+    try:
+        res = evaluate(records(), centre_fraction=centre_fraction, threshold_fraction=threshold_fraction,
+                       segment_kwargs=kw, details=details)
+    except NoRecordsError:
+        raise ValueError(f"no readable photos among the {len(indices)} selected in {ds.root or 'the data'}") \
+            from None
+    res["seconds"] = {"network": round(t_net[0], 1),    # the maps (and the photos' decoding)
+                      "segmentation_and_scoring": round(time.perf_counter() - t_all - t_net[0], 1)}
+    res["skipped_unreadable"] = len(indices) - len(kept)
+    return res, light
+
+
+@dataclass
+class LocSummary:
+    """What the per-photo details file adds to evaluate's verdicts (a LocRecord without its image and maps)."""
+    gt_label: int
+    gt_boxes: list
+    top5: list
 
 
 def cmd_evaluate_localisation(args):
@@ -405,46 +434,55 @@ def _write_details(path, per_image, records, names):
 
 def cmd_evaluate_segmentation(args):
     from .boxes import largest_component
-    from .evaluate import THRESHOLD_FRACTIONS, load_oxford_pets, mask_iou_trimap, oxford_pet_names
+    from .evaluate import THRESHOLD_FRACTIONS, PetReadError, mask_iou_trimap, oxford_pet_names, read_pet
     from .graphcut import segment
     every = oxford_pet_names(args.data)
     chosen = [every[i] for i in offset_limit(len(every), args)]       # only those are decoded
-    unreadable = []
-    pets = load_oxford_pets(args.data, skipped=unreadable, names=chosen)  # as the other evaluations: skipped, said
-    for what in unreadable:
-        _say(f"skipping unreadable file: {what}")
-    if not pets:
-        raise ValueError(f"no readable photo with its trimap among the {len(chosen)} selected in {args.data}")
     net = _load_net(args)
     kw = segment_kwargs(args)
     cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, args.data, not args.no_cache,
                      args.batch_size)
-    items = [(p.name, p.image, []) for p in pets]
+    unreadable = []
+
+    def reader(name):
+        def read():                     # as the other evaluations: an unreadable pair is skipped, said
+            try:
+                pet = read_pet(args.data, name)
+            except PetReadError as e:
+                _say(f"skipping unreadable file: {e}")
+                unreadable.append(name)
+                return None
+            return pet.image, pet.trimap
+        return read
+    # decoded a few at a time as the maps are made (see _maps_for), not all first
+    items = [(name, reader(name), []) for name in chosen]
     fracs = [float(f) for f in THRESHOLD_FRACTIONS] if args.threshold_fraction is None \
         else [float(args.threshold_fraction)]
     iou = {"graphcut": [], "graphcut_component": [], "whole_image": []}
-    thr = np.zeros((len(pets), len(fracs)))
-    thr_comp = np.zeros((len(pets), len(fracs)))
+    thr, thr_comp = [], []                      # per pet: the IoU at each fraction
     classes, fallbacks = [], 0
     t0 = time.perf_counter()
-    for k, entry in _maps_for(net, cache, items, 1, args.batch_size, args.rule, args.ten_crop, "saliency"):
-        pet, smap = pets[k], entry["maps"][0]
+    for _, image, trimap, entry in _maps_for(net, cache, items, 1, args.batch_size, args.rule, args.ten_crop,
+                                             "saliency"):
+        smap = entry["maps"][0]
         classes.append(int(entry["classes"][0]))
-        seg = segment(pet.image, smap, **kw)
+        seg = segment(image, smap, **kw)
         fallbacks += int(not seg.ok)
-        iou["graphcut"].append(mask_iou_trimap(seg.mask, pet.trimap))
-        iou["graphcut_component"].append(mask_iou_trimap(seg.component, pet.trimap))
-        iou["whole_image"].append(mask_iou_trimap(np.ones_like(seg.mask), pet.trimap))
+        iou["graphcut"].append(mask_iou_trimap(seg.mask, trimap))
+        iou["graphcut_component"].append(mask_iou_trimap(seg.component, trimap))
+        iou["whole_image"].append(mask_iou_trimap(np.ones_like(seg.mask), trimap))
         top = float(smap.max())
-        for j, f in enumerate(fracs):
-            m = smap >= f * top if top > 0 else np.ones(smap.shape, bool)
-            thr[k, j] = mask_iou_trimap(m, pet.trimap)
-            thr_comp[k, j] = mask_iou_trimap(largest_component(m), pet.trimap)
+        masks = [smap >= f * top if top > 0 else np.ones(smap.shape, bool) for f in fracs]
+        thr.append([mask_iou_trimap(m, trimap) for m in masks])
+        thr_comp.append([mask_iou_trimap(largest_component(m), trimap) for m in masks])
+    if not thr:
+        raise ValueError(f"no readable photo with its trimap among the {len(chosen)} selected in {args.data}")
+    thr, thr_comp = np.array(thr), np.array(thr_comp)
     best, best_c = int(thr.mean(0).argmax()), int(thr_comp.mean(0).argmax())
     chosen = args.threshold_fraction is None
     names = net.class_names or []
     common = np.bincount(classes, minlength=net.num_classes).argsort()[::-1][:5]
-    res = {"command": "evaluate segmentation", "model": args.model, "data": str(args.data), "images": len(pets),
+    res = {"command": "evaluate segmentation", "model": args.model, "data": str(args.data), "images": len(thr),
            "offset": args.offset, "batch_size": args.batch_size, "ten_crop": args.ten_crop, "rule": args.rule,
            "segment": kw,
            "methods": {

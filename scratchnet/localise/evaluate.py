@@ -39,6 +39,10 @@ CENTRE_FRACTIONS = tuple(np.round(np.arange(0.30, 1.001, 0.05), 2))
 THRESHOLD_FRACTIONS = (0.01, 0.02, 0.03, 0.04) + tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 
 
+class NoRecordsError(ValueError):
+    """evaluate was given no record (a generator may end before its first: every photo unreadable)."""
+
+
 @dataclass
 class LocRecord:
     """One image of the evaluation.
@@ -90,19 +94,17 @@ class LocRecord:
 def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
              centre_fraction: float | None = None, threshold_fraction: float | None = None,
              segment_kwargs: dict | None = None, details: bool = False) -> dict:
-    """Localisation and classification errors of each method over records (a list of LocRecord).
+    """Localisation and classification errors of each method over records (LocRecords: a list, or a
+    generator that makes each as it is needed; each is judged once and let go).
 
     pairwise_weight and segment_kwargs go to `graphcut.segment` (the weight may come in either; None in
     both: segment's defaults, the paper's 95%/30% seed quantiles and gamma 10; the commands pass
     `network.tuned_segment_kwargs`, tuned per kind of map).  centre_fraction and
-    threshold_fraction left as None are chosen on these same records by `choose_fractions`
-    (the "best fixed size" / "threshold chosen on the dev photos" baselines) and reported.
+    threshold_fraction left as None are chosen on these same records as `choose_fractions` chooses
+    them (the "best fixed size" / "threshold chosen on the dev photos" baselines) and reported.
     Returns {"images", "top1_cls_error", "top5_cls_error", "largest_true_box_fraction_median",
     "methods": {name: {...}}}, plus "per_image" (boxes and verdicts) when details is True.
     """
-    records = list(records)
-    if not records:
-        raise ValueError("evaluate: expected at least one LocRecord, got none")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"evaluate: unknown method(s) {unknown}; expected some of {METHODS}")
@@ -115,25 +117,33 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
         pairwise_weight = segment_kwargs.get("pairwise_weight", DEFAULT_PAIRWISE_WEIGHT)
     segment_kwargs["pairwise_weight"] = pairwise_weight
     check_segment_params(**segment_kwargs)
-    chosen = {}
-    if "centre_box" in methods and centre_fraction is None:
-        centre_fraction = choose_fractions(records, which=("centre_box",))["centre_box"]
-        chosen["centre_box"] = True
-    if "saliency_threshold" in methods and threshold_fraction is None:
-        threshold_fraction = choose_fractions(records, which=("saliency_threshold",))["saliency_threshold"]
-        chosen["saliency_threshold"] = True
+    # each record is judged once, at every fraction still to be chosen, and let go: records may be a
+    # generator over 50,000 photos whose images and maps would not fit in memory together
+    grids = {"centre_box": CENTRE_FRACTIONS if centre_fraction is None else (centre_fraction,),
+             "saliency_threshold": THRESHOLD_FRACTIONS if threshold_fraction is None else (threshold_fraction,)}
+    fixed = [m for m in methods if m not in grids]
+    swept = [m for m in methods if m in grids]
+    judged, box_fractions = [], []
+    for r in records:
+        one = _judge_image(r, fixed, None, None, segment_kwargs)
+        for m in swept:
+            one[m] = {float(f): _judge_image(r, (m,), float(f), float(f), segment_kwargs)[m] for f in grids[m]}
+        judged.append(one)
+        box_fractions.append(_largest_box_fraction(r))
+    if not judged:
+        raise NoRecordsError("evaluate: expected at least one LocRecord, got none")
+    chosen = {m: _best_fraction(judged, m, grids[m]) for m in swept}
+    per_image = [dict(p, **{m: p[m][chosen[m]] for m in swept}) for p in judged]
     params = {"graphcut": {"pairwise_weight": float(pairwise_weight)},
               "whole_image": {},
-              "centre_box": {"fraction": centre_fraction},
-              "saliency_threshold": {"fraction": threshold_fraction}}
-
-    per_image = [_judge_image(r, methods, centre_fraction, threshold_fraction, segment_kwargs)
-                 for r in records]
-    out = {"images": len(records),
+              "centre_box": {"fraction": chosen.get("centre_box", centre_fraction)},
+              "saliency_threshold": {"fraction": chosen.get("saliency_threshold", threshold_fraction)}}
+    fracs = [f for f in box_fractions if f is not None]
+    out = {"images": len(judged),
            "top1_cls_error": _mean_error(p["top1_cls"] for p in per_image),
            "top5_cls_error": _mean_error(p["top5_cls"] for p in per_image),
            # how much of a photo the object takes (what the centred box of a fixed size bets on)
-           "largest_true_box_fraction_median": _largest_box_fraction_median(records),
+           "largest_true_box_fraction_median": float(np.median(fracs)) if fracs else None,
            "methods": {}}
     for m in methods:
         known = [p[m]["gt_known"] for p in per_image if p[m]["gt_known"] is not None]
@@ -142,7 +152,7 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
                "gt_known_loc_error": _mean_error(known) if known else None,
                "gt_known_images": len(known)}
         res.update(params[m])
-        if m in chosen:
+        if m in grids and len(grids[m]) > 1:
             res["fraction_chosen_on_these_images"] = True
         if m == "graphcut":
             res["fallbacks"] = sum(p[m]["fallbacks"] for p in per_image)
@@ -152,11 +162,20 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
     return out
 
 
-def _largest_box_fraction_median(records):
-    """Median over the records of (area of the largest true box) / (image area); None without boxes."""
-    fracs = [max(box_area(b) for b in r.gt_boxes) / (r.image.shape[0] * r.image.shape[1])
-             for r in records if len(r.gt_boxes)]
-    return float(np.median(fracs)) if fracs else None
+def _best_fraction(judged, method, grid, criterion="top5_loc_error"):
+    """The fraction of ``grid`` with the lowest ``criterion`` over the judged records (ties: the first),
+    as choose_fractions picks it."""
+    key = {"top1_loc_error": "top1", "top5_loc_error": "top5", "gt_known_loc_error": "gt_known"}[criterion]
+
+    def error(f):
+        flags = [p[method][float(f)][key] for p in judged if p[method][float(f)][key] is not None]
+        return float("inf") if not flags else _mean_error(flags)
+    return min((float(f) for f in grid), key=error)
+
+
+def _largest_box_fraction(r):
+    """(area of the largest true box) / (image area) of a record; None without boxes."""
+    return max(box_area(b) for b in r.gt_boxes) / (r.image.shape[0] * r.image.shape[1]) if len(r.gt_boxes) else None
 
 
 def choose_fractions(records, which=("centre_box", "saliency_threshold"),
@@ -231,30 +250,41 @@ def load_oxford_pets(root, limit: int | None = None, skipped: list | None = None
     ../shared/data/oxford-pets-dev) -> list of PetImage, sorted by name, the first `limit` only (or
     those of `names`, from ``oxford_pet_names``). A pair that cannot be decoded raises ValueError
     naming it, or, given a list `skipped`, is appended to it as "file: reason" and left out."""
-    from PIL import Image
-
-    root = Path(root)
-    images, trimaps = root / "images", root / "trimaps"
     names = oxford_pet_names(root)[:limit] if names is None else list(names)
     out = []
     for name in names:
-        path = images / f"{name}.jpg"
         try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-            path = trimaps / f"{name}.png"
-            with Image.open(path) as tm:
-                trimap = np.asarray(tm)
-        except OSError as e:                 # PIL's UnidentifiedImageError is one too
+            out.append(read_pet(root, name))
+        except PetReadError as e:
             if skipped is None:
-                raise ValueError(f"load_oxford_pets: cannot read {path}: {e}") from None
-            skipped.append(f"{path}: {e}")
-            continue
-        if trimap.shape != image.shape[:2]:
-            raise ValueError(f"load_oxford_pets: {name}: trimap {trimap.shape} does not match image "
-                             f"{image.shape[:2]}")
-        out.append(PetImage(name, image, trimap))
+                raise ValueError(f"load_oxford_pets: cannot read {e}") from None
+            skipped.append(str(e))
     return out
+
+
+class PetReadError(ValueError):
+    """A pet photo or trimap that cannot be decoded: "file: reason"."""
+
+
+def read_pet(root, name) -> PetImage:
+    """`root`/images/<name>.jpg and `root`/trimaps/<name>.png as a PetImage; PetReadError ("file: reason")
+    when one cannot be decoded, ValueError when their sizes differ."""
+    from PIL import Image
+
+    images, trimaps = Path(root) / "images", Path(root) / "trimaps"
+    path = images / f"{name}.jpg"
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+        path = trimaps / f"{name}.png"
+        with Image.open(path) as tm:
+            trimap = np.asarray(tm)
+    except OSError as e:                 # PIL's UnidentifiedImageError is one too
+        raise PetReadError(f"{path}: {e}") from None
+    if trimap.shape != image.shape[:2]:
+        raise ValueError(f"load_oxford_pets: {name}: trimap {trimap.shape} does not match image "
+                         f"{image.shape[:2]}")
+    return PetImage(name, image, trimap)
 
 
 # --------------------------------------------------------------------------------------------- helpers
