@@ -266,6 +266,8 @@ def test_gmm_is_deterministic_and_rejects_bad_points(rng):
         a.log_likelihood(np.ones((4, 2)))
     with pytest.raises(ValueError, match="reg_variance > 0"):
         gmm.fit(np.ones((10, 3)), 2, reg_variance=0.0)
+    with pytest.raises(ValueError, match="reg_variance > 0"):       # no EM step: refused all the same, by
+        gmm.fit(np.ones((10, 3)), 2, reg_variance=0.0, max_iter=0)  # fit, not by the model's first use
 
 
 # --------------------------------------------------------------------------------------------- boxes

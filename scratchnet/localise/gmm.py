@@ -122,6 +122,7 @@ def fit(X: np.ndarray, n_components: int = 5, *, max_iter: int = 10, tol: float 
             break
         resp = np.exp(logp - log_px).T                                   # (n, K)
         weights, means, covs = _m_step(X, XX, resp, b)
+    _whitening(weights, means, covs)    # the model returned can be used: refused here, not at its first use
     return GMM(weights, means, covs, ll_hist, obj_hist, n_iter=len(ll_hist), converged=converged)
 
 
