@@ -407,6 +407,7 @@ def test_class_model_in_groups_of_batch_size_equals_one_batch(live_net, kw, caps
     for key in ("scores", "objective", "pixels"):
         np.testing.assert_allclose(getattr(groups, key), getattr(one, key), rtol=1e-9, atol=1e-12, err_msg=key)
     assert groups.classes.tolist() == classes and groups.settings.keys() == one.settings.keys()
+    assert (groups.settings["batch_size"], one.settings["batch_size"]) == (2, 5)
     assert groups.settings["falls"] == one.settings["falls"]
     np.testing.assert_allclose(groups.settings["final_steps"] or [], one.settings["final_steps"] or [])
     err = capsys.readouterr().err
@@ -534,6 +535,9 @@ def test_class_model_warns_when_the_objective_ends_below_its_start(live_net, cap
     assert (r.objective[-1] < r.objective[0]).all()
     assert "the objective ended below where it started for class(es) [0, 1]: the L2 penalty (lam 10)" in \
         capsys.readouterr().err
+    r = cm.class_model(live_net, [0, 1, 2], steps=5, lam=10.0, batch_size=1)   # groups: one line for all
+    err = capsys.readouterr().err
+    assert err.count("ended below") == 1 and "for class(es) [0, 1, 2]" in err
     r = cm.class_model(live_net, [0, 1], steps=5, lam=0.0)
     assert (r.objective[-1] > r.objective[0]).all() and "warning" not in capsys.readouterr().err
     r = cm.class_model(live_net, [0, 1], steps=5, lam=10.0, jitter=2)   # not the penalty's doing alone
@@ -551,6 +555,8 @@ def test_an_ascent_that_cannot_move_is_not_said_to_have_fallen(net, capsys):
     assert (r.objective[-1] == r.objective[0]).all()
     err = capsys.readouterr().err
     assert "exactly 0" in err and "ended below" not in err
+    cm.class_model(net, [0, 1, 2], steps=3, batch_size=1)                 # said once, not once a group
+    assert capsys.readouterr().err.count("exactly 0") == 1
 
 
 def test_class_model_errors(net, live_net, capsys):

@@ -219,6 +219,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
         return lam * to_numpy((img * img).sum(axis=(1, 2, 3))) / u ** 2
 
     groups = []                                 # per group: (x, scores, objective, step, falls) on the host
+    warned_zero = False
     for g0 in range(0, M, group):
         part = cls[g0:g0 + group]
         if progress is not None and group < M:
@@ -269,7 +270,8 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                 dz = xp.zeros_like(z)
                 dz[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
                 g = backward_from(net, score_at, dz, "gradient")
-            if t == 0 and not bool(xp.any(g)):
+            if t == 0 and not warned_zero and not bool(xp.any(g)):     # said once, not once a group
+                warned_zero = True
                 where = "the start image" if start_noise else "the zero image"
                 print(f"class_model: warning: the class score's gradient at {where} is exactly 0, so the "
                       "ascent cannot leave it (every unit on the way is off there, e.g. a network with zero biases); "
@@ -294,32 +296,32 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                 x = x * (norm >= cut.reshape(-1, 1, 1, 1))
             if clamp:
                 x = xp.minimum(xp.maximum(x, lo), hi)
-        fell = [int(c) for c, first, last in zip(part, objective[0], objective[-1]) if steps and last < first]
-        if fell:
-            if regularised:
-                why = ("the regularisers (jitter, blur, clipping) move the image as well as the ascent; the "
-                       "objective is that of the moved image")
-            else:
-                lengths = (f" (step control brought the steps down to {', '.join(f'{v:.2g}' for v in step)} grey "
-                           "levels: more steps may get past it)" if controlled else "")
-                why = (f"the L2 penalty (lam {lam:g}) outweighs this network's score gradient at steps of {lr:g}"
-                       f"{' grey levels' if optimiser == 'normalised' else ''}{lengths}; try a smaller lam (e.g. "
-                       "0) or lr")
-            print(f"class_model: warning: the objective ended below where it started for class(es) {fell}: {why}",
-                  file=sys.stderr)
         groups.append((to_numpy(x), np.array(scores), np.array(objective), step, falls))
     x_np = np.concatenate([g[0] for g in groups])
+    scores, objective = (np.concatenate([g[i] for g in groups], axis=1) for i in (1, 2))
     step, falls = np.concatenate([g[3] for g in groups]), np.concatenate([g[4] for g in groups])
+    fell = [int(c) for c, first, last in zip(cls, objective[0], objective[-1]) if steps and last < first]
+    if fell:
+        if regularised:
+            why = ("the regularisers (jitter, blur, clipping) move the image as well as the ascent; the "
+                   "objective is that of the moved image")
+        else:
+            lengths = (f" (step control brought the steps down to {', '.join(f'{v:.2g}' for v in step)} grey "
+                       "levels: more steps may get past it)" if controlled else "")
+            why = (f"the L2 penalty (lam {lam:g}) outweighs this network's score gradient at steps of {lr:g}"
+                   f"{' grey levels' if optimiser == 'normalised' else ''}{lengths}; try a smaller lam (e.g. "
+                   "0) or lr")
+        print(f"class_model: warning: the objective ended below where it started for class(es) {fell}: {why}",
+              file=sys.stderr)
     pixels = to_pixels(net, x_np)
     settings = dict(steps=steps, lr=lr, lam=lam, optimiser=optimiser, momentum=momentum, jitter=jitter,
                     blur_every=blur_every, blur_sigma=blur_sigma, clip_pct=clip_pct, clamp=clamp,
                     score_layer=score_at, seed=seed, start_noise=start_noise, step_control=controlled,
                     step_factors=[down, up] if controlled else None,
                     final_steps=step.tolist() if controlled else None,
-                    falls=falls.tolist() if controlled else None,
+                    falls=falls.tolist() if controlled else None, batch_size=group,
                     grey_level=u, display="per-image 1st..99th percentile stretch, mean added back")
-    return ClassModel(x_np, cls, np.concatenate([g[1] for g in groups], axis=1),
-                      np.concatenate([g[2] for g in groups], axis=1), pixels, stretch(pixels, 1, 99), settings)
+    return ClassModel(x_np, cls, scores, objective, pixels, stretch(pixels, 1, 99), settings)
 
 
 def linear_score_layer(net):
