@@ -323,7 +323,8 @@ def test_the_evaluations_decode_a_few_photos_at_a_time(shared, tmp_path, capsys,
     decoded, seen = [0], []
     for module, name in ((images, "load_image"), (ev, "read_pet")):
         real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, real=real: decoded.__setitem__(0, decoded[0] + 1) or real(*a))
+        monkeypatch.setattr(module, name, lambda *a, real=real, **k: decoded.__setitem__(
+            0, decoded[0] + k.get("decode", True)) or real(*a, **k))            # (headers are not counted)
     real_saliency = locnet.network_saliency
     monkeypatch.setattr(locnet, "network_saliency", lambda net, imgs, **k: seen.append((decoded[0], len(imgs)))
                         or real_saliency(net, imgs, **k))
@@ -365,6 +366,27 @@ def test_evaluate_segmentation_skips_an_unreadable_pet_and_says_so(shared, tmp_p
                        capsys)
     assert res["images"] == 2 and res["skipped_unreadable"] == 1
     assert f"skipping unreadable file: {data / 'images' / names[1]}.jpg" in err
+
+
+def test_evaluate_segmentation_refuses_a_trimap_of_another_size_before_any_work(shared, tmp_path, capsys):
+    """The pets are decoded as the maps are made, but their headers are read first: a last pair whose
+    trimap does not fit its photo stops the command before the network is loaded, as when every pair
+    was decoded first (a review found it stopping at the end of the run)."""
+    from PIL import Image
+
+    from scratchnet.cli import main
+    src = shared / "data" / "oxford-pets-dev"
+    names = sorted(p.stem for p in (src / "images").glob("*.jpg"))[:10]     # past the first 8 decoded
+    data = tmp_path / "pets"
+    for sub, ext in (("images", "jpg"), ("trimaps", "png")):
+        (data / sub).mkdir(parents=True)
+        for n in names:
+            (data / sub / f"{n}.{ext}").symlink_to(src / sub / f"{n}.{ext}")
+    (data / "trimaps" / f"{names[9]}.png").unlink()
+    Image.new("L", (7, 5), 1).save(data / "trimaps" / f"{names[9]}.png")
+    assert main(["evaluate", "segmentation", "--model", "squeezenet1_0", "--data", str(data), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert f"{names[9]}: trimap (5, 7) does not match image" in err and "saliency" not in err, err
 
 
 def test_localisation_record_lists_the_five_guesses_best_first():

@@ -438,11 +438,20 @@ def cmd_evaluate_segmentation(args):
     from .graphcut import segment
     every = oxford_pet_names(args.data)
     chosen = [every[i] for i in offset_limit(len(every), args)]       # only those are decoded
+    unreadable, readable = [], []
+    for name in chosen:                 # the headers first: a pair that cannot be opened is skipped (said), one
+        try:                            # whose trimap does not fit its photo stops the command, before any work
+            read_pet(args.data, name, decode=False)
+            readable.append(name)
+        except PetReadError as e:
+            _say(f"skipping unreadable file: {e}")
+            unreadable.append(name)
+    if not readable:
+        raise ValueError(f"no readable photo with its trimap among the {len(chosen)} selected in {args.data}")
     net = _load_net(args)
     kw = segment_kwargs(args)
     cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, args.data, not args.no_cache,
                      args.batch_size)
-    unreadable = []
 
     def reader(name):
         def read():                     # as the other evaluations: an unreadable pair is skipped, said
@@ -455,7 +464,7 @@ def cmd_evaluate_segmentation(args):
             return pet.image, pet.trimap
         return read
     # decoded a few at a time as the maps are made (see _maps_for), not all first
-    items = [(name, reader(name), []) for name in chosen]
+    items = [(name, reader(name), []) for name in readable]
     fracs = [float(f) for f in THRESHOLD_FRACTIONS] if args.threshold_fraction is None \
         else [float(args.threshold_fraction)]
     iou = {"graphcut": [], "graphcut_component": [], "whole_image": []}

@@ -266,25 +266,27 @@ class PetReadError(ValueError):
     """A pet photo or trimap that cannot be decoded: "file: reason"."""
 
 
-def read_pet(root, name) -> PetImage:
+def read_pet(root, name, decode=True) -> PetImage | None:
     """`root`/images/<name>.jpg and `root`/trimaps/<name>.png as a PetImage; PetReadError ("file: reason")
-    when one cannot be decoded, ValueError when their sizes differ."""
+    when one cannot be read, ValueError when their sizes differ. decode=False reads only the two headers
+    (milliseconds) for those checks and returns None: a command checks every pair so before its work."""
     from PIL import Image
 
     images, trimaps = Path(root) / "images", Path(root) / "trimaps"
     path = images / f"{name}.jpg"
     try:
         with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+            size = im.size
+            image = np.asarray(im.convert("RGB")) if decode else None
         path = trimaps / f"{name}.png"
         with Image.open(path) as tm:
-            trimap = np.asarray(tm)
+            tsize = tm.size
+            trimap = np.asarray(tm) if decode else None
     except OSError as e:                 # PIL's UnidentifiedImageError is one too
         raise PetReadError(f"{path}: {e}") from None
-    if trimap.shape != image.shape[:2]:
-        raise ValueError(f"load_oxford_pets: {name}: trimap {trimap.shape} does not match image "
-                         f"{image.shape[:2]}")
-    return PetImage(name, image, trimap)
+    if tsize != size:
+        raise ValueError(f"load_oxford_pets: {name}: trimap {tsize[::-1]} does not match image {size[::-1]}")
+    return PetImage(name, image, trimap) if decode else None
 
 
 # --------------------------------------------------------------------------------------------- helpers
