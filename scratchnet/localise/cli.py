@@ -321,8 +321,8 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
                        threshold_fraction=None, details=False):
     """Top-1/top-5/GT-known localisation errors of GraphCut and the baselines on photos ``indices`` of ``ds``
     (a data set with boxes), ``targets[i]`` being photo i's class in the network's outputs.
-    Returns (result dict of localise.evaluate.evaluate, a LocSummary per photo scored); ``result['per_image']``
-    with details. The photos are decoded, mapped and judged a few at a time (see _maps_for)."""
+    Returns (result dict of localise.evaluate.evaluate, with details a LocSummary per photo scored, else []);
+    ``result['per_image']`` with details. The photos are decoded, mapped and judged a few at a time (see _maps_for)."""
     from ..io.images import ImageReadError, load_image
     from .evaluate import NoRecordsError, evaluate
     from .network import tuned_segment_kwargs
@@ -347,7 +347,7 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     items = [(ds.paths[i].name, reader(i), [int(targets[i])]) for i in indices]
     _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
          f"{'10-crop' if ten_crop else 'single view'}, rule {rule}; graph cut {kw}")
-    kept, light, t_net = [], [], [0.0]
+    kept, light, t_net = [0], [], [0.0]
 
     def records():                      # made as evaluate asks for them: a few photos and maps held at a time
         it = _maps_for(net, maps, items, 5 if all_maps else 0, batch_size, rule, ten_crop, "saliency")
@@ -359,9 +359,10 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
                 return
             k, img, _, entry = got
             i = indices[k]
-            kept.append(i)
+            kept[0] += 1
             r = _record(ds, i, ds.paths[i].stem, img, int(targets[i]), entry)
-            light.append(LocSummary(r.gt_label, r.gt_boxes, r.top5))
+            if details:                 # what the details file adds; nothing per photo otherwise
+                light.append(LocSummary(r.gt_label, r.gt_boxes, r.top5))
             yield r
     t_all = time.perf_counter()
     try:
@@ -372,7 +373,7 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
             from None
     res["seconds"] = {"network": round(t_net[0], 1),    # the maps (and the photos' decoding)
                       "segmentation_and_scoring": round(time.perf_counter() - t_all - t_net[0], 1)}
-    res["skipped_unreadable"] = len(indices) - len(kept)
+    res["skipped_unreadable"] = len(indices) - kept[0]
     return res, light
 
 

@@ -118,7 +118,9 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
     segment_kwargs["pairwise_weight"] = pairwise_weight
     check_segment_params(**segment_kwargs)
     # each record is judged once, at every fraction still to be chosen, and let go: records may be a
-    # generator over 50,000 photos whose images and maps would not fit in memory together
+    # generator over 50,000 photos whose images and maps would not fit in memory together. What stays is
+    # the verdicts: for a swept method an (F, 3) int8 array (top1, top5, gt_known; -1: not measurable), and
+    # with details the boxes too
     grids = {"centre_box": CENTRE_FRACTIONS if centre_fraction is None else (centre_fraction,),
              "saliency_threshold": THRESHOLD_FRACTIONS if threshold_fraction is None else (threshold_fraction,)}
     fixed = [m for m in methods if m not in grids]
@@ -126,18 +128,32 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
     judged, box_fractions = [], []
     for r in records:
         one = _judge_image(r, fixed, None, None, segment_kwargs)
+        if not details:
+            one.update({m: {k: one[m][k] for k in (*FLAGS, "fallbacks")} for m in fixed})
         for m in swept:
-            one[m] = {float(f): _judge_image(r, (m,), float(f), float(f), segment_kwargs)[m] for f in grids[m]}
+            at = [_judge_image(r, (m,), float(f), float(f), segment_kwargs)[m] for f in grids[m]]
+            one[m] = np.array([[-1 if v[k] is None else v[k] for k in FLAGS] for v in at], np.int8)
+            if details:
+                one[m, "boxes"] = at
         judged.append(one)
         box_fractions.append(_largest_box_fraction(r))
     if not judged:
         raise NoRecordsError("evaluate: expected at least one LocRecord, got none")
-    chosen = {m: _best_fraction(judged, m, grids[m]) for m in swept}
-    per_image = [dict(p, **{m: p[m][chosen[m]] for m in swept}) for p in judged]
+    pick = {m: _best_index(judged, m) for m in swept}
+
+    def verdicts(p, m):
+        if m not in swept:
+            return p[m]
+        if details:
+            return p[m, "boxes"][pick[m]]
+        return {k: (None if v < 0 else int(v)) for k, v in zip(FLAGS, p[m][pick[m]])}
+    per_image = [dict({k: p[k] for k in ("name", "top1_cls", "top5_cls")}, **{m: verdicts(p, m) for m in methods})
+                 for p in judged]
+    given = {"centre_box": centre_fraction, "saliency_threshold": threshold_fraction}
     params = {"graphcut": {"pairwise_weight": float(pairwise_weight)},
-              "whole_image": {},
-              "centre_box": {"fraction": chosen.get("centre_box", centre_fraction)},
-              "saliency_threshold": {"fraction": chosen.get("saliency_threshold", threshold_fraction)}}
+              "whole_image": {}}
+    params.update({m: {"fraction": given[m] if given[m] is not None else float(grids[m][pick[m]])}
+                   for m in swept})
     fracs = [f for f in box_fractions if f is not None]
     out = {"images": len(judged),
            "top1_cls_error": _mean_error(p["top1_cls"] for p in per_image),
@@ -152,7 +168,7 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
                "gt_known_loc_error": _mean_error(known) if known else None,
                "gt_known_images": len(known)}
         res.update(params[m])
-        if m in grids and len(grids[m]) > 1:
+        if m in swept and given[m] is None:
             res["fraction_chosen_on_these_images"] = True
         if m == "graphcut":
             res["fallbacks"] = sum(p[m]["fallbacks"] for p in per_image)
@@ -162,15 +178,19 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
     return out
 
 
-def _best_fraction(judged, method, grid, criterion="top5_loc_error"):
-    """The fraction of ``grid`` with the lowest ``criterion`` over the judged records (ties: the first),
-    as choose_fractions picks it."""
-    key = {"top1_loc_error": "top1", "top5_loc_error": "top5", "gt_known_loc_error": "gt_known"}[criterion]
+FLAGS = ("top1", "top5", "gt_known")
 
-    def error(f):
-        flags = [p[method][float(f)][key] for p in judged if p[method][float(f)][key] is not None]
-        return float("inf") if not flags else _mean_error(flags)
-    return min((float(f) for f in grid), key=error)
+
+def _best_index(judged, method, criterion="top5_loc_error"):
+    """The index in its grid of the fraction with the lowest ``criterion`` over the judged records (ties:
+    the first), as choose_fractions picks it."""
+    col = {"top1_loc_error": 0, "top5_loc_error": 1, "gt_known_loc_error": 2}[criterion]
+    flags = np.stack([p[method] for p in judged])[:, :, col]          # (N, F)
+
+    def error(i):
+        counted = [int(v) for v in flags[:, i] if v >= 0]
+        return float("inf") if not counted else _mean_error(counted)
+    return min(range(flags.shape[1]), key=error)
 
 
 def _largest_box_fraction(r):
