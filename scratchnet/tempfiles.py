@@ -18,6 +18,7 @@ this process's own pid but older than this process was left by an earlier one th
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -195,13 +196,46 @@ def staged(folder, name="staged"):
 
 def publish(stage, folder, files) -> None:
     """Move ``files`` (paths relative to ``stage``) into ``folder``, each renamed over the file of the
-    same name; a file's folders are made as needed. The files are moved one by one: a run killed
+    same name (written through a symlink, keeping a replaced file's mode, copied where the target is on
+    another file system), its folders made as needed. The files are moved one by one: a run killed
     during the moves leaves each file whole, some new and some old (milliseconds, against a whole
-    run's minutes when the run wrote in place)."""
+    run's minutes when the run wrote in place); hold folder_lock(folder) to keep two runs apart."""
     for rel in dict.fromkeys(files):                 # each once, in order
-        dst = Path(folder) / rel
+        src, dst = Path(stage) / rel, Path(folder) / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(Path(stage) / rel, dst)
+        if dst.is_symlink():
+            dst = Path(os.path.realpath(dst))        # as atomic_write: the link kept, its target replaced
+        try:
+            if dst.is_file():
+                os.chmod(src, stat.S_IMODE(os.stat(dst).st_mode))
+            os.replace(src, dst)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise OSError(f"cannot write {dst}: {e.strerror or e}") from None
+            with open(src, "rb") as fh:              # another file system: a copy, atomically
+                atomic_write(dst, lambda out: shutil.copyfileobj(fh, out))
+            os.unlink(src)
+
+
+@contextmanager
+def folder_lock(folder, name=".publish.lock"):
+    """Hold an exclusive flock on ``folder/name`` (made if missing) for the block, waiting for another
+    process that holds it: two runs publishing into one folder take turns. Nothing where flock is
+    missing or the file system has no locks."""
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def atomic_write(path, write, suffix=".tmp"):

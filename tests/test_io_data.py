@@ -748,6 +748,59 @@ def test_a_temporary_with_this_process_pid_older_than_this_process_is_removed(tm
     assert not old.exists() and locked.exists() and ours.exists()
 
 
+def test_publish_writes_through_links_keeps_modes_copies_across_file_systems_and_takes_turns(tmp_path, monkeypatch):
+    """The demo's pictures, moved from its staging folder over an earlier report's, are written as
+    atomic_write writes (a review found publish replacing a symlink by the picture, and failing with
+    EXDEV after the whole run where a subfolder was a link to another file system); folder_lock keeps
+    two publishers apart."""
+    import errno
+    import os
+    import stat
+    import threading
+    import time
+
+    from scratchnet import tempfiles as tf
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "a.png").write_bytes(b"old a")
+    (out / "a.png").symlink_to(elsewhere / "a.png")
+    (out / "b.png").write_bytes(b"old b")
+    os.chmod(out / "b.png", 0o640)
+    with tf.staged(out) as stage:
+        for rel in ("a.png", "b.png", "sub/c.png"):
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stage / rel).write_bytes(b"new " + rel.encode())
+        real = os.replace
+
+        def across(src, dst):                   # sub/ is on another file system
+            if str(dst).endswith("c.png") and str(stage) in str(src):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real(src, dst)
+        monkeypatch.setattr(os, "replace", across)
+        tf.publish(stage, out, ["a.png", "b.png", "sub/c.png", "a.png"])
+        monkeypatch.undo()
+    assert (out / "a.png").is_symlink() and (elsewhere / "a.png").read_bytes() == b"new a.png"
+    assert (out / "b.png").read_bytes() == b"new b.png" and stat.S_IMODE(os.stat(out / "b.png").st_mode) == 0o640
+    assert (out / "sub" / "c.png").read_bytes() == b"new sub/c.png"
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "sub"]         # the stage is gone
+
+    order, held = [], threading.Event()
+
+    def first():
+        with tf.folder_lock(out):
+            held.set()
+            time.sleep(0.3)
+            order.append("first done")
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(5)
+    with tf.folder_lock(out):
+        order.append("second")
+    t.join()
+    assert order == ["first done", "second"]
+
+
 def test_a_process_that_cannot_be_signalled_is_taken_as_alive(tmp_path, monkeypatch):
     """os.kill(pid, 0) on another user's live process raises PermissionError: its temporaries stay."""
     import os

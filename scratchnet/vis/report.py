@@ -30,7 +30,7 @@ from ..cli import dumps_strict
 from ..io.classnames import normalise_name
 from ..io.images import overlay, resize, save_png
 from ..localise.boxes import resize_box
-from ..tempfiles import atomic_write_text, publish, staged
+from ..tempfiles import atomic_write_text, folder_lock, publish, staged
 from . import classmodel as cm
 from .deconv import compare_rules, gradient_check, reconstruct, reference_check
 from .display import class_names, on_net_device, prepare_image, prepare_pixels, resolve_class
@@ -512,9 +512,10 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
             s["seconds"] = time.time() - t0
             summary["models"][str(name)] = s
         summary["seconds"] = time.time() - t_all
-        publish(stage, out, page.images)
-    page.out = out
-    summary["index"] = str(page.write("scratchnet demo"))
-    summary["images"] = len(page.images)
-    atomic_write_text(out / "summary.json", dumps_strict(summary, indent=1))
+        with folder_lock(out):          # a second demo into this folder publishes before or after, not amid
+            publish(stage, out, page.images)
+            page.out = out
+            summary["index"] = str(page.write("scratchnet demo"))
+            summary["images"] = len(page.images)
+            atomic_write_text(out / "summary.json", dumps_strict(summary, indent=1))
     return summary
