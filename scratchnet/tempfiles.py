@@ -25,6 +25,7 @@ import secrets
 import shutil
 import socket
 import stat
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -203,7 +204,7 @@ def publish(stage, folder, files) -> None:
     for rel in dict.fromkeys(files):                 # each once, in order
         src, dst = Path(stage) / rel, Path(folder) / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink():
+        if dst.is_symlink() and dst.exists():
             dst = Path(os.path.realpath(dst))        # as atomic_write: the link kept, its target replaced
         try:
             if dst.is_file():
@@ -224,10 +225,19 @@ def folder_lock(folder, name=".publish.lock"):
     missing or the file system has no locks."""
     fd = None
     if fcntl is not None:
+        path = os.path.join(folder, name)
         try:
-            fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:                 # another user's lock file: a lock all the same
+                fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"{folder}: another run is writing its results there; waiting for it to finish",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:                             # no locks here (ENOLCK ...): unlocked
             if fd is not None:
                 os.close(fd)
             fd = None

@@ -748,7 +748,8 @@ def test_a_temporary_with_this_process_pid_older_than_this_process_is_removed(tm
     assert not old.exists() and locked.exists() and ours.exists()
 
 
-def test_publish_writes_through_links_keeps_modes_copies_across_file_systems_and_takes_turns(tmp_path, monkeypatch):
+def test_publish_writes_through_links_keeps_modes_copies_across_file_systems_and_takes_turns(tmp_path, monkeypatch,
+                                                                                            capsys):
     """The demo's pictures, moved from its staging folder over an earlier report's, are written as
     atomic_write writes (a review found publish replacing a symlink by the picture, and failing with
     EXDEV after the whole run where a subfolder was a link to another file system); folder_lock keeps
@@ -767,8 +768,9 @@ def test_publish_writes_through_links_keeps_modes_copies_across_file_systems_and
     (out / "a.png").symlink_to(elsewhere / "a.png")
     (out / "b.png").write_bytes(b"old b")
     os.chmod(out / "b.png", 0o640)
+    (out / "d.png").symlink_to(tmp_path / "gone" / "d.png")           # a dangling link: replaced, as atomic_write
     with tf.staged(out) as stage:
-        for rel in ("a.png", "b.png", "sub/c.png"):
+        for rel in ("a.png", "b.png", "sub/c.png", "d.png"):
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (stage / rel).write_bytes(b"new " + rel.encode())
         real = os.replace
@@ -778,12 +780,13 @@ def test_publish_writes_through_links_keeps_modes_copies_across_file_systems_and
                 raise OSError(errno.EXDEV, "Invalid cross-device link")
             return real(src, dst)
         monkeypatch.setattr(os, "replace", across)
-        tf.publish(stage, out, ["a.png", "b.png", "sub/c.png", "a.png"])
+        tf.publish(stage, out, ["a.png", "b.png", "sub/c.png", "a.png", "d.png"])
         monkeypatch.undo()
     assert (out / "a.png").is_symlink() and (elsewhere / "a.png").read_bytes() == b"new a.png"
     assert (out / "b.png").read_bytes() == b"new b.png" and stat.S_IMODE(os.stat(out / "b.png").st_mode) == 0o640
     assert (out / "sub" / "c.png").read_bytes() == b"new sub/c.png"
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "sub"]         # the stage is gone
+    assert not (out / "d.png").is_symlink() and (out / "d.png").read_bytes() == b"new d.png"
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "d.png", "sub"]    # the stage is gone
 
     order, held = [], threading.Event()
 
@@ -798,7 +801,7 @@ def test_publish_writes_through_links_keeps_modes_copies_across_file_systems_and
     with tf.folder_lock(out):
         order.append("second")
     t.join()
-    assert order == ["first done", "second"]
+    assert order == ["first done", "second"] and "waiting for it to finish" in capsys.readouterr().err
 
 
 def test_a_process_that_cannot_be_signalled_is_taken_as_alive(tmp_path, monkeypatch):

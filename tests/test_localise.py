@@ -610,6 +610,9 @@ def test_evaluate_takes_a_generator_and_lets_each_record_go(rng):
                             details=True)
     assert list(res["per_image"][0]) == ["name", "top1_cls", "top5_cls", "saliency_threshold", "centre_box",
                                          "graphcut"]                 # the methods' order, as given
+    for bad in ("0.5", b"1"):                                           # checked by the boxes, as before
+        with pytest.raises((ValueError, TypeError)):
+            localise.evaluate([make(0)], methods=("centre_box",), centre_fraction=bad)
     assert res["methods"]["centre_box"]["fraction"] == 1 and "fraction_chosen_on_these_images" not in \
         res["methods"]["centre_box"] and res["methods"]["saliency_threshold"]["fraction_chosen_on_these_images"]
 

@@ -387,6 +387,11 @@ def test_evaluate_segmentation_refuses_a_trimap_of_another_size_before_any_work(
     assert main(["evaluate", "segmentation", "--model", "squeezenet1_0", "--data", str(data), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert f"{names[9]}: trimap (5, 7) does not match image" in err and "saliency" not in err, err
+    w, h = Image.open(data / "images" / f"{names[9]}.jpg").size                 # the right size, three bands
+    Image.new("RGB", (w, h), (1, 1, 1)).save(data / "trimaps" / f"{names[9]}.png")
+    assert main(["evaluate", "segmentation", "--model", "squeezenet1_0", "--data", str(data), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert f"{names[9]}: trimap ({h}, {w}, 3) does not match image ({h}, {w})" in err and "saliency" not in err, err
 
 
 def test_localisation_record_lists_the_five_guesses_best_first():

@@ -121,8 +121,10 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
     # generator over 50,000 photos whose images and maps would not fit in memory together. What stays is
     # the verdicts: for a swept method an (F, 3) int8 array (top1, top5, gt_known; -1: not measurable), and
     # with details the boxes too
-    grids = {"centre_box": CENTRE_FRACTIONS if centre_fraction is None else (centre_fraction,),
-             "saliency_threshold": THRESHOLD_FRACTIONS if threshold_fraction is None else (threshold_fraction,)}
+    # (a fraction given goes to the boxes as given: they check it)
+    grids = {"centre_box": [float(f) for f in CENTRE_FRACTIONS] if centre_fraction is None else [centre_fraction],
+             "saliency_threshold": [float(f) for f in THRESHOLD_FRACTIONS] if threshold_fraction is None
+             else [threshold_fraction]}
     fixed = [m for m in methods if m not in grids]
     swept = [m for m in methods if m in grids]
     judged, box_fractions = [], []
@@ -131,7 +133,7 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
         if not details:
             one.update({m: {k: one[m][k] for k in (*FLAGS, "fallbacks")} for m in fixed})
         for m in swept:
-            at = [_judge_image(r, (m,), float(f), float(f), segment_kwargs)[m] for f in grids[m]]
+            at = [_judge_image(r, (m,), f, f, segment_kwargs)[m] for f in grids[m]]
             one[m] = np.array([[-1 if v[k] is None else v[k] for k in FLAGS] for v in at], np.int8)
             if details:
                 one[m, "boxes"] = at
@@ -152,8 +154,7 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
     given = {"centre_box": centre_fraction, "saliency_threshold": threshold_fraction}
     params = {"graphcut": {"pairwise_weight": float(pairwise_weight)},
               "whole_image": {}}
-    params.update({m: {"fraction": given[m] if given[m] is not None else float(grids[m][pick[m]])}
-                   for m in swept})
+    params.update({m: {"fraction": grids[m][pick[m]]} for m in swept})
     fracs = [f for f in box_fractions if f is not None]
     out = {"images": len(judged),
            "top1_cls_error": _mean_error(p["top1_cls"] for p in per_image),
@@ -300,12 +301,13 @@ def read_pet(root, name, decode=True) -> PetImage | None:
             image = np.asarray(im.convert("RGB")) if decode else None
         path = trimaps / f"{name}.png"
         with Image.open(path) as tm:
-            tsize = tm.size
+            bands = len(tm.getbands())
+            tshape = tm.size[::-1] + ((bands,) if bands > 1 else ())      # (H, W), or (H, W, C): not a trimap
             trimap = np.asarray(tm) if decode else None
     except OSError as e:                 # PIL's UnidentifiedImageError is one too
         raise PetReadError(f"{path}: {e}") from None
-    if tsize != size:
-        raise ValueError(f"load_oxford_pets: {name}: trimap {tsize[::-1]} does not match image {size[::-1]}")
+    if tshape != size[::-1]:
+        raise ValueError(f"load_oxford_pets: {name}: trimap {tshape} does not match image {size[::-1]}")
     return PetImage(name, image, trimap) if decode else None
 
 
