@@ -119,16 +119,27 @@ def remove_stale_temps(folder, target: str | None = None, min_age: float = 1.0) 
     return removed
 
 
-@contextmanager
 def held(path):
     """Hold an exclusive flock on ``path`` (a temporary being written) until the block ends, so that
     remove_stale_temps leaves it alone; nothing where flock is missing."""
+    return _flocked(lambda: os.open(path, os.O_RDONLY))
+
+
+@contextmanager
+def _flocked(open_fd, waiting=None):
+    """Hold an exclusive flock on the file descriptor ``open_fd()`` opens, for the block, saying
+    ``waiting`` on stderr when another process holds it first. Where flock is missing, or the file
+    system has no locks, the block runs unlocked."""
     fd = None
     if fcntl is not None:
         try:
-            fd = os.open(path, os.O_RDONLY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:                 # a file system without locks: write unlocked
+            fd = open_fd()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if waiting else 0))
+            except BlockingIOError:
+                print(waiting, file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:                 # a file system without locks (ENOLCK ...): unlocked
             if fd is not None:
                 os.close(fd)
             fd = None
@@ -218,34 +229,18 @@ def publish(stage, folder, files) -> None:
             os.unlink(src)
 
 
-@contextmanager
 def folder_lock(folder, name=".publish.lock"):
-    """Hold an exclusive flock on ``folder/name`` (made if missing) for the block, waiting for another
-    process that holds it: two runs publishing into one folder take turns. Nothing where flock is
-    missing or the file system has no locks."""
-    fd = None
-    if fcntl is not None:
-        path = os.path.join(folder, name)
+    """Hold an exclusive flock on ``folder/name`` (made if missing) for the block, waiting (and saying
+    so) for another process that holds it: two runs publishing into one folder take turns. Nothing
+    where flock is missing or the file system has no locks."""
+    path = os.path.join(folder, name)
+
+    def open_fd():
         try:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            except PermissionError:                 # another user's lock file: a lock all the same
-                fd = os.open(path, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"{folder}: another run is writing its results there; waiting for it to finish",
-                      file=sys.stderr, flush=True)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:                             # no locks here (ENOLCK ...): unlocked
-            if fd is not None:
-                os.close(fd)
-            fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:                 # another user's lock file: a lock all the same
+            return os.open(path, os.O_RDONLY)
+    return _flocked(open_fd, f"{folder}: another run is writing its results there; waiting for it to finish")
 
 
 def atomic_write(path, write, suffix=".tmp"):

@@ -349,15 +349,20 @@ def test_evaluate_segmentation_on_three_pets(shared, tmp_path, capsys):
     assert res["methods"]["saliency_threshold"]["fraction_chosen_on_these_images"] is True
 
 
+def _some_pets(src, data, n):
+    """A pets folder at ``data`` of links to the first ``n`` pairs of ``src``: (data, their names)."""
+    names = sorted(p.stem for p in (src / "images").glob("*.jpg"))[:n]
+    for sub, ext in (("images", "jpg"), ("trimaps", "png")):
+        (data / sub).mkdir(parents=True)
+        for name in names:
+            (data / sub / f"{name}.{ext}").symlink_to(src / sub / f"{name}.{ext}")
+    return data, names
+
+
 def test_evaluate_segmentation_skips_an_unreadable_pet_and_says_so(shared, tmp_path, capsys):
     from scratchnet.localise.evaluate import load_oxford_pets
     src = shared / "data" / "oxford-pets-dev"
-    names = sorted(p.stem for p in (src / "images").glob("*.jpg"))[:3]
-    data = tmp_path / "pets"
-    for sub, ext in (("images", "jpg"), ("trimaps", "png")):
-        (data / sub).mkdir(parents=True)
-        for n in names:
-            (data / sub / f"{n}.{ext}").symlink_to(src / sub / f"{n}.{ext}")
+    data, names = _some_pets(src, tmp_path / "pets", 3)
     (data / "images" / f"{names[1]}.jpg").unlink()
     (data / "images" / f"{names[1]}.jpg").write_bytes((src / "images" / f"{names[1]}.jpg").read_bytes()[:300])
     with pytest.raises(ValueError, match=f"cannot read {data / 'images' / names[1]}.jpg"):
@@ -375,13 +380,7 @@ def test_evaluate_segmentation_refuses_a_trimap_of_another_size_before_any_work(
     from PIL import Image
 
     from scratchnet.cli import main
-    src = shared / "data" / "oxford-pets-dev"
-    names = sorted(p.stem for p in (src / "images").glob("*.jpg"))[:10]     # past the first 8 decoded
-    data = tmp_path / "pets"
-    for sub, ext in (("images", "jpg"), ("trimaps", "png")):
-        (data / sub).mkdir(parents=True)
-        for n in names:
-            (data / sub / f"{n}.{ext}").symlink_to(src / sub / f"{n}.{ext}")
+    data, names = _some_pets(shared / "data" / "oxford-pets-dev", tmp_path / "pets", 10)   # past the first 8
     (data / "trimaps" / f"{names[9]}.png").unlink()
     Image.new("L", (7, 5), 1).save(data / "trimaps" / f"{names[9]}.png")
     assert main(["evaluate", "segmentation", "--model", "squeezenet1_0", "--data", str(data), "--no-cache"]) == 2
