@@ -983,3 +983,56 @@ def test_an_image_folder_says_which_files_it_leaves_out(tmp_path, capsys):
     assert len(ds) == 4
     err = capsys.readouterr().err
     assert "leaving out 2 file(s) without an image suffix (noext, notes.txt)" in err and ".hidden" not in err
+
+
+# -- from a mutation round on staged, publish and folder_lock ----------------------------------------------
+def test_a_staging_folder_is_locked_while_in_use_and_a_killed_ones_is_removed_on_entry(tmp_path, monkeypatch):
+    """staged() removes what a killed run staged in the folder as it starts, and holds a flock on its own
+    stage meanwhile (an old-looking stage of this pid is not taken for an earlier process's); publish
+    moves the files (nothing is left in the stage, a copy across file systems included); folder_lock on another user's lock file (opened
+    read-only) is still a lock."""
+    import errno
+    import fcntl
+    import os
+
+    from scratchnet import tempfiles as tf
+    out = tmp_path / "out"
+    killed = out / f".report.{tf._HOST}.{_dead_pid()}.ab12.tmp"
+    (killed / "sub").mkdir(parents=True)
+    (killed / "sub" / "a.png").write_bytes(b"x")
+    os.utime(killed, (1e9, 1e9))
+    with tf.staged(out, "report") as stage:
+        assert not killed.exists()
+        os.utime(stage, (1e9, 1e9))                     # older than this process, yet in use
+        assert tf.remove_stale_temps(out) == 0 and stage.is_dir()
+        (stage / "a.png").write_bytes(b"new")
+        (stage / "b.png").write_bytes(b"copied")
+        real_replace = os.replace
+
+        def across(src, dst):                   # b.png's target is on another file system
+            if str(dst).endswith("b.png") and str(stage) in str(src):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real_replace(src, dst)
+        monkeypatch.setattr(os, "replace", across)
+        tf.publish(stage, out, ["a.png", "b.png"])
+        monkeypatch.undo()
+        assert list(stage.iterdir()) == [] and (out / "a.png").read_bytes() == b"new"
+        assert (out / "b.png").read_bytes() == b"copied"
+
+    lock = out / ".publish.lock"
+    lock.write_bytes(b"")
+    real_open = os.open
+
+    def not_ours(path, flags, *a):
+        if flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a)
+    monkeypatch.setattr(os, "open", not_ours)
+    with tf.folder_lock(out):
+        monkeypatch.undo()
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)

@@ -746,3 +746,42 @@ def test_segment_defaults_are_the_documented_8_neighbourhood_and_weight_10():
 def test_seeds_never_overlap_even_with_the_quantiles_the_wrong_way_round():
     fg, bg = graphcut.seeds_from_saliency(np.array([[0, 0], [0, 1.0]]), 0.1, 0.5)
     assert not (fg & bg).any()
+
+
+# -- from a mutation round on evaluate's int8 verdicts and the pet loader ------------------------------------
+def test_evaluate_with_and_without_details_gives_the_same_errors_and_keeps_unmeasurable_as_none():
+    """The swept methods' verdicts are kept as int8 flags (-1: not measurable) unless details are asked
+    for: both ways give the same errors, at the fraction chosen (not the grid's first); a photo whose
+    true class is not in the top 5 has no gt-known verdict for the saliency threshold (not a right one)."""
+    def make(k):
+        r = np.random.default_rng(k)
+        sal = r.random((5, 14, 16)).astype(np.float32)
+        sal[:, 4:10, 5:12] += 2.0
+        top5 = [(k + j) % 7 for j in range(5)] if k % 3 else [5, 6, 7, 8, 9]
+        return LocRecord(r.integers(0, 256, (14, 16, 3), dtype=np.uint8), k % 4, [(5, 4, 11, 9)], top5, sal,
+                         name=str(k))
+    records = [make(k) for k in range(9)]
+    plain = localise.evaluate(records, methods=("saliency_threshold", "centre_box"))
+    detailed = localise.evaluate(records, methods=("saliency_threshold", "centre_box"), details=True)
+    assert plain["methods"] == detailed["methods"]
+    assert [p["saliency_threshold"]["gt_known"] is None for p in detailed["per_image"]] == \
+        [r.gt_label not in r.top5 for r in records]
+    from scratchnet.localise.evaluate import CENTRE_FRACTIONS, THRESHOLD_FRACTIONS
+    assert (plain["methods"]["centre_box"]["fraction"], plain["methods"]["saliency_threshold"]["fraction"]) != \
+        (CENTRE_FRACTIONS[0], THRESHOLD_FRACTIONS[0])           # a chosen fraction that is not the grid's first
+
+
+def test_load_oxford_pets_skips_into_an_empty_list_and_reads_no_names_as_none(tmp_path):
+    """A pair that cannot be decoded goes into ``skipped`` even when that list starts empty (it raised);
+    names=[] reads no pair (not every pair)."""
+    from PIL import Image
+    for d in ("images", "trimaps"):
+        (tmp_path / d).mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((6, 5, 3), np.uint8)).save(tmp_path / "images" / f"{name}.jpg")
+        Image.fromarray(np.ones((6, 5), np.uint8)).save(tmp_path / "trimaps" / f"{name}.png")
+    (tmp_path / "images" / "b.jpg").write_bytes(b"not a jpeg")
+    skipped = []
+    pets = localise.load_oxford_pets(tmp_path, skipped=skipped)
+    assert [p.name for p in pets] == ["a"] and len(skipped) == 1 and "b.jpg" in skipped[0]
+    assert localise.load_oxford_pets(tmp_path, names=[]) == []

@@ -1325,3 +1325,74 @@ def test_photos_with_the_longest_names_get_their_outputs(tiny_path, photo, tmp_p
 def test_the_reports_alt_text_is_the_captions_plain_text():
     from scratchnet.vis.report import _plain
     assert _plain('quo&quot;te&#x27;: <b>bookshop</b> &amp; co') == "quo\"te': bookshop & co"
+
+
+# -- from a mutation round on the demo's publishing, class_model's groups and saliency's streaming ---------------
+def test_the_demo_publishes_under_the_folders_lock_and_counts_its_pictures(tiny_path, tmp_path, capsys, monkeypatch):
+    """The pictures are moved over an earlier report's while out/.publish.lock is held (two demos into
+    one folder take turns), and summary.json's "images" is the number of pictures published."""
+    import fcntl
+    import os
+
+    from scratchnet.vis import report
+    out, seen = tmp_path / "demo", []
+    real_publish = report.publish
+
+    def publish(stage, folder, files):
+        fd = os.open(Path(folder) / ".publish.lock", os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        seen.append(len(dict.fromkeys(files)))
+        return real_publish(stage, folder, files)
+    monkeypatch.setattr(report, "publish", publish)
+    summary = run_cli(["demo", "--model", str(tiny_path), "--quick", "--steps", "2", "--out", str(out)], capsys)
+    pngs = [p for p in out.rglob("*.png")]
+    assert seen == [summary["images"]] == [len(pngs)]
+
+
+def test_class_model_start_images_and_jitter_are_draws_of_one_generator(live_net, capsys, monkeypatch):
+    """As before batch_size: default_rng(seed) gives the start images, then the jitter's rolls (not a
+    second generator's first draws); a single group prints no "classes i-j of M" line."""
+    shape = (2,) + tuple(live_net.input_shape)
+
+    def after_starts(s):
+        rng = np.random.default_rng(s)
+        rng.standard_normal(shape)
+        return tuple(int(v) for v in rng.integers(-2, 3, 2))
+    seed = next(s for s in range(100) if all(after_starts(s)) and
+                after_starts(s) != tuple(int(v) for v in np.random.default_rng(s).integers(-2, 3, 2)))
+    rolls, real_roll = [], np.roll
+    monkeypatch.setattr(np, "roll", lambda a, shift, axis=None: rolls.append(tuple(int(v) for v in shift))
+                        or real_roll(a, shift, axis))
+    cm.class_model(live_net, [0, 1], steps=1, jitter=2, start_noise=5.0, seed=seed, progress=sys.stderr)
+    monkeypatch.undo()
+    assert rolls[0] == after_starts(seed)
+    assert "classes" not in capsys.readouterr().err
+
+
+def test_cli_ten_crop_saliency_of_several_photos_names_and_writes_each_in_turn(tiny_path, photo, tmp_path, capsys,
+                                                                              monkeypatch):
+    """--ten-crop goes one photo at a time (its ten crops are the batch), each photo's files written
+    before the next is read, under its own name (a/x.png, b/x.png: x, x_2), with its input picture even
+    for a single rule; the plain path's progress lines count the photos from 1."""
+    import shutil
+
+    from scratchnet.vis import saliency as sal_module
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(photo, tmp_path / d / "x.png")
+    made, real = [], sal_module.ten_crop_saliency
+    monkeypatch.setattr(sal_module, "ten_crop_saliency", lambda *a, **k: made.append(
+        sorted(f.name for f in (tmp_path / "s").glob("*_map.npy"))) or real(*a, **k))
+    out, _ = clirun.run_cli(["saliency", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "--model", tiny_path,
+                             "--ten-crop", "--batch-size", "4", "--out", tmp_path / "s"], capsys)
+    monkeypatch.undo()
+    assert made == [[], ["x_gradient_map.npy"]]
+    assert [Path(r["map_npy"]).name for r in out["results"]] == ["x_gradient_map.npy", "x_2_gradient_map.npy"]
+    assert (tmp_path / "s" / "x_input.png").is_file() and (tmp_path / "s" / "x_2_input.png").is_file()
+    _, err = clirun.run_cli(["saliency", photo, photo, photo, "--model", tiny_path, "--batch-size", "2",
+                             "--out", tmp_path / "p"], capsys)
+    assert "of images 1-2 of 3" in err and "of images 3-3 of 3" in err
