@@ -233,8 +233,11 @@ def _maps_for(net, cache, items, top, batch_size, rule, ten_crop, what):
     step = batch_size * max(1, -(-8 // batch_size))   # photos between progress lines: a whole number
                                                       # of batches, about 8 photos
     for s in range(0, len(items), step):
-        chunk = [(k, key, read(), extra) for k, (key, read, extra) in enumerate(items[s:s + step], s)]
-        chunk = [(k, key, got[0], got[1], extra) for k, key, got, extra in chunk if got is not None]
+        chunk = []                                      # (index, key, image, anything, extra) of the readable
+        for k, (key, read, extra) in enumerate(items[s:s + step], s):
+            got = read()
+            if got is not None:
+                chunk.append((k, key, *got, extra))
         entries, todo = [], []
         for i, (_, key, img, _, extra) in enumerate(chunk):
             e = cache.get(key, img.shape[:2], extra)
@@ -335,31 +338,25 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     kw = dict(segment_kw) if segment_kw is not None else tuned_segment_kwargs(ten_crop, rule)
     maps = MapCache(cache_root, net, model_key, ten_crop, rule, ds.root or "data", cache, batch_size)
 
-    def reader(i):
-        def read():                     # as evaluate classification does: an unreadable photo is skipped, said
-            try:
-                return load_image(ds.paths[i]), None
-            except ImageReadError as e:
-                _say(f"skipping unreadable file: {e}")
-                return None
-        return read
     # the cache's key is the file name: x.JPEG and x.png are two photos (the stem shared one entry)
-    items = [(ds.paths[i].name, reader(i), [int(targets[i])]) for i in indices]
+    items = [(ds.paths[i].name, _skipping(lambda p=ds.paths[i]: (load_image(p), None), ImageReadError),
+              [int(targets[i])]) for i in indices]
     _say(f"{len(items)} photos; maps: {'all five guesses and ' if all_maps else ''}the true class, "
          f"{'10-crop' if ten_crop else 'single view'}, rule {rule}; graph cut {kw}")
-    kept, light, t_net = [0], [], [0.0]
+    kept, light, t_net = 0, [], 0.0
 
     def records():                      # made as evaluate asks for them: a few photos and maps held at a time
+        nonlocal kept, t_net
         it = _maps_for(net, maps, items, 5 if all_maps else 0, batch_size, rule, ten_crop, "saliency")
         while True:
             t0 = time.perf_counter()
             got = next(it, None)
-            t_net[0] += time.perf_counter() - t0
+            t_net += time.perf_counter() - t0
             if got is None:
                 return
             k, img, _, entry = got
             i = indices[k]
-            kept[0] += 1
+            kept += 1
             r = _record(ds, i, ds.paths[i].stem, img, int(targets[i]), entry)
             if details:                 # what the details file adds; nothing per photo otherwise
                 light.append(LocSummary(r.gt_label, r.gt_boxes, r.top5))
@@ -371,10 +368,28 @@ def localisation_error(net, ds, indices, targets, *, model_key, cache_root, cach
     except NoRecordsError:
         raise ValueError(f"no readable photos among the {len(indices)} selected in {ds.root or 'the data'}") \
             from None
-    res["seconds"] = {"network": round(t_net[0], 1),    # the maps (and the photos' decoding)
-                      "segmentation_and_scoring": round(time.perf_counter() - t_all - t_net[0], 1)}
-    res["skipped_unreadable"] = len(indices) - kept[0]
+    res["seconds"] = {"network": round(t_net, 1),    # the maps (and the photos' decoding)
+                      "segmentation_and_scoring": round(time.perf_counter() - t_all - t_net, 1)}
+    res["skipped_unreadable"] = len(indices) - kept
     return res, light
+
+
+def _skipping(read, error, skipped=None):
+    """A read for _maps_for: ``read()``, or None when it raises ``error`` (an unreadable file: said,
+    and appended to ``skipped``)."""
+    def skipping_read():
+        try:
+            return read()
+        except error as e:
+            _say(f"skipping unreadable file: {e}")
+            if skipped is not None:
+                skipped.append(str(e))
+            return None
+    return skipping_read
+
+
+def _image_and_trimap(pet):
+    return pet.image, pet.trimap
 
 
 @dataclass
@@ -453,19 +468,9 @@ def cmd_evaluate_segmentation(args):
     kw = segment_kwargs(args)
     cache = MapCache(args.cache, net, args.model, args.ten_crop, args.rule, args.data, not args.no_cache,
                      args.batch_size)
-
-    def reader(name):
-        def read():                     # as the other evaluations: an unreadable pair is skipped, said
-            try:
-                pet = read_pet(args.data, name)
-            except PetReadError as e:
-                _say(f"skipping unreadable file: {e}")
-                unreadable.append(name)
-                return None
-            return pet.image, pet.trimap
-        return read
     # decoded a few at a time as the maps are made (see _maps_for), not all first
-    items = [(name, reader(name), []) for name in readable]
+    items = [(name, _skipping(lambda n=name: _image_and_trimap(read_pet(args.data, n)), PetReadError, unreadable),
+              []) for name in readable]
     fracs = [float(f) for f in THRESHOLD_FRACTIONS] if args.threshold_fraction is None \
         else [float(args.threshold_fraction)]
     iou = {"graphcut": [], "graphcut_component": [], "whole_image": []}

@@ -133,15 +133,14 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
         if not details:
             one.update({m: {k: one[m][k] for k in (*FLAGS, "fallbacks")} for m in fixed})
         for m in swept:
-            at = [_judge_image(r, (m,), f, f, segment_kwargs)[m] for f in grids[m]]
-            one[m] = np.array([[-1 if v[k] is None else v[k] for k in FLAGS] for v in at], np.int8)
+            one[m], at = _verdicts_at(r, m, grids[m])
             if details:
                 one[m, "boxes"] = at
         judged.append(one)
         box_fractions.append(_largest_box_fraction(r))
     if not judged:
         raise NoRecordsError("evaluate: expected at least one LocRecord, got none")
-    pick = {m: _best_index(judged, m) for m in swept}
+    pick = {m: _best_index(_errors(np.stack([p[m] for p in judged]))) for m in swept}
 
     def verdicts(p, m):
         if m not in swept:
@@ -180,18 +179,27 @@ def evaluate(records, methods=METHODS, pairwise_weight: float | None = None,
 
 
 FLAGS = ("top1", "top5", "gt_known")
+CRITERIA = {"top1_loc_error": 0, "top5_loc_error": 1, "gt_known_loc_error": 2}     # a column of the flags
 
 
-def _best_index(judged, method, criterion="top5_loc_error"):
-    """The index in its grid of the fraction with the lowest ``criterion`` over the judged records (ties:
-    the first), as choose_fractions picks it."""
-    col = {"top1_loc_error": 0, "top5_loc_error": 1, "gt_known_loc_error": 2}[criterion]
-    flags = np.stack([p[method] for p in judged])[:, :, col]          # (N, F)
+def _verdicts_at(r, method, grid):
+    """Record r judged by ``method`` (centre_box or saliency_threshold) at each fraction of ``grid``:
+    (F, 3) int8 flags (top1, top5, gt_known: 1 wrong, 0 right, -1 not measurable), and the verdicts."""
+    at = [_judge_image(r, (method,), f, f, None)[method] for f in grid]
+    return np.array([[-1 if v[k] is None else v[k] for k in FLAGS] for v in at], np.int8), at
 
-    def error(i):
-        counted = [int(v) for v in flags[:, i] if v >= 0]
-        return float("inf") if not counted else _mean_error(counted)
-    return min(range(flags.shape[1]), key=error)
+
+def _errors(flags, criterion="top5_loc_error"):
+    """The error at each fraction from the records' stacked flags (N, F, 3): the mean of the measurable
+    verdicts of ``criterion``, inf where none is."""
+    col = flags[:, :, CRITERIA[criterion]]
+    return [_mean_error([int(v) for v in col[:, i] if v >= 0]) if (col[:, i] >= 0).any() else float("inf")
+            for i in range(col.shape[1])]
+
+
+def _best_index(errors):
+    """The index of the lowest error (ties: the first)."""
+    return min(range(len(errors)), key=errors.__getitem__)
 
 
 def _largest_box_fraction(r):
@@ -206,21 +214,18 @@ def choose_fractions(records, which=("centre_box", "saliency_threshold"),
     on these records (ties: the first in the list).  Returns {"centre_box": f, "saliency_threshold": f,
     "sweep": {method: [(fraction, error), ...]}} for the methods in `which`."""
     records = list(records)
-    if criterion not in ("top1_loc_error", "top5_loc_error", "gt_known_loc_error"):
+    if criterion not in CRITERIA:
         raise ValueError(f"choose_fractions: expected criterion top1_loc_error, top5_loc_error or "
                          f"gt_known_loc_error, got {criterion!r}")
-    grids = {"centre_box": ("centre_fraction", centre_fractions),
-             "saliency_threshold": ("threshold_fraction", threshold_fractions)}
+    if not records:
+        raise ValueError("choose_fractions: expected at least one LocRecord, got none")
+    grids = {"centre_box": centre_fractions, "saliency_threshold": threshold_fractions}
     out = {"sweep": {}}
     for method in which:
-        arg, grid = grids[method]
-        sweep = []
-        for f in grid:
-            res = evaluate(records, methods=(method,), **{arg: float(f)})["methods"][method]
-            err = res[criterion]
-            sweep.append((float(f), float("inf") if err is None else err))
-        out["sweep"][method] = sweep
-        out[method] = min(sweep, key=lambda fe: fe[1])[0]
+        grid = [float(f) for f in grids[method]]
+        errors = _errors(np.stack([_verdicts_at(r, method, grid)[0] for r in records]), criterion)
+        out["sweep"][method] = list(zip(grid, errors))
+        out[method] = grid[_best_index(errors)]
     return out
 
 
