@@ -168,9 +168,7 @@ def clean_once(folder):
 
 
 def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host (True where that cannot be told: not POSIX)."""
-    if pid == os.getpid():
-        return True
+    """Whether another process ``pid`` runs on this host (True where that cannot be told: not POSIX)."""
     if os.name != "posix":          # os.kill(pid, 0) would end the process on Windows
         return True
     try:
@@ -190,15 +188,8 @@ def staged(folder, name="staged"):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     clean_once(folder)
-    for _ in range(100):
-        stage = Path(str(temp_path(folder / name, tag=secrets.token_hex(4))))
-        try:
-            stage.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"no free staging folder name in {folder}")
+    _, stage = _create_exclusive(folder, temp_prefix(folder / name), ".tmp", make=os.mkdir)
+    stage = Path(stage)
     try:
         with held(stage):
             yield stage
@@ -289,14 +280,16 @@ def atomic_write(path, write, suffix=".tmp"):
         raise
 
 
-def _create_exclusive(folder, prefix, suffix, attempts=100):
+def _create_exclusive(folder, prefix, suffix, make=None, attempts=100):
     """(fd, path) of a new file in ``folder`` named prefix + random + suffix, opened for writing
-    with O_EXCL (never an existing file) and mode 0666 less the umask."""
+    with O_EXCL (never an existing file) and mode 0666 less the umask; or, given ``make`` (os.mkdir),
+    (what make(path) returns, path) of a new entry it made."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    make = make or (lambda name: os.open(name, flags, 0o666))
     for _ in range(attempts):
         name = os.path.join(folder, prefix + secrets.token_hex(4) + suffix)
         try:
-            return os.open(name, flags, 0o666), name
+            return make(name), name
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name in {folder} after {attempts} tries")
