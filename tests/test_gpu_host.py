@@ -603,3 +603,67 @@ def test_each_relu_rule_launches_its_own_named_kernel(host_gpu):
         ran = {k: v - before.get(k, 0) for k, v in host_gpu.launches.items() if v != before.get(k, 0)}
         assert ran == {name: 1}, (code, ran)
         np.testing.assert_array_equal(dx_d.get(), kernels.relu_backward(dy, y, code, 6.0))
+
+
+def _sanitize_kernels():
+    import runpy
+    return runpy.run_path(str(HERE.parent / "bench" / "sanitize_kernels.py"))
+
+
+def test_the_sanitizer_driver_launches_every_kernel_in_both_types(host_gpu, capsys):
+    """bench/sanitize_kernels.py (what compute-sanitizer watches on a GPU) launches each kernel of
+    kernels/gpu.py's list in float and double, and the dW slices' strided-batched GEMM; it puts the
+    launch function and the backend's GEMM back afterwards."""
+    launch, gemm = gpu._launch, host_gpu.gemm_strided_batched
+    assert _sanitize_kernels()["main"]([]) == 0
+    out = capsys.readouterr().out
+    assert "all 34 kernels launched" in out, out
+    table = out[out.index("kernel "):].splitlines()[1:-1]           # its header to the last line
+    rows = {line.split()[0]: line.split()[1:] for line in table}
+    assert set(rows) == {k for names in gpu.KERNELS.values() for k in names} | {"gemm_strided_batched"}
+    assert all(int(n) > 0 for counts in rows.values() for n in counts), rows
+    assert gpu._launch is launch and host_gpu.gemm_strided_batched == gemm
+
+
+def test_the_sanitizer_driver_names_a_kernel_it_never_launched(host_gpu, capsys):
+    """A layer list that has fallen behind the kernels fails, naming what went unchecked."""
+    driver = _sanitize_kernels()
+    every = driver["layers"]
+    driver["main"].__globals__["layers"] = lambda: [t for t in every() if not t[0].startswith("avgpool")]
+    assert driver["main"]([]) == 1
+    err = capsys.readouterr().err
+    assert "never launched: avgpool_fwd<float>, avgpool_fwd<double>, avgpool_bwd_gather<float>, " \
+           "avgpool_bwd_gather<double> (add a layer" in err, err
+
+
+def test_run_gpu_sanitize_reports_each_tool_and_what_it_found(tmp_path):
+    """bench/run_gpu_sanitize.sh end to end on the emulated device with the stand-in sanitizer of
+    tests/emu_site: a tool that reports an error fails the script and its report is shown."""
+    import os
+    import subprocess
+    env = {**os.environ, "SCRATCHNET_EMULATE_GPU": "1", "PYTHONPATH": str(HERE / "emu_site"),
+           "SANITIZER": str(HERE / "emu_site" / "compute-sanitizer"), "TOOLS": "memcheck racecheck",
+           "FAKE_SANITIZER_FINDS": "racecheck", "OUT": str(tmp_path), "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(HERE.parent / "bench" / "run_gpu_sanitize.sh")], capture_output=True,
+                       text=True, env=env, check=False, timeout=300)
+    out = r.stdout
+    assert r.returncode == 1, (r.returncode, out, r.stderr[-2000:])
+    assert "run_gpu_sanitize: memcheck exit 0: ERROR SUMMARY: 0 errors" in out, out
+    assert "run_gpu_sanitize: racecheck exit 9: ERROR SUMMARY: 1 error" in out, out
+    assert "racecheck: =========     at void relu_fwd<float>" in out, out
+    assert "sanitize_kernels: all 34 kernels launched" in out, out
+    assert out.rstrip().splitlines()[-1].startswith("run_gpu_sanitize: found something or failed in: racecheck;")
+    assert "all 34 kernels launched" in (tmp_path / "memcheck.log").read_text()
+
+
+def test_the_rehearsals_tf32_switches_record_what_set_tf32_asks():
+    """tests/emu_site gives the rehearsal CuPy's private TF32 switches (recording, changing nothing), so
+    that bench_gpu.py --tf32 runs its whole path there."""
+    import os
+    import subprocess
+    code = ("import cupy, hostcupy; from scratchnet.kernels import gpu; gpu.set_tf32(True); a = dict(hostcupy.TF32); "
+            "gpu.set_tf32(False); print(a, hostcupy.TF32)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                       env={**os.environ, "SCRATCHNET_EMULATE_GPU": "1", "PYTHONPATH": str(HERE / "emu_site")})
+    assert r.stdout.strip() == "{'compute_type': 7, 'math_mode': 3} {'compute_type': 1, 'math_mode': 0}", \
+        (r.stdout, r.stderr[-2000:])

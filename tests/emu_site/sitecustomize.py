@@ -19,3 +19,4 @@ if os.environ.get("SCRATCHNET_EMULATE_GPU") == "1":
     import hostcupy  # noqa: E402
     sys.modules["cupy"] = hostcupy          # before scratchnet.backend looks for CuPy
     hostcupy.install_emulated_raw_module()
+    hostcupy.install_tf32_switches()        # bench_gpu.py --tf32 runs its whole path (nothing changes)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# NVIDIA's compute-sanitizer over every CUDA kernel of kernels/*.cu, on a real GPU: bench/sanitize_kernels.py
+# (each kernel launched in float32 and float64 at small odd shapes, CuPy's memory pool off) under its four
+# tools, one after the other:
+#   memcheck   an access outside an allocation (a read just past an array's end included), a misaligned one
+#   racecheck  two threads of a block touching one shared-memory word without a barrier between (loss.cu)
+#   synccheck  a __syncthreads() that not every thread of the block reaches
+#   initcheck  a read of device memory that nothing wrote (an output element a kernel left unwritten and
+#              the next one read)
+# The emulator of tests/cuda_emu.h (CI) runs the kernels' C++ on the CPU and catches wrong indices, lost
+# updates and results that depend on the order threads run in; these are what it cannot see.
+#
+# Part of bench/run_gpu_all.sh (after the tests, the benchmark and the visualisers, when time is left);
+# alone, through the device tool:
+#     run(command="bash bench/run_gpu_sanitize.sh", timeout_s=300)
+# Each tool's log is $OUT/<tool>.log; the last line says which tools found errors. TOOLS (a list) and
+# SANITIZE_TIMEOUT (seconds per tool, default 60) change what runs; SANITIZER names the binary if it is
+# neither on the PATH nor in /usr/local/cuda*/bin.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/scratchnet_gpu_sanitize}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+. bench/gpu_env.sh "$OUT/install.log"           # scratchnet importable
+
+SAN=${SANITIZER:-$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+    /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)}
+if [ -z "$SAN" ] || [ ! -x "$SAN" ]; then
+    echo "run_gpu_sanitize: no compute-sanitizer (looked on the PATH and in /usr/local/cuda*/bin; set SANITIZER)"
+    exit 2
+fi
+"$SAN" --version 2>&1 | tail -n 1
+
+failed=""
+for tool in ${TOOLS:-memcheck racecheck synccheck initcheck}; do
+    # --error-exitcode: 9 when the tool found something; otherwise the program's own exit status (1: a
+    # kernel never launched, 2: no GPU); 124 a timeout. memcheck would also count the CUDA API errors
+    # that libraries provoke and handle (probes for optional symbols): not ours to judge, and an error of
+    # ours in a call is CuPy's exception, which fails the program anyway
+    opts=()
+    [ "$tool" = memcheck ] && opts=(--report-api-errors no)
+    timeout -k 5 "${SANITIZE_TIMEOUT:-60}" "$SAN" --tool "$tool" "${opts[@]}" --error-exitcode 9 --print-limit 20 \
+        $PY bench/sanitize_kernels.py >"$OUT/$tool.log" 2>&1
+    rc=$?
+    summary=$(grep -m 1 -o "\(ERROR\|RACECHECK\) SUMMARY:.*" "$OUT/$tool.log")
+    echo "run_gpu_sanitize: $tool exit $rc: ${summary:-no summary line}"
+    if [ "$rc" -ne 0 ]; then
+        failed="$failed $tool"
+        # the first reports, with the kernel each names
+        grep -m 12 "^=========  *\(Invalid\|Race\|Error\|Uninitialized\|Barrier\|Program hit\|at \)" "$OUT/$tool.log" \
+            | sed "s/^/  $tool: /"
+        grep -m 3 "^sanitize_kernels: [nN]\|Error\|Traceback" "$OUT/$tool.log" | grep -v "^=" | sed "s/^/  $tool: /"
+    fi
+done
+grep -m 1 "^sanitize_kernels: all" "$OUT/memcheck.log" 2>/dev/null
+echo "run_gpu_sanitize: ${failed:+found something or failed in:}${failed:-no tool found anything}; logs in $OUT"
+[ -z "$failed" ]
