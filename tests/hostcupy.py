@@ -390,6 +390,7 @@ def _cublas():
 
 cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms,
                              get_cublas_handle=lambda: 0, device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
+                             set_allocator=lambda allocator=None: None,      # no memory pool here to switch off
                              # the libraries scratchnet.backend.gpu_problem checks (no CUDA behind them here)
                              nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)),
                              cublas=_cublas())

@@ -14,6 +14,7 @@ tests/test_gpu.py's ``cuda`` cases and bench/run_gpu_checks.sh do that on a GPU.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -648,12 +649,30 @@ def test_run_gpu_sanitize_reports_each_tool_and_what_it_found(tmp_path):
                        text=True, env=env, check=False, timeout=300)
     out = r.stdout
     assert r.returncode == 1, (r.returncode, out, r.stderr[-2000:])
-    assert "run_gpu_sanitize: memcheck exit 0: ERROR SUMMARY: 0 errors" in out, out
-    assert "run_gpu_sanitize: racecheck exit 9: ERROR SUMMARY: 1 error" in out, out
+    assert re.search(r"run_gpu_sanitize: without the sanitizer exit 0 in \d+ s: sanitize_kernels: all 34", out), out
+    assert re.search(r"run_gpu_sanitize: memcheck exit 0 in \d+ s: ERROR SUMMARY: 0 errors", out), out
+    assert re.search(r"run_gpu_sanitize: racecheck exit 9 in \d+ s: ERROR SUMMARY: 1 error", out), out
     assert "racecheck: =========     at void relu_fwd<float>" in out, out
     assert "sanitize_kernels: all 34 kernels launched" in out, out
     assert out.rstrip().splitlines()[-1].startswith("run_gpu_sanitize: found something or failed in: racecheck;")
     assert "all 34 kernels launched" in (tmp_path / "memcheck.log").read_text()
+    # racecheck and synccheck are held to our kernels (by name), memcheck is not
+    args = (tmp_path / "racecheck.log").read_text()
+    assert "--kernel-name kns=relu_fwd" in args and "--kernel-name kns=softmax_xent_fwd_bwd" in args, args
+    assert "--kernel-name" not in (tmp_path / "memcheck.log").read_text()
+
+
+def test_run_gpu_sanitize_runs_no_tool_when_the_program_fails_without_it(tmp_path):
+    """No GPU (no emulation either): the run without the sanitizer says so, and no tool runs."""
+    import subprocess
+    env = {**hostcupy.env_without_emulation(), "SANITIZER": str(HERE / "emu_site" / "compute-sanitizer"),
+           "OUT": str(tmp_path), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run(["bash", str(HERE.parent / "bench" / "run_gpu_sanitize.sh")], capture_output=True,
+                       text=True, env=env, check=False, timeout=300)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert re.search(r"without the sanitizer exit 2 in \d+ s", r.stdout), r.stdout
+    assert "plain: sanitize_kernels: needs a GPU" in r.stdout, r.stdout
+    assert "no tool run" in r.stdout and not (tmp_path / "memcheck.log").exists(), r.stdout
 
 
 def test_the_rehearsals_tf32_switches_record_what_set_tf32_asks():
