@@ -13,9 +13,9 @@ import numpy as np
 
 
 @nb.njit(parallel=True, cache=True)
-def maxpool_fwd(x, kh, kw, sh, sw, pt, pl, y, sw_):
-    """x (N, C, H, W) -> y (N, C, oh, ow), switches sw_ (N, C, oh, ow) int32 (flat index into H*W),
-    written into the y and sw_ given."""
+def maxpool_fwd(x, kh, kw, sh, sw, pt, pl, y, switches):
+    """x (N, C, H, W) -> y (N, C, oh, ow), switches (N, C, oh, ow) int32 (flat index into H*W),
+    written into the y and switches given."""
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
     for nc in nb.prange(n * c):
@@ -38,7 +38,7 @@ def maxpool_fwd(x, kh, kw, sh, sw, pt, pl, y, sw_):
                             best = v
                             arg = yy * w + xx
                 y[i, j, oy, ox] = best
-                sw_[i, j, oy, ox] = arg
+                switches[i, j, oy, ox] = arg
 
 
 @nb.njit(parallel=True, cache=True)

@@ -98,7 +98,7 @@ __global__ void avgpool_fwd(const T* __restrict__ x, T* __restrict__ y, const id
 }
 
 // dy (NC, oh, ow) -> dx (NC, h, w); one thread per input element: the sum of dy / div over the
-// windows containing it, window offsets (i, j) in increasing order as in the CPU code.
+// windows containing it, window offsets (a, b) in increasing order as in the CPU code.
 template <typename T>
 __global__ void avgpool_bwd_gather(const T* __restrict__ dy, T* __restrict__ dx, const idx_t total,
                                    const int h, const int w, const int kh, const int kw,

@@ -67,15 +67,20 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy, rule="gradient", param_grads=True, input_grad=True):
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i][1]
-            dy = layer.backward(dy, rule, param_grads, input_grad or i > 0)
-            below = self.layers[i - 1][1]._out if i > 0 else None     # what the layer below gave it
-            if below is not None and tuple(getattr(dy, "shape", ())) != below[0]:
-                raise ShapeError(f"{layer.label()}: backward returned dx of shape {tuple(getattr(dy, 'shape', ()))}"
-                                 f", not the shape {below[0]} of its input (the output of "
-                                 f"{self.layers[i - 1][1].label()})")
+        """The chain rule, last layer first: each layer turns d/d(its output) into d/d(its input);
+        the layers below the first need their input gradient even when the caller does not."""
+        for i in reversed(range(len(self.layers))):
+            dy = self.layers[i][1].backward(dy, rule, param_grads, input_grad or i > 0)
+            self._check_dx(i, dy)
         return dy
+
+    def _check_dx(self, i, dx):
+        """Layer i's dx must have the shape of its input, the output of layer i - 1."""
+        below = self.layers[i - 1][1]._out if i > 0 else None
+        if below is not None and tuple(getattr(dx, "shape", ())) != below[0]:
+            raise ShapeError(f"{self.layers[i][1].label()}: backward returned dx of shape "
+                             f"{tuple(getattr(dx, 'shape', ()))}, not the shape {below[0]} of its input (the "
+                             f"output of {self.layers[i - 1][1].label()})")
 
 
 class Concat(Layer):

@@ -120,17 +120,24 @@ def im2col_reference(xpad, kernel, stride, out_hw):
     return view.reshape(c * kh * kw, n * oh * ow)
 
 
+def under_offset(i, j, stride, out_hw):
+    """The index, into a padded input (..., Hp, Wp), of the pixel each output (p, q) sees at kernel offset
+    (i, j): xpad[..., p*sh + i, q*sw + j] for all p < oh, q < ow, as a strided view (oh, ow)."""
+    (sh, sw), (oh, ow) = stride, out_hw
+    return (Ellipsis, slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+
+
 def col2im_reference(cols, padded_shape, kernel, stride, out_hw):
     """Inverse scatter of im2col in array code: one strided add per kernel offset (i, j); within one
     add the targets are distinct, so no atomics are needed on any backend."""
     xp = get_array_module(cols)
-    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    (kh, kw), (oh, ow) = kernel, out_hw
     n, c, hp, wp = padded_shape
     c6 = cols.reshape(c, kh, kw, n, oh, ow)
     dx = xp.zeros((n, c, hp, wp), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += c6[:, i, j].transpose(1, 0, 2, 3)
+            dx[under_offset(i, j, stride, out_hw)] += c6[:, i, j].transpose(1, 0, 2, 3)
     return dx
 
 
@@ -278,27 +285,20 @@ class Conv2d(Layer):
             return xp.matmul(Wg.transpose(0, 2, 1), dy4).reshape(n, self.in_channels, oh, ow)
         _, cols, padded_shape, pads = self._cache
         k = cols.shape[0]                                                      # C*kh*kw (reshapes name it: N may be 0)
-        if kind == "wide":
-            wp = padded_shape[3]
-            dy2 = kernels.nchw_to_rows(dy, wp).reshape(g, o // g, n * oh * wp)  # junk columns get 0
-            if param_grads:
-                dW = (kernels.weight_grad(dy2[0], cols) if g == 1
-                      else _grouped_matmul(dy2, cols.reshape(g, k // g, n * oh * wp), trans_b=True))
-                self.grads["W"] = dW.reshape(W.shape)
-            if not input_grad:
-                return None
-            dcols = _grouped_matmul(Wg, dy2, trans_a=True)                      # (G, K/G, N*oh*Wp)
-            dxpad = kernels.col2im_wide(dcols.reshape(k, n * oh * wp), padded_shape, self.kernel, oh)
-            return _unpad(dxpad, pads)
-        dy2 = kernels.nchw_to_rows(dy).reshape(g, o // g, n * oh * ow)       # dy laid out as the rows of y
-        colsg = cols.reshape(g, k // g, n * oh * ow)                           # (G, K/G, N*P)
-        if param_grads:                                                        # one GEMM per group
-            dW = kernels.weight_grad(dy2[0], cols) if g == 1 else _grouped_matmul(dy2, colsg, trans_b=True)
+        wr = padded_shape[3] if kind == "wide" else ow                         # a row's width: Wp wide, ow plain
+        # dy laid out as the rows of y (the wide layout's junk columns get 0); dW = dy @ cols.T, one GEMM a group
+        dy2 = kernels.nchw_to_rows(dy, wr).reshape(g, o // g, n * oh * wr)
+        if param_grads:
+            dW = (kernels.weight_grad(dy2[0], cols) if g == 1
+                  else _grouped_matmul(dy2, cols.reshape(g, k // g, n * oh * wr), trans_b=True))
             self.grads["W"] = dW.reshape(W.shape)
         if not input_grad:
             return None
-        dcols = _grouped_matmul(Wg, dy2, trans_a=True)                          # (G, K/G, N*P)
-        dxpad = kernels.col2im(dcols.reshape(k, n * oh * ow), padded_shape, self.kernel, self.stride, (oh, ow))
+        dcols = _grouped_matmul(Wg, dy2, trans_a=True).reshape(k, n * oh * wr)  # W.T @ dy, (K, N*oh*Wr)
+        if kind == "wide":
+            dxpad = kernels.col2im_wide(dcols, padded_shape, self.kernel, oh)
+        else:
+            dxpad = kernels.col2im(dcols, padded_shape, self.kernel, self.stride, (oh, ow))
         return _unpad(dxpad, pads)
 
 
@@ -333,13 +333,13 @@ def _unpad(xpad, pads):
 def _depthwise_forward(xpad, W, stride, out_hw):
     """y[n, c] = sum_ij W[c, 0, i, j] * xpad[n, c, i::sh, j::sw]  (kh*kw shifted multiply-adds)."""
     xp = get_array_module(xpad)
-    (sh, sw), (oh, ow) = stride, out_hw
+    oh, ow = out_hw
     n, c = xpad.shape[:2]
     kh, kw = W.shape[2:]
     y = xp.zeros((n, c, oh, ow), dtype=xpad.dtype)
     for i in range(kh):
         for j in range(kw):
-            y += W[:, 0, i, j].reshape(1, c, 1, 1) * xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            y += W[:, 0, i, j].reshape(1, c, 1, 1) * xpad[under_offset(i, j, stride, out_hw)]
     return y
 
 
@@ -351,14 +351,13 @@ def _depthwise_backward(dy, xpad, W, stride, param_grads, input_grad):
 
     (the reference twin of kernels/cpu_depthwise.py, offset by offset)."""
     xp = get_array_module(dy)
-    sh, sw = stride
     n, c, oh, ow = dy.shape
     kh, kw = W.shape[2:]
     dW = xp.zeros_like(W) if param_grads else None
     dxpad = xp.zeros_like(xpad) if input_grad else None
     for i in range(kh):
         for j in range(kw):
-            sl = (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+            sl = under_offset(i, j, stride, (oh, ow))
             if param_grads:
                 dW[:, 0, i, j] = (dy * xpad[sl]).sum(axis=(0, 2, 3))
             if input_grad:

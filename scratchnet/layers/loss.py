@@ -25,20 +25,9 @@ def log_softmax(scores):
 
 def softmax_cross_entropy(scores, labels):
     """Return (mean loss as a Python float, d(loss)/d(scores) (N, K))."""
-    dtype = getattr(scores, "dtype", None)
-    if dtype not in (np.float32, np.float64):         # the GPU kernel has these two; so has the CPU
-        got = f"dtype {dtype}" if dtype is not None else type(scores).__name__
-        raise ValueError(f"softmax_cross_entropy: expected float32 or float64 scores (an array), got {got}")
+    labels = _checked_inputs(scores, labels)
     xp = get_array_module(scores)
-    if scores.ndim != 2:
-        raise ValueError(f"softmax_cross_entropy: expected scores of shape (N, K), got {tuple(scores.shape)}")
-    labels = to_device(labels, device_of(scores))           # an array where the scores are (labels are small)
     n, k = scores.shape
-    if n == 0:
-        raise ValueError("softmax_cross_entropy: an empty batch (N = 0) has no mean loss: expected N >= 1")
-    if labels.shape != (n,) or labels.dtype.kind not in "iu":
-        raise ValueError(f"softmax_cross_entropy: expected integer labels of shape ({n},), "
-                         f"got {labels.dtype} {tuple(labels.shape)}")
     if kernels.on_gpu(scores):
         # one fused CUDA kernel (kernels/loss.cu), same formulas. A label outside [0, K) leaves its row's
         # loss NaN, so the labels are looked at only then: each look is a wait for the GPU.
@@ -55,9 +44,27 @@ def softmax_cross_entropy(scores, labels):
     return float(loss), d / n
 
 
+def _checked_inputs(scores, labels):
+    """Refuse scores that are not a float32/float64 (N, K) array with N >= 1, or labels that are not N
+    integers; return the labels as an array on the scores' device. (Whether each label is in [0, K) is
+    _check_labels', which on the GPU runs only when the loss says so.)"""
+    dtype = getattr(scores, "dtype", None)
+    if dtype not in (np.float32, np.float64):         # the GPU kernel has these two; so has the CPU
+        got = f"dtype {dtype}" if dtype is not None else type(scores).__name__
+        raise ValueError(f"softmax_cross_entropy: expected float32 or float64 scores (an array), got {got}")
+    if scores.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy: expected scores of shape (N, K), got {tuple(scores.shape)}")
+    labels = to_device(labels, device_of(scores))           # an array where the scores are (labels are small)
+    n = scores.shape[0]
+    if n == 0:
+        raise ValueError("softmax_cross_entropy: an empty batch (N = 0) has no mean loss: expected N >= 1")
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"softmax_cross_entropy: expected integer labels of shape ({n},), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    return labels
+
+
 def _check_labels(labels, k):
-    if not len(labels):
-        return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= k:
         raise ValueError(f"softmax_cross_entropy: labels must be class indices in [0, {k}), "
@@ -69,7 +76,6 @@ def softmax_cross_entropy_naive(scores, labels):
     p[k] = exp(s[k]) / sum_j exp(s[j]) (shifted by m = max s: the same p), loss = mean -log p[y]
     = mean (log sum_j exp(s[j] - m) - (s[y] - m)), dscores[n, k] = (p[k] - [k == y_n]) / N.
     scores (N, K), labels (N,)."""
-    import numpy as np
     n, k = scores.shape
     d = np.zeros((n, k))
     total = 0.0

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..backend import get_array_module
 from ..checks import check_int, is_int
 from .base import Layer, check_input
@@ -73,7 +75,6 @@ def lrn_reference(x, size, alpha, beta, k):
 
 def _lrn_scale_naive(x, size, alpha, k):
     """s of the module docstring by a loop over channels (for tests): s[c] = k + alpha * window sum."""
-    import numpy as np
     c = x.shape[1]
     s = np.empty_like(x)
     for ci in range(c):
@@ -110,7 +111,6 @@ class BatchNorm2d(Layer):
 
     def __init__(self, channels, eps=1e-5, name=None):
         super().__init__(name)
-        import numpy as np
         self.channels, self.eps = check_int("BatchNorm2d", "channels", channels, 1), float(eps)
         self.params.update(gamma=np.ones(channels, np.float32), beta=np.zeros(channels, np.float32))
         self.stats = dict(mean=np.zeros(channels, np.float32), var=np.ones(channels, np.float32))
@@ -149,7 +149,6 @@ class BatchNorm2d(Layer):
 def batchnorm_naive(x, gamma, beta, mean, var, eps):
     """y[:, c] = gamma[c] * (x[:, c] - mean[c]) / sqrt(var[c] + eps) + beta[c], channel by channel
     (for tests).  x (N, C, H, W); gamma, beta, mean, var (C,)."""
-    import numpy as np
     y = np.empty(x.shape, dtype=np.result_type(x, gamma))
     for c in range(x.shape[1]):
         y[:, c] = gamma[c] * (x[:, c] - mean[c]) / math.sqrt(var[c] + eps) + beta[c]
@@ -161,7 +160,6 @@ def fold_batchnorm(W, b, gamma, beta, mean, var, eps):
 
     W (O, C/g, kh, kw), b (O,) or None; the others (O,). Returns (W', b') with
     W' = W * a[:, None, None, None], b' = (b - mean) * a + beta, a = gamma / sqrt(var + eps)."""
-    import numpy as np
     a = gamma / np.sqrt(var + eps)
     b = np.zeros_like(mean) if b is None else b
     return (W * a[:, None, None, None]).astype(W.dtype), ((b - mean) * a + beta).astype(W.dtype)

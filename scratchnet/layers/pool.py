@@ -22,7 +22,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .base import Layer, ShapeError, check_input
-from .conv import _pair, normalise_padding, pad_nchw
+from .conv import _pair, normalise_padding, pad_nchw, under_offset
 from scratchnet import kernels
 
 
@@ -113,9 +113,9 @@ class AvgPool2d(_Pool2d):
         y = xp.zeros((n, c, oh, ow), dtype=x.dtype)
         for i in range(kh):
             for j in range(kw):
-                y += xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                y += xpad[under_offset(i, j, self.stride, (oh, ow))]
         div = self._divisor(h, w, oh, ow, xp, x.dtype)
-        self._cache = (x.shape, (t, hp - h - t, l, wp - w - l), div)
+        self._cache = ("cpu", x.shape, (t, hp - h - t, l, wp - w - l), div)
         return self.kept_output(y / div)
 
     def _divisor(self, h, w, oh, ow, xp, dtype):
@@ -136,15 +136,14 @@ class AvgPool2d(_Pool2d):
         if self._cache[0] == "gpu":
             return kernels.avgpool_backward(dy, self._cache[1], self.kernel, self.stride, self.padding)
         xp = get_array_module(dy)
-        shape, pads, div = self._cache
-        n, c, h, w = shape
-        (kh, kw), (sh, sw) = self.kernel, self.stride
+        _, (n, c, h, w), pads, div = self._cache
+        kh, kw = self.kernel
         oh, ow = dy.shape[2:]
         g = dy / div
         dxpad = xp.zeros((n, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=dy.dtype)
         for i in range(kh):
             for j in range(kw):
-                dxpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += g
+                dxpad[under_offset(i, j, self.stride, (oh, ow))] += g
         return dxpad[:, :, pads[0]:pads[0] + h, pads[2]:pads[2] + w]
 
 

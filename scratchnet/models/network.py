@@ -112,6 +112,11 @@ class Network(Sequential):
         (N, C, H, W) (None when input_grad is False), filling every parameter's gradient unless
         param_grads is False."""
         rule = Rule.parse(rule)
+        return super().backward(self._checked_dscores(dscores), rule, param_grads, input_grad)
+
+    def _checked_dscores(self, dscores):
+        """dscores as the last forward's scores are: refused unless an array of their shape on their
+        device; cast to their dtype (a float64 or integer one-hot on a float32 network)."""
         if self._out is None:
             raise ShapeError("network backward before any forward: call forward(x) first (backward "
                              "uses what that forward kept)")
@@ -128,9 +133,7 @@ class Network(Sequential):
         if here != device:
             raise ShapeError(f"dscores is on the {here} but the last forward's scores are on the "
                              f"{device}: move it, e.g. scratchnet.backend.to_device(dscores, {device!r})")
-        if dscores.dtype != dtype:                  # a float64 or integer one-hot on a float32 network
-            dscores = dscores.astype(dtype)
-        return super().backward(dscores, rule, param_grads, input_grad)
+        return dscores.astype(dtype) if dscores.dtype != dtype else dscores
 
     @property
     def num_classes(self):

@@ -200,14 +200,14 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     regularised = bool(jitter or blur_every or clip_pct)   # the objective is then that of a moved image
     controlled = step_control and step_control_applies(optimiser, jitter, blur_every, clip_pct)
     M = len(cls)
-    group = M if batch_size is None else check_int("class_model", "batch_size", batch_size, 1)
+    batch = M if batch_size is None else check_int("class_model", "batch_size", batch_size, 1)
     # The classes go batch_size at a time (the memory of a pass grows with its batch). The start images
-    # are drawn group after group from one generator (the numbers one draw for all would give), and
-    # every group's jitter comes from the generator's state after all of them, as in one batch.
+    # are drawn batch after batch from one generator (the numbers one draw for all would give), and
+    # every batch's jitter comes from the generator's state after all of them, as in one batch.
     starts, after_starts = np.random.default_rng(seed), np.random.default_rng(seed)
     if start_noise:
-        for g0 in range(0, M, group):
-            after_starts.standard_normal((min(group, M - g0),) + tuple(net.input_shape))
+        for g0 in range(0, M, batch):
+            after_starts.standard_normal((min(batch, M - g0),) + tuple(net.input_shape))
     xp = get_array_module(on_net_device(net, np.zeros(1, net.dtype())))
     lo = hi = None
     if clamp:                                   # the input-space values of grey levels 0 and 255
@@ -218,11 +218,11 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
     def penalty(img):
         return lam * to_numpy((img * img).sum(axis=(1, 2, 3))) / u ** 2
 
-    groups = []                                 # per group: (x, scores, objective, step, falls) on the host
+    results = []                                # per batch: (x, scores, objective, step, falls) on the host
     warned_zero = False
-    for g0 in range(0, M, group):
-        part = cls[g0:g0 + group]
-        if progress is not None and group < M:
+    for g0 in range(0, M, batch):
+        part = cls[g0:g0 + batch]
+        if progress is not None and batch < M:
             print(f"  classes {g0 + 1}-{g0 + len(part)} of {M}", file=progress, flush=True)
         shape = (len(part),) + tuple(net.input_shape)
         start = (starts.standard_normal(shape) * (start_noise * u) if start_noise else np.zeros(shape))
@@ -243,14 +243,7 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
             except NonFiniteInputError:
                 if t == 0:
                     raise
-                # a plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): below -1
-                # it grows without bound
-                shrink = lr * 2 * lam / u ** 2
-                why = (f": a plain step scales the image by 1 - lr * 2 * lam / u^2 = {1 - shrink:.3g}, which must stay "
-                       f"above -1 (u = {u:.3g}, one grey level); lower lr or lam"
-                       if optimiser == "plain" and shrink >= 2 else "; lower lr")
-                raise ValueError(f"class_model: the ascent diverged at step {t} of {steps} (the image is no "
-                                 f"longer finite; the scores before it: {scores[-1].tolist()}){why}") from None
+                raise _diverged(t, steps, scores[-1], lr, lam, u, optimiser) from None
             s = to_numpy(out[rows, cols])
             ascended = s if z is None else to_numpy(z[rows, cols].mean(axis=(1, 2)))
             scores.append(s)
@@ -270,24 +263,12 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                 dz = xp.zeros_like(z)
                 dz[rows, cols] = 1.0 / (z.shape[2] * z.shape[3])
                 g = backward_from(net, score_at, dz, "gradient")
-            if t == 0 and not warned_zero and not bool(xp.any(g)):     # said once, not once a group
+            if t == 0 and not warned_zero and not bool(xp.any(g)):     # said once, not once a batch
                 warned_zero = True
-                where = "the start image" if start_noise else "the zero image"
-                print(f"class_model: warning: the class score's gradient at {where} is exactly 0, so the "
-                      "ascent cannot leave it (every unit on the way is off there, e.g. a network with zero biases); "
-                      "the class models will stay blank" + ("" if start_noise else
-                                                            "; start from noise instead: start_noise=10 "
-                                                            "(scratchnet classmodel --start-noise 10)"),
-                      file=sys.stderr)
+                _warn_zero_gradient(start_noise)
             if dy or dx:
                 g = xp.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
-            g = g - (2 * lam / u ** 2) * x
-            if optimiser == "plain":
-                x = x + lr * g
-            else:
-                rms = xp.sqrt((g * g).mean(axis=(1, 2, 3), keepdims=True))
-                v = momentum * v + g / xp.maximum(rms, 1e-30)
-                x = x + xp.asarray((step * u).astype(x.dtype)).reshape(-1, 1, 1, 1) * v
+            x, v = _ascent_step(x, g, v, step, lr, lam, u, optimiser, momentum)
             if blur_every and (t + 1) % blur_every == 0:
                 x = gaussian_blur(x, blur_sigma)
             if clip_pct:
@@ -296,32 +277,72 @@ def class_model(net, classes, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], lam=DE
                 x = x * (norm >= cut.reshape(-1, 1, 1, 1))
             if clamp:
                 x = xp.minimum(xp.maximum(x, lo), hi)
-        groups.append((to_numpy(x), np.array(scores), np.array(objective), step, falls))
-    x_np = np.concatenate([g[0] for g in groups])
-    scores, objective = (np.concatenate([g[i] for g in groups], axis=1) for i in (1, 2))
-    step, falls = np.concatenate([g[3] for g in groups]), np.concatenate([g[4] for g in groups])
+        results.append((to_numpy(x), np.array(scores), np.array(objective), step, falls))
+    x_np = np.concatenate([r[0] for r in results])
+    scores, objective = (np.concatenate([r[i] for r in results], axis=1) for i in (1, 2))
+    step, falls = np.concatenate([r[3] for r in results]), np.concatenate([r[4] for r in results])
     fell = [int(c) for c, first, last in zip(cls, objective[0], objective[-1]) if steps and last < first]
     if fell:
-        if regularised:
-            why = ("the regularisers (jitter, blur, clipping) move the image as well as the ascent; the "
-                   "objective is that of the moved image")
-        else:
-            lengths = (f" (step control brought the steps down to {', '.join(f'{v:.2g}' for v in step)} grey "
-                       "levels: more steps may get past it)" if controlled else "")
-            why = (f"the L2 penalty (lam {lam:g}) outweighs this network's score gradient at steps of {lr:g}"
-                   f"{' grey levels' if optimiser == 'normalised' else ''}{lengths}; try a smaller lam (e.g. "
-                   "0) or lr")
-        print(f"class_model: warning: the objective ended below where it started for class(es) {fell}: {why}",
-              file=sys.stderr)
+        _warn_objective_fell(fell, regularised, controlled, step, lr, lam, optimiser)
     pixels = to_pixels(net, x_np)
     settings = dict(steps=steps, lr=lr, lam=lam, optimiser=optimiser, momentum=momentum, jitter=jitter,
                     blur_every=blur_every, blur_sigma=blur_sigma, clip_pct=clip_pct, clamp=clamp,
                     score_layer=score_at, seed=seed, start_noise=start_noise, step_control=controlled,
                     step_factors=[down, up] if controlled else None,
                     final_steps=step.tolist() if controlled else None,
-                    falls=falls.tolist() if controlled else None, batch_size=group,
+                    falls=falls.tolist() if controlled else None, batch_size=batch,
                     grey_level=u, display="per-image 1st..99th percentile stretch, mean added back")
     return ClassModel(x_np, cls, scores, objective, pixels, stretch(pixels, 1, 99), settings)
+
+
+def _ascent_step(x, dS, v, step, lr, lam, u, optimiser, momentum):
+    """One step up J = S_c - lam ||I / u||^2, whose gradient is g = dS/dI - 2 lam I / u^2. "plain":
+    I + lr g. "normalised": v = momentum v + g / rms(g), then I + step_c u v, where step_c (a class's
+    step, in grey levels u) comes from the step control. x, dS, v (M, C, H, W); step (M,). Returns
+    (x, v)."""
+    xp = get_array_module(x)
+    g = dS - (2 * lam / u ** 2) * x
+    if optimiser == "plain":
+        return x + lr * g, v
+    rms = xp.sqrt((g * g).mean(axis=(1, 2, 3), keepdims=True))
+    v = momentum * v + g / xp.maximum(rms, 1e-30)
+    return x + xp.asarray((step * u).astype(x.dtype)).reshape(-1, 1, 1, 1) * v, v
+
+
+def _diverged(t, steps, last_scores, lr, lam, u, optimiser):
+    """The error for an image that stopped being finite at step t."""
+    # a plain step multiplies the image by 1 - lr 2 lam / u^2 (besides adding lr dS/dI): below -1 it
+    # grows without bound
+    shrink = lr * 2 * lam / u ** 2
+    why = (f": a plain step scales the image by 1 - lr * 2 * lam / u^2 = {1 - shrink:.3g}, which must stay "
+           f"above -1 (u = {u:.3g}, one grey level); lower lr or lam"
+           if optimiser == "plain" and shrink >= 2 else "; lower lr")
+    return ValueError(f"class_model: the ascent diverged at step {t} of {steps} (the image is no "
+                      f"longer finite; the scores before it: {last_scores.tolist()}){why}")
+
+
+def _warn_zero_gradient(start_noise):
+    where = "the start image" if start_noise else "the zero image"
+    print(f"class_model: warning: the class score's gradient at {where} is exactly 0, so the "
+          "ascent cannot leave it (every unit on the way is off there, e.g. a network with zero biases); "
+          "the class models will stay blank" + ("" if start_noise else
+                                                "; start from noise instead: start_noise=10 "
+                                                "(scratchnet classmodel --start-noise 10)"),
+          file=sys.stderr)
+
+
+def _warn_objective_fell(fell, regularised, controlled, step, lr, lam, optimiser):
+    if regularised:
+        why = ("the regularisers (jitter, blur, clipping) move the image as well as the ascent; the "
+               "objective is that of the moved image")
+    else:
+        lengths = (f" (step control brought the steps down to {', '.join(f'{v:.2g}' for v in step)} grey "
+                   "levels: more steps may get past it)" if controlled else "")
+        why = (f"the L2 penalty (lam {lam:g}) outweighs this network's score gradient at steps of {lr:g}"
+               f"{' grey levels' if optimiser == 'normalised' else ''}{lengths}; try a smaller lam (e.g. "
+               "0) or lr")
+    print(f"class_model: warning: the objective ended below where it started for class(es) {fell}: {why}",
+          file=sys.stderr)
 
 
 def linear_score_layer(net):
