@@ -12,12 +12,8 @@ only the image gradient), and skips the image gradient when ``input_grad=False``
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
-import tokenize
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +21,9 @@ import numpy as np
 from ..backend import device_of, get_array_module, to_numpy
 from ..layers import LAYER_TYPES, Rule, Sequential, ShapeError
 from ..layers.base import Layer, byte_order_hint
-from ..tempfiles import atomic_write
+# the file readers and writer (NetworkFileError is imported from here by users of load_network)
+from .npzfile import (NPZ_DAMAGE, NetworkFileError, atomic_savez, check_values, checked_npz_array,  # noqa: F401
+                      npz_member, open_npz)
 
 FORMAT = "scratchnet-network/1"
 
@@ -186,15 +184,6 @@ class Network(Sequential):
         return h.hexdigest()
 
 
-def atomic_savez(path, arrays):
-    """np.savez to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot save to {path}: it is a folder; give a file name, e.g. "
-                                f"{path / 'model.npz'}")
-    atomic_write(path, lambda fh: np.savez(fh, **arrays), suffix=".tmp.npz")
-
-
 def layer_to_spec(layer: Layer) -> dict:
     """{"type", "name", "args", "children"}: enough to rebuild the layer tree."""
     kind = type(layer).__name__
@@ -230,38 +219,6 @@ def layer_from_spec(d: dict) -> Layer:
     return layer
 
 
-def open_npz(path, kind, writer, error=ValueError):
-    """np.load(path) of an existing file that should be an .npz written by ``writer``; ``error``
-    (naming the file, "not a scratchnet {kind}") when it cannot be read or is not a zip archive,
-    instead of NumPy's advice to unpickle it. The caller closes the result (a with block)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(6)
-    except OSError as e:
-        raise error(f"cannot read {kind} file {path}: {e.strerror or e}") from None
-    if not head.startswith(b"PK\x03\x04"):             # every .npz is a zip archive
-        what = "a single .npy array" if head == b"\x93NUMPY" else f"a file starting with {head!r}"
-        raise error(f"{path} is not a scratchnet {kind}: expected an .npz archive as {writer} writes "
-                    f"(a zip file), got {what}")
-    try:
-        with zipfile.ZipFile(path) as z:        # np.load would leave its file open on a damaged archive
-            infos = z.infolist()
-    except Exception as e:
-        raise error(f"{path} is not a scratchnet {kind} (.npz expected): {e}") from None
-    twice = sorted(name for name, n in collections.Counter(i.filename for i in infos).items() if n > 1)
-    if twice:                                   # zipfile would read the last one without a word
-        raise error(f"{path}: the archive holds {twice[0]} more than once (a damaged or altered file); "
-                    f"expected each member once, as {writer} writes")
-    odd = [i for i in infos if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)]
-    if odd:
-        raise error(f"{path}: member {odd[0].filename} uses zip compression method {odd[0].compress_type}; "
-                    f"expected stored or deflated, as NumPy writes (a damaged file?)")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise error(f"{path} is not a scratchnet {kind} (.npz expected): {e}") from None
-
-
 def load_network(path) -> Network:
     """Rebuild a network saved by ``Network.save``; clear errors for files that are not one."""
     path = Path(path)
@@ -287,11 +244,6 @@ def load_network(path) -> Network:
 
 class UnknownLayerType(ValueError):
     """A saved architecture names a layer class that scratchnet.layers.LAYER_TYPES does not hold."""
-
-
-class NetworkFileError(ValueError):
-    """A file that load_network cannot use (not an .npz, not a network, damaged, or parameters it refuses);
-    the message names the file and what is wrong. A missing file is a FileNotFoundError."""
 
 
 def _network_from_npz(z, path) -> Network:
@@ -331,45 +283,3 @@ def _network_from_npz(z, path) -> Network:
             raise NetworkFileError(f"{path}: __meta__ lists {len(names)} {what}, but the network has "
                                    f"{net.num_classes} outputs (one name per class expected)")
     return net
-
-
-#: what reading a damaged or hostile .npz member can raise: a flipped byte (zip CRC), a cut file (EOF,
-#: zlib), a cut .npy header (tokenize), an altered zip method (NotImplementedError), absurd sizes or
-#: nesting (the last three)
-NPZ_DAMAGE = (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
-              tokenize.TokenError, NotImplementedError, MemoryError, OverflowError, RecursionError)
-
-
-def npz_member(z, name, path, error=None):
-    """z[name] as an array, or ``error`` (default NetworkFileError) naming the file: for a member that
-    cannot be read, or that is not an .npy array (np.load hands such a member back as bytes)."""
-    error = error or NetworkFileError
-    try:
-        arr = z[name]
-    except NPZ_DAMAGE as e:
-        raise error(f"{path}: {name} cannot be read (a damaged file?): {type(e).__name__}: {e}") from None
-    if not isinstance(arr, np.ndarray):
-        raise error(f"{path}: {name} is not an .npy array (a damaged file?)")
-    return arr
-
-
-def check_values(arr, what, path, error=None):
-    """``error`` (default NetworkFileError) unless arr is float32 or float64 and finite."""
-    error = error or NetworkFileError
-    if arr.dtype not in (np.float32, np.float64):
-        raise error(f"{path}: {what} has dtype {arr.dtype}, expected float32 or float64")
-    if not np.isfinite(arr).all():
-        raise error(f"{path}: {what} holds NaN or Inf values (saved from a diverged run?)")
-
-
-def checked_npz_array(z, name, shape, path, trailing_ok=False, error=None):
-    """z[name] if it is a finite float32/float64 array of ``shape`` (``trailing_ok``: of that leading shape,
-    any trailing ones: a mean image is (C,) or (C, H, W)), else ``error`` (default NetworkFileError)
-    saying what was expected."""
-    error = error or NetworkFileError
-    arr = npz_member(z, name, path, error)
-    fits = arr.shape[:len(shape)] == tuple(shape) if trailing_ok else arr.shape == tuple(shape)
-    if not fits or arr.dtype not in (np.float32, np.float64) or not np.isfinite(arr).all():
-        raise error(f"{path}: {name} must be a finite float array of shape {tuple(shape)}"
-                    f"{' + (H, W)' if trailing_ok else ''}, got {arr.dtype} {arr.shape}")
-    return arr

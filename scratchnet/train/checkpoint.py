@@ -22,7 +22,7 @@ import numpy as np
 from ..backend import device_of, to_device
 from ..checks import is_int
 from ..layers import Dropout
-from ..models.network import atomic_savez, check_values, checked_npz_array, npz_member, open_npz
+from ..models.npzfile import atomic_savez, check_values, checked_npz_array, npz_member, open_npz
 
 CHECKPOINT_VERSION = 1
 
