@@ -418,35 +418,46 @@ class Trainer:
                 net.backward(dscores, param_grads=True, input_grad=False)
                 with self._uninterrupted():     # the update, the state and metrics.jsonl change together
                     opt.step()
-                    s = st["sums"]
-                    s["loss"] += loss * len(y)
-                    s["correct"] += correct
-                    s["seen"] += len(y)
-                    st["batch"] += 1
-                    st["step"] += 1
-                    dt = time.time() - t0
-                    st["images"] += len(y)
-                    st["seconds"] += dt
-                    if warm:
-                        st["warmup_images"] = st.get("warmup_images", 0) + len(y)
-                        st["warmup_seconds"] = st.get("warmup_seconds", 0.0) + dt
-                        warm = False
-                    self._step_dropout = None
-                    window.append(float(loss))
-                    if st["step"] % c.log_every == 0:
-                        self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
-                                       lr=opt.lr, loss=float(np.mean(window))))
-                        window.clear()
-                ips = _rate(st, self._epoch_start, warm_too=True)
-                self.progress.update(
-                    f"epoch {epoch + 1}/{c.epochs} {st['batch']}/{steps_per_epoch} loss {s['loss'] / s['seen']:.3f} "
-                    f"acc {100 * s['correct'] / s['seen']:.1f}% lr {opt.lr:.2g} {ips:.0f} img/s "
-                    f"eta {_eta((steps_per_epoch - st['batch']) * c.batch_size / max(ips, 1e-9))}")
+                    self._count_step(loss, correct, len(y), time.time() - t0, warm, window, epoch, steps_per_epoch)
+                warm = False
+                self._show_progress(epoch, steps_per_epoch)
                 for cb in self.callbacks:
                     cb(self, dict(epoch=epoch, batch=st["batch"], step=st["step"], loss=loss))
                 if self._stop_requested:
                     raise Stopped(self._stop_requested)
             self._end_epoch(epoch, time.time() - t_epoch)
+
+    def _count_step(self, loss, correct, n, dt, warm, window, epoch, steps_per_epoch):
+        """A step's record in the state (called with the update, uninterrupted): the epoch's sums, the
+        step and image counts, its seconds (also as warm-up: a (re)start's first step), and every
+        log_every steps a "step" line of the mean loss since the last one in metrics.jsonl."""
+        c, st = self.config, self.state
+        s = st["sums"]
+        s["loss"] += loss * n
+        s["correct"] += correct
+        s["seen"] += n
+        st["batch"] += 1
+        st["step"] += 1
+        st["images"] += n
+        st["seconds"] += dt
+        if warm:
+            st["warmup_images"] = st.get("warmup_images", 0) + n
+            st["warmup_seconds"] = st.get("warmup_seconds", 0.0) + dt
+        self._step_dropout = None
+        window.append(float(loss))
+        if st["step"] % c.log_every == 0:
+            self._log(dict(kind="step", step=st["step"], epoch=epoch + st["batch"] / steps_per_epoch,
+                           lr=self.optimiser.lr, loss=float(np.mean(window))))
+            window.clear()
+
+    def _show_progress(self, epoch, steps_per_epoch):
+        c, st = self.config, self.state
+        s = st["sums"]
+        ips = _rate(st, self._epoch_start, warm_too=True)
+        self.progress.update(
+            f"epoch {epoch + 1}/{c.epochs} {st['batch']}/{steps_per_epoch} loss {s['loss'] / s['seen']:.3f} "
+            f"acc {100 * s['correct'] / s['seen']:.1f}% lr {self.optimiser.lr:.2g} {ips:.0f} img/s "
+            f"eta {_eta((steps_per_epoch - st['batch']) * c.batch_size / max(ips, 1e-9))}")
 
     def _end_epoch(self, epoch, wall):
         c, st = self.config, self.state
