@@ -91,10 +91,12 @@ pack
 # 3. compute-sanitizer over every kernel (bench/run_gpu_sanitize.sh), with time to spare: what the CPU
 #    emulator cannot see (an access past a real allocation, a shared-memory race, a barrier not all
 #    threads reach, a read of memory nobody wrote). A run without it (at most 30 s), then as many of its
-#    four tools as fit, most telling first, at most 45 s each (each timed out on its own); 70 s kept for TF32
+#    four tools as fit, most telling first, at most 45 s each (each timed out on its own; 50 s for the run
+#    without and the start-up); 70 s kept for TF32. Like TF32's, its verdict is in the last lines and in
+#    the exit line, not in the exit status, which is the tests', the benchmark's and the visualisers'
 san_rc=skipped
 R=$(( $(left) - 70 ))
-N=$(( (R - 40) / 50 < 4 ? (R - 40) / 50 : 4 ))
+N=$(( (R - 50) / 50 < 4 ? (R - 50) / 50 : 4 ))
 if [ "$N" -ge 1 ]; then
     TOOLS=$(echo memcheck racecheck initcheck synccheck | cut -d " " -f 1-"$N")
     say "3. compute-sanitizer: $TOOLS (at most 45 s each)"

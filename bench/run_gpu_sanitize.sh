@@ -21,6 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/scratchnet_gpu_sanitize}
 mkdir -p "$OUT"
+rm -f "$OUT"/*.log                              # no verdict of an earlier run read as this one's
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 
@@ -54,13 +55,18 @@ ours=()
 for k in $($PY -c "from scratchnet.kernels import gpu; print(*(k for ks in gpu.KERNELS.values() for k in ks))"); do
     ours+=(--kernel-name "kns=$k")
 done
+if [ "${#ours[@]}" -eq 0 ]; then        # racecheck and synccheck would then watch cuBLAS's kernels
+    echo "run_gpu_sanitize: could not list the kernels of scratchnet.kernels.gpu; no tool run"
+    exit 1
+fi
 failed=""
 for tool in ${TOOLS:-memcheck racecheck synccheck initcheck}; do
     # --error-exitcode: 9 when the tool found something; otherwise the program's own exit status (1: a
     # kernel never launched, 2: no GPU; --check-exit-code no, or the tool counts that as one of its
     # errors); 124 a timeout. memcheck would also count the CUDA API errors that libraries provoke and
     # handle (probes for optional symbols): not ours to judge, and an error of ours in a call is CuPy's
-    # exception, which fails the program anyway
+    # exception, which fails the program anyway (--report-api-errors is a memcheck option: the
+    # sanitizer's --help lists it under "Memcheck-specific options")
     case "$tool" in
         memcheck) opts=(--report-api-errors no) ;;
         racecheck|synccheck) opts=("${ours[@]}") ;;
@@ -80,6 +86,6 @@ for tool in ${TOOLS:-memcheck racecheck synccheck initcheck}; do
         grep -m 3 "^sanitize_kernels: [nN]\|Error\|Traceback" "$OUT/$tool.log" | grep -v "^=" | sed "s/^/  $tool: /"
     fi
 done
-grep -m 1 "^sanitize_kernels: all" "$OUT/memcheck.log" 2>/dev/null
+grep -m 1 "^sanitize_kernels: all" "$OUT/plain.log"
 echo "run_gpu_sanitize: ${failed:+found something or failed in:}${failed:-no tool found anything}; logs in $OUT"
 [ -z "$failed" ]

@@ -439,7 +439,8 @@ def install_tf32_switches():
     """Put stand-ins for ``cupy._core._routines_linalg`` and ``cupy_backends.cuda.libs.cublas`` in
     sys.modules: they record in TF32 what set_tf32 asks and change nothing (the emulator's GEMMs are
     NumPy's), so that a rehearsal's ``bench_gpu.py --tf32`` runs its whole path (tests/emu_site). The
-    tests' stand_in_for_cupy hides them again, as it hides a real CuPy's."""
+    tests' stand_in_for_cupy hides ``cupy._core`` again, as it hides a real CuPy's: set_tf32 then fails
+    at its first import, as on the stand-in alone."""
     linalg = types.ModuleType("cupy._core._routines_linalg")
     linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32 = 1, 7       # CuPy 14.2's values
     linalg.set_compute_type = lambda dtype, compute_type: TF32.update(compute_type=compute_type)

@@ -686,3 +686,15 @@ def test_the_rehearsals_tf32_switches_record_what_set_tf32_asks():
                        env={**os.environ, "SCRATCHNET_EMULATE_GPU": "1", "PYTHONPATH": str(HERE / "emu_site")})
     assert r.stdout.strip() == "{'compute_type': 7, 'math_mode': 3} {'compute_type': 1, 'math_mode': 0}", \
         (r.stdout, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("args", [["--tool", "racecheck", "--report-api-errors", "no"],
+                                  ["--tool", "memcheck", "--kernel-name", "relu_fwd"],
+                                  ["--tool", "memcheck", "--check-exit-code", "off"],
+                                  ["--tool", "memchek"], ["--tool", "memcheck", "--report-api-error", "no"]])
+def test_the_stand_in_sanitizer_refuses_what_the_real_one_would(args):
+    """A misspelt option or value in bench/run_gpu_sanitize.sh fails the rehearsal, not the GPU run."""
+    import subprocess
+    r = subprocess.run([str(HERE / "emu_site" / "compute-sanitizer"), *args, "true"], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 255 and "stand-in:" in r.stderr, (r.returncode, r.stderr)
