@@ -1059,3 +1059,19 @@ def test_an_output_folder_on_a_read_only_file_system_says_so(tmp_path, monkeypat
     monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=0))
     with pytest.raises(ValueError, match=r"\(permission denied\)"):
         check_output_paths(SimpleNamespace(out=str(tmp_path / "o")))
+
+
+def test_softmax_cross_entropy_refuses_float_labels_and_names_n():
+    """Labels must be N integers, and the message says N (not K)."""
+    from scratchnet.layers import softmax_cross_entropy
+    with pytest.raises(ValueError, match=r"expected integer labels of shape \(2,\), got float64 \(2,\)"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"expected integer labels of shape \(2,\), got int64 \(3,\)"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1, 2]))
+
+
+def test_a_saved_parameter_with_inf_is_refused_as_well_as_nan():
+    from scratchnet.models.npzfile import NetworkFileError, check_values
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(NetworkFileError, match="NaN or Inf"):
+            check_values(np.array([1.0, bad], np.float32), "W", "f.npz")

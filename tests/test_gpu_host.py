@@ -637,29 +637,99 @@ def test_the_sanitizer_driver_names_a_kernel_it_never_launched(host_gpu, capsys)
            "avgpool_bwd_gather<double> (add a layer" in err, err
 
 
-def test_run_gpu_sanitize_reports_each_tool_and_what_it_found(tmp_path):
-    """bench/run_gpu_sanitize.sh end to end on the emulated device with the stand-in sanitizer of
-    tests/emu_site: a tool that reports an error fails the script and its report is shown."""
+def _run_gpu_sanitize(tmp_path, **env):
+    """bench/run_gpu_sanitize.sh on the emulated device with the stand-in sanitizer of tests/emu_site."""
     import os
     import subprocess
     env = {**os.environ, "SCRATCHNET_EMULATE_GPU": "1", "PYTHONPATH": str(HERE / "emu_site"),
-           "SANITIZER": str(HERE / "emu_site" / "compute-sanitizer"), "TOOLS": "memcheck racecheck",
-           "FAKE_SANITIZER_FINDS": "racecheck", "OUT": str(tmp_path), "PYTHON": sys.executable}
-    r = subprocess.run(["bash", str(HERE.parent / "bench" / "run_gpu_sanitize.sh")], capture_output=True,
-                       text=True, env=env, check=False, timeout=300)
+           "SANITIZER": str(HERE / "emu_site" / "compute-sanitizer"), "OUT": str(tmp_path),
+           "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", str(HERE.parent / "bench" / "run_gpu_sanitize.sh")], capture_output=True,
+                          text=True, env=env, check=False, timeout=300)
+
+
+def test_run_gpu_sanitize_reports_each_tool_and_what_it_found(tmp_path):
+    """bench/run_gpu_sanitize.sh end to end: each tool gets its options, and a tool that reports an
+    error fails the script and its report is shown."""
+    r = _run_gpu_sanitize(tmp_path, FAKE_SANITIZER_FINDS="racecheck")
     out = r.stdout
     assert r.returncode == 1, (r.returncode, out, r.stderr[-2000:])
     assert re.search(r"run_gpu_sanitize: without the sanitizer exit 0 in \d+ s: sanitize_kernels: all 34", out), out
     assert re.search(r"run_gpu_sanitize: memcheck exit 0 in \d+ s: ERROR SUMMARY: 0 errors", out), out
     assert re.search(r"run_gpu_sanitize: racecheck exit 9 in \d+ s: ERROR SUMMARY: 1 error", out), out
     assert "racecheck: =========     at void relu_fwd<float>" in out, out
-    assert "sanitize_kernels: all 34 kernels launched" in out, out
     assert out.rstrip().splitlines()[-1].startswith("run_gpu_sanitize: found something or failed in: racecheck;")
     assert "all 34 kernels launched" in (tmp_path / "memcheck.log").read_text()
-    # racecheck and synccheck are held to our kernels (by name), memcheck is not
-    args = (tmp_path / "racecheck.log").read_text()
-    assert "--kernel-name kns=relu_fwd" in args and "--kernel-name kns=softmax_xent_fwd_bwd" in args, args
-    assert "--kernel-name" not in (tmp_path / "memcheck.log").read_text()
+    # what each tool was given (the stand-in's first line): racecheck and synccheck are held to our
+    # kernels by name, memcheck alone is told to leave CUDA API errors out, and none counts the
+    # program's exit status as one of its errors
+    given = {t: (tmp_path / f"{t}.log").read_text().splitlines()[0]
+             for t in ("memcheck", "racecheck", "synccheck", "initcheck")}
+    assert all("--check-exit-code no --error-exitcode 9" in g for g in given.values()), given
+    for t in ("racecheck", "synccheck"):
+        assert "--kernel-name kns=relu_fwd" in given[t] and "--kernel-name kns=softmax_xent_fwd_bwd" in given[t], given
+    assert "--report-api-errors no" in given["memcheck"] and "--kernel-name" not in given["memcheck"], given
+    assert "--kernel-name" not in given["initcheck"] and "--report-api-errors" not in given["initcheck"], given
+
+
+def test_run_gpu_sanitize_runs_no_tool_when_a_kernel_never_launched(tmp_path):
+    """The run without the sanitizer must pass: a kernel it never launched (exit 1) stops the script."""
+    fake = tmp_path / "py"
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *sanitize_kernels.py*) echo "sanitize_kernels: never launched: x<float>";'
+                    f' exit 1;; esac\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    r = _run_gpu_sanitize(tmp_path, PYTHON=str(fake))
+    assert r.returncode == 1 and "without the sanitizer exit 1" in r.stdout, r.stdout
+    assert "no tool run" in r.stdout and not (tmp_path / "memcheck.log").exists(), r.stdout
+
+
+@pytest.mark.parametrize("left, tools", [(169, ""), (170, "memcheck"), (300, "memcheck racecheck initcheck"),
+                                         (500, "memcheck racecheck initcheck synccheck")])
+def test_run_gpu_all_fits_as_many_sanitizer_tools_as_time_allows(left, tools):
+    """Part 3 of bench/run_gpu_all.sh: 70 s kept for TF32, 50 s for the run without the sanitizer and
+    the start-up, 50 s (45 + the kill's 5) a tool, the most telling first."""
+    import subprocess
+    script = (HERE.parent / "bench" / "run_gpu_all.sh").read_text()
+    part = script[script.index("san_rc=skipped"):script.index('    say "3. compute-sanitizer:')]
+    r = subprocess.run(["bash", "-c", f"left() {{ echo {left}; }}\n{part}fi\necho \"${{TOOLS:-}}\""],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == tools, (left, r.stdout, r.stderr)
+
+
+def test_the_sanitizer_driver_names_a_kernel_launched_in_float_only(host_gpu, capsys):
+    """Each kernel must run in both element types: one launched in float only is named."""
+    driver = _sanitize_kernels()
+    main, every, exercise = driver["main"], driver["layers"], driver["exercise"]
+    g = main.__globals__
+
+    def exercise_without_double_avgpool(dtype, rng, say=print):
+        g["layers"] = every if dtype == np.float32 else (
+            lambda: [t for t in every() if not t[0].startswith("avgpool")])
+        return exercise(dtype, rng, say)
+    g["exercise"] = exercise_without_double_avgpool
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert "never launched: avgpool_fwd<double>, avgpool_bwd_gather<double> (add" in err, err
+
+
+def test_the_sanitizer_driver_switches_off_the_pool_and_cub(host_gpu, monkeypatch):
+    """CuPy's memory pool off (unless --keep-pool) and its reductions off CUB, before any launch."""
+    import types
+    calls = []
+    monkeypatch.setattr(gpu.backend().xp.cuda, "set_allocator", lambda a=None: calls.append(("allocator", a)))
+    acc = types.ModuleType("cupy._core._accelerator")
+    acc.set_reduction_accelerators = lambda v: calls.append(("reduction", v))
+    acc.set_routine_accelerators = lambda v: calls.append(("routine", v))
+    core = types.ModuleType("cupy._core")
+    core._accelerator = acc
+    monkeypatch.setitem(sys.modules, "cupy._core", core)
+    monkeypatch.setitem(sys.modules, "cupy._core._accelerator", acc)
+    main = _sanitize_kernels()["main"]
+    assert main([]) == 0
+    assert calls == [("allocator", None), ("reduction", []), ("routine", [])], calls
+    calls.clear()
+    assert main(["--keep-pool"]) == 0
+    assert calls == [("reduction", []), ("routine", [])], calls
 
 
 def test_run_gpu_sanitize_runs_no_tool_when_the_program_fails_without_it(tmp_path):

@@ -1474,3 +1474,12 @@ def test_a_checkpoint_that_cannot_be_written_says_which_one_is_kept(tmp_path, mo
                                       r"start of epoch 2: make room and continue with --resume"):
         small_trainer(tmp_path / "run").fit()
     assert read_state(tmp_path / "run" / "checkpoint.npz")["step"] == 3
+
+
+def test_each_step_line_logs_the_mean_loss_of_its_own_window(tmp_path):
+    """log_every=1: each "step" line is that step's loss alone (the window is emptied after each line)."""
+    losses = {}
+    tiny_trainer(tmp_path, log_every=1, callbacks=[lambda t, i: losses.__setitem__(i["step"], i["loss"])]).fit()
+    rows = [r for r in metric_rows(tmp_path) if r["kind"] == "step"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == pytest.approx([losses[s] for s in range(1, 7)], rel=1e-12)

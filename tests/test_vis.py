@@ -1396,3 +1396,19 @@ def test_cli_ten_crop_saliency_of_several_photos_names_and_writes_each_in_turn(t
     _, err = clirun.run_cli(["saliency", photo, photo, photo, "--model", tiny_path, "--batch-size", "2",
                              "--out", tmp_path / "p"], capsys)
     assert "of images 1-2 of 3" in err and "of images 3-3 of 3" in err
+
+
+def test_class_model_momentum_carries_the_velocity(live_net):
+    """With momentum the step is mu v + g / rms(g): the velocity is kept from step to step."""
+    a = cm.class_model(live_net, [0, 1], steps=4, momentum=0.0, step_control=False)
+    b = cm.class_model(live_net, [0, 1], steps=4, momentum=0.9, step_control=False)
+    assert not np.array_equal(a.x, b.x)
+
+
+def test_the_zero_gradient_warning_names_the_noise_start(net, capsys):
+    dead = copy.deepcopy(net)
+    for _, lay, key in dead.named_params():
+        lay.params[key] = np.zeros_like(lay.params[key])
+    cm.class_model(dead, [0], steps=1, start_noise=10)
+    err = capsys.readouterr().err
+    assert "gradient at the start image is exactly 0" in err and "start from noise" not in err, err
