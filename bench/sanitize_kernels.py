@@ -65,7 +65,8 @@ def layers():
 def exercise(dtype, rng, say=print):
     """One forward and backward of every layer of ``layers()`` on the GPU, then the loss and the fused
     SGD update, in ``dtype``; the device is synchronised after each so that an error is met there."""
-    xp = backend.get_array_module(backend.to_device(np.zeros(1), "gpu"))
+    from scratchnet.kernels import gpu
+    xp = gpu.backend().xp                   # the array module the GPU kernels allocate with (CuPy)
     for name, layer, shape, rules in layers():
         for _, lay, key in layer.named_params():
             lay.params[key] = (rng.standard_normal(lay.params[key].shape) * 0.5).astype(dtype)

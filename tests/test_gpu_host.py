@@ -734,11 +734,7 @@ def test_the_sanitizer_driver_switches_off_the_pool_and_cub(host_gpu, monkeypatc
 
 def test_run_gpu_sanitize_runs_no_tool_when_the_program_fails_without_it(tmp_path):
     """No GPU (no emulation either): the run without the sanitizer says so, and no tool runs."""
-    import subprocess
-    env = {**hostcupy.env_without_emulation(), "SANITIZER": str(HERE / "emu_site" / "compute-sanitizer"),
-           "OUT": str(tmp_path), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run(["bash", str(HERE.parent / "bench" / "run_gpu_sanitize.sh")], capture_output=True,
-                       text=True, env=env, check=False, timeout=300)
+    r = _run_gpu_sanitize(tmp_path, SCRATCHNET_EMULATE_GPU="0", CUDA_VISIBLE_DEVICES="")   # emu_site acts on "1" only
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr[-2000:])
     assert re.search(r"without the sanitizer exit 2 in \d+ s", r.stdout), r.stdout
     assert "plain: sanitize_kernels: needs a GPU" in r.stdout, r.stdout
