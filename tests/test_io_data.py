@@ -33,6 +33,50 @@ def test_load_image_gives_rgb_uint8_for_rgb_grey_cmyk_and_alpha(tmp_path, rng):
     assert np.all(load_image(tmp_path / "clear.png") == 255)      # fully transparent -> white
 
 
+#: how a viewer shows the stored pixels a (H, W, 3) for each EXIF Orientation value (the EXIF 2.3
+#: table; 5-8 swap height and width)
+SHOWN = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+         5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+         7: lambda a: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+
+
+def save_tagged(path, stored, orientation):
+    """Save the pixels ``stored`` ((H, W, 3) or (H, W) uint8) with an EXIF Orientation tag, as a phone does."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, exif=exif)
+    return path
+
+
+def test_load_image_upright_turns_as_the_exif_orientation_tag_says(tmp_path, rng):
+    """A phone stores a portrait photo sideways with a tag; upright=True shows it as viewers do, the
+    default keeps the stored pixels (a data set's boxes and masks are drawn on those)."""
+    stored = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    for o, shown in SHOWN.items():
+        path = save_tagged(tmp_path / f"o{o}.png", stored, o)
+        assert np.array_equal(load_image(path), stored)
+        assert np.array_equal(load_image(path, upright=True), shown(stored)), o
+    for o in (0, 9):                                                # not an orientation: as stored
+        assert np.array_equal(load_image(save_tagged(tmp_path / f"x{o}.png", stored, o), upright=True), stored)
+    Image.fromarray(stored).save(tmp_path / "plain.jpg", quality=95)          # no EXIF at all
+    assert np.array_equal(load_image(tmp_path / "plain.jpg", upright=True), load_image(tmp_path / "plain.jpg"))
+    assert load_image(save_tagged(tmp_path / "phone.jpg", stored, 6), upright=True).shape == (7, 5, 3)
+    grey = save_tagged(tmp_path / "grey.png", stored[..., 0], 8)     # turned, and converted to RGB
+    assert np.array_equal(load_image(grey, upright=True), np.repeat(np.rot90(stored[..., :1], 1), 3, axis=2))
+
+
+def test_load_image_upright_keeps_the_stored_pixels_when_the_exif_block_cannot_be_read(tmp_path, rng,
+                                                                                        monkeypatch):
+    from PIL import ImageOps
+
+    def unreadable(im):
+        raise SyntaxError("not a TIFF file (header b'garbage' not valid)")
+    stored = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    path = save_tagged(tmp_path / "o6.png", stored, 6)
+    monkeypatch.setattr(ImageOps, "exif_transpose", unreadable)
+    assert np.array_equal(load_image(path, upright=True), stored)
+
+
 def test_unreadable_or_missing_image_error_names_the_file(tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"this is not a JPEG" * 10)

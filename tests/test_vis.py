@@ -663,6 +663,44 @@ def test_cli_saliency_classmodel_deconv_compare(tiny_path, photo, tmp_path, caps
     assert out["gradient_check"]["max_error_rel_to_max_grad"] < 1e-3
 
 
+def test_the_commands_read_a_user_s_photo_upright(tiny_path, tmp_path, capsys, monkeypatch):
+    """A phone's portrait photo, stored sideways with EXIF orientation 6: classify, saliency, deconv,
+    compare-rules and localise give what they give on the same photo saved upright without a tag, and
+    demo --photos reads it upright too."""
+    from PIL import Image
+
+    from scratchnet.cli import main
+    from scratchnet.io import images
+    from scratchnet.vis import report
+    upright = (np.random.default_rng(4).random((24, 18, 3)) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # "turn 90 degrees clockwise to show"
+    Image.fromarray(np.rot90(upright, 1)).save(tmp_path / "phone.png", exif=exif)
+    Image.fromarray(upright).save(tmp_path / "plain.png")
+    got = {}
+    for name in ("phone", "plain"):
+        p, o = tmp_path / f"{name}.png", tmp_path / name
+        assert main(["classify", str(p), "--model", str(tiny_path), "--topk", "5"]) == 0
+        got[name, "classify"] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")]
+        s = run_cli(["saliency", str(p), "--model", str(tiny_path), "--out", str(o / "s")], capsys)["results"][0]
+        got[name, "saliency"] = (s["class_index"], s["score"], np.load(s["map_npy"]).tolist())
+        d = run_cli(["deconv", str(p), "--model", str(tiny_path), "--layer", "dw", "--out", str(o / "d")], capsys)
+        got[name, "deconv"] = [np.load(r["npy"]).tolist() for r in d["results"]]
+        c = run_cli(["compare-rules", str(p), "--model", str(tiny_path), "--check-pixels", "4"], capsys)
+        got[name, "compare-rules"] = c["layers"]
+        loc = run_cli(["localise", str(p), "--model", str(tiny_path), "--out", str(o / "l")], capsys)["results"][0]
+        got[name, "localise"] = (loc["size"], loc["box"], loc["class"], loc["score"])
+    for what in ("classify", "saliency", "deconv", "compare-rules", "localise"):
+        assert got["phone", what] == got["plain", what], what
+    assert got["phone", "localise"][0] == [18, 24]                     # width, height: as viewers show it
+
+    def seen(path, upright=False):
+        raise RuntimeError(f"read upright={upright}")  # the demo reads its photos first: stop there
+    monkeypatch.setattr(images, "load_image", seen)
+    with pytest.raises(RuntimeError, match="read upright=True"):
+        report.demo([str(tiny_path)], tmp_path / "demo", quick=True, photos=[tmp_path / "phone.png"])
+
+
 def test_cli_says_when_a_map_is_zero_everywhere(photo, tmp_path, capsys):
     """Under the DeconvNet rule a class whose weights into the last ReLU are all negative sends nothing
     back (the rule rectifies the returning signal): a warning, not a silently black PNG."""

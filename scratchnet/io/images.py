@@ -8,10 +8,11 @@ PIL does the decoding and the resampling; the colour map is plain NumPy.
 from __future__ import annotations
 
 import errno
+import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..tempfiles import atomic_write
 
@@ -20,16 +21,24 @@ class ImageReadError(ValueError):
     """An image file that is missing or that PIL cannot decode; the message names the file."""
 
 
-def load_image(path) -> np.ndarray:
+def load_image(path, upright: bool = False) -> np.ndarray:
     """Read an image file as RGB.  Returns (H, W, 3) uint8.
 
     Greyscale, palette, CMYK, 16-bit and float (mode F: [0, 1], or [0, 255] when a value is above 1)
     images are converted to RGB, rounded to the nearest level; an alpha channel is composited onto white.  A missing or undecodable file raises ImageReadError naming the file.
+
+    upright=True turns the pixels as the file's EXIF Orientation tag says: a phone's portrait photo,
+    stored sideways with a tag 6, comes out (H, W) as photo viewers show it, and so do the maps and boxes
+    made from it. The default reads the pixels as stored, as ImageNet tools do: a data set's boxes and
+    masks are drawn on the stored pixels. The commands that take a user's photos (classify, saliency,
+    deconv, compare-rules, localise, demo --photos) read them upright; data sets are read as stored.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not later
+            if upright:
+                im = _upright(im)
             return np.asarray(_to_rgb(im), dtype=np.uint8)
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
@@ -39,6 +48,15 @@ def load_image(path) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: PIL says {type(e).__name__}: {e}") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read image {path}: PIL says {type(e).__name__}: {e}") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """The image turned as its EXIF Orientation tag (2-8) says; as stored without one, or when the EXIF
+    block cannot be read (the pixels are still good)."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error):
+        return im
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

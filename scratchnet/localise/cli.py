@@ -46,7 +46,8 @@ def register(sub, ev_sub):
 
     p = sub.add_parser("localise", help="weakly supervised localisation of the top-1 (or a given) class "
                                         "in photos: saliency -> graph cut -> box (paper section 3.2)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="photo files (JPEG, PNG, ...), turned upright as their EXIF orientation tag says")
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--class", dest="cls", default=None,
                    help="class to localise: index, wnid or name (default: each photo's top-1)")
@@ -279,9 +280,9 @@ def cmd_localise(args):
         from ..vis.display import resolve_class
         resolve_class(net, args.cls)
     for path in paths:                  # each read once now (and let go): a bad last photo stops no work
-        load_image(path)
+        load_image(path, upright=True)
     for path, stem in zip(paths, unique_stems(paths)):                # a/x.jpg, b/x.jpg: x, x_2
-        img = load_image(path)
+        img = load_image(path, upright=True)       # as viewers show it: the box is in those pixels
         _say(f"localising in {path} ({img.shape[1]}x{img.shape[0]})")
         r = localise_image(net, img, args.cls, rule=args.rule, ten_crop=args.ten_crop, **kw)
         out.mkdir(parents=True, exist_ok=True)  # after a result: a bad photo or class leaves no empty folder

@@ -29,7 +29,8 @@ def register(sub, ev_sub):
     from ..cli import add_device_arg, add_model_arg, nonnegative_int, positive_int
 
     p = sub.add_parser("classify", help="top-k classes of photos (softmax probabilities and raw scores)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="photo files (JPEG, PNG, ...), turned upright as their EXIF orientation tag says")
     add_model_arg(p, "efficientnet_lite0")      # as saliency, classmodel and demo: its weights come with pip
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to list (default 5)")
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)
@@ -83,7 +84,7 @@ def cmd_classify(args):
     k = min(args.topk, net.num_classes)
     results = []
     for path in args.images:
-        x = prepare(net, [load_image(path)], mode=args.mode)
+        x = prepare(net, [load_image(path, upright=True)], mode=args.mode)
         scores = to_numpy(net.forward(x))[0].astype(np.float64)
         probs = softmax(scores[None])[0]
         top = np.argsort(-scores)[:k]

@@ -30,7 +30,8 @@ def register(sub, ev_sub):
     from . import classmodel as cm
 
     p = sub.add_parser("saliency", help="image-specific class saliency maps (paper section 3)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="photo files (JPEG, PNG, ...), turned upright as their EXIF orientation tag says")
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--class", dest="cls", default=None,
                    help="target class: index, wnid or name (default: each image's top-1)")
@@ -98,7 +99,8 @@ def register(sub, ev_sub):
     p.set_defaults(func=cmd_classmodel)
 
     p = sub.add_parser("deconv", help="reconstruct the image from one neuron of a layer (paper section 4)")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE",
+                   help="a photo file (JPEG, PNG, ...), turned upright as its EXIF orientation tag says")
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layer", required=True, help="top-level layer name: a name in `scratchnet info` before "
                                                    "any dot (fire2 for fire2.squeeze1x1)")
@@ -113,7 +115,8 @@ def register(sub, ev_sub):
     p.set_defaults(func=cmd_deconv)
 
     p = sub.add_parser("compare-rules", help="gradient vs DeconvNet vs guided, layer by layer, and the gradient check")
-    p.add_argument("image", metavar="IMAGE", nargs="?")      # checked in cmd_compare_rules: --layers may take it
+    p.add_argument("image", metavar="IMAGE", nargs="?",       # checked in cmd_compare_rules: --layers may take it
+                   help="a photo file (JPEG, PNG, ...), turned upright as its EXIF orientation tag says")
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layers", nargs="+", default=None, help="top-level layers, as --layer of deconv (default: every "
                                                              "layer with a 4-D output)")
@@ -131,7 +134,8 @@ def register(sub, ev_sub):
                         "when its weights are found)")
     p.add_argument("--out", default="scratchnet-demo", help="output folder (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer steps, classes and photos (for CI)")
-    p.add_argument("--photos", nargs="+", default=None, help="photos to use instead of the built-in ones")
+    p.add_argument("--photos", nargs="+", default=None,
+                   help="photos to use instead of the built-in ones (turned upright as their EXIF tag says)")
     p.add_argument("--classes", nargs="+", default=None,
                    help="classes for the class models (default: the paper's figure 1 classes)")
     p.add_argument("--steps", type=positive_int, default=None,
@@ -159,7 +163,7 @@ def _load(args):
 
 def _read(path):
     from ..io.images import load_image
-    return load_image(path)
+    return load_image(path, upright=True)     # a user's photo: as viewers show it (EXIF orientation)
 
 
 def _neuron(s):

@@ -472,7 +472,7 @@ def demo(models=None, out="scratchnet-demo", quick=False, photos=None, classes=N
     out = Path(out)
     models = list(models) if models else available_models()
     if photos:
-        shots = [(Path(p).stem, load_image(p), {"source": str(p)}) for p in photos]
+        shots = [(Path(p).stem, load_image(p, upright=True), {"source": str(p)}) for p in photos]
     else:
         shots = sample_photos(n=2 if quick else None, shared_n=0 if quick else 4)
     page = Page(out)
