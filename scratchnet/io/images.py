@@ -30,7 +30,8 @@ def load_image(path, upright: bool = False) -> np.ndarray:
     upright=True turns the pixels as the file's EXIF Orientation tag says: a phone's portrait photo,
     stored sideways with a tag 6, comes out (H, W) as photo viewers show it, and so do the maps and boxes
     made from it. The default reads the pixels as stored, as ImageNet tools do: a data set's boxes and
-    masks are drawn on the stored pixels. The commands that take a user's photos (classify, saliency,
+    masks are drawn on the stored pixels (but a TIFF comes turned by its tag either way: Pillow turns it
+    as it loads it). The commands that take a user's photos (classify, saliency,
     deconv, compare-rules, localise, demo --photos) read them upright; data sets are read as stored.
     """
     path = Path(path)
@@ -52,10 +53,11 @@ def load_image(path, upright: bool = False) -> np.ndarray:
 
 def _upright(im: Image.Image) -> Image.Image:
     """The image turned as its EXIF Orientation tag (2-8) says; as stored without one, or when the EXIF
-    block cannot be read (the pixels are still good)."""
+    block cannot be read (the pixels are still good). Pillow 9.0 and 9.1 fail on every TIFF here with an
+    AttributeError; Pillow turns a TIFF by its tag as it loads it anyway."""
     try:
         return ImageOps.exif_transpose(im)
-    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error):
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
         return im
 
 
