@@ -177,8 +177,32 @@ def test_find_weights_explicit_then_env_then_shared(squeezenet_path, tmp_path, m
         assert find_squeezenet_weights().samefile(squeezenet_path)
 
 
+def test_find_weights_in_the_shared_folder_that_scratchnet_shared_names(tmp_path, monkeypatch):
+    """The tests' skip message, the demo and the benches take the shared folder from $SCRATCHNET_SHARED;
+    SqueezeNet's weights are looked for there too (before ../shared): 'squeezenet1_0' was not found
+    where the photos were."""
+    monkeypatch.delenv("SCRATCHNET_SQUEEZENET", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    weights = elsewhere / sq.IN_SHARED
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"found by its place; read later")
+    monkeypatch.chdir(tmp_path)                                         # no ../shared here
+    monkeypatch.setattr(sq, "SHARED_RELPATH", tmp_path / "nowhere" / "compressed_SqueezeNet.net")
+    monkeypatch.setenv("SCRATCHNET_SHARED", str(elsewhere))
+    assert find_squeezenet_weights() == weights
+    own = tmp_path / "own.net"
+    own.write_bytes(b"x")
+    monkeypatch.setenv("SCRATCHNET_SQUEEZENET", str(own))               # the file's own setting goes first
+    assert find_squeezenet_weights() == own
+    weights.unlink()
+    monkeypatch.delenv("SCRATCHNET_SQUEEZENET")
+    with pytest.raises(FileNotFoundError, match=f"looked in {elsewhere / sq.IN_SHARED}, "):
+        find_squeezenet_weights()
+
+
 def test_find_weights_says_where_to_get_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("SCRATCHNET_SQUEEZENET", raising=False)
+    monkeypatch.delenv("SCRATCHNET_SHARED", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sq, "SHARED_RELPATH", tmp_path / "nowhere" / "compressed_SqueezeNet.net")
     with pytest.raises(FileNotFoundError, match="songhan/SqueezeNet-Deep-Compression.*SCRATCHNET_SQUEEZENET"):

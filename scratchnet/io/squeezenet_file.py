@@ -47,7 +47,9 @@ CODEBOOK_SIZE = 256
 MAX_INCREMENT = 15  # 4 bits
 ENV_VAR = "SCRATCHNET_SQUEEZENET"
 FILE_NAME = "compressed_SqueezeNet.net"
-SHARED_RELPATH = Path("..", "shared", "models", "squeezenet1.0-deep-compression", FILE_NAME)
+#: the file's place in the shared folder, and that folder's place beside a project (../shared)
+IN_SHARED = Path("models", "squeezenet1.0-deep-compression", FILE_NAME)
+SHARED_RELPATH = Path("..", "shared") / IN_SHARED
 
 
 def _squeezenet_layers() -> tuple[tuple[str, str, tuple[int, int, int, int]], ...]:
@@ -239,8 +241,10 @@ def write_squeezenet_net(path, layers: dict, codebooks: dict | None = None) -> N
 
 def find_squeezenet_weights(path=None) -> Path:
     """Where ``compressed_SqueezeNet.net`` is: ``path`` if given, else ``$SCRATCHNET_SQUEEZENET``, else
-    ``../shared/models/squeezenet1.0-deep-compression/compressed_SqueezeNet.net`` relative to the current
-    directory, then relative to the repository root (the folder above the ``scratchnet`` package)."""
+    ``models/squeezenet1.0-deep-compression/compressed_SqueezeNet.net`` in the shared folder:
+    ``$SCRATCHNET_SHARED`` when set (as the demo and the tests find the shared photos), then ``../shared``
+    relative to the current directory, then relative to the repository root (the folder above the
+    ``scratchnet`` package)."""
     if path is not None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"SqueezeNet weights: no file at {path}")
@@ -252,6 +256,9 @@ def find_squeezenet_weights(path=None) -> Path:
         return Path(env)
     repo_root = Path(__file__).resolve().parents[2]
     candidates = [Path.cwd() / SHARED_RELPATH, repo_root / SHARED_RELPATH]
+    shared = os.environ.get("SCRATCHNET_SHARED")
+    if shared:
+        candidates.insert(0, Path(shared) / IN_SHARED)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
