@@ -75,6 +75,11 @@ def emit_json(obj):
     print(dumps_strict(obj), flush=True)
 
 
+#: the IMAGE arguments' help: the commands that take a user's photos read them upright (io.images.load_image)
+PHOTOS_HELP = "photo files (JPEG, PNG, ...), turned upright as their EXIF orientation tag says"
+PHOTO_HELP = "a photo file (JPEG, PNG, ...), turned upright as its EXIF orientation tag says"
+
+
 def add_model_arg(p, default=None):
     """--model: a network name or a saved .npz; required when there is no default."""
     if default is None:

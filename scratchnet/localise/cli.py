@@ -42,12 +42,11 @@ DEFAULT_MODEL = "squeezenet1_0"
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg, add_model_arg
+    from ..cli import PHOTOS_HELP, add_device_arg, add_model_arg
 
     p = sub.add_parser("localise", help="weakly supervised localisation of the top-1 (or a given) class "
                                         "in photos: saliency -> graph cut -> box (paper section 3.2)")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="photo files (JPEG, PNG, ...), turned upright as their EXIF orientation tag says")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=PHOTOS_HELP)
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--class", dest="cls", default=None,
                    help="class to localise: index, wnid or name (default: each photo's top-1)")

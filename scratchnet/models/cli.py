@@ -26,11 +26,10 @@ MODE_HELP = ("how a photo becomes the network input: 'crop' resizes the shorter 
 
 
 def register(sub, ev_sub):
-    from ..cli import add_device_arg, add_model_arg, nonnegative_int, positive_int
+    from ..cli import PHOTOS_HELP, add_device_arg, add_model_arg, nonnegative_int, positive_int
 
     p = sub.add_parser("classify", help="top-k classes of photos (softmax probabilities and raw scores)")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="photo files (JPEG, PNG, ...), turned upright as their EXIF orientation tag says")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=PHOTOS_HELP)
     add_model_arg(p, "efficientnet_lite0")      # as saliency, classmodel and demo: its weights come with pip
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to list (default 5)")
     p.add_argument("--mode", choices=["crop", "stretch"], default="crop", help=MODE_HELP)

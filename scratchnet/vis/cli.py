@@ -25,13 +25,12 @@ def _save_npy(path, array):
 
 
 def register(sub, ev_sub):
-    from ..cli import (add_device_arg, add_model_arg, nonnegative_int, nonnegative_number, positive_int,
-                       positive_number)
+    from ..cli import (PHOTO_HELP, PHOTOS_HELP, add_device_arg, add_model_arg, nonnegative_int, nonnegative_number,
+                       positive_int, positive_number)
     from . import classmodel as cm
 
     p = sub.add_parser("saliency", help="image-specific class saliency maps (paper section 3)")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="photo files (JPEG, PNG, ...), turned upright as their EXIF orientation tag says")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=PHOTOS_HELP)
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--class", dest="cls", default=None,
                    help="target class: index, wnid or name (default: each image's top-1)")
@@ -99,8 +98,7 @@ def register(sub, ev_sub):
     p.set_defaults(func=cmd_classmodel)
 
     p = sub.add_parser("deconv", help="reconstruct the image from one neuron of a layer (paper section 4)")
-    p.add_argument("image", metavar="IMAGE",
-                   help="a photo file (JPEG, PNG, ...), turned upright as its EXIF orientation tag says")
+    p.add_argument("image", metavar="IMAGE", help=PHOTO_HELP)
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layer", required=True, help="top-level layer name: a name in `scratchnet info` before "
                                                    "any dot (fire2 for fire2.squeeze1x1)")
@@ -115,8 +113,8 @@ def register(sub, ev_sub):
     p.set_defaults(func=cmd_deconv)
 
     p = sub.add_parser("compare-rules", help="gradient vs DeconvNet vs guided, layer by layer, and the gradient check")
-    p.add_argument("image", metavar="IMAGE", nargs="?",       # checked in cmd_compare_rules: --layers may take it
-                   help="a photo file (JPEG, PNG, ...), turned upright as its EXIF orientation tag says")
+    # optional here, checked in cmd_compare_rules: --layers may take it
+    p.add_argument("image", metavar="IMAGE", nargs="?", help=PHOTO_HELP)
     add_model_arg(p, DEFAULT_MODEL)
     p.add_argument("--layers", nargs="+", default=None, help="top-level layers, as --layer of deconv (default: every "
                                                              "layer with a 4-D output)")
