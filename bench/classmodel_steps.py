@@ -24,7 +24,9 @@ import math
 import sys
 from contextlib import redirect_stderr
 
+import scratchnet  # noqa: F401  first: its thread settings must precede NumPy's OpenBLAS (scratchnet/threads.py)
 import numpy as np
+from timing import blas_kernels
 
 from scratchnet.cli import positive_int
 from scratchnet.models import load
@@ -82,6 +84,7 @@ def main(argv=None):
         except (OSError, ValueError, KeyError) as e:
             ap.error(f"{name}: {e}")
     rows = []
+    print(f"BLAS: {blas_kernels()} (the ascent's path, and so these figures, move with its kernels)")
     for name, (net, classes) in nets.items():
         print(f"\n{name}: {len(classes)} classes {args.classes}, {args.steps} steps, lam {args.lam:g}, "
               f"lr {args.lr:g} grey levels", flush=True)

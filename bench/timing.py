@@ -27,34 +27,18 @@ def gemm_gflops(n=2048, dtype="float32"):
 
 
 def blas_kernels():
-    """Which kernels NumPy's OpenBLAS runs, e.g. "OpenBLAS Haswell (OPENBLAS_CORETYPE=Haswell)".
+    """Which kernels NumPy's OpenBLAS runs, with how many threads, e.g. "OpenBLAS Haswell, 2 threads
+    (OPENBLAS_CORETYPE=Haswell)"; "unknown" for a BLAS that does not say (scratchnet.threads.openblas).
 
     OpenBLAS picks its GEMM kernels for the processor when it loads, unless OPENBLAS_CORETYPE names
     them; on a processor with AVX-512 the Haswell (AVX2) kernels ran float32 GEMMs at about half the
-    rate of the SkylakeX ones, so a CPU benchmark's figures mean little without this. Asks the loaded
-    library (Linux: its path from /proc/self/maps) for its core name; "unknown" where that fails."""
+    rate of the SkylakeX ones, so a CPU benchmark's figures mean little without this."""
     import os
-    coretype = os.environ.get("OPENBLAS_CORETYPE")
-    return _openblas_corename() + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else "")
 
-
-def _openblas_corename():
-    import ctypes
-    import numpy  # noqa: F401  (loads the BLAS)
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
-        for path in paths:
-            lib = ctypes.CDLL(path)
-            for sym in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
-                        "openblas_get_corename"):
-                fn = getattr(lib, sym, None)
-                if fn is not None:
-                    fn.restype = ctypes.c_char_p
-                    return "OpenBLAS " + fn().decode()
-    except OSError:
-        pass
-    return "unknown"
+    from scratchnet.threads import openblas
+    blas, coretype = openblas(), os.environ.get("OPENBLAS_CORETYPE")
+    return (("unknown" if blas is None else f"OpenBLAS {blas[0]}, {blas[1]} thread{'s' * (blas[1] != 1)}")
+            + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else ""))
 
 
 def alternating(fa, fb, repeats=5, warmup=1):

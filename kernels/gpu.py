@@ -143,6 +143,11 @@ def use_backend(b):
 _tf32_choice = None     # set_tf32's last argument, applied or not (None: never called, $SCRATCHNET_TF32 decides)
 
 
+def tf32_enabled() -> bool:
+    """Whether float32 GEMMs may run in TF32: set_tf32's last choice, else $SCRATCHNET_TF32 == "1"."""
+    return _tf32_choice if _tf32_choice is not None else os.environ.get("SCRATCHNET_TF32") == "1"
+
+
 def set_tf32(enabled: bool):
     """Let float32 GEMMs (cupy.matmul, 2-D and batched) use TF32 tensor cores, or forbid it; for the
     whole process, and over $SCRATCHNET_TF32 (read when the CuPy backend is made, after a call here)."""

@@ -8,6 +8,7 @@ device it is on only where one device has a kernel the other lacks (see there).
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -146,6 +147,33 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+
+
+def numerics(device: str) -> str:
+    """What besides a network and its input decides the last bits of what it computes on ``device``, as
+    a short name for cache keys (the localisation's map cache): on the CPU, OpenBLAS's kernels and
+    thread count ('cpu-openblas-skylakex-2t'; 'cpu-blas-unknown' for another BLAS); on the GPU, the
+    device, CuPy's version (its cuBLAS) and whether float32 GEMMs run in TF32
+    ('gpu-nvidia-h200-cupy14.0.1-fp32'). Maps cached under one setting are then never served to a run
+    under another, which would repeat the earlier run's numbers instead of computing its own."""
+    if device == "cpu":
+        from .threads import openblas
+        blas = openblas()
+        tag = "cpu-blas-unknown" if blas is None else f"cpu-openblas-{blas[0]}-{blas[1]}t"
+    else:
+        tag = _gpu_numerics()
+    return re.sub(r"[^a-z0-9.+_]+", "-", tag.lower()).strip("-")
+
+
+def _gpu_numerics() -> str:
+    try:
+        cupy = _cupy_module()
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        from .kernels.gpu import tf32_enabled
+        return f"gpu-{name}-cupy{cupy.__version__}-{'tf32' if tf32_enabled() else 'fp32'}"
+    except Exception:                   # a CuPy that does not answer: the cache still keeps the devices apart
+        return "gpu-unknown"
 
 
 def to_device(a, device: str):

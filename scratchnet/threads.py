@@ -44,3 +44,28 @@ def applied() -> dict:
         "OPENBLAS_THREAD_TIMEOUT": (os.environ.get("OPENBLAS_THREAD_TIMEOUT"), not _numpy_was_loaded),
         "OMP_WAIT_POLICY": (os.environ.get("OMP_WAIT_POLICY"), not _numba_omp_loaded),
     }
+
+
+def openblas() -> tuple[str, int] | None:
+    """(kernels, threads) of the OpenBLAS NumPy has loaded, e.g. ("SkylakeX", 2): the GEMM kernels it
+    picked for the processor (or that OPENBLAS_CORETYPE named) and its thread count. Both decide how a
+    GEMM splits and orders its float sums, so results differ in their last bits from one setting to
+    another (the README's "Reproducibility"). None where NumPy's BLAS is not an OpenBLAS that answers
+    (MKL, Accelerate) or the library cannot be found (it is looked for in /proc/self/maps: Linux)."""
+    import ctypes
+    import numpy  # noqa: F401  (loads the BLAS)
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                                   ("openblas", "")):
+                name = getattr(lib, f"{prefix}_get_corename{suffix}", None)
+                count = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if name is not None and count is not None:
+                    name.restype, count.restype = ctypes.c_char_p, ctypes.c_int
+                    return name().decode(), int(count())
+    except OSError:
+        pass
+    return None

@@ -326,7 +326,7 @@ random = types.SimpleNamespace(default_rng=_Generator)
 
 class _Device:
     def __init__(self, i=0):
-        pass
+        self.id = i
 
     def synchronize(self):
         pass

@@ -541,6 +541,28 @@ def test_the_environment_variable_picks_the_device(tiny_vis_net, tmp_path, host_
     assert "got 'tpu' (from $SCRATCHNET_DEVICE)" in capsys.readouterr().err
 
 
+
+def test_maps_cached_on_one_device_are_not_read_back_on_the_other(tiny_vis_net, tmp_path, host_gpu, monkeypatch):
+    """A map computed on the GPU (cuBLAS's sums, TF32 or not) differs in its last bits from the CPU's:
+    the map cache keeps the two apart (and TF32 from float32), as it keeps OpenBLAS's settings apart."""
+    from scratchnet.localise.cli import MapCache
+    entry = {"scores": np.arange(3, dtype=np.float32), "classes": [1], "maps": np.ones((1, 5, 5), np.float32)}
+    net = load(tiny_vis_net)
+
+    def cache():
+        return MapCache(tmp_path / "cache", net, "tiny", False, "gradient", tmp_path / "photos")
+    cache().put("p", entry)
+    assert cache().get("p", (5, 5), [1]) is not None
+    cpu_folder = cache().folder
+    net.to("gpu")
+    assert cache().get("p", (5, 5), [1]) is None and cache().folder.parent.name.endswith("-fp32")
+    cache().put("p", entry)
+    assert cache().get("p", (5, 5), [1]) is not None
+    monkeypatch.setattr(gpu, "_tf32_choice", True)                  # as set_tf32(True) leaves it
+    assert cache().get("p", (5, 5), [1]) is None and cache().folder.parent.name.endswith("-tf32")
+    assert len({cpu_folder, cache().folder}) == 2 and "-gpu-" in cache().folder.parent.name
+
+
 def test_the_cupy_backend_itself_on_emulated_raw_modules(emulator_lib, monkeypatch):
     """kernels/gpu.py's CupyBackend (RawModule per .cu file, kernels by name expression), which the
     tests above replace, here run on hostcupy's emulated RawModule (as tests/emu_site does for the

@@ -8,6 +8,7 @@ checks the commands end to end.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,50 @@ def test_map_cache_never_returns_maps_of_a_changed_network(tmp_path):
     elsewhere = MapCache(tmp_path / "cache", net, str(path), False, "gradient", tmp_path / "copy" / "photos")
     assert elsewhere.folder != cache(net).folder                  # another folder of the same name
 
+
+
+def test_maps_cached_under_other_blas_kernels_or_threads_are_not_read_back(tmp_path, monkeypatch):
+    """OpenBLAS's kernels (OPENBLAS_CORETYPE, or the processor) and thread count move a map's last bits,
+    and with them a GraphCut box now and then: a rerun of an evaluation under OPENBLAS_CORETYPE=Haswell
+    read the maps an earlier default run had cached, and printed that run's figures. The cache keeps
+    them apart now; maps computed under the same setting are still read back."""
+    from scratchnet import threads
+    from scratchnet.localise.cli import MapCache
+    entry = {"scores": np.arange(5, dtype=np.float32), "classes": [2], "maps": np.ones((1, 7, 9), np.float32)}
+
+    def cache():
+        return MapCache(tmp_path / "cache", tiny_net(), "tiny", False, "gradient", tmp_path / "photos")
+    monkeypatch.setattr(threads, "openblas", lambda: ("SkylakeX", 2))
+    cache().put("p0", entry)
+    assert cache().get("p0", (7, 9), [2]) is not None
+    for other in (("Haswell", 2), ("SkylakeX", 1), None):          # None: a BLAS that does not say
+        monkeypatch.setattr(threads, "openblas", lambda o=other: o)
+        assert cache().get("p0", (7, 9), [2]) is None, other
+        cache().put("p0", entry)
+    assert len(list((tmp_path / "cache").rglob("p0.npz"))) == 4
+
+
+def test_an_evaluation_under_other_openblas_threads_computes_its_own_maps(shared, tmp_path):
+    """End to end, each run in a fresh process (OpenBLAS reads its settings when it loads): a second
+    evaluation with OPENBLAS_NUM_THREADS=1 after one with 2, on one --cache, computes its own map (a
+    folder of its own) rather than reading the first run's; a third with 2 reads the first's."""
+    import os
+    import subprocess
+    import sys
+
+    from scratchnet import threads
+    if threads.openblas() is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS that tells its kernels and threads")
+    argv = [sys.executable, "-m", "scratchnet", "evaluate", "localisation", "--model", "squeezenet1_0", "--data",
+            str(shared / "data" / "imagenet-val-dev"), "--limit", "1", "--cache", str(tmp_path / "cache")]
+    said = []
+    for n in ("2", "1", "2"):
+        done = subprocess.run(argv, env=dict(os.environ, OPENBLAS_NUM_THREADS=n), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        said.append(re.search(r"\d+ computed, \d+ from the cache", done.stderr).group())
+    assert said == ["1 computed, 0 from the cache", "1 computed, 0 from the cache", "0 computed, 1 from the cache"]
+    folders = sorted(p.parent.parent.name for p in (tmp_path / "cache").rglob("*.npz"))
+    assert len(folders) == 2 and folders[0].endswith("-1t") and folders[1].endswith("-2t"), folders
 
 def test_localise_command_writes_png_and_json(shared, tmp_path, capsys):
     img = sorted((shared / "data" / "imagenet-val-dev" / "images").glob("*.JPEG"))[0]

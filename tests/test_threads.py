@@ -39,3 +39,20 @@ def test_numpy_first_spoils_only_the_openblas_setting():
     code = ("import numpy, json, scratchnet; a = scratchnet.threads.applied(); "
             "print(json.dumps([a['OPENBLAS_THREAD_TIMEOUT'][1], a['OMP_WAIT_POLICY'][1]]))")
     assert run({}, code) == [False, True]
+
+
+def test_openblas_names_the_kernels_and_threads_in_force():
+    """scratchnet.threads.openblas asks the loaded library, so it reports what OPENBLAS_CORETYPE and
+    OPENBLAS_NUM_THREADS chose (backend.numerics, the map cache's key, is built from it)."""
+    import pytest
+    from scratchnet import threads
+    if threads.openblas() is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS that tells its kernels and threads")
+    code = ("import json, scratchnet; from scratchnet.backend import numerics; "
+            "print(json.dumps([scratchnet.threads.openblas(), numerics('cpu')]))")
+    flags = open("/proc/cpuinfo").read()
+    if " avx2" in flags:                # the Haswell kernels need AVX2
+        assert run({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "1"}, code) == [
+            ["Haswell", 1], "cpu-openblas-haswell-1t"]
+    kernels, _ = threads.openblas()
+    assert run({"OPENBLAS_NUM_THREADS": "1"}, code) == [[kernels, 1], f"cpu-openblas-{kernels.lower()}-1t"]

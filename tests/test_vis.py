@@ -1266,6 +1266,24 @@ def test_the_step_factor_bench_reports_what_class_model_gives(tiny_path):
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
+
+def test_the_blas_drift_bench_compares_maps_across_settings(tiny_path):
+    """bench/blas_drift.py: each setting's maps (scikit-image's photos) against the first's, computed in a
+    fresh process under that environment; the same setting twice gives the same bits; the BLAS column is
+    backend.numerics of that process; a setting that is not VAR=VALUE is refused in one line."""
+    from scratchnet import threads
+    p = run_bench("blas_drift.py", "--model", tiny_path, "--shared-photos", 0,
+                  "--settings", "default", "OPENBLAS_NUM_THREADS=1", "default")
+    out = bench_json(p)
+    assert [r["setting"] for r in out["rows"]] == ["default", "OPENBLAS_NUM_THREADS=1", "default"]
+    assert all(r["photos"] == 5 and r["same_top5"] == 5 for r in out["rows"])
+    assert out["rows"][2]["changed"] == out["rows"][2]["max_rel_diff"] == 0
+    if threads.openblas() is not None:
+        assert out["rows"][1]["numerics"].endswith("-1t") and out["rows"][0]["numerics"] == out["rows"][2]["numerics"]
+    p = run_bench("blas_drift.py", "--model", tiny_path, "--settings", "default", "HASWELL")
+    assert p.returncode == 2 and "expected 'default' or VAR=VALUE" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_the_saliency_bench_runs_and_records_its_settings():
     """bench/bench_saliency.py at toy size (PyTorch's half where torch is installed): one row per network,
     and the JSON records OpenBLAS's kernels and --keep-freed-memory (glibc's mallopt, for both engines)."""

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import numerics
 from ..tempfiles import atomic_write, atomic_write_text, clean_once, cut_name
 
 CACHE_VERSION = 2      # 2: single-view maps one photo a pass (they were 8 at a time); one number for
@@ -161,7 +162,11 @@ class MapCache:
 
     The folder is named for the model (its name, or a saved network's file stem) and the network's
     fingerprint (Network.fingerprint: layers, preprocessing, weights), so that maps of a network that
-    has changed since, under the same name or file, are never read back; and for the data set's folder
+    has changed since, under the same name or file, are never read back; for what else decides a map's
+    last bits (backend.numerics: the device, and on the CPU OpenBLAS's kernels and thread count), so
+    that a run under other BLAS kernels computes its own maps rather than repeating an earlier run's
+    results (the kernels move a map by rounding, and a GraphCut box or a small share of them with it);
+    and for the data set's folder
     (its name and a hash of its resolved path, so that two folders of one name keep apart). Within it a
     photo is found by its file name (x.JPEG and x.png are two photos; a segmentation's pet by its name)
     and checked by its size, not its content: a photo replaced by another of the same size needs
@@ -177,7 +182,8 @@ class MapCache:
         if not enabled:                     # and the network is not fingerprinted for nothing
             return
         label = Path(model).stem if Path(model).is_file() else str(model)
-        key = f"{label}-{net.fingerprint()[:12]}-{'tencrop' if ten_crop else 'single'}-{rule}"
+        key = (f"{label}-{net.fingerprint()[:12]}-{'tencrop' if ten_crop else 'single'}-{rule}-"
+               f"{numerics(net.device() or 'cpu')}")
         data = Path(data).resolve()
         where = hashlib.sha1(os.fsencode(str(data))).hexdigest()[:8]      # a folder name not in UTF-8 too
         self.folder = Path(root) / "localise" / key / f"{data.name}-{where}"
