@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scratchnet.localise import mask_iou_trimap, segment  # noqa: E402  (mask_iou: used for agreement)
+from scratchnet.io.shared import shared_dir  # noqa: E402
 from scratchnet.localise.graphcut import DEFAULT_PAIRWISE_WEIGHT, seeds_from_saliency  # noqa: E402
 
-SHARED = Path(os.environ.get("SCRATCHNET_SHARED", ROOT.parent / "shared"))
+SHARED = shared_dir()       # $SCRATCHNET_SHARED, else ../shared
 STAGES = ("seeds", "em", "cut", "components")
 
 

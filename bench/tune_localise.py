@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,11 +24,12 @@ sys.path.insert(0, str(ROOT))
 from scratchnet.cli import nonnegative_int, nonnegative_number, positive_int  # noqa: E402
 from scratchnet.io.datasets import imagenet_val_dev  # noqa: E402
 from scratchnet.io.images import load_image  # noqa: E402
+from scratchnet.io.shared import shared_dir  # noqa: E402
 from scratchnet.localise.cli import MapCache, _record  # noqa: E402
 from scratchnet.localise.evaluate import choose_fractions, evaluate  # noqa: E402
 from scratchnet.models import load  # noqa: E402
 
-SHARED = Path(os.environ.get("SCRATCHNET_SHARED", ROOT.parent / "shared"))
+SHARED = shared_dir()       # $SCRATCHNET_SHARED, else ../shared
 
 
 def quantile_pair(text: str) -> tuple:

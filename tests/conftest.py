@@ -2,14 +2,15 @@
 the `shared` fixture and are skipped with a clear message when it is absent."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from scratchnet.io.shared import shared_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SCRATCHNET_SHARED", ROOT.parent / "shared"))
+SHARED = shared_dir()       # $SCRATCHNET_SHARED, else ../shared (scratchnet/io/shared.py)
 
 
 #: the user's settings that change what a command does by default; a test that wants one sets it itself

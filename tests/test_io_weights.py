@@ -5,12 +5,11 @@ import pickle
 import re
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from scratchnet.io import squeezenet_file as sq
+from scratchnet.io import shared as shared_folder, squeezenet_file as sq
 from scratchnet.io.squeezenet_file import (
     SQUEEZENET_LAYERS, SqueezeNetFormatError, find_squeezenet_weights, read_squeezenet_codebooks,
     read_squeezenet_net, write_squeezenet_net)
@@ -173,7 +172,7 @@ def test_find_weights_explicit_then_env_then_shared(squeezenet_path, tmp_path, m
     assert find_squeezenet_weights() == squeezenet_path
     monkeypatch.delenv("SCRATCHNET_SQUEEZENET")
     monkeypatch.chdir(tmp_path)                                        # cwd has no ../shared: repo root may
-    if (Path(sq.__file__).resolve().parents[2] / sq.SHARED_RELPATH).is_file():
+    if (shared_folder.REPO_ROOT.parent / "shared" / sq.IN_SHARED).is_file():
         assert find_squeezenet_weights().samefile(squeezenet_path)
 
 
@@ -187,7 +186,7 @@ def test_find_weights_in_the_shared_folder_that_scratchnet_shared_names(tmp_path
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"found by its place; read later")
     monkeypatch.chdir(tmp_path)                                         # no ../shared here
-    monkeypatch.setattr(sq, "SHARED_RELPATH", tmp_path / "nowhere" / "compressed_SqueezeNet.net")
+    monkeypatch.setattr(shared_folder, "REPO_ROOT", tmp_path / "nowhere" / "repo")      # no ../shared beside it
     monkeypatch.setenv("SCRATCHNET_SHARED", str(elsewhere))
     assert find_squeezenet_weights() == weights
     own = tmp_path / "own.net"
@@ -200,11 +199,32 @@ def test_find_weights_in_the_shared_folder_that_scratchnet_shared_names(tmp_path
         find_squeezenet_weights()
 
 
+
+def test_the_shared_folder_is_found_in_one_place_by_one_rule(tmp_path, monkeypatch):
+    """scratchnet.io.shared: $SCRATCHNET_SHARED as set (there or not), an empty one as unset (it was the
+    current directory for the demo and the tests, and unset for SqueezeNet's weights), then ../shared
+    from the current directory, then beside the repository, each place once."""
+    repo = tmp_path / "repo"
+    (repo / "work").mkdir(parents=True)
+    monkeypatch.setattr(shared_folder, "REPO_ROOT", repo)
+    monkeypatch.chdir(repo / "work")
+    monkeypatch.setenv("SCRATCHNET_SHARED", "")
+    assert shared_folder.shared_candidates() == [repo / "work" / ".." / "shared", tmp_path / "shared"]
+    assert shared_folder.shared_dir() == tmp_path / "shared"                # neither there: beside the repo
+    (repo / "shared").mkdir()
+    assert shared_folder.shared_dir() == repo / "work" / ".." / "shared"
+    monkeypatch.chdir(repo)                                             # ../shared from here is beside the repo
+    assert shared_folder.shared_candidates() == [repo / ".." / "shared"]
+    monkeypatch.setenv("SCRATCHNET_SHARED", str(tmp_path / "missing"))
+    assert shared_folder.shared_dir() == tmp_path / "missing"
+    assert shared_folder.shared_candidates() == [tmp_path / "missing", repo / ".." / "shared"]
+
+
 def test_find_weights_says_where_to_get_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("SCRATCHNET_SQUEEZENET", raising=False)
     monkeypatch.delenv("SCRATCHNET_SHARED", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sq, "SHARED_RELPATH", tmp_path / "nowhere" / "compressed_SqueezeNet.net")
+    monkeypatch.setattr(shared_folder, "REPO_ROOT", tmp_path / "nowhere" / "repo")      # no ../shared beside it
     with pytest.raises(FileNotFoundError, match="songhan/SqueezeNet-Deep-Compression.*SCRATCHNET_SQUEEZENET"):
         find_squeezenet_weights()
     monkeypatch.setenv("SCRATCHNET_SQUEEZENET", str(tmp_path / "missing.net"))

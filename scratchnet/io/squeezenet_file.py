@@ -49,7 +49,6 @@ ENV_VAR = "SCRATCHNET_SQUEEZENET"
 FILE_NAME = "compressed_SqueezeNet.net"
 #: the file's place in the shared folder, and that folder's place beside a project (../shared)
 IN_SHARED = Path("models", "squeezenet1.0-deep-compression", FILE_NAME)
-SHARED_RELPATH = Path("..", "shared") / IN_SHARED
 
 
 def _squeezenet_layers() -> tuple[tuple[str, str, tuple[int, int, int, int]], ...]:
@@ -241,10 +240,10 @@ def write_squeezenet_net(path, layers: dict, codebooks: dict | None = None) -> N
 
 def find_squeezenet_weights(path=None) -> Path:
     """Where ``compressed_SqueezeNet.net`` is: ``path`` if given, else ``$SCRATCHNET_SQUEEZENET``, else
-    ``models/squeezenet1.0-deep-compression/compressed_SqueezeNet.net`` in the shared folder:
-    ``$SCRATCHNET_SHARED`` when set (as the demo and the tests find the shared photos), then ``../shared``
-    relative to the current directory, then relative to the repository root (the folder above the
-    ``scratchnet`` package)."""
+    ``models/squeezenet1.0-deep-compression/compressed_SqueezeNet.net`` in each place the shared folder
+    may be (scratchnet.io.shared.shared_candidates: ``$SCRATCHNET_SHARED`` when set, as the demo and the
+    tests find the shared photos, then ``../shared`` from the current directory, then beside the
+    repository)."""
     if path is not None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"SqueezeNet weights: no file at {path}")
@@ -254,11 +253,8 @@ def find_squeezenet_weights(path=None) -> Path:
         if not Path(env).is_file():
             raise FileNotFoundError(f"SqueezeNet weights: ${ENV_VAR} is {env!r}, but there is no file there")
         return Path(env)
-    repo_root = Path(__file__).resolve().parents[2]
-    candidates = [Path.cwd() / SHARED_RELPATH, repo_root / SHARED_RELPATH]
-    shared = os.environ.get("SCRATCHNET_SHARED")
-    if shared:
-        candidates.insert(0, Path(shared) / IN_SHARED)
+    from .shared import shared_candidates
+    candidates = [folder / IN_SHARED for folder in shared_candidates()]
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()

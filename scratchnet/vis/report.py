@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import sys
 import time
@@ -29,6 +28,7 @@ from ..backend import to_numpy
 from ..cli import dumps_strict
 from ..io.classnames import normalise_name
 from ..io.images import overlay, resize, save_png
+from ..io.shared import shared_dir
 from ..localise.boxes import resize_box
 from ..tempfiles import atomic_write_text, folder_lock, publish, staged
 from . import classmodel as cm
@@ -47,12 +47,6 @@ SKIMAGE_PHOTOS = [("chelsea", "chelsea"), ("coffee", "coffee"), ("motorcycle", "
                   ("rocket", "rocket"), ("astronaut", "astronaut")]
 
 DEFAULT_MODELS = ["efficientnet_lite0", "squeezenet1_0"]
-
-
-def shared_dir() -> Path:
-    """../shared next to the project (or $SCRATCHNET_SHARED)."""
-    root = Path(__file__).resolve().parents[2]
-    return Path(os.environ.get("SCRATCHNET_SHARED", root.parent / "shared"))
 
 
 def _plain(caption_html: str) -> str:
