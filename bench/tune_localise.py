@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scratchnet.cli import nonnegative_int, nonnegative_number, positive_int  # noqa: E402
+from scratchnet.backend import resolve_device  # noqa: E402
+from scratchnet.cli import add_device_arg, nonnegative_int, nonnegative_number, positive_int  # noqa: E402
 from scratchnet.io.datasets import imagenet_val_dev  # noqa: E402
 from scratchnet.io.images import load_image  # noqa: E402
 from scratchnet.io.shared import shared_dir  # noqa: E402
@@ -55,11 +56,14 @@ def main(argv=None):
     ap.add_argument("--pairwise", type=nonnegative_number, nargs="+", default=[0.5, 1, 2, 3, 5, 10, 20, 30, 50])
     ap.add_argument("--quantiles", type=quantile_pair, nargs="+", default=[(0.95, 0.3)],
                     help="fg,bg seed quantile pairs (default: the paper's 0.95,0.3)")
+    add_device_arg(ap)      # the cached maps are those of this device (and, on the CPU, of these BLAS kernels)
     args = ap.parse_args(argv)
 
     try:            # a data folder, a model name or weights that are not there: one line, exit 2
         ds = imagenet_val_dev(args.data)
-        cache = MapCache(args.cache, load(args.model), args.model, args.ten_crop, args.rule, args.data)
+        args.device = resolve_device(args.device)
+        cache = MapCache(args.cache, load(args.model, device=args.device), args.model, args.ten_crop, args.rule,
+                         args.data)
     except (ValueError, OSError) as e:
         ap.error(str(e))
     if args.offset >= len(ds):
@@ -73,7 +77,9 @@ def main(argv=None):
             sys.exit(f"tune_localise: no cached map for {stem} in {cache.folder}; run `scratchnet evaluate "
                      f"localisation --model {args.model} --data {args.data} --cache {args.cache}"
                      f"{' --ten-crop' if args.ten_crop else ''}{'' if args.rule == 'gradient' else ' --rule ' + args.rule}"
-                     f" --limit {args.offset + args.limit}` first")
+                     f" --limit {args.offset + args.limit} --device {args.device}` first, with the same "
+                     f"OPENBLAS_CORETYPE and OPENBLAS_NUM_THREADS as this run (the cache keeps maps of other "
+                     f"BLAS settings apart)")
         records.append(_record(ds, i, ds.paths[i].stem, img, gt, entry))
 
     base = evaluate(records, methods=("whole_image", "centre_box", "saliency_threshold"))

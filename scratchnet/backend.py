@@ -153,9 +153,11 @@ def numerics(device: str) -> str:
     """What besides a network and its input decides the last bits of what it computes on ``device``, as
     a short name for cache keys (the localisation's map cache): on the CPU, OpenBLAS's kernels and
     thread count ('cpu-openblas-skylakex-2t'; 'cpu-blas-unknown' for another BLAS); on the GPU, the
-    device, CuPy's version (its cuBLAS) and whether float32 GEMMs run in TF32
-    ('gpu-nvidia-h200-cupy14.0.1-fp32'). Maps cached under one setting are then never served to a run
-    under another, which would repeat the earlier run's numbers instead of computing its own."""
+    device, CuPy's and cuBLAS's versions (cuBLAS may come from NVIDIA's wheels or a toolkit, apart from
+    CuPy) and whether float32 GEMMs may run in TF32 (set_tf32, $SCRATCHNET_TF32 or $CUPY_TF32):
+    'gpu-nvidia-h200-cupy14.0.1-cublas120904-fp32'. Maps cached under one setting are then never
+    served to a run under another, which would repeat the earlier run's numbers instead of computing
+    its own."""
     if device == "cpu":
         from .threads import openblas
         blas = openblas()
@@ -170,8 +172,10 @@ def _gpu_numerics() -> str:
         cupy = _cupy_module()
         name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
         name = name.decode() if isinstance(name, bytes) else str(name)
+        cublas = _cuda_library("cublas").getVersion(cupy.cuda.device.get_cublas_handle())
         from .kernels.gpu import tf32_enabled
-        return f"gpu-{name}-cupy{cupy.__version__}-{'tf32' if tf32_enabled() else 'fp32'}"
+        tf32 = tf32_enabled() or os.environ.get("CUPY_TF32") == "1"      # CuPy's own switch: its 2-D matmuls
+        return f"gpu-{name}-cupy{cupy.__version__}-cublas{cublas}-{'tf32' if tf32 else 'fp32'}"
     except Exception:                   # a CuPy that does not answer: the cache still keeps the devices apart
         return "gpu-unknown"
 

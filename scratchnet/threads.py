@@ -47,25 +47,65 @@ def applied() -> dict:
 
 
 def openblas() -> tuple[str, int] | None:
-    """(kernels, threads) of the OpenBLAS NumPy has loaded, e.g. ("SkylakeX", 2): the GEMM kernels it
-    picked for the processor (or that OPENBLAS_CORETYPE named) and its thread count. Both decide how a
-    GEMM splits and orders its float sums, so results differ in their last bits from one setting to
-    another (the README's "Reproducibility"). None where NumPy's BLAS is not an OpenBLAS that answers
-    (MKL, Accelerate) or the library cannot be found (it is looked for in /proc/self/maps: Linux)."""
+    """(kernels, threads) of the OpenBLAS NumPy uses, e.g. ("SkylakeX", 2): the GEMM kernels it picked
+    for the processor (or that OPENBLAS_CORETYPE named) and its thread count. Both decide how a GEMM
+    splits and orders its float sums, so results differ in their last bits from one setting to another
+    (the README's "Reproducibility"). None where NumPy's BLAS is not an OpenBLAS (MKL, Accelerate: as
+    NumPy's build configuration says, from NumPy 1.26) or the library does not answer.
+
+    The library is found among the shared objects this process has mapped (/proc/self/maps: Linux),
+    NumPy's own first (SciPy brings another OpenBLAS, which another NumPy would not be using)."""
     import ctypes
-    import numpy  # noqa: F401  (loads the BLAS)
+
+    import numpy
+    name = _numpy_blas_name(numpy)
+    if name is not None and "openblas" not in name.lower():
+        return None
+    here = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))     # numpy's site-packages
+    mine = (os.path.join(here, "numpy.libs"), os.path.join(here, "numpy", ".libs"))
+    paths = sorted(_mapped_openblas(), key=lambda p: (not p.startswith(mine), p))
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                               ("openblas", "")):
+            kernels = getattr(lib, f"{prefix}_get_corename{suffix}", None)
+            count = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if kernels is not None and count is not None:
+                kernels.restype, count.restype = ctypes.c_char_p, ctypes.c_int
+                return kernels().decode(), int(count())
+    return None
+
+
+def _numpy_blas_name(numpy) -> str | None:
+    """The BLAS NumPy was built against ('scipy-openblas', 'mkl', 'accelerate', ...); None where its
+    configuration does not say (NumPy before 1.26)."""
+    try:
+        return str(numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"])
+    except Exception:           # an older NumPy (no mode=), or a configuration without the entry
+        return None
+
+
+def _mapped_openblas() -> set[str]:
+    """Absolute paths of the OpenBLAS libraries mapped into this process (none where /proc is not)."""
     try:
         with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
-        for path in paths:
-            lib = ctypes.CDLL(path)
-            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
-                                   ("openblas", "")):
-                name = getattr(lib, f"{prefix}_get_corename{suffix}", None)
-                count = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if name is not None and count is not None:
-                    name.restype, count.restype = ctypes.c_char_p, ctypes.c_int
-                    return name().decode(), int(count())
+            return openblas_in_maps(f.read().splitlines())
     except OSError:
-        pass
-    return None
+        return set()
+
+
+def openblas_in_maps(lines) -> set[str]:
+    """The absolute OpenBLAS library paths in lines of /proc/PID/maps ("address perms offset dev inode
+    path"; the path may hold spaces, and ends in " (deleted)" once its file is gone)."""
+    paths = set()
+    for line in lines:
+        fields = line.split(None, 5)
+        if len(fields) == 6:
+            path = fields[5].removesuffix(" (deleted)")
+            name = os.path.basename(path).lower()
+            if path.startswith("/") and "openblas" in name and ".so" in name:
+                paths.add(path)
+    return paths

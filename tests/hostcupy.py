@@ -384,7 +384,7 @@ def _gemm_strided_batched(ctype, t):
 
 
 def _cublas():
-    return types.SimpleNamespace(setMathMode=None, sgemmStridedBatched=_gemm_strided_batched(ctypes.c_float, "s"),
+    return types.SimpleNamespace(setMathMode=None, getVersion=lambda handle: 0, sgemmStridedBatched=_gemm_strided_batched(ctypes.c_float, "s"),
                                  dgemmStridedBatched=_gemm_strided_batched(ctypes.c_double, "d"))
 
 

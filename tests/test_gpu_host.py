@@ -559,8 +559,11 @@ def test_maps_cached_on_one_device_are_not_read_back_on_the_other(tiny_vis_net, 
     cache().put("p", entry)
     assert cache().get("p", (5, 5), [1]) is not None
     monkeypatch.setattr(gpu, "_tf32_choice", True)                  # as set_tf32(True) leaves it
-    assert cache().get("p", (5, 5), [1]) is None and cache().folder.parent.name.endswith("-tf32")
-    assert len({cpu_folder, cache().folder}) == 2 and "-gpu-" in cache().folder.parent.name
+    assert cache().get("p", (5, 5), [1]) is None and cache().folder.parent.name.endswith("-cublas0-tf32")
+    assert len({cpu_folder, cache().folder}) == 2 and "-gpu-hostcupy-" in cache().folder.parent.name
+    monkeypatch.setattr(gpu, "_tf32_choice", None)
+    monkeypatch.setenv("CUPY_TF32", "1")                             # CuPy's own switch (its 2-D matmuls)
+    assert cache().folder.parent.name.endswith("-tf32")
 
 
 def test_the_cupy_backend_itself_on_emulated_raw_modules(emulator_lib, monkeypatch):

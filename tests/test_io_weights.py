@@ -203,22 +203,26 @@ def test_find_weights_in_the_shared_folder_that_scratchnet_shared_names(tmp_path
 def test_the_shared_folder_is_found_in_one_place_by_one_rule(tmp_path, monkeypatch):
     """scratchnet.io.shared: $SCRATCHNET_SHARED as set (there or not), an empty one as unset (it was the
     current directory for the demo and the tests, and unset for SqueezeNet's weights), then ../shared
-    from the current directory, then beside the repository, each place once."""
+    beside the repository, then from the current directory, each place once; an unrelated folder named
+    shared (no data/ or models/) is passed over."""
     repo = tmp_path / "repo"
     (repo / "work").mkdir(parents=True)
     monkeypatch.setattr(shared_folder, "REPO_ROOT", repo)
     monkeypatch.chdir(repo / "work")
     monkeypatch.setenv("SCRATCHNET_SHARED", "")
-    assert shared_folder.shared_candidates() == [repo / "work" / ".." / "shared", tmp_path / "shared"]
+    assert shared_folder.shared_candidates() == [tmp_path / "shared", repo / "work" / ".." / "shared"]
     assert shared_folder.shared_dir() == tmp_path / "shared"                # neither there: beside the repo
-    (repo / "shared").mkdir()
+    (repo / "shared" / "data").mkdir(parents=True)                          # ../shared from the cwd
     assert shared_folder.shared_dir() == repo / "work" / ".." / "shared"
+    (tmp_path / "shared").mkdir()                                           # beside the repo, but empty
+    assert shared_folder.shared_dir() == repo / "work" / ".." / "shared"
+    (tmp_path / "shared" / "models").mkdir()
+    assert shared_folder.shared_dir() == tmp_path / "shared"
     monkeypatch.chdir(repo)                                             # ../shared from here is beside the repo
-    assert shared_folder.shared_candidates() == [repo / ".." / "shared"]
+    assert shared_folder.shared_candidates() == [tmp_path / "shared"]
     monkeypatch.setenv("SCRATCHNET_SHARED", str(tmp_path / "missing"))
     assert shared_folder.shared_dir() == tmp_path / "missing"
-    assert shared_folder.shared_candidates() == [tmp_path / "missing", repo / ".." / "shared"]
-
+    assert shared_folder.shared_candidates() == [tmp_path / "missing", tmp_path / "shared"]
 
 def test_find_weights_says_where_to_get_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("SCRATCHNET_SQUEEZENET", raising=False)

@@ -50,9 +50,27 @@ def test_openblas_names_the_kernels_and_threads_in_force():
         pytest.skip("NumPy's BLAS is not an OpenBLAS that tells its kernels and threads")
     code = ("import json, scratchnet; from scratchnet.backend import numerics; "
             "print(json.dumps([scratchnet.threads.openblas(), numerics('cpu')]))")
-    flags = open("/proc/cpuinfo").read()
-    if " avx2" in flags:                # the Haswell kernels need AVX2
-        assert run({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "1"}, code) == [
-            ["Haswell", 1], "cpu-openblas-haswell-1t"]
+    got = run({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "1"}, code)
+    assert got == [[got[0][0], 1], f"cpu-openblas-{got[0][0].lower()}-1t"]
+    import numpy
+    try:
+        config = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"].get("openblas configuration", "")
+    except Exception:
+        config = ""
+    if " avx2" in open("/proc/cpuinfo").read() and "DYNAMIC_ARCH" in config:
+        assert got[0][0] == "Haswell"   # a build for many processors takes the setting (on one with AVX2)
     kernels, _ = threads.openblas()
     assert run({"OPENBLAS_NUM_THREADS": "1"}, code) == [[kernels, 1], f"cpu-openblas-{kernels.lower()}-1t"]
+
+
+def test_the_openblas_library_is_read_from_the_maps_whole():
+    """A path with a space was cut to its last word (and then opened relative to the current directory);
+    a library whose file is gone is marked "(deleted)"; anonymous maps and other libraries are not it."""
+    from scratchnet.threads import openblas_in_maps
+    lines = ["7f3c-7f3d r-xp 00000000 08:01 123   /opt/my env/numpy.libs/libscipy_openblas64_-32a4.so",
+             "7f3e-7f3f r--p 00001000 08:01 124   /usr/lib/libopenblas.so.0 (deleted)",
+             "7f40-7f41 rw-p 00000000 00:00 0 ",
+             "7f42-7f43 r-xp 00000000 08:01 125   /usr/lib/libm.so.6",
+             "7f44-7f45 r-xp 00000000 08:01 126   [vdso]"]
+    assert openblas_in_maps(lines) == {"/opt/my env/numpy.libs/libscipy_openblas64_-32a4.so",
+                                       "/usr/lib/libopenblas.so.0"}

@@ -47,7 +47,7 @@ CODEBOOK_SIZE = 256
 MAX_INCREMENT = 15  # 4 bits
 ENV_VAR = "SCRATCHNET_SQUEEZENET"
 FILE_NAME = "compressed_SqueezeNet.net"
-#: the file's place in the shared folder, and that folder's place beside a project (../shared)
+#: the file's place in the shared folder (scratchnet/io/shared.py finds the folder)
 IN_SHARED = Path("models", "squeezenet1.0-deep-compression", FILE_NAME)
 
 
@@ -242,8 +242,8 @@ def find_squeezenet_weights(path=None) -> Path:
     """Where ``compressed_SqueezeNet.net`` is: ``path`` if given, else ``$SCRATCHNET_SQUEEZENET``, else
     ``models/squeezenet1.0-deep-compression/compressed_SqueezeNet.net`` in each place the shared folder
     may be (scratchnet.io.shared.shared_candidates: ``$SCRATCHNET_SHARED`` when set, as the demo and the
-    tests find the shared photos, then ``../shared`` from the current directory, then beside the
-    repository)."""
+    tests find the shared photos, then ``../shared`` beside the repository, then from the current
+    directory)."""
     if path is not None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"SqueezeNet weights: no file at {path}")
