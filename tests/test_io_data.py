@@ -79,6 +79,41 @@ def test_load_image_upright_keeps_the_stored_pixels_when_the_exif_block_cannot_b
     assert np.array_equal(load_image(path, upright=True), stored)
 
 
+
+def test_a_damaged_exif_block_is_named_by_its_photo(tmp_path, rng):
+    """Pillow's warning about a damaged EXIF block names no file; a user's photo read upright (as the
+    commands read them) gets it after its path, once; a data set's photo (upright=False) and a read in
+    another thread get Pillow's own; the photo still turns by its tag."""
+    import struct
+    import threading
+    import warnings
+    stored = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    entries = struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<HHII", 0x010E, 2, 100, 30)  # text past the end
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<IH", 8, 2) + entries + struct.pack("<I", 0)
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+
+    def read(upright, in_thread=False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = []
+            if in_thread:
+                t = threading.Thread(target=lambda: got.append(load_image(path, upright=upright)))
+                t.start()
+                t.join()
+            else:
+                got.append(load_image(path, upright=upright))
+        return got[0], [str(w.message) for w in caught]
+    img, said = read(True)
+    assert img.shape == (7, 5, 3)
+    if not said:
+        pytest.skip("this Pillow does not warn about this EXIF block")
+    pillow = read(False)[1] + read(True, in_thread=True)[1]                  # Pillow's own, unnamed
+    assert pillow and not any(str(path) in m for m in pillow), pillow
+    assert len(said) == len(set(said)) and all(m.startswith(f"{path}: ") for m in said), said   # each once
+    assert {m[len(f"{path}: "):] for m in said} == {m.strip() for m in pillow}, (said, pillow)
+
+
 def test_a_tiff_comes_turned_by_its_tag_either_way(tmp_path, rng):
     """Pillow turns a TIFF by its Orientation tag as it loads it (and drops the tag): upright=True does
     not turn it twice."""

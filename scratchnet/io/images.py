@@ -7,8 +7,11 @@ PIL does the decoding and the resampling; the colour map is plain NumPy.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import struct
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,7 @@ def load_image(path, upright: bool = False) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _pil_warnings_named(path if upright else None), Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not later
             if upright:
                 im = _upright(im)
@@ -49,6 +52,33 @@ def load_image(path, upright: bool = False) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: PIL says {type(e).__name__}: {e}") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read image {path}: PIL says {type(e).__name__}: {e}") from None
+
+
+@contextlib.contextmanager
+def _pil_warnings_named(path):
+    """Pillow's warnings about a damaged EXIF block ("Tag data larger than file. Skipping tag 270") name
+    no file: for a user's photo (``path``, read in the main thread) they are caught and warned again,
+    once each, after the photo's path, so that a command reading many photos says which. Otherwise
+    (path None: a data set's photos, which would repeat the line for each; or another thread, since
+    warnings.catch_warnings is process-wide) they pass as Pillow gives them."""
+    if path is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    said = set()                        # (the filters are the caller's again from here)
+    for w in caught:
+        text = str(w.message).strip()
+        if w.filename.startswith(_PIL_DIR):
+            if text not in said:
+                said.add(text)
+                warnings.warn(f"{path}: {text}", UserWarning, stacklevel=4)
+        else:                           # not Pillow's: as it was
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+_PIL_DIR = str(Path(Image.__file__).resolve().parent)
 
 
 def _upright(im: Image.Image) -> Image.Image:
