@@ -69,9 +69,14 @@ _ran_on = {"device": None}
 
 def emit_json(obj):
     """Print the one JSON object that ends a command's standard output (strict JSON: no NaN or Infinity,
-    which become null), with the device the command ran on."""
-    if _ran_on["device"] is not None and isinstance(obj, dict) and "device" not in obj:
-        obj = {**obj, "device": _ran_on["device"]}
+    which become null), with the device the command ran on and what decided the last bits of its
+    arithmetic there (backend.numerics: on the CPU OpenBLAS's kernels and threads, which move trained
+    accuracies, class-model objectives and GraphCut boxes by a little; see the README's
+    "Reproducibility"), so that a figure says where it came from."""
+    if _ran_on["device"] is not None and isinstance(obj, dict):
+        from .backend import numerics
+        device = obj.get("device", _ran_on["device"])          # a command may say it itself (train does)
+        obj = {**obj, "device": device, "numerics": obj.get("numerics", numerics(device))}
     print(dumps_strict(obj), flush=True)
 
 

@@ -124,6 +124,8 @@ def test_train_on_the_device_equals_train_on_the_cpu_and_resumes_exactly(folder,
             "sgd_momentum_update"} <= set(host_gpu.launches), host_gpu.launches
     assert cpu["steps"] == dev["steps"] == 10
     assert (cpu["device"], dev["device"]) == ("cpu", "gpu")           # the JSON says where it ran
+    assert (cpu["numerics"], dev["numerics"]) == (backend.numerics("cpu"), backend.numerics("gpu"))   # and with what
+    assert dev["numerics"].startswith("gpu-hostcupy-") and cpu["numerics"].startswith("cpu-")
     assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-4)
     assert dev["val_top1"] == cpu["val_top1"]
     a, b = load(tmp_path / "cpu" / "model.npz"), load(tmp_path / "gpu" / "model.npz")
@@ -161,7 +163,7 @@ def tiny_vis_net(tmp_path_factory):
     return save_tiny_net(tmp_path_factory.mktemp("net"))
 
 
-SKIP_KEYS = ("seconds", "time",
+SKIP_KEYS = ("seconds", "time", "numerics",       # numerics: the device's own arithmetic, named
              "falls", "final_steps")      # class-model step control: a float32 near-tie of two objectives
                                           # may shorten a step on one device only (the images are compared)
 

@@ -1090,8 +1090,9 @@ def test_an_interrupt_inside_the_update_reports_no_summary_and_an_old_checkpoint
     assert cli_main(["train", "--out", str(run), "--resume", "--epochs", "2", "--cache", cache]) == 130
     out, err = capsys.readouterr()
     assert "predates recording --val-from-train" in err and "keeps the previous checkpoint" in err
+    from scratchnet.backend import numerics
     assert json.loads(out.strip().splitlines()[-1]) == {"command": "train", "interrupted": True, "checkpoint": str(ck),
-                                                        "device": "cpu"}
+                                                        "device": "cpu", "numerics": numerics("cpu")}
 
 
 def test_val_on_imagenet_val_dev_takes_its_photos_of_the_runs_classes(tmp_path, capsys):
