@@ -29,8 +29,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scratchnet.localise import mask_iou_trimap, segment  # noqa: E402  (mask_iou: used for agreement)
 from scratchnet.io.shared import shared_dir  # noqa: E402
+from scratchnet.localise import mask_iou_trimap, segment  # noqa: E402  (mask_iou: used for agreement)
 from scratchnet.localise.graphcut import DEFAULT_PAIRWISE_WEIGHT, seeds_from_saliency  # noqa: E402
 
 SHARED = shared_dir()       # $SCRATCHNET_SHARED, else ../shared

@@ -10,9 +10,10 @@ many imagenet-val-dev photos. Maps: the top-5 classes' single-view gradient maps
 localisation computes and caches them (scratchnet.localise.network.network_saliency).
 
 For each setting it prints ``backend.numerics('cpu')`` (the part of the map cache's key that names
-the BLAS), the share of map elements that differ from the first setting's maps, the largest difference
-over the largest value of each map (median and worst map), and on how many photos the top-5 classes are the same. The last line is
-one JSON object. This is why the map cache keeps settings apart (README, "Reproducibility").
+the BLAS), the share of map elements that differ from the first setting's maps, each map's largest
+difference over its largest value (the median and the worst map), and on how many photos the top-5
+classes are the same. The last line is one JSON object. This is why the map cache keeps settings
+apart (README, "Reproducibility").
 """
 from __future__ import annotations
 

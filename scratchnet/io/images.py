@@ -70,7 +70,7 @@ def _pil_warnings_named(path):
     said = set()                        # (the filters are the caller's again from here)
     for w in caught:
         text = str(w.message).strip()
-        if w.filename.startswith(_PIL_DIR):
+        if w.filename.startswith(_PIL_DIRS):
             if text not in said:
                 said.add(text)
                 warnings.warn(f"{path}: {text}", UserWarning, stacklevel=4)
@@ -78,7 +78,7 @@ def _pil_warnings_named(path):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
-_PIL_DIR = str(Path(Image.__file__).resolve().parent)
+_PIL_DIRS = tuple({str(Path(Image.__file__).parent), str(Path(Image.__file__).resolve().parent)})
 
 
 def _upright(im: Image.Image) -> Image.Image:

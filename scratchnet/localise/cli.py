@@ -166,11 +166,10 @@ class MapCache:
     last bits (backend.numerics: the device, and on the CPU OpenBLAS's kernels and thread count), so
     that a run under other BLAS kernels computes its own maps rather than repeating an earlier run's
     results (the kernels move a map by rounding, and a GraphCut box or a small share of them with it);
-    and for the data set's folder
-    (its name and a hash of its resolved path, so that two folders of one name keep apart). Within it a
-    photo is found by its file name (x.JPEG and x.png are two photos; a segmentation's pet by its name)
-    and checked by its size, not its content: a photo replaced by another of the same size needs
-    --no-cache or a fresh --cache. CACHE_VERSION covers changes to the
+    and for the data set's folder (its name and a hash of its resolved path, so that two folders of one
+    name keep apart). Within it a photo is found by its file name (x.JPEG and x.png are two photos; a
+    segmentation's pet by its name) and checked by its size, not its content: a photo replaced by
+    another of the same size needs --no-cache or a fresh --cache. CACHE_VERSION covers changes to the
     saliency code itself. Single-view maps computed batch_size > 1 photos a pass are not cached (they
     depend on their batch neighbours): the cache is then off, said once on stderr."""
 
