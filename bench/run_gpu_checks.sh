@@ -25,6 +25,9 @@ PY=${PYTHON:-python3}
 
 { gpu_info
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" || true
+  # the map cache's and the JSON lines' name for this GPU's arithmetic: 'gpu-unknown' means CuPy did not
+  # answer one of its questions (device name, cuBLAS version), and backend._gpu_numerics needs a look
+  $PY -c "from scratchnet.backend import numerics; print('numerics', numerics('gpu'))" || true
 } 2>&1 | tee "$OUT/gpu.txt"
 
 # the emulated-device cases are CI's (they build a g++ emulator and JIT Numba: minutes of device time)
