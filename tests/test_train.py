@@ -803,6 +803,38 @@ def _run_config(run):
     return json.loads((run / "config.json").read_text())
 
 
+
+def test_a_resume_under_other_arithmetic_says_it_will_not_repeat_the_bits(tmp_path, capsys, monkeypatch):
+    """The checkpoint records backend.numerics (OpenBLAS's kernels and threads, or the GPU's); a resume
+    computing otherwise goes on, and says that its float32 sums now round otherwise; under the same
+    arithmetic, or from a checkpoint that predates the record, it says nothing."""
+    from scratchnet.backend import numerics
+    from scratchnet.train import trainer as tr
+    data, run = _folder(tmp_path / "data", ["cats", "dogs"]), tmp_path / "run"
+    common = ["--cache", str(tmp_path / "cache"), "--out", str(run)]
+    assert cli_main(["train", "--data", str(data), "--input-size", "32", "--width", "0.0625", "--epochs", "1",
+                     "--batch-size", "4"] + common) == 0
+    capsys.readouterr()
+    with np.load(run / "checkpoint.npz") as z:
+        assert json.loads(str(z["__train_state__"]))["numerics"] == numerics("cpu")
+    assert cli_main(["train", "--resume", "--epochs", "2"] + common) == 0
+    assert "note: the checkpoint's run computed with" not in capsys.readouterr().err
+    monkeypatch.setattr(tr, "numerics", lambda device: "cpu-openblas-elsewhere-1t")
+    assert cli_main(["train", "--resume", "--epochs", "3"] + common) == 0
+    err = capsys.readouterr().err
+    assert (f"note: the checkpoint's run computed with {numerics('cpu')}, this one with cpu-openblas-elsewhere-1t: "
+            "it goes on from the same weights") in err, err
+    with np.load(run / "checkpoint.npz") as z:                      # a checkpoint from before the record
+        arrays = {k: z[k] for k in z.files}
+    state = json.loads(str(arrays["__train_state__"]))
+    assert state.pop("numerics") == "cpu-openblas-elsewhere-1t"
+    arrays["__train_state__"] = np.array(json.dumps(state))
+    np.savez(run / "checkpoint.npz", **arrays)
+    monkeypatch.setattr(tr, "numerics", lambda device: "cpu-openblas-yet-another-2t")
+    assert cli_main(["train", "--resume", "--epochs", "4"] + common) == 0
+    assert "note: the checkpoint's run computed with" not in capsys.readouterr().err
+
+
 def test_resume_continues_with_the_runs_own_settings_and_data(tmp_path, capsys):
     """Options left out of a --resume (--data included) keep the run's saved values, not the parser's
     defaults (a run started at --lr 0.02 went on at 0.01); one given overrides and is reported."""

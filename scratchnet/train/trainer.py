@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import to_device, to_numpy
+from ..backend import numerics, to_device, to_numpy
 from ..checks import check_int, check_number
 from ..io.datasets import mean_image
 from ..io.loader import Augment, BatchLoader
@@ -360,6 +360,7 @@ class Trainer:
             self.state = load_checkpoint(self.checkpoint_path, self.net, self.optimiser)
             self._saved_at = (self.state["epoch"], self.state["batch"], self.state["step"])
             self._warn_config_changes(self.state.get("config", {}))
+            self._note_other_arithmetic(self.state.get("numerics"))
             self._trim_metrics(self.state["step"])
             print(f"train: resumed from {self.checkpoint_path} at {_position(self.state)}", file=sys.stderr)
             if self.state["epoch"] >= self.config.epochs:
@@ -514,7 +515,7 @@ class Trainer:
     def _save(self):
         try:
             save_checkpoint(self.checkpoint_path, self.net, self.optimiser,
-                            dict(self.state, config=asdict(self.config)))
+                            dict(self.state, config=asdict(self.config), numerics=numerics(self.device)))
         except OSError as e:                # a full disk: say what is kept and how to go on
             e_, b_, s_ = self._saved_at if self._saved_at else (None, None, None)
             kept = (f"{self.checkpoint_path} keeps the run at {_position(dict(epoch=e_, batch=b_, step=s_))}: "
@@ -546,6 +547,16 @@ class Trainer:
             print(f"train: warning: dropped {torn} unreadable line(s) of {self.metrics_path} (a write cut "
                   f"short by the interruption?)", file=sys.stderr)
         atomic_write_text(self.metrics_path, "".join(ln + "\n" for ln in keep))
+
+    def _note_other_arithmetic(self, then):
+        """A resume computing with other BLAS kernels, threads or device than the checkpoint's run (its
+        backend.numerics, recorded since 4 December 2026) goes on from the same weights and state, but
+        rounds its float32 sums otherwise: say so, as "--resume continues exactly" holds only for the same."""
+        now = numerics(self.device)
+        if isinstance(then, str) and then != now:
+            print(f"train: note: the checkpoint's run computed with {then}, this one with {now}: it goes on "
+                  f"from the same weights, but its float32 sums round otherwise, so its results will not be "
+                  f"the bits of a run straight through (README: Reproducibility)", file=sys.stderr)
 
     def _warn_config_changes(self, saved):
         """One line naming each setting that differs from the checkpoint's, except those without effect
