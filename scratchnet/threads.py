@@ -21,6 +21,7 @@ Set SCRATCHNET_THREAD_DEFAULTS=0 to leave the environment alone.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -51,10 +52,20 @@ def openblas() -> tuple[str, int] | None:
     for the processor (or that OPENBLAS_CORETYPE named) and its thread count. Both decide how a GEMM
     splits and orders its float sums, so results differ in their last bits from one setting to another
     (the README's "Reproducibility"). None where NumPy's BLAS is not an OpenBLAS (MKL, Accelerate: as
-    NumPy's build configuration says, from NumPy 1.26) or the library does not answer.
+    NumPy's build configuration says, from NumPy 1.26) or the library does not answer. Asked afresh
+    each call (the thread count can be changed at run time); the library is looked up once."""
+    calls = _openblas_calls()
+    if calls is None:
+        return None
+    kernels, count = calls
+    return kernels().decode(), int(count())
 
-    The library is found among the shared objects this process has mapped (/proc/self/maps: Linux),
-    NumPy's own first (SciPy brings another OpenBLAS, which another NumPy would not be using)."""
+
+@functools.lru_cache(maxsize=None)
+def _openblas_calls():
+    """The loaded OpenBLAS's get_corename and get_num_threads (ctypes functions), or None. The library
+    is found among the shared objects this process has mapped (/proc/self/maps: Linux), NumPy's own
+    first (SciPy brings another OpenBLAS, which another NumPy would not be using)."""
     import ctypes
 
     import numpy
@@ -63,8 +74,7 @@ def openblas() -> tuple[str, int] | None:
         return None
     here = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))     # numpy's site-packages
     mine = (os.path.join(here, "numpy.libs"), os.path.join(here, "numpy", ".libs"))
-    paths = sorted(_mapped_openblas(), key=lambda p: (not p.startswith(mine), p))
-    for path in paths:
+    for path in sorted(_mapped_openblas(), key=lambda p: (not p.startswith(mine), p)):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
@@ -75,7 +85,7 @@ def openblas() -> tuple[str, int] | None:
             count = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
             if kernels is not None and count is not None:
                 kernels.restype, count.restype = ctypes.c_char_p, ctypes.c_int
-                return kernels().decode(), int(count())
+                return kernels, count
     return None
 
 

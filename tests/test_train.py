@@ -803,7 +803,6 @@ def _run_config(run):
     return json.loads((run / "config.json").read_text())
 
 
-
 def test_a_resume_under_other_arithmetic_says_it_will_not_repeat_the_bits(tmp_path, capsys, monkeypatch):
     """The checkpoint records backend.numerics (OpenBLAS's kernels and threads, or the GPU's); a resume
     computing otherwise goes on, and says that its float32 sums now round otherwise; under the same
